@@ -1,0 +1,53 @@
+"""The public entry point :func:`attention_with_stats` and its backend dispatch."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from ._validate import resolve_backend, validate_inputs
+from .reference import chunked_attention_stats
+from .spec import AttnOut, StatsSpec
+
+
+def attention_with_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    spec: StatsSpec = StatsSpec(),
+    key_padding_mask: torch.Tensor | None = None,
+    backend: Literal["auto", "triton", "torch"] = "auto",
+) -> AttnOut:
+    """Attention output plus per-head statistics, without materialising the ``[M, N]`` attention matrix.
+
+    Args:
+        q: ``[batch, head, q_len, d_head]`` fp16 / bf16 / fp32.
+        k, v: ``[batch, kv_head, k_len, d_head]``; ``head % kv_head == 0`` and query head ``h`` uses kv head
+            ``h // (head // kv_head)`` (GQA, transformers convention).
+        causal: query ``i`` sees keys ``j <= i + k_len - q_len`` (end-aligned, as with a KV cache); needs
+            ``q_len <= k_len``.
+        scale: softmax scale, default ``d_head ** -0.5``.
+        spec: which statistics to compute, see :class:`StatsSpec`.
+        key_padding_mask: optional ``[batch, k_len]`` bool, True = keep.
+        backend: "triton" (CUDA, d_head in 64/80/96/128; on CPU only under ``TRITON_INTERPRET=1``, for tests),
+            "torch" (chunked PyTorch, any device and d_head), or "auto": triton when the tensors are on CUDA, the
+            d_head is supported and triton imports, else torch.
+
+    Returns:
+        :class:`AttnOut`: ``out [batch, head, q_len, d_head]`` in the input dtype and :class:`AttnStats`
+        (float32 statistics, int64 indices).  Statistics follow the semantics documented in :mod:`kernels.spec`.
+
+    Raises:
+        KernelInputError: on bad shapes, dtypes, devices, spans, scale or backend, before any launch.
+    """
+    scale = validate_inputs(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask)
+    chosen = resolve_backend(backend, q)
+    if chosen == "triton":
+        from ._triton_op import triton_attention_stats  # lazy: importing triton is slow and optional
+
+        return triton_attention_stats(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask)
+    return chunked_attention_stats(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask)
