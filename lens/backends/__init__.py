@@ -1,0 +1,17 @@
+"""The three capture backends, one meaning: each runs a forward pass over ``input_ids``
+with the same head edits and returns logits plus the same per-step records.
+
+- ``torch``: plain PyTorch hooks on the transformers model (:mod:`lens.capture.native`).
+- ``transformer_lens``: TransformerLens 4.x ``TransformerBridge`` hook points.
+- ``nnsight``: an nnsight trace of the same model.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Backend(enum.Enum):
+    TORCH = "torch"
+    TRANSFORMER_LENS = "transformer_lens"
+    NNSIGHT = "nnsight"

