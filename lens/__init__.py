@@ -21,7 +21,13 @@ from lens.errors import (
     SelectionError,
     UnknownModelError,
 )
-from lens.interventions import HeadEdit, mean_ablation, patch_heads, resample_ablation, zero_ablation
+from lens.interventions import (
+    HeadEdit,
+    mean_ablation,
+    patch_heads,
+    resample_ablation,
+    zero_ablation,
+)
 from lens.loaded import LoadedModel, Modality, ModelFacts
 from lens.sites import Site, SiteKey
 from lens.zoo import DEFAULT_MODEL, list_models, load

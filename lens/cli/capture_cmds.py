@@ -1,0 +1,114 @@
+"""`lens capture` and `lens info`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from lens.cli import app
+from lens.cli._common import (
+    console,
+    parse_dtype,
+    parse_int_list,
+    parse_sites,
+    prepare_out_dir,
+    print_json,
+    progress,
+    status,
+)
+from lens.errors import PromptError
+
+
+@app.command("capture")
+def capture(
+    model: str = typer.Argument(..., help="Zoo name, local folder or Hugging Face id."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the capture to."),
+    prompt: list[str] = typer.Option(None, "--prompt", "-p", help="A prompt; repeat for several."),
+    file: Path = typer.Option(None, "--file", "-f", help="A text file with one prompt per line.",
+                              exists=True, dir_okay=False, readable=True),
+    sites: str = typer.Option("pattern", help="Comma-separated sites: pattern,q,k,v,z,resid_pre,resid_post,attn_out,mlp_out."),
+    layers: str = typer.Option(None, help="Layers, e.g. '3', '0,2,5' or '4-7' (default: all)."),
+    heads: str = typer.Option(None, help="Query heads to keep, same syntax (default: all)."),
+    backend: str = typer.Option("torch", help="torch, transformer_lens or nnsight."),
+    dtype: str = typer.Option(None, help="Storage dtype: float32, float16 or bfloat16 (default: the model's)."),
+    budget_gb: float = typer.Option(None, min=0.001, help="Memory budget for the capture in GB (default: 8, or half of RAM)."),
+    chat: bool = typer.Option(False, help="Format prompts with the model's chat template."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Run MODEL on prompts and save the attention and activations at the chosen sites.
+
+    Each prompt becomes one capture folder under OUT (OUT/000, OUT/001, ...), saved as
+    safetensors plus JSON metadata.
+
+    Example: lens capture smollm2-135m --prompt "The capital of France is" --sites pattern,z --layers 3-5 --out caps/fr
+    """
+    import lens
+    from lens.backends import Backend
+
+    prompts = list(prompt or [])
+    if file is not None:
+        prompts += [line.rstrip("\n") for line in file.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise PromptError("no prompt given: use --prompt TEXT or --file FILE")
+    site_list = parse_sites(sites)
+    layer_list, head_list = parse_int_list(layers, "layers"), parse_int_list(heads, "heads")
+    torch_dtype = parse_dtype(dtype)
+    backend_value = Backend(backend) if backend in {b.value for b in Backend} else None
+    if backend_value is None:
+        raise lens.SelectionError(f"--backend {backend!r} is not one of torch, transformer_lens, nnsight")
+    budget = None if budget_gb is None else int(budget_gb * 1e9)
+    with status(f"loading {model}"):
+        lm = lens.load(model)
+    # Validate everything before touching the output folder.
+    encoded = [lm.encode(p, chat=chat) for p in prompts]
+    lens.CaptureSpec.resolve(lm.facts, sites=site_list, layers=layer_list, heads=head_list)
+    out = prepare_out_dir(out, force)
+    written = []
+    with progress() as bar:
+        task = bar.add_task("capturing", total=len(encoded))
+        for i, ids in enumerate(encoded):
+            result = lens.run(lm, ids, sites=site_list, layers=layer_list, heads=head_list, dtype=torch_dtype,
+                              budget_bytes=budget, backend=backend_value)
+            folder = result.capture.save(out / f"{i:03d}")
+            written.append({"folder": str(folder), "tokens": ids.shape[-1], "bytes": result.capture.n_bytes})
+            bar.advance(task)
+    if json_out:
+        print_json({"model": model, "out": str(out), "captures": written})
+    else:
+        console.print(f"saved {len(written)} capture(s) to [bold]{out}[/]")
+
+
+@app.command("info")
+def info(
+    capture_dir: Path = typer.Argument(..., help="A folder written by `lens capture` (one capture)."),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Describe a saved capture: model, tokens, sites, layers, heads and tensor shapes.
+
+    Example: lens info caps/fr/000
+    """
+    from lens.capture.record import Capture
+    from lens.capture.spec import format_bytes
+
+    cap = Capture.load(capture_dir)
+    m = cap.meta
+    tensors = [{"step": s, "site": k.site.value, "layer": k.layer, "shape": list(t.shape), "dtype": str(t.dtype)}
+               for s, step in enumerate(cap.steps) for k, t in sorted(step.items(), key=lambda kv: kv[0].sort_key)]
+    if json_out:
+        print_json({"meta": m.to_json(), "tensors": tensors, "bytes": cap.n_bytes})
+        return
+    console.print(f"[bold]{capture_dir}[/]: {m.facts.name} ({m.facts.architecture}), backend {m.backend}, "
+                  f"{len(cap.steps)} step(s), {format_bytes(cap.n_bytes)}")
+    console.print(f"text: {m.text[0][:200]!r}")
+    console.print(f"sites {', '.join(s.value for s in m.sites)}; layers {m.layers}; heads {m.heads}")
+    table = Table()
+    for col in ("step", "site", "layer", "shape", "dtype"):
+        table.add_column(col)
+    for t in tensors[:40]:
+        table.add_row(str(t["step"]), t["site"], str(t["layer"]), str(t["shape"]), t["dtype"])
+    console.print(table)
+    if len(tensors) > 40:
+        console.print(f"... and {len(tensors) - 40} more tensors (use --json for all)")
