@@ -21,7 +21,7 @@ from ._validate import triton_interpreting
 def _col_stats_kernel(
     Q, K, LSE, RSUM, RMEAN, PAD,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd,
-    H, GROUP, M, N, OFFSET, qk_scale,
+    H, GROUP, M, N, OFFSET, qk_scale, M_BUCKET, N_BUCKET,
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, IEEE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
@@ -92,6 +92,6 @@ _GPU_CONFIGS = [
 if triton_interpreting():
     col_stats_kernel = _col_stats_kernel
 else:
-    col_stats_kernel = triton.autotune(_GPU_CONFIGS, key=["M", "N", "D", "CAUSAL", "HAS_PAD", "IEEE"])(
+    col_stats_kernel = triton.autotune(_GPU_CONFIGS, key=["M_BUCKET", "N_BUCKET", "D", "CAUSAL", "HAS_PAD", "IEEE"])(
         _col_stats_kernel
     )

@@ -67,6 +67,7 @@ def _attention_with_stats_op(
         IEEE=q.dtype == torch.float32, INTERPRET=_INTERPRET,
     )
     qk_scale = scale * LOG2E
+    buckets = (triton.next_power_of_2(m), triton.next_power_of_2(n))  # autotuning keys only
     row_blocks = _INTERP_ROW_BLOCKS if _INTERPRET else {}
 
     def row_grid(meta):
@@ -75,7 +76,7 @@ def _attention_with_stats_op(
     row_stats_kernel[row_grid](
         q, k, v, o, lse, ent, maxw, arg, sink, win, span, topw, topi, pad, spans_t,
         *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-        h, h // hkv, m, n, n - m, qk_scale, sink_tokens, window,
+        h, h // hkv, m, n, n - m, qk_scale, sink_tokens, window, *buckets,
         N_SPANS=n_spans, SPAN_PAD=max(1, triton.next_power_of_2(max(n_spans, 1))),
         TOPK=topk, TOPK_PAD=max(1, triton.next_power_of_2(max(topk, 1))),
         **common, **row_blocks,
@@ -88,7 +89,7 @@ def _attention_with_stats_op(
 
         col_stats_kernel[col_grid](
             q, k, lse, rsum, rmean, pad, *q.stride(), *k.stride(),
-            h, h // hkv, m, n, n - m, qk_scale, **common, **col_blocks,
+            h, h // hkv, m, n, n - m, qk_scale, *buckets, **common, **col_blocks,
         )
     return outs
 

@@ -28,7 +28,7 @@ LN2 = 0.6931471805599453
 def _row_stats_kernel(
     Q, K, V, O, LSE, ENT, MAXW, ARGMAX, SINK, WIN, SPAN, TOPW, TOPI, PAD, SPANS,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
-    H, GROUP, M, N, OFFSET, qk_scale, SINK_TOKENS, WINDOW,
+    H, GROUP, M, N, OFFSET, qk_scale, SINK_TOKENS, WINDOW, M_BUCKET, N_BUCKET,
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, N_SPANS: tl.constexpr, SPAN_PAD: tl.constexpr,
     TOPK: tl.constexpr, TOPK_PAD: tl.constexpr, IEEE: tl.constexpr, INTERPRET: tl.constexpr,
@@ -118,9 +118,12 @@ def _row_stats_kernel(
         if start_n < SINK_TOKENS:
             sink_i += tl.sum(tl.where(offs_n[None, :] < SINK_TOKENS, p, 0.0), 1)
         win_i = win_i * alpha
-        if (WINDOW > 0) & (start_n <= last_pos) & (start_n + BLOCK_N - 1 > first_pos - WINDOW):
-            in_win = (offs_n[None, :] <= pos[:, None]) & (offs_n[None, :] > pos[:, None] - WINDOW)
-            win_i += tl.sum(tl.where(in_win, p, 0.0), 1)
+        # Nested ifs: triton specialises an int argument equal to 1 into a constexpr, which must not be `&`-ed
+        # with a runtime scalar.
+        if WINDOW > 0:
+            if (start_n <= last_pos) & (start_n + BLOCK_N - 1 > first_pos - WINDOW):
+                in_win = (offs_n[None, :] <= pos[:, None]) & (offs_n[None, :] > pos[:, None] - WINDOW)
+                win_i += tl.sum(tl.where(in_win, p, 0.0), 1)
         if N_SPANS > 0:
             span_acc = span_acc * alpha[:, None]
             for si in tl.static_range(N_SPANS):
@@ -189,6 +192,8 @@ def _row_stats_kernel(
         tl.store(TOPI + row[:, None] * TOPK + top_cols[None, :], idx.to(tl.int64), mask=tmask)
 
 
+# M_BUCKET / N_BUCKET (next powers of two of M, N) are only autotuning keys: keying on exact lengths would re-tune
+# at every decoding step.
 # GPU launch configurations (BLOCK_M, BLOCK_N, num_warps, num_stages); the autotuner picks per shape bucket.
 _GPU_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
@@ -200,5 +205,5 @@ if triton_interpreting():
     row_stats_kernel = _row_stats_kernel
 else:
     row_stats_kernel = triton.autotune(
-        _GPU_CONFIGS, key=["M", "N", "D", "CAUSAL", "HAS_PAD", "N_SPANS", "TOPK", "IEEE"]
+        _GPU_CONFIGS, key=["M_BUCKET", "N_BUCKET", "D", "CAUSAL", "HAS_PAD", "N_SPANS", "TOPK", "IEEE"]
     )(_row_stats_kernel)
