@@ -1,0 +1,16 @@
+"""Circuits and head-ablation studies: tasks, metrics, ablation and patching, EAP / EAP-IG,
+circuit selection, faithfulness and overlap. See docs/circuits.md."""
+
+from analyses.circuits._hooks import Edit, MlpRef
+from analyses.circuits.ablation import Context, Method, all_heads, per_position_effects, prepare, random_sets, score_sets
+from analyses.circuits.metrics import Metric, per_row
+from analyses.circuits.tasks import (
+    TASK_NAMES, EncodedTask, Example, Task, TaskBatch, TaskError, colored_objects, encode_task, greater_than, ioi,
+    load_jsonl, load_task, niah,
+)
+
+__all__ = [
+    "TASK_NAMES", "Context", "Edit", "EncodedTask", "Example", "Method", "Metric", "MlpRef", "Task", "TaskBatch",
+    "TaskError", "all_heads", "colored_objects", "encode_task", "greater_than", "ioi", "load_jsonl", "load_task",
+    "niah", "per_position_effects", "per_row", "prepare", "random_sets", "score_sets",
+]

@@ -1,0 +1,143 @@
+"""Ablation and activation patching of heads and MLPs, many component sets per forward.
+
+Methods (what replaces a component's output on the clean prompts):
+
+- ``zero``: zeros.
+- ``mean``: its mean over the reference set, per position (the task's corrupted prompts,
+  which share the clean prompts' template and length; Wang et al.'s ABC mean).
+- ``resample``: its output on a randomly drawn corrupted prompt (seeded).
+- ``patch``: its output on the paired corrupted prompt (activation patching, noising
+  direction: the effect is metric(patched) - metric(clean)).
+
+:func:`prepare` runs the clean and reference passes once; :func:`score_sets` then scores
+any number of component sets, batching ``max_rows // batch`` sets into one forward.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+import torch
+
+from analyses.circuits._hooks import Acts, Edit, MlpRef, Parts, capture, last_logits
+from analyses.circuits.metrics import Metric, per_row
+from analyses.circuits.tasks import EncodedTask, TaskError
+from lens.heads import HeadRef
+
+Component = HeadRef | MlpRef
+
+
+class Method(str, Enum):
+    ZERO = "zero"
+    MEAN = "mean"
+    RESAMPLE = "resample"
+    PATCH = "patch"
+
+    @classmethod
+    def parse(cls, text: str) -> Method:
+        try:
+            return cls(text)
+        except ValueError:
+            raise TaskError(f"--method {text!r} is not one of {', '.join(m.value for m in cls)}") from None
+
+
+@dataclass
+class Context:
+    """A task ready for ablation: reference activations per batch and the clean baseline."""
+
+    parts: Parts
+    enc: EncodedTask
+    method: Method
+    metric: Metric
+    seed: int
+    refs: list[Acts | None]
+    clean_rows: list[torch.Tensor]  # the metric per clean row, per batch
+    perms: list[torch.Tensor] = field(default_factory=list)  # resample: source row per row
+
+    @property
+    def baseline(self) -> float:
+        return float(torch.cat(self.clean_rows).mean())
+
+    @property
+    def n_examples(self) -> int:
+        return self.enc.n_examples
+
+
+def prepare(lm, enc: EncodedTask, method: Method | str, metric: Metric | str, *, seed: int = 0) -> Context:
+    """Clean metric per row and, except for zero ablation, the reference activations."""
+    method, metric = Method(method), Metric(metric)
+    parts = Parts(lm)
+    refs, clean_rows, perms = [], [], []
+    g = torch.Generator().manual_seed(seed)
+    for b in enc.batches:
+        logits = last_logits(parts, b.clean)[0]
+        clean_rows.append(per_row(metric, logits, b.answer, b.distractor))
+        refs.append(None if method is Method.ZERO else capture(parts, b.corrupted))
+        perms.append(torch.randint(0, b.size, (b.size,), generator=g))
+    return Context(parts, enc, method, metric, seed, refs, clean_rows, perms)
+
+
+def edits_for(ctx: Context, batch: int, components: Sequence[Component], pos: int | None = None) -> list[Edit]:
+    """The edits that apply ``ctx.method`` to ``components`` on task batch ``batch``."""
+    ref = ctx.refs[batch]
+    out = []
+    for c in components:
+        is_mlp = isinstance(c, MlpRef)
+        head = None if is_mlp else c.head
+        if ctx.method is Method.ZERO:
+            out.append(Edit(c.layer, head, None, pos))
+            continue
+        act = ref.mlp[c.layer] if is_mlp else ref.z[c.layer][:, :, c.head]  # [N, pos, d]
+        if ctx.method is Method.MEAN:
+            value = act.mean(0)  # [pos, d]
+        elif ctx.method is Method.RESAMPLE:
+            value = act[ctx.perms[batch]]
+        else:
+            value = act
+        out.append(Edit(c.layer, head, value, pos))
+    return out
+
+
+def score_sets(ctx: Context, sets: Sequence[Sequence[Component]], *, pos: int | None = None,
+               max_rows: int = 64) -> np.ndarray:
+    """The task metric (mean over all examples) with each set of components ablated: ``[len(sets)]``."""
+    total = torch.zeros(len(sets), dtype=torch.float64)
+    for i, b in enumerate(ctx.enc.batches):
+        groups = [edits_for(ctx, i, s, pos) for s in sets]
+        logits = last_logits(ctx.parts, b.clean, groups, max_rows=max_rows)  # [G, N, vocab]
+        for g in range(len(sets)):
+            total[g] += per_row(ctx.metric, logits[g], b.answer, b.distractor).double().sum()
+    return (total / ctx.n_examples).numpy()
+
+
+def all_heads(facts) -> list[HeadRef]:
+    return [HeadRef(layer, h) for layer in range(facts.n_layers) for h in range(facts.n_heads)]
+
+
+def random_sets(pool: Sequence[Component], size: int, k: int, seed: int) -> list[list[Component]]:
+    """``k`` random sets of ``size`` components from ``pool`` (seeded, without replacement within a set)."""
+    if not 0 < size <= len(pool):
+        raise TaskError(f"cannot draw random sets of {size} components from {len(pool)}")
+    rng = random.Random(seed)
+    return [sorted(rng.sample(list(pool), size), key=str) for _ in range(k)]
+
+
+def per_position_effects(ctx: Context, components: Sequence[Component], *, max_rows: int = 64) -> np.ndarray:
+    """``[component, pos]``: metric change when one component is replaced at one position.
+
+    Needs prompts of one token length (one template); uses the task's first batch length.
+    """
+    lengths = {b.clean.shape[1] for b in ctx.enc.batches}
+    if len(lengths) != 1:
+        raise TaskError(f"per-position patching needs prompts of one token length, the task has lengths "
+                        f"{sorted(lengths)}: use one template")
+    n_pos = lengths.pop()
+    sets = [[c] for c in components]
+    out = np.zeros((len(components), n_pos))
+    for p in range(n_pos):
+        out[:, p] = score_sets(ctx, sets, pos=p, max_rows=max_rows) - ctx.baseline
+    return out
