@@ -83,6 +83,12 @@ class LoadedModel:
     processor: Any = None  # image processor or feature extractor for other modalities
     extras: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # The context is checked here against the model's facts (check_length), with our
+        # own error; the tokenizer's warning about long inputs would only repeat it.
+        if self.tokenizer is not None and hasattr(self.tokenizer, "model_max_length"):
+            self.tokenizer.model_max_length = 10**9
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device

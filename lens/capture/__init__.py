@@ -64,15 +64,7 @@ def run(lm: LoadedModel, prompt: str | Sequence[str] | torch.Tensor, *, sites: I
     input_ids = encode_batch(lm, prompt, chat=chat)
     spec = CaptureSpec.resolve(lm.facts, sites=sites, layers=layers, heads=heads, dtype=dtype,
                                device=device, budget_bytes=budget_bytes)
-    model_dtype = next(lm.model.parameters()).dtype
-    estimate = spec.estimate_bytes(lm.facts, batch=input_ids.shape[0], q_len=input_ids.shape[1],
-                                   model_dtype=model_dtype)
-    if estimate > spec.budget_bytes:
-        raise MemoryBudgetError(
-            f"capture would need about {format_bytes(estimate)}, over the budget of "
-            f"{format_bytes(spec.budget_bytes)}: select fewer layers, heads or sites, a shorter prompt, "
-            "or raise the budget"
-        )
+    check_budget(lm, spec, input_ids)
     if backend is Backend.TORCH:
         with torch.no_grad(), native.capture(lm, spec, edits=edits) as session:
             logits = lm.model(input_ids.to(lm.device)).logits
@@ -87,6 +79,20 @@ def run(lm: LoadedModel, prompt: str | Sequence[str] | torch.Tensor, *, sites: I
         logits, steps = nnsight_backend.run(lm, input_ids, spec, edits)
     cap = native.build_capture(lm, spec, steps, input_ids, backend=backend.value)
     return RunResult(logits=logits.detach(), capture=cap)
+
+
+def check_budget(lm: LoadedModel, spec: CaptureSpec, input_ids: torch.Tensor) -> int:
+    """The estimated bytes of capturing ``spec`` over ``input_ids``; raises if over budget."""
+    model_dtype = next(lm.model.parameters()).dtype
+    estimate = spec.estimate_bytes(lm.facts, batch=input_ids.shape[0], q_len=input_ids.shape[1],
+                                   model_dtype=model_dtype)
+    if estimate > spec.budget_bytes:
+        raise MemoryBudgetError(
+            f"capture would need about {format_bytes(estimate)}, over the budget of "
+            f"{format_bytes(spec.budget_bytes)}: select fewer layers, heads or sites, a shorter prompt, "
+            "or raise the budget"
+        )
+    return estimate
 
 
 def encode_batch(lm: LoadedModel, prompt, *, chat: bool = False) -> torch.Tensor:
@@ -105,4 +111,4 @@ def encode_batch(lm: LoadedModel, prompt, *, chat: bool = False) -> torch.Tensor
     return torch.cat(rows, dim=0)
 
 
-__all__ = ["Capture", "CaptureMeta", "CaptureSpec", "RunResult", "capture", "encode_batch", "run"]
+__all__ = ["Capture", "CaptureMeta", "CaptureSpec", "RunResult", "capture", "check_budget", "encode_batch", "run"]

@@ -33,7 +33,7 @@ def capture(
     heads: str = typer.Option(None, help="Query heads to keep, same syntax (default: all)."),
     backend: str = typer.Option("torch", help="torch, transformer_lens or nnsight."),
     dtype: str = typer.Option(None, help="Storage dtype: float32, float16 or bfloat16 (default: the model's)."),
-    budget_gb: float = typer.Option(None, min=0.001, help="Memory budget for the capture in GB (default: 8, or half of RAM)."),
+    budget_gb: float = typer.Option(None, help="Memory budget for the capture in GB (default: 8, or half of RAM)."),
     chat: bool = typer.Option(False, help="Format prompts with the model's chat template."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
@@ -47,6 +47,7 @@ def capture(
     """
     import lens
     from lens.backends import Backend
+    from lens.capture import check_budget
 
     prompts = list(prompt or [])
     if file is not None:
@@ -59,12 +60,17 @@ def capture(
     backend_value = Backend(backend) if backend in {b.value for b in Backend} else None
     if backend_value is None:
         raise lens.SelectionError(f"--backend {backend!r} is not one of torch, transformer_lens, nnsight")
+    if budget_gb is not None and budget_gb <= 0:
+        raise lens.SelectionError(f"--budget-gb must be positive, got {budget_gb}")
     budget = None if budget_gb is None else int(budget_gb * 1e9)
     with status(f"loading {model}"):
         lm = lens.load(model)
     # Validate everything before touching the output folder.
     encoded = [lm.encode(p, chat=chat) for p in prompts]
-    lens.CaptureSpec.resolve(lm.facts, sites=site_list, layers=layer_list, heads=head_list)
+    spec = lens.CaptureSpec.resolve(lm.facts, sites=site_list, layers=layer_list, heads=head_list,
+                                    dtype=torch_dtype, budget_bytes=budget)
+    for ids in encoded:
+        check_budget(lm, spec, ids)
     out = prepare_out_dir(out, force)
     written = []
     with progress() as bar:
