@@ -186,7 +186,7 @@ THINGS = ["pen", "book", "cup", "ball", "key", "phone", "hat", "bag", "box", "ca
 
 
 def colored_objects(tokenizer=None, n: int = 200, *, seed: int = 0) -> Task:
-    """"Q: On the table, I see a red pen, a blue book and a green cup. What color is the book?\\nA:" -> " blue".
+    """"On the table, I see a red pen, a blue book and a green cup. What color is the book? The book is" -> " blue".
 
     Corrupted: the same scene asked about another object (the distractor is that object's color).
     """
@@ -196,9 +196,9 @@ def colored_objects(tokenizer=None, n: int = 200, *, seed: int = 0) -> Task:
     for i in range(n):
         cs, os_ = rng.sample(colors, 3), rng.sample(things, 3)
         q, other = rng.sample(range(3), 2)
-        scene = f"Q: On the table, I see a {cs[0]} {os_[0]}, a {cs[1]} {os_[1]} and a {cs[2]} {os_[2]}."
-        clean = f"{scene} What color is the {os_[q]}?\nA:"
-        corrupted = f"{scene} What color is the {os_[other]}?\nA:"
+        scene = f"On the table, I see a {cs[0]} {os_[0]}, a {cs[1]} {os_[1]} and a {cs[2]} {os_[2]}."
+        clean = f"{scene} What color is the {os_[q]}? The {os_[q]} is"
+        corrupted = f"{scene} What color is the {os_[other]}? The {os_[other]} is"
         out.append(Example(clean, " " + cs[q], corrupted, " " + cs[other], f"colored-objects {i}"))
     return Task("colored-objects", out)
 
@@ -229,7 +229,8 @@ FILLER = ["The grass is green and the sky is blue.", "People walked slowly throu
 
 
 def niah(tokenizer=None, n: int = 100, *, seed: int = 0, haystack: int = 6) -> Task:
-    """A one-word needle ("The magic word is apple.") at a random depth of ``haystack`` filler sentences.
+    """A one-word needle ("The magic word is apple.") at a random depth of ``haystack`` filler sentences
+    (the same sentences in rotated order, so prompts share one token length).
 
     Clean asks for it at the end (-> " apple"); corrupted hides another word (the distractor).
     """
@@ -238,7 +239,7 @@ def niah(tokenizer=None, n: int = 100, *, seed: int = 0, haystack: int = 6) -> T
     out = []
     for i in range(n):
         w, other = rng.sample(words, 2)
-        fill = [rng.choice(FILLER) for _ in range(haystack)]
+        fill = [FILLER[(i + j) % len(FILLER)] for j in range(haystack)]  # same sentences: same length
         depth = rng.randint(0, haystack)
 
         def prompt(word):
