@@ -118,3 +118,75 @@ def info(
     console.print(table)
     if len(tensors) > 40:
         console.print(f"... and {len(tensors) - 40} more tensors (use --json for all)")
+
+
+@app.command("stats")
+def stats(
+    model: str = typer.Argument(..., help="Zoo name, local folder or Hugging Face id."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the statistics to."),
+    prompt: str = typer.Option(None, "--prompt", "-p", help="The prompt."),
+    file: Path = typer.Option(None, "--file", "-f", help="A text file whose whole content is the prompt.",
+                              exists=True, dir_okay=False, readable=True),
+    layers: str = typer.Option(None, help="Layers, e.g. '3', '0,2,5' or '4-7' (default: all)."),
+    sink_tokens: int = typer.Option(1, help="Sink mass counts attention on the first this-many keys."),
+    window: int = typer.Option(64, help="Window mass counts attention on this many most recent keys."),
+    span: list[str] = typer.Option(None, "--span", help="Key span START:END (half-open) to measure mass on; repeatable."),
+    topk: int = typer.Option(0, help="Record the top-k keys per query (0-8)."),
+    backend: str = typer.Option("auto", help="auto (Triton on a GPU, else PyTorch), triton or torch."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Per-head attention statistics from the fused kernel, without building attention patterns.
+
+    Records, per layer, head and query: log-sum-exp, entropy, max weight and its key, sink,
+    window and span mass, top-k keys; per key: the mass it receives. O(N) memory, so long
+    prompts are fine.
+
+    Example: lens stats smollm2-135m --file long.txt --span 120:135 --topk 4 --out stats/long
+    """
+    import lens
+    from kernels import KernelInputError, StatsSpec
+    from lens.capture.stats import run_stats
+
+    if (prompt is None) == (file is None):
+        raise PromptError("give exactly one of --prompt TEXT or --file FILE")
+    text = prompt if prompt is not None else file.read_text()
+    if backend not in ("auto", "triton", "torch"):
+        raise lens.SelectionError(f"--backend {backend!r} is not one of auto, triton, torch")
+    spans = []
+    for s in span or []:
+        try:
+            start, end = (int(x) for x in s.split(":"))
+        except ValueError:
+            raise lens.SelectionError(f"--span {s!r} is not START:END, e.g. 120:135") from None
+        spans.append((start, end))
+    try:
+        spec = StatsSpec(sink_tokens=sink_tokens, window=window, spans=tuple(spans), topk=topk)
+    except KernelInputError as err:
+        raise lens.SelectionError(str(err)) from None
+    with status(f"loading {model}"):
+        lm = lens.load(model)
+    ids = lm.encode(text)
+    for start, end in spans:
+        if not 0 <= start < end <= ids.shape[1]:
+            raise lens.SelectionError(f"--span {start}:{end} is out of range: the prompt has keys 0-{ids.shape[1] - 1}")
+    layer_list = parse_int_list(layers, "layers")
+    lens.CaptureSpec.resolve(lm.facts, layers=layer_list)
+    out = prepare_out_dir(out, force)
+    with status(f"running {model} with the statistics kernel over {ids.shape[1]} tokens"):
+        result = run_stats(lm, ids, spec=spec, layers=layer_list, backend=backend)
+    result.save(out, force=True)
+    rows = [{"layer": layer, "entropy": float(s.entropy.mean()), "sink_mass": float(s.sink_mass.mean()),
+             "window_mass": float(s.window_mass.mean()), "max_weight": float(s.max_weight.mean())}
+            for layer, s in sorted(result.stats.items())]
+    if json_out:
+        print_json({"model": model, "out": str(out), "tokens": ids.shape[1], "layers": rows})
+        return
+    table = Table(title=f"{model}: mean statistics over heads and queries ({ids.shape[1]} tokens)")
+    for col in ("layer", "entropy", "sink mass", "window mass", "max weight"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["layer"]), f"{r['entropy']:.3f}", f"{r['sink_mass']:.3f}", f"{r['window_mass']:.3f}",
+                      f"{r['max_weight']:.3f}")
+    console.print(table)
+    console.print(f"saved to [bold]{out}[/]")
