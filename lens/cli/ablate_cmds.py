@@ -222,3 +222,141 @@ def _run_sweep(lm, enc, kind, comps, meth, met, seed, max_rows, out, force, json
     console.print(f"baseline {met.value} {ctx.baseline:.3f}; largest drops: " +
                   ", ".join(f"{r['item']} {r['effect']:+.3f}" for r in top[:5]))
     console.print(f"{len(todo)} item(s) in {seconds:.1f} s; results in [bold]{out.resolve()}[/]")
+
+
+@app.command("circuit")
+def circuit(
+    model: str = typer.Argument("smollm2-135m", help="Zoo name, local folder or Hugging Face id."),
+    task: str = typer.Option("ioi", "--task", "-t", help=TASK_HELP),
+    method: str = typer.Option("eap-ig", "--method", "-m", help="eap | eap-ig | patching (per-head and MLP activation patching)."),
+    metric: str = typer.Option("logit-diff", "--metric", help="logit-diff | prob | loss (acc for patching only)."),
+    ig_steps: int = typer.Option(5, "--ig-steps", help="Interpolation steps for eap-ig."),
+    top_n: int = typer.Option(None, "--top-n", help="Edges to keep (eap, eap-ig; default 100) or heads/MLPs (patching; default 20)."),
+    threshold: float = typer.Option(None, "--threshold", help="Keep edges with |score| >= this instead of --top-n."),
+    compare_patching: bool = typer.Option(False, "--compare-patching", help="Also run the per-head patching loop on the "
+                                          "same prompts: Spearman correlation and time ratio."),
+    overlap_task: str = typer.Option(None, "--overlap-task", help="Find the circuit of this task too and report the overlap."),
+    n_prompts: int = typer.Option(32, "--n-prompts", "-n", help="Prompts generated (or read from the file)."),
+    seed: int = typer.Option(0, "--seed", help="Prompt generation seed."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Prompts per forward."),
+    max_rows: int = typer.Option(64, "--max-rows", help="Rows per forward when batching patching runs."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on a bad JSONL line instead of skipping it."),
+    out: Path = typer.Option(Path("results/circuit"), "--out", "-o", help="Results folder."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON on stdout."),
+) -> None:
+    """Find the circuit of a task on MODEL: score edges (EAP, EAP-IG) or heads (patching), select, check faithfulness.
+
+    Examples:
+
+      lens circuit smollm2-135m --task ioi --method eap-ig --top-n 200 --out results/ioi-circuit
+
+      lens circuit smollm2-135m --task ioi --method eap --compare-patching -n 16
+
+      lens circuit smollm2-135m --task ioi --overlap-task colored-objects --force
+    """
+    from analyses import HeadScores, Provenance
+    from analyses.circuits import Metric
+    from analyses.circuits.circuit import faithfulness, overlap
+
+    if method not in ("eap", "eap-ig", "patching"):
+        raise SelectionError(f"--method must be eap, eap-ig or patching, got {method!r}")
+    met = Metric.parse(metric)
+    if n_prompts < 1 or batch_size < 1 or max_rows < 1:
+        raise SelectionError(f"--n-prompts, --batch-size and --max-rows must be >= 1, got {n_prompts}, {batch_size}, {max_rows}")
+    out = prepare_out_dir(out, force)
+    lm, enc = _load(model, task, n_prompts, seed, batch_size, strict)
+    report: dict = {"model": model, "task": task, "method": method, "metric": met.value, "n_examples": enc.n_examples,
+                    "skipped": len(enc.skipped), "machine_note": "timings are wall-clock on this machine"}
+    found = _find_circuit(lm, enc, method, met, ig_steps, top_n, threshold, max_rows, out, task)
+    report.update(found["report"])
+    with status("faithfulness"):
+        report["faithfulness"] = faithfulness(lm, enc, found["circuit"], met, max_rows=max_rows)
+    prov = Provenance.for_model(lm.facts, seeds=(seed,), prompts=f"{enc.n_examples} {task} prompts")
+    HeadScores("circuit", f"{method}_{met.value}", found["head_scores"], prov,
+               description=f"{method} estimate of the {met.value} change when the head's corrupted output is patched in",
+               params={"task": task, "ig_steps": ig_steps}, summary={"seconds": found["seconds"]}).save(out)
+    _heatmap(found["head_scores"], out / f"{method}_heads.png", f"{lm.facts.name} {task}: {method}", f"Δ {met.value} (est.)")
+    if compare_patching and method != "patching":
+        from scipy.stats import pearsonr, spearmanr
+
+        truth = _find_circuit(lm, enc, "patching", met, ig_steps, 20, None, max_rows, out, task)
+        a, b = found["head_scores"].ravel(), truth["head_scores"].ravel()
+        report["vs_patching"] = {"spearman": float(spearmanr(a, b).statistic), "pearson": float(pearsonr(a, b).statistic),
+                                 "spearman_abs": float(spearmanr(np.abs(a), np.abs(b)).statistic),
+                                 "seconds_method": found["seconds"], "seconds_patching_loop": truth["seconds"],
+                                 "speedup": truth["seconds"] / found["seconds"]}
+        HeadScores("circuit", f"patching_{met.value}", truth["head_scores"], prov,
+                   description=f"{met.value} change when the head's corrupted output is patched into the clean run",
+                   params={"task": task}, summary={"seconds": truth["seconds"]}).save(out)
+        _heatmap(truth["head_scores"], out / "patching_heads.png", f"{lm.facts.name} {task}: per-head patching", f"Δ {met.value}")
+    if overlap_task:
+        from analyses.circuits.tasks import encode_task, load_task
+
+        other = encode_task(load_task(overlap_task, lm.tokenizer, n=n_prompts, seed=seed, strict=strict), lm.tokenizer,
+                            max_batch=batch_size, skip_bad=not strict)
+        found_b = _find_circuit(lm, other, method, met, ig_steps, top_n, threshold, max_rows, out, overlap_task)
+        with status(f"faithfulness on {overlap_task}"):
+            faith_b = faithfulness(lm, other, found_b["circuit"], met, max_rows=max_rows)
+        report["overlap"] = {"task_b": overlap_task, "baseline_b": faith_b["full"], "faithfulness_b": faith_b,
+                             "circuit_b": found_b["circuit"].to_json() | {"edges": found_b["circuit"].to_json()["edges"][:50]},
+                             **overlap(found["circuit"], found_b["circuit"])}
+    report["circuit"] = found["circuit"].to_json()
+    report["circuit"]["edges"] = report["circuit"]["edges"][:200]
+    (out / "circuit.json").write_text(json.dumps(report, indent=1, default=float))
+    if json_out:
+        print_json(report)
+        return
+    f = report["faithfulness"]
+    console.print(f"{task}: full {met.value} {f['full']:.3f}; circuit ({f['n_heads']} heads, {f['n_mlps']} MLPs, "
+                  f"{f['n_edges']} edges) {f['circuit']:.3f} -> faithfulness {f['faithfulness']:.2f} "
+                  f"(all ablated: {f['empty']:.3f}); {method} took {found['seconds']:.1f} s")
+    if "vs_patching" in report:
+        v = report["vs_patching"]
+        console.print(f"vs per-head patching: Spearman {v['spearman']:.2f}, {v['seconds_patching_loop']:.1f} s vs "
+                      f"{v['seconds_method']:.1f} s ({v['speedup']:.0f}x)")
+    if "overlap" in report:
+        o = report["overlap"]
+        console.print(f"overlap with {overlap_task}: {len(o['shared_heads'])} shared heads (Jaccard {o['heads_jaccard']:.2f}, "
+                      f"{o['share_of_a_heads_in_b']:.0%} of {task}'s heads), edges Jaccard {o['edges_jaccard']:.2f}")
+    console.print(f"results in [bold]{out.resolve()}[/]")
+
+
+def _find_circuit(lm, enc, method, met, ig_steps, top_n, threshold, max_rows, out, task) -> dict:
+    """Scores, circuit and timing of one method on one task (edges.csv written for EAP methods)."""
+    from analyses.circuits import MlpRef, prepare, score_sets
+    from analyses.circuits.ablation import all_heads
+    from analyses.circuits.circuit import select_edges, select_nodes
+    from analyses.circuits.eap import edge_attribution
+
+    facts = lm.facts
+    stem = Path(task).stem
+    if method == "patching":
+        comps = all_heads(facts) + [MlpRef(l) for l in range(facts.n_layers)]
+        t0 = time.perf_counter()
+        ctx = prepare(lm, enc, "patch", met)
+        values = []
+        per_chunk = max(1, max_rows // max(b.size for b in enc.batches))
+        with progress() as bar:
+            tid = bar.add_task(f"patching {len(comps)} components ({stem})", total=len(comps))
+            for s in range(0, len(comps), per_chunk):
+                chunk = comps[s:s + per_chunk]
+                values.extend(score_sets(ctx, [[c] for c in chunk], max_rows=max_rows) - ctx.baseline)
+                bar.advance(tid, len(chunk))
+        seconds = time.perf_counter() - t0
+        values = np.asarray(values)
+        heads = values[: facts.n_layers * facts.n_heads].reshape(facts.n_layers, facts.n_heads)
+        mlps = values[facts.n_layers * facts.n_heads:]
+        circ = select_nodes(heads, mlps, top_n=top_n or 20)
+        return {"circuit": circ, "head_scores": heads, "seconds": seconds,
+                "report": {"seconds": seconds, "baseline": ctx.baseline, "mlp_scores": mlps.tolist()}}
+    with status(f"{method} on {enc.n_examples} {stem} prompts"):
+        scores = edge_attribution(lm, enc, met, ig_steps=ig_steps if method == "eap-ig" else 0)
+    with open(out / f"edges_{stem}_{method}.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sender", "receiver", "score"])
+        w.writerows(sorted(scores.edges(), key=lambda e: -abs(e[2])))
+    circ = select_edges(scores, facts, top_n=None if threshold is not None else (top_n or 100), threshold=threshold)
+    return {"circuit": circ, "head_scores": scores.head_scores, "seconds": scores.seconds,
+            "report": {"seconds": scores.seconds, "n_edges_scored": len(scores.edges()),
+                       "mlp_scores": scores.mlp_scores.tolist()}}
