@@ -23,7 +23,7 @@ app = typer.Typer(
 )
 
 # Command modules register themselves on `app` when imported.
-from lens.cli import ablate_cmds, capture_cmds, dashboard_cmds, models_cmds, scan_cmds  # noqa: E402,F401
+from lens.cli import ablate_cmds, capture_cmds, dashboard_cmds, heads_cmds, models_cmds, scan_cmds  # noqa: E402,F401
 
 
 def main() -> None:

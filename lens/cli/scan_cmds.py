@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from lens.cli import app
-from lens.cli._common import console, prepare_out_dir, print_json, progress, status
+from lens.cli._common import console, parse_int_list, prepare_out_dir, print_json, progress, status
 
 
 def summary_results(lm, prompts, *, bar=None):
@@ -33,27 +33,66 @@ def summary_results(lm, prompts, *, bar=None):
 def scan(
     model: str = typer.Argument("smollm2-135m", help="Zoo name, local folder or Hugging Face id."),
     out: Path = typer.Option(Path("results/scan"), "--out", "-o", help="Results folder."),
+    thorough: bool = typer.Option(False, "--thorough", help="Longer sweeps and the ablation test (tens of minutes on CPU)."),
+    lengths: str = typer.Option(None, help="NIAH prompt lengths (default 300,600; thorough 512,1024,2048)."),
+    depths: str = typer.Option(None, help="NIAH depths (default 0.25,0.75; thorough 0,0.25,0.5,0.75,1)."),
+    ablate: str = typer.Option(None, help="Ablation sizes k, e.g. 5,10 (default none; thorough 5,10,20)."),
+    source: str = typer.Option("pattern", help="'pattern' or 'kernel' for retrieval, sinks and streaming."),
+    chat: bool = typer.Option(True, help="Chat-format NIAH prompts (models without a template: --no-chat)."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Run the head analyses on MODEL with default settings and save every result to OUT.
+    """Run every head analysis on MODEL with default settings and save every result to OUT.
 
-    Example: lens scan smollm2-135m --out results/smollm2
+    Analyses: summary, sinks, taxonomy, retrieval (NIAH), streaming profile, and with
+    --thorough or --ablate the causal ablation test. The defaults take a few minutes on
+    SmolLM2 on 2 CPU cores; a retrieval analysis that finds no passing trial is reported
+    and skipped, the others still run.
+
+    Example: lens scan smollm2-135m --out results/smollm2 --force
     """
     import lens
     from analyses.prompts import GENERAL_PROMPTS
+    from analyses.retrieval import RetrievalError
+    from lens.cli import heads_cmds as hc
 
+    hc.check_source(source)
+    length_list = [int(x) for x in hc.parse_float_list(lengths or ("512,1024,2048" if thorough else "300,600"),
+                                                       "lengths")]
+    depth_list = hc.parse_float_list(depths or ("0,0.25,0.5,0.75,1" if thorough else "0.25,0.75"), "depths")
+    ks = parse_int_list(ablate, "ablate") or ([5, 10, 20] if thorough else [])
     with status(f"loading {model}"):
         lm = lens.load(model)
+    if lengths is None:  # defaults shrink to fit small models' contexts (room left for the answer)
+        length_list = sorted({min(n, lm.facts.context_length - 48) for n in length_list})
+    with hc.user_errors():
+        trials = hc.niah_trials(lm, lengths=length_list, depths=depth_list, seeds=[0], chat=chat)
     out = prepare_out_dir(out, force)
-    with progress() as bar:
+    notes = []
+    with progress() as bar, hc.user_errors():
         results = summary_results(lm, list(GENERAL_PROMPTS), bar=bar)
+        results += hc.run_sinks(lm, list(GENERAL_PROMPTS), source=source, bar=bar)
+        results += hc.run_taxonomy(lm, repeat_len=100 if thorough else 50, batch=8 if thorough else 4, bar=bar)
+        retrieval = None
+        try:
+            retrieval = hc.run_retrieval(lm, trials, source=source, bar=bar)
+            results += retrieval
+        except RetrievalError as err:
+            notes.append(f"retrieval skipped: {err}")
+        results += hc.run_streaming(lm, length=max(length_list), n_prompts=2 if thorough else 1, source=source,
+                                    retrieval=retrieval[0].scores if retrieval else None, chat=chat, bar=bar)
+        if ks and retrieval:
+            results += hc.run_ablation(lm, trials, retrieval[0].scores, name="retrieval", ks=ks,
+                                       seeds=[0, 1, 2] if thorough else [0], bar=bar)
     paths = [r.save(out) for r in results]
     if json_out:
-        print_json({"model": model, "out": str(out), "results": [
+        print_json({"model": model, "out": str(out), "notes": notes, "results": [
             {"name": r.name, "file": str(p), "summary": r.summary, "top": r.top(10)} for r, p in zip(results, paths)]})
         return
-    _print_summary(lm.facts, {r.metric: r for r in results})
+    _print_summary(lm.facts, {r.metric: r for r in results if r.analysis == "summary"})
+    hc.print_results([r for r in results if r.analysis != "summary"], f"{lm.facts.name}: head analyses")
+    for note in notes:
+        console.print(f"[yellow]{note}[/]", highlight=False)
     console.print(f"results saved to [bold]{out.resolve()}[/]")
 
 
