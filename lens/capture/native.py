@@ -73,8 +73,10 @@ class _Session:
         self.edits = edits_by_layer(edits)
         self.steps: list[dict[SiteKey, torch.Tensor]] = []
         self.n_bytes = 0
-        self._head_idx = torch.tensor(spec.heads)
-        self._kv_idx = torch.tensor(spec.kv_heads)
+        # None where every head is kept in order: no copy needed to select them.
+        self._head_idx = None if spec.heads == tuple(range(n_heads)) else torch.tensor(spec.heads)
+        self._kv_idx = None if spec.kv_heads == tuple(range(len(spec.kv_heads))) and spec.heads == tuple(range(n_heads)) \
+            else torch.tensor(spec.kv_heads)
         self.input_ids: list[torch.Tensor] = []  # the ids each forward pass was given
 
     def new_step(self, module, args, kwargs) -> None:
@@ -86,8 +88,8 @@ class _Session:
     def store(self, site: Site, layer: int, t: torch.Tensor) -> None:
         if site not in self.spec.sites or layer not in self.layers:
             return
-        if site.per_head:  # [batch, head, pos, ...]
-            idx = self._kv_idx if site.per_kv_head else self._head_idx
+        idx = (self._kv_idx if site.per_kv_head else self._head_idx) if site.per_head else None
+        if idx is not None:  # [batch, head, pos, ...]
             t = t.index_select(1, idx.to(t.device))
         stored = t.detach().to(device=self.spec.device, dtype=self.spec.dtype or t.dtype)
         if stored.data_ptr() == t.data_ptr():  # never keep a reference the model may reuse
