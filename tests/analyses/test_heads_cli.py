@@ -1,0 +1,54 @@
+"""`lens heads ...` and `lens scan` on the tiny model: files written, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from analyses import load_results
+from lens.cli import app
+
+runner = CliRunner()
+
+
+def test_heads_taxonomy_writes_results(tmp_path):
+    out = tmp_path / "tax"
+    r = runner.invoke(app, ["heads", "taxonomy", "tiny-llama", "--repeat-len", "8", "--batch", "2", "--out", str(out),
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    names = {x["name"] for x in json.loads(r.stdout)["results"]}
+    assert "taxonomy.induction" in names
+    results, problems = load_results(out)
+    assert len(results) == 5 and not problems
+
+
+def test_heads_sinks_refuses_existing_out(tmp_path):
+    (tmp_path / "x").write_text("x")
+    r = runner.invoke(app, ["heads", "sinks", "tiny-llama", "--prompt", "hello there", "--out", str(tmp_path)])
+    assert r.exit_code != 0 and "already exists" in str(r.exception)
+
+
+def test_chat_without_template_is_a_one_line_error(tmp_path):
+    cmd = [sys.executable, "-c", "from lens.cli import main; main()", "heads", "retrieval", "tiny-llama",
+           "--out", str(tmp_path / "r")]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert "no chat template" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_bad_source_and_depths(tmp_path):
+    r = runner.invoke(app, ["heads", "retrieval", "tiny-llama", "--source", "magic", "--out", str(tmp_path / "a")])
+    assert "--source 'magic' is not one of pattern, kernel" in str(r.exception)
+    r = runner.invoke(app, ["heads", "retrieval", "tiny-llama", "--no-chat", "--depths", "0,2", "--out",
+                            str(tmp_path / "b")])
+    assert "outside [0, 1]" in str(r.exception)
+
+
+def test_scan_runs_everything_on_tiny(tmp_path):
+    r = runner.invoke(app, ["scan", "tiny-llama", "--no-chat", "--out", str(tmp_path / "s"), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    names = {x["name"] for x in doc["results"]}
+    assert {"summary.sink_mass", "sinks.hidden_sinks", "taxonomy.induction", "streaming.streaming_mass"} <= names
+    assert any("retrieval skipped: 0 of" in n for n in doc["notes"])  # a random model never answers

@@ -1,0 +1,143 @@
+"""Sinks, taxonomy and streaming scores on hand-built patterns, and pattern-vs-kernel agreement."""
+
+import numpy as np
+import pytest
+import torch
+
+from analyses import Provenance
+from analyses.causal import AblationError, ablation_plan
+from analyses.sinks import SinkInput, key_stats_from_kernel, key_stats_from_pattern, sink_scores
+from analyses.streaming import agreement, masses_from_pattern, scaled_window, streaming_profile
+from analyses.taxonomy import TaxonomyError, head_type_scores, taxonomy_scores
+
+PROV = Provenance(model="synthetic")
+
+
+def causal_pattern(scores):
+    """Softmax over causal rows of ``scores [head, q, k]`` -> ``[1, head, q, k]``."""
+    n = scores.shape[-1]
+    mask = torch.ones(n, n, dtype=torch.bool).tril()
+    return scores.masked_fill(~mask, float("-inf")).softmax(-1).unsqueeze(0)
+
+
+def one_hot_rows(targets, n):
+    """A pattern whose query i attends fully to key targets(i)."""
+    p = torch.zeros(n, n)
+    for i in range(n):
+        p[i, targets(i)] = 1.0
+    return p
+
+
+def test_first_token_and_hidden_sinks():
+    n = 40
+    sink0 = one_hot_rows(lambda i: 0, n)
+    hidden = one_hot_rows(lambda i: 5 if i >= 5 else i, n)  # key 5 receives all attention of later queries
+    uniform = causal_pattern(torch.zeros(1, n, n))[0, 0]
+    pattern = torch.stack([sink0, hidden, uniform]).unsqueeze(0)
+    ks = key_stats_from_pattern(pattern)
+    res = sink_scores([SinkInput(layers={0: ks}, tokens=[f"t{i}" for i in range(n)])], n_layers=1, n_heads=3,
+                      provenance=PROV)
+    first, hid = res
+    assert first.scores[0, 0] == pytest.approx(1.0) and first.scores[0, 1] < 0.1
+    assert hid.scores[0].tolist()[:2] == [0.0, 1.0]  # only head 1 has a hidden sink (key 5)
+    top = hid.summary["top_hidden_sinks"][0]
+    assert (top["position"], top["token"], top["n_heads"]) == (5, "t5", 1)
+    assert first.summary["share_above_0.5_per_layer"] == [pytest.approx(1 / 3, abs=1e-3)]
+
+
+def test_min_queries_ignores_the_tail():
+    n = 30
+    prev = one_hot_rows(lambda i: max(i - 1, 0), n).unsqueeze(0).unsqueeze(0)
+    ks = key_stats_from_pattern(prev)
+    inp = [SinkInput(layers={0: ks}, tokens=["x"] * n)]
+    bare = sink_scores(inp, n_layers=1, n_heads=1, provenance=PROV, min_queries=1)[1]
+    default = sink_scores(inp, n_layers=1, n_heads=1, provenance=PROV)[1]
+    assert bare.scores[0, 0] > 0 and default.scores[0, 0] == 0
+
+
+def test_massive_activations_and_sink_tokens():
+    n, d = 12, 16
+    h = torch.randn(n, d) * 0.1
+    h[0, 3] = 500.0  # the first token carries a massive activation
+    ks = key_stats_from_pattern(causal_pattern(torch.zeros(1, n, n)))
+    res = sink_scores([SinkInput(layers={0: ks}, tokens=["<s>"] + ["a"] * (n - 1), hidden={0: h})],
+                      n_layers=1, n_heads=1, provenance=PROV)[1]
+    assert res.summary["massive_dims"] == [3] and res.summary["massive_on_sink_tokens"] == 1
+    assert res.arrays["massive_max_abs_per_layer"][0] == pytest.approx(500.0)
+
+
+def test_pattern_and_kernel_key_stats_agree():
+    from kernels import StatsSpec, attention_with_stats
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 20, 16, generator=g) for _ in range(3))
+    k, v = k[:, :2], v[:, :2]
+    stats = attention_with_stats(q, k, v, causal=True, spec=StatsSpec(sink_tokens=1, window=0, key_stats=True),
+                                 backend="torch").stats
+    kk = k.repeat_interleave(2, dim=1)
+    pattern = causal_pattern((q @ kk.transpose(-1, -2))[0] / 4.0)
+    a, b = key_stats_from_pattern(pattern), key_stats_from_kernel(stats)
+    torch.testing.assert_close(a.first_mass, b.first_mass, atol=1e-5, rtol=1e-4, check_dtype=False)
+    torch.testing.assert_close(a.received_mean, b.received_mean, atol=1e-5, rtol=1e-4, check_dtype=False)
+
+
+def repeated_pattern(kind, r=8, offset=1):
+    n = offset + 2 * r
+
+    def target(i):
+        if kind == "prev":
+            return max(i - 1, 0)
+        if i >= offset + r:
+            return i - r + (1 if kind == "induction" else 0)
+        return 0
+
+    return one_hot_rows(target, n)
+
+
+def test_taxonomy_finds_each_head_type():
+    heads = torch.stack([repeated_pattern("prev"), repeated_pattern("dup"), repeated_pattern("induction")])
+    s = head_type_scores(heads.unsqueeze(0).repeat(2, 1, 1, 1), repeat_len=8, offset=1, window=2)
+    assert s["previous_token"].argmax() == 0 and s["previous_token"][0] == pytest.approx(1.0)
+    assert s["duplicate_token"].argmax() == 1 and s["duplicate_token"][1] == pytest.approx(1.0)
+    assert s["induction"].argmax() == 2 and s["induction"][2] == pytest.approx(1.0)
+    assert s["local"][0] == pytest.approx(1.0)
+    assert torch.allclose(s["positional"], torch.ones(3, dtype=torch.float64))  # same pattern on both sequences
+
+
+def test_taxonomy_permutation_and_shape_error():
+    heads = torch.stack([repeated_pattern("prev"), repeated_pattern("induction")]).unsqueeze(0)
+    a = taxonomy_scores({0: heads}, n_layers=1, n_heads=2, repeat_len=8, offset=1, provenance=PROV)
+    b = taxonomy_scores({0: heads[:, [1, 0]]}, n_layers=1, n_heads=2, repeat_len=8, offset=1, provenance=PROV)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x.scores[:, ::-1], y.scores)
+    with pytest.raises(TaxonomyError, match="positions were expected"):
+        head_type_scores(heads, repeat_len=9, offset=1)
+
+
+def test_streaming_profile_and_scaling():
+    assert scaled_window(8192) == (64, 256) and scaled_window(512) == (4, 16)
+    n = 40
+    sink_head = one_hot_rows(lambda i: 0, n)
+    far_head = one_hot_rows(lambda i: 1 if i > 1 else 0, n)  # a distant, non-sink key
+    s, w = masses_from_pattern(torch.stack([sink_head, far_head]).unsqueeze(0), sink=1, recent=4)
+    r = streaming_profile([{0: (s, w)}], n_layers=1, n_heads=2, sink=1, recent=4, provenance=PROV)[0]
+    assert r.scores[0, 0] == pytest.approx(1.0) and r.scores[0, 1] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="longer than sink"):
+        streaming_profile([{0: (s[..., :3], w[..., :3])}], n_layers=1, n_heads=2, sink=1, recent=4, provenance=PROV)
+
+
+def test_agreement_of_identical_rankings():
+    x = np.arange(12.0).reshape(3, 4)
+    a = agreement(x, x / 100, top=3)
+    assert a["spearman_vs_retrieval"] == pytest.approx(1.0) and a["top_k_overlap"] == 3
+
+
+def test_ablation_plan():
+    scores = np.arange(20.0).reshape(4, 5)
+    plan = ablation_plan(scores, ks=[3], seeds=[0, 1])
+    assert plan[3]["top"] == [(3, 4), (3, 3), (3, 2)]
+    for rand in plan[3]["random"]:
+        assert len(rand) == 3 and not set(rand) & set(plan[3]["top"])
+    assert plan[3]["random"] == ablation_plan(scores, ks=[3], seeds=[0, 1])[3]["random"]
+    with pytest.raises(AblationError, match="k=11 is out of range"):
+        ablation_plan(scores, ks=[11], seeds=[0])
