@@ -148,13 +148,18 @@ def _one_token_words(tokenizer, words: Sequence[str]) -> list[str]:
     return [w for w in words if len(tokenizer(" " + w, add_special_tokens=False).input_ids) == 1]
 
 
-def ioi(tokenizer=None, n: int = 200, *, seed: int = 0, order: str = "both") -> Task:
-    """Indirect object identification. ``order``: "ABBA", "BABA" or "both" (alternating).
+def ioi(tokenizer=None, n: int = 200, *, seed: int = 0, order: str = "both", template: int | None = None) -> Task:
+    """Indirect object identification. ``order``: "ABBA", "BABA" or "both" (alternating);
+    ``template``: only that one of ``IOI_TEMPLATES`` (every prompt then has one token length,
+    which batches best), else all in turn.
 
     Clean: "When Mary and John went to the store, John gave a drink to" -> " Mary"
     (distractor " John"). Corrupted (ABC): the three name slots hold three other names,
     so the prompt keeps its form but no longer says who the indirect object is.
     """
+    if template is not None and not 0 <= template < len(IOI_TEMPLATES):
+        raise TaskError(f"--template {template} is out of range: IOI has templates 0-{len(IOI_TEMPLATES) - 1}")
+    templates = IOI_TEMPLATES if template is None else [IOI_TEMPLATES[template]]
     if order not in ("ABBA", "BABA", "both"):
         raise TaskError(f"order must be ABBA, BABA or both, got {order!r}")
     names = _one_token_words(tokenizer, NAMES)
@@ -164,10 +169,10 @@ def ioi(tokenizer=None, n: int = 200, *, seed: int = 0, order: str = "both") -> 
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        tpl = IOI_TEMPLATES[i % len(IOI_TEMPLATES)]
+        tpl = templates[i % len(templates)]
         io, s, c, d, e = rng.sample(names, 5)
         place, obj = rng.choice(places or PLACES), rng.choice(objects or OBJECTS)
-        baba = order == "BABA" or (order == "both" and (i // len(IOI_TEMPLATES)) % 2 == 1)
+        baba = order == "BABA" or (order == "both" and (i // len(templates)) % 2 == 1)
         first, second = (s, io) if baba else (io, s)
         clean = _fill(tpl, first, second, s, place, obj)
         corrupted = _fill(tpl, c, d, e, place, obj)
@@ -303,12 +308,17 @@ def _parse_line(line: str, where: str) -> Example:
                    source=where)
 
 
-def load_task(name: str, tokenizer=None, *, n: int = 200, seed: int = 0, strict: bool = False) -> Task:
-    """A built-in task by name (see ``TASK_NAMES``) or a ``.jsonl`` file."""
+def load_task(name: str, tokenizer=None, *, n: int = 200, seed: int = 0, strict: bool = False,
+              template: int | None = None) -> Task:
+    """A built-in task by name (see ``TASK_NAMES``) or a ``.jsonl`` file (``template``: IOI only)."""
     builders = {"ioi": ioi, "colored-objects": colored_objects, "greater-than": greater_than, "niah": niah}
     if name in builders:
         if n < 1:
             raise TaskError(f"--n-prompts must be >= 1, got {n}")
+        if name == "ioi":
+            return ioi(tokenizer, n, seed=seed, template=template)
+        if template is not None:
+            raise TaskError(f"--template applies to the ioi task only, not {name!r}")
         return builders[name](tokenizer, n, seed=seed)
     if name.endswith(".jsonl") or Path(name).is_file():
         if not Path(name).is_file():

@@ -17,13 +17,13 @@ from lens.errors import SelectionError
 TASK_HELP = "ioi, colored-objects, greater-than, niah, or a .jsonl file (prompt, answer, corrupted, distractor)."
 
 
-def _load(model: str, task: str, n_prompts: int, seed: int, batch_size: int, strict: bool):
+def _load(model: str, task: str, n_prompts: int, seed: int, batch_size: int, strict: bool, template=None):
     import lens
     from analyses.circuits.tasks import encode_task, load_task
 
     with status(f"loading {model}"):
         lm = lens.load(model)
-    t = load_task(task, lm.tokenizer, n=n_prompts, seed=seed, strict=strict)
+    t = load_task(task, lm.tokenizer, n=n_prompts, seed=seed, strict=strict, template=template)
     enc = encode_task(t, lm.tokenizer, max_batch=batch_size, skip_bad=not strict)
     for why in enc.skipped[:10]:
         console.print(f"[yellow]skipped[/] {why}", highlight=False)
@@ -72,6 +72,8 @@ def ablate(
     compare_random: int = typer.Option(0, "--compare-random", help="Also ablate K random head sets of the same size."),
     seeds: str = typer.Option("0", "--seeds", help="Seeds for random sets and resampling, e.g. '0,1,2'."),
     n_prompts: int = typer.Option(64, "--n-prompts", "-n", help="Prompts generated (or read from the file)."),
+    template: int = typer.Option(None, "--template", help="IOI only: use this one template (0-5), so all prompts "
+                                 "share one length and batch best; default all templates."),
     batch_size: int = typer.Option(32, "--batch-size", help="Prompts per forward."),
     max_rows: int = typer.Option(64, "--max-rows", help="Rows per forward when batching ablations (prompts x sets)."),
     strict: bool = typer.Option(False, "--strict", help="Fail on a bad JSONL line instead of skipping it."),
@@ -105,12 +107,12 @@ def ablate(
         raise SelectionError(f"--n-prompts, --batch-size and --max-rows must be >= 1, got {n_prompts}, {batch_size}, {max_rows}")
     if compare_random < 0:
         raise SelectionError(f"--compare-random must be >= 0, got {compare_random}")
-    lm, enc = _load(model, task, n_prompts, seed_list[0], batch_size, strict)
+    lm, enc = _load(model, task, n_prompts, seed_list[0], batch_size, strict, template)
     comps = _components(lm, heads, mlps)
     if sweep:
         _run_sweep(lm, enc, sweep, comps, meth, met, seed_list[0], max_rows, out, force, json_out,
                    dict(model=model, task=task, method=meth.value, metric=met.value, sweep=sweep, heads=heads, mlps=mlps,
-                        n_prompts=n_prompts, seed=seed_list[0], n_examples=enc.n_examples))
+                        n_prompts=n_prompts, seed=seed_list[0], template=template, n_examples=enc.n_examples))
         return
     t0 = time.perf_counter()
     with status("reference runs"):
@@ -244,6 +246,8 @@ def circuit(
                                           "same prompts: Spearman correlation and time ratio."),
     overlap_task: str = typer.Option(None, "--overlap-task", help="Find the circuit of this task too and report the overlap."),
     n_prompts: int = typer.Option(32, "--n-prompts", "-n", help="Prompts generated (or read from the file)."),
+    template: int = typer.Option(None, "--template", help="IOI only: use this one template (0-5), so all prompts "
+                                 "share one length and batch best; default all templates."),
     seed: int = typer.Option(0, "--seed", help="Prompt generation seed."),
     batch_size: int = typer.Option(32, "--batch-size", help="Prompts per forward."),
     max_rows: int = typer.Option(64, "--max-rows", help="Rows per forward when batching patching runs."),
@@ -272,8 +276,8 @@ def circuit(
     if n_prompts < 1 or batch_size < 1 or max_rows < 1:
         raise SelectionError(f"--n-prompts, --batch-size and --max-rows must be >= 1, got {n_prompts}, {batch_size}, {max_rows}")
     out = prepare_out_dir(out, force)
-    lm, enc = _load(model, task, n_prompts, seed, batch_size, strict)
-    report: dict = {"model": model, "task": task, "method": method, "metric": met.value, "n_examples": enc.n_examples,
+    lm, enc = _load(model, task, n_prompts, seed, batch_size, strict, template)
+    report: dict = {"model": model, "task": task, "template": template, "method": method, "metric": met.value, "n_examples": enc.n_examples,
                     "skipped": len(enc.skipped), "machine_note": "timings are wall-clock on this machine"}
     found = _find_circuit(lm, enc, method, met, ig_steps, top_n, threshold, max_rows, out, task)
     report.update(found["report"])
