@@ -167,6 +167,18 @@ def run_streaming(lm, *, length=512, n_prompts=2, source="pattern", sink=None, r
     return results
 
 
+def run_gates(lm, *, steps=8, length=256, prompts=2, lr=0.1, retrieval=None, bar=None):
+    from analyses import Provenance
+    from analyses.duo_gates import GateConfig, train_gates
+    from analyses.streaming import gate_scores
+
+    cfg = GateConfig(steps=steps, length=length, prompts=prompts, lr=lr)
+    task = bar.add_task("DuoAttention gates: optimising", total=steps) if bar else None
+    gates, record = train_gates(lm, cfg, on_step=(lambda i, loss: bar.advance(task)) if bar else None)
+    prov = Provenance.for_model(lm.facts, seeds=(cfg.seed,), prompts=f"{prompts} synthetic passkey prompts of {length}")
+    return gate_scores(gates, n_heads=lm.facts.n_heads, provenance=prov, retrieval=retrieval, params=record)
+
+
 # ---- output ------------------------------------------------------------------------------
 def print_results(results, title: str) -> None:
     """One row per result: distribution and top heads."""
@@ -336,10 +348,15 @@ def streaming(
     retrieval_file: Path = typer.Option(None, "--retrieval", exists=True, dir_okay=False,
                                         help="A retrieval.retrieval_score.json to compare with (Spearman, overlap)."),
     chat: bool = typer.Option(True, help="Format with the model's chat template."),
+    gates: bool = typer.Option(True, help="Also optimise DuoAttention gates per KV head (frozen model)."),
+    gate_steps: int = typer.Option(8, min=1, help="Gate optimisation steps (thorough: 100+)."),
+    gate_length: int = typer.Option(256, min=64, help="Tokens per synthetic passkey prompt for the gates."),
+    gate_prompts: int = typer.Option(2, min=1, help="Passkey prompts for the gates."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Streaming vs retrieval heads (DuoAttention): attention mass on sink + recent keys per head.
+    """Streaming vs retrieval heads (DuoAttention): attention mass on sink + recent keys per head,
+    and gates alpha per KV head optimised on synthetic passkeys (alpha * full + (1 - alpha) * streaming).
 
     Example: lens heads streaming smollm2-135m --length 1024 --retrieval results/retrieval/retrieval.retrieval_score.json --out results/streaming
     """
@@ -352,4 +369,7 @@ def streaming(
     with progress() as bar:
         results = run_streaming(lm, length=length, n_prompts=prompts, source=source, sink=sink, recent=recent,
                                 retrieval=retr, chat=chat, bar=bar)
+        if gates:
+            results += run_gates(lm, steps=gate_steps, length=gate_length, prompts=gate_prompts, retrieval=retr,
+                                 bar=bar)
     finish(results, out, model, json_out, f"{lm.facts.name}: streaming profile")

@@ -45,7 +45,7 @@ def scan(
     """Run every head analysis on MODEL with default settings and save every result to OUT.
 
     Analyses: summary, sinks, taxonomy, retrieval (NIAH), streaming profile, and with
-    --thorough or --ablate the causal ablation test. The defaults take a few minutes on
+    --thorough the DuoAttention gates and (also with --ablate) the causal ablation test. The defaults take a few minutes on
     SmolLM2 on 2 CPU cores; a retrieval analysis that finds no passing trial is reported
     and skipped, the others still run.
 
@@ -81,6 +81,9 @@ def scan(
             notes.append(f"retrieval skipped: {err}")
         results += hc.run_streaming(lm, length=max(length_list), n_prompts=2 if thorough else 1, source=source,
                                     retrieval=retrieval[0].scores if retrieval else None, chat=chat, bar=bar)
+        if thorough:
+            results += hc.run_gates(lm, steps=50, length=512, prompts=4,
+                                    retrieval=retrieval[0].scores if retrieval else None, bar=bar)
         if ks and retrieval:
             results += hc.run_ablation(lm, trials, retrieval[0].scores, name="retrieval", ks=ks,
                                        seeds=[0, 1, 2] if thorough else [0], bar=bar)

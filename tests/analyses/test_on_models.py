@@ -91,3 +91,15 @@ def test_smollm2_sinks(smollm2):
     share = first.arrays["share_of_heads_above_0.5_per_layer"]
     assert share[:2].max() == 0 and share[20:].mean() > 0.5  # sinks form after the first layers
     assert hidden.summary["sink_positions_found"] > 0 and hidden.summary["massive_total"] > 0
+
+
+def test_duo_gates_start_at_full_attention_and_restore_the_model(tiny_lm):
+    from analyses.duo_gates import GateConfig, train_gates
+
+    ids = torch.randint(3, 200, (1, 40))
+    before = tiny_lm.model(ids).logits
+    gates, rec = train_gates(tiny_lm, GateConfig(length=400, steps=2, prompts=1, needles=1))
+    assert gates.shape == (tiny_lm.facts.n_layers, tiny_lm.facts.n_kv_heads)
+    assert rec["losses"][0][0] == pytest.approx(0.0, abs=1e-8)  # alpha = 1 is exactly the full model
+    assert ((gates >= 0) & (gates <= 1)).all() and rec["sink"] >= 1
+    assert torch.equal(tiny_lm.model(ids).logits, before)  # attention implementation and weights restored

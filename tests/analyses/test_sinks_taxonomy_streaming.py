@@ -141,3 +141,12 @@ def test_ablation_plan():
     assert plan[3]["random"] == ablation_plan(scores, ks=[3], seeds=[0, 1])[3]["random"]
     with pytest.raises(AblationError, match="k=11 is out of range"):
         ablation_plan(scores, ks=[11], seeds=[0])
+
+
+def test_gate_scores_expand_kv_heads_and_binarise():
+    from analyses.streaming import gate_scores
+
+    g = torch.tensor([[1.0, 0.2], [0.4, 0.9]])
+    r = gate_scores(g, n_heads=4, provenance=PROV)[0]
+    np.testing.assert_allclose(r.scores, [[1, 1, 0.2, 0.2], [0.4, 0.4, 0.9, 0.9]])
+    assert r.summary["retrieval_kv_heads"] == 2 and r.summary["sparsity"] == 0.5

@@ -1,0 +1,137 @@
+"""DuoAttention gate optimisation (Xiao et al. 2024): which KV heads need the full context.
+
+Model-side training code (the scoring of trained gates is :func:`analyses.streaming.gate_scores`).
+Each KV head of each layer gets a gate alpha in [0, 1] (initialised to 1); its query heads
+output ``alpha * full + (1 - alpha) * streaming`` attention, where streaming attention sees
+only the first ``sink`` and the last ``recent`` keys. Model weights stay frozen; the gates
+minimise MSE between the full model's and the mixed model's final hidden states on the
+answer tokens of synthetic passkey prompts, plus ``l1`` x the mean |alpha| (DuoAttention
+uses 0.05). Gates are clamped to [0, 1] after each step.
+
+The mixed attention is a registered transformers attention function, switched on for
+the duration of :func:`train_gates` and restored in ``finally``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from analyses.niah import make_trial
+
+_IMPL = "attnlens_duo"
+_GATES_ATTR = "_attnlens_duo"
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Defaults fit a couple of minutes of CPU on SmolLM2; raise steps/length/prompts for thorough runs."""
+
+    length: int = 256  # prompt tokens
+    prompts: int = 2  # passkey prompts (each a batch of one)
+    steps: int = 8  # optimisation steps (DuoAttention: 2000 on GPUs)
+    lr: float = 0.1  # Adam; large because there are few steps
+    l1: float = 0.05  # weight of mean |alpha|
+    sink: int | None = None  # default: 64 scaled by length / 8192
+    recent: int | None = None  # default: 256 scaled by length / 8192
+    needles: int = 3  # passkeys per prompt (multi-passkey, as DuoAttention's synthetic data)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.length < 64 or self.prompts < 1 or self.steps < 1 or self.lr <= 0 or self.l1 < 0:
+            raise ValueError(f"GateConfig needs length >= 64, prompts >= 1, steps >= 1, lr > 0, l1 >= 0; got {self}")
+
+
+def _mixed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """query ``[B, H, M, D]``, key/value ``[B, Hkv, N, D]`` -> ``([B, M, H, D], None)``."""
+    state = getattr(module, _GATES_ATTR)
+    gates, sink, recent = state["gates"], state["sink"], state["recent"]
+    groups = query.shape[1] // key.shape[1]
+    k = key.repeat_interleave(groups, dim=1)
+    v = value.repeat_interleave(groups, dim=1)
+    m, n = query.shape[2], k.shape[2]
+    pos = torch.arange(m, device=query.device) + (n - m)
+    keys = torch.arange(n, device=query.device)
+    causal = keys[None, :] <= pos[:, None]
+    stream = causal & ((keys[None, :] < sink) | (keys[None, :] > pos[:, None] - recent))
+    full = F.scaled_dot_product_attention(query, k, v, attn_mask=causal, scale=scaling)
+    part = F.scaled_dot_product_attention(query, k, v, attn_mask=stream, scale=scaling)
+    alpha = gates[module.layer_idx].clamp(0, 1).repeat_interleave(groups).view(1, -1, 1, 1)
+    out = alpha * full + (1 - alpha) * part
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(_IMPL, _mixed_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(_IMPL, sdpa_mask)
+
+
+def passkey_batch(lm, cfg: GateConfig) -> list[tuple[Tensor, Tensor]]:
+    """Synthetic multi-passkey prompts followed by their answer: (ids ``[1, pos]``, answer positions)."""
+    chat = bool(getattr(lm.tokenizer, "chat_template", None))
+    rng = random.Random(cfg.seed)
+    out = []
+    for i in range(cfg.prompts):
+        trial = make_trial(lm.tokenizer, length=cfg.length - 24, depth=rng.random(), n_needles=cfg.needles,
+                           context_length=lm.facts.context_length, seed=cfg.seed * 1000 + i, chat=chat)
+        answer = lm.tokenizer(" " + trial.needle.text, add_special_tokens=False).input_ids
+        ids = torch.cat([trial.input_ids, torch.tensor(answer)]).view(1, -1)
+        out.append((ids, torch.arange(trial.n_tokens - 1, ids.shape[1] - 1)))  # rows that predict the answer
+    return out
+
+
+def train_gates(lm, cfg: GateConfig = GateConfig(), on_step: Callable[[int, float], None] | None = None
+                ) -> tuple[Tensor, dict]:
+    """Trained gates ``[layer, kv_head]`` and a record (losses, the sink/recent used)."""
+    from analyses.streaming import scaled_window
+
+    model, f = lm.model, lm.facts
+    sink0, recent0 = scaled_window(cfg.length)
+    sink, recent = cfg.sink or sink0, cfg.recent or recent0
+    data = passkey_batch(lm, cfg)
+    with torch.no_grad():
+        targets = [model(ids.to(lm.device), output_hidden_states=True).hidden_states[-1][0, pos] for ids, pos in data]
+    gates = torch.nn.Parameter(torch.ones(f.n_layers, f.n_kv_heads, device=lm.device))
+    opt = torch.optim.Adam([gates], lr=cfg.lr)
+    _register()
+    modules = [m for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int) and hasattr(m, "is_causal")]
+    previous = model.config._attn_implementation
+    frozen = [p.requires_grad for p in model.parameters()]
+    losses = []
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for m in modules:
+            setattr(m, _GATES_ATTR, {"gates": gates, "sink": sink, "recent": recent})
+        model.set_attn_implementation(_IMPL)
+        for step in range(cfg.steps):
+            opt.zero_grad()
+            mse = 0.0
+            for (ids, pos), target in zip(data, targets):
+                hidden = model(ids.to(lm.device), output_hidden_states=True).hidden_states[-1][0, pos]
+                mse = mse + F.mse_loss(hidden, target) / len(data)
+            loss = mse + cfg.l1 * gates.abs().mean()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                gates.clamp_(0, 1)
+            losses.append([float(mse.detach()), float(loss.detach())])
+            if on_step:
+                on_step(step, float(loss.detach()))
+    finally:
+        for m in modules:
+            if hasattr(m, _GATES_ATTR):
+                delattr(m, _GATES_ATTR)
+        model.set_attn_implementation(previous)
+        for p, r in zip(model.parameters(), frozen):
+            p.requires_grad_(r)
+    record = {**cfg.__dict__, "sink": sink, "recent": recent, "scaled_from": [64, 256], "losses": losses}
+    return gates.detach().cpu(), record
