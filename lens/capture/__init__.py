@@ -12,9 +12,9 @@ from lens.backends import Backend
 from lens.capture import native
 from lens.capture.record import Capture, CaptureMeta
 from lens.capture.spec import CaptureSpec, format_bytes
-from lens.errors import MemoryBudgetError, PromptError
+from lens.errors import BackendError, MemoryBudgetError, PromptError
 from lens.interventions import HeadEdit
-from lens.loaded import LoadedModel
+from lens.loaded import LoadedModel, Modality
 from lens.sites import Site
 
 
@@ -46,21 +46,30 @@ def capture(lm: LoadedModel, *, sites: Iterable[Site] = (Site.PATTERN,), layers:
 
 @dataclass
 class RunResult:
-    logits: torch.Tensor  # [batch, pos, vocab]
+    logits: torch.Tensor | None  # [batch, pos, vocab]; None for encoders without a head (ViT)
     capture: Capture
+    last_hidden_state: torch.Tensor | None = None  # [batch, pos, d_model], for encoders without logits
 
 
-def run(lm: LoadedModel, prompt: str | Sequence[str] | torch.Tensor, *, sites: Iterable[Site] = (Site.PATTERN,),
+def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
         layers: Sequence[int] | None = None, heads: Sequence[int] | None = None, dtype: torch.dtype | None = None,
         device: str = "cpu", budget_bytes: int | None = None, edits: Sequence[HeadEdit] = (),
         backend: Backend | str = Backend.TORCH, chat: bool = False) -> RunResult:
     """One forward pass over ``prompt`` (text, several texts of equal token length, or ids
     ``[batch, pos]``) through ``backend``, returning logits and the capture.
 
+    For a vision model ``prompt`` is an image: a PIL image, a numpy array ``[H, W, 3]``,
+    a list of those, or pixel values ``[batch, 3, H, W]`` (see :mod:`lens.vision`); the
+    result has ``last_hidden_state`` and no logits, and the capture's tokens are "CLS",
+    "patch(r,c)", ... (torch backend only).
+
     The capture's size is estimated first; over ``budget_bytes`` it raises
     :class:`~lens.errors.MemoryBudgetError` before anything runs.
     """
     backend = Backend(backend)
+    if lm.facts.modality is Modality.VISION:
+        return _run_image(lm, prompt, sites=sites, layers=layers, heads=heads, dtype=dtype, device=device,
+                          budget_bytes=budget_bytes, edits=edits, backend=backend)
     input_ids = encode_batch(lm, prompt, chat=chat)
     spec = CaptureSpec.resolve(lm.facts, sites=sites, layers=layers, heads=heads, dtype=dtype,
                                device=device, budget_bytes=budget_bytes)
@@ -81,8 +90,33 @@ def run(lm: LoadedModel, prompt: str | Sequence[str] | torch.Tensor, *, sites: I
     return RunResult(logits=logits.detach(), capture=cap)
 
 
+def _run_image(lm: LoadedModel, image, *, sites, layers, heads, dtype, device, budget_bytes, edits,
+               backend: Backend) -> RunResult:
+    from lens import vision
+
+    if backend is not Backend.TORCH:
+        raise BackendError(f"backend {backend.value!r} does not take images: use backend 'torch' for {lm.facts.name}")
+    if not vision.is_image(image):
+        raise PromptError(f"{lm.facts.name} is a vision model: give an image (PIL, numpy [H, W, 3] or pixel "
+                          f"values [batch, 3, H, W]), got {type(image).__name__}")
+    pixels = vision.pixel_values(lm, image)
+    layout = vision.layout_for(lm.model.config, pixels)
+    spec = CaptureSpec.resolve(lm.facts, sites=sites, layers=layers, heads=heads, dtype=dtype,
+                               device=device, budget_bytes=budget_bytes)
+    check_budget(lm, spec, torch.empty(pixels.shape[0], layout.n_tokens, device="meta"))
+    model_dtype = next(lm.model.parameters()).dtype
+    with torch.no_grad(), native.capture(lm, spec, edits=edits) as session:
+        out = lm.model(pixel_values=pixels.to(device=lm.device, dtype=model_dtype))
+    cap = native.build_capture(lm, spec, session.steps, None, backend=backend.value,
+                               pixel_shape=tuple(pixels.shape))
+    logits = getattr(out, "logits", None)
+    return RunResult(logits=None if logits is None else logits.detach(), capture=cap,
+                     last_hidden_state=out.last_hidden_state.detach() if hasattr(out, "last_hidden_state") else None)
+
+
 def check_budget(lm: LoadedModel, spec: CaptureSpec, input_ids: torch.Tensor) -> int:
-    """The estimated bytes of capturing ``spec`` over ``input_ids``; raises if over budget."""
+    """The estimated bytes of capturing ``spec`` over ``input_ids`` (only its shape
+    ``[batch, pos]`` counts); raises if over budget."""
     model_dtype = next(lm.model.parameters()).dtype
     estimate = spec.estimate_bytes(lm.facts, batch=input_ids.shape[0], q_len=input_ids.shape[1],
                                    model_dtype=model_dtype)

@@ -27,6 +27,7 @@ from lens.sites import Site, SiteKey
 
 _EAGER, _SDPA = "attnlens_eager", "attnlens_sdpa"
 _SESSION_ATTR = "_attnlens_session"
+_LAYER_ATTR = "_attnlens_layer"  # set with the session: encoders (ViT) have no layer_idx
 
 
 def _eager_for(module: nn.Module):
@@ -46,7 +47,7 @@ def _wrapped(kind: str):
             out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
         session = getattr(module, _SESSION_ATTR, None)
         if session is not None:
-            session.on_attention(module.layer_idx, query, key, value, weights)
+            session.on_attention(getattr(module, _LAYER_ATTR, None), query, key, value, weights)
         return out, weights
 
     return attention
@@ -78,11 +79,16 @@ class _Session:
         self._kv_idx = None if spec.kv_heads == tuple(range(len(spec.kv_heads))) and spec.heads == tuple(range(n_heads)) \
             else torch.tensor(spec.kv_heads)
         self.input_ids: list[torch.Tensor] = []  # the ids each forward pass was given
+        self.pixel_shapes: list[tuple[int, ...]] = []  # the pixel values' shapes, for vision models
 
     def new_step(self, module, args, kwargs) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if isinstance(ids, torch.Tensor):
+        first = args[0] if args else None
+        ids = kwargs.get("input_ids", first)
+        if isinstance(ids, torch.Tensor) and not ids.is_floating_point():
             self.input_ids.append(ids.detach().cpu())
+        pixels = kwargs.get("pixel_values", first)
+        if isinstance(pixels, torch.Tensor) and pixels.is_floating_point() and pixels.ndim == 4:
+            self.pixel_shapes.append(tuple(pixels.shape))
         self.steps.append({})
 
     def store(self, site: Site, layer: int, t: torch.Tensor) -> None:
@@ -137,6 +143,7 @@ def capture(lm: LoadedModel, spec: CaptureSpec, *, edits: Sequence[HeadEdit] = (
             for layer in spec.layers:
                 attn = adapter.attention(layer)
                 setattr(attn, _SESSION_ATTR, session)
+                setattr(attn, _LAYER_ATTR, layer)
                 attn_modules.append(attn)
         for layer in range(lm.facts.n_layers):
             handles.extend(_layer_hooks(session, adapter, layer))
@@ -145,8 +152,9 @@ def capture(lm: LoadedModel, spec: CaptureSpec, *, edits: Sequence[HeadEdit] = (
         for h in handles:
             h.remove()
         for attn in attn_modules:
-            if hasattr(attn, _SESSION_ATTR):
-                delattr(attn, _SESSION_ATTR)
+            for attr in (_SESSION_ATTR, _LAYER_ATTR):
+                if hasattr(attn, attr):
+                    delattr(attn, attr)
         if model.config._attn_implementation != previous_impl:
             model.set_attn_implementation(previous_impl)
 
@@ -183,15 +191,23 @@ def _layer_hooks(session: _Session, adapter: ModelAdapter, layer: int):
 
 
 def finish(session: _Session, lm: LoadedModel, *, backend: str = "torch") -> Capture:
-    """The :class:`Capture` of a finished session (prompt = the first pass's ids)."""
+    """The :class:`Capture` of a finished session (prompt = the first pass's ids or image)."""
+    if lm.tokenizer is None and session.pixel_shapes:
+        return build_capture(lm, session.spec, session.steps, None, backend=backend,
+                             pixel_shape=session.pixel_shapes[0])
     ids = session.input_ids
     input_ids = ids[0] if ids else torch.zeros(1, 0, dtype=torch.long)
     generated = torch.cat(ids[1:], dim=-1) if len(ids) > 1 else None
     return build_capture(lm, session.spec, session.steps, input_ids, backend=backend, generated=generated)
 
 
-def build_capture(lm: LoadedModel, spec: CaptureSpec, steps, input_ids: torch.Tensor, *,
-                  backend: str, generated: torch.Tensor | None = None) -> Capture:
+def build_capture(lm: LoadedModel, spec: CaptureSpec, steps, input_ids: torch.Tensor | None, *,
+                  backend: str, generated: torch.Tensor | None = None,
+                  pixel_shape: tuple[int, ...] | None = None) -> Capture:
+    """The capture of ``steps``; an image run gives ``pixel_shape`` ``(batch, 3, H, W)`` instead
+    of ids, and gets tokens "CLS", "patch(r,c)" and its layout in ``meta.extra["image"]``."""
+    if pixel_shape is not None:
+        return _image_capture(lm, spec, steps, pixel_shape, backend=backend)
     meta = CaptureMeta(
         facts=lm.facts,
         token_ids=input_ids.tolist(),
@@ -200,5 +216,21 @@ def build_capture(lm: LoadedModel, spec: CaptureSpec, steps, input_ids: torch.Te
         sites=list(spec.sites), layers=list(spec.layers), heads=list(spec.heads),
         kv_heads=list(spec.kv_heads), backend=backend,
         generated=[] if generated is None else generated.tolist(),
+    )
+    return Capture(meta=meta, steps=steps)
+
+
+def _image_capture(lm: LoadedModel, spec: CaptureSpec, steps, pixel_shape, *, backend: str) -> Capture:
+    from lens.vision import layout_for
+
+    layout = layout_for(lm.model.config, torch.empty(pixel_shape, device="meta"))
+    batch, tokens = pixel_shape[0], layout.tokens()
+    meta = CaptureMeta(
+        facts=lm.facts,
+        token_ids=[list(range(layout.n_tokens)) for _ in range(batch)],  # positions: images have no ids
+        tokens=[list(tokens) for _ in range(batch)],
+        text=[f"<image {layout.height}x{layout.width}>"] * batch,
+        sites=list(spec.sites), layers=list(spec.layers), heads=list(spec.heads),
+        kv_heads=list(spec.kv_heads), backend=backend, extra={"image": layout.to_json()},
     )
     return Capture(meta=meta, steps=steps)
