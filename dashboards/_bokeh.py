@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-from bokeh.models import ColorBar, ColumnDataSource, FixedTicker, HoverTool, LinearColorMapper, TapTool
+from bokeh.models import (
+    ColorBar,
+    ColumnDataSource,
+    FixedTicker,
+    HoverTool,
+    LinearColorMapper,
+    TapTool,
+)
 from bokeh.palettes import Category10_10, Category20_20, Viridis256
 from bokeh.plotting import figure
 

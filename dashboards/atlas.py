@@ -9,6 +9,8 @@ import param
 from dashboards._bokeh import _finite_range, head_grid_data, head_heatmap
 from dashboards.data import ResultsFolder, head_label
 
+PREFERRED = ("summary.sink_mass", "summary.entropy")  # shown first when present
+
 
 class HeadAtlas(pn.viewable.Viewer):
     """Heatmap of ``metric``'s scores ``[layer, head]``; clicking a cell sets ``selected``.
@@ -23,7 +25,8 @@ class HeadAtlas(pn.viewable.Viewer):
     def __init__(self, folder: ResultsFolder, **params):
         self.folder = folder
         names = folder.names
-        metric = params.pop("metric", names[0] if names else None)
+        first = next((n for n in PREFERRED if n in names), names[0] if names else None)
+        metric = params.pop("metric", first)
         super().__init__(**params)
         self.param.metric.objects = names  # per instance: param copies parameters on first write
         with param.discard_events(self):

@@ -111,8 +111,8 @@ class HeadProfiles:
 def head_profiles(folder: ResultsFolder) -> HeadProfiles:
     """Profiles of every head from every result of the folder's main shape.
 
-    Head types come from a ``taxonomy`` result when the folder has one (its scores are type
-    codes and ``params["type_names"]`` names them); otherwise each head is typed by the metric
+    Head types come from a ``taxonomy`` result whose scores are type codes named by
+    ``params["type_names"]`` when the folder has one; otherwise each head is typed by the metric
     it stands out most in (largest |z|, marked high or low), or "typical" when none does.
     """
     n_layers, n_heads = folder.shape
@@ -120,7 +120,7 @@ def head_profiles(folder: ResultsFolder) -> HeadProfiles:
     layers, heads = np.divmod(np.arange(n_layers * n_heads), max(n_heads, 1))
     cols, names = [], []
     for r in rs:
-        if r.analysis == "taxonomy":
+        if _is_type_codes(r):
             continue
         v = r.scores.ravel()
         mu, sd = np.nanmean(v) if np.isfinite(v).any() else 0.0, np.nanstd(v) if np.isfinite(v).any() else 0.0
@@ -140,8 +140,13 @@ def head_profiles(folder: ResultsFolder) -> HeadProfiles:
     return HeadProfiles(layers, heads, feats, names, types)
 
 
+def _is_type_codes(r) -> bool:
+    """A taxonomy result whose scores are type codes named by ``params["type_names"]``."""
+    return r.analysis == "taxonomy" and bool(r.params.get("type_names"))
+
+
 def _taxonomy_types(folder: ResultsFolder, n_layers: int, n_heads: int) -> list[str] | None:
-    tax = next((r for r in folder.results if r.analysis == "taxonomy" and r.shape == (n_layers, n_heads)), None)
+    tax = next((r for r in folder.results if _is_type_codes(r) and r.shape == (n_layers, n_heads)), None)
     if tax is None:
         return None
     names = [str(s) for s in tax.params.get("type_names", [])]

@@ -17,7 +17,14 @@ from bokeh.models import ColumnDataSource, FixedTicker, HoverTool, LinearColorMa
 from bokeh.palettes import Blues256
 from bokeh.plotting import figure
 
-from dashboards.compute import CONTEXT_BINS, MAX_WINDOW, PatternWindow, pattern_stats, token_label, window_pattern
+from dashboards.compute import (
+    CONTEXT_BINS,
+    MAX_WINDOW,
+    PatternWindow,
+    pattern_stats,
+    token_label,
+    window_pattern,
+)
 from dashboards.data import CaptureFile, CaptureReadError, ResultsFolder, head_label
 
 MAX_CELLS = MAX_WINDOW * (MAX_WINDOW + 2 * CONTEXT_BINS + 1)  # hard bound on heatmap cells sent

@@ -85,7 +85,7 @@ class SweepsView(pn.viewable.Viewer):
         sweeps = self.sweep_plots()
         heat = self.ablation_heatmaps()
         parts = [pn.pane.Markdown("### Ablation sweeps")]
-        parts += [pn.FlexBox(*[pn.pane.Bokeh(f) for f in sweeps + heat])] if sweeps or heat else [
+        parts += [pn.GridBox(*[pn.pane.Bokeh(f) for f in sweeps + heat], ncols=2)] if sweeps or heat else [
             pn.pane.Markdown("No ablation results or sweep curves in this folder (run `lens ablate`).")]
         parts += [pn.pane.Markdown("### Circuits"), pn.widgets.Select.from_param(self.param.circuit, width=200),
                   pn.param.ParamMethod(self.circuit_plot, lazy=True)]

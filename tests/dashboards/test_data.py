@@ -8,8 +8,15 @@ import shutil
 import numpy as np
 import pytest
 
-from dashboards.compute import (CONTEXT_BINS, MAX_WINDOW, embed_2d, head_profiles, pattern_stats, qk_points,
-                                window_pattern)
+from dashboards.compute import (
+    CONTEXT_BINS,
+    MAX_WINDOW,
+    embed_2d,
+    head_profiles,
+    pattern_stats,
+    qk_points,
+    window_pattern,
+)
 from dashboards.data import CaptureFile, CaptureReadError, ResultsFolder, ResultsFolderError
 
 

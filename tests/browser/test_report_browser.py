@@ -1,0 +1,36 @@
+"""The HTML report in headless chromium, and the PDF as page images: saved for a human look."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from dashboards.report import write_report
+
+
+@pytest.fixture(scope="module")
+def report_folder(tmp_path_factory):
+    from dashboards.synthetic import make_results_folder
+
+    return make_results_folder(tmp_path_factory.mktemp("rep") / "results", n_layers=6, n_heads=8, taxonomy=True)
+
+
+def test_html_report_renders_in_chromium(browser, report_folder, shots, tmp_path):
+    out = write_report(report_folder, "html", tmp_path / "report.html")
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.goto(out.resolve().as_uri())
+    sizes = page.evaluate("() => [...document.images].map(i => i.naturalWidth)")
+    assert len(sizes) > 10 and all(w > 0 for w in sizes)  # every embedded PNG decodes
+    page.screenshot(path=str(shots / "report_html.png"))
+    page.screenshot(path=str(shots / "report_html_full.png"), full_page=True)
+    page.close()
+
+
+def test_pdf_report_pages(report_folder, shots, tmp_path):
+    if shutil.which("pdftoppm") is None:
+        pytest.skip("pdftoppm (poppler-utils) is missing")
+    out = write_report(report_folder, "pdf", tmp_path / "report.pdf")
+    subprocess.run(["pdftoppm", "-r", "60", "-png", str(out), str(shots / "report_pdf")], check=True)
+    assert len(list(shots.glob("report_pdf-*.png"))) >= 3
