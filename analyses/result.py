@@ -119,6 +119,8 @@ class HeadScores:
 
         json_path = Path(json_path)
         tensor_path = json_path.with_suffix(".safetensors")
+        from safetensors import SafetensorError
+
         try:
             doc = json.loads(json_path.read_text())
             arrays = load_file(str(tensor_path))
@@ -133,7 +135,7 @@ class HeadScores:
             raise
         except FileNotFoundError as err:
             raise ResultError(f"{err.filename} is missing") from None
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
             raise ResultError(f"{json_path.name} cannot be read: {type(err).__name__}: {err}") from None
 
 
