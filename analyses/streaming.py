@@ -86,11 +86,21 @@ def agreement(score: np.ndarray, retrieval: np.ndarray, *, top: int | None = Non
     ok = np.isfinite(a) & np.isfinite(b)
     a, b = a[ok], b[ok]
     k = top or max(1, int(np.sum(b > 0.1)))
-    rank = lambda x: np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(float)  # noqa: E731
-    rho = float(np.corrcoef(rank(a), rank(b))[0, 1]) if a.size > 1 and a.std() > 0 and b.std() > 0 else float("nan")
+    rho = float(np.corrcoef(_rank(a), _rank(b))[0, 1]) if a.size > 1 and a.std() > 0 and b.std() > 0 else float("nan")
     overlap = len(set(np.argsort(-a, kind="stable")[:k]) & set(np.argsort(-b, kind="stable")[:k]))
     return {"spearman_vs_retrieval": rho, "top_k": k, "top_k_overlap": overlap,
             "top_k_overlap_random_expectation": k * k / max(1, a.size)}
+
+
+def _rank(x: np.ndarray) -> np.ndarray:
+    """Ranks with ties averaged (many heads have retrieval score exactly 0)."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(x.size)
+    ranks[order] = np.arange(x.size, dtype=float)
+    for value in np.unique(x):
+        tied = x == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
 
 
 def gate_scores(gates: Float[Tensor, "layer kv_head"], *, n_heads: int, provenance: Provenance,

@@ -349,9 +349,9 @@ def streaming(
                                         help="A retrieval.retrieval_score.json to compare with (Spearman, overlap)."),
     chat: bool = typer.Option(True, help="Format with the model's chat template."),
     gates: bool = typer.Option(True, help="Also optimise DuoAttention gates per KV head (frozen model)."),
-    gate_steps: int = typer.Option(8, min=1, help="Gate optimisation steps (thorough: 100+)."),
+    gate_steps: int = typer.Option(6, min=1, help="Gate optimisation steps (thorough: 100+)."),
     gate_length: int = typer.Option(256, min=64, help="Tokens per synthetic passkey prompt for the gates."),
-    gate_prompts: int = typer.Option(2, min=1, help="Passkey prompts for the gates."),
+    gate_prompts: int = typer.Option(1, min=1, help="Passkey prompts for the gates."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:

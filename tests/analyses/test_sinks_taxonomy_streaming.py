@@ -150,3 +150,11 @@ def test_gate_scores_expand_kv_heads_and_binarise():
     r = gate_scores(g, n_heads=4, provenance=PROV)[0]
     np.testing.assert_allclose(r.scores, [[1, 1, 0.2, 0.2], [0.4, 0.4, 0.9, 0.9]])
     assert r.summary["retrieval_kv_heads"] == 2 and r.summary["sparsity"] == 0.5
+
+
+def test_agreement_averages_tied_ranks():
+    # Four heads tie at retrieval 0: they share rank 1.5, so the tie order creates no correlation.
+    retrieval = np.array([0, 0, 0, 0, 0.5, 0.6])
+    score = np.array([5.0, 4, 3, 2, 1, 6])
+    expected = np.corrcoef([4, 3, 2, 1, 0, 5], [1.5, 1.5, 1.5, 1.5, 4, 5])[0, 1]
+    assert agreement(score, retrieval, top=1)["spearman_vs_retrieval"] == pytest.approx(expected)
