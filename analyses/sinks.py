@@ -56,8 +56,8 @@ def key_stats_from_pattern(pattern: Float[Tensor, "batch head q k"]) -> KeyStats
     p = pattern[0].double()
     n = p.shape[-1]
     n_queries = torch.arange(n, 0, -1, dtype=torch.float64)
-    return KeyStats(first_mass=p[:, 1:, 0].mean(-1).float() if n > 1 else p[:, :, 0].mean(-1).float(),
-                    received_mean=(p.sum(-2) / n_queries).float(), n_queries=n_queries.float())
+    return KeyStats(first_mass=p[:, 1:, 0].mean(-1) if n > 1 else p[:, :, 0].mean(-1),
+                    received_mean=p.sum(-2) / n_queries, n_queries=n_queries)
 
 
 def key_stats_from_kernel(stats) -> KeyStats:
