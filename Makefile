@@ -36,6 +36,9 @@ $(STAMP): pyproject.toml Makefile
 
 demo: install
 	$(BIN)/lens scan smollm2-135m --out $(OUT) --force
+	$(BIN)/lens report $(OUT) --format html --force
+	$(BIN)/lens report $(OUT) --format pdf --force
+	@echo "results: $(OUT)/   report: $(OUT)/report.html and $(OUT)/report.pdf   browse: $(BIN)/lens dashboard $(OUT)"
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -8,6 +8,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from analyses.prompts import GENERAL_PROMPTS
 from lens.cli import app
 from lens.cli._common import console, parse_int_list, prepare_out_dir, print_json, progress, status
 
@@ -38,7 +39,10 @@ def scan(
     depths: str = typer.Option(None, help="NIAH depths (default 0.25,0.75; thorough 0,0.25,0.5,0.75,1)."),
     ablate: str = typer.Option(None, help="Ablation sizes k, e.g. 5,10 (default none; thorough 5,10,20)."),
     source: str = typer.Option("pattern", help="'pattern' or 'kernel' for retrieval, sinks and streaming."),
-    chat: bool = typer.Option(True, help="Chat-format NIAH prompts (models without a template: --no-chat)."),
+    chat: bool | None = typer.Option(None, "--chat/--no-chat",
+                                     help="Chat-format NIAH prompts (default: when the model has a chat template)."),
+    captures: int = typer.Option(2, min=0, max=len(GENERAL_PROMPTS),
+                                 help="Example captures (patterns, q, k) saved under OUT/captures for the dashboard and report."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
@@ -52,7 +56,6 @@ def scan(
     Example: lens scan smollm2-135m --out results/smollm2 --force
     """
     import lens
-    from analyses.prompts import GENERAL_PROMPTS
     from analyses.retrieval import RetrievalError
     from lens.cli import heads_cmds as hc
 
@@ -63,6 +66,8 @@ def scan(
     ks = parse_int_list(ablate, "ablate") or ([5, 10, 20] if thorough else [])
     with status(f"loading {model}"):
         lm = lens.load(model)
+    if chat is None:
+        chat = bool(getattr(lm.tokenizer, "chat_template", None))
     if lengths is None:  # defaults shrink to fit small models' contexts (room left for the answer)
         length_list = sorted({min(n, lm.facts.context_length - 48) for n in length_list})
     with hc.user_errors():
@@ -88,6 +93,10 @@ def scan(
             results += hc.run_ablation(lm, trials, retrieval[0].scores, name="retrieval", ks=ks,
                                        seeds=[0, 1, 2] if thorough else [0], bar=bar)
     paths = [r.save(out) for r in results]
+    with status(f"saving {captures} example capture(s) for the dashboard"):
+        for i, prompt in enumerate(GENERAL_PROMPTS[:captures]):
+            sites = [lens.Site.PATTERN, lens.Site.Q, lens.Site.K]
+            lens.run(lm, prompt, sites=sites).capture.save(out / "captures" / f"{i:03d}")
     if json_out:
         print_json({"model": model, "out": str(out), "notes": notes, "results": [
             {"name": r.name, "file": str(p), "summary": r.summary, "top": r.top(10)} for r, p in zip(results, paths)]})
