@@ -13,6 +13,7 @@ from analyses import (  # noqa: F401  (register theirs)
     sinks,
     streaming,
     taxonomy,
+    vit_heads,
 )
 from analyses.causal import AblationError, ablation_plan, ablation_scores
 from analyses.niah import Needle, NiahError, NiahTrial, make_trial, make_trials, rouge1_recall
