@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -156,7 +155,7 @@ def _measure(name: str, fn: Callable, n: int, dtype: torch.dtype, args: argparse
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        ms, reps = time_fn(lambda: fn(q, k, v), device, args.warmup, args.reps, args.cell_budget_s)
+        ms, reps = time_fn(lambda: fn(q, k, v), device, args.warmup, args.reps, args.cell_budget_s)  # noqa: F821 (deleted in finally)
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else None
         return Cell(name, n, "ok", ms=ms, peak_mib=peak, reps=reps)
     except Exception as exc:  # one failing cell must not end the grid

@@ -47,7 +47,9 @@ def attention_with_stats(
     scale = validate_inputs(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask)
     chosen = resolve_backend(backend, q)
     if chosen == "triton":
-        from ._triton_op import triton_attention_stats  # lazy: importing triton is slow and optional
+        from ._triton_op import (
+            triton_attention_stats,  # lazy: importing triton is slow and optional
+        )
 
         return triton_attention_stats(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask)
     return chunked_attention_stats(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask)

@@ -62,7 +62,7 @@ class StatsSpec:
         try:
             spans = tuple((int(s), int(e)) for s, e in self.spans)
         except (TypeError, ValueError):
-            raise KernelInputError(f"StatsSpec.spans={self.spans!r} must be a sequence of (start, end) int pairs")
+            raise KernelInputError(f"StatsSpec.spans={self.spans!r} must be a sequence of (start, end) int pairs") from None
         for start, end in spans:
             if start < 0 or end <= start:
                 raise KernelInputError(

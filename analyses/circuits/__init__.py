@@ -2,11 +2,30 @@
 circuit selection, faithfulness and overlap. See docs/circuits.md."""
 
 from analyses.circuits._hooks import Edit, MlpRef
-from analyses.circuits.ablation import Context, Method, all_heads, per_position_effects, prepare, random_sets, score_sets
+from analyses.circuits.ablation import (
+    Context,
+    Method,
+    all_heads,
+    per_position_effects,
+    prepare,
+    random_sets,
+    score_sets,
+)
 from analyses.circuits.metrics import Metric, per_row
 from analyses.circuits.tasks import (
-    TASK_NAMES, EncodedTask, Example, Task, TaskBatch, TaskError, colored_objects, encode_task, greater_than, ioi,
-    load_jsonl, load_task, niah,
+    TASK_NAMES,
+    EncodedTask,
+    Example,
+    Task,
+    TaskBatch,
+    TaskError,
+    colored_objects,
+    encode_task,
+    greater_than,
+    ioi,
+    load_jsonl,
+    load_task,
+    niah,
 )
 
 __all__ = [

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import Enum
 
-import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 

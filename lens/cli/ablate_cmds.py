@@ -160,8 +160,8 @@ def _seeds(text: str) -> list[int]:
 
 
 def _run_sweep(lm, enc, kind, comps, meth, met, seed, max_rows, out, force, json_out, settings) -> None:
-    from analyses import HeadScores, Provenance
     import analyses.circuits as circuits
+    from analyses import HeadScores, Provenance
     from analyses.circuits import MlpRef, prepare
     from analyses.circuits.ablation import all_heads
     from analyses.circuits.sweep import open_sweep
@@ -211,7 +211,7 @@ def _run_sweep(lm, enc, kind, comps, meth, met, seed, max_rows, out, force, json
     top = sorted(rows, key=lambda r: r["effect"])[:10]
     if kind == "heads":
         scores = np.full((facts.n_layers, facts.n_heads), np.nan)
-        for (n, c), r in zip(named, rows):
+        for (_, c), r in zip(named, rows):
             if isinstance(c[0], HeadRef):
                 scores[c[0].layer, c[0].head] = r["effect"]
         hs = HeadScores("ablation", f"{meth.value}_{met.value}", scores,

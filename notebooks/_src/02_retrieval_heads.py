@@ -9,7 +9,6 @@
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 
 import lens
 from analyses import Provenance, make_trials, retrieval_scores

@@ -1,10 +1,10 @@
 import json
 
 import pytest
+import torch
 
 from analyses.circuits import Example, Task, TaskError, encode_task, ioi, load_jsonl, load_task
 from analyses.circuits.metrics import Metric, per_row
-import torch
 
 
 def _write(tmp_path, lines):
