@@ -12,7 +12,7 @@ OUT    ?= results/demo
 SYSTEM_PKGS := chromium poppler-utils libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps demo test lint clean
+.PHONY: install system-deps demo test lint bench-capture bench-dashboard clean
 
 install: system-deps $(STAMP)
 
@@ -42,6 +42,12 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+bench-capture: install
+	$(BIN)/python benchmarks/capture_bench.py --reps 5 --out benchmarks/results/capture_cpu.md
+
+bench-dashboard: install
+	ATTNLENS_SCREENSHOTS=benchmarks/results/dashboard $(BIN)/python -m pytest -q -s tests/browser -m benchmark
 
 lint: install
 	$(BIN)/ruff check lens analyses kernels dashboards tests benchmarks
