@@ -75,9 +75,10 @@ class _Session:
         self.steps: list[dict[SiteKey, torch.Tensor]] = []
         self.n_bytes = 0
         # None where every head is kept in order: no copy needed to select them.
-        self._head_idx = None if spec.heads == tuple(range(n_heads)) else torch.tensor(spec.heads)
-        self._kv_idx = None if spec.kv_heads == tuple(range(len(spec.kv_heads))) and spec.heads == tuple(range(n_heads)) \
-            else torch.tensor(spec.kv_heads)
+        # (all query heads in order implies all KV heads in order)
+        every_head = spec.heads == tuple(range(n_heads))
+        self._head_idx = None if every_head else torch.tensor(spec.heads)
+        self._kv_idx = None if every_head else torch.tensor(spec.kv_heads)
         self.input_ids: list[torch.Tensor] = []  # the ids each forward pass was given
         self.pixel_shapes: list[tuple[int, ...]] = []  # the pixel values' shapes, for vision models
 
