@@ -127,3 +127,12 @@ def _load_dinov2_small(dtype: torch.dtype, device: str) -> LoadedModel:
 
 
 __all__ = ["DEFAULT_MODEL", "ZooEntry", "list_models", "load", "register_model"]
+
+
+@register_model("tiny-vlm", "DINOv2-small + SmolLM2-135M-Instruct + a projector trained here, as a transformers "
+                "LLaVA (30 layers x 9 heads; 56-px images become 17 tokens: CLS + 4x4 patches)",
+                modality=Modality.VISION_TEXT)
+def _load_tiny_vlm(dtype: torch.dtype, device: str) -> LoadedModel:
+    from lens.zoo import tiny_vlm
+
+    return tiny_vlm.load(dtype, device)

@@ -1,0 +1,227 @@
+"""Model-side collection for the vision-language analyses (the scoring functions are pure).
+
+Everything here takes a :class:`lens.LoadedModel` of a LLaVA-style model and goes
+through :func:`lens.vlm.prepare`, so it runs the same on tiny-vlm and on llava-hf models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+
+import torch
+from torch import Tensor
+
+from analyses import vlm_edits
+from analyses.scenes import Question, Scene
+from analyses.vision_aware import HeadOutputPair
+from analyses.visual_sinks import (
+    SinkDimensions,
+    VarInput,
+    sink_dimensions,
+    var_modifier,
+    visual_sink_mask,
+)
+from analyses.vqa import AnswerRecord
+from lens import vlm
+
+# An edit for one batch: given the batch about to run, a context manager active while it runs.
+BatchEdit = Callable[[vlm.Batch], AbstractContextManager]
+
+
+def question_prompt(lm, question: str, *, with_image: bool) -> str:
+    """``"<image>\\n" + question``, or the question alone for the text-only baseline."""
+    return f"{vlm.placeholder(lm)}\n{question}" if with_image else f"\n{question}"
+
+
+@torch.no_grad()
+def ask(lm, items: Sequence[tuple[Scene, Question]], *, with_image: bool = True, batch_size: int = 32,
+        max_new_tokens: int = 3, edit: BatchEdit | None = None,
+        on_batch: Callable[[int], None] | None = None) -> list[AnswerRecord]:
+    """Greedy answers (and forced choices) to each ``(scene, question)``, chat-formatted.
+
+    With ``with_image=False`` the same question goes in without the image (the text-only
+    baseline); identical prompts are then run once. ``edit(batch)`` (see :data:`BatchEdit`)
+    is active while each batch generates: that is how interventions are measured.
+    """
+    tok = lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    keys = [(q.text, s.seed if with_image else None) for s, q in items]
+    unique = list(dict.fromkeys(keys))
+    first_item = {k: i for i, k in reversed(list(enumerate(keys)))}
+    results: dict[tuple, tuple[str, torch.Tensor]] = {}
+    for b in range(0, len(unique), batch_size):
+        chunk = unique[b:b + batch_size]
+        inputs = []
+        for key in chunk:
+            scene, question = items[first_item[key]]
+            prompt = question_prompt(lm, question.text, with_image=with_image)
+            inputs.append(vlm.prepare(lm, prompt, [scene.image] if with_image else [], chat=True))
+        batch = vlm.collate(inputs, pad)
+        with edit(batch) if edit is not None else nullcontext():
+            out = lm.model.generate(**batch.model_kwargs(lm.device, _dtype(lm)), max_new_tokens=max_new_tokens,
+                                    do_sample=False, pad_token_id=pad, output_logits=True,
+                                    return_dict_in_generate=True)
+        width = batch.input_ids.shape[1]
+        for row, key in enumerate(chunk):
+            text = tok.decode(out.sequences[row, width:], skip_special_tokens=True)
+            results[key] = (text, out.logits[0][row].float().cpu())
+        if on_batch:
+            on_batch(len(chunk))
+    records = []
+    for (scene, q), key in zip(items, keys):
+        text, logits = results[key]
+        first = [tok(c, add_special_tokens=False).input_ids[0] for c in q.choices]
+        choice = q.choices[int(torch.argmax(logits[first]))]
+        records.append(AnswerRecord(scene=scene.seed, kind=q.kind, question=q.text, truth=q.answer, given=text,
+                                    choice=choice, with_image=with_image, about=q.about))
+    return records
+
+
+def _dtype(lm) -> torch.dtype:
+    return next(lm.model.parameters()).dtype
+
+
+def _pad_id(lm) -> int:
+    tok = lm.tokenizer
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+@contextmanager
+def _record_head_outputs(model, last: int) -> Iterator[dict[int, Tensor]]:
+    """Layer -> the o_proj input of the last ``last`` positions ``[batch, last, head * d_head]``."""
+    layers = vlm_edits.language_model(model).layers
+    store: dict[int, Tensor] = {}
+    handles = []
+    for i, block in enumerate(layers):
+        def hook(module, args, i=i):
+            store[i] = args[0][:, -last:].detach().float().cpu()
+
+        handles.append(block.self_attn.o_proj.register_forward_pre_hook(hook))
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def head_output_pairs(lm, items: Sequence[tuple[Scene, Question]], *, steps: int = 2,
+                      batch_size: int = 16) -> list[HeadOutputPair]:
+    """Per ``(scene, question)``: every head's output with and without the image at the same text.
+
+    The with-image run decodes ``steps`` tokens greedily; both runs are then fed the
+    prompt plus the first ``steps - 1`` of those tokens, and the head outputs of the last
+    ``steps`` positions are kept (step 0: the prompt's last position).
+    """
+    pad = _pad_id(lm)
+    n_heads = lm.facts.n_heads
+    out = []
+    for b in range(0, len(items), batch_size):
+        chunk = items[b:b + batch_size]
+        with_img = [vlm.prepare(lm, question_prompt(lm, q.text, with_image=True), [s.image], chat=True)
+                    for s, q in chunk]
+        text = [vlm.prepare(lm, question_prompt(lm, q.text, with_image=False), [], chat=True) for s, q in chunk]
+        batch = vlm.collate(with_img, pad)
+        gen = lm.model.generate(**batch.model_kwargs(lm.device, _dtype(lm)), max_new_tokens=steps,
+                                min_new_tokens=steps, do_sample=False, pad_token_id=pad)
+        fed = gen[:, batch.input_ids.shape[1]:][:, : steps - 1].cpu()
+        z = {}
+        for name, inputs in (("image", with_img), ("text", text)):
+            extended = [vlm.VlmInput(torch.cat([x.input_ids, fed[i:i + 1]], dim=1), x.pixel_values, x.spans)
+                        for i, x in enumerate(inputs)]
+            eb = vlm.collate(extended, pad)
+            with _record_head_outputs(lm.model, steps) as store:
+                lm.model(**eb.model_kwargs(lm.device, _dtype(lm)))
+            z[name] = torch.stack([store[i] for i in sorted(store)], dim=2)  # [batch, step, layer, head*d]
+        for i, (s, q) in enumerate(chunk):
+            zi, zt = (z[k][i].unflatten(-1, (n_heads, -1)) for k in ("image", "text"))
+            out.append(HeadOutputPair(z_image=zi, z_text=zt, label=f"scene {s.seed}: {q.text}"))
+    return out
+
+
+@torch.no_grad()
+def layer_inputs(lm, x: vlm.VlmInput) -> dict[int, Tensor]:
+    """Layer -> the residual stream entering it ``[pos, d_model]`` (one prompt)."""
+    out = lm.model(**x.model_kwargs(lm.device, _dtype(lm)), output_hidden_states=True)
+    hs = out.hidden_states
+    return {layer: hs[layer][0].float().cpu() for layer in range(lm.facts.n_layers)}
+
+
+@torch.no_grad()
+def base_lm_sink_dimensions(lm, prompts: Sequence[str], **kw) -> SinkDimensions:
+    """Sink dimensions from the language model's massive activations on text-only ``prompts``
+    (the outputs of every layer); for a LLaVA this is its base LM, untouched by the image path."""
+    hidden = []
+    for prompt in prompts:
+        x = vlm.prepare(lm, prompt)
+        out = lm.model(**x.model_kwargs(lm.device, _dtype(lm)), output_hidden_states=True)
+        hidden.append({layer: out.hidden_states[layer + 1][0].float().cpu() for layer in range(lm.facts.n_layers)})
+    return sink_dimensions(hidden, **kw)
+
+
+@torch.no_grad()
+def var_inputs(lm, items: Sequence[tuple[Scene, Question]]) -> list[VarInput]:
+    """Per ``(scene, question)`` with the image: each layer's input hidden state and the
+    attention of the text queries after the image (all keys)."""
+    out = []
+    for scene, q in items:
+        x = vlm.prepare(lm, question_prompt(lm, q.text, with_image=True), [scene.image], chat=True)
+        start = max(s.end for s in x.spans)
+        attention: dict[int, Tensor] = {}
+
+        def record(layer, weights):
+            attention[layer] = weights[0, :, start:].float().cpu()
+            return weights
+
+        with vlm_edits.modify_attention_weights(lm.model, record):
+            res = lm.model(**x.model_kwargs(lm.device, _dtype(lm)), output_hidden_states=True)
+        hidden = {layer: res.hidden_states[layer][0].float().cpu() for layer in range(lm.facts.n_layers)}
+        labels = [""] * x.n_tokens
+        for s in x.spans:
+            labels[s.start:s.end] = s.labels()
+        out.append(VarInput(hidden=hidden, attention=attention, image_mask=x.image_mask(),
+                            queries=list(range(start, x.n_tokens)), labels=labels))
+    return out
+
+
+def var_edit(lm, dims: SinkDimensions, *, tau: float = 20.0, factor: float = 0.6,
+             layers: Sequence[int] | None = None, random_heads_seed: int | None = None) -> BatchEdit:
+    """A :data:`BatchEdit` applying VAR's redistribution: a clean forward of the batch finds each
+    layer's visual sinks, then the generation runs with them redistributed, on the text queries
+    (every position after the first image token that is not an image token).
+
+    With ``random_heads_seed``, the random-head control: each layer's image-centric
+    (head, query) pattern is moved onto a random permutation of the heads.
+    """
+    @contextmanager
+    def edit(batch: vlm.Batch):
+        image_mask = torch.zeros_like(batch.input_ids, dtype=torch.bool)
+        after = torch.zeros_like(image_mask)
+        for row, spans in enumerate(batch.spans):
+            for s in spans:
+                image_mask[row, s.start:s.end] = True
+            if spans:
+                after[row, spans[0].start:] = True
+        with torch.no_grad():
+            res = lm.model(**batch.model_kwargs(lm.device, _dtype(lm)), output_hidden_states=True)
+        sinks = {}
+        for layer in range(lm.facts.n_layers):
+            h = res.hidden_states[layer].float().cpu()
+            sinks[layer] = torch.stack([visual_sink_mask(h[r], image_mask[r], dims.dims, tau=tau)
+                                        for r in range(h.shape[0])])
+        perm = None
+        if random_heads_seed is not None:
+            g = torch.Generator().manual_seed(random_heads_seed)
+            perm = {layer: torch.randperm(lm.facts.n_heads, generator=g) for layer in range(lm.facts.n_layers)}
+        modifier = var_modifier(image_mask, sinks, query_mask=after & ~image_mask, layers=layers, factor=factor,
+                                head_permutation=perm)
+        with vlm_edits.modify_attention_weights(lm.model, modifier):
+            yield sinks
+
+    return edit
+
+
+def vhr_edit(lm, scales) -> BatchEdit:
+    """A :data:`BatchEdit` scaling head outputs by ``scales [layer, head]`` (VHR or its control)."""
+    return lambda batch: vlm_edits.scale_head_outputs(lm.model, scales)
