@@ -159,3 +159,21 @@ def test_var_input_shapes_are_checked():
 
     with pytest.raises(VisualSinkError, match="attention of layer 0"):
         visual_sink_scores([x], SinkDimensions((), {}, {}), n_layers=1, n_heads=2, provenance=Provenance(model="t"))
+
+
+def test_edits_run_through_generation(tiny_llava):
+    """ask() with VAR's edit and with VHR's decodes with the KV cache; no edit gives the plain answers."""
+    from analyses.vision_aware import vhr_scales
+    from analyses.visual_sinks import SinkDimensions
+    from analyses.vlm_collect import ask, vhr_edit
+
+    lm = tiny_llava
+    items = [(make_scene(i), q) for i in range(3) for q in questions(make_scene(i))[:2]]
+    plain = ask(lm, items, batch_size=4)
+    none = SinkDimensions(dims=(), prompt_share={}, max_abs={})
+    assert [r.given for r in ask(lm, items, batch_size=4, edit=var_edit(lm, none))] == [r.given for r in plain]
+    some = SinkDimensions(dims=(0, 1, 2), prompt_share={}, max_abs={})
+    edited = ask(lm, items, batch_size=4, edit=var_edit(lm, some, tau=1.0))
+    assert len(edited) == len(items)
+    scales = vhr_scales(np.random.default_rng(0).random((4, 4)), alpha=3.0)
+    assert len(ask(lm, items, batch_size=4, edit=vhr_edit(lm, scales))) == len(items)

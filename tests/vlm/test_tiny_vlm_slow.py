@@ -1,0 +1,48 @@
+"""The real tiny-vlm: loads offline as a stock transformers LLaVA, and sees the image."""
+
+import pytest
+import torch
+
+from analyses import scenes as sc
+from analyses.vlm_collect import ask
+from analyses.vqa import accuracy_by_kind
+from lens import vlm
+
+pytestmark = pytest.mark.slow
+
+
+def test_it_is_a_stock_llava(tiny_vlm):
+    from transformers import Dinov2Model, LlamaModel, LlavaForConditionalGeneration
+
+    m = tiny_vlm.model
+    assert type(m) is LlavaForConditionalGeneration
+    assert isinstance(m.model.vision_tower, Dinov2Model) and isinstance(m.model.language_model, LlamaModel)
+    assert m.config.vision_feature_select_strategy == "full" and m.config.image_seq_length == 17
+    assert tiny_vlm.facts.n_layers == 30 and tiny_vlm.facts.n_heads == 9 and tiny_vlm.facts.modality.value == "vision-text"
+    meta = tiny_vlm.extras["projector"]
+    assert meta["command"].startswith("python -m lens.zoo.tiny_vlm_train")
+
+
+def test_held_out_colour_questions_need_the_image(tiny_vlm):
+    """24 held-out scenes: with the image the colour answers are mostly right; without, at most one colour's share."""
+    scenes = list(sc.scenes(sc.Split.HELD_OUT, 24))
+    items = [(s, sc.questions(s)[0]) for s in scenes]
+    assert all(q.kind is sc.QuestionKind.COLOUR for _, q in items)
+    seen = accuracy_by_kind(ask(tiny_vlm, items))[sc.QuestionKind.COLOUR]
+    blind = accuracy_by_kind(ask(tiny_vlm, items, with_image=False))[sc.QuestionKind.COLOUR]
+    assert seen.exact >= 0.75
+    assert blind.exact <= 0.35  # one fixed answer for every scene: the share of the commonest colour
+    assert seen.exact > blind.exact + 0.4
+
+
+def test_the_image_path_is_the_stock_one(tiny_vlm):
+    """The features the training cache holds are what LlavaModel.get_image_features projects."""
+    from lens.zoo.tiny_vlm_data import vision_features
+
+    image = sc.make_scene(1_000_001).image
+    x = vlm.prepare(tiny_vlm, "<image>\nWhat shape is it?", [image], chat=True)
+    with torch.no_grad():
+        stock = tiny_vlm.model.model.get_image_features(pixel_values=x.pixel_values).pooler_output[0]
+        cached = tiny_vlm.model.model.multi_modal_projector(vision_features(tiny_vlm.model, tiny_vlm.processor, [image]))[0]
+    torch.testing.assert_close(stock, cached, atol=1e-4, rtol=1e-4)
+    assert x.spans[0].n_tokens == 17 and x.spans[0].grid == (4, 4)
