@@ -121,3 +121,13 @@ def test_errors_are_one_line(tiny_llava, tmp_path):
         with pytest.raises(PromptError) as info:
             call()
         assert "\n" not in str(info.value)
+
+
+def test_hub_llava_offline_is_one_line(monkeypatch):
+    from lens.errors import ModelUnavailableError
+    from lens.zoo.tiny_vlm import load_llava
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailableError, match=r"^cannot load 'llava-hf/llava-1.5-7b-hf' from the Hugging Face hub") as info:
+        load_llava("llava-hf/llava-1.5-7b-hf")
+    assert "\n" not in str(info.value)
