@@ -38,9 +38,9 @@ def sink_inputs(lm, prompts: Sequence[str | Tensor], *, source: Source = "patter
             layers = {layer: key_stats_from_pattern(cap.pattern(layer)) for layer in range(n_layers)}
         else:
             from kernels import StatsSpec
-            from kernels.hf_attention import stats_attention
+            from lens.recording.stats import stats_mode
 
-            with stats_attention(lm.model, StatsSpec(sink_tokens=1, window=0, key_stats=True)) as rec:
+            with stats_mode(lm.model, StatsSpec(sink_tokens=1, window=0, key_stats=True)) as rec:
                 if hidden:
                     cap = lens.run(lm, ids, sites=sites).capture
                 else:
@@ -94,9 +94,9 @@ def streaming_masses(lm, prompts: Sequence[Tensor], *, sink: int, recent: int, s
                          for layer in range(lm.facts.n_layers)})
         else:
             from kernels import StatsSpec
-            from kernels.hf_attention import stats_attention
+            from lens.recording.stats import stats_mode
 
-            with stats_attention(lm.model, StatsSpec(sink_tokens=sink, window=recent, key_stats=False)) as rec:
+            with stats_mode(lm.model, StatsSpec(sink_tokens=sink, window=recent, key_stats=False)) as rec:
                 lm.model(ids.to(lm.device))
             runs.append({layer: (rec.stats[layer][0].sink_mass, rec.stats[layer][0].window_mass)
                          for layer in range(lm.facts.n_layers)})

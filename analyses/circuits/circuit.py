@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analyses.circuits._hooks import MlpRef
 from analyses.circuits.ablation import all_heads, prepare, score_sets
 from analyses.circuits.eap import EdgeScores
 from analyses.circuits.metrics import Metric
 from analyses.circuits.tasks import EncodedTask, TaskError
-from lens.heads import HeadRef
+from lens.heads import HeadRef, MlpRef
 
 _HEAD = re.compile(r"^L(\d+)H(\d+)(?:\.q)?$")
 _KV = re.compile(r"^L(\d+)KV(\d+)\.[kv]$")

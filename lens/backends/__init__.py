@@ -1,7 +1,7 @@
 """The three capture backends, one meaning: each runs a forward pass over ``input_ids``
 with the same head edits and returns logits plus the same per-step records.
 
-- ``torch``: plain PyTorch hooks on the transformers model (:mod:`lens.capture.native`).
+- ``torch``: plain PyTorch hooks on the transformers model (:mod:`lens.recording.native`).
 - ``transformer_lens``: TransformerLens 4.x ``TransformerBridge`` hook points.
 - ``nnsight``: an nnsight trace of the same model.
 """

@@ -10,14 +10,17 @@ outputs). Queries and keys after rotary embedding are not module outputs: ask th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack
 
 import torch
 
 from lens.adapters import DecoderAdapter
-from lens.capture.spec import CaptureSpec
+from lens.attention import AttentionObserver, attention_mode
+from lens.edits import Edit, apply_edits, by_layer, check_edits
 from lens.errors import BackendError
-from lens.interventions import HeadEdit, edit_z, edits_by_layer
+from lens.heads import HeadRef, MlpRef, ResidRef
 from lens.loaded import LoadedModel
+from lens.recording.spec import CaptureSpec
 from lens.sites import Site, SiteKey
 
 _UNSUPPORTED = (Site.Q, Site.K, Site.V)
@@ -40,35 +43,47 @@ def _envoy(root, module_names: dict, module):
     return envoy
 
 
-def run(lm: LoadedModel, input_ids: torch.Tensor, spec: CaptureSpec, edits: Sequence[HeadEdit] = ()):
+class _WantWeights(AttentionObserver):
+    """Makes the pattern layers return their probabilities (the attention module's second output)."""
+
+    needs_weights = True
+
+    def __init__(self, layers):
+        self.layers = frozenset(layers)
+
+
+def run(lm: LoadedModel, input_ids: torch.Tensor, spec: CaptureSpec, edits: Sequence[Edit] = ()):
     """Logits ``[batch, pos, vocab]`` and one step of records, through an nnsight trace."""
     bad = [s.value for s in spec.sites if s in _UNSUPPORTED]
     if bad:
         raise BackendError(f"the nnsight backend cannot capture {', '.join(bad)}: use backend torch or transformer_lens")
+    check_edits(lm.facts, edits)
     nn_model = wrapped(lm)
     adapter = DecoderAdapter(lm.model, lm.facts.n_layers)
     names = {m: n for n, m in lm.model.named_modules()}
-    by_layer = edits_by_layer(edits)
-    head_idx = torch.tensor(spec.heads)
+    edits_at = {key: es for key, (es, _) in by_layer([list(edits)]).items()}
+    head_idx = torch.tensor(spec.heads, device=lm.device)
+    n_heads = lm.facts.n_heads
     saved: dict[SiteKey, object] = {}
-    previous_impl = lm.model.config._attn_implementation
-    if Site.PATTERN in spec.sites:
-        lm.model.set_attn_implementation("eager")
-    try:
+    with ExitStack() as stack:
+        if Site.PATTERN in spec.sites:
+            stack.enter_context(attention_mode(lm.model, _WantWeights(spec.layers)))
         with torch.no_grad(), nn_model.trace(input_ids.to(lm.device)):
             for layer in range(lm.facts.n_layers):
                 wanted = set(spec.sites) if layer in spec.layers else set()
+                z_edits, mlp_edits = edits_at.get((layer, HeadRef), []), edits_at.get((layer, MlpRef), [])
+                resid_edits = edits_at.get((layer, ResidRef), [])
                 block = _envoy(nn_model, names, adapter.block(layer))
                 # nnsight requires reading in execution order within the pass.
                 if Site.RESID_PRE in wanted:
                     saved[SiteKey(Site.RESID_PRE, layer)] = block.input.save()
-                if Site.Z in wanted or layer in by_layer:
+                if Site.Z in wanted or z_edits:
                     proj = _envoy(nn_model, names, adapter.out_proj(layer))
                     x = proj.input
                     batch, pos, width = x.shape
-                    z = x.view(batch, pos, lm.facts.n_heads, width // lm.facts.n_heads)
-                    if layer in by_layer:
-                        z = edit_z(z, by_layer[layer])
+                    z = x.view(batch, pos, n_heads, width // n_heads)
+                    if z_edits:
+                        z = apply_edits(z, z_edits, n_heads=n_heads)
                         proj.input = z.reshape(batch, pos, width)
                     if Site.Z in wanted:
                         saved[SiteKey(Site.Z, layer)] = z.transpose(1, 2).index_select(1, head_idx).save()
@@ -78,15 +93,21 @@ def run(lm: LoadedModel, input_ids: torch.Tensor, spec: CaptureSpec, edits: Sequ
                         saved[SiteKey(Site.ATTN_OUT, layer)] = out[0].save()
                     if Site.PATTERN in wanted:
                         saved[SiteKey(Site.PATTERN, layer)] = out[1].index_select(1, head_idx).save()
-                if Site.MLP_OUT in wanted:
-                    saved[SiteKey(Site.MLP_OUT, layer)] = _envoy(nn_model, names, adapter.mlp(layer)).output.save()
-                if Site.RESID_POST in wanted:
+                if Site.MLP_OUT in wanted or mlp_edits:
+                    mlp = _envoy(nn_model, names, adapter.mlp(layer))
+                    if mlp_edits:
+                        mlp.output = apply_edits(mlp.output, mlp_edits)
+                    if Site.MLP_OUT in wanted:
+                        saved[SiteKey(Site.MLP_OUT, layer)] = mlp.output.save()
+                if Site.RESID_POST in wanted or resid_edits:
                     out = block.output
-                    saved[SiteKey(Site.RESID_POST, layer)] = (out[0] if isinstance(out, tuple) else out).save()
+                    first = out[0] if isinstance(out, tuple) else out
+                    if resid_edits:
+                        first = apply_edits(first, resid_edits)
+                        block.output = (first, *out[1:]) if isinstance(out, tuple) else first
+                    if Site.RESID_POST in wanted:
+                        saved[SiteKey(Site.RESID_POST, layer)] = first.save()
             logits = nn_model.output.logits.save()
-    finally:
-        if lm.model.config._attn_implementation != previous_impl:
-            lm.model.set_attn_implementation(previous_impl)
     record = {k: _value(v).detach().to(spec.device, spec.dtype or _value(v).dtype).clone() for k, v in saved.items()}
     return _value(logits), [record]
 

@@ -47,7 +47,7 @@ def capture(
     """
     import lens
     from lens.backends import Backend
-    from lens.capture import check_budget
+    from lens.recording import check_budget
 
     prompts = list(prompt or [])
     if file is not None:
@@ -96,8 +96,8 @@ def info(
 
     Example: lens info caps/fr/000
     """
-    from lens.capture.record import Capture
-    from lens.capture.spec import format_bytes
+    from lens.recording.record import Capture
+    from lens.recording.spec import format_bytes
 
     cap = Capture.load(capture_dir)
     m = cap.meta
@@ -146,7 +146,7 @@ def stats(
     """
     import lens
     from kernels import KernelInputError, StatsSpec
-    from lens.capture.stats import run_stats
+    from lens.recording.stats import run_stats
 
     if (prompt is None) == (file is None):
         raise PromptError("give exactly one of --prompt TEXT or --file FILE")

@@ -33,7 +33,7 @@ def test_folder_reads_results_captures_sweeps_and_circuits(synth):
 
 
 def test_capture_file_reads_what_lens_capture_wrote(tiny_scan):
-    from lens.capture.record import Capture
+    from lens.recording.record import Capture
 
     cap_np = CaptureFile.load(tiny_scan / "captures" / "000")
     cap_t = Capture.load(tiny_scan / "captures" / "000")

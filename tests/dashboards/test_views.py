@@ -151,7 +151,7 @@ def test_dashboard_names_broken_files_and_stays_usable(synth, tmp_path):
     (tmp_path / "f" / "summary.entropy.safetensors").write_bytes(b"garbage")
     dash = Dashboard(tmp_path / "f", map_method="pca")
     alert = dash.problems_pane()
-    assert "summary.entropy.json" in alert.object and "cannot be read" in alert.object
+    assert "summary.entropy.json" in alert.object and "is truncated" in alert.object
     assert "summary.entropy" not in dash.atlas.param.metric.objects
     dash.atlas.metric = "summary.sink_mass"
     dash.atlas._source.selected.indices = [0]

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 import lens
+from formats.capture import TENSORS_FILE
 from lens import Site
-from lens.capture.record import TENSORS_FILE, Capture
+from lens.recording.record import Capture
 
 
 def eager_reference(lm, ids):
@@ -153,6 +154,11 @@ def test_truncated_or_incomplete_capture_is_reported(tiny_lm, tmp_path):
     folder = lens.run(tiny_lm, "to be damaged", layers=[0]).capture.save(tmp_path / "cap")
     data = (folder / TENSORS_FILE).read_bytes()
     (folder / TENSORS_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(lens.CorruptCaptureError, match="tensors.safetensors is truncated"):
+        Capture.load(folder)
+    altered = bytearray(data)
+    altered[-1] ^= 0xFF  # same size, one bit pattern changed
+    (folder / TENSORS_FILE).write_bytes(bytes(altered))
     with pytest.raises(lens.CorruptCaptureError, match="does not match its recorded SHA-256"):
         Capture.load(folder)
     (folder / TENSORS_FILE).unlink()
@@ -160,5 +166,5 @@ def test_truncated_or_incomplete_capture_is_reported(tiny_lm, tmp_path):
         Capture.load(folder)
     (folder / "capture.json").write_text("{not json")
     (folder / TENSORS_FILE).write_bytes(data)
-    with pytest.raises(lens.CorruptCaptureError, match="capture.json is not valid capture metadata"):
+    with pytest.raises(lens.CorruptCaptureError, match="capture.json is not valid JSON"):
         Capture.load(folder)

@@ -9,19 +9,19 @@ from dataclasses import dataclass
 import torch
 
 from lens.backends import Backend
-from lens.capture import native
-from lens.capture.record import Capture, CaptureMeta
-from lens.capture.spec import CaptureSpec, format_bytes
+from lens.edits import Edit
 from lens.errors import BackendError, MemoryBudgetError, PromptError
-from lens.interventions import HeadEdit
 from lens.loaded import LoadedModel, Modality
+from lens.recording import native
+from lens.recording.record import Capture, CaptureMeta
+from lens.recording.spec import CaptureSpec, format_bytes
 from lens.sites import Site
 
 
 @contextmanager
 def capture(lm: LoadedModel, *, sites: Iterable[Site] = (Site.PATTERN,), layers: Sequence[int] | None = None,
             heads: Sequence[int] | None = None, dtype: torch.dtype | None = None, device: str = "cpu",
-            budget_bytes: int | None = None, edits: Sequence[HeadEdit] = ()) -> Iterator[Capture]:
+            budget_bytes: int | None = None, edits: Sequence[Edit] = ()) -> Iterator[Capture]:
     """Record ``sites`` at ``layers`` (all by default) for every forward pass inside the block.
 
     >>> with lens.capture(lm, sites=[Site.PATTERN, Site.Z], layers=[3]) as cap:
@@ -30,12 +30,12 @@ def capture(lm: LoadedModel, *, sites: Iterable[Site] = (Site.PATTERN,), layers:
     torch.Size([1, 9, 12, 12])
 
     Hooks are removed when the block exits, also on error. The yielded capture's steps
-    fill as the block runs and its metadata is completed on exit. ``edits`` are applied
-    while recording (see :mod:`lens.interventions`).
+    fill as the block runs; its metadata is set when the block exits (``meta`` is None
+    until then). ``edits`` are applied while recording (see :mod:`lens.edits`).
     """
     spec = CaptureSpec.resolve(lm.facts, sites=sites, layers=layers, heads=heads, dtype=dtype,
                                device=device, budget_bytes=budget_bytes)
-    live = Capture(meta=None, steps=[])  # type: ignore[arg-type]  # completed on exit
+    live = Capture(meta=None, steps=[])  # type: ignore[arg-type]  # set on exit
     with native.capture(lm, spec, edits=edits) as session:
         live.steps = session.steps
         try:
@@ -53,7 +53,7 @@ class RunResult:
 
 def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
         layers: Sequence[int] | None = None, heads: Sequence[int] | None = None, dtype: torch.dtype | None = None,
-        device: str = "cpu", budget_bytes: int | None = None, edits: Sequence[HeadEdit] = (),
+        device: str = "cpu", budget_bytes: int | None = None, edits: Sequence[Edit] = (),
         backend: Backend | str = Backend.TORCH, chat: bool = False) -> RunResult:
     """One forward pass over ``prompt`` (text, several texts of equal token length, or ids
     ``[batch, pos]``) through ``backend``, returning logits and the capture.
@@ -108,7 +108,7 @@ def _run_image(lm: LoadedModel, image, *, sites, layers, heads, dtype, device, b
     with torch.no_grad(), native.capture(lm, spec, edits=edits) as session:
         out = lm.model(pixel_values=pixels.to(device=lm.device, dtype=model_dtype))
     cap = native.build_capture(lm, spec, session.steps, None, backend=backend.value,
-                               pixel_shape=tuple(pixels.shape))
+                               pixel_shape=tuple(pixels.shape), image_png=vision.input_png(lm, pixels))
     logits = getattr(out, "logits", None)
     return RunResult(logits=None if logits is None else logits.detach(), capture=cap,
                      last_hidden_state=out.last_hidden_state.detach() if hasattr(out, "last_hidden_state") else None)
@@ -131,9 +131,21 @@ def check_budget(lm: LoadedModel, spec: CaptureSpec, input_ids: torch.Tensor) ->
 
 def encode_batch(lm: LoadedModel, prompt, *, chat: bool = False) -> torch.Tensor:
     """Token ids ``[batch, pos]``; several texts must tokenize to the same length."""
-    if isinstance(prompt, torch.Tensor):
-        ids = prompt if prompt.ndim == 2 else prompt.unsqueeze(0)
+    from lens import vision
+
+    if lm.tokenizer is None:
+        raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model without a tokenizer: give it "
+                          "its own input (an image), not text or token ids")
+    if isinstance(prompt, torch.Tensor) and not prompt.is_floating_point():
+        ids = prompt if prompt.ndim == 2 else prompt.reshape(1, -1)
+        if ids.ndim != 2:
+            raise PromptError(f"token ids must be [batch, pos] or [pos], got shape {tuple(prompt.shape)}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= lm.facts.vocab_size):
+            raise PromptError(f"token ids must be in 0-{lm.facts.vocab_size - 1} (the vocabulary of "
+                              f"{lm.facts.name}), got {int(ids.min())}-{int(ids.max())}")
         return lm.check_length(ids.long())
+    if vision.is_image(prompt):
+        raise PromptError(f"{lm.facts.name} is a text model: give it text or token ids, not an image")
     if isinstance(prompt, str):
         return lm.encode(prompt, chat=chat)
     rows = [lm.encode(p, chat=chat) for p in prompt]
