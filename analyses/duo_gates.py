@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from analyses.niah import make_trial
+from formats.errors import AnalysisError
 from lens.attention import AttentionCompute, attention_mode, repeat_kv
 
 
@@ -44,7 +45,7 @@ class GateConfig:
 
     def __post_init__(self) -> None:
         if self.length < 64 or self.prompts < 1 or self.steps < 1 or self.lr <= 0 or self.l1 < 0:
-            raise ValueError(f"GateConfig needs length >= 64, prompts >= 1, steps >= 1, lr > 0, l1 >= 0; got {self}")
+            raise AnalysisError(f"GateConfig needs length >= 64, prompts >= 1, steps >= 1, lr > 0, l1 >= 0; got {self}")
 
 
 class DuoGating(AttentionCompute):

@@ -25,8 +25,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from analyses.registry import register_analysis
 from analyses.result import HeadScores, Provenance
+from formats.errors import AnalysisError
 
 HIDDEN_SINK_THRESHOLD = 0.1
 FIRST_TOKEN_THRESHOLD = 0.5
@@ -69,13 +69,11 @@ def key_stats_from_kernel(stats) -> KeyStats:
                     n_queries=torch.arange(n, 0, -1, dtype=torch.float32))
 
 
-@register_analysis("sinks", "first-token sinks, hidden sinks (ACT) and massive activations",
-                   metrics=("first_token_mass", "hidden_sinks"))
 def sink_scores(prompts: Sequence[SinkInput], *, n_layers: int, n_heads: int, provenance: Provenance,
                 min_queries: int = 10, massive_ratio: float = 100.0, massive_abs: float = 100.0) -> list[HeadScores]:
     """First-token mass and hidden-sink counts per ``[layer, head]``, averaged over prompts."""
     if not prompts:
-        raise ValueError("no prompts given: sink scores need at least one prompt")
+        raise AnalysisError("no prompts given: sink scores need at least one prompt")
     first = np.zeros((n_layers, n_heads))
     hidden = np.zeros((n_layers, n_heads))
     count = np.zeros(n_layers)

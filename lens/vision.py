@@ -52,6 +52,20 @@ def input_png(lm, pixel_values: Tensor) -> bytes:
     return buf.getvalue()
 
 
+def load_image(path) -> Any:
+    """The image file at ``path`` as an RGB PIL image; :class:`PromptError` naming it if it cannot be decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.width * im.height > 100_000_000:
+                raise PromptError(f"image {path} is {im.width}x{im.height} pixels: too large (at most 100 megapixels)")
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        raise PromptError(f"image {path} cannot be decoded: {type(err).__name__}: {str(err)[:120]}") from None
+
+
 def is_image(x: Any) -> bool:
     """Whether ``x`` looks like image input rather than text or token ids."""
     if isinstance(x, np.ndarray):
@@ -146,5 +160,5 @@ def synthetic_image(size: int = 224, *, shape: str = "disc", center: tuple[float
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
-__all__ = ["ImageLayout", "cls_attention_map", "is_image", "layout_for", "layout_of", "pixel_values",
+__all__ = ["ImageLayout", "cls_attention_map", "input_png", "is_image", "load_image", "layout_for", "layout_of", "pixel_values",
            "synthetic_image", "upsample"]

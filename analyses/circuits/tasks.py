@@ -22,12 +22,12 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from lens.errors import AttnlensError
+from formats.errors import AnalysisError
 
 TASK_NAMES = ("ioi", "colored-objects", "greater-than", "niah")
 
 
-class TaskError(AttnlensError, ValueError):
+class TaskError(AnalysisError):
     """A task that cannot be built: unknown name, bad file line, multi-token answer."""
 
 

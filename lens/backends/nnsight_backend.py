@@ -16,6 +16,7 @@ import torch
 
 from lens.adapters import DecoderAdapter
 from lens.attention import AttentionObserver, attention_mode
+from lens.backends import check_backend_sites
 from lens.edits import Edit, apply_edits, by_layer, check_edits
 from lens.errors import BackendError
 from lens.heads import HeadRef, MlpRef, ResidRef
@@ -54,9 +55,7 @@ class _WantWeights(AttentionObserver):
 
 def run(lm: LoadedModel, input_ids: torch.Tensor, spec: CaptureSpec, edits: Sequence[Edit] = ()):
     """Logits ``[batch, pos, vocab]`` and one step of records, through an nnsight trace."""
-    bad = [s.value for s in spec.sites if s in _UNSUPPORTED]
-    if bad:
-        raise BackendError(f"the nnsight backend cannot capture {', '.join(bad)}: use backend torch or transformer_lens")
+    check_backend_sites("nnsight", spec.sites)
     check_edits(lm.facts, edits)
     nn_model = wrapped(lm)
     adapter = DecoderAdapter(lm.model, lm.facts.n_layers)
