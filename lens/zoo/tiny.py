@@ -60,3 +60,22 @@ def tiny_llama(seed: int = 0, *, n_layers: int = 4, n_heads: int = 4, n_kv_heads
         torch.random.set_rng_state(generator_state)
     model.config.name_or_path = "tiny-llama"
     return model.eval()
+
+
+def tiny_dinov2(seed: int = 0):
+    """A random ``Dinov2Model`` (2 layers x 4 heads, d_model 32, 4-pixel patches, 8x8 grid) and a
+    processor that resizes and crops images to 32x32 pixels."""
+    from transformers import Dinov2Config, Dinov2Model
+    from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
+
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2,
+                          patch_size=4, image_size=32, layerscale_value=0.5)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = Dinov2Model(config).eval()
+    finally:
+        torch.random.set_rng_state(generator_state)
+    processor = BitImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                     image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    return model, processor
