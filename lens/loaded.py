@@ -37,6 +37,11 @@ class LoadedModel:
         Raises :class:`PromptError` for an empty prompt, one longer than the context,
         or ``chat`` on a tokenizer without a chat template.
         """
+        if self.tokenizer is None:
+            raise PromptError(f"{self.facts.name} is a {self.facts.modality.value} model without a tokenizer: "
+                              "it does not take text")
+        if not isinstance(prompt, str):
+            raise PromptError(f"a prompt must be text, got {type(prompt).__name__}")
         if not prompt or not prompt.strip():
             raise PromptError("prompt is empty: give some text to run the model on")
         tok = self.tokenizer
