@@ -34,6 +34,14 @@ class ModelFacts:
     modality: Modality = Modality.TEXT
     causal: bool = True
     weights_sha256: str | None = None  # of the weight files, where known
+    # Sliding-window attention (Gemma 3, Mistral...): the window in keys and the layers that
+    # use it; the other layers attend over the whole context. None/() for full attention.
+    sliding_window: int | None = None
+    local_layers: tuple[int, ...] = ()
+
+    def window_of(self, layer: int) -> int | None:
+        """The key window of ``layer`` (keys ``q - window + 1 .. q``), or None for full attention."""
+        return self.sliding_window if layer in self.local_layers else None
 
     @property
     def group_size(self) -> int:
@@ -64,12 +72,14 @@ class ModelFacts:
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["modality"] = self.modality.value
+        d["local_layers"] = list(self.local_layers)
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ModelFacts:
         d = dict(d)
         d["modality"] = Modality(d["modality"])
+        d["local_layers"] = tuple(d.get("local_layers", ()))
         return cls(**d)
 
 
