@@ -9,6 +9,7 @@ load or run a model.
 from analyses import (  # noqa: F401  (register theirs)
     attention_summary,  # noqa: F401  (registers "summary")
     causal,
+    cross_attention,
     retrieval,
     sinks,
     streaming,

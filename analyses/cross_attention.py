@@ -15,10 +15,12 @@ audio (padding frames are left out). Per token:
   mass that the attention also puts on the same frames: with both maps normalised to sum 1
   over the frames, ``sum_f min(a_f, s_f)`` (= 1 - total variation distance). 1 means the
   attention distributes its mass exactly as the saliency does, 0 that they share no frame.
-  Its chance level (``summary["chance"]``) is the same number for uniform attention;
+  Its chance level (``summary["chance"]``) is the same number for uniform attention, so a
+  diffuse saliency map rewards diffuse attention: read it next to ``saliency_in_focus``;
 - ``saliency_in_focus``: the saliency mass on the attention's focus, the smallest set of
   frames that holds ``focus_mass`` (default 0.5) of the attention; ``arrays["focus_size"]``
-  is that set's share of the frames, which is what saliency spread evenly would score.
+  is that set's share of the frames, which is what saliency spread evenly would score
+  (``summary["chance"]``: the focus size of the all-heads mean attention).
 
 A token whose maps are constant over frames has no correlation and is skipped (NaN).
 Per-token values are averaged over all tokens of all utterances (each token counts once).
@@ -180,7 +182,7 @@ def cross_attention_agreement(utterances: Sequence[UtteranceMaps], *, n_layers: 
     Each has ``scores [layer, head]`` and ``summary`` with ``layer_mean`` (per layer, the
     heads' attention averaged first), ``all_heads``, ``best_head`` ``[layer, head, value]``,
     ``head_mean`` (mean of the per-head scores), ``n_tokens``, ``n_utterances`` and, for the
-    share metrics, ``chance`` (uniform attention). Arrays: ``layer_mean [layer]``, and for
+    share metrics, ``chance`` (see the module docstring). Arrays: ``layer_mean [layer]``, and for
     ``saliency_in_focus`` also ``focus_size [layer, head]``.
     """
     if not utterances:
@@ -204,9 +206,10 @@ def cross_attention_agreement(utterances: Sequence[UtteranceMaps], *, n_layers: 
         for m in METRICS:
             per_layer[m].append(layers[m])
             overall[m].append(both[m])
-        uniform = token_measures(np.ones_like(s), s, focus_mass=focus_mass)
-        for m in chance:
-            chance[m].append(uniform[m])
+        # chance levels: uniform attention for the share; for the focus, saliency spread
+        # evenly, which puts on the (all-heads) focus exactly the focus's share of the frames
+        chance["saliency_share"].append(token_measures(np.ones_like(s), s, focus_mass=focus_mass)["saliency_share"])
+        chance["saliency_in_focus"].append(both["focus_size"])
     n_tokens = sum(len(u.tokens) for u in utterances)
     results = []
     for m in METRICS:
@@ -259,7 +262,9 @@ def alignment_head_scores(utterances: Sequence[TimedTokens], *, n_layers: int, n
     ranked by hit rate then by mean distance), ``config_heads``, ``overlap`` (how many
     config heads are among the top), ``config_ranks`` (1 = best of all heads), the mean
     hit rate of the top and of the config heads, ``chance`` (the hit rate of a peak placed
-    uniformly at random over the audio frames) and ``n_tokens``. Arrays: ``mean_distance_s
+    uniformly at random over the audio frames), ``n_tokens`` and ``dtw_onset_error_s``: the mean
+    word-onset error (seconds) of :func:`dtw_onset_errors` for the top, the config and all
+    heads. Arrays: ``mean_distance_s
     [layer, head]`` (seconds from the peak to the span) and ``rank [layer, head]``.
     """
     if not utterances:
@@ -312,10 +317,48 @@ def alignment_head_scores(utterances: Sequence[TimedTokens], *, n_layers: int, n
         "chance": float(np.concatenate(chance).mean()), "n_tokens": int(sum(h.shape[-1] for h in hits)),
         "frame_seconds": frame_seconds,
     }
+    # how well each head set times words the way Whisper does it (DTW on their mean attention)
+    scorable = [u for u in utterances if any(sp is not None for sp in u.spans)]
+    sets = {"top": top, "config": config, "all": [(a, b) for a in range(n_layers) for b in range(n_heads)]}
+    summary["dtw_onset_error_s"] = {
+        name: float(np.mean(np.concatenate([dtw_onset_errors(u, heads) for u in scorable])))
+        for name, heads in sets.items() if heads}
     return HeadScores(analysis="alignment_heads", metric="hit_rate", scores=hit_rate, provenance=provenance,
                       description="share of word tokens whose cross-attention peak falls in the word's time span",
                       params={"tolerance_frames": tolerance}, summary=summary,
                       arrays={"mean_distance_s": mean_dist, "rank": rank.astype(np.float64)})
+
+
+def dtw_path(cost: Float[np.ndarray, "token frame"]) -> tuple[np.ndarray, np.ndarray]:
+    """The monotonic alignment of tokens to frames with the least total ``cost`` (steps: next
+    token and next frame, same token next frame, next token same frame), from (0, 0) to the
+    last token and frame. Returns the path's token and frame indices."""
+    n, m = cost.shape
+    acc = np.full((n + 1, m + 1), np.inf)
+    acc[0, 0] = 0.0
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            acc[i, j] = cost[i - 1, j - 1] + min(acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1])
+    i, j, tokens, frames = n, m, [], []
+    while i > 0 and j > 0:
+        tokens.append(i - 1), frames.append(j - 1)
+        step = int(np.argmin([acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]]))
+        i, j = (i - 1, j - 1) if step == 0 else (i - 1, j) if step == 1 else (i, j - 1)
+    return np.array(tokens[::-1]), np.array(frames[::-1])
+
+
+def dtw_onset_errors(u: TimedTokens, heads: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Word-onset errors (seconds) of a DTW alignment on the mean attention of ``heads``, as
+    Whisper times words: each head's attention over the audio frames is standardised per frame
+    across the word tokens, the heads are averaged, and DTW runs on minus that matrix. A word's
+    onset is the first frame the path gives its first token; its true onset is its span's start."""
+    rows = [j for j, sp in enumerate(u.spans) if sp is not None]
+    a = np.stack([_np(u.cross_attention[layer][head])[rows, :u.n_valid] for layer, head in heads])
+    a = (a - a.mean(1, keepdims=True)) / (a.std(1, keepdims=True) + 1e-9)
+    tokens, frames = dtw_path(-a.mean(0))
+    starts = [k for k, j in enumerate(rows) if k == 0 or u.spans[rows[k - 1]] != u.spans[j]]  # first token of a word
+    onset = {k: frames[tokens == k].min() for k in starts}
+    return np.array([abs(onset[k] - u.spans[rows[k]][0]) * u.frame_seconds for k in starts])
 
 
 def head_mean(cross_attention: Mapping[int, Float[Tensor, "head token frame"]],
@@ -327,5 +370,5 @@ def head_mean(cross_attention: Mapping[int, Float[Tensor, "head token frame"]],
 
 
 __all__ = ["CrossAttentionError", "METRICS", "TimedTokens", "UtteranceMaps", "alignment_head_scores",
-           "cross_attention_agreement", "head_mean", "peak_distance", "ranks", "saliency_agreement",
+           "cross_attention_agreement", "dtw_onset_errors", "dtw_path", "head_mean", "peak_distance", "ranks", "saliency_agreement",
            "token_measures"]

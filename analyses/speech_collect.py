@@ -69,10 +69,6 @@ def features(lm, samples: np.ndarray) -> Float[Tensor, "batch mel frame"]:
     return log_mel(lm.processor, samples).to(lm.device)
 
 
-def _logits(lm, encoder_states: Tensor, ids: Tensor, **kw):
-    return lm.model(encoder_outputs=(encoder_states,), decoder_input_ids=ids, use_cache=False, **kw)
-
-
 @torch.no_grad()
 def transcribe(lm, samples: np.ndarray, *, max_new_tokens: int = 120) -> Transcript:
     """Greedy transcription of 16 kHz ``samples`` (one 30 s window)."""
@@ -86,8 +82,13 @@ def transcribe(lm, samples: np.ndarray, *, max_new_tokens: int = 120) -> Transcr
     first = torch.tensor(list(cfg.begin_suppress_tokens or []), dtype=torch.long, device=lm.device)
     eos = int(cfg.eos_token_id)
     log_probs = []
+    past, step_ids = None, ids
     for step in range(max_new):
-        logits = _logits(lm, enc, torch.tensor([ids], device=lm.device)).logits[0, -1].float()
+        # the decoder's KV cache (self- and cross-attention) makes each step one token's work
+        out = lm.model(encoder_outputs=(enc,), decoder_input_ids=torch.tensor([step_ids], device=lm.device),
+                       past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        logits = out.logits[0, -1].float()
         logits[always] = -torch.inf
         if step == 0:
             logits[first] = -torch.inf
@@ -97,6 +98,7 @@ def transcribe(lm, samples: np.ndarray, *, max_new_tokens: int = 120) -> Transcr
         if token == eos:
             break
         ids.append(token)
+        step_ids = [token]
     text = lm.tokenizer.decode(ids[n_prompt:], skip_special_tokens=True).strip()
     return Transcript(ids=tuple(ids), n_prompt=n_prompt, text=text, log_probs=tuple(log_probs))
 

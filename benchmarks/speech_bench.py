@@ -20,6 +20,8 @@ import argparse
 import json
 import os
 import platform
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -105,6 +107,8 @@ def main() -> None:
     from lens.zoo import whisper
 
     clock = Clock()
+    with clock("convert model.bin to a transformers folder (first use)"), tempfile.TemporaryDirectory() as tmp:
+        whisper.build_folder(Path(tmp))
     with clock("load (cache)"):
         lm = lens.load("whisper-tiny.en")
     enc = lm.extras["encoder"]
@@ -137,11 +141,15 @@ def main() -> None:
 
     prov = Provenance.for_model(lm.facts, prompts=f"{len(SENTENCES)} espeak-ng en-us sentences (benchmarks/speech_bench.py)")
     with clock("cross-attention + gradient x input"):
-        maps = [utterance_maps(lm, a, t) for a, t in zip(audio, transcripts)]
+        maps = []
+        for i, (a, t) in enumerate(zip(audio, transcripts)):
+            print(f"saliency {i + 1}/{len(audio)}: {len(t.generated)} tokens", file=sys.stderr, flush=True)
+            maps.append(utterance_maps(lm, a, t))
     agreement = cross_attention_agreement(maps, n_layers=lm.facts.n_layers, n_heads=lm.facts.n_heads, provenance=prov)
     occl = []
     with clock("occlusion check"):
-        for a, t, m in list(zip(audio, transcripts, maps))[: args.occlusion]:
+        for i, (a, t, m) in enumerate(list(zip(audio, transcripts, maps))[: args.occlusion]):
+            print(f"occlusion {i + 1}/{args.occlusion}", file=sys.stderr, flush=True)
             drops, spans = occlusion_saliency(lm, a, t.ids, t.n_prompt, window=5)
             occl.append(saliency_agreement(pool_to_windows(m.saliency, spans), drops))
     with clock("alignment (forced, espeak timings)"):
@@ -217,6 +225,10 @@ def main() -> None:
         f"{align.summary['config_ranks']} of {align.scores.size}. Mean hit rate: top {fmt(align.summary['top_mean_hit_rate'])}, "
         f"config {fmt(align.summary['config_mean_hit_rate'])}, chance {fmt(align.summary['chance'])} "
         f"({align.summary['n_tokens']} word tokens).",
+        "",
+        "Word onsets from a DTW on the heads' mean attention (as Whisper times words), mean absolute error "
+        "against espeak-ng's onsets: " + ", ".join(f"{k} heads {v * 1000:.0f} ms" for k, v in
+                                                   align.summary["dtw_onset_error_s"].items()) + ".",
         "",
         "| layer | " + " | ".join(f"h{h}" for h in range(lm.facts.n_heads)) + " |",
         "| --- |" + " --- |" * lm.facts.n_heads,

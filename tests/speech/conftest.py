@@ -26,7 +26,11 @@ def tiny_whisper_config(**kw):
 def build_tiny_whisper(seed: int = 0):
     """A :class:`LoadedModel` of a random ``WhisperForConditionalGeneration`` (2+2 layers x 4 heads,
     d_model 32) with the byte tokenizer and a 2 s feature extractor; eager attention."""
-    from transformers import GenerationConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers import (
+        GenerationConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
 
     import lens
     from lens.audio import EncoderFacts

@@ -11,6 +11,8 @@ from analyses.cross_attention import (
     UtteranceMaps,
     alignment_head_scores,
     cross_attention_agreement,
+    dtw_onset_errors,
+    dtw_path,
     head_mean,
     peak_distance,
     ranks,
@@ -170,6 +172,21 @@ def test_alignment_heads_follow_the_diagonal():
     assert r.summary["n_tokens"] == 32 and r.summary["chance"] == pytest.approx(5 / 40)
     assert r.arrays["mean_distance_s"][1, 0] == 0.0 and r.arrays["mean_distance_s"][0, 1] > 0
     assert sorted(r.arrays["rank"].ravel().tolist()) == list(range(1, 9))
+    dtw = r.summary["dtw_onset_error_s"]
+    assert dtw["top"] <= 0.04 and dtw["config"] > dtw["top"] and set(dtw) == {"top", "config", "all"}
+
+
+def test_dtw_path_and_onsets():
+    cost = np.ones((3, 6))
+    cost[0, 0:2] = cost[1, 2:4] = cost[2, 4:6] = 0.0  # token k is cheap on frames 2k, 2k + 1
+    tokens, frames = dtw_path(cost)
+    assert tokens.tolist() == [0, 0, 1, 1, 2, 2] and frames.tolist() == [0, 1, 2, 3, 4, 5]
+    u = _diagonal_utterance()
+    errors = dtw_onset_errors(u, [(1, 0), (1, 2)])
+    # peaks 2 frames into each 5-frame word: onsets land within 3 frames (less than a word)
+    assert len(errors) == 8 and errors.max() <= 0.06 + 1e-9 and errors.mean() <= 0.04
+    far = dtw_onset_errors(u, [(0, 1)])  # a head fixed on frame 3 cannot time the words
+    assert far.mean() > 2 * errors.mean()
 
 
 def test_alignment_tolerance_and_distance():
