@@ -95,12 +95,6 @@ def build_fp32_folder(dest: Path) -> dict:
 
 
 def gemma_facts(config, *, name: str, architecture: str, weights_sha256: str | None = None) -> ModelFacts:
-    """:class:`ModelFacts` with the sliding-window layers stated (``sliding_window``, ``local_layers``)."""
-    import dataclasses
-
-    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-    facts = text_facts(config, name=name, architecture=architecture, weights_sha256=weights_sha256)
-    types = list(getattr(cfg, "layer_types", None) or [])
-    local = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
-    return dataclasses.replace(facts, sliding_window=getattr(cfg, "sliding_window", None) if local else None,
-                               local_layers=local)
+    """:class:`ModelFacts` with the sliding-window layers stated (``sliding_window``, ``local_layers``,
+    read off ``config.layer_types`` by :func:`~lens.zoo._facts.text_facts`)."""
+    return text_facts(config, name=name, architecture=architecture, weights_sha256=weights_sha256)

@@ -78,3 +78,16 @@ def test_gemma_assembly_checks_the_hash(monkeypatch, tmp_path):
     with pytest.raises(ModelUnavailableError, match="SHA-256 .* expected 000000000000"):
         gemma3.assemble(out)
     assert not (out / gemma3.GGUF_NAME).exists()
+
+
+def test_text_facts_read_sliding_window_layers_off_the_config():
+    from transformers import Gemma3TextConfig
+
+    from lens.zoo._facts import text_facts
+
+    cfg = Gemma3TextConfig(num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=1, hidden_size=32,
+                           head_dim=8, intermediate_size=64, vocab_size=100, sliding_window=16)
+    f = text_facts(cfg, name="tiny-gemma3", architecture="Gemma3ForCausalLM")
+    assert f.n_kv_heads == 1 and f.sliding_window == 16
+    assert f.local_layers == tuple(i for i in range(6) if cfg.layer_types[i] == "sliding_attention")
+    assert f.window_of(5) is None and f.window_of(0) == 16  # Gemma 3: every sixth layer is global
