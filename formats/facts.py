@@ -32,8 +32,14 @@ class ModelFacts:
     modality: Modality = Modality.TEXT
     causal: bool = True
     weights_sha256: str | None = None  # of the weight files, where known
-    sliding_window: int | None = None  # keys a sliding-window layer sees (None: every layer is global)
-    layer_types: tuple[str, ...] = ()  # per layer, e.g. "sliding_attention" / "full_attention" (empty: all full)
+    # Sliding-window attention (Gemma 3, Mistral...): the window in keys and the layers that
+    # use it; the other layers attend over the whole context. None/() for full attention.
+    sliding_window: int | None = None
+    local_layers: tuple[int, ...] = ()
+
+    def window_of(self, layer: int) -> int | None:
+        """The key window of ``layer`` (keys ``q - window + 1 .. q``), or None for full attention."""
+        return self.sliding_window if layer in self.local_layers else None
 
     @property
     def group_size(self) -> int:
@@ -61,7 +67,7 @@ class ModelFacts:
     def to_json(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["modality"] = self.modality.value
-        d["layer_types"] = list(self.layer_types)
+        d["local_layers"] = list(self.local_layers)
         return d
 
     @classmethod
@@ -88,5 +94,11 @@ class ModelFacts:
             raise CorruptFileError(f"{where}: unknown modality {d.get('modality')!r}") from None
         d["name"], d["architecture"] = str(d["name"]), str(d["architecture"])
         d["causal"] = bool(d.get("causal", True))
-        d["layer_types"] = tuple(str(t) for t in d.get("layer_types") or ())
+        local = d.get("local_layers") or ()
+        if not isinstance(local, (list, tuple)) or not all(isinstance(x, int) and 0 <= x < d["n_layers"] for x in local):
+            raise CorruptFileError(f"{where}: model facts' local_layers must be layer indices")
+        d["local_layers"] = tuple(local)
+        window = d.get("sliding_window")
+        if window is not None and (not isinstance(window, int) or window < 1):
+            raise CorruptFileError(f"{where}: model facts' sliding_window must be a positive integer or null")
         return cls(**d)

