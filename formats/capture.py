@@ -193,12 +193,12 @@ class CaptureFile:
                 raise CorruptCaptureError(f"{meta_path}: tensors_sha256 is missing")
             tensors = _safetensors.SafetensorsFile(tensor_path)
             entries = _entries(doc.get("entries"), meta, n_steps, tensors, meta_path)
+            if meta.layout is not None and meta.layout.image_file is not None:
+                confined(folder, meta.layout.image_file, what=f"{META_FILE} layout.image_file")
         except CorruptCaptureError:
             raise
         except CorruptFileError as err:
             raise CorruptCaptureError(str(err)) from None
-        if meta.layout is not None and meta.layout.image_file is not None:
-            confined(folder, meta.layout.image_file, what="image_file")
         verify = tensor_path.stat().st_size <= VERIFY_BYTES if verify is None else verify
         if verify and _sha256(tensor_path) != digest:
             raise CorruptCaptureError(f"{tensor_path} does not match its recorded SHA-256: truncated or altered")

@@ -76,8 +76,25 @@ class CaptureSpec:
 
     def estimate_bytes(self, facts: ModelFacts, *, batch: int, q_len: int, k_len: int | None = None,
                        model_dtype: torch.dtype = torch.float32) -> int:
-        """Bytes one forward pass over ``q_len`` new tokens (``k_len`` keys) will store."""
+        """Bytes one forward pass over ``q_len`` new tokens (``k_len`` keys) will allocate for the capture:
+        the stored tensors plus, when patterns are captured, the eager attention of one captured layer
+        (scores and probabilities of every query head in the model's dtype, the float32 softmax, and
+        the additive mask), which exists while that layer runs."""
         k_len = q_len if k_len is None else k_len
+        return self.stored_bytes(facts, batch=batch, q_len=q_len, k_len=k_len, model_dtype=model_dtype) + \
+            self.transient_bytes(facts, batch=batch, q_len=q_len, k_len=k_len, model_dtype=model_dtype)
+
+    def transient_bytes(self, facts: ModelFacts, *, batch: int, q_len: int, k_len: int,
+                        model_dtype: torch.dtype = torch.float32) -> int:
+        """Peak working memory of the eager attention of one captured layer (0 without patterns)."""
+        if Site.PATTERN not in self.sites:
+            return 0
+        cells = batch * q_len * k_len
+        return cells * (facts.n_heads * (2 * model_dtype.itemsize + 4) + model_dtype.itemsize)
+
+    def stored_bytes(self, facts: ModelFacts, *, batch: int, q_len: int, k_len: int,
+                     model_dtype: torch.dtype = torch.float32) -> int:
+        """Bytes the captured tensors of one forward pass take."""
         itemsize = (self.dtype or model_dtype).itemsize
         per_layer = 0
         for site in self.sites:

@@ -54,7 +54,9 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch
     Raises :class:`~lens.errors.UnknownModelError` for a name that is none of these and
     :class:`~lens.errors.ModelUnavailableError` for a hub id that cannot be had here.
     """
-    name = str(name_or_path)
+    name = str(name_or_path).strip()
+    if not name:
+        raise UnknownModelError(f"model name is empty: give a zoo name ({', '.join(_ZOO)}), a local folder or a hub id")
     if name in _ZOO:
         return _ZOO[name].loader(dtype, device)
     if Path(name).expanduser().is_dir():

@@ -123,7 +123,7 @@ def test_storage_dtype_and_estimate_agree(tiny_lm):
     spec = lens.CaptureSpec.resolve(tiny_lm.facts, sites=list(Site), dtype=torch.bfloat16)
     cap = lens.run(tiny_lm, ids, sites=list(Site), dtype=torch.bfloat16).capture
     assert cap.pattern(0).dtype == torch.bfloat16
-    assert cap.n_bytes == spec.estimate_bytes(tiny_lm.facts, batch=1, q_len=ids.shape[1])
+    assert cap.n_bytes == spec.stored_bytes(tiny_lm.facts, batch=1, q_len=ids.shape[1], k_len=ids.shape[1])
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
