@@ -35,7 +35,7 @@ def sink_inputs(lm, prompts: Sequence[str | Tensor], *, source: Source = "patter
         sites = ([lens.Site.PATTERN] if source == "pattern" else []) + ([lens.Site.RESID_POST] if hidden else [])
         if source == "pattern":
             cap = lens.run(lm, ids, sites=sites).capture
-            layers = {layer: key_stats_from_pattern(cap.pattern(layer)) for layer in range(n_layers)}
+            layers = {layer: key_stats_from_pattern(cap.pattern(layer), lm.facts.causal) for layer in range(n_layers)}
         else:
             from kernels import StatsSpec
             from lens.recording.stats import stats_mode
@@ -45,7 +45,7 @@ def sink_inputs(lm, prompts: Sequence[str | Tensor], *, source: Source = "patter
                     cap = lens.run(lm, ids, sites=sites).capture
                 else:
                     lm.model(ids.to(lm.device))
-            layers = {layer: key_stats_from_kernel(rec.stats[layer][0]) for layer in range(n_layers)}
+            layers = {layer: key_stats_from_kernel(rec.stats[layer][0], lm.facts.causal) for layer in range(n_layers)}
         res = {layer: cap.get(lens.Site.RESID_POST, layer)[0] for layer in range(n_layers)} if hidden else {}
         out.append(SinkInput(layers=layers, tokens=lm.tokens(ids[0]), hidden=res))
         if on_prompt:

@@ -33,6 +33,7 @@ class AnalysisEntry:
     modalities: tuple[Modality, ...] = (TEXT,)
     in_scan: bool = True  # `lens scan` runs it by default on models of these modalities
     paper: str = ""
+    causal_only: bool = False  # needs a causal (generating) model: not for bidirectional encoders
 
     def load(self) -> Callable:
         """The scoring function."""
@@ -68,9 +69,11 @@ def analyses() -> dict[str, AnalysisEntry]:
     return dict(_REGISTRY)
 
 
-def for_modality(modality: Modality, *, scan_only: bool = True) -> list[AnalysisEntry]:
-    """The analyses that apply to models of ``modality`` (those ``lens scan`` runs, by default)."""
-    return [e for e in _REGISTRY.values() if modality in e.modalities and (e.in_scan or not scan_only)]
+def for_modality(modality: Modality, *, causal: bool = True, scan_only: bool = True) -> list[AnalysisEntry]:
+    """The analyses that apply to models of ``modality`` (those ``lens scan`` runs, by default);
+    ``causal=False`` (a bidirectional encoder) leaves out those that need generation."""
+    return [e for e in _REGISTRY.values() if modality in e.modalities and (e.in_scan or not scan_only)
+            and (causal or not e.causal_only)]
 
 
 def describe(result_name: str) -> str:
@@ -90,20 +93,20 @@ for _entry in (
                   "analyses.taxonomy:taxonomy_scores", (TEXT,)),
     AnalysisEntry("retrieval", "retrieval score per head on needle-in-a-haystack decoding",
                   ("retrieval_score",), "analyses.retrieval:retrieval_scores", (TEXT,),
-                  paper="Wu et al. 2024, Retrieval Head"),
+                  paper="Wu et al. 2024, Retrieval Head", causal_only=True),
     AnalysisEntry("streaming", "streaming-vs-retrieval heads: attention mass on sink + recent keys, and trained "
                   "DuoAttention gates", ("streaming_mass", "duo_gate"), "analyses.streaming:streaming_profile",
-                  (TEXT,), paper="DuoAttention (Xiao et al. 2024)"),
+                  (TEXT,), paper="DuoAttention (Xiao et al. 2024)", causal_only=True),
     AnalysisEntry("ablation", "needle accuracy with the top-k heads of a ranking ablated vs k random heads",
                   ("retrieval_ablation",), "analyses.causal:ablation_scores", (TEXT,), in_scan=False,
-                  paper="Wu et al. 2024 (causal test)"),
+                  paper="Wu et al. 2024 (causal test)", causal_only=True),
     AnalysisEntry("cross_attention", "decoder cross-attention over encoder frames against gradient x input saliency "
                   "(Pearson, Spearman, saliency share) per head, layer and aggregated",
                   ("pearson", "spearman", "saliency_share", "saliency_in_focus"),
-                  "analyses.cross_attention:cross_attention_agreement", (SPEECH,), in_scan=False,
+                  "analyses.cross_attention:cross_attention_agreement", (SPEECH,),
                   paper="Cross-Attention is Half Explanation in Speech-to-Text Models"),
     AnalysisEntry("alignment_heads", "how well each cross-attention head's peaks follow word timing",
-                  ("hit_rate",), "analyses.cross_attention:alignment_head_scores", (SPEECH,), in_scan=False,
+                  ("hit_rate",), "analyses.cross_attention:alignment_head_scores", (SPEECH,),
                   paper="Whisper word timestamps (alignment heads + DTW)"),
     AnalysisEntry("vit_distance", "ViT mean attention distance (patches) and distance profile per head",
                   ("mean_distance",), "analyses.vit_heads:attention_distance", (VISION,)),

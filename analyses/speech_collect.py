@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,98 +29,27 @@ from torch import Tensor
 
 from analyses.cross_attention import TimedTokens, UtteranceMaps
 from formats.errors import AnalysisError
-from lens.audio import AudioLayout, EncoderFacts, layout_for, log_mel, require_speech
+from lens.audio import AudioLayout, layout_for
 
 _WORD = re.compile(r"\w")
 
 
-@dataclass(frozen=True)
-class Transcript:
-    """Greedy output: ``ids`` = prompt + generated tokens (no end-of-text), ``n_prompt`` prompt tokens."""
-
-    ids: tuple[int, ...]
-    n_prompt: int
-    text: str
-    log_probs: tuple[float, ...]  # of each generated token (and the end-of-text last), at decoding
-
-    @property
-    def generated(self) -> tuple[int, ...]:
-        return self.ids[self.n_prompt:]
-
-
-def encoder_of(lm) -> EncoderFacts:
-    require_speech(lm.facts)
-    enc = lm.extras.get("encoder")
-    if enc is None:
-        enc = EncoderFacts.from_whisper_config(lm.model.config)
-    return enc
-
-
-def prompt_ids(lm) -> list[int]:
-    """``<|startoftranscript|> <|notimestamps|>`` (English-only models need no language or task token)."""
-    gen = lm.model.generation_config
-    start = gen.decoder_start_token_id
-    no_ts = getattr(gen, "no_timestamps_token_id", None)
-    return [int(start)] + ([int(no_ts)] if no_ts is not None else [])
-
-
-def features(lm, samples: np.ndarray) -> Float[Tensor, "batch mel frame"]:
-    require_speech(lm.facts)
-    return log_mel(lm.processor, samples).to(lm.device)
-
-
-@torch.no_grad()
-def transcribe(lm, samples: np.ndarray, *, max_new_tokens: int = 120) -> Transcript:
-    """Greedy transcription of 16 kHz ``samples`` (one 30 s window)."""
-    cfg = lm.model.generation_config
-    feats = features(lm, samples)
-    enc = lm.model.get_encoder()(feats).last_hidden_state
-    ids = prompt_ids(lm)
-    n_prompt = len(ids)
-    max_new = min(max_new_tokens, lm.facts.context_length - n_prompt)
-    always = torch.tensor(list(cfg.suppress_tokens or []), dtype=torch.long, device=lm.device)
-    first = torch.tensor(list(cfg.begin_suppress_tokens or []), dtype=torch.long, device=lm.device)
-    eos = int(cfg.eos_token_id)
-    log_probs = []
-    past, step_ids = None, ids
-    for step in range(max_new):
-        # the decoder's KV cache (self- and cross-attention) makes each step one token's work
-        out = lm.model(encoder_outputs=(enc,), decoder_input_ids=torch.tensor([step_ids], device=lm.device),
-                       past_key_values=past, use_cache=True)
-        past = out.past_key_values
-        logits = out.logits[0, -1].float()
-        logits[always] = -torch.inf
-        if step == 0:
-            logits[first] = -torch.inf
-        lp = torch.log_softmax(logits, -1)
-        token = int(lp.argmax())
-        log_probs.append(float(lp[token]))
-        if token == eos:
-            break
-        ids.append(token)
-        step_ids = [token]
-    text = lm.tokenizer.decode(ids[n_prompt:], skip_special_tokens=True).strip()
-    return Transcript(ids=tuple(ids), n_prompt=n_prompt, text=text, log_probs=tuple(log_probs))
-
-
-def text_ids(lm, text: str) -> list[int]:
-    """Prompt + the tokens of ``text`` as the decoder would emit them (a leading space, no end-of-text)."""
-    return prompt_ids(lm) + list(lm.tokenizer(" " + text.strip(), add_special_tokens=False).input_ids)
+from lens.speech import Transcript, encoder_of, features, prompt_ids, text_ids, transcribe  # noqa: E402,F401
 
 
 @torch.no_grad()
 def cross_attentions(lm, samples: np.ndarray, ids: Sequence[int], n_prompt: int
                      ) -> dict[int, Float[Tensor, "head token frame"]]:
     """Teacher-forced cross-attention for the tokens ``ids[n_prompt:]``: per decoder layer
-    ``[head, token, frame]``, row ``t`` from the position that predicts token ``t``."""
+    ``[head, token, frame]``, row ``t`` from the position that predicts token ``t`` (captured with
+    the ``cross_pattern`` site, so any attention implementation works)."""
+    import lens
+
     if len(ids) <= n_prompt:
         raise AnalysisError(f"ids has {len(ids)} tokens: nothing after the {n_prompt} prompt tokens to explain")
-    out = lm.model(input_features=features(lm, samples), decoder_input_ids=torch.tensor([list(ids)], device=lm.device),
-                   output_attentions=True, use_cache=False)
-    if not out.cross_attentions or out.cross_attentions[0] is None:
-        raise RuntimeError("the model returned no cross-attentions: load it with attn_implementation='eager'")
+    cap = lens.run(lm, samples, sites=[lens.Site.CROSS_PATTERN], decoder_ids=list(ids)).capture
     rows = slice(n_prompt - 1, len(ids) - 1)
-    return {layer: a[0, :, rows].float().cpu() for layer, a in enumerate(out.cross_attentions)}
+    return {layer: cap.get(lens.Site.CROSS_PATTERN, layer)[0, :, rows].float().cpu() for layer in cap.meta.layers}
 
 
 def pool_to_encoder(per_mel_frame: Float[Tensor, "token mel_frame"], n_frames: int) -> Float[Tensor, "token frame"]:

@@ -22,7 +22,7 @@ import numpy as np
 from formats import _json, _safetensors
 from formats.errors import CorruptCaptureError, CorruptFileError, SelectionError
 from formats.facts import ModelFacts
-from formats.layouts import ImageLayout, layout_from_json
+from formats.layouts import AudioLayout, ImageLayout, Layout, layout_from_json
 from formats.paths import confined
 from formats.provenance import package_versions
 from formats.sites import Site, SiteKey
@@ -33,6 +33,7 @@ READS = (1, 2)  # version 1 had no kind, and an image layout under extra["image"
 TENSORS_FILE = "tensors.safetensors"
 META_FILE = "capture.json"
 IMAGE_FILE = "image.png"
+AUDIO_FILE = "audio.wav"
 VERIFY_BYTES = 512 * 2**20  # CaptureFile checks the SHA-256 of tensor files up to this size on load
 MAX_STEPS = 100_000
 
@@ -51,7 +52,7 @@ class CaptureMeta:
     generated: list[list[int]] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=package_versions)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
-    layout: ImageLayout | None = None
+    layout: Layout | None = None  # where the positions sit in the input (image patches, audio frames)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -132,7 +133,8 @@ def entry_name(step: int, key: SiteKey) -> str:
 
 
 def write_capture(folder: str | Path, meta: CaptureMeta, steps: list[Mapping[SiteKey, np.ndarray]], *,
-                  bf16: frozenset[str] = frozenset(), image_png: bytes | None = None) -> Path:
+                  bf16: frozenset[str] = frozenset(), image_png: bytes | None = None,
+                  audio_wav: bytes | None = None) -> Path:
     """Write a capture folder: ``steps[i][SiteKey]`` arrays (bf16 tensors as uint16 bits, their
     entry names in ``bf16``), the metadata, and the model-input image if given."""
     folder = Path(folder)
@@ -149,6 +151,8 @@ def write_capture(folder: str | Path, meta: CaptureMeta, steps: list[Mapping[Sit
     tensor_path = _safetensors.write(folder / TENSORS_FILE, arrays, bf16=bf16)
     if image_png is not None:
         _json.write_bytes(folder / IMAGE_FILE, image_png)
+    if audio_wav is not None:
+        _json.write_bytes(folder / AUDIO_FILE, audio_wav)
     doc = {"kind": KIND, "format_version": FORMAT_VERSION, "n_steps": len(steps), "entries": entries,
            "tensors_sha256": _sha256(tensor_path), "meta": meta.to_json()}
     return _json.write_json(folder / META_FILE, doc).parent
@@ -193,8 +197,8 @@ class CaptureFile:
                 raise CorruptCaptureError(f"{meta_path}: tensors_sha256 is missing")
             tensors = _safetensors.SafetensorsFile(tensor_path)
             entries = _entries(doc.get("entries"), meta, n_steps, tensors, meta_path)
-            if meta.layout is not None and meta.layout.image_file is not None:
-                confined(folder, meta.layout.image_file, what=f"{META_FILE} layout.image_file")
+            for name in _layout_files(meta.layout):
+                confined(folder, name, what=f"{META_FILE} layout file")
         except CorruptCaptureError:
             raise
         except CorruptFileError as err:
@@ -239,7 +243,7 @@ class CaptureFile:
         return {k.site for (_, k) in self.entries}
 
     @property
-    def layout(self) -> ImageLayout | None:
+    def layout(self) -> Layout | None:
         return self.meta.layout
 
     @property
@@ -257,9 +261,16 @@ class CaptureFile:
     def image_path(self) -> Path | None:
         """The saved model-input image (inside this folder), or None."""
         layout = self.meta.layout
-        if layout is None or layout.image_file is None:
+        if not isinstance(layout, ImageLayout) or layout.image_file is None:
             return None
         return confined(self.path, layout.image_file, what="image_file")
+
+    def audio_path(self) -> Path | None:
+        """The saved input audio (16-bit PCM WAV inside this folder), or None."""
+        layout = self.meta.layout
+        if not isinstance(layout, AudioLayout) or layout.audio_file is None:
+            return None
+        return confined(self.path, layout.audio_file, what="audio_file")
 
     # ---- tensors -----------------------------------------------------------------------
     def entry(self, site: Site, layer: int, step: int = 0) -> TensorEntry:
@@ -338,10 +349,25 @@ def _entries(raw: Any, meta: CaptureMeta, n_steps: int, tensors: _safetensors.Sa
     return out
 
 
+def _layout_files(layout) -> list[str]:
+    names = [getattr(layout, "image_file", None), getattr(layout, "audio_file", None)]
+    return [n for n in names if n is not None]
+
+
 def _check_shape(site: Site, shape: tuple[int, ...], meta: CaptureMeta, batch: int, n_tok: int | None,
                  name: str, where: Path) -> None:
     """A tensor's shape against what the metadata says was captured (``n_tok``: prompt tokens, step 0)."""
     f = meta.facts
+    if site in (Site.ENC_PATTERN, Site.CROSS_PATTERN):
+        frames = meta.layout.n_frames if isinstance(meta.layout, AudioLayout) else None
+        ok = len(shape) == 4 and shape[0] == batch and shape[1] == len(meta.heads)
+        ok = ok and (frames is None or shape[3] == frames)
+        ok = ok and (shape[2] == frames if site is Site.ENC_PATTERN and frames else
+                     site is Site.ENC_PATTERN or n_tok is None or shape[2] == n_tok)
+        if not ok:
+            raise CorruptCaptureError(f"{where}: {name} has shape {list(shape)}, which contradicts the metadata "
+                                      f"([batch={batch}, head={len(meta.heads)}, ..., frames={frames}])")
+        return
     if site.per_head:
         heads = len(meta.kv_heads) if site.per_kv_head else len(meta.heads)
         ok = len(shape) == 4 and shape[0] == batch and shape[1] == heads

@@ -36,6 +36,7 @@ class ModelFacts:
     # use it; the other layers attend over the whole context. None/() for full attention.
     sliding_window: int | None = None
     local_layers: tuple[int, ...] = ()
+    encoder_layers: int = 0  # an encoder-decoder's encoder layers (0: decoder-only or encoder-only)
 
     def window_of(self, layer: int) -> int | None:
         """The key window of ``layer`` (keys ``q - window + 1 .. q``), or None for full attention."""
@@ -98,6 +99,9 @@ class ModelFacts:
         if not isinstance(local, (list, tuple)) or not all(isinstance(x, int) and 0 <= x < d["n_layers"] for x in local):
             raise CorruptFileError(f"{where}: model facts' local_layers must be layer indices")
         d["local_layers"] = tuple(local)
+        enc = d.get("encoder_layers", 0)
+        if not isinstance(enc, int) or not 0 <= enc <= 100_000:
+            raise CorruptFileError(f"{where}: model facts' encoder_layers must be an integer")
         window = d.get("sliding_window")
         if window is not None and (not isinstance(window, int) or window < 1):
             raise CorruptFileError(f"{where}: model facts' sliding_window must be a positive integer or null")

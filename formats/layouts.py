@@ -6,8 +6,11 @@ attention back onto the image or the time axis without knowing the model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from formats.errors import CorruptFileError, PromptError
 
@@ -96,7 +99,80 @@ class ImageLayout:
             raise CorruptFileError(f"{where}: {err}") from None
 
 
-def layout_from_json(d: Any, where: str = "layout") -> ImageLayout | None:
+@dataclass(frozen=True)
+class AudioLayout:
+    """Where each encoder position sits in time, for one utterance in one window."""
+
+    n_samples: int  # of the audio at ``sampling_rate`` (before padding to the window)
+    sampling_rate: int = 16_000
+    n_frames: int = 1500  # encoder positions in the window
+    chunk_seconds: float = 30.0
+    audio_file: str | None = None  # the input audio saved next to the capture (relative to its folder)
+
+    def __post_init__(self) -> None:
+        if self.n_samples <= 0:
+            raise PromptError(f"audio is empty: n_samples must be positive, got {self.n_samples}")
+        if self.duration > self.chunk_seconds + 1e-9:
+            raise PromptError(f"audio is {self.duration:.2f} s: longer than one {self.chunk_seconds:g} s window; "
+                             "split it into windows first")
+
+    @property
+    def duration(self) -> float:
+        return self.n_samples / self.sampling_rate
+
+    @property
+    def frame_seconds(self) -> float:
+        return self.chunk_seconds / self.n_frames
+
+    @property
+    def n_valid_frames(self) -> int:
+        """Encoder positions that overlap the audio (the rest see only padding)."""
+        return min(self.n_frames, math.ceil(self.duration / self.frame_seconds - 1e-9))
+
+    def frame_start(self, frame: int) -> float:
+        return frame * self.frame_seconds
+
+    def frame_of(self, seconds: float) -> int:
+        """The encoder position covering time ``seconds`` (clipped to the window)."""
+        return int(min(self.n_frames - 1, max(0, math.floor(seconds / self.frame_seconds + 1e-9))))
+
+    def span_frames(self, start: float, end: float) -> tuple[int, int]:
+        """Encoder positions ``[first, stop)`` overlapping the time range ``[start, end)`` seconds."""
+        first = self.frame_of(start)
+        stop = max(first + 1, min(self.n_frames, math.ceil(end / self.frame_seconds - 1e-9)))
+        return first, stop
+
+    def times(self) -> np.ndarray:
+        """Start time (s) of every encoder position ``[n_frames]``."""
+        return np.arange(self.n_frames) * self.frame_seconds
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "audio", "n_samples": self.n_samples, "sampling_rate": self.sampling_rate,
+                "n_frames": self.n_frames, "chunk_seconds": self.chunk_seconds, "duration": self.duration,
+                "n_valid_frames": self.n_valid_frames, "audio_file": self.audio_file}
+
+    @classmethod
+    def from_json(cls, d: Any, where: str = "layout") -> AudioLayout:
+        if not isinstance(d, dict):
+            raise CorruptFileError(f"{where}: an audio layout must be an object")
+        try:
+            n, rate, frames = int(d["n_samples"]), int(d.get("sampling_rate", 16_000)), int(d.get("n_frames", 1500))
+            chunk = float(d.get("chunk_seconds", 30.0))
+        except (KeyError, TypeError, ValueError):
+            raise CorruptFileError(f"{where}: an audio layout needs integer n_samples, sampling_rate, n_frames") from None
+        if not (0 < rate <= 1_000_000 and 0 < frames <= 1_000_000 and 0 < chunk <= 3600 and 0 < n <= rate * chunk + 1):
+            raise CorruptFileError(f"{where}: audio layout values out of range")
+        audio_file = d.get("audio_file")
+        if audio_file is not None and not isinstance(audio_file, str):
+            raise CorruptFileError(f"{where}: audio_file must be a file name")
+        return cls(n, rate, frames, chunk, audio_file)
+
+
+
+Layout = ImageLayout | AudioLayout
+
+
+def layout_from_json(d: Any, where: str = "layout") -> Layout | None:
     """The layout recorded in a capture (None when it has none)."""
     if d is None:
         return None
@@ -105,4 +181,6 @@ def layout_from_json(d: Any, where: str = "layout") -> ImageLayout | None:
     kind = d.get("kind", "image")
     if kind == "image":
         return ImageLayout.from_json(d, where)
+    if kind == "audio":
+        return AudioLayout.from_json(d, where)
     raise CorruptFileError(f"{where}: unknown layout kind {kind!r}")

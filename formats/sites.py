@@ -13,6 +13,15 @@ from dataclasses import dataclass
 from formats.errors import SelectionError
 
 
+class Part(enum.Enum):
+    """Which attention of a layer: the model's own self-attention, an encoder-decoder's encoder
+    self-attention, or its decoder's cross-attention over the encoder's positions."""
+
+    SELF = "self"
+    ENCODER = "encoder"
+    CROSS = "cross"
+
+
 class Site(enum.Enum):
     """What a capture records at one layer, with the shape it is stored in."""
 
@@ -25,10 +34,21 @@ class Site(enum.Enum):
     RESID_POST = "resid_post"  #: residual stream leaving the block  [batch, pos, d_model]
     ATTN_OUT = "attn_out"  #: attention block output after the output projection  [batch, pos, d_model]
     MLP_OUT = "mlp_out"  #: MLP output  [batch, pos, d_model]
+    ENC_PATTERN = "enc_pattern"  #: encoder self-attention (encoder-decoders)  [batch, head, frames, frames]
+    CROSS_PATTERN = "cross_pattern"  #: decoder cross-attention over encoder positions  [batch, head, q, frames]
 
     @property
     def per_head(self) -> bool:
-        return self in (Site.PATTERN, Site.Q, Site.Z, Site.K, Site.V)
+        return self in (Site.PATTERN, Site.Q, Site.Z, Site.K, Site.V, Site.ENC_PATTERN, Site.CROSS_PATTERN)
+
+    @property
+    def part(self) -> Part:
+        """The attention a site is recorded in."""
+        return {Site.ENC_PATTERN: Part.ENCODER, Site.CROSS_PATTERN: Part.CROSS}.get(self, Part.SELF)
+
+    @property
+    def is_pattern(self) -> bool:
+        return self in (Site.PATTERN, Site.ENC_PATTERN, Site.CROSS_PATTERN)
 
     @property
     def per_kv_head(self) -> bool:
@@ -37,7 +57,7 @@ class Site(enum.Enum):
     @property
     def in_attention(self) -> bool:
         """Recorded inside the attention function (needs the attention-implementation switch)."""
-        return self in (Site.PATTERN, Site.Q, Site.K, Site.V)
+        return self in (Site.PATTERN, Site.Q, Site.K, Site.V, Site.ENC_PATTERN, Site.CROSS_PATTERN)
 
     @classmethod
     def parse(cls, name: str) -> Site:

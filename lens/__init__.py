@@ -27,7 +27,7 @@ from formats.errors import (
     UnknownModelError,
 )
 from formats.facts import Modality, ModelFacts
-from formats.sites import Site, SiteKey
+from formats.sites import Part, Site, SiteKey
 from lens.heads import HeadRef, MlpRef, ResidRef
 
 _LAZY = {
@@ -57,6 +57,6 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AttnlensError", "BackendError", "CorruptCaptureError", "HeadRef", "InterventionError", "MemoryBudgetError",
-    "MlpRef", "Modality", "ModelFacts", "ModelUnavailableError", "OutputExistsError", "PromptError", "ResidRef",
+    "MlpRef", "Modality", "ModelFacts", "Part", "ModelUnavailableError", "OutputExistsError", "PromptError", "ResidRef",
     "SelectionError", "Site", "SiteKey", "UnknownModelError", *_LAZY,
 ]

@@ -30,16 +30,20 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from formats.sites import Part
 from lens.errors import BackendError, SelectionError
 
 EAGER, SDPA = "attnlens_eager", "attnlens_sdpa"
-_STACK, _LAYER = "_attnlens_stack", "_attnlens_layer"
+_STACK, _LAYER, _PART = "_attnlens_stack", "_attnlens_layer", "_attnlens_part"
 
 
 class AttentionEntry:
-    """Base of the stack's entries: ``layers`` selects where it applies (None: every layer)."""
+    """Base of the stack's entries: ``layers`` selects where it applies (None: every layer) and
+    ``part`` which attention (an encoder-decoder's encoder self-attention and decoder cross-attention
+    are their own parts; every other model has only ``Part.SELF``)."""
 
     layers: frozenset[int] | None = None
+    part: Part = Part.SELF
 
     def wants(self, layer: int | None) -> bool:
         return self.layers is None or layer in self.layers
@@ -82,7 +86,7 @@ class AttentionCompute(AttentionEntry):
 class _Stack:
     entries: list[AttentionEntry] = field(default_factory=list)
     previous: str | None = None
-    modules: dict[int, nn.Module] = field(default_factory=dict)
+    modules: dict[tuple[Part, int], nn.Module] = field(default_factory=dict)
 
     def needs_weights(self) -> bool:
         return any(isinstance(e, AttentionObserver) and (e.needs_weights or e.modifies_weights) for e in self.entries)
@@ -140,9 +144,10 @@ def _dispatcher(module, query, key, value, attention_mask, **kwargs):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    layer = getattr(module, _LAYER)
-    observers = [e for e in stack.entries if isinstance(e, AttentionObserver) and e.wants(layer)]
-    computes = [e for e in stack.entries if isinstance(e, AttentionCompute) and e.wants(layer)]
+    layer, part = getattr(module, _LAYER), getattr(module, _PART)
+    mine = [e for e in stack.entries if e.part is part and e.wants(layer)]
+    observers = [e for e in mine if isinstance(e, AttentionObserver)]
+    computes = [e for e in mine if isinstance(e, AttentionCompute)]
     if len(computes) > 1:
         raise BackendError(f"{computes[0].name} and {computes[1].name} both replace the attention of layer {layer}: "
                            "they cannot be nested")
@@ -185,35 +190,28 @@ def _register_once() -> None:
 
 
 # ---- finding the attention modules -------------------------------------------------------
-def attention_modules(model: nn.Module, n_layers: int | None = None) -> dict[int, nn.Module]:
-    """Layer index -> the attention module that calls the attention function.
+def attention_modules(model: nn.Module) -> dict[tuple[Part, int], nn.Module]:
+    """``(part, layer)`` -> the attention module that calls the attention function (see :mod:`lens.adapters`)."""
+    from lens.adapters import adapter_for
 
-    Decoders number their attention modules (``layer_idx``); encoders (ViT) are found
-    through :class:`lens.adapters.DecoderAdapter`'s block list.
-    """
-    found = {m.layer_idx: m for m in model.modules()
-             if isinstance(getattr(m, "layer_idx", None), int) and hasattr(m, "is_causal")
-             and hasattr(m, "config")}
-    if found:
-        return dict(sorted(found.items()))
-    from lens.adapters import DecoderAdapter
-
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    n = n_layers or cfg.num_hidden_layers
-    adapter = DecoderAdapter(model, n)
-    return {layer: adapter.attention(layer) for layer in range(n)}
+    return adapter_for(model).attention_modules()
 
 
 def _model_of(obj) -> nn.Module:
     return obj.model if hasattr(obj, "facts") and hasattr(obj, "model") else obj
 
 
-def check_layers(modules: dict[int, nn.Module], layers: Sequence[int] | None) -> frozenset[int] | None:
+def check_layers(modules: dict[tuple[Part, int], nn.Module], layers: Sequence[int] | None,
+                 part: Part = Part.SELF) -> frozenset[int] | None:
     if layers is None:
         return None
-    unknown = sorted(set(layers) - set(modules))
+    have = {layer for p, layer in modules if p is part}
+    if not have:
+        raise SelectionError(f"the model has no {part.value} attention")
+    unknown = sorted(set(layers) - have)
     if unknown:
-        raise SelectionError(f"layers {unknown} do not exist: the model has layers 0-{max(modules)}")
+        what = "layers" if part is Part.SELF else f"{part.value} attention layers"
+        raise SelectionError(f"layers {unknown} do not exist: the model has {what} 0-{max(have)}")
     return frozenset(int(x) for x in layers)
 
 
@@ -226,9 +224,10 @@ def attention_mode(model_or_lm, entry: AttentionEntry) -> Iterator[AttentionEntr
     if stack is None:
         stack = _Stack(previous=model.config._attn_implementation, modules=attention_modules(model))
         setattr(model, _STACK, stack)
-        for layer, m in stack.modules.items():
+        for (part, layer), m in stack.modules.items():
             setattr(m, _STACK, stack)
             setattr(m, _LAYER, layer)
+            setattr(m, _PART, part)
     stack.entries.append(entry)
     try:
         _apply(model, stack)
@@ -239,7 +238,7 @@ def attention_mode(model_or_lm, entry: AttentionEntry) -> Iterator[AttentionEntr
             _apply(model, stack)
         else:
             for m in stack.modules.values():
-                for attr in (_STACK, _LAYER):
+                for attr in (_STACK, _LAYER, _PART):
                     if hasattr(m, attr):
                         delattr(m, attr)
             delattr(model, _STACK)

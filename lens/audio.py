@@ -15,7 +15,6 @@ zero padding.
 
 from __future__ import annotations
 
-import math
 import wave
 from dataclasses import dataclass
 from fractions import Fraction
@@ -27,6 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from formats.layouts import AudioLayout
 from lens.errors import PromptError
 from lens.loaded import Modality, ModelFacts
 
@@ -92,62 +92,6 @@ class EncoderFacts:
         return cls(**d)
 
 
-@dataclass(frozen=True)
-class AudioLayout:
-    """Where each encoder position sits in time, for one utterance in one window."""
-
-    n_samples: int  # of the audio at ``sampling_rate`` (before padding to the window)
-    sampling_rate: int = SAMPLING_RATE
-    n_frames: int = 1500  # encoder positions in the window
-    chunk_seconds: float = 30.0
-
-    def __post_init__(self) -> None:
-        if self.n_samples <= 0:
-            raise AudioError(f"audio is empty: n_samples must be positive, got {self.n_samples}")
-        if self.duration > self.chunk_seconds + 1e-9:
-            raise AudioError(f"audio is {self.duration:.2f} s: longer than one {self.chunk_seconds:g} s window; "
-                             "split it into windows first")
-
-    @property
-    def duration(self) -> float:
-        return self.n_samples / self.sampling_rate
-
-    @property
-    def frame_seconds(self) -> float:
-        return self.chunk_seconds / self.n_frames
-
-    @property
-    def n_valid_frames(self) -> int:
-        """Encoder positions that overlap the audio (the rest see only padding)."""
-        return min(self.n_frames, math.ceil(self.duration / self.frame_seconds - 1e-9))
-
-    def frame_start(self, frame: int) -> float:
-        return frame * self.frame_seconds
-
-    def frame_of(self, seconds: float) -> int:
-        """The encoder position covering time ``seconds`` (clipped to the window)."""
-        return int(min(self.n_frames - 1, max(0, math.floor(seconds / self.frame_seconds + 1e-9))))
-
-    def span_frames(self, start: float, end: float) -> tuple[int, int]:
-        """Encoder positions ``[first, stop)`` overlapping the time range ``[start, end)`` seconds."""
-        first = self.frame_of(start)
-        stop = max(first + 1, min(self.n_frames, math.ceil(end / self.frame_seconds - 1e-9)))
-        return first, stop
-
-    def times(self) -> np.ndarray:
-        """Start time (s) of every encoder position ``[n_frames]``."""
-        return np.arange(self.n_frames) * self.frame_seconds
-
-    def to_json(self) -> dict[str, Any]:
-        return {"n_samples": self.n_samples, "sampling_rate": self.sampling_rate, "n_frames": self.n_frames,
-                "chunk_seconds": self.chunk_seconds, "duration": self.duration, "n_valid_frames": self.n_valid_frames}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> AudioLayout:
-        return cls(int(d["n_samples"]), int(d.get("sampling_rate", SAMPLING_RATE)), int(d.get("n_frames", 1500)),
-                   float(d.get("chunk_seconds", 30.0)))
-
-
 def layout_for(samples: np.ndarray, encoder: EncoderFacts) -> AudioLayout:
     """The layout of 16 kHz ``samples`` in one window of a model with ``encoder``."""
     return AudioLayout(int(len(samples)), encoder.sampling_rate, encoder.n_frames, encoder.chunk_seconds)
@@ -167,6 +111,8 @@ def resample(samples: np.ndarray, rate: int, target: int = SAMPLING_RATE) -> np.
 
 
 def _mono(a: np.ndarray, what: str) -> np.ndarray:
+    if a.size == 0:
+        raise AudioError(f"{what} is an empty recording: it holds no samples")
     if a.ndim == 2 and min(a.shape) in (1, 2):
         a = a.mean(axis=int(np.argmin(a.shape)))
     if a.ndim != 1:

@@ -202,11 +202,11 @@ def editing(lm, edits: Sequence[Edit] | EditGroups = (), *, groups: bool = False
     With ``groups=True``, ``edits`` is a sequence of edit groups for stacked batches (see
     :func:`apply_edits`). Hooks are removed on exit, also on error.
     """
-    from lens.adapters import DecoderAdapter
+    from lens.adapters import adapter_for
 
     edit_groups: EditGroups = edits if groups else [list(edits)]
     check_edits(lm.facts, (e for g in edit_groups for e in g))
-    adapter = adapter or DecoderAdapter(lm.model, lm.facts.n_layers)
+    adapter = adapter or adapter_for(lm.model, lm.facts.n_layers)
     n_groups, n_heads = len(edit_groups), lm.facts.n_heads
     handles = []
     try:

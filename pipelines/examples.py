@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-PROSE, REPEATED, NEEDLE, IMAGE = "captures/prose", "captures/repeated-tokens", "captures/needle", "captures/image"
+PROSE, REPEATED, NEEDLE, IMAGE, AUDIO = ("captures/prose", "captures/repeated-tokens", "captures/needle",
+                                         "captures/image", "captures/audio")
 EXAMPLE_OF = {"summary": PROSE, "sinks": PROSE, "streaming": NEEDLE, "retrieval": NEEDLE, "taxonomy": REPEATED,
               "ablation": NEEDLE, "vit_distance": IMAGE, "vit_cls": IMAGE, "vit_families": IMAGE,
-              "vit_pruning": IMAGE}
+              "vit_pruning": IMAGE, "cross_attention": AUDIO, "alignment_heads": AUDIO}
 
 
 @dataclass

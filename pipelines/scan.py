@@ -92,7 +92,9 @@ class _Scan:
         if settings.lengths is None:  # defaults shrink to fit small models' contexts (room left for the answer)
             lengths = tuple(sorted({min(n, lm.facts.context_length - 48) for n in lengths}))
         self.lengths = lengths
-        self.trials = heads.niah_trials(lm, lengths=lengths, depths=settings.niah_depths, seeds=[0], chat=self.chat)
+        # NIAH needs a causal model with a tokenizer that can build prompts; encoders (BERT) skip it
+        self.trials = heads.niah_trials(lm, lengths=lengths, depths=settings.niah_depths, seeds=[0],
+                                        chat=self.chat) if lm.facts.causal else []
 
     def add(self, analysis: str, results) -> None:
         for r in results:
@@ -182,23 +184,38 @@ def _vision(sc: _Scan) -> None:
     sc.out.examples += examples.image_examples(lm, images[:1])
 
 
+def _speech(sc: _Scan) -> None:
+    from lens.speech import encoder_of
+    from pipelines import speech
+
+    utterances = speech.espeak_utterances(speech.SENTENCES[: (3 if sc.s.thorough else 2)],
+                                          max_seconds=encoder_of(sc.lm).chunk_seconds)
+    for r in speech.run_cross_attention(sc.lm, utterances, progress=sc.progress):
+        sc.add(r.analysis, [r])
+    import lens
+
+    sites = [lens.Site.PATTERN, lens.Site.CROSS_PATTERN]
+    sc.out.examples.append(examples.Example(examples.AUDIO, lens.run(sc.lm, utterances[0].samples, sites=sites).capture))
+
+
 RUNNERS: dict[str, Callable[[_Scan], None]] = {
     "summary": _summary, "sinks": _sinks, "taxonomy": _taxonomy, "retrieval": _retrieval, "streaming": _streaming,
 }
 VISION_RUNNER = _vision  # the four vit_* analyses share one pass over the images
+SPEECH_RUNNER = _speech  # cross-attention agreement and alignment heads share the utterances
 
 
 def scan(lm, settings: ScanSettings = ScanSettings(), *, progress: Progress = SILENT) -> ScanResult:
     """Run every scan analysis of the registry that applies to ``lm``'s modality."""
     from analyses.registry import for_modality
 
-    entries = for_modality(lm.facts.modality)
+    entries = for_modality(lm.facts.modality, causal=lm.facts.causal)
     if not entries:
         raise AnalysisError(f"no scan analyses apply to {lm.facts.name} ({lm.facts.modality.value} model)")
-    if lm.facts.modality is Modality.VISION:
+    if lm.facts.modality in (Modality.VISION, Modality.SPEECH):
         sc = _Scan.__new__(_Scan)
         sc.lm, sc.s, sc.progress, sc.out = lm, settings, progress, ScanResult(model=lm.facts.name)
-        VISION_RUNNER(sc)
+        (VISION_RUNNER if lm.facts.modality is Modality.VISION else SPEECH_RUNNER)(sc)
         return sc.out
     sc = _Scan(lm, settings, progress)
     for entry in entries:

@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from lens.adapters import DecoderAdapter
+from lens.adapters import adapter_for
 from lens.edits import EditGroups, Reference, editing
 from lens.errors import BackendError
 from lens.heads import MlpRef  # noqa: F401  (re-exported: circuits name MLPs with it)
@@ -54,7 +54,7 @@ class Parts:
     def __init__(self, lm):
         self.lm = lm
         self.facts = lm.facts
-        self.adapter = DecoderAdapter(lm.model, lm.facts.n_layers)
+        self.adapter = adapter_for(lm.model, lm.facts.n_layers)
 
     def q(self, layer): return _child(self.adapter.attention(layer), _Q, "query projection", layer)
     def k(self, layer): return _child(self.adapter.attention(layer), _K, "key projection", layer)

@@ -14,7 +14,7 @@ from contextlib import ExitStack
 
 import torch
 
-from lens.adapters import DecoderAdapter
+from lens.adapters import adapter_for
 from lens.attention import AttentionObserver, attention_mode
 from lens.backends import check_backend_sites
 from lens.edits import Edit, apply_edits, by_layer, check_edits
@@ -58,7 +58,7 @@ def run(lm: LoadedModel, input_ids: torch.Tensor, spec: CaptureSpec, edits: Sequ
     check_backend_sites("nnsight", spec.sites)
     check_edits(lm.facts, edits)
     nn_model = wrapped(lm)
-    adapter = DecoderAdapter(lm.model, lm.facts.n_layers)
+    adapter = adapter_for(lm.model, lm.facts.n_layers)
     names = {m: n for n, m in lm.model.named_modules()}
     edits_at = {key: es for key, (es, _) in by_layer([list(edits)]).items()}
     head_idx = torch.tensor(spec.heads, device=lm.device)

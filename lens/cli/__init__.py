@@ -39,6 +39,7 @@ from lens.cli import (  # noqa: E402,F401
     heads_cmds,
     models_cmds,
     scan_cmds,
+    speech_cmds,
 )
 
 

@@ -54,6 +54,8 @@ def capture(
                               exists=True, dir_okay=False, readable=True),
     image: list[Path] = typer.Option(None, "--image", "-i", help="An image file (vision models); repeat for several.",
                                      exists=True, dir_okay=False, readable=True),
+    audio: list[Path] = typer.Option(None, "--audio", "-a", help="A WAV or FLAC file (speech models; resampled to "
+                                     "16 kHz); repeat for several.", exists=True, dir_okay=False, readable=True),
     sites: str = typer.Option("pattern", help="Comma-separated sites: pattern,q,k,v,z,resid_pre,resid_post,attn_out,mlp_out."),
     layers: str = typer.Option(None, help="Layers, e.g. '3', '0,2,5' or '4-7' (default: all)."),
     heads: str = typer.Option(None, help="Query heads to keep, same syntax (default: all)."),
@@ -64,10 +66,12 @@ def capture(
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Run MODEL on prompts (or images) and save the attention and activations at the chosen sites.
+    """Run MODEL on prompts (or images, or audio) and save the attention and activations at the chosen sites.
 
     Each prompt becomes one capture folder under OUT (OUT/000, OUT/001, ...), saved as
-    safetensors plus JSON metadata; an image capture also saves the model-input image.
+    safetensors plus JSON metadata; an image capture also saves the model-input image, an
+    audio capture the audio (the decoder runs over its greedy transcript; sites enc_pattern
+    and cross_pattern record the encoder's and the cross-attention).
 
     Example: lens capture smollm2-135m --prompt "The capital of France is" --sites pattern,z --layers 3-5 --out caps/fr
     """
@@ -75,11 +79,12 @@ def capture(
     from lens.recording import check_budget
 
     prompts = _prompts(prompt, file)
-    images = list(image or [])
-    if not prompts and not images:
-        raise PromptError("no prompt given: use --prompt TEXT, --file FILE or --image FILE")
-    if prompts and images:
-        raise PromptError("give prompts or images, not both (a vision-language capture takes one --image and a --prompt)")
+    images, audios = list(image or []), list(audio or [])
+    if not prompts and not images and not audios:
+        raise PromptError("no prompt given: use --prompt TEXT, --file FILE, --image FILE or --audio FILE")
+    if sum(map(bool, (prompts, images, audios))) > 1:
+        raise PromptError("give prompts, images or audio, not several kinds (a vision-language capture takes one "
+                          "--image and a --prompt)")
     site_list = [lens.Site.parse(s) for s in sites.split(",") if s.strip()]
     layer_list, head_list = int_list(layers, "layers"), int_list(heads, "heads")
     budget = positive_float(budget_gb, "budget-gb", hi=1e6)
@@ -94,11 +99,19 @@ def capture(
         inputs = [vision.load_image(p) for p in images]
         if lm.facts.modality is not lens.Modality.VISION:
             raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model: --image needs a vision model")
+    elif audios:
+        from lens.audio import load_audio
+
+        if lm.facts.modality is not lens.Modality.SPEECH:
+            raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model: --audio needs a speech model")
+        inputs = [load_audio(p) for p in audios]
     else:
+        if lm.facts.modality is lens.Modality.SPEECH:
+            raise PromptError(f"{lm.facts.name} is a speech model: give it --audio FILE, not text")
         inputs = [lm.encode(p, chat=chat) for p in prompts]  # validated before anything is written
         for ids in inputs:
             check_budget(lm, spec, ids)
-    if backend is not BackendName.TORCH and not images:
+    if backend is not BackendName.TORCH and not images and not audios:
         from lens.backends import check_backend_sites
 
         check_backend_sites(backend.value, spec.sites)

@@ -54,10 +54,13 @@ class RunResult:
 def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
         layers: Sequence[int] | None = None, heads: Sequence[int] | None = None, dtype: torch.dtype | None = None,
         device: str = "cpu", budget_bytes: int | None = None, edits: Sequence[Edit] = (),
-        backend: Backend | str = Backend.TORCH, chat: bool = False) -> RunResult:
+        backend: Backend | str = Backend.TORCH, chat: bool = False,
+        decoder_ids: Sequence[int] | None = None) -> RunResult:
     """One forward pass over ``prompt`` (text, several texts of equal token length, or ids
     ``[batch, pos]``) through ``backend``, returning logits and the capture.
 
+    For a speech model ``prompt`` is audio (a WAV/FLAC path or 16 kHz samples) and the decoder
+    runs over ``decoder_ids`` (default: the greedy transcript); see :mod:`lens.speech`.
     For a vision model ``prompt`` is an image: a PIL image, a numpy array ``[H, W, 3]``,
     a list of those, or pixel values ``[batch, 3, H, W]`` (see :mod:`lens.vision`); the
     result has ``last_hidden_state`` and no logits, and the capture's tokens are "CLS",
@@ -67,6 +70,11 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
     :class:`~lens.errors.MemoryBudgetError` before anything runs.
     """
     backend = Backend(backend)
+    if lm.facts.modality is Modality.SPEECH:
+        from lens import speech
+
+        return speech.run_audio(lm, prompt, sites=sites, layers=layers, heads=heads, dtype=dtype, device=device,
+                                budget_bytes=budget_bytes, edits=edits, backend=backend, decoder_ids=decoder_ids)
     if lm.facts.modality is Modality.VISION:
         return _run_image(lm, prompt, sites=sites, layers=layers, heads=heads, dtype=dtype, device=device,
                           budget_bytes=budget_bytes, edits=edits, backend=backend)
@@ -74,10 +82,17 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
     spec = CaptureSpec.resolve(lm.facts, sites=sites, layers=layers, heads=heads, dtype=dtype,
                                device=device, budget_bytes=budget_bytes)
     check_budget(lm, spec, input_ids)
+    from lens.backends import check_backend_model
+
+    check_backend_model(backend.value, lm.facts)
+    hidden = None
     if backend is Backend.TORCH:
         with torch.no_grad(), native.capture(lm, spec, edits=edits) as session:
-            logits = lm.model(input_ids.to(lm.device)).logits
+            out = lm.model(input_ids.to(lm.device))
         steps = session.steps
+        logits = getattr(out, "logits", None)
+        if logits is None:  # an encoder without a head (BERT-style): its hidden states are the output
+            hidden = out.last_hidden_state.detach()
     elif backend is Backend.TRANSFORMER_LENS:
         from lens.backends import transformer_lens
 
@@ -87,7 +102,7 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
 
         logits, steps = nnsight_backend.run(lm, input_ids, spec, edits)
     cap = native.build_capture(lm, spec, steps, input_ids, backend=backend.value)
-    return RunResult(logits=logits.detach(), capture=cap)
+    return RunResult(logits=None if logits is None else logits.detach(), capture=cap, last_hidden_state=hidden)
 
 
 def _run_image(lm: LoadedModel, image, *, sites, layers, heads, dtype, device, budget_bytes, edits,

@@ -18,14 +18,14 @@ import torch
 
 from formats.capture import CaptureMeta
 from formats.layouts import ImageLayout
-from lens.adapters import DecoderAdapter, ModelAdapter
+from lens.adapters import ModelAdapter, adapter_for
 from lens.attention import AttentionObserver, attention_mode
 from lens.edits import Edit, editing
 from lens.errors import MemoryBudgetError
 from lens.loaded import LoadedModel
 from lens.recording.record import Capture
 from lens.recording.spec import CaptureSpec, format_bytes
-from lens.sites import Site, SiteKey
+from lens.sites import Part, Site, SiteKey
 
 
 class _Session(AttentionObserver):
@@ -85,6 +85,20 @@ class _Session(AttentionObserver):
             self.store(Site.PATTERN, layer, weights)
 
 
+class _PartPatterns(AttentionObserver):
+    """Records the probabilities of another attention part (encoder self-attention, cross-attention)."""
+
+    needs_weights = True
+
+    def __init__(self, session: _Session, site: Site):
+        self.session, self.site, self.part = session, site, site.part
+        self.layers = session.layers
+
+    def on_outputs(self, module, layer, query, key, value, out, weights) -> None:
+        if weights is not None:
+            self.session.store(self.site, layer, weights)
+
+
 @contextmanager
 def capture(lm: LoadedModel, spec: CaptureSpec, *, edits: Sequence[Edit] = (),
             adapter: ModelAdapter | None = None) -> Iterator[_Session]:
@@ -93,14 +107,17 @@ def capture(lm: LoadedModel, spec: CaptureSpec, *, edits: Sequence[Edit] = (),
     Yields the live session; :func:`finish` turns it into a :class:`Capture`. Each
     forward call (a plain forward, or each step of ``generate()``) is one step.
     """
-    adapter = adapter or DecoderAdapter(lm.model, lm.facts.n_layers)
+    adapter = adapter or adapter_for(lm.model, lm.facts.n_layers)
     session = _Session(spec, lm.facts.n_heads)
     with ExitStack() as stack:
         stack.enter_context(editing(lm, edits, adapter=adapter))  # first: the recording hooks see edited values
         handles = [lm.model.register_forward_pre_hook(session.new_step, with_kwargs=True)]
         stack.callback(lambda: [h.remove() for h in handles])
-        if any(s.in_attention for s in spec.sites):
+        if any(s.in_attention and s.part is Part.SELF for s in spec.sites):
             stack.enter_context(attention_mode(lm.model, session))
+        for site in spec.sites:
+            if site.part is not Part.SELF:
+                stack.enter_context(attention_mode(lm.model, _PartPatterns(session, site)))
         for layer in spec.layers:
             handles.extend(_layer_hooks(session, adapter, layer, lm.facts.n_heads))
         yield session

@@ -28,12 +28,14 @@ class Capture:
     A plain forward gives one step; ``generate()`` gives the prompt's pass and then one
     step per new token. Per-head sites hold only the selected heads, in the order of
     ``meta.heads`` (K and V: ``meta.kv_heads``); :meth:`head_index` maps a model head to
-    its index there. ``image_png`` is the model-input image of an image run (saved with it).
+    its index there. ``image_png`` is the model-input image of an image run and ``audio_wav`` the
+    input audio of a speech run (saved with the capture).
     """
 
     meta: CaptureMeta
     steps: list[dict[SiteKey, torch.Tensor]]
     image_png: bytes | None = None
+    audio_wav: bytes | None = None
 
     def get(self, site: Site, layer: int, step: int = 0) -> torch.Tensor:
         if not 0 <= step < len(self.steps):
@@ -94,7 +96,8 @@ class Capture:
                 else:
                     arrays[key] = t.numpy()
             steps.append(arrays)
-        return write_capture(folder, self.meta, steps, bf16=frozenset(bf16), image_png=self.image_png)
+        return write_capture(folder, self.meta, steps, bf16=frozenset(bf16), image_png=self.image_png,
+                             audio_wav=self.audio_wav)
 
     @classmethod
     def load(cls, folder: str | Path) -> Capture:
@@ -105,5 +108,6 @@ class Capture:
             a = f.read(key.site, key.layer, step, raw=entry.dtype == "bfloat16")
             t = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) if entry.dtype == "bfloat16" else torch.from_numpy(a)
             steps[step][key] = t
-        image = f.image_path()
-        return cls(meta=f.meta, steps=steps, image_png=image.read_bytes() if image and image.is_file() else None)
+        image, audio = f.image_path(), f.audio_path()
+        return cls(meta=f.meta, steps=steps, image_png=image.read_bytes() if image and image.is_file() else None,
+                   audio_wav=audio.read_bytes() if audio and audio.is_file() else None)

@@ -62,6 +62,12 @@ class CaptureSpec:
             raise SelectionError("heads is empty")
         for layer in layers:
             facts.check_layer(int(layer))
+        other = [s.value for s in sites if s.part is not Site.PATTERN.part]
+        if other and not facts.encoder_layers:
+            raise SelectionError(f"sites {', '.join(other)} need an encoder-decoder: {facts.name} has no encoder")
+        if Site.ENC_PATTERN in sites and max(layers) >= facts.encoder_layers:
+            raise SelectionError(f"layer {max(layers)} is out of range for enc_pattern: {facts.name}'s encoder has "
+                                 f"layers 0-{facts.encoder_layers - 1}")
         for head in heads:
             facts.check_head(int(head))
         kv_heads = tuple(dict.fromkeys(facts.kv_head_of(h) for h in heads))
@@ -75,14 +81,17 @@ class CaptureSpec:
         return self.kv_heads if site.per_kv_head else self.heads
 
     def estimate_bytes(self, facts: ModelFacts, *, batch: int, q_len: int, k_len: int | None = None,
-                       model_dtype: torch.dtype = torch.float32) -> int:
+                       model_dtype: torch.dtype = torch.float32, frames: int = 0) -> int:
         """Bytes one forward pass over ``q_len`` new tokens (``k_len`` keys) will allocate for the capture:
         the stored tensors plus, when patterns are captured, the eager attention of one captured layer
         (scores and probabilities of every query head in the model's dtype, the float32 softmax, and
         the additive mask), which exists while that layer runs."""
         k_len = q_len if k_len is None else k_len
-        return self.stored_bytes(facts, batch=batch, q_len=q_len, k_len=k_len, model_dtype=model_dtype) + \
-            self.transient_bytes(facts, batch=batch, q_len=q_len, k_len=k_len, model_dtype=model_dtype)
+        stored = self.stored_bytes(facts, batch=batch, q_len=q_len, k_len=k_len, model_dtype=model_dtype, frames=frames)
+        transient = self.transient_bytes(facts, batch=batch, q_len=q_len, k_len=k_len, model_dtype=model_dtype)
+        if Site.ENC_PATTERN in self.sites:
+            transient = max(transient, frames * frames * batch * (facts.n_heads * (2 * model_dtype.itemsize + 4)))
+        return stored + transient
 
     def transient_bytes(self, facts: ModelFacts, *, batch: int, q_len: int, k_len: int,
                         model_dtype: torch.dtype = torch.float32) -> int:
@@ -93,13 +102,17 @@ class CaptureSpec:
         return cells * (facts.n_heads * (2 * model_dtype.itemsize + 4) + model_dtype.itemsize)
 
     def stored_bytes(self, facts: ModelFacts, *, batch: int, q_len: int, k_len: int,
-                     model_dtype: torch.dtype = torch.float32) -> int:
+                     model_dtype: torch.dtype = torch.float32, frames: int = 0) -> int:
         """Bytes the captured tensors of one forward pass take."""
         itemsize = (self.dtype or model_dtype).itemsize
         per_layer = 0
         for site in self.sites:
             if site is Site.PATTERN:
                 n = len(self.heads) * q_len * k_len
+            elif site is Site.ENC_PATTERN:
+                n = len(self.heads) * frames * frames
+            elif site is Site.CROSS_PATTERN:
+                n = len(self.heads) * q_len * frames
             elif site is Site.Q or site is Site.Z:
                 n = len(self.heads) * q_len * facts.d_head
             elif site.per_kv_head:

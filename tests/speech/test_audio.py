@@ -137,9 +137,11 @@ def test_layout_maps_frames_to_time_and_round_trips():
 
 
 def test_layout_refuses_empty_and_too_long_audio():
-    with pytest.raises(AudioError, match="empty"):
+    from lens.errors import PromptError
+
+    with pytest.raises(PromptError, match="empty"):
         AudioLayout(n_samples=0)
-    with pytest.raises(AudioError, match="longer than one 30 s window") as err:
+    with pytest.raises(PromptError, match="longer than one 30 s window") as err:
         AudioLayout(n_samples=31 * 16_000)
     _one_line(err)
 
