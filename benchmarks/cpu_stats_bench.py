@@ -208,6 +208,9 @@ def markdown(rows: list[dict], machine: dict) -> str:
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} torch thread(s), torch "
         f"{machine['torch']}; {machine['note']}",
         "",
+        "1-minute load average (whole machine) before / after each size's timed rounds: "
+        + ", ".join(f"N={n}: {a} / {b}" for n, (a, b) in machine.get("load_1min", {}).items()),
+        "",
         "Ratios are medians of per-round ratios to the SDPA forward of the same round (interleaved, one process).",
         "Attention = time inside the attention functions of all layers; its ratio compares with SDPA's attention.",
         "Peak RSS: fresh process per case, peak resident memory of the forward (model and logits included).",
@@ -457,9 +460,12 @@ def main(argv: list[str] | None = None) -> int:
                 skipped["eager_attn"] = f"needs {eager_patterns_gb(lm, n):.0f} GB for the patterns alone"
             skipped.update({c: "not selected" for c in CASES if c not in cases})
             run = [c for c in CASES if c not in skipped]
+            load_before = os.getloadavg()[0]
             times = time_cases(lm, ids, run, n_rounds, warmup=n < args.warmup_below, clock=clock)
+            load_after = os.getloadavg()[0]
             memory = measure_memory(args, n, run) if args.memory else {}
-            report["raw"][str(n)] = {"times": times, "memory": memory}
+            report["raw"][str(n)] = {"times": times, "memory": memory, "load_1min": [load_before, load_after]}
+            machine.setdefault("load_1min", {})[n] = [round(load_before, 1), round(load_after, 1)]
             report["rows"].extend(summarise(n, times, memory, skipped))
     finally:
         undo()

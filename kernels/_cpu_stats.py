@@ -163,8 +163,9 @@ def chunked_stats(
     g, off = h // hkv, n - m
     dev, f32 = q.device, torch.float32
     qs = q.to(f32) * scale
-    k_t = k.to(f32).transpose(-1, -2)  # [B, Hkv, D, N]
-    vf = v.to(f32)
+    # Row-major copies (transformers hands over transposed views): each chunk's GEMMs then read plain matrices.
+    k_t = k.to(f32).contiguous().transpose(-1, -2)  # [B, Hkv, D, N]
+    vf = v.to(f32).contiguous()
     topk, key_stats = spec.topk, spec.key_stats
     window = min(spec.window, n)  # a window longer than the keys keeps them all
 
