@@ -31,11 +31,6 @@ _SEG = 64  # keys per segment of the two-level max / argmax / top-k
 _EXP_FLOOR = -40.0
 
 
-def default_chunk(b: int, h: int, m: int, n: int, block_elements: int) -> int:
-    """Queries per chunk so that one ``[B, H, c, N]`` float32 block holds about ``block_elements`` elements."""
-    return max(1, min(m, block_elements // max(1, b * h * n)))
-
-
 def _segment_max(s: torch.Tensor) -> torch.Tensor:
     """Max of each ``_SEG``-wide key segment of ``s [B, H, c, k]``: ``[B, H, c, ceil(k / _SEG)]`` (the last may be short)."""
     k = s.shape[-1]
@@ -102,32 +97,44 @@ def _received_count(m: int, n: int, causal: bool, key_padding_mask: torch.Tensor
 class _Masks:
     """Causal, key-padding and explicit masks, applied in place to the ``[B, H, c, k_end]`` block of a query chunk.
 
-    Scores are masked by adding ``_MASKED`` (it absorbs any real score) and weights by multiplying with 0 / 1: both are
-    vectorised broadcasts, several times faster on CPU than ``masked_fill_`` with a broadcast bool mask.
+    Scores are masked by adding ``_MASKED`` (it absorbs any real score) and weights by multiplying with the keep mask:
+    both are vectorised broadcasts, 5-10x faster on CPU than ``masked_fill_`` with a mask broadcast over the heads.
     """
 
     def __init__(self, c_max: int, causal: bool, key_padding_mask: torch.Tensor | None,
                  attn_mask: torch.Tensor | None, dev) -> None:
-        f32 = torch.float32
         # Only the c x c square on the diagonal of a causal chunk holds keys after some of its queries.
-        keep_diag = torch.ones(c_max, c_max, dtype=torch.bool, device=dev).tril_() if causal else None
-        self.diag_bias = None if keep_diag is None else torch.where(keep_diag, 0.0, _MASKED).to(f32)
-        self.diag_keep = None if keep_diag is None else keep_diag.to(f32)
-        kpm = None if key_padding_mask is None else key_padding_mask[:, None, None, :]  # [B, 1, 1, N]
-        self.key_bias = None if kpm is None else torch.where(kpm, 0.0, _MASKED).to(f32)
-        self.key_keep = None if kpm is None else kpm.to(f32)
-        self.drop = None if attn_mask is None else ~attn_mask  # [B or 1, H or 1, M, N]
+        self.diag_keep = torch.ones(c_max, c_max, dtype=torch.bool, device=dev).tril_() if causal else None
+        self.diag_bias = None if self.diag_keep is None else _bias(self.diag_keep)
+        self.key_keep = None if key_padding_mask is None else key_padding_mask[:, None, None, :]  # [B, 1, 1, N]
+        self.key_bias = None if self.key_keep is None else _bias(self.key_keep)
+        self.keep = attn_mask  # [B or 1, H or 1, M, N]; its bias is built per chunk, never for the whole M x N
 
     def apply_(self, block: torch.Tensor, r0: int, pos0: int, weights: bool) -> None:
         """Mask scores (``weights=False``) or weights of the chunk whose first query ``r0`` sits at key ``pos0``."""
         c, k_end = block.shape[-2], block.shape[-1]
-        if self.diag_bias is not None:
+        if self.diag_keep is not None:
             diag = block[..., pos0: pos0 + c]
-            diag.mul_(self.diag_keep[:c, :c]) if weights else diag.add_(self.diag_bias[:c, :c])
-        if self.key_bias is not None:
-            block.mul_(self.key_keep[..., :k_end]) if weights else block.add_(self.key_bias[..., :k_end])
-        if self.drop is not None:
-            block.masked_fill_(self.drop[:, :, r0: r0 + c, :k_end], 0.0 if weights else _MASKED)
+            if weights:
+                diag.mul_(self.diag_keep[:c, :c])
+            else:
+                diag.add_(self.diag_bias[:c, :c])
+        if self.key_keep is not None:
+            if weights:
+                block.mul_(self.key_keep[..., :k_end])
+            else:
+                block.add_(self.key_bias[..., :k_end])
+        if self.keep is not None:
+            keep = self.keep[:, :, r0: r0 + c, :k_end]
+            if weights:
+                block.mul_(keep)
+            else:
+                block.add_(_bias(keep))
+
+
+def _bias(keep: torch.Tensor) -> torch.Tensor:
+    """Float32 additive mask: 0 where ``keep``, ``_MASKED`` elsewhere."""
+    return torch.where(keep, 0.0, _MASKED).to(torch.float32)
 
 
 def _window_band(c_max: int, window: int, dev) -> torch.Tensor:
