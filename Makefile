@@ -13,7 +13,7 @@ OUT    ?= results/demo
 SYSTEM_PKGS := chromium poppler-utils libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core espeak-ng
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install install-gemma system-deps demo test lint bench-capture bench-dashboard bench-speech clean
+.PHONY: install install-gemma system-deps demo test lint bench-capture bench-cpu-stats bench-dashboard bench-speech clean
 
 install: system-deps $(STAMP)
 
@@ -55,6 +55,9 @@ bench-capture: install
 
 bench-dashboard: install
 	ATTNLENS_SCREENSHOTS=benchmarks/results/dashboard $(BIN)/python -m pytest -q -s tests/browser -m benchmark
+
+bench-cpu-stats: install
+	$(BIN)/python benchmarks/cpu_stats_bench.py --tokens 512,2048,8192 --rounds 5,3,1 --memory --candidates 2048 --out benchmarks/results/cpu_stats.md
 
 bench-speech: install
 	$(BIN)/python benchmarks/speech_bench.py --out benchmarks/results/speech_cpu.md --results benchmarks/results/speech

@@ -5,7 +5,7 @@ Cases, run interleaved round by round in one process (so machine noise hits all 
   sdpa           plain forward, the model's own SDPA attention
   eager_attn     eager attention with ``output_attentions=True`` (every [N, N] pattern kept): what materialising
                  costs; skipped where the kept patterns alone would exceed ``--eager-limit-gb``
-  stats_rows     ``lens.capture.stats.run_stats(..., StatsSpec(key_stats=False), backend="torch")``
+  stats_rows     ``lens.run_stats(..., StatsSpec(key_stats=False), backend="torch")``
   stats_rowkeys  the same with ``StatsSpec()`` (per-key received mass too; the default)
 
 Each case reports the forward's wall time and process CPU time (all threads), and its *attention-only* time: the
@@ -73,18 +73,19 @@ def install_clock(lm, clock: AttnClock) -> Callable[[], None]:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    import kernels.hf_attention as hfa
+    from lens import attention as stack
 
-    stats_fn = ALL_ATTENTION_FUNCTIONS[hfa.ATTN_IMPLEMENTATION]
+    stack._register_once()  # stats mode runs through the attention stack's dispatcher
+    stats_fn = ALL_ATTENTION_FUNCTIONS[stack.SDPA]
     model_module = sys.modules[type(lm.model).__module__]
     eager_fn = model_module.eager_attention_forward
     AttentionInterface.register("sdpa", clock.wrap(sdpa_attention_forward))
-    AttentionInterface.register(hfa.ATTN_IMPLEMENTATION, clock.wrap(stats_fn))
+    AttentionInterface.register(stack.SDPA, clock.wrap(stats_fn))
     model_module.eager_attention_forward = clock.wrap(eager_fn)
 
     def undo() -> None:
         AttentionInterface.register("sdpa", sdpa_attention_forward)
-        AttentionInterface.register(hfa.ATTN_IMPLEMENTATION, stats_fn)
+        AttentionInterface.register(stack.SDPA, stats_fn)
         model_module.eager_attention_forward = eager_fn
 
     return undo
@@ -106,7 +107,7 @@ def eager_patterns_gb(lm, n_tokens: int) -> float:
 def run_case(lm, ids: torch.Tensor, case: str) -> None:
     """One forward of ``case`` over ``ids [1, N]``; results are dropped at once."""
     from kernels import StatsSpec
-    from lens.capture.stats import run_stats
+    from lens.recording.stats import run_stats
 
     with torch.no_grad():
         if case == "sdpa":
