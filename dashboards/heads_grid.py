@@ -63,12 +63,13 @@ class HeadsGrid(pn.viewable.Viewer):
         self.param.capture.objects = names
         with param.discard_events(self):
             self.capture = cap
+        self._layer_choices()
         self._layout: tuple[list[int], list[int], int] = ([], [], 0)
 
     def _cap(self) -> CaptureFile | None:
         return self.sel.captures.get(self.capture) if self.capture else None
 
-    @param.depends("capture", watch=True, on_init=True)
+    @param.depends("capture", watch=True)
     def _layer_choices(self) -> None:
         cap = self._cap()
         self.param.layers.objects = ["all", *(cap.layers if cap else [])]

@@ -80,7 +80,7 @@ class HeadMap(pn.viewable.Viewer):
             return
         self._started = time.perf_counter()
         text = pn.pane.HTML(self._progress_text(prof), name="head_map_progress")
-        self._area.objects = [pn.Row(pn.indicators.LoadingSpinner(value=True, size=28, name="computing"), text)]
+        self._area.objects = [pn.Row(pn.indicators.LoadingSpinner(value=True, size=28), text)]
 
         def poll():
             if job.done():

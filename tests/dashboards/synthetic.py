@@ -68,9 +68,9 @@ def patterns(n_heads: int, n_tok: int, layer: int, *, repeat: int | None = None,
         if kind == "sink":
             logits[:, 0] += 4.0
         elif kind == "previous-token":
-            logits += np.where(k == q - 1, 8.0, 0.0)
+            logits += np.where(k == q - 1, 5.5, 0.0)
         elif kind == "induction" and repeat:
-            logits += np.where((q > repeat) & (k == q - repeat + 1), 8.0, 0.0)
+            logits += np.where((q > repeat) & (k == q - repeat + 1), 5.5, 0.0)
         elif kind == "local":
             logits -= 0.8 * np.abs(q - k)
         logits = np.where(k <= q, logits, -np.inf)
@@ -192,7 +192,7 @@ def make_results_folder(folder: str | Path, n_layers: int = 4, n_heads: int = 6,
                summary={"share_above_0.5_per_layer": (sink > 0.5).mean(1).tolist()}).save(scan)
     for metric, k in (("previous_token", "previous-token"), ("induction", "induction"), ("local", "local"),
                       ("duplicate_token", "none")):
-        HeadScores("taxonomy", metric, np.where(kind == k, 0.3, 0.01) + noise(), prov, f"{metric} score",
+        HeadScores("taxonomy", metric, np.where(kind == k, 0.6, 0.01) + noise(), prov, f"{metric} score",
                    params={"example_capture": "captures/repeated-tokens", "repeat_len": (n_tokens - 1) // 2}).save(scan)
     for c in range(n_captures):
         words = [WORDS[(i + 3 * c) % len(WORDS)] for i in range(n_tokens - 1)]
