@@ -46,7 +46,7 @@ def build(root: Path) -> Path:
     from PIL import Image
 
     root.mkdir(parents=True, exist_ok=True)
-    task = root.parent / "task.jsonl"
+    task = root.parent / "T.jsonl"  # the circuit and its results are named after the task file
     task.write_text("\n".join(json.dumps(r) for r in TASK_ROWS) + "\n")
     image = root.parent / "image.png"
     rng = np.random.default_rng(0)
