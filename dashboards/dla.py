@@ -107,7 +107,7 @@ class ContributionView(pn.viewable.Viewer):
         if self.cap is None:
             return "No capture to attribute."
         if not any(self.cap.has(Site.Z, la) for la in self.cap.layers):
-            return (f"Capture {self.cap.name} has no <code>z</code> (the heads' outputs): capture with "
+            return (f"Capture {html.escape(self.cap.name)} has no <code>z</code> (the heads' outputs): capture with "
                     "<code>--sites pattern,z,resid_post</code>.")
         if self.readout is None:
             return ("Direct logit attribution needs the model's output projection and unembedding, which a saved "

@@ -127,7 +127,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         n_q = self._pattern.shape[0]
         w = self._window = window_pattern(self._pattern, self.window_start, self.window_size)
         pooled = " (keys outside the window pooled)" if n_q > w.q_end - w.q_start else ""
-        dtype = "/".join(sorted(cap.dtypes))
+        dtype = html.escape("/".join(sorted(cap.dtypes)))
         self._message.object = (f"<b>{head_label(self.layer, self.head)}</b> · capture <b>{where}</b> ({dtype}) · "
                                 f"queries {w.q_start}-{w.q_end - 1} of {n_q}{pooled}")
         self._draw(cap)
