@@ -92,7 +92,7 @@ class HeadGrid:
     """A layer x head heatmap (layer 0 on top) with hover values, a colour bar and a
     selection marker. ``figure``, ``source``, ``mapper`` and ``mark`` are the Bokeh models."""
 
-    def __init__(self, scores: np.ndarray, title: str, *, width: int = 440, height: int = 420,
+    def __init__(self, scores: np.ndarray, title: str, *, width: int = 400, height: int = 400,
                  name: str = "head_heatmap", palette=Viridis256, value_name: str = "score"):
         self.shape = scores.shape
         n_layers, n_heads = scores.shape
@@ -105,7 +105,7 @@ class HeadGrid:
         r = p.rect("head", "layer", 1, 1, source=self.source, fill_color={"field": "value", "transform": self.mapper},
                    line_color=None)
         p.add_tools(HoverTool(renderers=[r], tooltips=[("head", "@name"), (value_name, "@label")]))
-        self.mark = ColumnDataSource({"layer": [], "head": [], "n": []})
+        self.mark = ColumnDataSource({"layer": [], "head": [], "n": []}, name=f"{name}_mark")
         p.rect("head", "layer", 1, 1, source=self.mark, fill_alpha=0, line_color="#ff2d55", line_width=3)
         p.add_layout(ColorBar(color_mapper=self.mapper, width=10, title=value_name), "right")
         p.xaxis.ticker = FixedTicker(ticks=thin_ticks(n_heads, max(2, width // 28)))

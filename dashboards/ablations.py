@@ -8,7 +8,7 @@ import html
 
 import numpy as np
 import panel as pn
-from bokeh.models import ColumnDataSource, HoverTool, Span
+from bokeh.models import ColumnDataSource, HoverTool, Legend, Span
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
@@ -18,11 +18,12 @@ from formats import AblationResult, Curves, HeadScores, ResultsFolder
 ABLATION_ANALYSES = ("ablation", "circuit")
 
 
-def curves_figure(c: Curves, width: int = 520, height: int = 330):
+def curves_figure(c: Curves, width: int = 520, height: int = 380):
     """Each series' mean line; a series with several runs also gets a band from the lowest to
     the highest run and a thin line per run (the spread over seeds)."""
     p = figure(width=width, height=height, title=c.name, x_axis_label=c.x_label, y_axis_label=c.y_label,
                tools="pan,wheel_zoom,reset,save", toolbar_location="above", name="curves_plot")
+    p.add_layout(Legend(label_text_font_size="8pt", click_policy="hide"), "below")  # beside the data, not on it
     for i, (label, y) in enumerate(c.series.items()):
         color = Category10_10[i % 10]
         runs = y.reshape(-1, c.x.size)
@@ -41,18 +42,16 @@ def curves_figure(c: Curves, width: int = 520, height: int = 330):
     if c.x_ticks:
         p.xaxis.ticker = c.x.tolist()
         p.xaxis.major_label_overrides = {float(x): t[:12] for x, t in zip(c.x, c.x_ticks)}
-    p.legend.location = "top_right"
-    p.legend.label_text_font_size = "8pt"
-    p.legend.click_policy = "hide"
     return p
 
 
-def ablation_figure(a: AblationResult, width: int = 520, height: int = 300):
+def ablation_figure(a: AblationResult, width: int = 520, height: int = 340):
     """The set's effect (red line) against the histogram of the effects of random sets of the same size."""
     rand = np.asarray([r for r in a.random_effects if np.isfinite(r)], np.float64)
     p = figure(width=width, height=height, tools="reset,save", toolbar_location="above", name="ablation_plot",
                title=f"{len(a.heads)} heads + {len(a.mlps)} MLPs, {a.method}-ablated: effect on {a.metric}",
                x_axis_label=f"effect on {a.metric} (ablated - baseline)", y_axis_label="random sets")
+    p.add_layout(Legend(label_text_font_size="8pt"), "below")
     if rand.size:
         lo, hi = min(rand.min(), a.effect), max(rand.max(), a.effect)
         pad = 0.05 * (hi - lo or 1.0)
@@ -63,8 +62,6 @@ def ablation_figure(a: AblationResult, width: int = 520, height: int = 300):
         p.scatter(rand, np.zeros_like(rand), marker="dash", size=14, angle=np.pi / 2, color="#3182bd")
     p.add_layout(Span(location=a.effect, dimension="height", line_color="#de2d26", line_width=3))
     p.scatter([a.effect], [0], color="#de2d26", size=9, legend_label=f"this set: {a.effect:.4g}")
-    p.legend.location = "top_left"
-    p.legend.label_text_font_size = "8pt"
     return p
 
 

@@ -164,16 +164,33 @@ def serve(results_dir: str | Path, *, port: int = 5006, address: str = "127.0.0.
     folder = ResultsFolder.load(results_dir)
     for model in models_of(folder):  # precompute: the map is usually ready before its tab is opened
         HeadMap(ModelResults.of(folder, model), method=map_method).start()
-    origins = [f"{address}:*", "localhost:*", "127.0.0.1:*"]
+    models = models_of(folder)
 
     def app():
         return Dashboard(folder, map_method=map_method)
 
-    opts = dict(port=port, address=address, title=f"attnlens: {models_of(folder)[0] if models_of(folder) else folder.path}",
-                websocket_origin=origins, **kwargs)
+    if port == 0 and start:
+        port = _free_port(address)
+    opts = dict(address=address, title=f"attnlens: {models[0] if models else folder.path}", **kwargs)
     if not start:
-        server = get_server({"/": app}, start=False, show=False, print_url=False, **opts)
+        server = get_server({"/": app}, port=port, start=False, show=False, print_url=False,
+                            websocket_origin=_origins(address, port) if port else None, **opts)
+        # with port 0 the real port is known only now: allow this machine's pages on it (nothing else)
+        server._tornado.websocket_origins.update(_origins(address, server.port))
         if show:
             server.io_loop.add_callback(server.show, "/")
         return server
-    return pn.serve({"/": app}, show=show, threaded=threaded, print_url=False, **opts)
+    return pn.serve({"/": app}, port=port, show=show, threaded=threaded, print_url=False,
+                    websocket_origin=_origins(address, port), **opts)
+
+
+def _origins(address: str, port: int) -> list[str]:
+    return sorted({f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"})
+
+
+def _free_port(address: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]

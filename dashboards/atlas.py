@@ -92,5 +92,5 @@ class HeadAtlas(pn.viewable.Viewer):
                 f"{'not scored' if not np.isfinite(v) else f'{v:.4g}'} · click a cell to explore a head</p>")
 
     def __panel__(self):
-        return pn.Column(pn.widgets.Select.from_param(self.param.metric, name="score", width=400),
-                         self._pane, self._info, name="Head atlas", width=460)
+        return pn.Column(pn.widgets.Select.from_param(self.param.metric, name="score", width=380),
+                         self._pane, self._info, name="Head atlas", width=410)

@@ -35,7 +35,7 @@ from dashboards.tokens import MAX_TOKENS, TokenView
 from formats import AttnlensError, CaptureFile, Site
 
 MAX_CELLS = MAX_WINDOW * (MAX_WINDOW + 2 * CONTEXT_BINS + 1)  # hard bound on heatmap cells sent
-WIDTH, HEIGHT = 540, 520
+WIDTH, HEIGHT = 480, 500
 
 
 class AttentionExplorer(pn.viewable.Viewer):
@@ -68,7 +68,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         self._pattern: np.ndarray | None = None
         self._first_draw = "query" not in params
         self._source = ColumnDataSource(_empty_cells())
-        self._qmark = ColumnDataSource({"y": [], "w": [], "n": []})
+        self._qmark = ColumnDataSource({"y": [], "w": [], "n": []}, name="pattern_query_mark")
         self._mapper = color_mapper(self.scale, 0.0, 1.0)
         self._mapper_scale = self.scale
         self._fig, self._renderer, self._bar = self._make_figure()
@@ -245,14 +245,14 @@ class AttentionExplorer(pn.viewable.Viewer):
                 f"<table class='head-stats'><tr><th>score</th><th>value</th><th>rank</th></tr>{body}</table>")
 
     def __panel__(self):
-        controls = pn.Row(pn.widgets.Select.from_param(self.param.capture, width=200),
-                          pn.widgets.Select.from_param(self.param.scale, name="colour scale", width=160),
-                          pn.widgets.IntInput.from_param(self.param.query, width=80),
-                          pn.widgets.IntInput.from_param(self.param.window_start, name="first row", width=80),
-                          pn.widgets.IntInput.from_param(self.param.window_size, name="rows", width=70))
+        controls = pn.Row(pn.widgets.Select.from_param(self.param.capture, width=170),
+                          pn.widgets.Select.from_param(self.param.scale, name="colour scale", width=140),
+                          pn.widgets.IntInput.from_param(self.param.query, width=60),
+                          pn.widgets.IntInput.from_param(self.param.window_start, name="first row", width=60),
+                          pn.widgets.IntInput.from_param(self.param.window_size, name="rows", width=55))
         return pn.Column(controls, self._message, self._fig_pane,
                          pn.pane.Markdown("**Token view**: hover a token; click a pattern row to pin a query."),
-                         self.tokens, self._stats, name="Attention explorer", width=WIDTH + 40)
+                         self.tokens, self._stats, name="Attention explorer", width=WIDTH + 30)
 
 
 def _empty_cells() -> dict[str, list]:

@@ -36,10 +36,13 @@ def circuit_layout(circuit: Circuit) -> tuple[dict[Node, tuple[float, float]], l
     cols: dict[float, list[Node]] = {}
     for n in sorted(nodes, key=lambda n: (column(n), n.head)):
         cols.setdefault(column(n), []).append(n)
-    tallest = max((len(v) for v in cols.values()), default=1)
+    tallest = max((len(v) for k, v in cols.items() if k % 1 == 0), default=1)
     pos = {}
     for x, members in cols.items():
         k = len(members)
+        if members[0].kind is NodeKind.MLP:  # below the heads, off the line the logits edges run along
+            pos[members[0]] = (x, -(tallest - 1) / 2 - 1.0)
+            continue
         for i, n in enumerate(members):
             pos[n] = (x, (i - (k - 1) / 2) * max(1.0, tallest / max(k, 1)) if k > 1 else 0.0)
     return pos, drawn

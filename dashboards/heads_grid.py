@@ -113,7 +113,7 @@ class HeadsGrid(pn.viewable.Viewer):
                                   "name": [head_label(layers[i], heads[j]) for i, j in zip(ll.ravel(), hh.ravel())]})
         r = p.rect("x", "y", s, s, source=boxes, fill_alpha=0, line_color=NAN_COLOR, line_alpha=0.6)
         p.add_tools(HoverTool(renderers=[r], tooltips=[("head", "@name")]))
-        self._mark = ColumnDataSource({"x": [], "y": [], "n": []})
+        self._mark = ColumnDataSource({"x": [], "y": [], "n": []}, name="heads_grid_mark")
         p.rect("x", "y", s + 1, s + 1, source=self._mark, fill_alpha=0, line_color="#ff2d55", line_width=2)
         p.add_layout(ColorBar(color_mapper=mapper, width=10, title="weight / head's largest off the sink"), "right")
         p.xaxis.ticker = [j * (s + 1) + s / 2 for j in range(0, len(heads), max(1, len(heads) // 16))]

@@ -118,7 +118,7 @@ class HeadMap(pn.viewable.Viewer):
                    name="head_map")
         r = p.scatter("x", "y", source=self._source, color="color", size=8, alpha=0.8)
         p.add_tools(HoverTool(renderers=[r], tooltips=[("head", "@name"), ("type", "@type")]))
-        self._mark = ColumnDataSource({"x": [], "y": [], "n": []})
+        self._mark = ColumnDataSource({"x": [], "y": [], "n": []}, name="head_map_mark")
         p.scatter("x", "y", source=self._mark, size=16, fill_alpha=0, line_color="#ff2d55", line_width=3)
         # the legend sits beside the plot, never on the points; one entry per type, largest first
         counts = {t: prof.types.count(t) for t in colors}

@@ -14,7 +14,7 @@ import html
 import numpy as np
 import panel as pn
 import param
-from bokeh.models import ColumnDataSource, HoverTool, LinearAxis, Range1d
+from bokeh.models import ColumnDataSource, HoverTool, Legend, LinearAxis, Range1d
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
@@ -174,9 +174,10 @@ class StatsRunView(pn.viewable.Viewer):
     def _head_figures(self, s: StatsFile, layer: int, head: int) -> list:
         cols = query_curves(s, layer, head)
         src = ColumnDataSource(cols)
-        p = figure(width=560, height=280, title=f"{head_label(layer, head)}: per-query statistics", name="stats_curves",
+        p = figure(width=600, height=280, title=f"{head_label(layer, head)}: per-query statistics", name="stats_curves",
                    x_axis_label="query position", y_axis_label="mass / weight", tools="pan,wheel_zoom,reset,save",
                    toolbar_location="above", y_range=(0, 1.02))
+        p.add_layout(Legend(label_text_font_size="8pt", click_policy="hide"), "right")
         lines = []
         names = [*MASS_FIELDS, *[k for k in cols if k.startswith("span")]]
         for i, name in enumerate(names):
@@ -189,9 +190,6 @@ class StatsRunView(pn.viewable.Viewer):
         p.add_tools(HoverTool(renderers=lines[:1], mode="vline", tooltips=[
             ("query", "@q @token"), ("entropy", "@entropy{0.000}"), ("sink", "@sink_mass{0.000}"),
             ("window", "@window_mass{0.000}"), ("largest", "@max_weight{0.000}"), ("top keys", "@top")]))
-        p.legend.location = "top_left"
-        p.legend.label_text_font_size = "8pt"
-        p.legend.click_policy = "hide"
         out = [pn.pane.Bokeh(p)]
         rec = received(s, layer, head)
         if rec is not None:
