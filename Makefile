@@ -12,7 +12,7 @@ OUT    ?= results/demo
 SYSTEM_PKGS := chromium poppler-utils libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps demo test lint bench-capture bench-dashboard clean
+.PHONY: install system-deps demo test lint lab bench-capture bench-dashboard clean
 
 install: system-deps $(STAMP)
 
@@ -46,8 +46,13 @@ test: install
 bench-capture: install
 	$(BIN)/python benchmarks/capture_bench.py --reps 5 --out benchmarks/results/capture_cpu.md
 
+# first render, click-to-pattern and head-map first open on a 1,024-head folder (headless Chromium)
 bench-dashboard: install
-	ATTNLENS_SCREENSHOTS=benchmarks/results/dashboard $(BIN)/python -m pytest -q -s tests/browser -m benchmark
+	ATTNLENS_SCREENSHOTS=benchmarks/results/dashboard $(BIN)/python -m pytest -q -s tests/browser/test_dashboard_browser.py -m benchmark
+
+# JupyterLab on notebooks/, this machine only (the inline views need no network)
+lab: install
+	$(BIN)/jupyter lab --ip=127.0.0.1 --ServerApp.root_dir=notebooks --ServerApp.allow_remote_access=False
 
 lint: install
 	$(BIN)/ruff check lens analyses kernels dashboards tests benchmarks

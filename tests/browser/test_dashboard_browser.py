@@ -87,7 +87,7 @@ def test_grid_and_head_map_clicks_select_the_head(browser, server):
     page.evaluate("() => window.__watch('heads_grid_mark')")
     s = page.evaluate("() => { const m = Bokeh.documents[0].get_model_by_name('heads_grid');"
                       " return m.x_range.end / 32 - 1 }")
-    for i, (layer, head) in enumerate([(3, 7), (3, 7), (30, 1)]):
+    for layer, head in [(3, 7), (3, 7), (30, 1)]:
         x, y = point(page, "heads_grid", head * (s + 1) + s / 2, layer * (s + 1) + s / 2)
         page.mouse.click(x, y)
         page.wait_for_timeout(200)
