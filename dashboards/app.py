@@ -26,7 +26,7 @@ from dashboards.maps import HeadMap, QKMap
 from dashboards.selection import ModelResults, models_of
 from dashboards.stats_view import StatsRunView
 from dashboards.vision import VisionOverlay
-from formats import ResultsFolder
+from formats import ResultsFolder, Site
 
 MAX_PROBLEMS_SHOWN = 50
 
@@ -79,7 +79,8 @@ class Dashboard(pn.viewable.Viewer):
         self.grid = HeadsGrid(self.sel)
         self.head_map = HeadMap(self.sel, method=self.map_method)
         self.qk_map = QKMap(self.sel, method="pca")
-        self.contributions = ContributionView(next(iter(self.sel.captures.values()), None))
+        with_z = [c for c in self.sel.captures.values() if Site.Z in c.sites]
+        self.contributions = ContributionView((with_z or list(self.sel.captures.values()) or [None])[0])
         for view in (self.atlas, self.head_map, self.grid):
             view.param.watch(lambda e: self._pick(e.new), "selected")
         self.atlas.param.watch(lambda e: self.explorer.use_capture_for(e.new), "metric")
