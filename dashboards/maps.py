@@ -22,7 +22,7 @@ from bokeh.plotting import figure
 
 from dashboards._bokeh import categorical_colors, on_click
 from dashboards.compute import embed_2d, head_label, qk_points, token_label
-from dashboards.profiles import HeadProfiles, head_profiles
+from dashboards.profiles import NO_TYPE, TYPICAL, HeadProfiles, head_profiles
 from dashboards.selection import ModelResults
 from formats import AttnlensError, Site
 
@@ -55,6 +55,7 @@ class HeadMap(pn.viewable.Viewer):
         super().__init__(**params)
         self._source: ColumnDataSource | None = None
         self._area = pn.Column(sizing_mode="stretch_width", name="head_map_area")
+        self._colour_note = pn.pane.HTML("", name="head_map_colour")
         self._poll = None
         self._started = 0.0
 
@@ -109,11 +110,12 @@ class HeadMap(pn.viewable.Viewer):
             return pn.pane.HTML(f"<p>The head map could not be computed: {html.escape(type(err).__name__)}: "
                                 f"{html.escape(str(err))[:300]}</p>")
         names = [head_label(int(la), int(h)) for la, h in zip(prof.layers, prof.heads)]
-        colors = categorical_colors(prof.types)
+        colors = categorical_colors([t for t in prof.types if t not in (NO_TYPE, TYPICAL)])
+        colors.update({NO_TYPE: "#c8c8c8", TYPICAL: "#c8c8c8"})  # the unremarkable majority stays grey
         self._source = ColumnDataSource({"x": xy[:, 0], "y": xy[:, 1], "name": names, "type": prof.types,
                                          "layer": prof.layers.tolist(), "head": prof.heads.tolist(),
                                          "color": [colors[t] for t in prof.types]})
-        p = figure(width=720, height=520, tools="pan,wheel_zoom,reset,save", toolbar_location="above",
+        p = figure(width=860, height=540, tools="pan,wheel_zoom,reset,save", toolbar_location="above",
                    title=f"{prof.n} heads by score profile ({self.method.upper()} of {len(prof.feature_names)} scores)",
                    name="head_map")
         r = p.scatter("x", "y", source=self._source, color="color", size=8, alpha=0.8)
@@ -126,9 +128,11 @@ class HeadMap(pn.viewable.Viewer):
         for t in sorted(colors, key=lambda t: -counts[t])[:20]:
             proxy = p.scatter([xy[0, 0]], [xy[0, 1]], color=colors[t], size=8, visible=False)
             items.append(LegendItem(label=f"{t} ({counts[t]})", renderers=[proxy]))
-        legend = Legend(items=items, title="colour: " + _short(prof.color_by), label_text_font_size="8pt",
+        legend = Legend(items=items, title="taxonomy type" if prof.color_by.startswith("taxonomy") else "stands out in",
+                        label_text_font_size="8pt",
                         title_text_font_size="8pt", location="top_left")
         p.add_layout(legend, "right")
+        self._colour_note.object = f"<p>Colour: {html.escape(prof.color_by)}.</p>"
         p.xaxis.axis_label, p.yaxis.axis_label = f"{self.method.upper()} 1", f"{self.method.upper()} 2"
         on_click(p, self._on_click)
         self._show_mark()
@@ -169,11 +173,7 @@ class HeadMap(pn.viewable.Viewer):
         return pn.Column(pn.widgets.RadioButtonGroup.from_param(self.param.method),
                          pn.pane.HTML("<p>Each point is a head, placed by its profile over every saved score of the "
                                       "model (z-scored); hover for its name and type, click to select it.</p>"),
-                         self._area, name="Head map")
-
-
-def _short(text: str, n: int = 70) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+                         self._colour_note, self._area, name="Head map")
 
 
 class QKMap(pn.viewable.Viewer):

@@ -1,10 +1,12 @@
 """Head profiles and head types for the head map: one row of z-scored scores per head.
 
-A head's *type* comes from the taxonomy when the folder has its scores (the largest of
-previous-token, duplicate-token, induction and local scores, if it reaches
-:data:`TYPE_THRESHOLD`; positional is left out: sinks and previous-token heads are
-positional too); otherwise the map says what it colours by: the score each head stands
-out in most (largest |z| of at least :data:`STANDOUT_Z`).
+A head's *type* comes from the taxonomy when the folder has its scores: the largest of its
+induction, duplicate-token and previous-token scores that reaches :data:`TYPE_THRESHOLD`,
+else "local" when its local score does (local mass counts the previous token too, so it is
+only the type of heads that are none of the others), else "none above threshold".
+Positional is left out: sinks and previous-token heads are positional too. Without taxonomy
+scores the map says what it colours by: the score each head stands out in most (largest |z|
+of at least :data:`STANDOUT_Z`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from dashboards.selection import ModelResults
 
 TYPE_THRESHOLD = 0.4  # the taxonomy's own summary counts heads above 0.4 (analyses/taxonomy.py)
 STANDOUT_Z = 2.0
-TAXONOMY_TYPES = ("previous_token", "duplicate_token", "induction", "local")
+TAXONOMY_TYPES = ("induction", "duplicate_token", "previous_token", "local")  # the specific ones first
+NO_TYPE = "none above threshold"
+TYPICAL = "typical"
 
 
 @dataclass
@@ -55,14 +59,14 @@ def head_profiles(sel: ModelResults) -> HeadProfiles:
     feats = np.stack(cols, axis=1) if cols else np.zeros((n, 0))
     types = taxonomy_types(sel)
     if types is not None:
-        color_by = (f"taxonomy type: the largest of the {', '.join(t.replace('_', '-') for t in TAXONOMY_TYPES)} "
-                    f"scores, if at least {TYPE_THRESHOLD}")
+        color_by = (f"taxonomy type: the largest of the induction, duplicate-token and previous-token scores "
+                    f"reaching {TYPE_THRESHOLD}, else local if its local score does")
     else:
         color_by = f"the score each head stands out in most (|z| >= {STANDOUT_Z:g}; else typical)"
         types = []
         for row in feats:
             if row.size == 0 or np.max(np.abs(row)) < STANDOUT_Z:
-                types.append("typical")
+                types.append(TYPICAL)
             else:
                 j = int(np.argmax(np.abs(row)))
                 types.append(f"{'high' if row[j] > 0 else 'low'} {names[j]}")
@@ -77,9 +81,15 @@ def taxonomy_types(sel: ModelResults) -> list[str] | None:
             grids.setdefault(r.metric, r.scores)
     if not grids:
         return None
-    names = [m for m in TAXONOMY_TYPES if m in grids]
-    stack = np.stack([np.nan_to_num(grids[m].ravel(), nan=-np.inf) for m in names], axis=1)
-    best = stack.argmax(axis=1)
-    top = stack[np.arange(stack.shape[0]), best]
-    return [names[b].replace("_", "-") if t >= TYPE_THRESHOLD else "none above threshold"
-            for b, t in zip(best, top)]
+    n = next(iter(grids.values())).size
+    out = []
+    for i in range(n):
+        specific = [(float(grids[m].flat[i]), m) for m in TAXONOMY_TYPES[:3] if m in grids
+                    and np.isfinite(grids[m].flat[i]) and grids[m].flat[i] >= TYPE_THRESHOLD]
+        if specific:
+            out.append(max(specific)[1].replace("_", "-"))
+        elif "local" in grids and np.isfinite(grids["local"].flat[i]) and grids["local"].flat[i] >= TYPE_THRESHOLD:
+            out.append("local")
+        else:
+            out.append(NO_TYPE)
+    return out

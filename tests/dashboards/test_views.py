@@ -169,7 +169,8 @@ def test_head_map_colours_by_taxonomy_with_the_legend_beside_the_plot(sel):
     hm._show()
     fig = hm._area.objects[0].object
     (legend,) = [x for x in fig.right if isinstance(x, Legend)]
-    assert legend.title.startswith("colour: taxonomy type") and not [x for x in fig.center if isinstance(x, Legend)]
+    assert legend.title == "taxonomy type" and not [x for x in fig.center if isinstance(x, Legend)]
+    assert "induction, duplicate-token and previous-token" in hm._colour_note.object
     x, y = hm._source.data["x"][7], hm._source.data["y"][7]
     trigger_click(fig, x, y, events.PressUp)
     assert hm.selected == (1, 1)
