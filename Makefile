@@ -52,7 +52,8 @@ bench-dashboard: install
 
 # JupyterLab on notebooks/, this machine only (the inline views need no network)
 lab: install
-	$(BIN)/jupyter lab --ip=127.0.0.1 --ServerApp.root_dir=notebooks --ServerApp.allow_remote_access=False
+	$(BIN)/jupyter lab --ip=127.0.0.1 --ServerApp.root_dir=notebooks --ServerApp.allow_remote_access=False \
+	  --LabApp.extension_manager=readonly $(if $(filter 0,$(shell id -u)),--allow-root)
 
 lint: install
 	$(BIN)/ruff check lens analyses kernels dashboards tests benchmarks

@@ -77,5 +77,5 @@ def overlay_png(cap: CaptureFile, layer: int, heads: list[int], query: int, alph
         ax.set_axis_off()
     fig.tight_layout(pad=0.3)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.05)  # titles included
     return buf.getvalue()

@@ -33,7 +33,8 @@ def lab(tmp_path_factory):
            "JUPYTER_CONFIG_DIR": str(root / ".jupyter"), "JUPYTER_RUNTIME_DIR": str(root / ".runtime")}
     proc = subprocess.Popen([str(jupyter), "lab", "--no-browser", "--ip=127.0.0.1", "--port=0",
                              f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-                             "--expose-app-in-browser", "--LabApp.news_url=", "--ServerApp.allow_remote_access=False"],
+                             "--expose-app-in-browser", "--LabApp.news_url=", "--LabApp.extension_manager=readonly",
+                             "--ServerApp.allow_remote_access=False", *(["--allow-root"] if os.getuid() == 0 else [])],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url, lines, deadline = None, [], time.time() + 120
     while time.time() < deadline and url is None:
