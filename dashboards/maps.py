@@ -111,7 +111,7 @@ class HeadMap(pn.viewable.Viewer):
                                 f"{html.escape(str(err))[:300]}</p>")
         names = [head_label(int(la), int(h)) for la, h in zip(prof.layers, prof.heads)]
         colors = categorical_colors([t for t in prof.types if t not in (NO_TYPE, TYPICAL)])
-        colors.update({NO_TYPE: "#c8c8c8", TYPICAL: "#c8c8c8"})  # the unremarkable majority stays grey
+        colors.update({t: "#c8c8c8" for t in (NO_TYPE, TYPICAL) if t in prof.types})  # the unremarkable stay grey
         self._source = ColumnDataSource({"x": xy[:, 0], "y": xy[:, 1], "name": names, "type": prof.types,
                                          "layer": prof.layers.tolist(), "head": prof.heads.tolist(),
                                          "color": [colors[t] for t in prof.types]})
@@ -189,7 +189,8 @@ class QKMap(pn.viewable.Viewer):
     def __init__(self, sel: ModelResults, **params):
         self.sel = sel
         names = [k for k, c in sel.captures.items() if {Site.Q, Site.K} <= c.sites]
-        cap = params.pop("capture", names[0] if names else None)
+        longest = max(names, key=lambda k: len(sel.captures[k].tokens), default=None)  # the most points to map
+        cap = params.pop("capture", longest)
         super().__init__(**params)
         self.param.capture.objects = names
         with param.discard_events(self):

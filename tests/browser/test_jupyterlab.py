@@ -80,6 +80,10 @@ def test_notebook_views_render_in_jupyterlab(browser, lab, shots):
     assert n_canvas >= 4, n_canvas
     page.locator(".attnlens-tokens .tok").nth(60).hover()  # interactive in the live kernel's page
     assert "attends to earlier tokens" in page.locator(".attnlens-tokens .caption").first.inner_text()
+    news = page.get_by_role("button", name="No")  # JupyterLab asks about its news feed: decline (offline anyway)
+    if news.count():
+        news.first.click()
+    page.wait_for_timeout(300)
     page.screenshot(path=str(shots / "dashboard_jupyterlab.png"))
     assert page.outside == [], page.outside[:5]  # offline: nothing fetched from elsewhere
     page.close()
