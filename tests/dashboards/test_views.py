@@ -293,3 +293,32 @@ def test_views_render_as_panel_objects_for_jupyter(folder):
     for view in (dash.atlas, dash.explorer, dash.grid, dash.head_map, dash.qk_map, dash.stats, dash.ablations,
                  dash.circuits, dash.vision, dash.contributions):
         assert pn.panel(view).get_root() is not None
+
+
+def test_head_map_shows_progress_until_its_embedding_is_ready(sel, monkeypatch):
+    from concurrent.futures import Future
+
+    import dashboards.maps as maps
+
+    job = Future()
+    real = maps.embedding_job
+    monkeypatch.setattr(maps, "embedding_job", lambda s, m: (job, real(s, "pca")[1]))
+    hm = HeadMap(sel, method="umap")
+    hm._show()
+    spinner, text = hm._area.objects[0].objects
+    assert isinstance(spinner, pn.indicators.LoadingSpinner) and spinner.value
+    assert "computing the UMAP map of 24 heads over 8 scores" in text.object
+    job.set_result(np.zeros((24, 2)))
+    hm._show()
+    assert hm._area.objects[0].object.name == "head_map"
+
+
+def test_serve_binds_a_real_port_and_allows_only_this_machine(synth):
+    from dashboards.app import serve
+
+    server = serve(synth, port=0, show=False, start=False, map_method="pca")
+    try:
+        assert server.port > 0
+        assert server._tornado.websocket_origins == {f"127.0.0.1:{server.port}", f"localhost:{server.port}"}
+    finally:
+        server.stop(wait=False)
