@@ -13,7 +13,7 @@ OUT    ?= results/demo
 SYSTEM_PKGS := chromium poppler-utils libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core espeak-ng
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install install-gemma system-deps demo test lint bench-capture bench-cpu-stats bench-dashboard bench-speech clean
+.PHONY: install install-gemma system-deps demo test lint lab bench-capture bench-cpu-stats bench-dashboard bench-speech clean
 
 install: system-deps $(STAMP)
 
@@ -53,8 +53,14 @@ test: install
 bench-capture: install
 	$(BIN)/python benchmarks/capture_bench.py --reps 5 --out benchmarks/results/capture_cpu.md
 
+# first render, click-to-pattern and head-map first open on a 1,024-head folder (headless Chromium)
 bench-dashboard: install
-	ATTNLENS_SCREENSHOTS=benchmarks/results/dashboard $(BIN)/python -m pytest -q -s tests/browser -m benchmark
+	ATTNLENS_SCREENSHOTS=benchmarks/results/dashboard $(BIN)/python -m pytest -q -s tests/browser/test_dashboard_browser.py -m benchmark
+
+# JupyterLab on notebooks/, this machine only (the inline views need no network)
+lab: install
+	$(BIN)/jupyter lab --ip=127.0.0.1 --ServerApp.root_dir=notebooks --ServerApp.allow_remote_access=False \
+	  --LabApp.extension_manager=readonly $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench-cpu-stats: install
 	$(BIN)/python benchmarks/cpu_stats_bench.py --tokens 512,2048,8192 --rounds 5,3,1 --memory --candidates 2048 --out benchmarks/results/cpu_stats.md
@@ -63,7 +69,7 @@ bench-speech: install
 	$(BIN)/python benchmarks/speech_bench.py --out benchmarks/results/speech_cpu.md --results benchmarks/results/speech
 
 lint: install
-	$(BIN)/ruff check lens analyses kernels dashboards tests benchmarks
+	$(BIN)/ruff check lens analyses kernels dashboards formats pipelines tests benchmarks notebooks
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -36,6 +36,11 @@ class AblationResult:
     seconds: float = float("nan")
 
     @property
+    def name(self) -> str:
+        """The result's name in a folder (its file is ``ablation.json``)."""
+        return FILE.removesuffix(".json")
+
+    @property
     def effect(self) -> float:
         return self.ablated - self.baseline
 
