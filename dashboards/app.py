@@ -24,6 +24,7 @@ from dashboards.explorer import AttentionExplorer
 from dashboards.heads_grid import HeadsGrid
 from dashboards.maps import HeadMap, QKMap
 from dashboards.selection import ModelResults, models_of
+from dashboards.speech import SpeechView
 from dashboards.stats_view import StatsRunView
 from dashboards.vision import VisionOverlay
 from formats import ResultsFolder, Site
@@ -67,6 +68,7 @@ class Dashboard(pn.viewable.Viewer):
         self.stats = StatsRunView(self.folder.stats_runs)
         self.stats.param.watch(lambda e: self._pick(e.new), "selected")
         self.vision = VisionOverlay(self.folder)
+        self.speech = SpeechView(self.folder)
         self._tabs = pn.Tabs(dynamic=True, name="tabs", sizing_mode="stretch_width")
         self._build()
 
@@ -87,7 +89,7 @@ class Dashboard(pn.viewable.Viewer):
         self.explorer.use_capture_for(self.atlas.metric)
         self._tabs[:] = [("Heads", pn.Row(self.atlas, self.explorer)), ("All heads", self.grid),
                          ("Head map", self.head_map), ("Q/K map", self.qk_map), ("Stats", self.stats),
-                         ("Ablations", self.ablations), ("Circuits", self.circuits), ("Vision", self.vision),
+                         ("Ablations", self.ablations), ("Circuits", self.circuits), ("Vision", self.vision), ("Speech", self.speech),
                          ("Contributions", self.contributions)]
         self._select(self.selected)
 

@@ -14,11 +14,11 @@ import io
 import numpy as np
 
 from dashboards.compute import head_label
-from formats import AttnlensError, CaptureFile, Site
+from formats import AttnlensError, CaptureFile, ImageLayout, Site
 
 
 def has_image_layout(cap: CaptureFile) -> bool:
-    return cap.layout is not None and Site.PATTERN in cap.sites
+    return isinstance(cap.layout, ImageLayout) and Site.PATTERN in cap.sites
 
 
 def default_query(cap: CaptureFile) -> int:

@@ -30,11 +30,20 @@ import numpy as np
 from markupsafe import Markup
 
 from dashboards import figures as figs
+from dashboards.audio import agreement_rows, is_audio, maps_for, speech_png, token_view
 from dashboards.compute import head_label, pattern_stats
 from dashboards.figures import Figure
 from dashboards.overlay import default_query, overlay_png
 from dashboards.selection import ModelResults, describe, models_of
-from formats import AttnlensError, Modality, OutputExistsError, ResultsFolder, Site
+from formats import (
+    AttnlensError,
+    AudioLayout,
+    ImageLayout,
+    Modality,
+    OutputExistsError,
+    ResultsFolder,
+    Site,
+)
 from formats.provenance import code_version
 
 FORMATS: tuple[str, ...] = ("html", "md", "pdf")
@@ -101,6 +110,7 @@ class Report:
     stats_runs: list[dict[str, Any]] = field(default_factory=list)
     captures: list[dict[str, Any]] = field(default_factory=list)
     overlays: list[tuple[str, Figure]] = field(default_factory=list)
+    speech: list[dict[str, Any]] = field(default_factory=list)  # audio captures: spectrogram, attention, saliency
     sweeps: list[tuple[str, str]] = field(default_factory=list)  # unfinished sweeps: label, status
     problems: list[tuple[str, str]] = field(default_factory=list)
     provenance: list[dict[str, Any]] = field(default_factory=list)
@@ -113,7 +123,7 @@ class Report:
                 out += [t.thumb for t in r.top if t.thumb is not None]
         out += [f for _, _, f in self.curves] + [f for _, _, f in self.ablations]
         out += [c["figure"] for c in self.circuits] + [s["figure"] for s in self.stats_runs]
-        out += [f for _, f in self.overlays]
+        out += [f for _, f in self.overlays] + [s["figure"] for s in self.speech]
         return out
 
 
@@ -215,12 +225,17 @@ def _captures(folder: ResultsFolder) -> tuple[list[dict[str, Any]], list[tuple[s
     rows, overlays = [], []
     for label, cap in folder.captures.items():
         lay = cap.layout
+        if isinstance(lay, AudioLayout):
+            desc = f"audio {lay.duration:.2f} s, {lay.n_frames} encoder positions of {lay.frame_seconds * 1000:.0f} ms"
+        elif lay is not None:
+            desc = f"image {lay.grid[0]}x{lay.grid[1]} patches at {lay.patch_span[0]}-{lay.patch_span[1] - 1}"
+        else:
+            desc = ""
         rows.append({"label": label, "model": cap.model, "tokens": len(cap.tokens),
                      "text": summarize(cap.text, 2)[:120], "sites": ", ".join(sorted(s.value for s in cap.sites)),
                      "dtypes": ", ".join(sorted(cap.dtypes)), "layers": summarize(cap.layers),
-                     "layout": f"image {lay.grid[0]}x{lay.grid[1]} patches at {lay.patch_span[0]}-{lay.patch_span[1] - 1}"
-                               if lay is not None else ""})
-        if lay is not None and Site.PATTERN in cap.sites and len(overlays) < 4:
+                     "layout": desc})
+        if isinstance(lay, ImageLayout) and Site.PATTERN in cap.sites and len(overlays) < 4:
             try:
                 png = overlay_png(cap, cap.layers[-1], cap.heads[:12], default_query(cap), panel_px=110)
                 overlays.append((label, Figure(f"overlay_{figs.slug(label)}", png,
@@ -268,6 +283,19 @@ def build_report(folder: ResultsFolder | str | Path, command: str | None = None)
                                   f"{'on' if st['key_stats'] else 'off'}",
                       "figure": figs.stats_run(s, f"stats_{i}_{figs.slug(label)}")})
     caps, overlays = _captures(f)
+    speech = []
+    for label, cap in f.captures.items():
+        if not is_audio(cap) or len(speech) >= 3:
+            continue
+        try:
+            maps = maps_for(f, label)
+            view = token_view(cap, maps, cap.layers[-1], None, 0)
+            png = speech_png(cap, view, f"{cap.model} L{cap.layers[-1]} heads' mean: first token {view.token!r}")
+        except AttnlensError:
+            continue
+        speech.append({"label": label, "text": summarize(cap.text, 2)[:160],
+                       "figure": Figure(f"speech_{figs.slug(label)}", png, f"cross-attention and saliency, {label}"),
+                       "agreement": agreement_rows(f, cap.model)})
     generated = {
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -278,7 +306,7 @@ def build_report(folder: ResultsFolder | str | Path, command: str | None = None)
     title_model = ", ".join(m.model for m in models[:3]) or ", ".join(models_of(f)[:3]) or "empty folder"
     return Report(title=f"attnlens report: {title_model}", folder=str(f.path.resolve()), generated=generated,
                   counts=f.counts(), models=models, curves=curves, ablations=abl, circuits=circuits,
-                  stats_runs=stats, captures=caps, overlays=overlays,
+                  stats_runs=stats, captures=caps, overlays=overlays, speech=speech,
                   sweeps=[(k, f"{v.get('status')}, {int(v.get('done', 0))} items done") for k, v in f.sweeps.items()],
                   problems=list(f.problems.items()), provenance=f.provenances())
 

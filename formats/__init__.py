@@ -20,16 +20,17 @@ from formats.errors import __all__ as _errors
 from formats.facts import Modality, ModelFacts
 from formats.folder import ResultsFolder
 from formats.head_scores import HeadScores
-from formats.layouts import ImageLayout
+from formats.layouts import AudioLayout, ImageLayout
 from formats.output import output_folder
 from formats.provenance import Provenance, inputs_digest, package_versions
 from formats.sites import Site, SiteKey
 from formats.stats_run import StatsFile, write_stats
 from formats.sweep import SweepLog, open_sweep
+from formats.token_maps import TokenMaps
 
 __all__ = [
-    "AblationResult", "CaptureFile", "CaptureMeta", "Circuit", "Curves", "Edge", "HeadScores", "ImageLayout", "Input",
+    "AblationResult", "AudioLayout", "CaptureFile", "CaptureMeta", "Circuit", "Curves", "Edge", "HeadScores", "ImageLayout", "Input",
     "Modality", "ModelFacts", "Node", "NodeKind", "Provenance", "Receiver", "ResultsFolder", "Site", "SiteKey",
-    "StatsFile", "SweepLog", "TensorEntry", "inputs_digest", "open_sweep", "output_folder", "package_versions",
+    "StatsFile", "SweepLog", "TokenMaps", "TensorEntry", "inputs_digest", "open_sweep", "output_folder", "package_versions",
     "write_capture", "write_stats", *_errors,
 ]

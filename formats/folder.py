@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from formats import _json, capture, circuit, curves, head_scores, stats_run, sweep
+from formats import _json, capture, circuit, curves, head_scores, stats_run, sweep, token_maps
 from formats.ablation import AblationResult
 from formats.capture import CaptureFile
 from formats.circuit import Circuit
@@ -24,6 +24,7 @@ from formats.curves import Curves
 from formats.errors import CorruptFileError, ResultsFolderError
 from formats.head_scores import HeadScores
 from formats.stats_run import StatsFile
+from formats.token_maps import TokenMaps
 
 MAX_DEPTH = 6
 MAX_ENTRIES = 20_000
@@ -47,6 +48,7 @@ class ResultsFolder:
     ablations: dict[str, AblationResult] = field(default_factory=dict)
     captures: dict[str, CaptureFile] = field(default_factory=dict)
     stats_runs: dict[str, StatsFile] = field(default_factory=dict)
+    token_maps: dict[str, TokenMaps] = field(default_factory=dict)
     sweeps: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> progress of a sweep log
     problems: dict[str, str] = field(default_factory=dict)  # path relative to the folder -> why it did not load
 
@@ -109,7 +111,8 @@ class ResultsFolder:
             return
         kind = doc.get("kind")
         loaders = {head_scores.KIND: (HeadScores.load, self.results), curves.KIND: (Curves.load, self.curves),
-                   circuit.KIND: (Circuit.load, self.circuits), "ablation": (AblationResult.load, self.ablations)}
+                   circuit.KIND: (Circuit.load, self.circuits), "ablation": (AblationResult.load, self.ablations),
+                   token_maps.KIND: (TokenMaps.load, self.token_maps)}
         if kind in loaders:
             load, into = loaders[kind]
             self._add(path, str(kind), into, lambda: load(path))
@@ -164,11 +167,13 @@ class ResultsFolder:
 
     @property
     def is_empty(self) -> bool:
-        return not any((self.results, self.curves, self.circuits, self.ablations, self.captures, self.stats_runs))
+        return not any((self.results, self.curves, self.circuits, self.ablations, self.captures, self.stats_runs,
+                        self.token_maps))
 
     def counts(self) -> dict[str, int]:
         return {"results": len(self.results), "curves": len(self.curves), "circuits": len(self.circuits),
-                "ablations": len(self.ablations), "captures": len(self.captures), "stats runs": len(self.stats_runs)}
+                "ablations": len(self.ablations), "captures": len(self.captures), "stats runs": len(self.stats_runs),
+                "token maps": len(self.token_maps)}
 
     def provenances(self) -> list[dict[str, Any]]:
         """The distinct provenance records, with the results each one produced."""

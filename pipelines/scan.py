@@ -69,11 +69,12 @@ class ScanResult:
     results: list = field(default_factory=list)  # HeadScores and Curves
     examples: list[examples.Example] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # analyses skipped, and why
+    maps: list = field(default_factory=list)  # formats.TokenMaps (speech: saliency per token)
 
     def save(self, folder: str | Path) -> list[Path]:
         """Write every result and example capture into ``folder`` (an empty output folder)."""
         folder = Path(folder)
-        paths = [r.save(folder) for r in self.results]
+        paths = [r.save(folder) for r in [*self.results, *self.maps]]
         for ex in self.examples:
             ex.capture.write_into(folder / ex.name)
         return paths
@@ -190,12 +191,11 @@ def _speech(sc: _Scan) -> None:
 
     utterances = speech.espeak_utterances(speech.SENTENCES[: (3 if sc.s.thorough else 2)],
                                           max_seconds=encoder_of(sc.lm).chunk_seconds)
-    for r in speech.run_cross_attention(sc.lm, utterances, progress=sc.progress):
+    study = speech.run_cross_attention(sc.lm, utterances, progress=sc.progress)
+    for r in study.results:
         sc.add(r.analysis, [r])
-    import lens
-
-    sites = [lens.Site.PATTERN, lens.Site.CROSS_PATTERN]
-    sc.out.examples.append(examples.Example(examples.AUDIO, lens.run(sc.lm, utterances[0].samples, sites=sites).capture))
+    sc.out.maps += study.maps
+    sc.out.examples += [examples.Example(name, cap) for name, cap in study.examples]
 
 
 RUNNERS: dict[str, Callable[[_Scan], None]] = {

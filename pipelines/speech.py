@@ -49,22 +49,59 @@ def espeak_utterances(sentences: Sequence[str] = SENTENCES, *, max_seconds: floa
     return out
 
 
-def run_cross_attention(lm, utterances: Sequence[Utterance], *, progress: Progress = SILENT, batch: int = 4) -> list:
-    """Cross-attention vs saliency per head (and alignment heads where words are timed)."""
+@dataclass
+class SpeechStudy:
+    results: list  # HeadScores: agreement per metric, alignment heads
+    maps: list  # formats.TokenMaps: each utterance's saliency per token over the encoder frames
+    examples: list = field(default_factory=list)  # (name, lens.Capture) of the utterances shown
+
+    def save(self, folder) -> None:
+        from pathlib import Path
+
+        for r in [*self.results, *self.maps]:
+            r.save(folder)
+        for name, cap in self.examples:
+            cap.write_into(Path(folder) / name)
+
+
+def run_cross_attention(lm, utterances: Sequence[Utterance], *, progress: Progress = SILENT, batch: int = 4,
+                        examples: int = 1) -> SpeechStudy:
+    """Cross-attention vs saliency per head (and alignment heads where words are timed), each utterance's
+    saliency maps, and captures (pattern, cross_pattern) of the first ``examples`` utterances over their
+    transcripts, saved as ``captures/audio-NNN`` next to their maps."""
+    import lens
     from analyses.cross_attention import alignment_head_scores, cross_attention_agreement
     from analyses.speech_collect import encoder_of, timed_tokens, transcribe, utterance_maps
+    from formats.token_maps import TokenMaps
+    from lens.audio import layout_for
 
     f = lm.facts
     task = progress.task("cross-attention vs gradient x input saliency", total=len(utterances))
-    maps, transcripts = [], []
-    for u in utterances:
+    maps, transcripts, saved_maps, shown = [], [], [], []
+    for i, u in enumerate(utterances):
         t = transcribe(lm, u.samples)
         transcripts.append(t)
         if len(t.generated) > 0:
-            maps.append(utterance_maps(lm, u.samples, t, batch=batch))
+            m = utterance_maps(lm, u.samples, t, batch=batch)
+            maps.append(m)
+            name = f"captures/audio-{i:03d}"
+            layout = layout_for(u.samples, encoder_of(lm))
+            saved_maps.append(TokenMaps("cross_attention", f"saliency_{i:03d}", list(m.tokens), layout.times(),
+                                        {"gradient x input": m.saliency.numpy()}, provenance=None,  # set below
+                                        x_label="seconds", params={"capture": name, "utterance": u.name,
+                                                                   "said": u.text, "heard": t.text,
+                                                                   "first_token_row": t.n_prompt - 1},
+                                        description="gradient x input saliency of each transcript token over the "
+                                                    "encoder frames (magnitudes summed over mel bins)"))
+            if len(shown) < examples:
+                cap = lens.run(lm, u.samples, sites=[lens.Site.PATTERN, lens.Site.CROSS_PATTERN],
+                               decoder_ids=list(t.ids)).capture
+                shown.append((name, cap))
         task.advance()
     prov = Provenance.for_model(f, prompts=f"{len(utterances)} utterances ({', '.join(u.name for u in utterances)})",
                                 inputs=[u.samples.tobytes() for u in utterances])
+    for m in saved_maps:
+        m.provenance = prov
     results = []
     if maps:
         results += cross_attention_agreement(maps, n_layers=f.n_layers, n_heads=f.n_heads, provenance=prov)
@@ -78,4 +115,4 @@ def run_cross_attention(lm, utterances: Sequence[Utterance], *, progress: Progre
         task.advance()
         results.append(alignment_head_scores(tt, n_layers=f.n_layers, n_heads=f.n_heads, provenance=prov,
                                              config_heads=encoder_of(lm).alignment_heads, tolerance=1))
-    return results
+    return SpeechStudy(results, saved_maps, shown)

@@ -9,7 +9,7 @@ import typer
 
 from formats.errors import PromptError
 from lens.cli._common import MODEL_HELP, check_out, load_model, progress, writing
-from lens.cli.heads_cmds import finish, heads_app, save_into
+from lens.cli.heads_cmds import finish, heads_app
 
 
 @heads_app.command("cross-attention")
@@ -50,6 +50,6 @@ def cross_attention(
         utterances += speech.espeak_utterances(speech.SENTENCES[:espeak] if espeak <= 3 else
                                                (speech.SENTENCES * 2)[:espeak], max_seconds=encoder_of(lm).chunk_seconds)
     with writing(out, force) as tmp, progress() as bar:
-        results = speech.run_cross_attention(lm, utterances, progress=bar)
-        save_into(results, tmp)
-    finish(results, out, model, json_out, f"{lm.facts.name}: cross-attention vs saliency")
+        study = speech.run_cross_attention(lm, utterances, progress=bar, examples=min(3, len(utterances)))
+        study.save(tmp)
+    finish(study.results, out, model, json_out, f"{lm.facts.name}: cross-attention vs saliency")

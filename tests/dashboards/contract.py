@@ -7,6 +7,8 @@
     lens stats --span 2:6 --topk 3             -> stats/ (stats run)
     lens capture tiny-dinov2 --image           -> image/000 (image layout + image.png)
     lens capture tiny-llama --dtype bfloat16 --sites pattern,q,k,z -> bf16/000
+    lens heads cross-attention tiny-whisper --audio -> speech/ (agreement head scores, saliency token maps,
+                                                   captures/audio-000 with an audio layout and audio.wav)
 
 Built once per test session (about a minute on two CPU cores), through the real CLI entry point.
 """
@@ -61,6 +63,12 @@ def build(root: Path) -> Path:
     _lens("capture", "tiny-dinov2", "--image", image, "--out", root / "image")
     _lens("capture", "tiny-llama", "-p", "The quick brown fox jumps over the lazy dog.", "--dtype", "bfloat16",
           "--sites", "pattern,q,k,z", "--out", root / "bf16")
+    from lens.audio import save_wav
+
+    audio = root.parent / "tone.wav"
+    t = np.arange(24_000) / 16_000
+    save_wav(audio, (0.3 * np.sin(2 * np.pi * 440 * t) * (t < 1.0)).astype(np.float32), 16_000)
+    _lens("heads", "cross-attention", "tiny-whisper", "--audio", audio, "--out", root / "speech")
     return root
 
 

@@ -24,6 +24,7 @@ RESULTS = {"scan/summary.sink_mass", "scan/summary.entropy", "scan/sinks.first_t
            "sweep-heads/ablation.mean_logit-diff", "circuit/circuit.T_eap_logit-diff",
            "circuit/circuit.T_patching_logit-diff"}
 CAPTURES = {"scan/captures/prose-000", "scan/captures/prose-001", "scan/captures/repeated-tokens", "image/000",
+            "speech/captures/audio-000",
             "bf16/000"}
 
 
@@ -45,7 +46,9 @@ def test_the_reader_finds_every_kind_the_commands_wrote(folder):
     assert set(folder.captures) == CAPTURES and list(folder.stats_runs) == ["stats"]
     assert folder.captures["bf16/000"].dtypes == {"bfloat16"}
     assert folder.captures["image/000"].layout is not None and folder.captures["image/000"].image_path().is_file()
-    assert set(folder.models) == {"tiny-llama", "tiny-dinov2"}
+    assert set(folder.models) == {"tiny-llama", "tiny-dinov2", "tiny-whisper"}
+    assert list(folder.token_maps) == ["speech/cross_attention.saliency_000"]
+    assert {"speech/cross_attention.pearson", "speech/cross_attention.saliency_share"} <= set(folder.results)
 
 
 def test_atlas_and_explorer_show_every_result_and_capture(dash, folder):
@@ -94,6 +97,14 @@ def test_grid_maps_stats_ablations_circuits_and_vision_are_not_empty(dash, folde
     dash.vision.capture = "image/000"
     overlay = dash.vision.plot()
     assert overlay.objects[1].object[:4] == b"\x89PNG" and "no image saved" not in overlay.objects[0].object
+    speech = dash.speech
+    assert speech.capture == "speech/captures/audio-000"
+    png = speech.figure_png()
+    assert isinstance(png, bytes) and png[:4] == b"\x89PNG" and "pearson" in speech.table_html()
+    from dashboards.audio import maps_for, token_view
+
+    view = token_view(folder.captures[speech.capture], maps_for(folder, speech.capture), 1, None, 0)
+    assert view.saliency is not None and abs(view.saliency.sum() - 1) < 1e-6 and view.attention.size == 100
     dash.model = "tiny-dinov2"  # the ViT's captures in the explorer too
     assert dash.explorer.capture == "image/000" and dash.explorer.cells["x"]
 
@@ -113,6 +124,7 @@ def test_every_report_format_shows_every_kind(contract, tmp_path):
     assert [a[0] for a in rep.ablations] == ["ablation/ablation"] and [c["label"] for c in rep.circuits] == ["circuit/T_eap"]
     assert [s["label"] for s in rep.stats_runs] == ["stats"] and {c["label"] for c in rep.captures} == CAPTURES
     assert [o[0] for o in rep.overlays] == ["image/000"]
+    assert [s["label"] for s in rep.speech] == ["speech/captures/audio-000"] and rep.speech[0]["agreement"]
     induction = next(r for m in rep.models for r in m.results if r.label == "scan/taxonomy.induction")
     assert all(t.capture == "scan/captures/repeated-tokens" for t in induction.top)  # thumbnails on its inputs
     texts = {}
@@ -125,7 +137,7 @@ def test_every_report_format_shows_every_kind(contract, tmp_path):
     for fmt, text in texts.items():
         plain = text.replace("\\", "")  # Markdown escapes _ and friends
         for needle in [*RESULTS, "sweep-layers/ablation.mean_logit-diff_layers", "ablation/ablation", "circuit/T_eap",
-                       "Stats runs", "image/000", "bf16/000", "bfloat16"]:
+                       "Stats runs", "image/000", "bf16/000", "bfloat16", "Speech: speech/captures/audio-000"]:
             assert needle in plain or needle.replace("_", " ") in plain, (fmt, needle)
 
 
