@@ -101,10 +101,10 @@ def run(lm: LoadedModel, input_ids: torch.Tensor, spec: CaptureSpec, edits: Sequ
     check_backend_sites("nnsight", spec.sites)
     check_edits(lm.facts, edits)
     if remote:
-        check_remote(lm)
         if Site.PATTERN in spec.sites:
             raise BackendError("--remote cannot capture patterns: NDIF runs the model with its own attention "
                                "implementation; capture z, resid_pre/post, attn_out or mlp_out remotely")
+        check_remote(lm)
     # a remote LanguageModel of the same hub id has the same module names as lm.model
     nn_model = remote_model(lm) if remote else wrapped(lm)
     adapter = adapter_for(lm.model, lm.facts.n_layers)

@@ -222,6 +222,13 @@ def circuit(
     out: Path = typer.Option(Path("results/circuit"), "--out", "-o", help="Results folder."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON on stdout."),
+    ray: str = RAY_OPTION,
+    workers: int = WORKERS_OPTION,
+    cpus_per_worker: float = CPUS_PER_WORKER_OPTION,
+    gpus_per_worker: float = GPUS_PER_WORKER_OPTION,
+    device_map: DeviceMap = DEVICE_MAP_OPTION,
+    max_memory: str = MAX_MEMORY_OPTION,
+    offload_folder: Path = OFFLOAD_FOLDER_OPTION,
 ) -> None:
     """Find the circuit of a task on MODEL: score edges (EAP, EAP-IG) or heads (patching), select, check faithfulness.
 
@@ -245,16 +252,21 @@ def circuit(
     _check_task_file(task)
     if overlap_task:
         _check_task_file(overlap_task)
+    load_kw = placement(device_map, max_memory, offload_folder)
+    ray_opts = ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
+    if ray_opts is not None and method is not CircuitMethodName.PATCHING and not compare_patching:
+        raise SelectionError("--ray runs the per-component patching loop: use it with --method patching or "
+                             "--compare-patching")
     check_out(out, force)
     met = Metric(metric.value)
-    lm = load_model(model)
+    lm = load_model(model, **load_kw)
     enc = _task(lm, task, n_prompts, seed, batch_size, strict, template)
     other = _task(lm, overlap_task, n_prompts, seed, batch_size, strict) if overlap_task else None
-    with writing(out, force) as tmp, progress() as bar:
+    with executor(lm, model, ray_opts, load_kw) as ex, writing(out, force) as tmp, progress() as bar:
         study = circuit_study(lm, enc, task_name=Path(task).stem, method=CircuitMethod(method.value), metric=met,
                               ig_steps=ig_steps, top_n=top_n, threshold=threshold, compare_patching=compare_patching,
                               overlap_enc=other, overlap_name=Path(overlap_task).stem if overlap_task else "",
-                              max_rows=max_rows, seed=seed, progress=bar)
+                              max_rows=max_rows, seed=seed, progress=bar, executor=ex if ex.distributed else None)
         study.save(tmp)
     c = study.circuit
     if json_out:

@@ -127,8 +127,12 @@ def dispatch(model, placement: Placement, dtype=None):
     if isinstance(dm, str):
         mem = placement.memory
         if dm != "sequential":
-            mem = get_balanced_memory(model, max_memory=mem, no_split_module_classes=no_split, dtype=dtype,
-                                      low_zero=dm == "balanced_low_0")
+            # balancing spreads layers over GPUs; accelerate's balancer cannot read a "disk" entry,
+            # so it balances the rest and the disk budget is put back
+            rest = {k: v for k, v in (mem or {}).items() if k != "disk"} or None
+            balanced = get_balanced_memory(model, max_memory=rest, no_split_module_classes=no_split, dtype=dtype,
+                                           low_zero=dm == "balanced_low_0")
+            mem = {**balanced, **({"disk": mem["disk"]} if mem and "disk" in mem else {})}
         dm = infer_auto_device_map(model, max_memory=mem, no_split_module_classes=no_split, dtype=dtype)
     devices = set(dm.values())
     if devices == {"disk"}:

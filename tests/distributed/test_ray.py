@@ -172,6 +172,25 @@ def test_scan_on_ray_equals_serial(tiny_lm, executor):
                    for k in ea.capture.steps[0])
 
 
+def test_patching_loop_and_retrieval_trials_on_ray_equal_serial(tiny_lm, enc, executor):
+    from analyses.circuits import Metric
+    from analyses.decode import decode_trials
+    from pipelines import heads
+    from pipelines.circuits import CircuitMethod, find_circuit
+    from pipelines.executors import CALLS, call
+
+    a = find_circuit(tiny_lm, enc, CircuitMethod.PATCHING, Metric.LOGIT_DIFF, max_rows=8)
+    b = find_circuit(tiny_lm, enc, CircuitMethod.PATCHING, Metric.LOGIT_DIFF, max_rows=8, executor=executor)
+    assert np.array_equal(a.head_scores, b.head_scores) and np.array_equal(a.mlp_scores, b.mlp_scores)
+    assert a.circuit.nodes == b.circuit.nodes
+    trials = heads.niah_trials(tiny_lm, lengths=[256], depths=[0.25, 0.75], seeds=[0, 1], chat=False)
+    here = decode_trials(tiny_lm, trials, max_new_tokens=6)
+    there = [t for one in executor.map_ordered(CALLS, [call(decode_trials, [t], max_new_tokens=6) for t in trials])
+             for t in one]
+    assert len(there) == 4 and [t.answer for t in here] == [t.answer for t in there]
+    assert all(x.generated.equal(y.generated) and x.top1.equal(y.top1) for x, y in zip(here, there))
+
+
 def test_cli_sweep_resumes_on_ray(cli, ray_cluster, tmp_path):
     """A sweep started in this process and interrupted resumes on Ray through `lens ablate --ray`."""
     task = tmp_path / "pairs.jsonl"
