@@ -254,6 +254,9 @@ def circuit(
         _check_task_file(overlap_task)
     load_kw = placement(device_map, max_memory, offload_folder)
     ray_opts = ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
+    if load_kw and (method is not CircuitMethodName.PATCHING or compare_patching):
+        raise SelectionError("--device-map works with --method patching only: EAP and EAP-IG read the projection "
+                             "weights directly, which a split model keeps on disk or other devices")
     if ray_opts is not None and method is not CircuitMethodName.PATCHING and not compare_patching:
         raise SelectionError("--ray runs the per-component patching loop: use it with --method patching or "
                              "--compare-patching")

@@ -168,3 +168,31 @@ def test_a_local_folder_loads_straight_into_place(tiny_lm, tmp_path):
     torch.testing.assert_close(b.logits, a.logits, rtol=1e-5, atol=1e-5)
     for key, t in a.capture.steps[0].items():
         torch.testing.assert_close(b.capture.steps[0][key], t, rtol=1e-5, atol=1e-6)
+
+
+def _task_file(tmp_path):
+    rows = [{"prompt": f"{a}b{c} {a}x", "answer": "q", "corrupted": f"{d}b{c} {a}x", "distractor": "z"}
+            for a, c, d in zip("abcd", "hgfe", "mnop")]
+    p = tmp_path / "pairs.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return p
+
+
+def test_cli_sweep_and_patching_on_a_split_model(cli, tmp_path):
+    from formats import Circuit, HeadScores
+
+    task = _task_file(tmp_path)
+    split = ["--device-map", "sequential", "--max-memory", "cpu=400kB,disk=1GB"]
+    for name, extra in (("whole", []), ("split", split)):
+        code, _, err = cli("ablate", "tiny-llama", "--task", task, "--sweep", "heads", "--method", "patch",
+                           "--out", tmp_path / f"sweep-{name}", *extra)
+        assert code == 0, err
+        code, _, err = cli("circuit", "tiny-llama", "--task", task, "--method", "patching", "--top-n", "5",
+                           "--out", tmp_path / f"circuit-{name}", *extra)
+        assert code == 0, err
+    a, b = (HeadScores.load(tmp_path / f"sweep-{n}" / "ablation.patch_logit-diff.json") for n in ("whole", "split"))
+    np.testing.assert_allclose(b.scores, a.scores, rtol=1e-5, atol=1e-6)
+    ca, cb = (Circuit.load(tmp_path / f"circuit-{n}" / "pairs_patching.circuit.json") for n in ("whole", "split"))
+    assert ca.heads == cb.heads and abs(ca.faithfulness["circuit"] - cb.faithfulness["circuit"]) < 1e-5
+    code, _, err = cli("circuit", "tiny-llama", "--task", task, "--method", "eap", "--out", tmp_path / "eap", *split)
+    assert code == 2 and err.count("\n") == 1 and "--device-map works with --method patching only" in err

@@ -212,6 +212,25 @@ def test_cli_sweep_resumes_on_ray(cli, ray_cluster, tmp_path):
     assert all(r["metric"] == full[r["item"]]["metric"] for r in _log(out)) and len(_log(out)) == 8
 
 
+def test_cli_circuit_patching_on_ray(cli, ray_cluster, tmp_path):
+    from formats import Circuit
+
+    task = tmp_path / "pairs.jsonl"
+    task.write_text("\n".join(json.dumps({"prompt": e.prompt, "answer": e.answer, "corrupted": e.corrupted,
+                                          "distractor": e.distractor}) for e in EXAMPLES[:4]) + "\n")
+    base = ["circuit", "tiny-llama", "--task", task, "--method", "patching", "--top-n", "5", "--max-rows", "8"]
+    code, _, err = cli(*base, "--out", tmp_path / "serial")
+    assert code == 0, err
+    code, _, err = cli(*base, "--ray", "auto", "--workers", "1", "--cpus-per-worker", "0.5", "--out", tmp_path / "ray")
+    assert code == 0, err
+    a, b = (Circuit.load(tmp_path / n / "pairs_patching.circuit.json") for n in ("serial", "ray"))
+    assert a.heads == b.heads and a.mlps == b.mlps and a.details["mlp_scores"] == b.details["mlp_scores"]
+    assert a.faithfulness == b.faithfulness
+    code, _, err = cli("circuit", "tiny-llama", "--task", task, "--method", "eap", "--ray", "auto",
+                       "--out", tmp_path / "eap")
+    assert code == 2 and "--ray runs the per-component patching loop" in err
+
+
 def test_ray_options_without_ray_are_refused(cli, tmp_path):
     code, _, err = cli("scan", "tiny-llama", "--workers", "3", "--out", tmp_path / "s")
     assert code == 2 and "--workers apply to Ray runs: add --ray auto" in err
