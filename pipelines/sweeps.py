@@ -25,6 +25,7 @@ from formats.head_scores import HeadScores
 from formats.provenance import Provenance
 from formats.sweep import open_sweep
 from lens.heads import HeadRef, MlpRef
+from pipelines.executors import Executor, Job, SerialExecutor
 from pipelines.progress import SILENT, Progress
 
 
@@ -93,43 +94,82 @@ def sweep_items(facts, kind: SweepKind, components: Sequence = ()) -> list[tuple
     return named
 
 
+@dataclass
+class Scoring:
+    """A worker's state for scoring ablation sets: the prepared task (:class:`analyses.circuits.Context`)."""
+
+    ctx: object
+    max_rows: int
+    score: Callable
+
+
+def _prepare_scoring(lm, enc, method, metric, seed: int, max_rows: int, score: Callable | None) -> Scoring:
+    import analyses.circuits as circuits
+
+    return Scoring(circuits.prepare(lm, enc, method, metric, seed=seed), max_rows, score or circuits.score_sets)
+
+
+def _score_chunk(state: Scoring, sets: list) -> tuple[np.ndarray, float, float]:
+    """``(metric per set, baseline, seconds)``; an empty chunk gives just the baseline."""
+    t0 = time.perf_counter()
+    values = state.score(state.ctx, sets, max_rows=state.max_rows) if sets else np.zeros(0)
+    return np.asarray(values, dtype=np.float64), float(state.ctx.baseline), time.perf_counter() - t0
+
+
+def scoring_job(enc, method, metric, *, seed: int = 0, max_rows: int = 64, score: Callable | None = None) -> Job:
+    """A :class:`~pipelines.executors.Job` whose items are lists of component sets and whose
+    results are ``(metric per set, clean baseline, seconds)``: each worker prepares the task
+    once (clean and reference passes) and scores many chunks. ``score`` replaces
+    :func:`analyses.circuits.score_sets` (tests inject failures with it)."""
+    return Job(work=_score_chunk, setup=_prepare_scoring, setup_args=(enc, method, metric, seed, max_rows, score))
+
+
 def sweep(lm, enc, kind: SweepKind, *, out: str | Path, settings: dict, method, metric, components: Sequence = (),
           seed: int = 0, max_rows: int = 64, force: bool = False, progress: Progress = SILENT,
-          score: Callable | None = None) -> SweepOutcome:
+          score: Callable | None = None, executor: Executor | None = None) -> SweepOutcome:
     """Ablate each item alone and log it; resumes an interrupted sweep with the same settings.
 
+    Items run in chunks of ``max_rows // batch`` sets on ``executor`` (default: this process);
+    each chunk is logged as it comes back, so nothing finished is lost or redone.
     ``score`` replaces :func:`analyses.circuits.score_sets` (tests interrupt it).
     """
-    import analyses.circuits as circuits
-    from analyses.circuits import prepare
+    from analyses.circuits import Method, Metric
 
-    score = score or circuits.score_sets
+    executor = executor or SerialExecutor(lm)
     facts = lm.facts
     named = sweep_items(facts, kind, components)
+    m, me = Method(method).value, Metric(metric).value
     with open_sweep(out, settings, force=force) as log:
         todo = [(n, s) for n, s in named if n not in log.done]
         t0 = time.perf_counter()
-        ctx = prepare(lm, enc, method, metric, seed=seed)
         per_chunk = max(1, max_rows // max(b.size for b in enc.batches))
-        task = progress.task(f"{ctx.method.value}-ablating {kind.value}", total=len(named),
-                             completed=len(named) - len(todo))
-        for s in range(0, len(todo), per_chunk):
-            chunk = todo[s:s + per_chunk]
-            tc = time.perf_counter()
-            values = score(ctx, [c for _, c in chunk], max_rows=max_rows)
-            each = (time.perf_counter() - tc) / len(chunk)  # so that interrupted runs still add up
-            log.append([{"item": n, "metric": float(v), "effect": float(v) - ctx.baseline, "seconds": each}
+        chunks = [todo[s:s + per_chunk] for s in range(0, len(todo), per_chunk)]
+        task = progress.task(f"{m}-ablating {kind.value}" + ("" if not executor.distributed else
+                             f" on {executor.workers} Ray workers"), total=len(named), completed=len(named) - len(todo))
+        job = scoring_job(enc, method, metric, seed=seed, max_rows=max_rows, score=score)
+        baseline = next((r["baseline"] for r in log.done.values() if "baseline" in r), None)
+        items = [[c for _, c in ch] for ch in chunks]
+        if not items and baseline is None:  # all done by a run that did not log the baseline: ask for it alone
+            items = [[]]
+        for i, (values, base, secs) in executor.map(job, items):
+            baseline = base
+            if not chunks:
+                break
+            chunk = chunks[i]
+            each = secs / len(chunk)  # so that interrupted runs still add up
+            log.append([{"item": n, "metric": float(v), "effect": float(v) - base, "baseline": base, "seconds": each}
                         for (n, _), v in zip(chunk, values)])
             task.advance(len(chunk))
         seconds = time.perf_counter() - t0
         rows = [log.done[n] for n, _ in named]
-        summary = {"baseline": ctx.baseline, "n_items": len(rows), "done_before_this_run": len(named) - len(todo),
+        summary = {"baseline": baseline, "n_items": len(rows), "done_before_this_run": len(named) - len(todo),
                    "computed_this_run": len(todo), "seconds_this_run": seconds,
                    "seconds_all_items": sum(r.get("seconds", float("nan")) for r in rows),
                    "top": sorted(rows, key=lambda r: r["effect"])[:10]}
         prov = Provenance.for_model(facts, seeds=(seed,), prompts=f"{enc.n_examples} {settings.get('task', '')} prompts",
                                     inputs=[b.clean.tolist() for b in enc.batches])
-        m, me = ctx.method.value, ctx.metric.value
+        if executor.distributed:
+            summary["executor"] = executor.describe()
         if kind is SweepKind.HEADS:
             scores = np.full((facts.n_layers, facts.n_heads), np.nan)
             mlp = np.full(facts.n_layers, np.nan)

@@ -5,6 +5,12 @@ module boundary (patterns as the attention module's second output under eager
 attention, ``z`` as the output projection's input, residual stream, attention and MLP
 outputs). Queries and keys after rotary embedding are not module outputs: ask the
 ``torch`` or ``transformer_lens`` backend for them.
+
+Head indices go to each tensor's own device, so a model split over devices
+(``lens.load(..., device_map=...)``) works. ``remote=True`` sends the same trace to NDIF
+(the National Deep Inference Fabric) instead of running it here: it needs an NDIF API key
+(``NDIF_API_KEY``), a network route to NDIF and a model NDIF hosts (a hub id). It is
+untested in this project (no key or network here); without them it stops with one line.
 """
 
 from __future__ import annotations
@@ -53,21 +59,65 @@ class _WantWeights(AttentionObserver):
         self.layers = frozenset(layers)
 
 
-def run(lm: LoadedModel, input_ids: torch.Tensor, spec: CaptureSpec, edits: Sequence[Edit] = ()):
-    """Logits ``[batch, pos, vocab]`` and one step of records, through an nnsight trace."""
+def check_remote(lm: LoadedModel, *, timeout: float = 3.0) -> str:
+    """The NDIF API key, after checking what a remote trace needs (one-line :class:`BackendError` otherwise)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from nnsight import CONFIG
+    except ImportError as err:
+        raise BackendError(f"--remote needs nnsight: {err}") from None
+    key = os.environ.get("NDIF_API_KEY") or CONFIG.API.APIKEY
+    if not key:
+        raise BackendError("--remote runs the trace on NDIF and needs an API key: set NDIF_API_KEY "
+                           "(get one at https://login.ndif.us); this project has not tested remote runs")
+    if "/" not in lm.facts.name or lm.facts.name.startswith(("/", ".", "~")):
+        raise BackendError(f"--remote runs models NDIF hosts, named by hub id (org/name); {lm.facts.name!r} is not one")
+    url = urlparse(CONFIG.API.HOST if "://" in CONFIG.API.HOST else f"https://{CONFIG.API.HOST}")
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            pass
+    except OSError as err:
+        raise BackendError(f"--remote: NDIF at {CONFIG.API.HOST} cannot be reached from here "
+                           f"({err.strerror or err}); run without --remote") from None
+    return key
+
+
+def remote_model(lm: LoadedModel):
+    """An nnsight ``LanguageModel`` of ``lm``'s hub id whose traces can run on NDIF (weights stay remote)."""
+    if "nnsight_remote" not in lm.extras:
+        from nnsight import LanguageModel
+
+        lm.extras["nnsight_remote"] = LanguageModel(lm.facts.name)
+    return lm.extras["nnsight_remote"]
+
+
+def run(lm: LoadedModel, input_ids: torch.Tensor, spec: CaptureSpec, edits: Sequence[Edit] = (), *,
+        remote: bool = False):
+    """Logits ``[batch, pos, vocab]`` and one step of records, through an nnsight trace
+    (on NDIF with ``remote``: see the module docstring)."""
     check_backend_sites("nnsight", spec.sites)
     check_edits(lm.facts, edits)
-    nn_model = wrapped(lm)
+    if remote:
+        if Site.PATTERN in spec.sites:
+            raise BackendError("--remote cannot capture patterns: NDIF runs the model with its own attention "
+                               "implementation; capture z, resid_pre/post, attn_out or mlp_out remotely")
+        check_remote(lm)
+    # a remote LanguageModel of the same hub id has the same module names as lm.model
+    nn_model = remote_model(lm) if remote else wrapped(lm)
     adapter = adapter_for(lm.model, lm.facts.n_layers)
     names = {m: n for n, m in lm.model.named_modules()}
     edits_at = {key: es for key, (es, _) in by_layer([list(edits)]).items()}
-    head_idx = torch.tensor(spec.heads, device=lm.device)
+    head_idx = torch.tensor(spec.heads)  # moved to each tensor's device where it is used (split models)
     n_heads = lm.facts.n_heads
     saved: dict[SiteKey, object] = {}
     with ExitStack() as stack:
         if Site.PATTERN in spec.sites:
             stack.enter_context(attention_mode(lm.model, _WantWeights(spec.layers)))
-        with torch.no_grad(), nn_model.trace(input_ids.to(lm.device)):
+        with torch.no_grad(), nn_model.trace(input_ids.to("cpu" if remote else lm.device),
+                                              **({"remote": True} if remote else {})):
             for layer in range(lm.facts.n_layers):
                 wanted = set(spec.sites) if layer in spec.layers else set()
                 z_edits, mlp_edits = edits_at.get((layer, HeadRef), []), edits_at.get((layer, MlpRef), [])
@@ -85,13 +135,13 @@ def run(lm: LoadedModel, input_ids: torch.Tensor, spec: CaptureSpec, edits: Sequ
                         z = apply_edits(z, z_edits, n_heads=n_heads)
                         proj.input = z.reshape(batch, pos, width)
                     if Site.Z in wanted:
-                        saved[SiteKey(Site.Z, layer)] = z.transpose(1, 2).index_select(1, head_idx).save()
+                        saved[SiteKey(Site.Z, layer)] = z.transpose(1, 2).index_select(1, head_idx.to(z.device)).save()
                 if Site.PATTERN in wanted or Site.ATTN_OUT in wanted:
                     out = _envoy(nn_model, names, adapter.attention(layer)).output
                     if Site.ATTN_OUT in wanted:
                         saved[SiteKey(Site.ATTN_OUT, layer)] = out[0].save()
                     if Site.PATTERN in wanted:
-                        saved[SiteKey(Site.PATTERN, layer)] = out[1].index_select(1, head_idx).save()
+                        saved[SiteKey(Site.PATTERN, layer)] = out[1].index_select(1, head_idx.to(out[1].device)).save()
                 if Site.MLP_OUT in wanted or mlp_edits:
                     mlp = _envoy(nn_model, names, adapter.mlp(layer))
                     if mlp_edits:

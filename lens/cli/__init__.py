@@ -27,8 +27,7 @@ app = typer.Typer(
 
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks of unexpected errors.")) -> None:
-    if debug:
-        os.environ["ATTNLENS_DEBUG"] = "1"
+    """(``--debug`` is read by :func:`main`, which decides how to report an unexpected error.)"""
 
 
 # Command modules register themselves on `app` when imported.

@@ -12,12 +12,23 @@ import typer
 from formats.errors import SelectionError
 from lens.cli import app
 from lens.cli._common import (
+    CPUS_PER_WORKER_OPTION,
+    DEVICE_MAP_OPTION,
+    GPUS_PER_WORKER_OPTION,
+    MAX_MEMORY_OPTION,
     MODEL_HELP,
+    OFFLOAD_FOLDER_OPTION,
+    RAY_OPTION,
+    WORKERS_OPTION,
+    DeviceMap,
     check_out,
+    executor,
     int_list,
     load_model,
+    placement,
     print_json,
     progress,
+    ray_options,
     say,
     writing,
 )
@@ -101,6 +112,13 @@ def ablate(
     force: bool = typer.Option(False, "--force", help="Replace --out (only once the new run is complete); without it a "
                                "finished or different run is refused and an unfinished sweep with the same settings resumes."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON on stdout."),
+    ray: str = RAY_OPTION,
+    workers: int = WORKERS_OPTION,
+    cpus_per_worker: float = CPUS_PER_WORKER_OPTION,
+    gpus_per_worker: float = GPUS_PER_WORKER_OPTION,
+    device_map: DeviceMap = DEVICE_MAP_OPTION,
+    max_memory: str = MAX_MEMORY_OPTION,
+    offload_folder: Path = OFFLOAD_FOLDER_OPTION,
 ) -> None:
     """Ablate heads (and MLPs) of MODEL on a task and report the metric change.
 
@@ -112,7 +130,10 @@ def ablate(
 
       lens ablate smollm2-135m --task ioi --sweep heads --n-prompts 16 --out results/ioi-sweep
 
-    (run the last one again after an interruption: it resumes where it stopped)
+    (run the last one again after an interruption: it resumes where it stopped, also with
+    or without --ray)
+
+      lens ablate smollm2-135m --task ioi --sweep heads --ray auto --workers 2 --out results/ioi-sweep
     """
     from analyses.circuits.ablation import Method
     from analyses.circuits.metrics import Metric
@@ -125,19 +146,23 @@ def ablate(
         raise SelectionError("--compare-random applies to one set of --heads, not to a --sweep")
     _check_task_file(task)
     meth, met = Method(method.value), Metric(metric.value)
+    load_kw = placement(device_map, max_memory, offload_folder)
+    ray_opts = ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
+    if ray_opts is not None and sweep is None:
+        raise SelectionError("--ray runs the items of a --sweep: add --sweep heads|layers")
     if sweep is None and out is not None:
         check_out(out, force)
-    lm = load_model(model)
+    lm = load_model(model, **load_kw)
     comps = _components(lm, heads, mlps)
     enc = _task(lm, task, n_prompts, seed_list[0], batch_size, strict, template)
     if sweep is not None:
         settings = dict(model=model, task=task, method=meth.value, metric=met.value, sweep=sweep.value, heads=heads,
                         mlps=mlps, n_prompts=n_prompts, seed=seed_list[0], template=template, n_examples=enc.n_examples)
         target = out or Path(f"results/ablate-{Path(task).stem}-{sweep.value}")
-        with progress() as bar:
+        with executor(lm, model, ray_opts, load_kw) as ex, progress() as bar:
             outcome = sweeps.sweep(lm, enc, sweeps.SweepKind(sweep.value), out=target, settings=settings, method=meth,
                                    metric=met, components=comps, seed=seed_list[0], max_rows=max_rows, force=force,
-                                   progress=bar)
+                                   progress=bar, executor=ex)
         summary = outcome.result.summary
         if json_out:
             print_json({"out": str(outcome.folder), **summary})
@@ -197,6 +222,13 @@ def circuit(
     out: Path = typer.Option(Path("results/circuit"), "--out", "-o", help="Results folder."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON on stdout."),
+    ray: str = RAY_OPTION,
+    workers: int = WORKERS_OPTION,
+    cpus_per_worker: float = CPUS_PER_WORKER_OPTION,
+    gpus_per_worker: float = GPUS_PER_WORKER_OPTION,
+    device_map: DeviceMap = DEVICE_MAP_OPTION,
+    max_memory: str = MAX_MEMORY_OPTION,
+    offload_folder: Path = OFFLOAD_FOLDER_OPTION,
 ) -> None:
     """Find the circuit of a task on MODEL: score edges (EAP, EAP-IG) or heads (patching), select, check faithfulness.
 
@@ -220,16 +252,24 @@ def circuit(
     _check_task_file(task)
     if overlap_task:
         _check_task_file(overlap_task)
+    load_kw = placement(device_map, max_memory, offload_folder)
+    ray_opts = ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
+    if load_kw and (method is not CircuitMethodName.PATCHING or compare_patching):
+        raise SelectionError("--device-map works with --method patching only: EAP and EAP-IG read the projection "
+                             "weights directly, which a split model keeps on disk or other devices")
+    if ray_opts is not None and method is not CircuitMethodName.PATCHING and not compare_patching:
+        raise SelectionError("--ray runs the per-component patching loop: use it with --method patching or "
+                             "--compare-patching")
     check_out(out, force)
     met = Metric(metric.value)
-    lm = load_model(model)
+    lm = load_model(model, **load_kw)
     enc = _task(lm, task, n_prompts, seed, batch_size, strict, template)
     other = _task(lm, overlap_task, n_prompts, seed, batch_size, strict) if overlap_task else None
-    with writing(out, force) as tmp, progress() as bar:
+    with executor(lm, model, ray_opts, load_kw) as ex, writing(out, force) as tmp, progress() as bar:
         study = circuit_study(lm, enc, task_name=Path(task).stem, method=CircuitMethod(method.value), metric=met,
                               ig_steps=ig_steps, top_n=top_n, threshold=threshold, compare_patching=compare_patching,
                               overlap_enc=other, overlap_name=Path(overlap_task).stem if overlap_task else "",
-                              max_rows=max_rows, seed=seed, progress=bar)
+                              max_rows=max_rows, seed=seed, progress=bar, executor=ex if ex.distributed else None)
         study.save(tmp)
     c = study.circuit
     if json_out:

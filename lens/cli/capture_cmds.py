@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from formats.errors import PromptError, SelectionError
+from lens.cli import _common as _c
 from lens.cli import app
 from lens.cli._common import (
     MODEL_HELP,
@@ -65,6 +66,10 @@ def capture(
     chat: bool = typer.Option(False, help="Format prompts with the model's chat template."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    remote: bool = _c.REMOTE_OPTION,
+    device_map: _c.DeviceMap = _c.DEVICE_MAP_OPTION,
+    max_memory: str = _c.MAX_MEMORY_OPTION,
+    offload_folder: Path = _c.OFFLOAD_FOLDER_OPTION,
 ) -> None:
     """Run MODEL on prompts (or images, or audio) and save the attention and activations at the chosen sites.
 
@@ -88,8 +93,14 @@ def capture(
     site_list = [lens.Site.parse(s) for s in sites.split(",") if s.strip()]
     layer_list, head_list = int_list(layers, "layers"), int_list(heads, "heads")
     budget = positive_float(budget_gb, "budget-gb", hi=1e6)
+    load_kw = _c.placement(device_map, max_memory, offload_folder)
+    if load_kw and backend is BackendName.TRANSFORMER_LENS:
+        raise SelectionError("backend transformer_lens builds its own copy of the model on one device: use backend "
+                             "torch or nnsight with --device-map")
+    if remote and backend is not BackendName.NNSIGHT:
+        raise SelectionError(f"--remote runs through nnsight: add --backend nnsight (got {backend.value})")
     check_out(out, force)
-    lm = load_model(model)
+    lm = load_model(model, **load_kw)
     spec = lens.CaptureSpec.resolve(lm.facts, sites=site_list, layers=layer_list, heads=head_list,
                                     dtype=dtype.torch() if dtype else None,
                                     budget_bytes=None if budget is None else int(budget * 1e9))
@@ -115,12 +126,16 @@ def capture(
         from lens.backends import check_backend_sites
 
         check_backend_sites(backend.value, spec.sites)
+    if remote:
+        from lens.backends.nnsight_backend import check_remote
+
+        check_remote(lm)  # key, hub id and network, before anything is written
     written = []
     with writing(out, force) as tmp, progress() as bar:
         task = bar.task("capturing", total=len(inputs))
         for i, x in enumerate(inputs):
             result = lens.run(lm, x, sites=spec.sites, layers=spec.layers, heads=spec.heads, dtype=spec.dtype,
-                              budget_bytes=spec.budget_bytes, backend=backend.value)
+                              budget_bytes=spec.budget_bytes, backend=backend.value, remote=remote)
             result.capture.write_into(tmp / f"{i:03d}")
             n_tok = len(result.capture.meta.tokens[0])
             written.append({"folder": str(out / f"{i:03d}"), "tokens": n_tok, "bytes": result.capture.n_bytes})
@@ -197,6 +212,9 @@ def stats(
     backend: StatsBackend = typer.Option(StatsBackend.AUTO, help="auto (Triton on a GPU, else PyTorch), triton or torch."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    device_map: _c.DeviceMap = _c.DEVICE_MAP_OPTION,
+    max_memory: str = _c.MAX_MEMORY_OPTION,
+    offload_folder: Path = _c.OFFLOAD_FOLDER_OPTION,
 ) -> None:
     """Per-head attention statistics from the fused kernel, without building attention patterns.
 
@@ -216,8 +234,9 @@ def stats(
     spans = [_span(s) for s in span or []]
     spec = StatsSpec(sink_tokens=sink_tokens, window=window, spans=tuple(spans), topk=topk)
     layer_list = int_list(layers, "layers")
+    load_kw = _c.placement(device_map, max_memory, offload_folder)
     check_out(out, force)
-    lm = load_model(model)
+    lm = load_model(model, **load_kw)
     ids = lm.encode(text)
     for s in span or []:
         _span(s, ids.shape[1])

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from formats.errors import SelectionError
+from lens.cli import _common as _c
 from lens.cli import app
 from lens.cli._common import (
     MODEL_HELP,
@@ -101,6 +102,13 @@ def retrieval(
     ablate_seeds: str = typer.Option("0,1,2", help="Seeds of the random-head baseline."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    ray: str = _c.RAY_OPTION,
+    workers: int = _c.WORKERS_OPTION,
+    cpus_per_worker: float = _c.CPUS_PER_WORKER_OPTION,
+    gpus_per_worker: float = _c.GPUS_PER_WORKER_OPTION,
+    device_map: _c.DeviceMap = _c.DEVICE_MAP_OPTION,
+    max_memory: str = _c.MAX_MEMORY_OPTION,
+    offload_folder: Path = _c.OFFLOAD_FOLDER_OPTION,
 ) -> None:
     """Retrieval score of every head (Wu et al. 2024) from greedy needle-in-a-haystack decoding.
 
@@ -113,11 +121,14 @@ def retrieval(
 
     ks = int_list(ablate, "ablate", lo=1, max_count=32)
     a_seeds = int_list(ablate_seeds, "ablate-seeds", max_count=100, default=[0])
+    load_kw = _c.placement(device_map, max_memory, offload_folder)
+    ray_opts = _c.ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
     check_out(out, force)
-    lm = load_model(model)
+    lm = load_model(model, **load_kw)
     trials = _trials(lm, lengths, depths, seeds, needles, chat)
-    with writing(out, force) as tmp, progress() as bar:
-        results = heads.run_retrieval(lm, trials, source=source.value, max_new_tokens=max_new_tokens, progress=bar)
+    with _c.executor(lm, model, ray_opts, load_kw) as ex, writing(out, force) as tmp, progress() as bar:
+        results = heads.run_retrieval(lm, trials, source=source.value, max_new_tokens=max_new_tokens, progress=bar,
+                                      executor=ex if ex.distributed else None)
         if ks:
             results += heads.run_needle_ablation(lm, trials, results[0].scores, name="retrieval", ks=ks,
                                                  seeds=a_seeds, max_new_tokens=max_new_tokens, progress=bar)

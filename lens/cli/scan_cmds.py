@@ -10,15 +10,26 @@ from rich.table import Table
 
 from lens.cli import app
 from lens.cli._common import (
+    CPUS_PER_WORKER_OPTION,
+    DEVICE_MAP_OPTION,
+    GPUS_PER_WORKER_OPTION,
+    MAX_MEMORY_OPTION,
     MODEL_HELP,
+    OFFLOAD_FOLDER_OPTION,
+    RAY_OPTION,
+    WORKERS_OPTION,
+    DeviceMap,
     Source,
     check_out,
     console,
+    executor,
     float_list,
     int_list,
     load_model,
+    placement,
     print_json,
     progress,
+    ray_options,
     say,
     writing,
 )
@@ -42,6 +53,13 @@ def scan(
                                  "each analysis' own inputs are captured too."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    ray: str = RAY_OPTION,
+    workers: int = WORKERS_OPTION,
+    cpus_per_worker: float = CPUS_PER_WORKER_OPTION,
+    gpus_per_worker: float = GPUS_PER_WORKER_OPTION,
+    device_map: DeviceMap = DEVICE_MAP_OPTION,
+    max_memory: str = MAX_MEMORY_OPTION,
+    offload_folder: Path = OFFLOAD_FOLDER_OPTION,
 ) -> None:
     """Run every head analysis that applies to MODEL with default settings and save every result to OUT.
 
@@ -52,6 +70,9 @@ def scan(
     are saved under OUT/captures for the dashboard and the report.
 
     Example: lens scan smollm2-135m --out results/smollm2 --force
+
+    On Ray (--ray auto --workers 2) the analyses and the NIAH trials run on workers that
+    each hold the model; the results are the same files.
     """
     from pipelines.scan import ScanSettings
     from pipelines.scan import scan as run_scan
@@ -62,10 +83,12 @@ def scan(
         depths=tuple(float_list(depths, "depths", lo=0, hi=1, max_count=64)) if depths else None,
         ablate=tuple(int_list(ablate, "ablate", lo=1, max_count=32)) if ablate else None,
         source=source.value, chat=chat, captures=captures, gate_steps=gate_steps)
+    load_kw = placement(device_map, max_memory, offload_folder)
+    ray_opts = ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
     check_out(out, force)
-    lm = load_model(model)
-    with writing(out, force) as tmp, progress() as bar:
-        result = run_scan(lm, settings, progress=bar)
+    lm = load_model(model, **load_kw)
+    with executor(lm, model, ray_opts, load_kw) as ex, writing(out, force) as tmp, progress() as bar:
+        result = run_scan(lm, settings, progress=bar, executor=ex)
         result.save(tmp)
     if json_out:
         print_json({"model": model, "out": str(out), "notes": result.notes, "results": [

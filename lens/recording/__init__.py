@@ -55,7 +55,7 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
         layers: Sequence[int] | None = None, heads: Sequence[int] | None = None, dtype: torch.dtype | None = None,
         device: str = "cpu", budget_bytes: int | None = None, edits: Sequence[Edit] = (),
         backend: Backend | str = Backend.TORCH, chat: bool = False,
-        decoder_ids: Sequence[int] | None = None) -> RunResult:
+        decoder_ids: Sequence[int] | None = None, remote: bool = False) -> RunResult:
     """One forward pass over ``prompt`` (text, several texts of equal token length, or ids
     ``[batch, pos]``) through ``backend``, returning logits and the capture.
 
@@ -67,9 +67,12 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
     "patch(r,c)", ... (torch backend only).
 
     The capture's size is estimated first; over ``budget_bytes`` it raises
-    :class:`~lens.errors.MemoryBudgetError` before anything runs.
+    :class:`~lens.errors.MemoryBudgetError` before anything runs. ``remote`` (nnsight backend
+    only, untested here) runs the trace on NDIF: see :mod:`lens.backends.nnsight_backend`.
     """
     backend = Backend(backend)
+    if remote and backend is not Backend.NNSIGHT:
+        raise BackendError(f"--remote runs through nnsight: use backend nnsight, not {backend.value}")
     if lm.facts.modality is Modality.SPEECH:
         from lens import speech
 
@@ -96,11 +99,14 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
     elif backend is Backend.TRANSFORMER_LENS:
         from lens.backends import transformer_lens
 
+        if getattr(lm.model, "hf_device_map", None):
+            raise BackendError("backend transformer_lens builds its own copy of the model on one device: use backend "
+                               "torch or nnsight with --device-map")
         logits, steps = transformer_lens.run(lm, input_ids, spec, edits)
     else:
         from lens.backends import nnsight_backend
 
-        logits, steps = nnsight_backend.run(lm, input_ids, spec, edits)
+        logits, steps = nnsight_backend.run(lm, input_ids, spec, edits, remote=remote)
     cap = native.build_capture(lm, spec, steps, input_ids, backend=backend.value)
     return RunResult(logits=None if logits is None else logits.detach(), capture=cap, last_hidden_state=hidden)
 

@@ -16,7 +16,7 @@ import torch
 
 from lens.errors import UnknownModelError
 from lens.loaded import LoadedModel, Modality
-from lens.zoo import _cache, hub, smollm2, tiny
+from lens.zoo import _cache, hub, placement, smollm2, tiny
 from lens.zoo._facts import text_facts
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -48,21 +48,31 @@ def list_models() -> list[ZooEntry]:
 
 
 def load(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
-         device: str = "cpu") -> LoadedModel:
+         device: str = "cpu", device_map: str | dict | None = None, max_memory: dict | None = None,
+         offload_folder: str | Path | None = None) -> LoadedModel:
     """Load a zoo model, a local transformers folder or a hub id.
 
-    Raises :class:`~lens.errors.UnknownModelError` for a name that is none of these and
-    :class:`~lens.errors.ModelUnavailableError` for a hub id that cannot be had here.
+    ``device_map`` ("auto", "balanced", "balanced_low_0", "sequential" or ``{module: device}``)
+    splits the model over GPUs, CPU memory and disk with accelerate, within ``max_memory``
+    (``{0: "20GiB", "cpu": "64GiB", "disk": "500GiB"}``; see :mod:`lens.zoo.placement`);
+    ``device`` is then ignored. Raises :class:`~lens.errors.UnknownModelError` for a name
+    that is none of these and :class:`~lens.errors.ModelUnavailableError` for a hub id that
+    cannot be had here.
     """
     name = str(name_or_path).strip()
     if not name:
         raise UnknownModelError(f"model name is empty: give a zoo name ({', '.join(_ZOO)}), a local folder or a hub id")
+    where = placement.Placement.make(device_map, max_memory, offload_folder)
     if name in _ZOO:
-        return _ZOO[name].loader(dtype, device)
+        if where is None:
+            return _ZOO[name].loader(dtype, device)
+        lm = _ZOO[name].loader(dtype, "cpu")  # zoo models are small: built whole, then split
+        lm.model = placement.dispatch(lm.model, where, dtype=dtype)
+        return lm
     if Path(name).expanduser().is_dir():
-        return _load_transformers(Path(name).expanduser(), dtype, device)
+        return _load_transformers(Path(name).expanduser(), dtype, device, where)
     if "/" in name:
-        return _load_transformers(name, dtype, device)
+        return _load_transformers(name, dtype, device, where)
     known = ", ".join(_ZOO)
     raise UnknownModelError(
         f"unknown model {name!r}: zoo names are {known}; "
@@ -70,8 +80,9 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch
     )
 
 
-def _load_transformers(name_or_path, dtype, device) -> LoadedModel:
-    model, tokenizer = hub.load_pretrained(name_or_path, dtype=dtype, device=device)
+def _load_transformers(name_or_path, dtype, device, where: placement.Placement | None = None) -> LoadedModel:
+    model, tokenizer = hub.load_pretrained(name_or_path, dtype=dtype, device=device,
+                                           placement=None if where is None else where.from_pretrained_kwargs())
     facts = text_facts(model.config, name=str(name_or_path), architecture=type(model).__name__)
     return LoadedModel(model=model, tokenizer=tokenizer, facts=facts)
 

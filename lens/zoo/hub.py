@@ -35,8 +35,12 @@ def check_name(name: str) -> None:
         raise UnknownModelError(f"model {name!r} is neither a zoo name, a local folder nor a hub id like org/name")
 
 
-def load_pretrained(name_or_path: str | Path, *, dtype, device):
-    """(model, tokenizer) for a causal LM; a clear one-line error when it cannot be had here."""
+def load_pretrained(name_or_path: str | Path, *, dtype, device, placement: dict | None = None):
+    """(model, tokenizer) for a causal LM; a clear one-line error when it cannot be had here.
+
+    ``placement``: ``from_pretrained`` keywords that split the model while it loads
+    (``device_map``, ``max_memory``, ``offload_folder``; see :mod:`lens.zoo.placement`).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -50,7 +54,8 @@ def load_pretrained(name_or_path: str | Path, *, dtype, device):
     hf_logging.set_verbosity_error()
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, local_files_only=offline,
+                                                     **(placement or {}))
     except (OSError, ValueError, KeyError, ImportError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         where = "its folder" if local else ("the local cache (the hub is not reachable from here)" if offline
@@ -58,4 +63,4 @@ def load_pretrained(name_or_path: str | Path, *, dtype, device):
         raise ModelUnavailableError(f"cannot load {str(name_or_path)!r} from {where}: {first[:200]}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
-    return model.to(device).eval(), tokenizer
+    return (model if placement else model.to(device)).eval(), tokenizer
