@@ -1,41 +1,45 @@
 """Head analyses: pure functions from captured data to small typed results.
 
-Importing this package registers the built-in analyses (see :func:`analyses.registry.analyses`).
-Model-driving helpers (decoding NIAH trials, collecting patterns or kernel statistics)
-live in :mod:`analyses.decode` and :mod:`analyses.collect`; the scoring functions never
-load or run a model.
+The registry (:mod:`analyses.registry`) lists every analysis and is cheap to import; the
+analysis modules (which use torch) load on first use of one of their names here.
+Model-side collection of their inputs (decoding NIAH trials, collecting patterns or
+kernel statistics) lives in :mod:`analyses.decode` and :mod:`analyses.collect`; the
+scoring functions never load or run a model.
 """
 
-from analyses import (  # noqa: F401  (register theirs)
-    attention_summary,  # noqa: F401  (registers "summary")
-    causal,
-    retrieval,
-    sinks,
-    streaming,
-    taxonomy,
-    vit_heads,
-)
-from analyses.causal import AblationError, ablation_plan, ablation_scores
-from analyses.niah import Needle, NiahError, NiahTrial, make_trial, make_trials, rouge1_recall
-from analyses.registry import AnalysisEntry, analyses, register_analysis
-from analyses.result import HeadScores, Provenance, ResultError, load_results
-from analyses.retrieval import DecodeTrace, RetrievalError, retrieval_scores
-from analyses.rows import RowStats, row_stats_from_kernel, row_stats_from_pattern
-from analyses.sinks import (
-    KeyStats,
-    SinkInput,
-    key_stats_from_kernel,
-    key_stats_from_pattern,
-    sink_scores,
-)
-from analyses.streaming import gate_scores, masses_from_pattern, scaled_window, streaming_profile
-from analyses.taxonomy import TaxonomyError, head_type_scores, taxonomy_scores
+from __future__ import annotations
 
-__all__ = [
-    "AblationError", "AnalysisEntry", "DecodeTrace", "HeadScores", "KeyStats", "Needle", "NiahError", "NiahTrial",
-    "Provenance", "ResultError", "RetrievalError", "RowStats", "SinkInput", "TaxonomyError", "ablation_plan",
-    "ablation_scores", "analyses", "gate_scores", "head_type_scores", "key_stats_from_kernel",
-    "key_stats_from_pattern", "load_results", "make_trial", "make_trials", "masses_from_pattern",
-    "register_analysis", "retrieval_scores", "rouge1_recall", "row_stats_from_kernel", "row_stats_from_pattern",
-    "scaled_window", "sink_scores", "streaming_profile", "taxonomy_scores",
-]
+import importlib
+
+from analyses.registry import AnalysisEntry, analyses, register_analysis
+from formats.curves import Curves
+from formats.errors import ResultError
+from formats.head_scores import HeadScores
+from formats.provenance import Provenance
+
+_LAZY = {
+    "AblationError": "analyses.causal", "ablation_plan": "analyses.causal", "ablation_scores": "analyses.causal",
+    "Needle": "analyses.niah", "NiahError": "analyses.niah", "NiahTrial": "analyses.niah", "make_trial": "analyses.niah",
+    "make_trials": "analyses.niah", "rouge1_recall": "analyses.niah", "load_results": "analyses.result",
+    "DecodeTrace": "analyses.retrieval", "RetrievalError": "analyses.retrieval", "retrieval_scores": "analyses.retrieval",
+    "RowStats": "analyses.rows", "row_stats_from_kernel": "analyses.rows", "row_stats_from_pattern": "analyses.rows",
+    "KeyStats": "analyses.sinks", "SinkInput": "analyses.sinks", "key_stats_from_kernel": "analyses.sinks",
+    "key_stats_from_pattern": "analyses.sinks", "sink_scores": "analyses.sinks",
+    "gate_scores": "analyses.streaming", "masses_from_pattern": "analyses.streaming", "scaled_window": "analyses.streaming",
+    "streaming_profile": "analyses.streaming", "TaxonomyError": "analyses.taxonomy",
+    "head_type_scores": "analyses.taxonomy", "taxonomy_scores": "analyses.taxonomy",
+    "attention_summary": "analyses.attention_summary",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'analyses' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = ["AnalysisEntry", "Curves", "HeadScores", "Provenance", "ResultError", "analyses", "register_analysis",
+           *_LAZY]

@@ -12,15 +12,12 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from analyses.registry import register_analysis
 from analyses.result import HeadScores, Provenance
 from analyses.rows import RowStats
 
 SINK_SHARE_THRESHOLD = 0.5  # a head "is a sink head" on average above this first-token mass
 
 
-@register_analysis("summary", "per-head first-token (sink) mass and attention entropy",
-                   metrics=("sink_mass", "entropy"))
 def attention_summary(runs: Iterable[Mapping[int, RowStats]], *, n_layers: int, n_heads: int,
                       provenance: Provenance, skip: int = 1) -> list[HeadScores]:
     """Mean sink mass and entropy per ``[layer, head]`` over runs (one mapping layer -> RowStats per prompt)."""

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from analyses.registry import register_analysis
-from analyses.result import HeadScores, Provenance
+from analyses.result import Curves, HeadScores, Provenance
+from formats.errors import AnalysisError
 
 
-class AblationError(ValueError):
+class AblationError(AnalysisError):
     """An ablation plan that cannot be made (k out of range, no seeds)."""
 
 
@@ -41,12 +41,14 @@ def ablation_plan(scores: np.ndarray, ks: Sequence[int], seeds: Sequence[int]
     return plan
 
 
-@register_analysis("ablation", "needle accuracy with top-k heads of a ranking ablated vs k random heads",
-                   metrics=("retrieval_ablation", "sink_ablation"))
 def ablation_scores(ranking: np.ndarray, *, ranking_name: str, ks: Sequence[int], seeds: Sequence[int],
                     full_accuracy: float, top_accuracy: Sequence[float], random_accuracy: Sequence[Sequence[float]],
                     n_trials: int, provenance: Provenance, plan: dict | None = None) -> list[HeadScores]:
-    """``top_accuracy[i]`` for k = ks[i]; ``random_accuracy[i][s]`` for seed s."""
+    """``top_accuracy[i]`` for k = ks[i]; ``random_accuracy[i][s]`` for seed s.
+
+    Returns the ranking as :class:`HeadScores` (with the accuracies in its summary and arrays)
+    and the accuracy curves against k as :class:`Curves` (one run per seed for the random sets).
+    """
     rand = np.asarray(random_accuracy, dtype=float).reshape(len(ks), len(seeds))
     rows = [{"k": int(k), "top_k_accuracy": float(t), "random_accuracy_mean": float(r.mean()),
              "random_accuracy_per_seed": [float(x) for x in r]} for k, t, r in zip(ks, top_accuracy, rand)]
@@ -58,4 +60,10 @@ def ablation_scores(ranking: np.ndarray, *, ranking_name: str, ks: Sequence[int]
                 "heads": {str(k): v for k, v in (plan or {}).items()}},
         summary={"full_accuracy": full_accuracy, "rows": rows},
         arrays={"ks": np.asarray(ks, dtype=float), "top_accuracy": np.asarray(top_accuracy, dtype=float),
-                "random_accuracy": rand})]
+                "random_accuracy": rand}),
+        Curves(analysis="ablation", metric=f"{ranking_name}_ablation", x=np.asarray(ks, dtype=float),
+               series={f"top-k {ranking_name} heads": np.asarray(top_accuracy, dtype=float),
+                       "k random heads": rand.T, "no ablation": np.full(len(ks), float(full_accuracy))},
+               provenance=provenance, x_label="heads zero-ablated (k)", y_label="needle accuracy",
+               description=f"needle accuracy with the top-k {ranking_name} heads zero-ablated, against k random "
+                           f"heads ({len(seeds)} seeds)", params={"seeds": list(seeds), "n_trials": n_trials})]

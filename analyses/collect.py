@@ -35,17 +35,17 @@ def sink_inputs(lm, prompts: Sequence[str | Tensor], *, source: Source = "patter
         sites = ([lens.Site.PATTERN] if source == "pattern" else []) + ([lens.Site.RESID_POST] if hidden else [])
         if source == "pattern":
             cap = lens.run(lm, ids, sites=sites).capture
-            layers = {layer: key_stats_from_pattern(cap.pattern(layer)) for layer in range(n_layers)}
+            layers = {layer: key_stats_from_pattern(cap.pattern(layer), lm.facts.causal) for layer in range(n_layers)}
         else:
             from kernels import StatsSpec
-            from kernels.hf_attention import stats_attention
+            from lens.recording.stats import stats_mode
 
-            with stats_attention(lm.model, StatsSpec(sink_tokens=1, window=0, key_stats=True)) as rec:
+            with stats_mode(lm.model, StatsSpec(sink_tokens=1, window=0, key_stats=True)) as rec:
                 if hidden:
                     cap = lens.run(lm, ids, sites=sites).capture
                 else:
                     lm.model(ids.to(lm.device))
-            layers = {layer: key_stats_from_kernel(rec.stats[layer][0]) for layer in range(n_layers)}
+            layers = {layer: key_stats_from_kernel(rec.stats[layer][0], lm.facts.causal) for layer in range(n_layers)}
         res = {layer: cap.get(lens.Site.RESID_POST, layer)[0] for layer in range(n_layers)} if hidden else {}
         out.append(SinkInput(layers=layers, tokens=lm.tokens(ids[0]), hidden=res))
         if on_prompt:
@@ -94,9 +94,9 @@ def streaming_masses(lm, prompts: Sequence[Tensor], *, sink: int, recent: int, s
                          for layer in range(lm.facts.n_layers)})
         else:
             from kernels import StatsSpec
-            from kernels.hf_attention import stats_attention
+            from lens.recording.stats import stats_mode
 
-            with stats_attention(lm.model, StatsSpec(sink_tokens=sink, window=recent, key_stats=False)) as rec:
+            with stats_mode(lm.model, StatsSpec(sink_tokens=sink, window=recent, key_stats=False)) as rec:
                 lm.model(ids.to(lm.device))
             runs.append({layer: (rec.stats[layer][0].sink_mass, rec.stats[layer][0].window_mass)
                          for layer in range(lm.facts.n_layers)})

@@ -61,9 +61,9 @@ def greedy_decode(lm, input_ids: Int[Tensor, " pos"], *, max_new_tokens: int = 4
             stack.enter_context(lens.capture(lm, sites=[lens.Site.RESID_POST], layers=[0], edits=edits))
         if source == "kernel":
             from kernels import StatsSpec
-            from kernels.hf_attention import stats_attention
+            from lens.recording.stats import stats_mode
 
-            rec = stack.enter_context(stats_attention(model, StatsSpec(sink_tokens=0, window=0, key_stats=False)))
+            rec = stack.enter_context(stats_mode(model, StatsSpec(sink_tokens=0, window=0, key_stats=False)))
         for step in range(max_new_tokens):
             out = model(cur, past_key_values=cache, use_cache=True)
             cache = out.past_key_values

@@ -8,14 +8,16 @@ minimise MSE between the full model's and the mixed model's final hidden states 
 answer tokens of synthetic passkey prompts, plus ``l1`` x the mean |alpha| (DuoAttention
 uses 0.05). Gates are clamped to [0, 1] after each step.
 
-The mixed attention is a registered transformers attention function, switched on for
-the duration of :func:`train_gates` and restored in ``finally``.
+The mixed attention is a compute entry on the model's attention stack (:mod:`lens.attention`)
+for the duration of :func:`train_gates`, so it nests with captures (which then see the mixed
+probabilities).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -23,9 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from analyses.niah import make_trial
-
-_IMPL = "attnlens_duo"
-_GATES_ATTR = "_attnlens_duo"
+from formats.errors import AnalysisError
+from lens.attention import AttentionCompute, attention_mode, repeat_kv
 
 
 @dataclass(frozen=True)
@@ -44,34 +45,48 @@ class GateConfig:
 
     def __post_init__(self) -> None:
         if self.length < 64 or self.prompts < 1 or self.steps < 1 or self.lr <= 0 or self.l1 < 0:
-            raise ValueError(f"GateConfig needs length >= 64, prompts >= 1, steps >= 1, lr > 0, l1 >= 0; got {self}")
+            raise AnalysisError(f"GateConfig needs length >= 64, prompts >= 1, steps >= 1, lr > 0, l1 >= 0; got {self}")
 
 
-def _mixed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """query ``[B, H, M, D]``, key/value ``[B, Hkv, N, D]`` -> ``([B, M, H, D], None)``."""
-    state = getattr(module, _GATES_ATTR)
-    gates, sink, recent = state["gates"], state["sink"], state["recent"]
-    groups = query.shape[1] // key.shape[1]
-    k = key.repeat_interleave(groups, dim=1)
-    v = value.repeat_interleave(groups, dim=1)
-    m, n = query.shape[2], k.shape[2]
-    pos = torch.arange(m, device=query.device) + (n - m)
-    keys = torch.arange(n, device=query.device)
-    causal = keys[None, :] <= pos[:, None]
-    stream = causal & ((keys[None, :] < sink) | (keys[None, :] > pos[:, None] - recent))
-    full = F.scaled_dot_product_attention(query, k, v, attn_mask=causal, scale=scaling)
-    part = F.scaled_dot_product_attention(query, k, v, attn_mask=stream, scale=scaling)
-    alpha = gates[module.layer_idx].clamp(0, 1).repeat_interleave(groups).view(1, -1, 1, 1)
-    out = alpha * full + (1 - alpha) * part
-    return out.transpose(1, 2).contiguous(), None
+class DuoGating(AttentionCompute):
+    """DuoAttention's mixed attention: ``alpha * full + (1 - alpha) * streaming`` per KV head.
 
+    ``gates [layer, kv_head]``; streaming attention sees the first ``sink`` and the last
+    ``recent`` keys (causal). The layer's mask is ignored: both parts build their own.
+    """
 
-def _register() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    name = "DuoAttention gating"
 
-    AttentionInterface.register(_IMPL, _mixed_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(_IMPL, sdpa_mask)
+    def __init__(self, gates: Tensor, sink: int, recent: int):
+        self.gates, self.sink, self.recent = gates, sink, recent
+
+    def _masks(self, m: int, n: int, device) -> tuple[Tensor, Tensor]:
+        pos = torch.arange(m, device=device) + (n - m)
+        keys = torch.arange(n, device=device)
+        causal = keys[None, :] <= pos[:, None]
+        stream = causal & ((keys[None, :] < self.sink) | (keys[None, :] > pos[:, None] - self.recent))
+        return causal, stream
+
+    def compute(self, module, layer, query, key, value, attention_mask, *, need_weights, modify, scaling=None,
+                **kwargs):
+        """query ``[B, H, M, D]``, key/value ``[B, Hkv, N, D]`` -> ``([B, M, H, D], weights or None)``."""
+        groups = query.shape[1] // key.shape[1]
+        k, v = repeat_kv(key, query.shape[1]), repeat_kv(value, query.shape[1])
+        causal, stream = self._masks(query.shape[2], k.shape[2], query.device)
+        alpha = self.gates[layer].clamp(0, 1).repeat_interleave(groups).view(1, -1, 1, 1)
+        if need_weights or modify is not None:  # the mixed probabilities, for observers (and modifiers)
+            scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+            scores = torch.matmul(query, k.transpose(2, 3)) * scale
+            full = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+            part = torch.softmax(scores.masked_fill(~stream, float("-inf")), dim=-1)
+            weights = alpha * full + (1 - alpha) * part
+            if modify is not None:
+                weights = modify(weights)
+            return torch.matmul(weights, v).transpose(1, 2).contiguous(), weights
+        full = F.scaled_dot_product_attention(query, k, v, attn_mask=causal, scale=scaling)
+        part = F.scaled_dot_product_attention(query, k, v, attn_mask=stream, scale=scaling)
+        out = alpha * full + (1 - alpha) * part
+        return out.transpose(1, 2).contiguous(), None
 
 
 def passkey_batch(lm, cfg: GateConfig) -> list[tuple[Tensor, Tensor]]:
@@ -101,17 +116,13 @@ def train_gates(lm, cfg: GateConfig = GateConfig(), on_step: Callable[[int, floa
         targets = [model(ids.to(lm.device), output_hidden_states=True).hidden_states[-1][0, pos] for ids, pos in data]
     gates = torch.nn.Parameter(torch.ones(f.n_layers, f.n_kv_heads, device=lm.device))
     opt = torch.optim.Adam([gates], lr=cfg.lr)
-    _register()
-    modules = [m for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int) and hasattr(m, "is_causal")]
-    previous = model.config._attn_implementation
     frozen = [p.requires_grad for p in model.parameters()]
     losses = []
+    stack = ExitStack()
     try:
         for p in model.parameters():
             p.requires_grad_(False)
-        for m in modules:
-            setattr(m, _GATES_ATTR, {"gates": gates, "sink": sink, "recent": recent})
-        model.set_attn_implementation(_IMPL)
+        stack.enter_context(attention_mode(model, DuoGating(gates, sink, recent)))
         for step in range(cfg.steps):
             opt.zero_grad()
             mse = 0.0
@@ -127,10 +138,7 @@ def train_gates(lm, cfg: GateConfig = GateConfig(), on_step: Callable[[int, floa
             if on_step:
                 on_step(step, float(loss.detach()))
     finally:
-        for m in modules:
-            if hasattr(m, _GATES_ATTR):
-                delattr(m, _GATES_ATTR)
-        model.set_attn_implementation(previous)
+        stack.close()
         for p, r in zip(model.parameters(), frozen):
             p.requires_grad_(r)
     record = {**cfg.__dict__, "sink": sink, "recent": recent, "scaled_from": [64, 256], "losses": losses}

@@ -21,9 +21,10 @@ from jaxtyping import Int
 from torch import Tensor
 
 from analyses.data import HAYSTACK_SENTENCES
+from formats.errors import AnalysisError
 
 
-class NiahError(ValueError):
+class NiahError(AnalysisError):
     """A needle-in-a-haystack request that cannot be built (bad depth, too long a needle, no chat template)."""
 
 

@@ -1,17 +1,27 @@
-"""The registry of analyses, for the CLI, the scan and the dashboards.
+"""The registry of analyses: what ``lens scan``, the CLI and the dashboards enumerate.
 
-An entry names an analysis, says what it measures and which metrics (result files)
-it writes. Register with the decorator on the module's pure scoring function:
+An entry names an analysis, says what it measures, which metrics (result files
+``ANALYSIS.METRIC``) it writes, which model modalities it applies to and whether ``lens
+scan`` runs it. The built-in entries are declared here, as data, so that reading the
+registry imports neither torch nor the analysis modules (the dashboards use it to describe
+results); an entry's scoring function is imported on first use. A test runs every scan
+entry on a tiny model and checks that what it writes is what it declares.
 
-    @register_analysis("sinks", "first-token and hidden attention sinks",
-                       metrics=("first_token_mass", "hidden_sink_count"))
-    def sink_scores(...) -> list[HeadScores]: ...
+Third-party analyses register a function directly::
+
+    @register_analysis("my_heads", "what it measures", metrics=("score",))
+    def my_scores(...) -> list[HeadScores]: ...
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from formats.facts import Modality
+
+TEXT, VISION, SPEECH, VISION_TEXT = Modality.TEXT, Modality.VISION, Modality.SPEECH, Modality.VISION_TEXT
 
 
 @dataclass(frozen=True)
@@ -19,20 +29,92 @@ class AnalysisEntry:
     name: str
     description: str
     metrics: tuple[str, ...]
-    function: Callable
+    function: str | Callable  # "module:attribute" (imported on first use) or the function
+    modalities: tuple[Modality, ...] = (TEXT,)
+    in_scan: bool = True  # `lens scan` runs it by default on models of these modalities
+    paper: str = ""
+    causal_only: bool = False  # needs a causal (generating) model: not for bidirectional encoders
+
+    def load(self) -> Callable:
+        """The scoring function."""
+        if callable(self.function):
+            return self.function
+        module, _, attr = self.function.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def result_names(self) -> list[str]:
+        return [f"{self.name}.{m}" for m in self.metrics]
 
 
 _REGISTRY: dict[str, AnalysisEntry] = {}
 
 
-def register_analysis(name: str, description: str, *, metrics: tuple[str, ...]):
+def _declare(entry: AnalysisEntry) -> None:
+    _REGISTRY[entry.name] = entry
+
+
+def register_analysis(name: str, description: str, *, metrics: tuple[str, ...],
+                      modalities: tuple[Modality, ...] = (TEXT,), in_scan: bool = False):
+    """Decorator adding a scoring function to the registry under ``name``."""
+
     def wrap(fn: Callable) -> Callable:
-        _REGISTRY[name] = AnalysisEntry(name, description, tuple(metrics), fn)
+        _declare(AnalysisEntry(name, description, tuple(metrics), fn, tuple(modalities), in_scan))
         return fn
 
     return wrap
 
 
 def analyses() -> dict[str, AnalysisEntry]:
-    """All registered analyses (importing :mod:`analyses` registers the built-in ones)."""
+    """All registered analyses, built-in and registered."""
     return dict(_REGISTRY)
+
+
+def for_modality(modality: Modality, *, causal: bool = True, scan_only: bool = True) -> list[AnalysisEntry]:
+    """The analyses that apply to models of ``modality`` (those ``lens scan`` runs, by default);
+    ``causal=False`` (a bidirectional encoder) leaves out those that need generation."""
+    return [e for e in _REGISTRY.values() if modality in e.modalities and (e.in_scan or not scan_only)
+            and (causal or not e.causal_only)]
+
+
+def describe(result_name: str) -> str:
+    """The registry's description of the analysis a result (``ANALYSIS.METRIC``) belongs to ("" if unknown)."""
+    entry = _REGISTRY.get(result_name.split(".", 1)[0])
+    return entry.description if entry else ""
+
+
+for _entry in (
+    AnalysisEntry("summary", "per-head first-token (sink) mass and attention entropy", ("sink_mass", "entropy"),
+                  "analyses.attention_summary:attention_summary", (TEXT,), paper="StreamingLLM (Xiao et al. 2023)"),
+    AnalysisEntry("sinks", "first-token sinks, hidden sinks (ACT) and massive activations",
+                  ("first_token_mass", "hidden_sinks"), "analyses.sinks:sink_scores", (TEXT,),
+                  paper="StreamingLLM; ACT (Yu et al. 2024); Sun et al. 2024"),
+    AnalysisEntry("taxonomy", "previous-token, duplicate-token, induction, local and positional head scores",
+                  ("previous_token", "duplicate_token", "induction", "local", "positional"),
+                  "analyses.taxonomy:taxonomy_scores", (TEXT,)),
+    AnalysisEntry("retrieval", "retrieval score per head on needle-in-a-haystack decoding",
+                  ("retrieval_score",), "analyses.retrieval:retrieval_scores", (TEXT,),
+                  paper="Wu et al. 2024, Retrieval Head", causal_only=True),
+    AnalysisEntry("streaming", "streaming-vs-retrieval heads: attention mass on sink + recent keys, and trained "
+                  "DuoAttention gates", ("streaming_mass", "duo_gate"), "analyses.streaming:streaming_profile",
+                  (TEXT,), paper="DuoAttention (Xiao et al. 2024)", causal_only=True),
+    AnalysisEntry("ablation", "needle accuracy with the top-k heads of a ranking ablated vs k random heads",
+                  ("retrieval_ablation",), "analyses.causal:ablation_scores", (TEXT,), in_scan=False,
+                  paper="Wu et al. 2024 (causal test)", causal_only=True),
+    AnalysisEntry("cross_attention", "decoder cross-attention over encoder frames against gradient x input saliency "
+                  "(Pearson, Spearman, saliency share) per head, layer and aggregated",
+                  ("pearson", "spearman", "saliency_share", "saliency_in_focus"),
+                  "analyses.cross_attention:cross_attention_agreement", (SPEECH,),
+                  paper="Cross-Attention is Half Explanation in Speech-to-Text Models"),
+    AnalysisEntry("alignment_heads", "how well each cross-attention head's peaks follow word timing",
+                  ("hit_rate",), "analyses.cross_attention:alignment_head_scores", (SPEECH,),
+                  paper="Whisper word timestamps (alignment heads + DTW)"),
+    AnalysisEntry("vit_distance", "ViT mean attention distance (patches) and distance profile per head",
+                  ("mean_distance",), "analyses.vit_heads:attention_distance", (VISION,)),
+    AnalysisEntry("vit_cls", "entropy of the CLS token's attention over the patches (low = concentrated)",
+                  ("cls_entropy",), "analyses.vit_heads:cls_concentration", (VISION,)),
+    AnalysisEntry("vit_families", "families of heads by k-means over their attention distance profiles",
+                  ("family",), "analyses.vit_heads:pattern_families", (VISION,)),
+    AnalysisEntry("vit_pruning", "ViT head importance: 1 - cosine of the CLS embedding when the head is zeroed",
+                  ("cls_cosine_drop",), "analyses.vit_heads:pruning_importance", (VISION,)),
+):
+    _declare(_entry)

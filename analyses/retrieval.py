@@ -21,14 +21,14 @@ import numpy as np
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from analyses.registry import register_analysis
 from analyses.result import HeadScores, Provenance
+from formats.errors import AnalysisError
 
 RECALL_THRESHOLD = 0.5  # Wu et al.'s reference code: ROUGE-1 recall of the needle > 50
 RETRIEVAL_THRESHOLD = 0.1  # "retrieval head" in the paper: score > 0.1
 
 
-class RetrievalError(ValueError):
+class RetrievalError(AnalysisError):
     """Retrieval scoring that cannot be done (no trial passed, inconsistent shapes)."""
 
 
@@ -65,8 +65,6 @@ def copy_counts(trace: DecodeTrace) -> Tensor:
     return copies.sum(0)
 
 
-@register_analysis("retrieval", "retrieval score per head on needle-in-a-haystack decoding (Wu et al. 2024)",
-                   metrics=("retrieval_score",))
 def retrieval_scores(traces: Sequence[DecodeTrace], *, provenance: Provenance,
                      recall_threshold: float = RECALL_THRESHOLD) -> list[HeadScores]:
     """Mean per-trial retrieval score over the trials whose answer passes (ROUGE-1 recall > threshold).

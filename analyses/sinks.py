@@ -25,8 +25,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from analyses.registry import register_analysis
 from analyses.result import HeadScores, Provenance
+from formats.errors import AnalysisError
 
 HIDDEN_SINK_THRESHOLD = 0.1
 FIRST_TOKEN_THRESHOLD = 0.5
@@ -51,31 +51,30 @@ class SinkInput:
     hidden: Mapping[int, Float[Tensor, "pos d_model"]] = field(default_factory=dict)
 
 
-def key_stats_from_pattern(pattern: Float[Tensor, "batch head q k"]) -> KeyStats:
-    """From a full causal self-attention pattern of one prompt (batch item 0, q == k)."""
+def key_stats_from_pattern(pattern: Float[Tensor, "batch head q k"], causal: bool = True) -> KeyStats:
+    """From a full self-attention pattern of one prompt (batch item 0, q == k); with ``causal``
+    key j is seen by the N - j queries at or after it, without (a bidirectional encoder) by all N."""
     p = pattern[0].double()
     n = p.shape[-1]
-    n_queries = torch.arange(n, 0, -1, dtype=torch.float64)
+    n_queries = torch.arange(n, 0, -1, dtype=torch.float64) if causal else torch.full((n,), float(n), dtype=torch.float64)
     return KeyStats(first_mass=p[:, 1:, 0].mean(-1) if n > 1 else p[:, :, 0].mean(-1),
                     received_mean=p.sum(-2) / n_queries, n_queries=n_queries)
 
 
-def key_stats_from_kernel(stats) -> KeyStats:
+def key_stats_from_kernel(stats, causal: bool = True) -> KeyStats:
     """From a prefill :class:`kernels.AttnStats` with ``sink_tokens=1`` and ``key_stats=True`` (batch item 0)."""
     sink = stats.sink_mass[0].double()
     n = stats.received_mean.shape[-1]
     return KeyStats(first_mass=(sink[:, 1:] if n > 1 else sink).mean(-1).float(),
                     received_mean=stats.received_mean[0].float(),
-                    n_queries=torch.arange(n, 0, -1, dtype=torch.float32))
+                    n_queries=torch.arange(n, 0, -1, dtype=torch.float32) if causal else torch.full((n,), float(n)))
 
 
-@register_analysis("sinks", "first-token sinks, hidden sinks (ACT) and massive activations",
-                   metrics=("first_token_mass", "hidden_sinks"))
 def sink_scores(prompts: Sequence[SinkInput], *, n_layers: int, n_heads: int, provenance: Provenance,
                 min_queries: int = 10, massive_ratio: float = 100.0, massive_abs: float = 100.0) -> list[HeadScores]:
     """First-token mass and hidden-sink counts per ``[layer, head]``, averaged over prompts."""
     if not prompts:
-        raise ValueError("no prompts given: sink scores need at least one prompt")
+        raise AnalysisError("no prompts given: sink scores need at least one prompt")
     first = np.zeros((n_layers, n_heads))
     hidden = np.zeros((n_layers, n_heads))
     count = np.zeros(n_layers)

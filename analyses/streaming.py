@@ -23,8 +23,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from analyses.registry import register_analysis
 from analyses.result import HeadScores, Provenance
+from formats.errors import AnalysisError
 
 PAPER_SINK, PAPER_RECENT, PAPER_CONTEXT = 64, 256, 8192
 
@@ -46,8 +46,6 @@ def masses_from_pattern(pattern: Float[Tensor, "batch head q k"], *, sink: int, 
     return p[..., :sink].sum(-1).float(), (p * band).sum(-1).float()
 
 
-@register_analysis("streaming", "streaming-vs-retrieval profile: attention mass on sink + recent keys "
-                   "(DuoAttention), and trained gates", metrics=("streaming_mass", "duo_gate"))
 def streaming_profile(runs: Sequence[Mapping[int, tuple[Tensor, Tensor]]], *, n_layers: int, n_heads: int,
                       sink: int, recent: int, provenance: Provenance,
                       retrieval: np.ndarray | None = None) -> list[HeadScores]:
@@ -67,7 +65,7 @@ def streaming_profile(runs: Sequence[Mapping[int, tuple[Tensor, Tensor]]], *, n_
             total[layer] += m.sum((0, 2)).numpy()
             count[layer] += m.shape[0] * m.shape[2]
     if not count.any():
-        raise ValueError(f"no prompt is longer than sink + recent = {sink + recent} tokens: use longer prompts")
+        raise AnalysisError(f"no prompt is longer than sink + recent = {sink + recent} tokens: use longer prompts")
     with np.errstate(invalid="ignore"):
         mass = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     summary = {"heads_streaming_above_0.9": int(np.nansum(mass > 0.9)), "n_heads": int(mass.size),

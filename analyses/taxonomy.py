@@ -22,13 +22,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from analyses.registry import register_analysis
 from analyses.result import HeadScores, Provenance
+from formats.errors import AnalysisError
 
 METRICS = ("previous_token", "duplicate_token", "induction", "local", "positional")
 
 
-class TaxonomyError(ValueError):
+class TaxonomyError(AnalysisError):
     """Patterns that do not fit the repeated-sequence layout."""
 
 
@@ -61,8 +61,6 @@ def head_type_scores(pattern: Float[Tensor, "batch head q k"], *, repeat_len: in
             "positional": positional}
 
 
-@register_analysis("taxonomy", "previous-token, duplicate-token, induction, local and positional head scores",
-                   metrics=METRICS)
 def taxonomy_scores(patterns: Mapping[int, Float[Tensor, "batch head q k"]], *, n_layers: int, n_heads: int,
                     repeat_len: int, provenance: Provenance, offset: int = 0, window: int = 4) -> list[HeadScores]:
     """One :class:`HeadScores` per metric from each layer's pattern on repeated random sequences."""

@@ -25,12 +25,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from analyses.registry import register_analysis
 from analyses.result import HeadScores, Provenance
+from formats.errors import AnalysisError
 from lens.vision import ImageLayout
 
 
-class VitHeadsError(ValueError):
+class VitHeadsError(AnalysisError):
     """Patterns or parameters that do not fit the image layout or the model."""
 
 
@@ -54,8 +54,6 @@ def _grid(n_layers: int, n_heads: int, *extra: int) -> np.ndarray:
     return np.full((n_layers, n_heads, *extra), np.nan)
 
 
-@register_analysis("vit_distance", "ViT mean attention distance (patches) and distance profile per head",
-                   metrics=("mean_distance",))
 def attention_distance(patterns: Mapping[int, Float[Tensor, "batch head q k"]], layout: ImageLayout, *,
                        n_layers: int, n_heads: int, provenance: Provenance) -> HeadScores:
     """Mean attention distance per ``[layer, head]`` (in patches), from full patterns.
@@ -92,8 +90,6 @@ def attention_distance(patterns: Mapping[int, Float[Tensor, "batch head q k"]], 
     )
 
 
-@register_analysis("vit_cls", "entropy of the CLS token's attention over the patches (low = concentrated)",
-                   metrics=("cls_entropy",))
 def cls_concentration(patterns: Mapping[int, Float[Tensor, "batch head q k"]], layout: ImageLayout, *,
                       n_layers: int, n_heads: int, provenance: Provenance) -> HeadScores:
     """Entropy (nats) of CLS -> patch attention (renormalised) per ``[layer, head]``, mean over images.
@@ -153,8 +149,6 @@ def kmeans(x: Float[np.ndarray, "n d"], k: int, *, seed: int = 0, n_init: int = 
     return best
 
 
-@register_analysis("vit_families", "families of heads by k-means over their attention distance profiles",
-                   metrics=("family",))
 def pattern_families(distance: HeadScores, *, k: int = 4, seed: int = 0) -> HeadScores:
     """Cluster heads by the ``profile`` array of :func:`attention_distance` into ``k`` families.
 
@@ -186,8 +180,6 @@ def pattern_families(distance: HeadScores, *, k: int = 4, seed: int = 0) -> Head
     )
 
 
-@register_analysis("vit_pruning", "ViT head importance: 1 - cosine of the CLS embedding when the head is zeroed",
-                   metrics=("cls_cosine_drop",))
 def pruning_importance(clean: Float[Tensor, "batch d_model"],
                        pruned: Mapping[tuple[int, int], Float[Tensor, "batch d_model"]], *,
                        n_layers: int, n_heads: int, provenance: Provenance) -> HeadScores:

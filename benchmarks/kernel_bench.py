@@ -13,7 +13,7 @@ Methods:
   kernel_rowcol   same with the second, per-key pass (key_stats=True)
 
 ``--model`` adds a Llama-3-8B-shaped model with random bf16 weights: one forward of the whole model with plain SDPA
-vs inside ``stats_attention`` (stats of every layer) at N = 8k and 32k.
+vs inside ``lens.stats_mode`` (stats of every layer) at N = 8k and 32k.
 
 Targets on an H100: kernel_row <= 1.3x SDPA, kernel_rowcol <= 2.0x SDPA.
 
@@ -194,7 +194,7 @@ def run_model(args: argparse.Namespace, device: torch.device) -> dict:
     """Whole-model forward: plain SDPA vs stats of every layer. Returns a JSON-able dict."""
     from transformers import LlamaForCausalLM
 
-    from kernels.hf_attention import stats_attention
+    from lens.recording.stats import stats_mode
 
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     result: dict = {"layers_requested": args.model_layers, "rows": []}
@@ -234,7 +234,7 @@ def run_model(args: argparse.Namespace, device: torch.device) -> dict:
                     if key_stats is None:
                         return model(ids, logits_to_keep=1, use_cache=False)
                     s = StatsSpec(**{**asdict(spec), "key_stats": key_stats})
-                    with stats_attention(model, s):
+                    with stats_mode(model, s):
                         return model(ids, logits_to_keep=1, use_cache=False)
             try:
                 if device.type == "cuda":

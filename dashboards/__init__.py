@@ -1,24 +1,29 @@
-"""Dashboards and reports over saved results: they read files, never models.
+"""Dashboards and reports over saved results: they read files through :mod:`formats`, never
+models (importing this package loads neither torch nor ``lens``).
 
-Views (each a ``param``-based Panel ``Viewer`` taking a :class:`ResultsFolder`):
-:class:`HeadAtlas`, :class:`AttentionExplorer`, :class:`HeadMap`, :class:`QKMap`,
-:class:`SweepsView`, :class:`VisionOverlay`, all wired in :class:`Dashboard`.
-Reports: :func:`write_report` (``lens report``). Serving: :func:`serve` (``lens dashboard``).
+Views (each a ``param``-based Panel ``Viewer``): :class:`HeadAtlas`, :class:`AttentionExplorer`,
+:class:`HeadsGrid`, :class:`HeadMap`, :class:`QKMap`, :class:`StatsRunView`,
+:class:`AblationsView`, :class:`CircuitView`, :class:`VisionOverlay`, :class:`ContributionView`,
+all wired in :class:`Dashboard`. Reports: :func:`write_report` (``lens report``). Serving:
+:func:`serve` (``lens dashboard``). Jupyter: :func:`show` (what ``lens.show`` calls).
 """
 
-from dashboards.data import CaptureFile, Circuit, ResultsFolder, ResultsFolderError, Sweep
+from formats import CaptureFile, ResultsFolder, ResultsFolderError
 
 __all__ = [
-    "AttentionExplorer", "CaptureFile", "Circuit", "Dashboard", "HeadAtlas", "HeadMap", "QKMap", "ResultsFolder",
-    "ResultsFolderError", "SweepsView", "Sweep", "VisionOverlay", "serve", "write_report",
+    "AblationsView", "AttentionExplorer", "CaptureFile", "CircuitView", "ContributionView", "Dashboard", "HeadAtlas",
+    "HeadMap", "HeadsGrid", "ModelResults", "QKMap", "ResultsFolder", "ResultsFolderError", "StatsRunView",
+    "VisionOverlay", "serve", "show", "write_report",
 ]
 
-_LAZY = {"AttentionExplorer": "explorer", "Dashboard": "app", "HeadAtlas": "atlas", "HeadMap": "maps",
-         "QKMap": "maps", "SweepsView": "sweeps", "VisionOverlay": "vision", "serve": "app", "write_report": "report"}
+_LAZY = {"AblationsView": "ablations", "AttentionExplorer": "explorer", "CircuitView": "circuits",
+         "ContributionView": "dla", "Dashboard": "app", "HeadAtlas": "atlas", "HeadMap": "maps", "HeadsGrid": "heads_grid",
+         "ModelResults": "selection", "QKMap": "maps", "StatsRunView": "stats_view", "VisionOverlay": "vision",
+         "serve": "app", "show": "inline", "write_report": "report"}
 
 
 def __getattr__(name: str):
-    # views import panel and bokeh (slow): load them on first use, not with the data layer
+    # views import panel and bokeh (slow): load them on first use, not with the package
     if name in _LAZY:
         import importlib
 

@@ -1,94 +1,96 @@
-"""The head atlas: a layer x head heatmap of any saved score, with hover and click-to-select."""
+"""The head atlas: a layer x head heatmap of any saved score of one model, with hover, a
+colour bar and click-to-select."""
 
 from __future__ import annotations
+
+import html
 
 import numpy as np
 import panel as pn
 import param
 
-from dashboards._bokeh import _finite_range, head_grid_data, head_heatmap
-from dashboards.data import ResultsFolder, head_label
+from dashboards._bokeh import HeadGrid, cell_at, on_click
+from dashboards.compute import head_label
+from dashboards.selection import ModelResults, describe
 
 PREFERRED = ("summary.sink_mass", "summary.entropy")  # shown first when present
 
 
 class HeadAtlas(pn.viewable.Viewer):
-    """Heatmap of ``metric``'s scores ``[layer, head]``; clicking a cell sets ``selected``.
+    """Heatmap of one result's scores ``[layer, head]``; a click on a cell sets ``selected``.
 
-    Inputs: a :class:`ResultsFolder`. Parameters: ``metric`` (one of the folder's result
-    names) and ``selected`` ``(layer, head)``, which other views follow.
+    Inputs: a :class:`ModelResults` (one model's results). Parameters: ``metric`` (a result
+    label, e.g. ``scan/summary.sink_mass``), ``selected`` ``(layer, head)`` (other views
+    follow it) and ``clicks`` (how many clicks were answered).
     """
 
-    metric = param.Selector(objects=[], doc="Result shown, ANALYSIS.METRIC")
+    metric = param.Selector(objects=[], doc="Result shown (its label in the folder)")
     selected = param.Tuple(default=(0, 0), length=2, doc="(layer, head) picked by a click")
+    clicks = param.Integer(default=0, doc="Clicks answered so far")
 
-    def __init__(self, folder: ResultsFolder, **params):
-        self.folder = folder
-        names = folder.names
-        first = next((n for n in PREFERRED if n in names), names[0] if names else None)
+    def __init__(self, sel: ModelResults, **params):
+        self.sel = sel
+        labels = sel.labels
+        ranked = [k for name in PREFERRED for k in labels if k.rsplit("/", 1)[-1] == name]
+        first = ranked[0] if ranked else (labels[0] if labels else None)
         metric = params.pop("metric", first)
         super().__init__(**params)
-        self.param.metric.objects = names  # per instance: param copies parameters on first write
+        self.param.metric.objects = labels  # per instance: param copies parameters on first write
         with param.discard_events(self):
             self.metric = metric
-        scores = self._scores()
-        self._fig, self._source, self._mapper, self._mark = head_heatmap(scores, self._title())
-        self._source.selected.on_change("indices", self._on_tap)
-        self._pane = pn.pane.Bokeh(self._fig, sizing_mode="fixed")
-        self._info = pn.pane.Markdown(self._info_text(), sizing_mode="stretch_width")
+        self.grid = HeadGrid(self._scores(), self._title(), name="head_heatmap")
+        on_click(self.grid.figure, self._on_click)
+        self._pane = pn.pane.Bokeh(self.grid.figure, sizing_mode="fixed")
+        self._info = pn.pane.HTML("", sizing_mode="stretch_width", name="atlas_info")
         self._mark_selected()
 
     # ---- state -----------------------------------------------------------------------
     def _scores(self) -> np.ndarray:
-        r = self.folder.by_name.get(self.metric)
+        r = self.sel.results.get(self.metric)
         if r is not None:
             return r.scores
-        return np.full(self.folder.shape if all(self.folder.shape) else (1, 1), np.nan)
+        return np.full(self.sel.shape if all(self.sel.shape) else (1, 1), np.nan)
 
     def _title(self) -> str:
-        r = self.folder.by_name.get(self.metric)
-        return f"{self.folder.model}: {r.name}" if r else f"{self.folder.model}: no results"
+        r = self.sel.results.get(self.metric)
+        return f"{self.sel.model}: {r.name}" if r else f"{self.sel.model}: no head scores"
 
-    def _on_tap(self, attr, old, new) -> None:
-        if new:
-            i = new[0]
-            self.selected = (int(self._source.data["layer"][i]), int(self._source.data["head"][i]))
+    def _on_click(self, x: float, y: float) -> None:
+        cell = cell_at(x, y, *self.grid.shape[::-1])
+        if cell is None:
+            return
+        self.clicks += 1
+        if self.selected != cell:
+            self.selected = cell  # the watchers mark it and the other views follow
+        else:  # a re-click of the selected cell: nothing else changes, but it is answered
+            self._mark_selected()
 
     @param.depends("metric", watch=True)
     def _update_metric(self) -> None:
-        scores = self._scores()
-        if scores.shape != (max(self._source.data["layer"], default=-1) + 1,
-                            max(self._source.data["head"], default=-1) + 1):
-            self._fig, self._source, self._mapper, self._mark = head_heatmap(scores, self._title())
-            self._source.selected.on_change("indices", self._on_tap)
-            self._pane.object = self._fig
-            self._mark_selected()
-        else:
-            self._source.data = head_grid_data(scores)
-            self._mapper.low, self._mapper.high = _finite_range(scores)
-            self._fig.title.text = self._title()
-        self._info.object = self._info_text()
+        self.grid.update(self._scores(), self._title())
+        self._info.object = self._info_html()
 
     @param.depends("selected", watch=True)
     def _mark_selected(self) -> None:
         layer, head = self.selected
-        self._mark.data = {"layer": [layer], "head": [head]}
-        self._info.object = self._info_text()
+        self.grid.mark_cell(layer, head, self.clicks)
+        self._info.object = self._info_html()
 
     def value(self, layer: int, head: int) -> float:
         """The shown score of one head (NaN when not scored or out of range)."""
         s = self._scores()
         return float(s[layer, head]) if layer < s.shape[0] and head < s.shape[1] else float("nan")
 
-    def _info_text(self) -> str:
-        r = self.folder.by_name.get(self.metric)
+    def _info_html(self) -> str:
+        r = self.sel.results.get(self.metric)
         if r is None:
-            return "No readable results in this folder."
+            return "<p>No head scores for this model in this folder.</p>"
         layer, head = self.selected
         v = self.value(layer, head)
-        return (f"**{r.name}**: {r.description or 'no description'}  \n"
-                f"selected **{head_label(layer, head)}** = {v:.4g} · click a cell to explore a head")
+        desc = html.escape(describe(self.sel, self.metric) or "no description")
+        return (f"<p><b>{html.escape(r.name)}</b>: {desc}<br>selected <b>{head_label(layer, head)}</b> = "
+                f"{'not scored' if not np.isfinite(v) else f'{v:.4g}'} · click a cell to explore a head</p>")
 
     def __panel__(self):
-        return pn.Column(pn.widgets.Select.from_param(self.param.metric, name="score", width=320),
-                         self._pane, self._info, name="Head atlas")
+        return pn.Column(pn.widgets.Select.from_param(self.param.metric, name="score", width=380),
+                         self._pane, self._info, name="Head atlas", width=410)

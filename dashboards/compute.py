@@ -1,25 +1,84 @@
-"""Numpy helpers behind the views: bounded windows of long patterns, per-head statistics,
-head profiles and types, and 2-D embeddings (UMAP, or PCA where UMAP is not wanted).
+"""Numpy helpers behind the views: bounded windows of long patterns, colour scales, per-head
+statistics, and the 2-D embeddings of the head map (cached on disk).
 
-Everything takes and returns numpy arrays; nothing here draws or loads a model.
+Everything takes and returns numpy arrays; nothing here draws, reads a model or imports
+torch. Patterns are ``[q, k]`` (one head), scores ``[layer, head]``.
 """
 
 from __future__ import annotations
 
+import enum
+import hashlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from dashboards.data import ResultsFolder
-
 MAX_WINDOW = 256  # query rows shown at once, whatever the user asks
 CONTEXT_BINS = 16  # keys outside the window are pooled into at most this many columns per side
+LOG_FLOOR = 1e-4  # the lowest weight a log scale distinguishes from zero
+
+
+class ColorScale(str, enum.Enum):
+    """How attention weights map to colour.
+
+    ``LINEAR``: 0 .. the largest weight. ``LOG``: log10 from :data:`LOG_FLOOR` (structure
+    in small weights). ``NO_SINK``: linear up to the largest weight *off the sink column*
+    (key 0), the sink drawn in the above-scale colour, so a sink-dominated head still shows
+    its other structure (an induction stripe, a previous-token diagonal).
+    """
+
+    NO_SINK = "sink column excluded"
+    LINEAR = "linear"
+    LOG = "log"
+
+
+SCALE_OPTIONS = {s.value: s for s in ColorScale}  # widget label -> scale
 
 
 def token_label(tok: str, width: int = 10) -> str:
     """A token made visible on an axis: spaces as '␣', newlines as '↵', long ones cut."""
     t = tok.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥")
     return t if len(t) <= width else t[: width - 1] + "…"
+
+
+def head_label(layer: int, head: int) -> str:
+    return f"L{layer}H{head}"
+
+
+def color_range(values: np.ndarray, scale: ColorScale, sink_columns: np.ndarray | None = None) -> tuple[float, float]:
+    """``(low, high)`` of the colour scale for ``values`` (any shape; NaN ignored).
+
+    ``sink_columns``: a boolean mask of ``values``' shape marking the sink column's cells,
+    left out of the range for :attr:`ColorScale.NO_SINK` (their colour saturates).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if scale is ColorScale.NO_SINK and sink_columns is not None:
+        rest = v[~np.asarray(sink_columns, bool) & np.isfinite(v)]
+        if rest.size and rest.max() > 0:
+            v = rest
+    finite = v[np.isfinite(v)]
+    hi = float(finite.max()) if finite.size else 1.0
+    if scale is ColorScale.LOG:
+        pos = finite[finite > 0]
+        lo = max(LOG_FLOOR, float(pos.min())) if pos.size else LOG_FLOOR
+        return lo, max(hi, lo * 10)
+    return 0.0, max(hi, 1e-6)
+
+
+def stripe_visibility(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, high: float) -> float:
+    """Mean colour intensity (value / scale top, clipped to 1) of the cells ``(rows, cols)``:
+    how dark a stripe of a pattern is drawn, 1 = the darkest colour."""
+    v = np.asarray(values, np.float64)[rows, cols]
+    return float(np.clip(v / max(high, 1e-12), 0, 1).mean()) if v.size else 0.0
+
+
+def thin_ticks(n: int, max_labels: int) -> list[int]:
+    """At most ``max_labels`` evenly spaced tick positions of ``0 .. n-1`` (labels that would
+    overlap are dropped, not drawn on top of each other)."""
+    step = max(1, int(np.ceil(n / max(1, max_labels))))
+    return list(range(0, n, step))
 
 
 @dataclass
@@ -40,6 +99,21 @@ class PatternWindow:
     @property
     def n_cells(self) -> int:
         return int(self.values.size)
+
+    def column_of(self, key: int) -> int | None:
+        """The column that holds ``key`` (None when it is outside every column)."""
+        for j, (a, b) in enumerate(self.col_ranges):
+            if a <= key < b:
+                return j
+        return None
+
+    def sink_mask(self) -> np.ndarray:
+        """``[n_rows, n_cols]`` True in the column holding key 0 alone (the usual sink)."""
+        m = np.zeros(self.values.shape, bool)
+        j = self.column_of(0)
+        if j is not None and self.col_ranges[j] == (0, 1):
+            m[:, j] = True
+        return m
 
 
 def _bins(lo: int, hi: int, n: int) -> list[tuple[int, int]]:
@@ -68,6 +142,20 @@ def window_pattern(pattern: np.ndarray, start: int, size: int) -> PatternWindow:
     return PatternWindow(start, end, cols, values.astype(np.float32))
 
 
+def downsample(pattern: np.ndarray, size: int) -> np.ndarray:
+    """``[q, k]`` pooled to at most ``[size, size]`` by summing key blocks and averaging query
+    blocks (rows still sum to the attention mass), for small multiples of many heads."""
+    p = np.asarray(pattern, np.float64)
+    n_q, n_k = p.shape
+    if n_q <= size and n_k <= size:
+        return p.astype(np.float32)
+    qe = np.unique(np.linspace(0, n_q, min(size, n_q) + 1).round().astype(int))
+    ke = np.unique(np.linspace(0, n_k, min(size, n_k) + 1).round().astype(int))
+    cols = np.add.reduceat(p, ke[:-1], axis=1)
+    rows = np.add.reduceat(cols, qe[:-1], axis=0) / np.diff(qe)[:, None]
+    return rows.astype(np.float32)
+
+
 def pattern_stats(pattern: np.ndarray, skip: int = 1) -> dict[str, float]:
     """Summary numbers of one head's pattern ``[q, k]``, averaged over queries ``>= skip``.
 
@@ -76,10 +164,11 @@ def pattern_stats(pattern: np.ndarray, skip: int = 1) -> dict[str, float]:
     """
     p = np.asarray(pattern, dtype=np.float64)
     n_q, n_k = p.shape
-    rows = p[min(skip, n_q - 1):]
-    q_idx = np.arange(min(skip, n_q - 1), n_q)
+    first = min(skip, n_q - 1)
+    rows = p[first:]
+    q_idx = np.arange(first, n_q)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ent = -np.nansum(np.where(rows > 0, rows * np.log(rows), 0.0), axis=1)
+        ent = -np.nansum(np.where(rows > 0, rows * np.log(np.where(rows > 0, rows, 1.0)), 0.0), axis=1)
     k_idx = np.arange(n_k)
     prev = np.array([rows[i, q - 1] if 0 < q <= n_k else 0.0 for i, q in enumerate(q_idx)])
     selfm = np.array([rows[i, q] if q < n_k else 0.0 for i, q in enumerate(q_idx)])
@@ -95,74 +184,22 @@ def pattern_stats(pattern: np.ndarray, skip: int = 1) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------
-# head profiles, types and 2-D maps
+# 2-D maps
 # ---------------------------------------------------------------------------------------
-@dataclass
-class HeadProfiles:
-    """One row per head: ``features`` ``[n_heads_total, n_features]`` z-scored, NaN -> 0."""
-
-    layers: np.ndarray  # [n]
-    heads: np.ndarray  # [n]
-    features: np.ndarray  # [n, f]
-    feature_names: list[str]
-    types: list[str]  # [n] a head type per head
+def cache_dir() -> Path:
+    """Where head-map embeddings are cached ($ATTNLENS_CACHE or ~/.cache/attnlens, then dashboard-maps)."""
+    root = os.environ.get("ATTNLENS_CACHE") or str(Path.home() / ".cache" / "attnlens")
+    return Path(root) / "dashboard-maps"
 
 
-def head_profiles(folder: ResultsFolder) -> HeadProfiles:
-    """Profiles of every head from every result of the folder's main shape.
-
-    Head types come from a ``taxonomy`` result whose scores are type codes named by
-    ``params["type_names"]`` when the folder has one; otherwise each head is typed by the metric
-    it stands out most in (largest |z|, marked high or low), or "typical" when none does.
-    """
-    n_layers, n_heads = folder.shape
-    rs = [r for r in folder.results if r.shape == (n_layers, n_heads)]
-    layers, heads = np.divmod(np.arange(n_layers * n_heads), max(n_heads, 1))
-    cols, names = [], []
-    for r in rs:
-        if _is_type_codes(r):
-            continue
-        v = r.scores.ravel()
-        mu, sd = np.nanmean(v) if np.isfinite(v).any() else 0.0, np.nanstd(v) if np.isfinite(v).any() else 0.0
-        z = (v - mu) / sd if sd > 0 else np.zeros_like(v)
-        cols.append(np.nan_to_num(z))
-        names.append(r.name)
-    feats = np.stack(cols, axis=1) if cols else np.zeros((n_layers * n_heads, 0))
-    types = _taxonomy_types(folder, n_layers, n_heads)
-    if types is None:
-        types = []
-        for row in feats:
-            if row.size == 0 or np.max(np.abs(row)) < 1.0:
-                types.append("typical")
-            else:
-                j = int(np.argmax(np.abs(row)))
-                types.append(f"{names[j].split('.', 1)[-1]} {'high' if row[j] > 0 else 'low'}")
-    return HeadProfiles(layers, heads, feats, names, types)
-
-
-def _is_type_codes(r) -> bool:
-    """A taxonomy result whose scores are type codes named by ``params["type_names"]``."""
-    return r.analysis == "taxonomy" and bool(r.params.get("type_names"))
-
-
-def _taxonomy_types(folder: ResultsFolder, n_layers: int, n_heads: int) -> list[str] | None:
-    tax = next((r for r in folder.results if _is_type_codes(r) and r.shape == (n_layers, n_heads)), None)
-    if tax is None:
-        return None
-    names = [str(s) for s in tax.params.get("type_names", [])]
-    out = []
-    for v in tax.scores.ravel():
-        if not np.isfinite(v):
-            out.append("unscored")
-        else:
-            i = int(v)
-            out.append(names[i] if 0 <= i < len(names) else f"type {i}")
-    return out
-
-
-def embed_2d(x: np.ndarray, method: str = "umap", seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
+def embed_2d(x: np.ndarray, method: str = "umap", seed: int = 0, n_neighbors: int = 15, *,
+             cache: bool = False) -> np.ndarray:
     """``[n, f]`` -> ``[n, 2]``: UMAP (umap-learn) or PCA (numpy SVD, instant, for tests and
-    for fewer than 4 points). Constant input gives points spread on a line."""
+    for fewer than 4 points). Constant input gives points spread on a line.
+
+    With ``cache``, a UMAP embedding is stored under :func:`cache_dir`, keyed by a hash of
+    the input and the settings, so the same folder's map opens at once the next time.
+    """
     x = np.asarray(x, dtype=np.float64)
     n = x.shape[0]
     if n == 0:
@@ -170,11 +207,29 @@ def embed_2d(x: np.ndarray, method: str = "umap", seed: int = 0, n_neighbors: in
     if x.shape[1] == 0 or np.allclose(x, x[:1]):
         return np.stack([np.arange(n, dtype=float), np.zeros(n)], axis=1)
     if method == "umap" and n >= 4:
-        import umap  # slow import (numba): only when a UMAP view is shown
+        key = hashlib.sha256(x.tobytes() + f"{x.shape}|{seed}|{n_neighbors}".encode()).hexdigest()[:24]
+        path = cache_dir() / f"umap-{key}.npy"
+        if cache and path.is_file():
+            try:
+                out = np.load(path)
+                if out.shape == (n, 2):
+                    return out
+            except (OSError, ValueError):
+                pass  # a damaged cache entry is recomputed
+        import umap  # slow import (numba): only when a UMAP map is computed
 
         reducer = umap.UMAP(n_components=2, n_neighbors=max(2, min(n_neighbors, n - 1)), random_state=seed,
                             n_jobs=1, init="random" if n < 10 else "spectral")
-        return np.asarray(reducer.fit_transform(x), dtype=np.float64)
+        out = np.asarray(reducer.fit_transform(x), dtype=np.float64)
+        if cache:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+                np.save(tmp, out)
+                os.replace(tmp, path)
+            except OSError:
+                pass  # an unwritable cache only costs the recomputation
+        return out
     xc = x - x.mean(axis=0)
     u, s, _ = np.linalg.svd(xc, full_matrices=False)
     out = u[:, :2] * s[:2]

@@ -1,5 +1,5 @@
-"""The attention explorer: one head's pattern with token labels, a CircuitsVis-style text view
-and the head's statistics.
+"""The attention explorer: one head's pattern with token labels, a colour-scale choice and a
+colour bar, a token view with hover in both directions, and the head's statistics.
 
 Long sequences are cut to a window of at most :data:`~dashboards.compute.MAX_WINDOW` query
 rows, with the keys outside it pooled, so one view never sends more than
@@ -13,42 +13,52 @@ import html
 import numpy as np
 import panel as pn
 import param
-from bokeh.models import ColumnDataSource, FixedTicker, HoverTool, LinearColorMapper
-from bokeh.palettes import Blues256
+from bokeh.models import ColorBar, ColumnDataSource, FixedTicker, HoverTool
 from bokeh.plotting import figure
 
+from dashboards._bokeh import color_mapper, on_click
 from dashboards.compute import (
     CONTEXT_BINS,
     MAX_WINDOW,
+    SCALE_OPTIONS,
+    ColorScale,
     PatternWindow,
+    color_range,
+    head_label,
     pattern_stats,
+    thin_ticks,
     token_label,
     window_pattern,
 )
-from dashboards.data import CaptureFile, CaptureReadError, ResultsFolder, head_label
+from dashboards.selection import ModelResults
+from dashboards.tokens import MAX_TOKENS, TokenView
+from formats import AttnlensError, CaptureFile, Site
 
 MAX_CELLS = MAX_WINDOW * (MAX_WINDOW + 2 * CONTEXT_BINS + 1)  # hard bound on heatmap cells sent
-MAX_AXIS_LABELS = 48
+WIDTH, HEIGHT = 480, 500
 
 
 class AttentionExplorer(pn.viewable.Viewer):
-    """One head of one capture: pattern heatmap, text view, statistics.
+    """One head of one capture: pattern heatmap, token view, statistics.
 
-    Parameters: ``layer``, ``head`` (set by the atlas), ``capture`` (which saved example),
-    ``query`` (the query position the text view shows; a click on a heatmap row sets it),
-    ``window_start``/``window_size`` (the query rows shown).
+    Parameters: ``layer``, ``head`` (set by the atlas), ``capture`` (a capture label),
+    ``query`` (the query the token view pins; a click on a heatmap row sets it),
+    ``window_start``/``window_size`` (the query rows shown), ``scale`` (colour scale) and
+    ``clicks`` (row clicks answered).
     """
 
     layer = param.Integer(default=0, bounds=(0, None))
     head = param.Integer(default=0, bounds=(0, None))
-    capture = param.Selector(objects=[], doc="Saved example capture (folder name under captures/)")
-    query = param.Integer(default=0, bounds=(0, None), doc="Query position shown in the text view")
+    capture = param.Selector(objects=[], doc="Saved capture (its label in the folder)")
+    query = param.Integer(default=0, bounds=(0, None), doc="Query position pinned in the token view")
     window_start = param.Integer(default=0, bounds=(0, None), doc="First query row shown")
     window_size = param.Integer(default=64, bounds=(4, MAX_WINDOW), doc="Query rows shown")
+    scale = param.Selector(default=ColorScale.NO_SINK, objects=SCALE_OPTIONS, doc="Colour scale of the pattern")
+    clicks = param.Integer(default=0, doc="Row clicks answered so far")
 
-    def __init__(self, folder: ResultsFolder, **params):
-        self.folder = folder
-        names = [c.name for c in folder.captures if "pattern" in c.sites]
+    def __init__(self, sel: ModelResults, **params):
+        self.sel = sel
+        names = sel.pattern_captures()
         cap = params.pop("capture", names[0] if names else None)
         super().__init__(**params)
         self.param.capture.objects = names
@@ -58,19 +68,20 @@ class AttentionExplorer(pn.viewable.Viewer):
         self._pattern: np.ndarray | None = None
         self._first_draw = "query" not in params
         self._source = ColumnDataSource(_empty_cells())
-        self._qmark = ColumnDataSource({"y": [], "w": []})
-        self._mapper = LinearColorMapper(palette=Blues256[::-1], low=0, high=1)
-        self._fig = self._make_figure()
-        self._source.selected.on_change("indices", self._on_tap)
+        self._qmark = ColumnDataSource({"y": [], "w": [], "n": []}, name="pattern_query_mark")
+        self._mapper = color_mapper(self.scale, 0.0, 1.0)
+        self._mapper_scale = self.scale
+        self._fig, self._renderer, self._bar = self._make_figure()
+        on_click(self._fig, self._on_click)
         self._fig_pane = pn.pane.Bokeh(self._fig)
-        self._message = pn.pane.Markdown("", sizing_mode="stretch_width")
-        self._text = pn.pane.HTML("", sizing_mode="stretch_width", styles={"max-height": "220px", "overflow-y": "auto"})
-        self._stats = pn.pane.HTML("", sizing_mode="stretch_width")
+        self._message = pn.pane.HTML("", sizing_mode="stretch_width", name="explorer_message")
+        self.tokens = TokenView(sizing_mode="stretch_width")
+        self._stats = pn.pane.HTML("", sizing_mode="stretch_width", name="head_stats")
         self._refresh()
 
     # ---- data --------------------------------------------------------------------------
     def _capture(self) -> CaptureFile | None:
-        return next((c for c in self.folder.captures if c.name == self.capture), None)
+        return self.sel.captures.get(self.capture) if self.capture else None
 
     @property
     def window(self) -> PatternWindow | None:
@@ -82,36 +93,49 @@ class AttentionExplorer(pn.viewable.Viewer):
         """The heatmap's data as sent to the browser."""
         return dict(self._source.data)
 
-    @param.depends("layer", "head", "capture", "window_start", "window_size", watch=True)
+    @property
+    def color_high(self) -> float:
+        return float(self._mapper.high)
+
+    def use_capture_for(self, result: str | None) -> None:
+        """Show the current head on ``result``'s own example capture (the analysis' inputs) if it has one."""
+        found = self.sel.capture_for(self.layer, self.head, result)
+        if found is not None and found[0] != self.capture:
+            self.capture = found[0]
+
+    @param.depends("layer", "head", "capture", "window_start", "window_size", "scale", watch=True)
     def _refresh(self) -> None:
         cap = self._capture()
         self._pattern, self._window = None, None
+        where = html.escape(self.capture or "")
         if cap is None:
             self._show_message(
-                "No saved captures in this folder, so no patterns to show. Save a few with "
-                f"`lens capture MODEL --sites pattern,q,k --out {self.folder.path}/captures`.")
+                "No saved captures with attention patterns for this model, so no patterns to show. Save one with "
+                "<code>lens capture MODEL -p TEXT --sites pattern,q,k --out RESULTS/captures</code>.")
             return
-        if not cap.has("pattern", self.layer, self.head):
-            other = self.folder.capture_for(self.layer, self.head)
-            hint = f" Capture **{other.name}** has it." if other else ""
-            self._show_message(f"Capture **{cap.name}** has no pattern for {head_label(self.layer, self.head)} "
-                               f"(layers {cap.layers}, heads {cap.heads}).{hint}")
+        if not cap.has(Site.PATTERN, self.layer, self.head):
+            other = self.sel.capture_for(self.layer, self.head)
+            hint = f" Capture <b>{html.escape(other[0])}</b> has it." if other else ""
+            self._show_message(f"Capture <b>{where}</b> has no pattern for {head_label(self.layer, self.head)} "
+                               f"(layers {cap.layers[:8]}, heads {cap.heads[:8]}).{hint}")
             return
         try:
             self._pattern = cap.pattern(self.layer, self.head)
-        except CaptureReadError as err:
-            self._show_message(f"**{cap.name}**: {err}")
+        except AttnlensError as err:
+            self._show_message(f"<b>{where}</b>: {html.escape(str(err))}")
             return
         n_q = self._pattern.shape[0]
-        self._window = window_pattern(self._pattern, self.window_start, self.window_size)
-        self._message.object = (f"**{head_label(self.layer, self.head)}** · capture {cap.name} · "
-                                f"queries {self._window.q_start}-{self._window.q_end - 1} of {n_q}"
-                                + (" (keys outside the window pooled)" if n_q > self._window.q_end - self._window.q_start else ""))
+        w = self._window = window_pattern(self._pattern, self.window_start, self.window_size)
+        pooled = " (keys outside the window pooled)" if n_q > w.q_end - w.q_start else ""
+        dtype = html.escape("/".join(sorted(cap.dtypes)))
+        self._message.object = (f"<b>{head_label(self.layer, self.head)}</b> · capture <b>{where}</b> ({dtype}) · "
+                                f"queries {w.q_start}-{w.q_end - 1} of {n_q}{pooled}")
         self._draw(cap)
         if self._first_draw:  # start on the last query shown: it sees the most context
             self._first_draw = False
-            self.param.update(query=self._window.q_end - 1)
-        q = min(max(self.query, self._window.q_start), self._window.q_end - 1)
+            with param.discard_events(self):
+                self.query = w.q_end - 1
+        q = min(max(self.query, w.q_start), w.q_end - 1)
         if q != self.query:
             self.query = q  # triggers _refresh_query
         else:
@@ -121,8 +145,8 @@ class AttentionExplorer(pn.viewable.Viewer):
     def _show_message(self, text: str) -> None:
         self._message.object = text
         self._source.data = _empty_cells()
-        self._qmark.data = {"y": [], "w": []}
-        self._text.object = ""
+        self._qmark.data = {"y": [], "w": [], "n": []}
+        self.tokens.clear()
         self._stats.object = self._stats_html(None)
 
     def _draw(self, cap: CaptureFile) -> None:
@@ -137,34 +161,57 @@ class AttentionExplorer(pn.viewable.Viewer):
         qpos = w.q_start + yy[keep]
         self._source.data = {"x": xx[keep].tolist(), "y": yy[keep].tolist(), "value": vals[keep].tolist(),
                              "query": [f"{q}: {toks[q]!r}" for q in qpos], "key": [col_desc[i] for i in xx[keep]]}
-        self._mapper.high = float(max(vals.max(), 1e-6))
+        low, high = color_range(w.values, self.scale, w.sink_mask())
+        self._set_mapper(low, high)
         self._fig.x_range.start, self._fig.x_range.end = -0.5, n_cols - 0.5
         self._fig.y_range.start, self._fig.y_range.end = n_rows - 0.5, -0.5
-        xs = _label_ticks(n_cols)
-        ys = _label_ticks(n_rows)
+        xs = thin_ticks(n_cols, WIDTH // 14)
+        ys = thin_ticks(n_rows, HEIGHT // 14)
         self._fig.xaxis.ticker = FixedTicker(ticks=xs)
         self._fig.xaxis.major_label_overrides = {i: cols[i] for i in xs}
         self._fig.yaxis.ticker = FixedTicker(ticks=ys)
         self._fig.yaxis.major_label_overrides = {i: f"{w.q_start + i} {token_label(toks[w.q_start + i])}" for i in ys}
-        self._fig.title.text = f"{self.folder.model} {head_label(self.layer, self.head)}: attention pattern"
+        self._fig.title.text = f"{self.sel.model} {head_label(self.layer, self.head)}: attention pattern"
+
+    def _set_mapper(self, low: float, high: float) -> None:
+        if self._mapper_scale is not self.scale:
+            self._mapper_scale = self.scale
+            self._mapper = color_mapper(self.scale, low, high)
+            self._renderer.glyph.fill_color = {"field": "value", "transform": self._mapper}
+            self._bar.color_mapper = self._mapper
+        else:
+            self._mapper.update(low=low, high=high)
+        self._bar.title = f"weight ({self.scale.value})"
 
     def _make_figure(self):
-        p = figure(width=600, height=560, tools="tap,reset,save", toolbar_location="above", x_range=(-0.5, 0.5),
+        p = figure(width=WIDTH, height=HEIGHT, tools="reset,save", toolbar_location="above", x_range=(-0.5, 0.5),
                    y_range=(0.5, -0.5), x_axis_label="key", y_axis_label="query", name="pattern_heatmap",
                    title="attention pattern")
         r = p.rect("x", "y", 1, 1, source=self._source, fill_color={"field": "value", "transform": self._mapper},
-                   line_color=None, nonselection_fill_alpha=1.0)
-        p.add_tools(HoverTool(renderers=[r], tooltips=[("query", "@query"), ("key", "@key"), ("weight", "@value{0.000}")]))
+                   line_color=None)
+        p.add_tools(HoverTool(renderers=[r], tooltips=[("query", "@query"), ("key", "@key"), ("weight", "@value{0.0000}")]))
         p.rect(0, "y", "w", 1, source=self._qmark, fill_alpha=0, line_color="#ff2d55", line_width=2)
+        bar = ColorBar(color_mapper=self._mapper, width=10, title="weight")
+        p.add_layout(bar, "right")
         p.xaxis.major_label_orientation = 1.2
         p.grid.visible = False
-        return p
+        return p, r, bar
 
-    def _on_tap(self, attr, old, new) -> None:
-        if new and self._window is not None:
-            self.query = self._window.q_start + int(self._source.data["y"][new[0]])
+    def _on_click(self, x: float, y: float) -> None:
+        w = self._window
+        if w is None:
+            return
+        row = int(np.floor(y + 0.5))
+        if not 0 <= row < w.q_end - w.q_start:
+            return
+        self.clicks += 1
+        q = w.q_start + row
+        if q != self.query:
+            self.query = q
+        else:
+            self._refresh_query()
 
-    # ---- text view ---------------------------------------------------------------------
+    # ---- token view ----------------------------------------------------------------------
     @param.depends("query", watch=True)
     def _refresh_query(self) -> None:
         cap, w, p = self._capture(), self._window, self._pattern
@@ -172,68 +219,41 @@ class AttentionExplorer(pn.viewable.Viewer):
             return
         q = min(self.query, p.shape[0] - 1)
         n_cols = w.values.shape[1]
-        self._qmark.data = {"y": [q - w.q_start], "w": [2 * n_cols]}
-        self._text.object = text_view_html(cap.tokens, p[q], q, w.q_start, w.q_end)
+        self._qmark.data = {"y": [q - w.q_start], "w": [2 * n_cols], "n": [self.clicks]}
+        hi = w.q_end
+        lo = max(0, hi - MAX_TOKENS)
+        note = (f"tokens {lo}-{hi - 1} of {p.shape[0]}; attention to earlier tokens ({lo} of them) is not shaded"
+                if lo > 0 else "")
+        self.tokens.show(cap.tokens[lo:hi], p[lo:hi, lo:hi], lo, q, note)
 
     def _stats_html(self, cap: CaptureFile | None) -> str:
         rows = []
-        n = self.folder.shape[0] * self.folder.shape[1]
-        for r in self.folder.results:
+        n_layers, n_heads = self.sel.shape
+        for label, r in self.sel.results.items():
             if self.layer < r.shape[0] and self.head < r.shape[1]:
                 v = r.scores[self.layer, self.head]
                 finite = r.scores[np.isfinite(r.scores)]
                 rank = int((finite > v).sum()) + 1 if np.isfinite(v) else None
-                rows.append((r.name, "not scored" if not np.isfinite(v) else f"{v:.4g}",
+                rows.append((label, "not scored" if not np.isfinite(v) else f"{v:.4g}",
                              f"{rank} of {finite.size}" if rank else "—"))
         if cap is not None and self._pattern is not None:
             for k, v in pattern_stats(self._pattern).items():
-                rows.append((f"capture {cap.name}: {k}", f"{v:.4g}", ""))
+                rows.append((f"this capture: {k}", f"{v:.4g}", ""))
         body = "".join(f"<tr><td>{html.escape(a)}</td><td style='text-align:right'>{b}</td><td>{c}</td></tr>"
                        for a, b, c in rows)
-        return (f"<b>{head_label(self.layer, self.head)}</b> statistics ({n} heads)"
+        return (f"<b>{head_label(self.layer, self.head)} statistics</b> ({n_layers * n_heads} heads)"
                 f"<table class='head-stats'><tr><th>score</th><th>value</th><th>rank</th></tr>{body}</table>")
 
     def __panel__(self):
-        controls = pn.Row(pn.widgets.Select.from_param(self.param.capture, width=120),
-                          pn.widgets.IntInput.from_param(self.param.query, width=100),
-                          pn.widgets.IntInput.from_param(self.param.window_start, name="first row", width=100),
-                          pn.widgets.IntInput.from_param(self.param.window_size, name="rows", width=90))
-        return pn.Column(controls, self._message, self._fig_pane, pn.pane.Markdown("**Text view** (pick a query: "
-                         "click a heatmap row or type a position)"), self._text, self._stats, name="Attention explorer")
-
-
-def text_view_html(tokens: list[str], row: np.ndarray, q: int, lo: int, hi: int) -> str:
-    """Tokens ``lo..hi-1`` with each key's background shaded by query ``q``'s weight on it
-    (scaled to the largest weight shown); the query is boxed. Attention outside the range
-    is summed in a note, so the text stays bounded for long sequences."""
-    row = np.asarray(row, dtype=np.float64)
-    shown = row[lo:hi]
-    top = float(shown.max()) if shown.size and shown.max() > 0 else 1.0
-    spans = []
-    for i in range(lo, hi):
-        w = float(row[i]) if i < row.size else 0.0
-        a = min(1.0, w / top)
-        style = f"background: rgba(30, 100, 220, {a:.3f}); color: {'white' if a > 0.6 else 'black'};"
-        if i == q:
-            style += " outline: 2px solid #ff2d55;"
-        tok = html.escape(tokens[i]).replace("\n", "↵<br>")
-        spans.append(f"<span class='tok' data-pos='{i}' title='{i}: {w:.4f}' style='{style}'>{tok}</span>")
-    before, after = float(row[:lo].sum()), float(row[hi:].sum())
-    notes = []
-    if lo > 0:
-        notes.append(f"{lo} earlier tokens hold {before:.1%} of this query's attention "
-                     f"(token 0 {html.escape(repr(tokens[0]))}: {float(row[0]):.1%})")
-    if after > 0:
-        notes.append(f"later tokens hold {after:.1%}")
-    note = f"<div class='note'>{'; '.join(notes)}</div>" if notes else ""
-    return (f"<div class='text-view'>query {q} {html.escape(repr(tokens[q]))}{note}"
-            f"<div style='font-family: monospace; white-space: pre-wrap; line-height: 1.6'>{''.join(spans)}</div></div>")
+        controls = pn.Row(pn.widgets.Select.from_param(self.param.capture, width=170),
+                          pn.widgets.Select.from_param(self.param.scale, name="colour scale", width=140),
+                          pn.widgets.IntInput.from_param(self.param.query, width=60),
+                          pn.widgets.IntInput.from_param(self.param.window_start, name="first row", width=60),
+                          pn.widgets.IntInput.from_param(self.param.window_size, name="rows", width=55))
+        return pn.Column(controls, self._message, self._fig_pane,
+                         pn.pane.Markdown("**Token view**: hover a token; click a pattern row to pin a query."),
+                         self.tokens, self._stats, name="Attention explorer", width=WIDTH + 30)
 
 
 def _empty_cells() -> dict[str, list]:
     return {"x": [], "y": [], "value": [], "query": [], "key": []}
-
-
-def _label_ticks(n: int) -> list[int]:
-    step = max(1, int(np.ceil(n / MAX_AXIS_LABELS)))
-    return list(range(0, n, step))

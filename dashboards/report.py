@@ -1,37 +1,66 @@
 """Static reports of a results folder: self-contained HTML, Markdown (+ PNGs), PDF.
 
-:func:`build_report` collects what a folder holds into a :class:`Report` (text, tables and
-PNG figures drawn with matplotlib); :func:`render_html` / :func:`render_markdown` put it
-through the templates in ``dashboards/templates``; :func:`write_report` writes a file and
-:func:`render_pdf` turns the HTML into PDF with WeasyPrint. Every report carries the
-provenance of its results, says which expected analyses are missing and which files could
-not be read, and never needs a model.
+:func:`build_report` reads a folder through :mod:`formats` and collects every kind it holds
+(head scores per model, curves, ablations, circuits, stats runs, captures, unfinished
+sweeps, unreadable files) into a :class:`Report` of text, summarised tables and PNG
+figures (matplotlib, :mod:`dashboards.figures`); :func:`render_html` / :func:`render_markdown`
+put it through the templates in ``dashboards/templates`` and :func:`render_pdf` turns the
+HTML into PDF with WeasyPrint. :func:`write_report` is ``lens report``.
+
+Everything read from files is escaped: the HTML template autoescapes, and the Markdown
+template escapes every value for HTML and for Markdown (links, images, tables) before it
+is written; only the report's own markup (figure links) is marked safe. Long values are
+summarised (:func:`summarize`), never printed whole.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import io
+import html
 import platform
+import re
 import socket
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
+from markupsafe import Markup
 
-from dashboards.compute import pattern_stats
-from dashboards.data import ResultsFolder, head_label
-from lens.errors import AttnlensError, OutputExistsError
+from dashboards import figures as figs
+from dashboards.audio import agreement_rows, is_audio, maps_for, speech_png, token_view
+from dashboards.compute import head_label, pattern_stats
+from dashboards.figures import Figure
+from dashboards.overlay import default_query, overlay_png
+from dashboards.selection import ModelResults, describe, models_of
+from formats import (
+    AttnlensError,
+    AudioLayout,
+    ImageLayout,
+    Modality,
+    OutputExistsError,
+    ResultsFolder,
+    Site,
+)
+from formats.provenance import code_version
 
-Format = Literal["html", "md", "pdf"]
 FORMATS: tuple[str, ...] = ("html", "md", "pdf")
 TOP_K = 8
-THUMB_TOKENS = 48  # pattern thumbnails show the first tokens only: they are a glance, not data
+MAX_ITEMS = 6  # list items and object fields printed before "... (N in all)"
+MAX_TEXT = 300
+SIMILAR_R = 0.95  # two maps of one model correlating at least this much get a note
 TEMPLATES = Path(__file__).parent / "templates"
+
+# What differs between maps that measure nearly the same thing (keyed by the pair of result names).
+KNOWN_SIMILAR = {
+    frozenset({"summary.sink_mass", "sinks.first_token_mass"}): (
+        "summary.sink_mass pools every query row (>= 1) of every prompt, so longer prompts weigh more, and counts "
+        "the first sink_tokens keys; sinks.first_token_mass averages each prompt's mean over its queries >= 1 "
+        "(every prompt weighs the same), on key 0 alone, and can come from the stats kernel (--source kernel). "
+        "On prompts of similar length they agree closely."),
+}
 
 
 class ReportError(AttnlensError, ValueError):
@@ -39,96 +68,256 @@ class ReportError(AttnlensError, ValueError):
 
 
 @dataclass
-class Figure:
-    name: str  # file stem, unique in the report
-    png: bytes
-    alt: str
-
-    @property
-    def data_uri(self) -> str:
-        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
-
-
-@dataclass
 class TopHead:
     label: str
     score: str
     stats: str
+    capture: str
     thumb: Figure | None
 
 
 @dataclass
 class ResultSection:
+    label: str
     name: str
     description: str
-    params: dict[str, Any]
-    summary: dict[str, Any]
+    params: list[tuple[str, str]]
+    summary: list[tuple[str, str]]
     heatmap: Figure
     top: list[TopHead]
+    provenance: dict[str, Any]
+
+
+@dataclass
+class ModelSection:
+    model: str
+    shape: tuple[int, int]
+    results: list[ResultSection]
+    notes: list[str]  # maps that measure nearly the same thing
+    missing: list[str]  # scan analyses of this model's modality without results here
 
 
 @dataclass
 class Report:
     title: str
-    model: str
     folder: str
     generated: dict[str, str]
-    provenance: list[dict[str, Any]]
-    results: list[ResultSection]
-    sweeps: list[Figure]
-    circuits: list[tuple[str, str, Figure, list[dict[str, Any]]]]  # name, description, graph, top edges
-    missing: list[str]
-    problems: dict[str, str]
-    captures: list[str] = field(default_factory=list)
+    counts: dict[str, int]
+    models: list[ModelSection]
+    curves: list[tuple[str, str, Figure]] = field(default_factory=list)  # label, description, figure
+    ablations: list[tuple[str, str, Figure]] = field(default_factory=list)  # label, summary, figure
+    circuits: list[dict[str, Any]] = field(default_factory=list)
+    stats_runs: list[dict[str, Any]] = field(default_factory=list)
+    captures: list[dict[str, Any]] = field(default_factory=list)
+    overlays: list[tuple[str, Figure]] = field(default_factory=list)
+    speech: list[dict[str, Any]] = field(default_factory=list)  # audio captures: spectrogram, attention, saliency
+    sweeps: list[tuple[str, str]] = field(default_factory=list)  # unfinished sweeps: label, status
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    provenance: list[dict[str, Any]] = field(default_factory=list)
 
     def figures(self) -> list[Figure]:
-        figs = [r.heatmap for r in self.results] + [t.thumb for r in self.results for t in r.top if t.thumb]
-        return figs + self.sweeps + [c[2] for c in self.circuits]
+        out = []
+        for m in self.models:
+            for r in m.results:
+                out.append(r.heatmap)
+                out += [t.thumb for t in r.top if t.thumb is not None]
+        out += [f for _, _, f in self.curves] + [f for _, _, f in self.ablations]
+        out += [c["figure"] for c in self.circuits] + [s["figure"] for s in self.stats_runs]
+        out += [f for _, f in self.overlays] + [s["figure"] for s in self.speech]
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# summaries of values read from files
+# ---------------------------------------------------------------------------------------
+def summarize(v: Any, limit: int = MAX_ITEMS) -> str:
+    """A short text for any JSON value: numbers to 4 digits, long lists as their size and range
+    (numbers) or first items and a count, objects as their first fields and a count."""
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        return "nan" if not np.isfinite(v) else f"{v:.4g}"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return v if len(v) <= MAX_TEXT else v[:MAX_TEXT - 1] + f"… ({len(v)} characters)"
+    if isinstance(v, (list, tuple)):
+        nums = [x for x in v if isinstance(x, (int, float)) and not isinstance(x, bool)]
+        if v and len(nums) == len(v) and len(v) > limit:
+            a = np.asarray(nums, np.float64)
+            return (f"{len(v)} numbers: min {np.nanmin(a):.4g}, mean {np.nanmean(a):.4g}, max {np.nanmax(a):.4g}"
+                    if np.isfinite(a).any() else f"{len(v)} numbers, none finite")
+        parts = [summarize(x, 3) for x in list(v)[:limit]]
+        more = f", … ({len(v)} in all)" if len(v) > limit else ""
+        return "[" + ", ".join(parts) + more + "]"
+    if isinstance(v, dict):
+        items = list(v.items())
+        parts = [f"{k}: {summarize(x, 3)}" for k, x in items[:limit]]
+        more = f", … ({len(items)} fields)" if len(items) > limit else ""
+        return "{" + ", ".join(parts) + more + "}"
+    return summarize(str(v))
+
+
+def _pairs(d: dict[str, Any], skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    return [(str(k), summarize(v)) for k, v in list(d.items())[:40] if k not in skip]
 
 
 # ---------------------------------------------------------------------------------------
 # collecting
 # ---------------------------------------------------------------------------------------
+def _similar_notes(sel: ModelResults) -> list[str]:
+    notes, labels = [], list(sel.results)
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            ra, rb = sel.results[a], sel.results[b]
+            pair = frozenset({ra.name, rb.name})
+            x, y = ra.scores.ravel(), rb.scores.ravel()
+            ok = np.isfinite(x) & np.isfinite(y)
+            r = float(np.corrcoef(x[ok], y[ok])[0, 1]) if ok.sum() > 2 and x[ok].std() > 0 and y[ok].std() > 0 else None
+            if pair in KNOWN_SIMILAR:
+                corr = f" (here r = {r:.3f} over {int(ok.sum())} heads)" if r is not None else ""
+                notes.append(f"{a} and {b} measure nearly the same thing{corr}: {KNOWN_SIMILAR[pair]}")
+            elif r is not None and r >= SIMILAR_R and ra.analysis != rb.analysis:
+                notes.append(f"{a} and {b} correlate at r = {r:.3f} over {int(ok.sum())} heads: read them as one "
+                             "finding, not two.")
+    return notes
+
+
+def _missing(folder: ResultsFolder, sel: ModelResults) -> list[str]:
+    from analyses.registry import for_modality  # torch-free
+
+    modality = next((c.facts.modality for c in sel.captures.values()), Modality.TEXT)
+    expected = [e.name for e in for_modality(modality)]
+    have = {r.analysis for r in sel.results.values()}
+    if not have & set(expected):
+        return []  # no scan of this model here: nothing is "missing"
+    return [a for a in expected if a not in have]
+
+
+def _result_section(sel: ModelResults, label: str) -> ResultSection:
+    r = sel.results[label]
+    top = []
+    for layer, head, score in r.top(TOP_K):
+        if not np.isfinite(score):
+            continue
+        thumb, stats, where = None, "", ""
+        found = sel.capture_for(layer, head, label)
+        if found is not None:
+            where, cap = found
+            try:
+                pat = cap.pattern(layer, head)
+                thumb = figs.pattern_thumb(pat, f"{figs.slug(label)}_{head_label(layer, head)}",
+                                           f"{head_label(layer, head)} on {where}")
+                s = pattern_stats(pat)
+                stats = (f"entropy {s['entropy']:.2f}, first-token {s['first_token_mass']:.2f}, "
+                         f"prev-token {s['prev_token_mass']:.2f}")
+            except AttnlensError as err:
+                stats = f"capture unreadable: {err}"[:200]
+        top.append(TopHead(head_label(layer, head), f"{score:.4g}", stats, where, thumb))
+    prov = r.provenance.to_json()
+    return ResultSection(label=label, name=r.name, description=describe(sel, label) or "no description",
+                         params=_pairs(r.params), summary=_pairs(r.summary),
+                         heatmap=figs.heatmap(r.scores, f"{sel.model}: {r.name}", f"{figs.slug(label)}_heatmap"),
+                         top=top, provenance={k: prov.get(k) for k in ("inputs_sha256", "code_version", "prompts")})
+
+
+def _captures(folder: ResultsFolder) -> tuple[list[dict[str, Any]], list[tuple[str, Figure]]]:
+    rows, overlays = [], []
+    for label, cap in folder.captures.items():
+        lay = cap.layout
+        if isinstance(lay, AudioLayout):
+            desc = f"audio {lay.duration:.2f} s, {lay.n_frames} encoder positions of {lay.frame_seconds * 1000:.0f} ms"
+        elif lay is not None:
+            desc = f"image {lay.grid[0]}x{lay.grid[1]} patches at {lay.patch_span[0]}-{lay.patch_span[1] - 1}"
+        else:
+            desc = ""
+        rows.append({"label": label, "model": cap.model, "tokens": len(cap.tokens),
+                     "text": summarize(cap.text, 2)[:120], "sites": ", ".join(sorted(s.value for s in cap.sites)),
+                     "dtypes": ", ".join(sorted(cap.dtypes)), "layers": summarize(cap.layers),
+                     "layout": desc})
+        if isinstance(lay, ImageLayout) and Site.PATTERN in cap.sites and len(overlays) < 4:
+            try:
+                png = overlay_png(cap, cap.layers[-1], cap.heads[:12], default_query(cap), panel_px=110)
+                overlays.append((label, Figure(f"overlay_{figs.slug(label)}", png,
+                                               f"attention on the image, {label}, layer {cap.layers[-1]}")))
+            except AttnlensError:
+                pass
+    return rows, overlays
+
+
 def build_report(folder: ResultsFolder | str | Path, command: str | None = None) -> Report:
     """Everything a report shows, computed once for every format."""
     f = folder if isinstance(folder, ResultsFolder) else ResultsFolder.load(folder)
-    sections = []
-    for r in f.results:
-        top = []
-        for layer, head, score in r.top(TOP_K):
-            if not np.isfinite(score):
-                continue
-            thumb, stats = None, ""
-            cap = f.capture_for(layer, head)
-            if cap is not None:
-                try:
-                    pat = cap.pattern(layer, head)
-                    thumb = Figure(f"{_slug(r.name)}_{head_label(layer, head)}", _thumb_png(pat),
-                                   f"{head_label(layer, head)} pattern, capture {cap.name}")
-                    s = pattern_stats(pat)
-                    stats = (f"entropy {s['entropy']:.2f}, first-token {s['first_token_mass']:.2f}, "
-                             f"prev-token {s['prev_token_mass']:.2f}")
-                except AttnlensError:
-                    stats = "capture unreadable"
-            top.append(TopHead(head_label(layer, head), f"{score:.4g}", stats, thumb))
-        sections.append(ResultSection(r.name, r.description, r.params, r.summary,
-                                      Figure(f"{_slug(r.name)}_heatmap", _heatmap_png(r.scores, r.name),
-                                             f"{r.name} per layer and head"), top))
-    sweeps = [Figure(f"sweep_{i}_{_slug(s.result)}", _sweep_png(s), f"{s.result} sweep") for i, s in enumerate(f.sweeps)]
+    models = []
+    for model in models_of(f):
+        sel = ModelResults.of(f, model)
+        if not sel.results:
+            continue
+        models.append(ModelSection(model=model, shape=sel.shape,
+                                   results=[_result_section(sel, label) for label in sel.results],
+                                   notes=_similar_notes(sel), missing=_missing(f, sel)))
+    # results of a model in a second shape (rare): their own section, so nothing is dropped
+    shown = {r.label for m in models for r in m.results}
+    for label, r in f.results.items():
+        if label not in shown:
+            sel = ModelResults(f, r.provenance.model, r.shape, {label: r}, {}, {})
+            models.append(ModelSection(r.provenance.model, r.shape, [_result_section(sel, label)], [], []))
+    curves = [(label, c.description, figs.curves(c, f"curves_{i}_{figs.slug(label)}"))
+              for i, (label, c) in enumerate(f.curves.items())]
+    abl = [(label, _ablation_text(a), figs.ablation(a, f"ablation_{i}_{figs.slug(label)}"))
+           for i, (label, a) in enumerate(f.ablations.items())]
     circuits = []
-    for i, c in enumerate(f.circuits):
-        edges = sorted(c.edges, key=lambda e: -abs(e["weight"]))[:15]
-        circuits.append((c.name, c.description, Figure(f"circuit_{i}_{_slug(c.name)}", _circuit_png(c),
-                                                       f"circuit {c.name}"), edges))
+    for i, (label, c) in enumerate(f.circuits.items()):
+        edges = sorted(c.edges, key=lambda e: -abs(e.score))
+        circuits.append({"label": label, "description": c.description or f"task {c.task}, metric {c.metric}",
+                         "method": c.method, "figure": figs.circuit(c, f"circuit_{i}_{figs.slug(label)}"),
+                         "faithfulness": _pairs(c.faithfulness), "details": _pairs(c.details),
+                         "edges": [(str(e.sender), str(e.receiver), f"{e.score:.4g}") for e in edges[:15]],
+                         "n_edges": len(edges), "n_heads": len(c.heads), "n_mlps": len(c.mlps)})
+    stats = []
+    for i, (label, s) in enumerate(f.stats_runs.items()):
+        st = s.settings
+        stats.append({"label": label, "model": s.model, "tokens": len(s.tokens), "layers": len(s.layers),
+                      "settings": f"sink tokens {st['sink_tokens']}, window {st['window']}, spans "
+                                  f"{summarize([list(x) for x in st['spans']])}, top-{st['topk']}, key statistics "
+                                  f"{'on' if st['key_stats'] else 'off'}",
+                      "figure": figs.stats_run(s, f"stats_{i}_{figs.slug(label)}")})
+    caps, overlays = _captures(f)
+    speech = []
+    for label, cap in f.captures.items():
+        if not is_audio(cap) or len(speech) >= 3:
+            continue
+        try:
+            maps = maps_for(f, label)
+            view = token_view(cap, maps, cap.layers[-1], None, 0)
+            png = speech_png(cap, view, f"{cap.model} L{cap.layers[-1]} heads' mean: first token {view.token!r}")
+        except AttnlensError:
+            continue
+        speech.append({"label": label, "text": summarize(cap.text, 2)[:160],
+                       "figure": Figure(f"speech_{figs.slug(label)}", png, f"cross-attention and saliency, {label}"),
+                       "agreement": agreement_rows(f, cap.model)})
     generated = {
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": f"{socket.gethostname()} {platform.machine()} {platform.system()}",
         "versions": ", ".join(f"{k} {v}" for k, v in _versions().items()),
+        "code_version": code_version(),
     }
-    return Report(title=f"attnlens report: {f.model}", model=f.model, folder=str(f.path.resolve()), generated=generated,
-                  provenance=f.provenances(), results=sections, sweeps=sweeps, circuits=circuits, missing=f.missing,
-                  problems=f.problems, captures=[c.name for c in f.captures])
+    title_model = ", ".join(m.model for m in models[:3]) or ", ".join(models_of(f)[:3]) or "empty folder"
+    return Report(title=f"attnlens report: {title_model}", folder=str(f.path.resolve()), generated=generated,
+                  counts=f.counts(), models=models, curves=curves, ablations=abl, circuits=circuits,
+                  stats_runs=stats, captures=caps, overlays=overlays, speech=speech,
+                  sweeps=[(k, f"{v.get('status')}, {int(v.get('done', 0))} items done") for k, v in f.sweeps.items()],
+                  problems=list(f.problems.items()), provenance=f.provenances())
+
+
+def _ablation_text(a) -> str:
+    share = a.share_of_random_with_larger_drop
+    rand = (f"; {share:.0%} of {len(a.random_effects)} random sets of the same size drop it at least as much"
+            if np.isfinite(share) else "; no random sets compared")
+    heads = summarize([f"L{la}H{h}" for la, h in a.heads], 12)
+    return (f"{a.method}-ablating {len(a.heads)} heads {heads} and {len(a.mlps)} MLPs on {a.task} "
+            f"({a.n_examples} examples): {a.metric} {a.baseline:.4g} -> {a.ablated:.4g} (effect {a.effect:.4g}){rand}")
 
 
 def _versions() -> dict[str, str]:
@@ -141,110 +330,41 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _slug(name: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in name)
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def _heatmap_png(scores: np.ndarray, title: str) -> bytes:
-    from matplotlib.figure import Figure as MplFigure
-
-    n_layers, n_heads = scores.shape
-    fig = MplFigure(figsize=(min(7.0, 2.5 + 0.18 * n_heads), min(6.0, 1.5 + 0.16 * n_layers)), dpi=110)
-    ax = fig.add_subplot()
-    im = ax.imshow(np.ma.masked_invalid(scores), aspect="auto", cmap="viridis", interpolation="nearest")
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.05)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _thumb_png(pattern: np.ndarray) -> bytes:
-    from matplotlib.figure import Figure as MplFigure
-
-    n = min(THUMB_TOKENS, pattern.shape[0], pattern.shape[1])
-    fig = MplFigure(figsize=(0.9, 0.9), dpi=80)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(pattern[:n, :n], cmap="Blues", interpolation="nearest", vmin=0)
-    ax.set_axis_off()
-    return _png(fig)
-
-
-def _sweep_png(sweep) -> bytes:
-    from matplotlib.figure import Figure as MplFigure
-
-    fig = MplFigure(figsize=(5.5, 3.2), dpi=110)
-    ax = fig.add_subplot()
-    for yname, ys in sweep.ys.items():
-        for j, y in enumerate(ys):
-            label = sweep.labels[j] if j < len(sweep.labels) and len(sweep.ys) == 1 else (
-                yname if ys.shape[0] == 1 else f"{yname}[{j}]")
-            ax.plot(sweep.x, y, marker="o", markersize=3, label=label)
-    ax.set_xlabel(sweep.x_label)
-    ax.set_title(sweep.result, fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _circuit_png(circuit) -> bytes:
-    from matplotlib.figure import Figure as MplFigure
-
-    pos = circuit.layout()
-    wmax = max((abs(e["weight"]) for e in circuit.edges), default=1.0) or 1.0
-    fig = MplFigure(figsize=(6, 4), dpi=110)
-    ax = fig.add_subplot()
-    for e in circuit.edges:
-        (x0, y0), (x1, y1) = pos[e["source"]], pos[e["target"]]
-        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                    arrowprops={"arrowstyle": "->", "lw": 0.5 + 3 * abs(e["weight"]) / wmax, "alpha": 0.6,
-                                "color": "#3182bd" if e["weight"] >= 0 else "#de2d26"})
-    xs, ys = zip(*pos.values()) if pos else ((), ())
-    ax.scatter(xs, ys, s=80, c="#fdae6b", edgecolors="black", zorder=3)
-    for name, (x, y) in pos.items():
-        ax.annotate(name, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("layer")
-    ax.set_ylabel("head")
-    ax.set_title(f"circuit: {circuit.name}", fontsize=10)
-    fig.tight_layout()
-    return _png(fig)
-
-
 # ---------------------------------------------------------------------------------------
 # rendering
 # ---------------------------------------------------------------------------------------
-def _env(autoescape: bool):
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]()!|#~{}])")
+
+
+def md_escape(value: Any) -> str:
+    """Text that Markdown renders as itself: HTML escaped, Markdown's link, image, emphasis and
+    table characters backslash-escaped, line breaks folded (a value never starts a block)."""
+    if isinstance(value, Markup):
+        return value
+    text = re.sub(r"\s*[\r\n]+\s*", " ", str(value))
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    return html.escape(text, quote=False)  # after the backslashes: an entity's '#' must stay as it is
+
+
+def _env(markdown: bool):
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=autoescape,
-                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    env.filters["fmt"] = _fmt
+    kw = {"finalize": md_escape} if markdown else {}
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=not markdown,
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined, **kw)
+    env.filters["fmt"] = summarize
     return env
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
 def render_html(report: Report) -> str:
-    """One self-contained HTML page: every figure inline as a base64 PNG."""
-    return _env(True).get_template("report.html.j2").render(r=report, src=lambda fig: fig.data_uri)
+    """One self-contained HTML page: every figure inline as a base64 PNG, no scripts."""
+    return _env(False).get_template("report.html.j2").render(r=report, src=lambda fig: fig.data_uri)
 
 
 def render_markdown(report: Report, image_dir: str) -> str:
     """Markdown that links its figures as ``image_dir/NAME.png`` (written by :func:`write_report`)."""
-    return _env(False).get_template("report.md.j2").render(r=report, src=lambda fig: f"{image_dir}/{fig.name}.png")
+    return _env(True).get_template("report.md.j2").render(
+        r=report, src=lambda fig: Markup(f"{image_dir}/{fig.name}.png"))
 
 
 def render_pdf(html_text: str) -> bytes:

@@ -3,7 +3,8 @@
 Public API::
 
     from kernels import attention_with_stats, StatsSpec, AttnStats, AttnOut, KernelInputError
-    from kernels.hf_attention import stats_attention  # transformers integration
+    from kernels.hf_attention import stats_attention_call  # one attention call of a transformers model
+    lens.stats_mode(model, spec)  # the switch that runs a whole model in stats mode (lens.attention)
     from kernels.reference import naive_attention_stats, chunked_attention_stats
 """
 

@@ -67,6 +67,11 @@ def validate_inputs(
         raise KernelInputError(f"head={h} is not divisible by kv_head={hkv} (GQA needs head % kv_head == 0)")
     if n == 0 or m == 0 or d == 0:
         raise KernelInputError(f"empty sequence or d_head: q_len={m}, k_len={n}, d_head={d}")
+    if not isinstance(causal, bool):
+        raise KernelInputError(f"causal must be True or False, got {causal!r}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not bool(torch.isfinite(t).all()):
+            raise KernelInputError(f"{name} holds NaN or inf: attention statistics of non-finite inputs are undefined")
     if causal and m > n:
         raise KernelInputError(
             f"causal attention needs q_len <= k_len (queries align to the end of the keys), got q_len={m}, k_len={n}"

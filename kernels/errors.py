@@ -1,11 +1,9 @@
-"""Exception types raised by :mod:`kernels`."""
+"""Exception types raised by :mod:`kernels` (the project's, from :mod:`formats.errors`).
 
-from __future__ import annotations
+:class:`KernelInputError` is raised before any kernel launch, with a one-line message that
+names the argument and the offending values, e.g. ``span (10, 400) is out of range: keys are 0-299``.
+"""
 
+from formats.errors import KernelInputError
 
-class KernelInputError(ValueError):
-    """A caller passed tensors or options the stats attention cannot accept.
-
-    Raised before any kernel launch, with a one-line message that names the argument and the offending
-    values, e.g. ``span (10, 400) is out of range: keys are 0-299``.
-    """
+__all__ = ["KernelInputError"]

@@ -1,14 +1,13 @@
-"""transformers (>= 5) integration: record :class:`AttnStats` from every attention call of a model.
+"""transformers (>= 5) integration: the statistics kernel as one call of a model's attention function.
 
-``with stats_attention(model, spec) as rec: model(...)`` switches the model to the registered attention
-implementation ``"attnlens_stats"`` for the duration of the block (the previous implementation is restored in
-``finally``) and appends, per selected layer, one CPU :class:`AttnStats` per forward call (e.g. per generation
-step) to ``rec.stats[layer]``.  Unselected layers run transformers' own SDPA function unchanged.
+:func:`stats_attention_call` takes what transformers passes to an attention function (``query [B, H, M, D]``,
+``key``/``value`` ``[B, Hkv, N, D]`` not repeated, the layer's mask) and returns SDPA's output plus the
+:class:`AttnStats` of that call. Switching a model into stats mode (the attention-implementation stack) is
+``lens.attention``'s job: ``lens.stats_mode(model, spec)`` records every selected layer's statistics.
 
-Masks.  The name is also registered in transformers' mask interface with ``sdpa_mask``, so layers receive either
-``None`` (plain causal / full attention, handled like SDPA: ``module.is_causal``) or a 4-D boolean keep-mask
-``[B, 1, M, N]`` (float additive masks, 0 = keep, are accepted too).  A mask that equals "end-aligned causal AND a
-per-key padding mask" (left or right padding) or "padding only" runs the fast path (triton on CUDA) with
+Masks.  Layers receive either ``None`` (plain causal / full attention, handled like SDPA: ``module.is_causal``), a
+4-D boolean keep-mask ``[B, 1, M, N]`` or a float additive mask (0 = keep).  A mask that equals "end-aligned causal
+AND a per-key padding mask" (left or right padding) or "padding only" runs the fast path (triton on CUDA) with
 ``key_padding_mask``.  Any other pattern (sliding window, packed sequences, prefix-LM, ...) is computed exactly by the
 chunked PyTorch path with the explicit mask: correct, but O(N x chunk) torch code rather than the fused kernel.  In
 that case ``window_mass`` still uses the query's position (``i + N - M``), independent of the mask.
@@ -19,51 +18,14 @@ under causal) output 0, which only affects padded positions.  ``dropout > 0`` (t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from .api import attention_with_stats
 from .errors import KernelInputError
 from .reference import chunked_attention_stats
 from .spec import AttnStats, StatsSpec
-
-ATTN_IMPLEMENTATION = "attnlens_stats"
-_RECORDER_ATTR = "_attnlens_recorder"
-
-
-@dataclass
-class StatsRecorder:
-    """Collected statistics: ``stats[layer]`` is a list with one CPU :class:`AttnStats` per forward call.
-
-    Attributes:
-        spec: what is measured.
-        layers: selected layer indices, or None for all layers.
-        backend: passed to :func:`kernels.attention_with_stats` on the fast path.
-        stats: layer index -> list of AttnStats (``[B, H, q_len]`` etc. for that call).
-        fallback_calls: how many calls used the explicit-mask chunked path (mask not causal+padding).
-    """
-
-    spec: StatsSpec
-    layers: frozenset[int] | None = None
-    backend: Literal["auto", "triton", "torch"] = "auto"
-    stats: dict[int, list[AttnStats]] = field(default_factory=dict)
-    fallback_calls: int = 0
-
-    def wants(self, layer_idx: int | None) -> bool:
-        return self.layers is None or layer_idx in self.layers
-
-    def record(self, layer_idx: int, stats: AttnStats) -> None:
-        self.stats.setdefault(layer_idx, []).append(stats.to("cpu"))
-
-    def __getitem__(self, layer_idx: int) -> list[AttnStats]:
-        return self.stats[layer_idx]
 
 
 def _causal_keep(m: int, n: int, device: torch.device) -> torch.Tensor:
@@ -103,25 +65,24 @@ def interpret_mask(
     return False, None, keep
 
 
-def _stats_attention_forward(
+def stats_attention_call(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
+    *,
+    spec: StatsSpec,
+    backend: Literal["auto", "triton", "torch"] = "auto",
     scaling: float | None = None,
     dropout: float = 0.0,
     **kwargs,
-) -> tuple[torch.Tensor, None]:
-    """transformers attention function: ``query [B, H, M, D]``, ``key``/``value`` ``[B, Hkv, N, D]`` (not repeated).
+) -> tuple[torch.Tensor, AttnStats, bool]:
+    """One attention call through the statistics kernel: ``(attn_output [B, M, H, D], stats, used_fallback)``.
 
-    Returns ``(attn_output [B, M, H, D], None)`` like SDPA, recording stats when the module's layer is selected.
+    ``used_fallback`` is True when the mask was neither causal-with-padding nor padding only, so the explicit-mask
+    chunked path ran (see the module docstring).
     """
-    recorder: StatsRecorder | None = getattr(module, _RECORDER_ATTR, None)
-    layer_idx = getattr(module, "layer_idx", None)
-    if recorder is None or not recorder.wants(layer_idx):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
     if dropout and dropout > 0.0:
         raise KernelInputError(f"dropout={dropout} is not supported by stats attention: call model.eval()")
     if kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None:
@@ -135,62 +96,8 @@ def _stats_attention_forward(
         k_len = q_len
     causal, kpm, explicit = interpret_mask(attention_mask, q_len, k_len, module_causal)
     if explicit is None:
-        res = attention_with_stats(query, key, value, causal=causal, scale=scaling, spec=recorder.spec,
-                                   key_padding_mask=kpm, backend=recorder.backend)
+        res = attention_with_stats(query, key, value, causal=causal, scale=scaling, spec=spec,
+                                   key_padding_mask=kpm, backend=backend)
     else:
-        recorder.fallback_calls += 1
-        res = chunked_attention_stats(query, key, value, causal=False, scale=scaling, spec=recorder.spec,
-                                      attn_mask=explicit)
-    recorder.record(layer_idx, res.stats)
-    return res.out.transpose(1, 2).contiguous(), None
-
-
-AttentionInterface.register(ATTN_IMPLEMENTATION, _stats_attention_forward)
-ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, sdpa_mask)
-
-
-def _attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    return [mod for mod in model.modules() if isinstance(getattr(mod, "layer_idx", None), int)
-            and hasattr(mod, "is_causal")]
-
-
-@contextmanager
-def stats_attention(
-    model: torch.nn.Module,
-    spec: StatsSpec,
-    layers: Sequence[int] | None = None,
-    *,
-    backend: Literal["auto", "triton", "torch"] = "auto",
-) -> Iterator[StatsRecorder]:
-    """Record per-head :class:`AttnStats` of ``model``'s attention layers inside the ``with`` block.
-
-    Args:
-        model: a transformers ``PreTrainedModel`` whose attention goes through ``AttentionInterface``.
-        spec: statistics to compute (spans are checked against each call's k_len).
-        layers: layer indices to record; None = all.  Other layers run SDPA.
-        backend: backend of the fast path ("auto": triton on CUDA, else chunked torch).
-    Yields:
-        :class:`StatsRecorder`; ``rec.stats[layer][call]`` is an :class:`AttnStats` on CPU.
-    """
-    if not isinstance(spec, StatsSpec):
-        raise KernelInputError(f"spec must be a StatsSpec, got {type(spec).__name__}")
-    modules = _attention_modules(model)
-    if not modules:
-        raise KernelInputError(f"{type(model).__name__} has no attention modules with a layer_idx")
-    known = {mod.layer_idx for mod in modules}
-    if layers is not None:
-        unknown = sorted(set(layers) - known)
-        if unknown:
-            raise KernelInputError(f"layers {unknown} do not exist: the model has layers 0-{max(known)}")
-    recorder = StatsRecorder(spec=spec, layers=None if layers is None else frozenset(layers), backend=backend)
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(ATTN_IMPLEMENTATION)
-    for mod in modules:
-        setattr(mod, _RECORDER_ATTR, recorder)
-    try:
-        yield recorder
-    finally:
-        for mod in modules:
-            if hasattr(mod, _RECORDER_ATTR):
-                delattr(mod, _RECORDER_ATTR)
-        model.set_attn_implementation(previous)
+        res = chunked_attention_stats(query, key, value, causal=False, scale=scaling, spec=spec, attn_mask=explicit)
+    return res.out.transpose(1, 2).contiguous(), res.stats, explicit is not None

@@ -3,7 +3,8 @@
 * :func:`naive_attention_stats` materialises the full ``[B, H, M, N]`` probability matrix in float64.  It is the
   test oracle and is written as directly as possible, independent of the other backends.
 * :func:`chunked_attention_stats` walks over query chunks so peak memory is ``O(B * H * chunk * N)`` instead of
-  ``O(B * H * M * N)``; it is the CPU / no-triton fallback (``backend="torch"``).
+  ``O(B * H * M * N)``, computing only the visible causal triangle; it is the CPU / no-triton fallback
+  (``backend="torch"``).  Its loop lives in :mod:`kernels._cpu_stats`.
 
 Both accept an extra ``attn_mask`` (bool ``[B, 1 or H, M, N]``, True = keep), ANDed with the causal and padding
 masks; the transformers integration uses it for masks that are not plain causal + padding.
@@ -13,12 +14,16 @@ from __future__ import annotations
 
 import torch
 
+from ._cpu_stats import chunked_stats
 from ._validate import validate_inputs
 from .errors import KernelInputError
 from .spec import AttnOut, AttnStats, StatsSpec
 
-# Elements of one float32 [B, H, chunk, N] score block the chunked path aims for (~256 MiB).
-_CHUNK_ELEMENTS = 1 << 26
+# Queries per chunk of the chunked path: measured fastest on a 2-core CPU for SmolLM2's 9 heads at 2k-8k keys
+# (smaller chunks pay per-op overhead, larger ones fall out of cache; see benchmarks/results/cpu_stats.md) ...
+_CHUNK_ROWS = 64
+# ... unless one float32 [B, H, chunk, N] block would exceed this many elements (64 MiB; two such blocks are live).
+_CHUNK_ELEMENTS = 1 << 24
 
 
 def _check_attn_mask(attn_mask: torch.Tensor | None, q: torch.Tensor, n: int) -> None:
@@ -135,82 +140,25 @@ def chunked_attention_stats(
 ) -> AttnOut:
     """Chunked float32 implementation: ``O(B * H * chunk * N)`` memory, same results as the oracle.
 
-    Each chunk holds *complete* score rows for ``chunk`` queries, so its log-sum-exp is already final and the
-    per-key received mass is accumulated in the same pass (no second pass needed, unlike the triton kernel, which
-    only holds a key block at a time).  Deterministic: chunks are summed in a fixed order.
+    Each chunk of queries holds complete score rows over the keys it can see (under causal attention only the visible
+    triangle is computed), so the log-sum-exp is final within the chunk and the output, every row statistic and the
+    per-key received mass come out of one pass (see :mod:`kernels._cpu_stats`).  Deterministic: chunks are
+    accumulated in a fixed order.
 
     Args:
         q: ``[B, H, M, D]``; k, v: ``[B, Hkv, N, D]`` (GQA without repeating k/v).
-        chunk_size: queries per chunk; default keeps one float32 score block around 256 MiB.
+        chunk_size: queries per chunk; default ``_CHUNK_ROWS``, fewer when one float32 ``[B, H, chunk, N]`` block
+            would exceed ``_CHUNK_ELEMENTS``.
     Returns:
         :class:`AttnOut` with ``out [B, H, M, D]`` in ``q.dtype`` and float32 stats.
     """
     scale = validate_inputs(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask)
-    b, h, m, d = q.shape
-    hkv, n = k.shape[1], k.shape[2]
+    b, h, m, _ = q.shape
+    n = k.shape[2]
     _check_attn_mask(attn_mask, q, n)
-    g = h // hkv
     if chunk_size is None:
-        chunk_size = max(1, min(m, _CHUNK_ELEMENTS // max(1, b * h * n)))
-    if chunk_size < 1:
-        raise KernelInputError(f"chunk_size={chunk_size} must be >= 1")
-    dev, f32 = q.device, torch.float32
-    kf = k.to(f32).unsqueeze(2)  # [B, Hkv, 1, N, D]: broadcast over the g query heads of a group instead of repeating
-    vf = v.to(f32).unsqueeze(2)
-    keys = torch.arange(n, device=dev)
-    n_spans, topk = len(spec.spans), spec.topk
-    out = torch.empty(b, h, m, d, dtype=q.dtype, device=dev)
-    rows_stats = {name: torch.empty(b, h, m, dtype=f32, device=dev) for name in
-                  ("lse", "entropy", "max_weight", "sink_mass", "window_mass")}
-    argmax = torch.empty(b, h, m, dtype=torch.int64, device=dev)
-    span = torch.empty(b, h, m, n_spans, dtype=f32, device=dev)
-    topk_w = torch.empty(b, h, m, topk, dtype=f32, device=dev)
-    topk_i = torch.empty(b, h, m, topk, dtype=torch.int64, device=dev)
-    received = torch.zeros(b, h, n if spec.key_stats else 0, dtype=f32, device=dev)
-    count = torch.zeros(b, h, n if spec.key_stats else 0, dtype=f32, device=dev)
-    zero = torch.zeros((), dtype=f32, device=dev)
-    for r0 in range(0, m, chunk_size):
-        r1 = min(m, r0 + chunk_size)
-        c = r1 - r0
-        qc = q[:, :, r0:r1].to(f32).view(b, hkv, g, c, d)
-        s = (qc @ kf.transpose(-1, -2)).view(b, h, c, n) * scale
-        rows = torch.arange(r0, r1, device=dev)
-        vis = _visible(rows, n, m, causal, key_padding_mask, dev)
-        if attn_mask is not None:
-            vis = vis & attn_mask[:, :, r0:r1]
-        s = s.masked_fill(~vis, float("-inf"))
-        has_any = vis.any(-1).expand(b, h, c)
-        row_max = torch.where(has_any, s.amax(-1), zero)
-        centered = s - row_max[..., None]  # -inf where invisible
-        e = torch.exp(centered)
-        denom = e.sum(-1).clamp_min(1e-30)  # >= 1 on rows with a visible key
-        p = e / denom[..., None]
-        out[:, :, r0:r1] = (p.view(b, hkv, g, c, n) @ vf).view(b, h, c, d).to(q.dtype)
-        lse = torch.where(has_any, torch.log(denom) + row_max, torch.full_like(row_max, float("-inf")))
-        rows_stats["lse"][:, :, r0:r1] = lse
-        # H = log(l) - sum_j p_j (s_j - max): stable form of -sum p log p, no log(0) on masked keys.
-        plogit = torch.where(e > 0, p * centered, zero).sum(-1)
-        rows_stats["entropy"][:, :, r0:r1] = torch.where(has_any, torch.log(denom) - plogit, zero)
-        rows_stats["max_weight"][:, :, r0:r1] = torch.where(has_any, 1.0 / denom, zero)
-        argmax[:, :, r0:r1] = torch.where(has_any, s.argmax(-1), torch.full_like(argmax[:, :, r0:r1], -1))
-        rows_stats["sink_mass"][:, :, r0:r1] = p[..., : spec.sink_tokens].sum(-1)
-        pos = rows + (n - m)
-        in_window = (keys[None, :] <= pos[:, None]) & (keys[None, :] > pos[:, None] - spec.window)
-        rows_stats["window_mass"][:, :, r0:r1] = (p * in_window).sum(-1)
-        for si, (s0, e0) in enumerate(spec.spans):
-            span[:, :, r0:r1, si] = p[..., s0:e0].sum(-1)
-        if topk:
-            w, i = _topk(s, lse, topk)
-            topk_w[:, :, r0:r1], topk_i[:, :, r0:r1] = w, i
-        if spec.key_stats:
-            received += p.sum(-2)
-            count += vis.sum(-2, dtype=f32).expand(b, h, n) if vis.shape[1] == 1 else vis.sum(-2, dtype=f32)
-    if spec.key_stats:
-        received_mean = torch.where(count > 0, received / count.clamp_min(1), zero)
-    else:
-        received_mean = received
-    stats = AttnStats(
-        rows_stats["lse"], rows_stats["entropy"], rows_stats["max_weight"], argmax, rows_stats["sink_mass"],
-        rows_stats["window_mass"], span, topk_w, topk_i, received, received_mean,
-    )
-    return AttnOut(out, stats)
+        chunk_size = max(1, min(m, _CHUNK_ROWS, _CHUNK_ELEMENTS // max(1, b * h * n)))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise KernelInputError(f"chunk_size={chunk_size!r} must be an int >= 1")
+    return chunked_stats(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask,
+                         attn_mask=attn_mask, chunk_size=chunk_size)

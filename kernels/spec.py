@@ -60,9 +60,12 @@ class StatsSpec:
             raise KernelInputError(f"StatsSpec.key_stats must be a bool, got {self.key_stats!r}")
         # Accept lists from callers but store an immutable, hashable tuple of int pairs.
         try:
-            spans = tuple((int(s), int(e)) for s, e in self.spans)
-        except (TypeError, ValueError):
+            pairs = [tuple(p) for p in self.spans]
+        except TypeError:
             raise KernelInputError(f"StatsSpec.spans={self.spans!r} must be a sequence of (start, end) int pairs") from None
+        if not all(len(p) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in p) for p in pairs):
+            raise KernelInputError(f"StatsSpec.spans={self.spans!r} must be a sequence of (start, end) int pairs")
+        spans = tuple((int(s), int(e)) for s, e in pairs)
         for start, end in spans:
             if start < 0 or end <= start:
                 raise KernelInputError(

@@ -5,11 +5,16 @@
 >>> result = lens.run(lm, "The Eiffel Tower is in", sites=[lens.Site.PATTERN], layers=[3])
 >>> result.capture.pattern(3).shape
 torch.Size([1, 9, 7, 7])
+
+Importing ``lens`` is cheap: torch and transformers load on first use of a name that needs
+them (the CLI's ``--help`` and the errors never do).
 """
 
-from lens.backends import Backend
-from lens.capture import Capture, CaptureSpec, RunResult, capture, run
-from lens.errors import (
+from __future__ import annotations
+
+import importlib
+
+from formats.errors import (
     AttnlensError,
     BackendError,
     CorruptCaptureError,
@@ -21,21 +26,37 @@ from lens.errors import (
     SelectionError,
     UnknownModelError,
 )
-from lens.interventions import (
-    HeadEdit,
-    mean_ablation,
-    patch_heads,
-    resample_ablation,
-    zero_ablation,
-)
-from lens.loaded import LoadedModel, Modality, ModelFacts
-from lens.sites import Site, SiteKey
-from lens.zoo import DEFAULT_MODEL, list_models, load
+from formats.facts import Modality, ModelFacts
+from formats.sites import Part, Site, SiteKey
+from lens.heads import HeadRef, MlpRef, ResidRef
+
+_LAZY = {
+    "Backend": "lens.backends", "Capture": "lens.recording", "CaptureSpec": "lens.recording", "RunResult": "lens.recording",
+    "capture": "lens.recording", "run": "lens.recording", "LoadedModel": "lens.loaded",
+    "DEFAULT_MODEL": "lens.zoo", "list_models": "lens.zoo", "load": "lens.zoo",
+    "stats_mode": "lens.recording.stats", "run_stats": "lens.recording.stats", "StatsRun": "lens.recording.stats",
+    "Edit": "lens.edits", "Zero": "lens.edits", "Replace": "lens.edits", "Scale": "lens.edits", "Over": "lens.edits",
+    "Reference": "lens.edits", "editing": "lens.edits", "zero_ablation": "lens.edits", "mean_ablation": "lens.edits",
+    "patch": "lens.edits", "resample_ablation": "lens.edits", "scale_heads": "lens.edits",
+    "attention_mode": "lens.attention", "show": "lens.show",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lens' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
-    "DEFAULT_MODEL", "AttnlensError", "Backend", "BackendError", "Capture", "CaptureSpec",
-    "CorruptCaptureError", "HeadEdit", "InterventionError", "LoadedModel", "MemoryBudgetError",
-    "Modality", "ModelFacts", "ModelUnavailableError", "OutputExistsError", "PromptError",
-    "RunResult", "SelectionError", "Site", "SiteKey", "UnknownModelError", "capture", "list_models",
-    "load", "mean_ablation", "patch_heads", "resample_ablation", "run", "zero_ablation",
+    "AttnlensError", "BackendError", "CorruptCaptureError", "HeadRef", "InterventionError", "MemoryBudgetError",
+    "MlpRef", "Modality", "ModelFacts", "Part", "ModelUnavailableError", "OutputExistsError", "PromptError", "ResidRef",
+    "SelectionError", "Site", "SiteKey", "UnknownModelError", *_LAZY,
 ]

@@ -36,6 +36,29 @@ class HeadRef:
         return f"L{self.layer}H{self.head}"
 
 
+@dataclass(frozen=True, order=True)
+class MlpRef:
+    """The MLP of layer ``layer``."""
+
+    layer: int
+
+    def __str__(self) -> str:
+        return f"L{self.layer}.mlp"
+
+
+@dataclass(frozen=True, order=True)
+class ResidRef:
+    """The residual stream leaving block ``layer``."""
+
+    layer: int
+
+    def __str__(self) -> str:
+        return f"L{self.layer}.resid"
+
+
+Component = HeadRef | MlpRef | ResidRef
+
+
 def parse_head_spec(text: str, facts) -> list[HeadRef]:
     """The heads ``text`` names, sorted and without duplicates, checked against ``facts``.
 

@@ -2,75 +2,13 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from lens.errors import PromptError, SelectionError
-
-
-class Modality(enum.Enum):
-    TEXT = "text"
-    VISION = "vision"
-    SPEECH = "speech"
-    VISION_TEXT = "vision-text"
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """Shape facts of a model, enough to validate selections and size captures."""
-
-    name: str  # zoo name, hub id or folder it was loaded from
-    architecture: str  # transformers class name, e.g. "LlamaForCausalLM"
-    n_layers: int
-    n_heads: int  # query heads per layer
-    n_kv_heads: int  # key/value heads per layer (fewer than n_heads with GQA)
-    d_head: int
-    d_model: int
-    context_length: int
-    vocab_size: int
-    modality: Modality = Modality.TEXT
-    causal: bool = True
-    weights_sha256: str | None = None  # of the weight files, where known
-
-    @property
-    def group_size(self) -> int:
-        """How many query heads share one KV head."""
-        return self.n_heads // self.n_kv_heads
-
-    def kv_head_of(self, head: int) -> int:
-        """The KV head that query ``head`` reads (transformers' repeat_kv convention)."""
-        return head // self.group_size
-
-    def query_heads_of(self, kv_head: int) -> list[int]:
-        return list(range(kv_head * self.group_size, (kv_head + 1) * self.group_size))
-
-    def check_layer(self, layer: int) -> int:
-        if not 0 <= layer < self.n_layers:
-            raise SelectionError(
-                f"layer {layer} is out of range: {self.name} has layers 0-{self.n_layers - 1}"
-            )
-        return layer
-
-    def check_head(self, head: int) -> int:
-        if not 0 <= head < self.n_heads:
-            raise SelectionError(
-                f"head {head} is out of range: {self.name} has heads 0-{self.n_heads - 1} in each layer"
-            )
-        return head
-
-    def to_json(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["modality"] = self.modality.value
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ModelFacts:
-        d = dict(d)
-        d["modality"] = Modality(d["modality"])
-        return cls(**d)
+from formats.facts import Modality, ModelFacts
+from lens.errors import PromptError
 
 
 @dataclass
@@ -91,6 +29,20 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the input embedding's device. On a model split by accelerate
+        (``lens.load(..., device_map=...)``) that is the embedding's execution device, also
+        when its weights are offloaded (their parameters are then on ``meta``)."""
+        try:
+            emb = self.model.get_input_embeddings()
+        except (AttributeError, NotImplementedError):
+            emb = None
+        hook = getattr(emb, "_hf_hook", None)
+        if getattr(hook, "execution_device", None) is not None:
+            dev = hook.execution_device
+            return torch.device(f"cuda:{dev}" if isinstance(dev, int) else dev)
+        for p in (emb.parameters() if emb is not None else ()):
+            if p.device.type != "meta":
+                return p.device
         return next(self.model.parameters()).device
 
     def encode(self, prompt: str, *, chat: bool = False) -> torch.Tensor:
@@ -99,6 +51,11 @@ class LoadedModel:
         Raises :class:`PromptError` for an empty prompt, one longer than the context,
         or ``chat`` on a tokenizer without a chat template.
         """
+        if self.tokenizer is None:
+            raise PromptError(f"{self.facts.name} is a {self.facts.modality.value} model without a tokenizer: "
+                              "it does not take text")
+        if not isinstance(prompt, str):
+            raise PromptError(f"a prompt must be text, got {type(prompt).__name__}")
         if not prompt or not prompt.strip():
             raise PromptError("prompt is empty: give some text to run the model on")
         tok = self.tokenizer
@@ -145,3 +102,6 @@ class LoadedModel:
             pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
         )
         return self.tokenizer.decode(out[0, ids.shape[-1] :], skip_special_tokens=True).strip()
+
+
+__all__ = ["LoadedModel", "Modality", "ModelFacts"]

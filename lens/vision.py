@@ -9,7 +9,7 @@ either (preprocessed by the model's image processor), or ready pixel values
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import io
 from typing import Any
 
 import numpy as np
@@ -17,66 +17,53 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from formats.layouts import ImageLayout
 from lens.errors import PromptError
 
 
-@dataclass(frozen=True)
-class ImageLayout:
-    """Where each token of a ViT sequence sits on the image."""
-
-    height: int  # pixels of the model input
-    width: int
-    patch_size: int
-    prefix: int = 1  # tokens before the patches: CLS plus register tokens
-
-    def __post_init__(self) -> None:
-        if self.height < self.patch_size or self.width < self.patch_size:
-            raise PromptError(
-                f"image of {self.height}x{self.width} pixels is smaller than one {self.patch_size}x{self.patch_size} patch"
-            )
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """``(rows, cols)`` of the patch grid (edges that do not fill a patch are dropped)."""
-        return self.height // self.patch_size, self.width // self.patch_size
-
-    @property
-    def n_patches(self) -> int:
-        rows, cols = self.grid
-        return rows * cols
-
-    @property
-    def n_tokens(self) -> int:
-        return self.prefix + self.n_patches
-
-    def tokens(self) -> list[str]:
-        """``["CLS", ("reg0", ...), "patch(0,0)", "patch(0,1)", ...]``."""
-        rows, cols = self.grid
-        prefix = ["CLS"] + [f"reg{i}" for i in range(self.prefix - 1)]
-        return prefix + [f"patch({r},{c})" for r in range(rows) for c in range(cols)]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"height": self.height, "width": self.width, "patch_size": self.patch_size,
-                "prefix": self.prefix, "grid": list(self.grid)}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ImageLayout:
-        return cls(int(d["height"]), int(d["width"]), int(d["patch_size"]), int(d.get("prefix", 1)))
-
-
-def layout_for(config, pixel_values: Tensor) -> ImageLayout:
+def layout_for(config, pixel_values: Tensor, *, image_file: str | None = None) -> ImageLayout:
     """The layout of ``pixel_values [batch, 3, H, W]`` for a ViT with ``config``."""
     patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
     prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
-    return ImageLayout(int(pixel_values.shape[-2]), int(pixel_values.shape[-1]), int(patch), prefix)
+    return ImageLayout(int(pixel_values.shape[-2]), int(pixel_values.shape[-1]), int(patch), prefix,
+                       image_file=image_file)
 
 
 def layout_of(capture) -> ImageLayout:
-    """The layout a vision capture recorded in ``capture.meta.extra["image"]``."""
-    image = capture.meta.extra.get("image")
-    if image is None:
+    """The image layout a vision capture recorded."""
+    if capture.meta.layout is None:
         raise PromptError(f"this capture of {capture.meta.facts.name} is not of an image: it has no image layout")
-    return ImageLayout.from_json(image)
+    return capture.meta.layout
+
+
+def input_png(lm, pixel_values: Tensor) -> bytes:
+    """The first image of ``pixel_values [batch, 3, H, W]`` as the model saw it, as PNG bytes
+    (normalisation undone with the image processor's mean and std, when it has them)."""
+    from PIL import Image
+
+    x = pixel_values[0].detach().float().cpu()
+    proc = lm.processor
+    mean, std = getattr(proc, "image_mean", None), getattr(proc, "image_std", None)
+    if mean is not None and std is not None:
+        x = x * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    a = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def load_image(path) -> Any:
+    """The image file at ``path`` as an RGB PIL image; :class:`PromptError` naming it if it cannot be decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.width * im.height > 100_000_000:
+                raise PromptError(f"image {path} is {im.width}x{im.height} pixels: too large (at most 100 megapixels)")
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        raise PromptError(f"image {path} cannot be decoded: {type(err).__name__}: {str(err)[:120]}") from None
 
 
 def is_image(x: Any) -> bool:
@@ -102,6 +89,8 @@ def pixel_values(lm, image) -> Float[Tensor, "batch 3 height width"]:
         t = image.unsqueeze(0) if image.ndim == 3 else image
         if t.ndim != 4 or t.shape[1] != 3:
             raise PromptError(f"pixel values must be [batch, 3, H, W] or [3, H, W], got shape {tuple(image.shape)}")
+        if not bool(torch.isfinite(t).all()):
+            raise PromptError("pixel values hold NaN or inf: give a finite image")
         return t
     images = list(image) if isinstance(image, (list, tuple)) else [image]
     if isinstance(image, np.ndarray) and image.ndim == 4:
@@ -125,6 +114,8 @@ def _as_pil(image):
         if a.ndim != 3 or a.shape[-1] not in (3, 4):
             raise PromptError(f"an image array must be [H, W, 3] (or [H, W]), got shape {image.shape}")
         if a.dtype != np.uint8:
+            if not np.isfinite(np.asarray(a, dtype=np.float64)).all():
+                raise PromptError("the image array holds NaN or inf: give a finite image")
             a = np.clip(np.asarray(a, dtype=np.float64) * 255.0, 0, 255).round().astype(np.uint8)
         return Image.fromarray(a[..., :3])
     raise PromptError(f"expected a PIL image, a numpy array [H, W, 3] or pixel values, got {type(image).__name__}")
@@ -169,5 +160,5 @@ def synthetic_image(size: int = 224, *, shape: str = "disc", center: tuple[float
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
-__all__ = ["ImageLayout", "cls_attention_map", "is_image", "layout_for", "layout_of", "pixel_values",
+__all__ = ["ImageLayout", "cls_attention_map", "input_png", "is_image", "load_image", "layout_for", "layout_of", "pixel_values",
            "synthetic_image", "upsample"]

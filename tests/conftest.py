@@ -29,3 +29,20 @@ def smollm2():
     import lens
 
     return lens.load("smollm2-135m")
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run the real ``lens`` entry point: ``code, stdout, stderr = cli("capture", ...)``."""
+    import sys
+
+    from lens.cli import main
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["lens", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        out, err = capsys.readouterr()
+        return exit_info.value.code or 0, out, err
+
+    return run

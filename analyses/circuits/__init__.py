@@ -1,7 +1,6 @@
 """Circuits and head-ablation studies: tasks, metrics, ablation and patching, EAP / EAP-IG,
 circuit selection, faithfulness and overlap. See docs/circuits.md."""
 
-from analyses.circuits._hooks import Edit, MlpRef
 from analyses.circuits.ablation import (
     Context,
     Method,
@@ -27,9 +26,10 @@ from analyses.circuits.tasks import (
     load_task,
     niah,
 )
+from lens.heads import MlpRef
 
 __all__ = [
-    "TASK_NAMES", "Context", "Edit", "EncodedTask", "Example", "Method", "Metric", "MlpRef", "Task", "TaskBatch",
+    "TASK_NAMES", "Context", "EncodedTask", "Example", "Method", "Metric", "MlpRef", "Task", "TaskBatch",
     "TaskError", "all_heads", "colored_objects", "encode_task", "greater_than", "ioi", "load_jsonl", "load_task",
     "niah", "per_position_effects", "per_row", "prepare", "random_sets", "score_sets",
 ]

@@ -1,52 +1,27 @@
 """Forward passes with per-group edits and activation capture, through :class:`lens.adapters.DecoderAdapter`.
 
 Circuit methods run many variants of the same prompts at once: ``G`` groups of the same
-``N`` prompts stacked into one batch of ``G * N`` rows, each group with its own edits.
-Edits replace a head's ``z`` (the output projection's input) or a layer's MLP output, at
-every position or at one. Only the last position's logits are computed
-(``logits_to_keep=1``): every task reads its answer there.
+``N`` prompts stacked into one batch of ``G * N`` rows, each group with its own edits
+(:mod:`lens.edits`, the project's one edit system). Only the last position's logits are
+computed (``logits_to_keep=1``): every task reads its answer there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from lens.adapters import DecoderAdapter
-from lens.errors import BackendError, InterventionError
+from lens.adapters import adapter_for
+from lens.edits import EditGroups, Reference, editing
+from lens.errors import BackendError
+from lens.heads import MlpRef  # noqa: F401  (re-exported: circuits name MLPs with it)
 
 _Q, _K, _V = ("q_proj", "query", "q"), ("k_proj", "key", "k"), ("v_proj", "value", "v")
 _ATTN_NORM = ("input_layernorm", "ln_1", "attention_norm", "ln1")
 _MLP_NORM = ("post_attention_layernorm", "ln_2", "ffn_norm", "ln2")
-
-
-@dataclass(frozen=True, order=True)
-class MlpRef:
-    """The MLP of layer ``layer``."""
-
-    layer: int
-
-    def __str__(self) -> str:
-        return f"L{self.layer}.mlp"
-
-
-@dataclass(frozen=True)
-class Edit:
-    """Replace head ``head``'s z (or, with ``head=None``, the layer's MLP output).
-
-    ``value``: None (zero), ``[d]``, ``[pos, d]`` (broadcast over prompts) or
-    ``[batch, pos, d]`` (one per prompt); ``pos``: only that position (None: all).
-    """
-
-    layer: int
-    head: int | None
-    value: Tensor | None = None
-    pos: int | None = None
 
 
 @dataclass
@@ -58,6 +33,11 @@ class Acts:
     mlp: list[Tensor]
     embed: Tensor
     logits: Float[Tensor, "batch vocab"]
+
+    @property
+    def reference(self) -> Reference:
+        """These activations as a :class:`lens.edits.Reference` (for building edits)."""
+        return Reference(z=dict(enumerate(self.z)), mlp=dict(enumerate(self.mlp)))
 
 
 def _child(module: nn.Module, names: tuple[str, ...], what: str, layer: int) -> nn.Module:
@@ -74,7 +54,7 @@ class Parts:
     def __init__(self, lm):
         self.lm = lm
         self.facts = lm.facts
-        self.adapter = DecoderAdapter(lm.model, lm.facts.n_layers)
+        self.adapter = adapter_for(lm.model, lm.facts.n_layers)
 
     def q(self, layer): return _child(self.adapter.attention(layer), _Q, "query projection", layer)
     def k(self, layer): return _child(self.adapter.attention(layer), _K, "key projection", layer)
@@ -87,62 +67,7 @@ class Parts:
         return w.detach().view(w.shape[0], self.facts.n_heads, self.facts.d_head).permute(1, 0, 2)
 
 
-def _assign(view: Tensor, idx: tuple, value: Tensor | None, pos: int | None) -> None:
-    """``view[idx]`` (positions on axis 1 of the group's ``[N, pos, ..., d]``) = value."""
-    if value is None:
-        view[idx] = 0
-        return
-    v = value.to(device=view.device, dtype=view.dtype)
-    if pos is not None and v.ndim >= 2:
-        v = v[:, pos] if v.ndim == 3 else v[pos]
-    view[idx] = v
-
-
-def _edit_rows(t: Tensor, n_groups: int, edits: Sequence[tuple[int, Edit]], per_head: int | None) -> Tensor:
-    t = t.clone()
-    rows, pos = t.shape[0], t.shape[1]
-    view = t.view(n_groups, rows // n_groups, pos, *t.shape[2:])
-    for g, e in edits:
-        p = slice(None) if e.pos is None else e.pos
-        idx = (g, slice(None), p, e.head) if per_head is not None else (g, slice(None), p)
-        try:
-            _assign(view, idx, e.value, e.pos)
-        except RuntimeError as err:
-            raise InterventionError(f"edit of layer {e.layer} head {e.head}: value of shape "
-                                    f"{tuple(e.value.shape) if e.value is not None else None} does not fit "
-                                    f"[batch={rows // n_groups}, pos={pos}, ...]: {err}") from None
-    return t
-
-
-@contextmanager
-def group_edits(parts: Parts, groups: Sequence[Sequence[Edit]]) -> Iterator[None]:
-    """Apply ``groups[g]`` to rows ``g*N:(g+1)*N`` of every forward inside the block."""
-    by_layer: dict[tuple[int, bool], list[tuple[int, Edit]]] = {}
-    for g, edits in enumerate(groups):
-        for e in edits:
-            by_layer.setdefault((e.layer, e.head is None), []).append((g, e))
-    n_groups, H = len(groups), parts.facts.n_heads
-    handles = []
-    try:
-        for (layer, is_mlp), edits in by_layer.items():
-            if is_mlp:
-                def mlp_hook(m, a, out, edits=edits):
-                    return _edit_rows(out, n_groups, edits, None)
-                handles.append(parts.adapter.mlp(layer).register_forward_hook(mlp_hook))
-            else:
-                def z_hook(m, args, edits=edits):
-                    x, *rest = args
-                    b, p, w = x.shape
-                    z = _edit_rows(x.view(b, p, H, w // H), n_groups, edits, 0)
-                    return (z.reshape(b, p, w), *rest)
-                handles.append(parts.adapter.out_proj(layer).register_forward_pre_hook(z_hook))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def last_logits(parts: Parts, ids: Tensor, groups: Sequence[Sequence[Edit]] = ((),), *,
+def last_logits(parts: Parts, ids: Tensor, groups: EditGroups = ((),), *,
                 max_rows: int = 64) -> Float[Tensor, "group batch vocab"]:
     """Last-position logits of ``ids [N, pos]`` under each group of edits (chunked by ``max_rows``)."""
     n = ids.shape[0]
@@ -152,7 +77,7 @@ def last_logits(parts: Parts, ids: Tensor, groups: Sequence[Sequence[Edit]] = ((
     with torch.no_grad():
         for s in range(0, len(groups), per_chunk):
             chunk = groups[s:s + per_chunk]
-            with group_edits(parts, chunk):
+            with editing(parts.lm, chunk, groups=True, adapter=parts.adapter):
                 logits = parts.lm.model(input_ids=ids.repeat(len(chunk), 1).to(dev), logits_to_keep=1).logits[:, -1]
             out.append(logits.float().view(len(chunk), n, -1).cpu())
     return torch.cat(out)

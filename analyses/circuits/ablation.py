@@ -23,10 +23,11 @@ from enum import Enum
 import numpy as np
 import torch
 
-from analyses.circuits._hooks import Acts, Edit, MlpRef, Parts, capture, last_logits
+from analyses.circuits._hooks import Acts, Parts, capture, last_logits
 from analyses.circuits.metrics import Metric, per_row
 from analyses.circuits.tasks import EncodedTask, TaskError
-from lens.heads import HeadRef
+from lens.edits import Edit, Over, Zero, mean_ablation, patch, resample_ablation
+from lens.heads import HeadRef, MlpRef
 
 Component = HeadRef | MlpRef
 
@@ -83,23 +84,15 @@ def prepare(lm, enc: EncodedTask, method: Method | str, metric: Metric | str, *,
 
 def edits_for(ctx: Context, batch: int, components: Sequence[Component], pos: int | None = None) -> list[Edit]:
     """The edits that apply ``ctx.method`` to ``components`` on task batch ``batch``."""
-    ref = ctx.refs[batch]
-    out = []
-    for c in components:
-        is_mlp = isinstance(c, MlpRef)
-        head = None if is_mlp else c.head
-        if ctx.method is Method.ZERO:
-            out.append(Edit(c.layer, head, None, pos))
-            continue
-        act = ref.mlp[c.layer] if is_mlp else ref.z[c.layer][:, :, c.head]  # [N, pos, d]
-        if ctx.method is Method.MEAN:
-            value = act.mean(0)  # [pos, d]
-        elif ctx.method is Method.RESAMPLE:
-            value = act[ctx.perms[batch]]
-        else:
-            value = act
-        out.append(Edit(c.layer, head, value, pos))
-    return out
+    if ctx.method is Method.ZERO:
+        return [Edit(c, Zero(), pos) for c in components]
+    ref = ctx.refs[batch].reference
+    if ctx.method is Method.MEAN:
+        return mean_ablation(ref, components, over=Over.BATCH, position=pos)
+    if ctx.method is Method.RESAMPLE:
+        return resample_ablation(ref, components, batch=ctx.enc.batches[batch].size, rows=ctx.perms[batch],
+                                 position=pos)
+    return patch(ref, components, position=pos)
 
 
 def score_sets(ctx: Context, sets: Sequence[Sequence[Component]], *, pos: int | None = None,

@@ -1,88 +1,70 @@
 """Circuits from attribution scores: selection, faithfulness and overlap.
 
-A :class:`Circuit` is a set of edges plus the heads and MLPs that lie on a path of
-selected edges to the logits (a key or value receiver stands for every query head of its
-KV head). Faithfulness follows METHODS.md: the task metric with every head and MLP outside
-the circuit mean-ablated (per-position mean over the task's corrupted prompts), as a
-fraction of the full model's metric. This is node-level ablation: an edge between two
-circuit nodes that was not selected is kept.
+A circuit (:class:`formats.Circuit`, the file format ``lens circuit`` writes) is a set of
+edges plus the heads and MLPs that lie on a path of selected edges to the logits (a key or
+value receiver stands for every query head of its KV head). Faithfulness follows
+METHODS.md: the task metric with every head and MLP outside the circuit mean-ablated
+(per-position mean over the task's corrupted prompts), as a fraction of the full model's
+metric. This is node-level ablation: an edge between two circuit nodes that was not
+selected is kept.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-
 import numpy as np
 
-from analyses.circuits._hooks import MlpRef
 from analyses.circuits.ablation import all_heads, prepare, score_sets
 from analyses.circuits.eap import EdgeScores
 from analyses.circuits.metrics import Metric
 from analyses.circuits.tasks import EncodedTask, TaskError
-from lens.heads import HeadRef
-
-_HEAD = re.compile(r"^L(\d+)H(\d+)(?:\.q)?$")
-_KV = re.compile(r"^L(\d+)KV(\d+)\.[kv]$")
-_MLP = re.compile(r"^L(\d+)\.mlp$")
-
-
-@dataclass
-class Circuit:
-    heads: list[HeadRef]
-    mlps: list[int]
-    edges: list[tuple[str, str, float]] = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        return {"n_heads": len(self.heads), "n_mlps": len(self.mlps), "n_edges": len(self.edges),
-                "heads": [str(h) for h in self.heads], "mlps": self.mlps,
-                "edges": [{"sender": s, "receiver": r, "score": v} for s, r, v in self.edges]}
-
-
-def _nodes_of(name: str, facts) -> list[str]:
-    """The node names (``L3H4``, ``L3.mlp``, ``logits``) a sender or receiver stands for."""
-    if m := _KV.match(name):
-        layer, kv = int(m.group(1)), int(m.group(2))
-        return [f"L{layer}H{h}" for h in facts.query_heads_of(kv)]
-    if m := _HEAD.match(name):
-        return [f"L{m.group(1)}H{m.group(2)}"]
-    return [name]
+from formats.circuit import Circuit, Node, NodeKind
+from lens.heads import HeadRef, MlpRef
 
 
 def select_edges(scores: EdgeScores, facts, *, top_n: int | None = None, threshold: float | None = None) -> Circuit:
     """The edges with the largest ``|score|`` (``top_n``) or ``|score| >= threshold``, pruned to paths to the logits."""
     if (top_n is None) == (threshold is None):
-        raise TaskError("give exactly one of --top-n and --threshold")
+        raise TaskError("give exactly one of top_n and threshold")
     edges = scores.edges()
     if top_n is not None:
-        if top_n < 1:
-            raise TaskError(f"--top-n must be >= 1, got {top_n}")
-        chosen = sorted(edges, key=lambda e: -abs(e[2]))[:top_n]
+        if not 1 <= top_n <= len(edges):
+            raise TaskError(f"top_n must be 1-{len(edges)} (the edges of the graph), got {top_n}")
+        chosen = sorted(edges, key=lambda e: -abs(e.score))[:top_n]
     else:
-        chosen = [e for e in edges if abs(e[2]) >= threshold]
+        if not np.isfinite(threshold) or threshold < 0:
+            raise TaskError(f"threshold must be a finite number >= 0, got {threshold}")
+        chosen = [e for e in edges if abs(e.score) >= threshold]
     order = {s: i for i, s in enumerate(scores.senders)}
-    active = {"logits"}
-    by_sender: dict[str, list] = {}
+    active: set[Node] = {Node(NodeKind.LOGITS)}
+    by_sender: dict[Node, list] = {}
     for e in chosen:
-        by_sender.setdefault(e[0], []).append(e)
+        by_sender.setdefault(e.sender, []).append(e)
     kept = []
     for sender in sorted(by_sender, key=lambda s: -order[s]):  # later senders first
-        live = [e for e in by_sender[sender] if any(n in active for n in _nodes_of(e[1], facts))]
+        live = [e for e in by_sender[sender] if any(n in active for n in e.receiver.nodes(facts.group_size))]
         if live:
             active.add(sender)
             kept.extend(live)
-    heads = sorted(HeadRef(int(m.group(1)), int(m.group(2))) for n in active if (m := _HEAD.match(n)))
-    mlps = sorted(int(m.group(1)) for n in active if (m := _MLP.match(n)))
-    return Circuit(heads, mlps, sorted(kept, key=lambda e: -abs(e[2])))
+    heads = sorted((n.layer, n.head) for n in active if n.kind is NodeKind.HEAD)
+    mlps = sorted(n.layer for n in active if n.kind is NodeKind.MLP)
+    return Circuit(heads, mlps, sorted(kept, key=lambda e: -abs(e.score)), method=scores.method, metric=scores.metric,
+                   n_layers=facts.n_layers, n_heads=facts.n_heads, group_size=facts.group_size,
+                   params={"top_n": top_n, "threshold": threshold, "n_edges_scored": scores.n_edges})
 
 
-def select_nodes(head_scores: np.ndarray, mlp_scores: np.ndarray | None, *, top_n: int) -> Circuit:
+def select_nodes(head_scores: np.ndarray, mlp_scores: np.ndarray | None, *, top_n: int, facts=None) -> Circuit:
     """A node-only circuit: the ``top_n`` heads and MLPs with the largest ``|score|`` (for per-head patching)."""
-    items = [(abs(v), HeadRef(l, h)) for (l, h), v in np.ndenumerate(head_scores) if not np.isnan(v)]
+    items = [(abs(v), HeadRef(la, h)) for (la, h), v in np.ndenumerate(head_scores) if not np.isnan(v)]
     if mlp_scores is not None:
-        items += [(abs(v), MlpRef(l)) for l, v in enumerate(mlp_scores) if not np.isnan(v)]
+        items += [(abs(v), MlpRef(la)) for la, v in enumerate(mlp_scores) if not np.isnan(v)]
+    if not 1 <= top_n <= len(items):
+        raise TaskError(f"top_n must be 1-{len(items)} (the heads and MLPs scored), got {top_n}")
     top = [c for _, c in sorted(items, key=lambda x: -x[0])[:top_n]]
-    return Circuit(sorted(c for c in top if isinstance(c, HeadRef)), sorted(c.layer for c in top if isinstance(c, MlpRef)))
+    n_layers, n_heads = head_scores.shape
+    return Circuit(sorted((c.layer, c.head) for c in top if isinstance(c, HeadRef)),
+                   sorted(c.layer for c in top if isinstance(c, MlpRef)), method="patching",
+                   n_layers=n_layers, n_heads=n_heads, group_size=facts.group_size if facts else 1,
+                   params={"top_n": top_n})
 
 
 def faithfulness(lm, enc: EncodedTask, circuit: Circuit, metric: Metric | str = Metric.LOGIT_DIFF, *,
@@ -90,10 +72,10 @@ def faithfulness(lm, enc: EncodedTask, circuit: Circuit, metric: Metric | str = 
     """Metric of the full model, of the circuit (rest mean-ablated) and of nothing (all mean-ablated)."""
     ctx = prepare(lm, enc, "mean", metric)
     facts = lm.facts
-    inside = set(circuit.heads)
-    everything = all_heads(facts) + [MlpRef(l) for l in range(facts.n_layers)]
-    outside = [h for h in all_heads(facts) if h not in inside] + [MlpRef(l) for l in range(facts.n_layers)
-                                                                  if l not in circuit.mlps]
+    inside = {HeadRef(la, h) for la, h in circuit.heads}
+    everything = all_heads(facts) + [MlpRef(la) for la in range(facts.n_layers)]
+    outside = [h for h in all_heads(facts) if h not in inside] + [MlpRef(la) for la in range(facts.n_layers)
+                                                                  if la not in circuit.mlps]
     circ, empty = score_sets(ctx, [outside, everything], max_rows=max_rows)
     full = ctx.baseline
     return {"full": full, "circuit": float(circ), "empty": float(empty),
@@ -105,11 +87,11 @@ def faithfulness(lm, enc: EncodedTask, circuit: Circuit, metric: Metric | str = 
 def overlap(a: Circuit, b: Circuit) -> dict:
     """Shared heads and edges of two circuits: Jaccard indices and the share of ``a``'s heads reused by ``b``."""
     ha, hb = set(a.heads), set(b.heads)
-    ea, eb = {(s, r) for s, r, _ in a.edges}, {(s, r) for s, r, _ in b.edges}
+    ea, eb = {(e.sender, e.receiver) for e in a.edges}, {(e.sender, e.receiver) for e in b.edges}
 
     def jac(x, y):
         return len(x & y) / len(x | y) if x | y else float("nan")
 
-    return {"heads_a": len(ha), "heads_b": len(hb), "shared_heads": sorted(str(h) for h in ha & hb),
+    return {"heads_a": len(ha), "heads_b": len(hb), "shared_heads": sorted(f"L{la}H{h}" for la, h in ha & hb),
             "heads_jaccard": jac(ha, hb), "share_of_a_heads_in_b": len(ha & hb) / len(ha) if ha else float("nan"),
             "edges_a": len(ea), "edges_b": len(eb), "shared_edges": len(ea & eb), "edges_jaccard": jac(ea, eb)}

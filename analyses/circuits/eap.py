@@ -29,14 +29,15 @@ from torch import Tensor
 from analyses.circuits._hooks import Parts, capture
 from analyses.circuits.metrics import Metric, per_row
 from analyses.circuits.tasks import EncodedTask, TaskError
+from formats.circuit import Edge, Input, Node, NodeKind, Receiver
 
 
 @dataclass
 class EdgeScores:
     method: str  # "eap" or "eap-ig"
     metric: str
-    senders: list[str]
-    receivers: list[str]
+    senders: list[Node]
+    receivers: list[Receiver]
     scores: np.ndarray  # [sender, receiver], NaN where there is no edge
     head_scores: np.ndarray  # [layer, head]
     mlp_scores: np.ndarray  # [layer]
@@ -44,25 +45,29 @@ class EdgeScores:
     seconds: float
     params: dict = field(default_factory=dict)
 
-    def edges(self) -> list[tuple[str, str, float]]:
-        """Every edge as ``(sender, receiver, score)``."""
+    def edges(self) -> list[Edge]:
+        """Every edge of the graph with its score."""
         i, j = np.nonzero(~np.isnan(self.scores))
-        return [(self.senders[a], self.receivers[b], float(self.scores[a, b])) for a, b in zip(i, j)]
+        return [Edge(self.senders[a], self.receivers[b], float(self.scores[a, b])) for a, b in zip(i, j)]
+
+    @property
+    def n_edges(self) -> int:
+        return int(np.count_nonzero(~np.isnan(self.scores)))
 
 
-def graph_names(facts) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
-    """Sender names and their order, receiver names and their order (edge iff sender order < receiver order)."""
-    senders, s_order = ["embed"], [0]
+def graph_names(facts) -> tuple[list[Node], np.ndarray, list[Receiver], np.ndarray]:
+    """Senders and their order, receivers and their order (an edge iff sender order < receiver order)."""
+    senders, s_order = [Node(NodeKind.EMBED)], [0]
     receivers, r_order = [], []
     for layer in range(facts.n_layers):
-        senders += [f"L{layer}H{h}" for h in range(facts.n_heads)] + [f"L{layer}.mlp"]
+        senders += [Node(NodeKind.HEAD, layer, h) for h in range(facts.n_heads)] + [Node(NodeKind.MLP, layer)]
         s_order += [2 * layer + 1] * facts.n_heads + [2 * layer + 2]
-        receivers += [f"L{layer}H{h}.q" for h in range(facts.n_heads)]
-        receivers += [f"L{layer}KV{j}.k" for j in range(facts.n_kv_heads)]
-        receivers += [f"L{layer}KV{j}.v" for j in range(facts.n_kv_heads)]
-        receivers.append(f"L{layer}.mlp")
+        receivers += [Receiver(Input.Q, layer, h) for h in range(facts.n_heads)]
+        receivers += [Receiver(Input.K, layer, j) for j in range(facts.n_kv_heads)]
+        receivers += [Receiver(Input.V, layer, j) for j in range(facts.n_kv_heads)]
+        receivers.append(Receiver(Input.MLP, layer))
         r_order += [2 * layer + 1] * (facts.n_heads + 2 * facts.n_kv_heads) + [2 * layer + 2]
-    receivers.append("logits")
+    receivers.append(Receiver(Input.LOGITS))
     r_order.append(2 * facts.n_layers + 1)
     return senders, np.array(s_order), receivers, np.array(r_order)
 

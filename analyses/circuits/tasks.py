@@ -22,12 +22,12 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from lens.errors import AttnlensError
+from formats.errors import AnalysisError
 
 TASK_NAMES = ("ioi", "colored-objects", "greater-than", "niah")
 
 
-class TaskError(AttnlensError, ValueError):
+class TaskError(AnalysisError):
     """A task that cannot be built: unknown name, bad file line, multi-token answer."""
 
 
@@ -264,7 +264,9 @@ def load_jsonl(path: str | Path, *, strict: bool = False) -> Task:
     """
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise TaskError(f"task file {path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
     except OSError as err:
         raise TaskError(f"task file {path} cannot be read: {err.strerror or err}") from None
     examples, skipped = [], []

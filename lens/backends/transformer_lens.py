@@ -12,10 +12,11 @@ from collections.abc import Sequence
 
 import torch
 
-from lens.capture.spec import CaptureSpec
+from lens.edits import Edit, apply_edits, by_layer, check_edits
 from lens.errors import BackendError
-from lens.interventions import HeadEdit, edit_z, edits_by_layer
+from lens.heads import HeadRef, MlpRef, ResidRef
 from lens.loaded import LoadedModel
+from lens.recording.spec import CaptureSpec
 from lens.sites import Site, SiteKey
 
 # Hook point of each site, and the permutation from the hook's layout to ours.
@@ -50,20 +51,24 @@ def bridge_for(lm: LoadedModel):
     return lm.extras["tl_bridge"]
 
 
-def run(lm: LoadedModel, input_ids: torch.Tensor, spec: CaptureSpec, edits: Sequence[HeadEdit] = ()):
+def run(lm: LoadedModel, input_ids: torch.Tensor, spec: CaptureSpec, edits: Sequence[Edit] = ()):
     """Logits ``[batch, pos, vocab]`` and one step of records, through the bridge."""
+    check_edits(lm.facts, edits)
     bridge = bridge_for(lm)
     record: dict[SiteKey, torch.Tensor] = {}
-    by_layer = edits_by_layer(edits)
+    edits_at = {key: es for key, (es, _) in by_layer([list(edits)]).items()}
+    edited_site = {HeadRef: Site.Z, MlpRef: Site.MLP_OUT, ResidRef: Site.RESID_POST}
     head_idx, kv_idx = torch.tensor(spec.heads), torch.tensor(spec.kv_heads)
     hooks = []
 
     def recorder(site: Site, layer: int):
         _, perm = _HOOKS[site]
+        kind = next((k for k, s in edited_site.items() if s is site), None)
+        layer_edits = edits_at.get((layer, kind), []) if kind else []
 
         def hook(tensor, hook):
-            if site is Site.Z and layer in by_layer:
-                tensor = edit_z(tensor, by_layer[layer])
+            if layer_edits:
+                tensor = apply_edits(tensor, layer_edits, n_heads=lm.facts.n_heads)
             if layer in spec.layers and site in spec.sites:
                 t = tensor.permute(*perm) if perm else tensor
                 if site.per_head:
@@ -75,8 +80,7 @@ def run(lm: LoadedModel, input_ids: torch.Tensor, spec: CaptureSpec, edits: Sequ
 
     for layer in range(lm.facts.n_layers):
         sites = set(spec.sites) if layer in spec.layers else set()
-        if layer in by_layer:
-            sites.add(Site.Z)
+        sites |= {edited_site[kind] for (la, kind) in edits_at if la == layer}
         for site in sites:
             name = f"blocks.{layer}.{_HOOKS[site][0]}"
             if site is Site.Q or site is Site.K:

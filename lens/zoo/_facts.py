@@ -9,6 +9,8 @@ def text_facts(config, *, name: str, architecture: str, weights_sha256: str | No
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     n_heads = cfg.num_attention_heads
     d_model = cfg.hidden_size
+    # sliding-window layers as transformers lists them (Gemma 2/3, Mistral-style configs with layer_types)
+    local = tuple(i for i, t in enumerate(getattr(cfg, "layer_types", None) or []) if t == "sliding_attention")
     return ModelFacts(
         name=name,
         architecture=architecture,
@@ -22,4 +24,6 @@ def text_facts(config, *, name: str, architecture: str, weights_sha256: str | No
         modality=Modality.TEXT,
         causal=True,
         weights_sha256=weights_sha256,
+        sliding_window=getattr(cfg, "sliding_window", None) if local else None,
+        local_layers=local,
     )

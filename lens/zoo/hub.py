@@ -1,23 +1,66 @@
-"""Any Hugging Face hub id or local folder, through transformers."""
+"""Any Hugging Face hub id or local folder, through transformers.
+
+Offline (no route to the hub, or ``HF_HUB_OFFLINE=1``) only the local cache is tried, so an
+id that is not cached fails at once with one line instead of a minute of retries.
+"""
 
 from __future__ import annotations
 
+import functools
+import os
+import re
+import socket
 from pathlib import Path
 
-from lens.errors import ModelUnavailableError
+from lens.errors import ModelUnavailableError, UnknownModelError
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
-def load_pretrained(name_or_path: str | Path, *, dtype, device):
-    """(model, tokenizer) for a causal LM; a clear error when it cannot be had here."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+@functools.cache
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """Whether the hub answers a TCP connection (False with ``HF_HUB_OFFLINE`` set)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
-    except OSError as err:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def check_name(name: str) -> None:
+    """A one-line :class:`UnknownModelError` for something that cannot be a hub id."""
+    if not _HUB_ID.match(name):
+        raise UnknownModelError(f"model {name!r} is neither a zoo name, a local folder nor a hub id like org/name")
+
+
+def load_pretrained(name_or_path: str | Path, *, dtype, device, placement: dict | None = None):
+    """(model, tokenizer) for a causal LM; a clear one-line error when it cannot be had here.
+
+    ``placement``: ``from_pretrained`` keywords that split the model while it loads
+    (``device_map``, ``max_memory``, ``offload_folder``; see :mod:`lens.zoo.placement`).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    local = isinstance(name_or_path, Path)
+    if local and not (name_or_path / "config.json").is_file():
+        raise ModelUnavailableError(f"{name_or_path} is a folder but not a transformers model (no config.json)")
+    if not local:
+        check_name(str(name_or_path))
+    offline = not local and not hub_reachable()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, local_files_only=offline,
+                                                     **(placement or {}))
+    except (OSError, ValueError, KeyError, ImportError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelUnavailableError(
-            f"cannot load {str(name_or_path)!r} from the Hugging Face hub or its local cache "
-            f"(offline, or not a model id?): {first}"
-        ) from None
-    return model.to(device).eval(), tokenizer
+        where = "its folder" if local else ("the local cache (the hub is not reachable from here)" if offline
+                                            else "the Hugging Face hub or its local cache")
+        raise ModelUnavailableError(f"cannot load {str(name_or_path)!r} from {where}: {first[:200]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return (model if placement else model.to(device)).eval(), tokenizer

@@ -60,3 +60,52 @@ def tiny_llama(seed: int = 0, *, n_layers: int = 4, n_heads: int = 4, n_kv_heads
         torch.random.set_rng_state(generator_state)
     model.config.name_or_path = "tiny-llama"
     return model.eval()
+
+
+def tiny_dinov2(seed: int = 0):
+    """A random ``Dinov2Model`` (2 layers x 4 heads, d_model 32, 4-pixel patches, 8x8 grid) and a
+    processor that resizes and crops images to 32x32 pixels."""
+    from transformers import Dinov2Config, Dinov2Model
+    from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
+
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2,
+                          patch_size=4, image_size=32, layerscale_value=0.5)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = Dinov2Model(config).eval()
+    finally:
+        torch.random.set_rng_state(generator_state)
+    processor = BitImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                     image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    return model, processor
+
+
+TINY_WHISPER_SECONDS = 2  # a 2 s window: 200 log-mel frames, 100 encoder positions
+
+
+def tiny_whisper(seed: int = 0):
+    """A random ``WhisperForConditionalGeneration`` (2 encoder + 2 decoder layers x 4 heads, d_model 32,
+    2 s windows), its generation config and a matching feature extractor; eager attention."""
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
+
+    config = WhisperConfig(
+        vocab_size=TINY_VOCAB, num_mel_bins=80, d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        max_source_positions=TINY_WHISPER_SECONDS * 50, max_target_positions=64, pad_token_id=2, bos_token_id=0,
+        eos_token_id=1, decoder_start_token_id=0, suppress_tokens=[3, 4], begin_suppress_tokens=[1],
+        alignment_heads=[[1, 0], [1, 2]], tie_word_embeddings=True)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = WhisperForConditionalGeneration(config).eval()
+    finally:
+        torch.random.set_rng_state(state)
+    model.generation_config = GenerationConfig(decoder_start_token_id=0, eos_token_id=1, pad_token_id=2,
+                                               suppress_tokens=[3, 4], begin_suppress_tokens=[1])
+    return model, WhisperFeatureExtractor(chunk_length=TINY_WHISPER_SECONDS)

@@ -55,8 +55,9 @@ plt.tight_layout()
 
 # %% [markdown]
 # ## Intervene
-# Interventions are lists of `HeadEdit`s applied to a head's output `z`. Zero-ablating every head of
-# layer 20 changes the logit difference between " Mary" and " John":
+# Interventions are lists of `lens.Edit`s: a target (a head's output `z`, an MLP's output or the residual
+# stream), an action (zero, replace with a mean / resampled / patched activation, scale) and optionally
+# one position. Zero-ablating every head of layer 20 changes the logit difference between " Mary" and " John":
 
 # %%
 mary, john = lm.tokenizer.encode(" Mary")[0], lm.tokenizer.encode(" John")[0]

@@ -15,7 +15,6 @@ import torch
 import lens
 from analyses import row_stats_from_kernel, row_stats_from_pattern
 from kernels import StatsSpec, attention_with_stats
-from lens.capture.stats import run_stats
 
 lm = lens.load("smollm2-135m")
 
@@ -43,7 +42,7 @@ prefix = lm.encode(filler * 20).shape[1]
 span = (prefix, prefix + lm.tokenizer(needle, return_tensors="pt", add_special_tokens=False).input_ids.shape[1])
 print("tokens:", ids.shape[1], "needle span:", span)
 
-run = run_stats(lm, ids, spec=StatsSpec(sink_tokens=1, window=64, spans=(span,), topk=4))
+run = lens.run_stats(lm, ids, spec=StatsSpec(sink_tokens=1, window=64, spans=(span,), topk=4))
 needle_mass = torch.stack([run.stats[layer].span_mass[0, :, -1, 0] for layer in range(30)])  # [layer, head], last query
 sink_mass = torch.stack([run.stats[layer].sink_mass[0].mean(-1) for layer in range(30)])
 
@@ -66,5 +65,5 @@ top = torch.topk(needle_mass.flatten(), 5)
 short = "When Mary and John went to the store, John gave a drink to"
 pattern = lens.run(lm, short, layers=[15]).capture.pattern(15)
 from_pattern = row_stats_from_pattern(pattern)
-from_kernel = row_stats_from_kernel(run_stats(lm, short, layers=[15]).stats[15], sink_tokens=1)
+from_kernel = row_stats_from_kernel(lens.run_stats(lm, short, layers=[15]).stats[15], sink_tokens=1)
 print(float((from_pattern.entropy - from_kernel.entropy).abs().max()), float((from_pattern.sink_mass - from_kernel.sink_mass).abs().max()))

@@ -23,10 +23,10 @@ def test_heads_taxonomy_writes_results(tmp_path):
     assert len(results) == 5 and not problems
 
 
-def test_heads_sinks_refuses_existing_out(tmp_path):
+def test_heads_sinks_refuses_existing_out(cli, tmp_path):
     (tmp_path / "x").write_text("x")
-    r = runner.invoke(app, ["heads", "sinks", "tiny-llama", "--prompt", "hello there", "--out", str(tmp_path)])
-    assert r.exit_code != 0 and "already exists" in str(r.exception)
+    code, _, err = cli("heads", "sinks", "tiny-llama", "--prompt", "hello there", "--out", tmp_path)
+    assert code == 2 and "already exists" in err and (tmp_path / "x").read_text() == "x"
 
 
 def test_chat_without_template_is_a_one_line_error(tmp_path):
@@ -37,12 +37,11 @@ def test_chat_without_template_is_a_one_line_error(tmp_path):
     assert "no chat template" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_bad_source_and_depths(tmp_path):
-    r = runner.invoke(app, ["heads", "retrieval", "tiny-llama", "--source", "magic", "--out", str(tmp_path / "a")])
-    assert "--source 'magic' is not one of pattern, kernel" in str(r.exception)
-    r = runner.invoke(app, ["heads", "retrieval", "tiny-llama", "--no-chat", "--depths", "0,2", "--out",
-                            str(tmp_path / "b")])
-    assert "outside [0, 1]" in str(r.exception)
+def test_bad_source_and_depths(cli, tmp_path):
+    code, _, err = cli("heads", "retrieval", "tiny-llama", "--source", "magic", "--out", tmp_path / "a")
+    assert code == 2 and "'magic' is not one of 'pattern', 'kernel'" in err
+    code, _, err = cli("heads", "retrieval", "tiny-llama", "--no-chat", "--depths", "0,2", "--out", tmp_path / "b")
+    assert code == 2 and "--depths: 2.0 is outside [0, 1]" in err
 
 
 def test_scan_runs_everything_on_tiny(tmp_path):

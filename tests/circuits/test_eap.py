@@ -6,6 +6,7 @@ from analyses.circuits import MlpRef, TaskError, prepare, score_sets
 from analyses.circuits.ablation import all_heads
 from analyses.circuits.circuit import faithfulness, overlap, select_edges, select_nodes
 from analyses.circuits.eap import edge_attribution, graph_names
+from formats.circuit import Input, Node, NodeKind, Receiver
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +32,12 @@ def test_node_score_is_sum_of_outgoing_edges(eap):
 def test_graph_is_gqa_aware_and_acyclic(tiny_lm, eap):
     senders, so, receivers, ro = graph_names(tiny_lm.facts)
     assert len(senders) == 1 + 4 * (4 + 1) and len(receivers) == 4 * (4 + 2 + 2 + 1) + 1
-    assert "L1KV1.k" in receivers and "L1KV2.k" not in receivers
-    i, j = senders.index("L2H0"), receivers.index("L2H1.q")
-    assert np.isnan(eap.scores[i, j]) and not np.isnan(eap.scores[i, receivers.index("L2.mlp")])
+    names = [str(r) for r in receivers]
+    assert "L1KV1.k" in names and "L1KV2.k" not in names
+    assert receivers[names.index("L1KV1.k")] == Receiver(Input.K, 1, 1)
+    assert Receiver(Input.K, 1, 1).nodes(tiny_lm.facts.group_size) == [Node(NodeKind.HEAD, 1, 2), Node(NodeKind.HEAD, 1, 3)]
+    i, j = senders.index(Node(NodeKind.HEAD, 2, 0)), names.index("L2H1.q")
+    assert np.isnan(eap.scores[i, j]) and not np.isnan(eap.scores[i, names.index("L2.mlp")])
 
 
 def test_eap_ig_single_step_is_eap(tiny_lm, tiny_task, eap):
@@ -50,7 +54,7 @@ def test_eap_rejects_accuracy(tiny_lm, tiny_task):
 def test_circuit_selection_faithfulness_and_overlap(tiny_lm, tiny_task, eap):
     c = select_edges(eap, tiny_lm.facts, top_n=15)
     assert 0 < len(c.edges) <= 15 and c.heads
-    assert all(abs(e[2]) >= abs(c.edges[-1][2]) for e in c.edges)
+    assert all(abs(e.score) >= abs(c.edges[-1].score) for e in c.edges)
     whole = select_edges(eap, tiny_lm.facts, threshold=0.0)
     f = faithfulness(tiny_lm, tiny_task, whole, "logit-diff")
     assert len(whole.heads) == 16 and f["faithfulness"] == pytest.approx(1.0, abs=1e-5)
@@ -58,5 +62,5 @@ def test_circuit_selection_faithfulness_and_overlap(tiny_lm, tiny_task, eap):
     assert o["heads_jaccard"] == 1.0 and o["edges_jaccard"] == 1.0
     n = select_nodes(eap.head_scores, eap.mlp_scores, top_n=3)
     assert len(n.heads) + len(n.mlps) == 3
-    with pytest.raises(TaskError, match="exactly one of --top-n and --threshold"):
+    with pytest.raises(TaskError, match="exactly one of top_n and threshold"):
         select_edges(eap, tiny_lm.facts)

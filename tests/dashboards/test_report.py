@@ -1,7 +1,9 @@
-"""`lens report`: html, md and pdf from a real `lens scan tiny-llama` folder, and its failures."""
+"""`lens report`: html, md and pdf of the real commands' folder; summaries, notes, provenance,
+page breaks, and its failures."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -10,87 +12,108 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from dashboards.report import ReportError, write_report
-from lens.cli import app
-from lens.errors import OutputExistsError
+from dashboards.report import ReportError, build_report, write_report
+from formats import OutputExistsError
 
 LENS = str(Path(sys.executable).parent / "lens")
 
 
 def _report(args):
+    from lens.cli import app
+
     return CliRunner().invoke(app, ["report", *map(str, args)])
 
 
-def _check_provenance(text: str, folder: Path):
-    import html
-    import json
-
-    prov = json.loads((folder / "summary.sink_mass.json").read_text())["provenance"]
-    for needle in ("tiny-llama", "weights SHA-256", "torch 2.", "python 3.", "seeds", "This report",
-                   prov["machine"], prov["created"]):
-        assert needle in text, needle
-    assert prov["command"] in text or html.escape(prov["command"]) in text
+@pytest.fixture(scope="module")
+def report(contract):
+    return build_report(contract, command="pytest")
 
 
-def test_html_report_of_a_real_scan_is_self_contained(tiny_scan, tmp_path):
+def test_html_report_is_self_contained_and_has_every_figure(contract, tmp_path, report):
     out = tmp_path / "r.html"
-    res = _report([tiny_scan, "--format", "html", "--out", out])
+    res = _report([contract, "--format", "html", "--out", out])
     assert res.exit_code == 0, res.output
     text = out.read_text()
-    assert "summary.sink_mass" in text and "summary.entropy" in text
-    assert text.count("data:image/png;base64,") >= 2 + 2 * 8  # heatmaps + a thumbnail per top head
-    assert "src=\"http" not in text and "<script" not in text  # nothing to fetch
-    from dashboards.data import EXPECTED_ANALYSES
-
-    missing = [a for a in EXPECTED_ANALYSES if not list(tiny_scan.glob(f"{a}.*.json"))]
-    assert (f"Missing analyses:</b> {', '.join(missing)}" if missing else "Every expected analysis is present") in text
-    _check_provenance(text, tiny_scan)
+    assert text.count("data:image/png;base64,") == len(report.figures())
+    assert "src=\"http" not in text and "<script" not in text.lower()  # nothing to fetch, nothing to run
 
 
-def test_markdown_report_writes_its_images_next_to_it(tiny_scan, tmp_path):
+def test_markdown_report_writes_its_images_next_to_it(contract, tmp_path):
     out = tmp_path / "r.md"
-    assert _report([tiny_scan, "-f", "md", "-o", out]).exit_code == 0
+    assert _report([contract, "-f", "md", "-o", out]).exit_code == 0
     text = out.read_text()
-    links = [line.split("](", 1)[1].split(")", 1)[0] for line in text.splitlines() if "](" in line]
-    assert links and all((tmp_path / link).is_file() for link in links)
-    assert "r_files/summary_sink_mass_heatmap.png" in links
-    _check_provenance(text, tiny_scan)
+    links = re.findall(r"\]\((r_files/[^)]+)\)", text)
+    assert len(links) > 20 and all((tmp_path / link).is_file() for link in links)
 
 
-def test_pdf_report_renders_to_legible_pages(tiny_scan, tmp_path):
+def test_long_values_are_summarised_not_printed(report, tmp_path, contract):
+    text = write_report(contract, "md", tmp_path / "r.md").read_text()
+    hidden = next(r for m in report.models for r in m.results if r.label == "sweep-heads/ablation.mean_logit-diff")
+    top = dict(hidden.summary)["top"]
+    assert "(10 in all)" in top and len(top) < 400  # a list of 10 records, cut to its first few
+    assert "'item':" not in text and "{'" not in text  # no Python reprs
+    assert max(len(line) for line in text.splitlines()) < 3000
+
+
+def test_nearly_identical_maps_get_a_note_saying_how_they_differ(report):
+    notes = [n for m in report.models for n in m.notes]
+    (note,) = [n for n in notes if "summary.sink_mass" in n and "sinks.first_token_mass" in n]
+    assert "measure nearly the same thing" in note and "pools every query row" in note and "here r = " in note
+
+
+def test_provenance_has_the_inputs_hash_and_code_version(contract, tmp_path, report):
+    from formats import HeadScores
+
+    prov = HeadScores.load(contract / "scan" / "summary.sink_mass.json").provenance
+    assert prov.inputs_sha256 and prov.code_version
+    for fmt in ("html", "md"):
+        text = write_report(contract, fmt, tmp_path / f"r.{fmt}").read_text().replace("\\", "")
+        for needle in (prov.inputs_sha256, prov.code_version, prov.machine, "weights SHA-256",
+                       "torch 2.", "python 3.", "This report", report.generated["code_version"]):
+            assert needle in text, (fmt, needle)
+
+
+def test_pdf_headings_stay_with_their_figures(contract, tmp_path, report):
     out = tmp_path / "r.pdf"
-    assert _report([tiny_scan, "-f", "pdf", "-o", out]).exit_code == 0
+    assert _report([contract, "-f", "pdf", "-o", out]).exit_code == 0
     assert out.read_bytes()[:5] == b"%PDF-"
-    if shutil.which("pdftoppm") is None:
-        pytest.skip("pdftoppm (poppler-utils) is not installed")
-    subprocess.run(["pdftoppm", "-r", "40", "-png", str(out), str(tmp_path / "page")], check=True)
-    pages = sorted(tmp_path.glob("page-*.png"))
-    assert len(pages) >= 2 and all(p.stat().st_size > 2000 for p in pages)
+    if shutil.which("pdftotext") is None:
+        pytest.skip("pdftotext (poppler-utils) is not installed")
+    pages = subprocess.run(["pdftotext", "-layout", str(out), "-"], capture_output=True, text=True,
+                           check=True).stdout.split("\f")
+    pages = [p for p in pages if p.strip()]
+    assert len(pages) >= 4
+    headings = {r.label for m in report.models for r in m.results} | {c[0] for c in report.curves} | {
+        "Curves", "Circuits", "Captures", "Provenance", "Stats runs", "Top heads", "Summary", "Parameters"}
+    for i, page in enumerate(pages[:-1]):
+        lines = [ln.strip() for ln in page.splitlines() if ln.strip()]
+        tail = [ln for ln in lines[-3:] if not re.fullmatch(r"\d+ / \d+", ln)]  # the page number
+        assert not tail or tail[-1] not in headings, f"page {i + 1} ends with the heading {tail[-1]!r}"
 
 
-def test_report_refuses_to_overwrite_without_force(tiny_scan, tmp_path):
+def test_report_refuses_to_overwrite_without_force(contract, tmp_path):
     out = tmp_path / "r.html"
     out.write_text("mine")
     with pytest.raises(OutputExistsError, match="already exists: pass --force"):
-        write_report(tiny_scan, "html", out)
+        write_report(contract, "html", out)
     assert out.read_text() == "mine"
-    write_report(tiny_scan, "html", out, force=True)
+    write_report(contract, "html", out, force=True)
     assert out.read_text().startswith("<!DOCTYPE html>")
 
 
-def test_unwritable_output_is_one_clear_error(tiny_scan, tmp_path):
+def test_unwritable_output_is_one_clear_error(contract, tmp_path):
     with pytest.raises(ReportError, match="folder .*nowhere does not exist"):
-        write_report(tiny_scan, "html", tmp_path / "nowhere" / "r.html")
+        write_report(contract, "html", tmp_path / "nowhere" / "r.html")
     with pytest.raises(ReportError, match="cannot write the report to /proc/r.html"):
-        write_report(tiny_scan, "html", "/proc/r.html")
+        write_report(contract, "html", "/proc/r.html")
     with pytest.raises(ReportError, match="is a folder"):
-        write_report(tiny_scan, "md", tmp_path)
+        write_report(contract, "md", tmp_path)
     with pytest.raises(ReportError, match="--format 'docx' is not one of html, md, pdf"):
-        write_report(tiny_scan, "docx", tmp_path / "r.docx")
+        write_report(contract, "docx", tmp_path / "r.docx")
 
 
-def test_cli_prints_one_line_errors(tiny_scan, tmp_path):
-    res = subprocess.run([LENS, "report", str(tiny_scan), "--out", str(tmp_path / "no" / "r.html")],
+def test_cli_prints_one_line_errors(contract, tmp_path):
+    res = subprocess.run([LENS, "report", str(contract), "--out", str(tmp_path / "no" / "r.html")],
                          capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "error:" in res.stderr and "does not exist" in res.stderr
@@ -98,13 +121,13 @@ def test_cli_prints_one_line_errors(tiny_scan, tmp_path):
     assert res.returncode == 2 and "does not exist: run `lens scan" in res.stderr
 
 
-def test_report_of_a_damaged_folder_says_what_is_missing(synth, tmp_path):
-    shutil.copytree(synth, tmp_path / "f", ignore=shutil.ignore_patterns("captures"))
-    (tmp_path / "f" / "summary.sink_mass.safetensors").unlink()
+def test_report_of_a_damaged_folder_names_the_file_and_uses_the_rest(synth, tmp_path):
+    shutil.copytree(synth, tmp_path / "f", ignore=shutil.ignore_patterns("captures", "image"))
+    (tmp_path / "f" / "scan" / "summary.sink_mass.safetensors").unlink()
+    (tmp_path / "f" / "scan" / "sinks.first_token_mass.json").write_text("[" * 5000)  # nested too deep
     out = write_report(tmp_path / "f", "md", tmp_path / "r.md")
-    text = out.read_text()
-    assert "`summary.sink_mass.json`" in text and "is missing" in text
-    assert "**Missing analyses:** retrieval, sinks" in text
-    assert "No example captures" in text
-    assert "## ablation.loss_increase" in text and "## Circuits" in text
-    assert (tmp_path / "r_files" / "sweep_0_ablation_loss_increase.png").is_file()
+    text = out.read_text().replace("\\", "")
+    assert "scan/summary.sink_mass.json" in text and "is missing" in text
+    assert "scan/sinks.first_token_mass.json" in text
+    assert "### scan/summary.entropy" in text and "## Circuits" in text and "### curves/" in text
+    assert "No captures in this folder" in text

@@ -1,4 +1,5 @@
-"""Views without a browser: set parameters, read the panes (Panel's own testing style)."""
+"""Views without a browser: set parameters, deliver figure events, read the panes (Panel's own
+testing style). Folders come from tests/dashboards/synthetic.py (through the formats writers)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,27 @@ import shutil
 import numpy as np
 import panel as pn
 import pytest
+from bokeh import events
+from bokeh.models import Arrow, ColorBar, LabelSet, Legend
 
+from dashboards._bokeh import trigger_click
+from dashboards.ablations import AblationsView
 from dashboards.app import Dashboard
 from dashboards.atlas import HeadAtlas
-from dashboards.data import ResultsFolder
+from dashboards.circuits import CircuitView, circuit_figure
+from dashboards.compute import ColorScale, stripe_visibility
 from dashboards.explorer import MAX_CELLS, AttentionExplorer
+from dashboards.heads_grid import HeadsGrid
 from dashboards.maps import HeadMap, QKMap
-from dashboards.sweeps import SweepsView
-from dashboards.vision import VisionOverlay, patch_attention
+from dashboards.overlay import patch_attention
+from dashboards.selection import ModelResults
+from dashboards.stats_view import StatsRunView
+from dashboards.tokens import decode_weights
+from dashboards.vision import VisionOverlay
+from formats import ResultsFolder
+from tests.dashboards.synthetic import big_circuit, head_kind, make_results_folder, vision_capture
+
+N_HEADS = 6
 
 
 @pytest.fixture(scope="module")
@@ -22,94 +36,148 @@ def folder(synth):
     return ResultsFolder.load(synth)
 
 
-def test_atlas_switches_metric_and_shows_its_scores(folder):
-    atlas = HeadAtlas(folder)
-    assert atlas.param.metric.objects == folder.names
-    atlas.metric = "summary.entropy"
-    np.testing.assert_allclose(atlas._source.data["value"], folder.by_name["summary.entropy"].scores.ravel())
-    assert "summary.entropy" in atlas._fig.title.text
-    assert atlas._mapper.high == pytest.approx(np.max(folder.by_name["summary.entropy"].scores))
+@pytest.fixture(scope="module")
+def sel(folder):
+    return ModelResults.of(folder)
 
 
-def test_atlas_hover_says_not_scored_for_nan(folder):
-    folder = ResultsFolder.load(folder.path)
-    folder.by_name["summary.entropy"].scores[1, 2] = np.nan
-    atlas = HeadAtlas(folder, metric="summary.entropy")
-    assert atlas._source.data["label"][1 * 6 + 2] == "not scored"
+def _figure_of(pane):
+    return pane.object if isinstance(pane, pn.pane.Bokeh) else pane
 
 
-def test_atlas_click_selects_the_head(folder):
-    atlas = HeadAtlas(folder)
-    atlas._source.selected.indices = [2 * 6 + 5]  # what a click on L2H5 sends
-    assert atlas.selected == (2, 5)
-    assert atlas._mark.data == {"layer": [2], "head": [5]}
-    assert "L2H5" in atlas._info.object
+# ---- atlas and clicks ---------------------------------------------------------------------------
+def test_atlas_lists_the_models_results_and_shows_their_scores(sel):
+    atlas = HeadAtlas(sel)
+    assert atlas.metric == "scan/summary.sink_mass"
+    assert set(atlas.param.metric.objects) == set(sel.results)
+    atlas.metric = "scan/summary.entropy"
+    np.testing.assert_allclose(atlas.grid.source.data["value"], sel.results["scan/summary.entropy"].scores.ravel())
+    assert atlas.grid.mapper.high == pytest.approx(np.max(sel.results["scan/summary.entropy"].scores))
+    assert any(isinstance(x, ColorBar) for x in atlas.grid.figure.right)
 
 
-def test_clicking_a_head_changes_the_pattern_view(folder):
+def test_every_click_kind_selects_the_cell_under_it(sel):
+    atlas = HeadAtlas(sel)
+    fig = atlas.grid.figure
+    for i, (kind, x, y, want) in enumerate([(events.Tap, 5, 2, (2, 5)), (events.DoubleTap, 1, 3, (3, 1)),
+                                            (events.PressUp, 0, 0, (0, 0)), (events.Tap, 3.49, 1.51, (2, 3)),
+                                            (events.DoubleTap, 3.2, 2.2, (2, 3))]):  # the last two: cell borders, re-click
+        trigger_click(fig, x, y, kind)
+        assert atlas.selected == want and atlas.clicks == i + 1
+        assert atlas.grid.mark.data == {"layer": [want[0]], "head": [want[1]], "n": [i + 1]}
+    trigger_click(fig, 40, 2)  # outside the grid: not a cell, nothing changes
+    assert atlas.clicks == 5 and "L2H3" in atlas._info.object
+
+
+def test_a_click_in_the_atlas_changes_the_pattern_view(folder):
     dash = Dashboard(folder, map_method="pca")
     before = dash.explorer.cells["value"]
-    dash.atlas._source.selected.indices = [3 * 6 + 4]
+    trigger_click(dash.atlas.grid.figure, 4, 3)
     assert dash.selected == (3, 4)
-    assert (dash.explorer.layer, dash.explorer.head) == (3, 4)
-    assert (dash.qk_map.layer, dash.qk_map.head) == (3, 4)
+    assert (dash.explorer.layer, dash.explorer.head) == (3, 4) and (dash.qk_map.layer, dash.qk_map.head) == (3, 4)
     assert dash.explorer.cells["value"] != before
-    expected = folder.captures[0].pattern(3, 4)
+    label, cap = dash.sel.capture_for(3, 4, dash.atlas.metric)
+    assert dash.explorer.capture == label
     w = dash.explorer.window
-    np.testing.assert_allclose(w.values, expected[w.q_start:w.q_end], rtol=1e-6)
-    assert "L3H4" in dash.explorer._stats.object
+    np.testing.assert_allclose(w.values, cap.pattern(3, 4)[w.q_start:w.q_end], rtol=1e-6)
+    assert "L3H4 statistics" in dash.explorer._stats.object
+    # the grid, the head map and the stats view select too, and everything follows
+    trigger_click(dash.grid.plot().object, 0.5, 0.5)
+    assert dash.selected == (0, 0) and dash.explorer.layer == 0
 
 
-def test_explorer_text_view_follows_the_query(folder):
-    ex = AttentionExplorer(folder, layer=1, head=0)  # a previous-token head in the synthetic data
-    ex.query = 10
-    html = ex._text.object
-    assert "data-pos='10'" in html and "outline" in html.split("data-pos='10'")[1].split("</span>")[0]
-    # the previous token is the brightest key
-    assert "rgba(30, 100, 220, 1.000)" in html.split("data-pos='9'")[1].split("</span>")[0]
-    ex._source.selected.indices = [ex.cells["y"].index(5)]  # click a cell in row 5
-    assert ex.query == 5
+def test_the_explorer_shows_each_result_on_its_own_inputs(folder):
+    dash = Dashboard(folder, map_method="pca")
+    dash.atlas.metric = "scan/taxonomy.induction"
+    assert dash.explorer.capture == "scan/captures/repeated-tokens"
+    dash.atlas.metric = "scan/summary.entropy"
+    assert dash.explorer.capture.startswith("scan/captures/prose")
 
 
-def test_explorer_stats_rank_the_head_in_every_result(folder):
-    ex = AttentionExplorer(folder, layer=0, head=0)
-    for name in folder.names:
-        assert name in ex._stats.object
-    assert "capture 000: entropy" in ex._stats.object and "of 24" in ex._stats.object
+# ---- explorer ---------------------------------------------------------------------------------
+def _induction_head(sel):
+    return next((la, h) for la in range(4) for h in range(N_HEADS) if head_kind(la, h) == "induction")
+
+
+def test_sink_excluded_scale_shows_the_induction_stripe(sel):
+    layer, head = _induction_head(sel)
+    ex = AttentionExplorer(sel, capture="scan/captures/repeated-tokens", layer=layer, head=head, window_size=256)
+    cap = sel.captures["scan/captures/repeated-tokens"]
+    r = (len(cap.tokens) - 1) // 2
+    q = np.arange(r + 1, len(cap.tokens))
+    p = cap.pattern(layer, head)
+    assert p[:, 0].mean() > 0.5  # the synthetic model is sink-dominated, like SmolLM2
+    assert ex.scale is ColorScale.NO_SINK
+    vis = stripe_visibility(ex.window.values, q, q - r + 1, ex.color_high)
+    assert vis > 0.5, vis  # the stripe is drawn dark
+    ex.scale = ColorScale.LINEAR
+    assert stripe_visibility(ex.window.values, q, q - r + 1, ex.color_high) < vis / 2  # linear hides it
+    ex.scale = ColorScale.LOG
+    assert ex._mapper.__class__.__name__ == "LogColorMapper" and ex._bar.color_mapper is ex._mapper
+
+
+def test_row_clicks_pin_the_query_of_the_token_view(sel):
+    ex = AttentionExplorer(sel, capture="scan/captures/prose-000", layer=1, head=0)  # a previous-token head
+    for i, (kind, y) in enumerate([(events.Tap, 10), (events.DoubleTap, 5.4), (events.PressUp, 5.2)]):
+        trigger_click(ex._fig, 3, y, kind)
+        assert ex.query == round(y) and ex.clicks == i + 1
+        assert ex._qmark.data["n"] == [i + 1]
+    tv = ex.tokens
+    assert tv.query == 5 and tv.offset == 0 and tv.tokens == sel.captures["scan/captures/prose-000"].tokens
+    w = decode_weights(tv.weights, len(tv.tokens))
+    p = sel.captures["scan/captures/prose-000"].pattern(1, 0)
+    np.testing.assert_allclose(w, p, atol=1e-4)
+    assert int(np.argmax(w[10, 1:])) + 1 == 9  # previous-token head: query 10 looks at 9
 
 
 def test_long_captures_are_windowed(long_synth):
-    f = ResultsFolder.load(long_synth)
-    ex = AttentionExplorer(f, window_size=256, window_start=300)
+    sel = ModelResults.of(ResultsFolder.load(long_synth))
+    ex = AttentionExplorer(sel, capture="scan/captures/prose-000", window_size=256, window_start=300)
     assert len(ex.cells["x"]) <= MAX_CELLS
     assert ex.window.q_start == 300 and ex.window.q_end == 556
     assert "queries 300-555 of 700" in ex._message.object
     assert ex.query == 555  # starts on the last row shown
-    assert "300 earlier tokens hold" in ex._text.object
-    assert ex._text.object.count("class='tok'") == 256
+    assert ex.tokens.offset == 300 and len(ex.tokens.tokens) == 256 and "attention to earlier tokens" in ex.tokens.note
     ex.window_start = 10_000  # past the end: clamped
     assert ex.window.q_end == 700
 
 
 def test_explorer_without_captures_says_how_to_get_them(tmp_path, synth):
-    shutil.copytree(synth, tmp_path / "f", ignore=shutil.ignore_patterns("captures"))
-    ex = AttentionExplorer(ResultsFolder.load(tmp_path / "f"))
+    shutil.copytree(synth, tmp_path / "f", ignore=shutil.ignore_patterns("captures", "image"))
+    ex = AttentionExplorer(ModelResults.of(ResultsFolder.load(tmp_path / "f")))
     assert "No saved captures" in ex._message.object and "lens capture" in ex._message.object
     assert ex.cells["x"] == []
 
 
-def test_head_map_colours_heads_by_type_and_click_selects(folder):
-    hm = HeadMap(folder, method="pca")
-    xy, names, types = hm.embedding()
-    assert xy.shape == (24, 2) and names[7] == "L1H1" and types[0] == "sink"
-    pane = hm.plot()
-    hm._source.selected.indices = [7]
+# ---- all heads, maps ----------------------------------------------------------------------------
+def test_all_heads_grid_draws_every_head_and_clicks_select(sel):
+    grid = HeadsGrid(sel)
+    fig = grid.plot().object
+    layers, heads, s = grid.layout()
+    img = fig.renderers[0].data_source.data["image"][0]
+    assert img.shape == (4 * (s + 1), N_HEADS * (s + 1))
+    trigger_click(fig, 2 * (s + 1) + 1, 3 * (s + 1) + 1, events.DoubleTap)
+    assert grid.selected == (3, 2) and grid._mark.data["n"] == [1]
+    grid.layers = 2
+    assert grid.layout()[0] == [2]
+
+
+def test_head_map_colours_by_taxonomy_with_the_legend_beside_the_plot(sel):
+    hm = HeadMap(sel, method="pca")
+    xy, prof = hm.embedding(timeout=60)
+    assert xy.shape == (24, 2) and prof.types[1] == head_kind(0, 1)
+    hm._show()
+    fig = hm._area.objects[0].object
+    (legend,) = [x for x in fig.right if isinstance(x, Legend)]
+    assert legend.title == "taxonomy type" and not [x for x in fig.center if isinstance(x, Legend)]
+    assert "induction, duplicate-token and previous-token" in hm._colour_note.object
+    x, y = hm._source.data["x"][7], hm._source.data["y"][7]
+    trigger_click(fig, x, y, events.PressUp)
     assert hm.selected == (1, 1)
-    assert isinstance(pane, pn.pane.Bokeh)
 
 
-def test_qk_map_has_queries_and_keys_of_the_head(folder):
-    qk = QKMap(folder, layer=2, head=3, method="pca")
+def test_qk_map_has_queries_and_keys_of_the_head(sel):
+    qk = QKMap(sel, layer=2, head=3)
     pts = qk.points()
     assert pts["role"].count("query") == 40 and pts["role"].count("key") == 40
     qk.max_points = 10
@@ -117,57 +185,140 @@ def test_qk_map_has_queries_and_keys_of_the_head(folder):
 
 
 def test_qk_map_explains_a_capture_without_q_and_k(long_synth):
-    qk = QKMap(ResultsFolder.load(long_synth), method="pca")
+    qk = QKMap(ModelResults.of(ResultsFolder.load(long_synth)))
     assert "No capture with queries and keys" in qk.points()
 
 
-def test_sweeps_and_circuit_views(folder):
-    view = SweepsView(folder)
-    (fig,) = view.sweep_plots()
-    assert len([r for r in fig.renderers if r.glyph.__class__.__name__ == "Line"]) == 3
-    assert [h.title.text for h in view.ablation_heatmaps()] == ["ablation.loss_increase"]
-    pane = view.circuit_plot()
-    seg = next(r for r in pane.object.renderers if r.glyph.__class__.__name__ == "Segment")
-    assert len(seg.data_source.data["x0"]) == len(folder.circuits[0].edges)
+# ---- stats, ablations, circuits, vision -------------------------------------------------------------
+def test_stats_view_means_curves_and_received_mass(folder):
+    run = folder.stats_runs["stats"]
+    view = StatsRunView(folder.stats_runs)
+    np.testing.assert_allclose(np.asarray(view._grid.source.data["value"]), run.head_means("entropy").ravel())
+    assert view.param.statistic.names["span 0 mass (keys 2-5)"] == "span_mass:0"
+    view.statistic = "span_mass:0"
+    assert np.isfinite(view._grid.source.data["value"]).all()
+    trigger_click(view._grid.figure, 4, 2)
+    assert view.selected == (2, 4)
+    curves, rec = (p.object for p in view._curves.objects)
+    src = curves.renderers[0].data_source.data
+    np.testing.assert_allclose(src["entropy"], run.read(2, "entropy")[0, 4], rtol=1e-6)
+    assert src["top"][5].count("(") == 3  # the top-3 keys of query 5, with weights
+    np.testing.assert_allclose(rec.renderers[0].data_source.data["sum"], run.read(2, "received_sum")[0, 4], rtol=1e-6)
 
 
-def test_vision_overlay_per_head(folder):
+def test_ablations_view_curves_with_seed_spread_and_random_sets(folder):
+    view = AblationsView(folder)
+    (curves,) = view.curve_figures()
+    assert curves.xaxis[0].axis_label == "layer" and curves.yaxis[0].axis_label == "Δ logit-diff"
+    glyphs = [r.glyph.__class__.__name__ for r in curves.renderers]
+    assert glyphs.count("VArea") == 1 and glyphs.count("Line") == 3 + 1 + 1  # 3 runs + mean, and MLP
+    (abl,) = view.ablation_figures()
+    quads = next(r for r in abl.renderers if r.glyph.__class__.__name__ == "Quad")
+    assert sum(quads.data_source.data["top"]) == 20
+    assert [h.title.text for h in view.heatmaps()] == ["sweep-heads/ablation.mean_logit-diff"]
+    assert isinstance(pn.panel(view).get_root(), object)
+
+
+def test_circuit_graph_readable_at_64_nodes(folder):
+    c = big_circuit(32, 32, next(iter(folder.results.values())).provenance, np.random.default_rng(0))
+    assert len(c.nodes) >= 64
+    fig = circuit_figure(c)
+    (arrow,) = [x for x in fig.center if isinstance(x, Arrow)]
+    assert len(arrow.source.data["x0"]) >= len(c.edges)  # KV receivers fan out to their query heads
+    assert not [x for x in fig.center if isinstance(x, LabelSet)]  # too many nodes to print: hover names them
+    assert max(arrow.source.data["w"]) > 3 * min(arrow.source.data["w"])  # width follows the weight
+    xs = arrow.source.data["x0"]
+    assert min(xs) == -1  # the embeddings sit left of layer 0
+    assert "faithfulness" in CircuitView(folder.circuits).plot().objects[1].object
+    small = circuit_figure(next(iter(folder.circuits.values())))
+    assert [x for x in small.center if isinstance(x, LabelSet)]  # few nodes: labelled
+
+
+def test_vision_overlays_for_vit_and_vlm_layouts(folder, tmp_path):
     view = VisionOverlay(folder)
-    assert view.capture == "002" and view.param.head.objects == ["all", 0, 1, 2, 3, 4, 5]
+    assert view.capture == "image/000" and view.param.head.objects == ["all", 0, 1, 2, 3, 4, 5]
     pane = view.plot()
-    assert isinstance(pane, pn.pane.PNG) and pane.object[:4] == b"\x89PNG"
-    att = patch_attention(view._cap(), layer=0, head=1)  # head 1 of layer 0 looks at patch (2, 4)
+    assert pane.objects[1].object[:4] == b"\x89PNG" and "query 0 &#x27;CLS&#x27;" in pane.objects[0].object
+    att = patch_attention(view._cap(), layer=0, head=1, query=0)  # head 1 of layer 0 looks at patch (2, 4)
     assert np.unravel_index(att.argmax(), att.shape) == (2, 4)
-    view.head = 1
-    assert isinstance(view.plot(), pn.pane.PNG)
+    vision_capture(tmp_path / "vlm", start=5, text_before=3)
+    f = ResultsFolder.load(tmp_path)
+    vlm = VisionOverlay(f)
+    cap = vlm._cap()
+    assert cap.layout.start == 5 and vlm.query_position() == len(cap.tokens) - 1  # a VLM's text query
+    assert np.unravel_index(patch_attention(cap, 0, 1, vlm.query_position()).argmax(), (7, 7)) == (2, 4)
+    assert "no image saved" not in vlm.plot().objects[0].object
 
 
 def test_vision_view_without_vision_captures(long_synth):
-    assert "No vision captures" in VisionOverlay(ResultsFolder.load(long_synth)).plot().object
+    assert "No captures with an image layout" in VisionOverlay(ResultsFolder.load(long_synth)).plot().object
+
+
+# ---- the dashboard ---------------------------------------------------------------------------------
+def test_several_models_in_one_folder_show_one_model_at_a_time(tmp_path):
+    make_results_folder(tmp_path / "a", n_layers=3, n_heads=4, model="model-a", curves=False, circuit=False,
+                        stats=False, ablation=False)
+    make_results_folder(tmp_path / "b", n_layers=5, n_heads=2, model="model-b", curves=False, circuit=False,
+                        stats=False, ablation=False)
+    dash = Dashboard(tmp_path, map_method="pca")
+    assert set(dash.param.model.objects) == {"model-a", "model-b"}
+    for model, shape in (("model-a", (3, 4)), ("model-b", (5, 2))):
+        dash.model = model
+        assert dash.sel.shape == shape and all(r.provenance.model == model for r in dash.sel.results.values())
+        assert dash.atlas.grid.shape == shape and dash.explorer.capture.startswith(model[-1])
+        trigger_click(dash.atlas.grid.figure, shape[1] - 1, shape[0] - 1)
+        assert dash.explorer.cells["x"] and dash.explorer.layer == shape[0] - 1
 
 
 def test_dashboard_names_broken_files_and_stays_usable(synth, tmp_path):
     shutil.copytree(synth, tmp_path / "f")
-    (tmp_path / "f" / "summary.entropy.safetensors").write_bytes(b"garbage")
+    (tmp_path / "f" / "scan" / "summary.entropy.safetensors").write_bytes(b"garbage")
     dash = Dashboard(tmp_path / "f", map_method="pca")
     alert = dash.problems_pane()
-    assert "summary.entropy.json" in alert.object and "cannot be read" in alert.object
-    assert "summary.entropy" not in dash.atlas.param.metric.objects
-    dash.atlas.metric = "summary.sink_mass"
-    dash.atlas._source.selected.indices = [0]
+    assert "scan/summary.entropy.json" in alert.object
+    assert "scan/summary.entropy" not in dash.atlas.param.metric.objects
+    trigger_click(dash.atlas.grid.figure, 0, 0)
     assert dash.explorer.cells["x"]
 
 
 def test_dashboard_export_button_gives_the_html_report(folder):
     dash = Dashboard(folder, map_method="pca")
-    html = dash._export_html().getvalue().decode()
-    assert html.startswith("<!DOCTYPE html>") and "synthetic-model" in html and "data:image/png;base64," in html
+    text = dash._export_html().getvalue().decode()
+    assert text.startswith("<!DOCTYPE html>") and "synthetic-model" in text and "data:image/png;base64," in text
 
 
 def test_views_render_as_panel_objects_for_jupyter(folder):
-    pn.extension()
     dash = Dashboard(folder, map_method="pca")
-    root = pn.panel(dash).get_root()  # what a notebook cell displays
-    assert root is not None
-    for view in (dash.atlas, dash.explorer, dash.head_map, dash.qk_map, dash.sweeps, dash.vision):
+    assert pn.panel(dash).get_root() is not None  # what a notebook cell displays
+    for view in (dash.atlas, dash.explorer, dash.grid, dash.head_map, dash.qk_map, dash.stats, dash.ablations,
+                 dash.circuits, dash.vision, dash.contributions):
         assert pn.panel(view).get_root() is not None
+
+
+def test_head_map_shows_progress_until_its_embedding_is_ready(sel, monkeypatch):
+    from concurrent.futures import Future
+
+    import dashboards.maps as maps
+
+    job = Future()
+    real = maps.embedding_job
+    monkeypatch.setattr(maps, "embedding_job", lambda s, m: (job, real(s, "pca")[1]))
+    hm = HeadMap(sel, method="umap")
+    hm._show()
+    spinner, text = hm._area.objects[0].objects
+    assert isinstance(spinner, pn.indicators.LoadingSpinner) and spinner.value
+    assert "computing the UMAP map of 24 heads over 8 scores" in text.object
+    job.set_result(np.zeros((24, 2)))
+    hm._show()
+    assert hm._area.objects[0].object.name == "head_map"
+
+
+def test_serve_binds_a_real_port_and_allows_only_this_machine(synth):
+    from dashboards.app import serve
+
+    server = serve(synth, port=0, show=False, start=False, map_method="pca")
+    try:
+        assert server.port > 0
+        assert server._tornado.websocket_origins == {f"127.0.0.1:{server.port}", f"localhost:{server.port}"}
+    finally:
+        server.stop(wait=False)

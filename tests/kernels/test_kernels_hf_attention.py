@@ -7,7 +7,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 from kernels import KernelInputError, StatsSpec
-from kernels.hf_attention import interpret_mask, stats_attention
+from kernels.hf_attention import interpret_mask
+from lens.recording.stats import stats_mode
 
 SPEC = StatsSpec(sink_tokens=1, window=4, spans=((2, 6),), topk=3, key_stats=True)
 
@@ -54,7 +55,7 @@ def test_logits_equal_sdpa_with_padding(llama):
     am[1, -3:] = 0  # right padding
     with torch.no_grad():
         ref = llama(ids, attention_mask=am).logits
-        with stats_attention(llama, SPEC) as rec:
+        with stats_mode(llama, SPEC) as rec:
             got = llama(ids, attention_mask=am).logits
     assert llama.config._attn_implementation == "sdpa"  # restored
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
@@ -68,7 +69,7 @@ def test_logits_equal_sdpa_with_padding(llama):
 def test_stats_equal_eager_patterns(llama):
     ids = _ids(seed=2)
     with torch.no_grad():
-        with stats_attention(llama, SPEC) as rec:
+        with stats_mode(llama, SPEC) as rec:
             got_logits = llama(ids).logits
         llama.set_attn_implementation("eager")
         try:
@@ -88,7 +89,7 @@ def test_layer_selection_and_generation_steps(llama):
     ids = _ids(b=1, n=6, seed=3)
     with torch.no_grad():
         ref = llama.generate(ids, max_new_tokens=4, do_sample=False)
-        with stats_attention(llama, StatsSpec(topk=2), layers=[1, 3]) as rec:
+        with stats_mode(llama, StatsSpec(topk=2), layers=[1, 3]) as rec:
             got = llama.generate(ids, max_new_tokens=4, do_sample=False)
     assert torch.equal(got, ref)
     assert sorted(rec.stats) == [1, 3]
@@ -108,7 +109,7 @@ def test_sliding_window_mask_falls_back_to_explicit_mask():
     ids = _ids(b=1, n=16, seed=4)
     with torch.no_grad():
         ref = model(ids).logits
-        with stats_attention(model, StatsSpec(topk=8)) as rec:
+        with stats_mode(model, StatsSpec(topk=8)) as rec:
             got = model(ids).logits
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
     assert rec.fallback_calls == 2
@@ -130,7 +131,7 @@ def test_triton_backend_through_transformers():
     am[0, :3] = 0
     with torch.no_grad():
         ref = model(ids, attention_mask=am).logits
-        with stats_attention(model, SPEC, backend="triton") as rec:
+        with stats_mode(model, SPEC, backend="triton") as rec:
             got = model(ids, attention_mask=am).logits
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
     assert rec.fallback_calls == 0 and len(rec[1]) == 1
@@ -153,10 +154,10 @@ def test_interpret_mask_forms():
 
 def test_bad_layers_and_restore_on_error(llama):
     with pytest.raises(KernelInputError, match=r"layers \[7\] do not exist: the model has layers 0-3"):
-        with stats_attention(llama, StatsSpec(), layers=[7]):
+        with stats_mode(llama, StatsSpec(), layers=[7]):
             pass
     with pytest.raises(RuntimeError, match="boom"):
-        with stats_attention(llama, StatsSpec()):
+        with stats_mode(llama, StatsSpec()):
             raise RuntimeError("boom")
     assert llama.config._attn_implementation == "sdpa"
-    assert not any(hasattr(m, "_attnlens_recorder") for m in llama.modules())
+    assert not any(hasattr(m, "_attnlens_stack") for m in llama.modules())

@@ -31,9 +31,12 @@ def test_backends_agree_with_plain_hooks(tiny_lm, reference, backend):
 @pytest.mark.parametrize("backend", OTHERS)
 def test_interventions_agree_across_backends(tiny_lm, reference, backend):
     ids, ref = reference
-    z = {layer: ref.capture.get(Site.Z, layer) for layer in range(4)}
-    edits = (lens.zero_ablation([(1, 2), (3, 0)]) + lens.mean_ablation(z, [(2, 1)])
-             + lens.patch_heads({0: torch.randn_like(z[0])}, [(0, 3)]))
+    reference_acts = lens.Reference.from_capture(ref.capture)
+    noise = lens.Reference(z={0: torch.randn_like(reference_acts.z[0])},
+                           mlp={1: torch.randn_like(reference_acts.mlp[1])})
+    edits = (lens.zero_ablation([(1, 2), (3, 0)]) + lens.mean_ablation(reference_acts, [(2, 1), lens.MlpRef(2)])
+             + lens.patch(noise, [(0, 3), lens.MlpRef(1)]) + lens.scale_heads({(3, 1): 2.0})
+             + lens.zero_ablation([lens.ResidRef(0)]))
     want = lens.run(tiny_lm, ids, sites=[Site.Z], edits=edits, backend="torch")
     got = lens.run(tiny_lm, ids, sites=[Site.Z], edits=edits, backend=backend)
     assert (want.logits - ref.logits).abs().max() > 1e-3  # the edits do something

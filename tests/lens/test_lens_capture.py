@@ -2,8 +2,11 @@ import pytest
 import torch
 
 import lens
+from formats.capture import TENSORS_FILE
 from lens import Site
-from lens.capture.record import TENSORS_FILE, Capture
+from lens.recording.record import Capture
+
+DECODER_SITES = [s for s in Site if s.part is lens.Part.SELF]
 
 
 def eager_reference(lm, ids):
@@ -35,7 +38,7 @@ def test_capture_leaves_the_model_as_it_was(tiny_lm):
 
     before = hooks()
     with pytest.raises(RuntimeError, match="boom"):
-        with lens.capture(tiny_lm, sites=list(Site)):
+        with lens.capture(tiny_lm, sites=DECODER_SITES):
             model(ids)
             raise RuntimeError("boom")
     assert model.config._attn_implementation == impl
@@ -67,7 +70,7 @@ def test_head_selection_keeps_only_those_heads_and_their_kv_heads(tiny_lm):
 
 def test_every_site_has_its_documented_shape(tiny_lm):
     ids = tiny_lm.encode("shapes")
-    cap = lens.run(tiny_lm, ids, sites=list(Site), layers=[1]).capture
+    cap = lens.run(tiny_lm, ids, sites=DECODER_SITES, layers=[1]).capture
     n = ids.shape[1]
     expected = {Site.PATTERN: (1, 4, n, n), Site.Q: (1, 4, n, 16), Site.K: (1, 2, n, 16), Site.V: (1, 2, n, 16),
                 Site.Z: (1, 4, n, 16), Site.RESID_PRE: (1, n, 64), Site.RESID_POST: (1, n, 64),
@@ -119,10 +122,10 @@ def test_memory_budget_stops_a_running_capture(tiny_lm):
 
 def test_storage_dtype_and_estimate_agree(tiny_lm):
     ids = tiny_lm.encode("sized")
-    spec = lens.CaptureSpec.resolve(tiny_lm.facts, sites=list(Site), dtype=torch.bfloat16)
-    cap = lens.run(tiny_lm, ids, sites=list(Site), dtype=torch.bfloat16).capture
+    spec = lens.CaptureSpec.resolve(tiny_lm.facts, sites=DECODER_SITES, dtype=torch.bfloat16)
+    cap = lens.run(tiny_lm, ids, sites=DECODER_SITES, dtype=torch.bfloat16).capture
     assert cap.pattern(0).dtype == torch.bfloat16
-    assert cap.n_bytes == spec.estimate_bytes(tiny_lm.facts, batch=1, q_len=ids.shape[1])
+    assert cap.n_bytes == spec.stored_bytes(tiny_lm.facts, batch=1, q_len=ids.shape[1], k_len=ids.shape[1])
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -153,6 +156,11 @@ def test_truncated_or_incomplete_capture_is_reported(tiny_lm, tmp_path):
     folder = lens.run(tiny_lm, "to be damaged", layers=[0]).capture.save(tmp_path / "cap")
     data = (folder / TENSORS_FILE).read_bytes()
     (folder / TENSORS_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(lens.CorruptCaptureError, match="tensors.safetensors is truncated"):
+        Capture.load(folder)
+    altered = bytearray(data)
+    altered[-1] ^= 0xFF  # same size, one bit pattern changed
+    (folder / TENSORS_FILE).write_bytes(bytes(altered))
     with pytest.raises(lens.CorruptCaptureError, match="does not match its recorded SHA-256"):
         Capture.load(folder)
     (folder / TENSORS_FILE).unlink()
@@ -160,5 +168,5 @@ def test_truncated_or_incomplete_capture_is_reported(tiny_lm, tmp_path):
         Capture.load(folder)
     (folder / "capture.json").write_text("{not json")
     (folder / TENSORS_FILE).write_bytes(data)
-    with pytest.raises(lens.CorruptCaptureError, match="capture.json is not valid capture metadata"):
+    with pytest.raises(lens.CorruptCaptureError, match="capture.json is not valid JSON"):
         Capture.load(folder)

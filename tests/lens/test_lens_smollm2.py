@@ -56,11 +56,14 @@ def test_patterns_equal_output_attentions(smollm2):
 def test_backends_agree_on_smollm2(smollm2, backend):
     ids = smollm2.encode("The Eiffel Tower is located in the city of")
     layers = [0, 3, 15, 29]
-    ref = lens.run(smollm2, ids, sites=[Site.PATTERN, Site.Z], layers=layers)
+    # A capture of some layers runs eager attention in those and SDPA in the others (whose logits differ
+    # from eager by ~2e-5), as the nnsight backend does; the bridge runs eager everywhere, so its reference
+    # captures every layer's pattern.
+    ref = lens.run(smollm2, ids, sites=[Site.PATTERN, Site.Z], layers=None if backend == "transformer_lens" else layers)
     got = lens.run(smollm2, ids, sites=[Site.PATTERN, Site.Z], layers=layers, backend=backend)
     torch.testing.assert_close(got.logits, ref.logits, atol=1e-5, rtol=0)
-    for key, t in ref.capture.steps[0].items():
-        torch.testing.assert_close(got.capture.steps[0][key], t, atol=1e-5, rtol=0, msg=str(key))
+    for key, t in got.capture.steps[0].items():
+        torch.testing.assert_close(t, ref.capture.steps[0][key], atol=1e-5, rtol=0, msg=str(key))
 
 
 def test_layer_3_has_first_token_sinks(smollm2):

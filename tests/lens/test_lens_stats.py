@@ -6,7 +6,7 @@ import torch
 import lens
 from analyses import row_stats_from_kernel, row_stats_from_pattern
 from kernels import StatsSpec
-from lens.capture.stats import StatsRun, run_stats
+from lens.recording.stats import StatsRun, run_stats
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 

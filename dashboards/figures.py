@@ -1,0 +1,161 @@
+"""The report's figures, drawn with matplotlib (Agg, no display) into PNG bytes.
+
+Each builder takes what :mod:`formats` read and returns a :class:`Figure`: a file stem, the
+PNG and an alt text; pattern thumbnails also keep the array drawn and the top of their
+colour scale (``data``, ``vmax``), so tests can check what the reader sees.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from dashboards.compute import ColorScale, color_range, downsample
+from dashboards.graph import KIND_COLORS, circuit_layout
+from formats import AblationResult, Circuit, Curves, StatsFile
+
+THUMB_TOKENS = 96  # thumbnails pool longer patterns to this many tokens a side
+ABOVE = "#c2185b"  # sink cells above a "sink column excluded" scale, as in the dashboard
+
+
+@dataclass
+class Figure:
+    name: str  # file stem, unique in the report
+    png: bytes
+    alt: str
+    data: np.ndarray | None = None  # the array drawn (thumbnails)
+    vmax: float | None = None  # the top of its colour scale
+
+    @property
+    def data_uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+
+
+def slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name)
+
+
+def _new(w: float, h: float, dpi: int = 110):
+    from matplotlib.figure import Figure as MplFigure
+
+    return MplFigure(figsize=(w, h), dpi=dpi)
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def heatmap(scores: np.ndarray, title: str, name: str) -> Figure:
+    n_layers, n_heads = scores.shape
+    fig = _new(min(7.0, 2.6 + 0.16 * n_heads), min(5.5, 1.6 + 0.14 * n_layers))
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(scores), aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title[:80], fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    return Figure(name, _png(fig), f"{title} per layer and head")
+
+
+def pattern_thumb(pattern: np.ndarray, name: str, alt: str) -> Figure:
+    """The pattern (pooled to THUMB_TOKENS) scaled to its largest weight off the sink column;
+    sink cells above that are drawn in the above-scale colour, as in the dashboard."""
+    from matplotlib import colormaps
+
+    p = downsample(pattern, THUMB_TOKENS)
+    mask = np.zeros(p.shape, bool)
+    mask[:, 0] = True
+    _, vmax = color_range(p, ColorScale.NO_SINK, mask)
+    cmap = colormaps["Blues"].with_extremes(over=ABOVE)
+    fig = _new(1.0, 1.0, dpi=96)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(p, cmap=cmap, interpolation="nearest", vmin=0, vmax=vmax)
+    ax.set_axis_off()
+    return Figure(name, _png(fig), alt, data=p, vmax=vmax)
+
+
+def curves(c: Curves, name: str) -> Figure:
+    fig = _new(5.6, 3.2)
+    ax = fig.add_subplot()
+    for label, y in c.series.items():
+        runs = y.reshape(-1, c.x.size)
+        mean = np.nanmean(runs, axis=0)
+        line, = ax.plot(c.x, mean, marker="o", markersize=3,
+                        label=label if runs.shape[0] == 1 else f"{label} (mean of {runs.shape[0]}; band min-max)")
+        if runs.shape[0] > 1:
+            ax.fill_between(c.x, np.nanmin(runs, axis=0), np.nanmax(runs, axis=0), color=line.get_color(), alpha=0.2)
+    if c.x_ticks:
+        ax.set_xticks(c.x, [t[:10] for t in c.x_ticks], fontsize=7, rotation=45)
+    ax.set_xlabel(c.x_label)
+    ax.set_ylabel(c.y_label)
+    ax.set_title(c.name[:80], fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return Figure(name, _png(fig), f"{c.name}: {c.y_label} against {c.x_label}")
+
+
+def ablation(a: AblationResult, name: str) -> Figure:
+    fig = _new(5.2, 2.8)
+    ax = fig.add_subplot()
+    rand = np.asarray([r for r in a.random_effects if np.isfinite(r)], np.float64)
+    if rand.size:
+        ax.hist(rand, bins=min(20, max(4, rand.size)), color="#9ecae1", edgecolor="white",
+                label=f"{rand.size} random sets of the same size")
+    ax.axvline(a.effect, color="#de2d26", lw=2.5, label=f"this set: {a.effect:.4g}")
+    ax.set_xlabel(f"effect on {a.metric} (ablated - baseline)")
+    ax.set_ylabel("random sets")
+    ax.set_title(f"{len(a.heads)} heads + {len(a.mlps)} MLPs, {a.method}-ablated", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return Figure(name, _png(fig), f"ablation effect against {rand.size} random sets")
+
+
+def circuit(c: Circuit, name: str) -> Figure:
+    pos, edges = circuit_layout(c)
+    edges = sorted(edges, key=lambda e: -abs(e[2]))[:400]
+    wmax = max((abs(s) for _, _, s, _ in edges), default=1.0) or 1.0
+    fig = _new(7.0, 4.2)
+    ax = fig.add_subplot()
+    for sender, target, score, _ in edges:
+        (x0, y0), (x1, y1) = pos[sender], pos[target]
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                    arrowprops={"arrowstyle": "-|>", "lw": 0.5 + 3 * abs(score) / wmax, "alpha": 0.6,
+                                "color": "#3182bd" if score >= 0 else "#de2d26", "shrinkA": 5, "shrinkB": 5})
+    nodes = sorted(pos)
+    ax.scatter([pos[n][0] for n in nodes], [pos[n][1] for n in nodes], s=70 if len(nodes) <= 64 else 25,
+               c=[KIND_COLORS[n.kind] for n in nodes], edgecolors="black", zorder=3)
+    if len(nodes) <= 40:
+        for n in nodes:
+            ax.annotate(str(n), pos[n], xytext=(4, 3), textcoords="offset points", fontsize=6)
+    n_layers = max((x for x, _ in pos.values()), default=1)
+    ax.set_xticks([-1, *range(0, int(n_layers), max(1, int(n_layers) // 12)), int(n_layers)],
+                  ["embed", *map(str, range(0, int(n_layers), max(1, int(n_layers) // 12))), "logits"], fontsize=7)
+    ax.set_yticks([])
+    ax.set_xlabel("layer")
+    ax.set_title(f"circuit {c.name}: {len(c.heads)} heads, {len(c.mlps)} MLPs, {len(c.edges)} edges"[:90], fontsize=9)
+    fig.tight_layout()
+    return Figure(name, _png(fig), f"circuit graph {c.name}")
+
+
+def stats_run(s: StatsFile, name: str) -> Figure:
+    """Head means of entropy, sink mass and window mass side by side."""
+    fields = [("entropy", "entropy (nats)"), ("sink_mass", "sink mass"), ("window_mass", "window mass")]
+    fig = _new(7.2, 2.6)
+    for i, (key, label) in enumerate(fields):
+        ax = fig.add_subplot(1, 3, i + 1)
+        im = ax.imshow(np.ma.masked_invalid(s.head_means(key)), aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.set_title(label, fontsize=8)
+        ax.set_xlabel("head", fontsize=7)
+        if i == 0:
+            ax.set_ylabel("layer", fontsize=7)
+        ax.tick_params(labelsize=6)
+        fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    return Figure(name, _png(fig), f"stats run {s.name}: per-head means")

@@ -1,0 +1,95 @@
+"""One-line views for Jupyter that render offline: :func:`show` (what ``lens.show`` calls).
+
+``show(capture, layer=3, head=2)`` is one head's pattern with the token view (CircuitsVis'
+``attention_patterns``); ``show(capture)`` all heads of the prompt as a grid (``attention_heads``,
+BertViz' ``model_view``); ``show(results_folder)`` the whole dashboard inline;
+``show(head_scores)`` the head atlas; ``show(capture, view="dla", readout=...)`` the direct
+logit attribution. Panel's and Bokeh's JavaScript and CSS are put into the notebook itself
+(``pn.extension(inline=True)``), so nothing is fetched from a CDN and the views render on a
+machine without a network. In a live kernel the views stay interactive (clicks, hover).
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Any
+
+import panel as pn
+
+from dashboards.selection import ModelResults
+from formats import CaptureFile, HeadScores, ResultsFolder, SelectionError, capture
+
+_LOADED = False
+
+
+class View(str, enum.Enum):
+    AUTO = "auto"  # head pattern with layer and head, all heads without
+    PATTERN = "pattern"
+    HEADS = "heads"
+    DLA = "dla"
+
+
+def ensure_inline() -> None:
+    """Load Panel into the notebook with every resource inline (once per kernel)."""
+    global _LOADED
+    if _LOADED:
+        return
+    pn.config.inline = True
+    pn.extension(inline=True)
+    _LOADED = True
+
+
+def _single(cap: CaptureFile) -> ModelResults:
+    folder = ResultsFolder(path=cap.path.parent, captures={cap.name: cap})
+    return ModelResults(folder=folder, model=cap.model, shape=(cap.facts.n_layers, cap.facts.n_heads),
+                        captures={cap.name: cap})
+
+
+def view_of(obj: Any, *, layer: int | None = None, head: int | None = None, view: View | str = View.AUTO,
+            readout=None, map_method: str = "pca", **params):
+    """The Panel viewable ``show`` displays (without loading the notebook extension)."""
+    view = View(view)
+    if isinstance(obj, (str, Path)):
+        p = Path(obj)
+        obj = CaptureFile.load(p) if (p / capture.META_FILE).is_file() else ResultsFolder.load(p)
+    if isinstance(obj, ResultsFolder):
+        from dashboards.app import Dashboard
+
+        return Dashboard(obj, map_method=map_method, **params)
+    if isinstance(obj, HeadScores):
+        from dashboards.atlas import HeadAtlas
+
+        folder = ResultsFolder(path=Path("."), results={obj.name: obj})
+        return HeadAtlas(ModelResults.of(folder), **params)
+    if not isinstance(obj, CaptureFile):
+        raise SelectionError(f"show() takes a capture, a results folder, head scores or a path to one, got "
+                             f"{type(obj).__name__}")
+    sel = _single(obj)
+    if view is View.DLA:
+        from dashboards.dla import ContributionView
+
+        return ContributionView(obj, readout, **params)
+    if view is View.HEADS or (view is View.AUTO and layer is None and head is None):
+        from dashboards.heads_grid import HeadsGrid
+
+        return HeadsGrid(sel, **params)
+    from dashboards.explorer import AttentionExplorer
+
+    layer = obj.layers[0] if layer is None else obj.facts.check_layer(layer)
+    head = obj.heads[0] if head is None else obj.facts.check_head(head)
+    if layer not in obj.layers or head not in obj.heads:
+        raise SelectionError(f"L{layer}H{head} was not captured: layers {obj.layers}, heads {obj.heads}")
+    return AttentionExplorer(sel, layer=layer, head=head, **params)
+
+
+def show(obj: Any, *, layer: int | None = None, head: int | None = None, view: View | str = View.AUTO, readout=None,
+         **params):
+    """Display ``obj`` inline in Jupyter (offline); returns the view (a Panel ``Viewer``).
+
+    ``obj``: a :class:`formats.CaptureFile`, a :class:`formats.ResultsFolder`, a
+    :class:`formats.HeadScores`, or a path to a capture or results folder (``lens.show``
+    also takes an in-memory ``lens.Capture`` or ``RunResult``).
+    """
+    ensure_inline()
+    return view_of(obj, layer=layer, head=head, view=view, readout=readout, **params)

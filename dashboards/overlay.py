@@ -1,0 +1,81 @@
+"""Attention of one query on an image's patches (pure: numpy and matplotlib, no Panel), for the
+vision view and the report.
+
+A capture's ``meta.layout`` (:class:`formats.ImageLayout`) says where the image's tokens
+sit: ``start`` (0 for a ViT, after the text for a vision-language model), ``prefix`` (CLS
+and register tokens) and the patch grid. The image is the one saved next to the capture,
+its path confined to the capture folder by :mod:`formats`.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from dashboards.compute import head_label
+from formats import AttnlensError, CaptureFile, ImageLayout, Site
+
+
+def has_image_layout(cap: CaptureFile) -> bool:
+    return isinstance(cap.layout, ImageLayout) and Site.PATTERN in cap.sites
+
+
+def default_query(cap: CaptureFile) -> int:
+    """CLS for a ViT (a prefix token, bidirectional attention), else the last token (a VLM's text after the image)."""
+    lay = cap.layout
+    if lay is not None and lay.prefix > 0 and not cap.facts.causal:
+        return lay.start
+    return len(cap.tokens) - 1
+
+
+def patch_attention(cap: CaptureFile, layer: int, head: int, query: int) -> np.ndarray:
+    """``[rows, cols]`` attention of ``query`` on each image patch of one head."""
+    lay = cap.layout
+    rows, cols = lay.grid
+    a, b = lay.patch_span
+    row = cap.pattern(layer, head)[query]
+    return np.asarray(row[a:b], dtype=np.float64).reshape(rows, cols)
+
+
+def load_image(cap: CaptureFile):
+    """The model-input image as an array, or None (no image saved, or unreadable)."""
+    try:
+        path = cap.image_path()
+    except AttnlensError:
+        return None
+    if path is None or not path.is_file():
+        return None
+    try:
+        import matplotlib.image as mpimg
+
+        return mpimg.imread(path)
+    except Exception:  # a damaged image is shown as missing, the attention still is
+        return None
+
+
+def overlay_png(cap: CaptureFile, layer: int, heads: list[int], query: int, alpha: float = 0.6,
+                panel_px: int = 150) -> bytes:
+    """PNG of one overlay per head in ``heads`` (small multiples, at most 6 per row)."""
+    from matplotlib.figure import Figure
+
+    img = load_image(cap)
+    n = len(heads)
+    ncol = min(6, n)
+    nrow = int(np.ceil(n / ncol))
+    dpi = 100
+    fig = Figure(figsize=(ncol * panel_px / dpi, nrow * (panel_px + 18) / dpi), dpi=dpi)
+    for i, h in enumerate(heads):
+        ax = fig.add_subplot(nrow, ncol, i + 1)
+        att = patch_attention(cap, layer, h, query)
+        rows, cols = att.shape
+        if img is not None:
+            ax.imshow(img, extent=(0, cols, rows, 0))
+        ax.imshow(att, extent=(0, cols, rows, 0), cmap="inferno", alpha=alpha if img is not None else 1.0,
+                  interpolation="nearest")
+        ax.set_title(f"{head_label(layer, h)} (max {att.max():.2f}, sum {att.sum():.2f})", fontsize=7)
+        ax.set_axis_off()
+    fig.tight_layout(pad=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.05)  # titles included
+    return buf.getvalue()

@@ -1,0 +1,213 @@
+"""Stats runs (``lens stats``): the fused kernel's per-query statistics of every head, without
+patterns.
+
+Three parts: a layer x head heatmap of one statistic's mean over queries (entropy, sink,
+window or span mass, largest weight); the per-query curves of the selected head (masses and
+largest weight, entropy, and the top keys on hover); the attention mass each key receives
+from the selected head (``received_sum`` / ``received_mean``, when key statistics were on).
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import panel as pn
+import param
+from bokeh.models import ColumnDataSource, HoverTool, Legend, LinearAxis, Range1d
+from bokeh.palettes import Category10_10
+from bokeh.plotting import figure
+
+from dashboards._bokeh import HeadGrid, cell_at, on_click
+from dashboards.compute import head_label, token_label
+from formats import AttnlensError, StatsFile
+
+MEANS = {"entropy": "entropy (nats)", "sink_mass": "sink mass", "window_mass": "window mass",
+         "max_weight": "largest weight"}
+MASS_FIELDS = ("sink_mass", "window_mass", "max_weight")
+
+
+def field_options(run: StatsFile) -> dict[str, str]:
+    """Widget label -> statistic key: the row statistics and one entry per span."""
+    out = {label: key for key, label in MEANS.items()}
+    for i, (a, b) in enumerate(run.settings["spans"]):
+        out[f"span {i} mass (keys {a}-{b - 1})"] = f"span_mass:{i}"
+    return out
+
+
+def head_means(run: StatsFile, key: str) -> np.ndarray:
+    """``[n_layers, n_heads]`` mean over batch and queries >= 1 of a statistic (NaN for layers not recorded)."""
+    if not key.startswith("span_mass:"):
+        return run.head_means(key)
+    i = int(key.split(":", 1)[1])
+    f = run.meta.facts
+    out = np.full((f.n_layers, f.n_heads), np.nan)
+    for layer in run.layers:
+        a = run.read(layer, "span_mass")[..., i].astype(np.float64)
+        out[layer] = (a[:, :, 1:] if a.shape[-1] > 1 else a).mean(axis=(0, 2))
+    return out
+
+
+def query_curves(run: StatsFile, layer: int, head: int, batch: int = 0) -> dict[str, list]:
+    """Columns of the per-query curves of one head: position, token, each row statistic, top keys."""
+    n = len(run.meta.tokens[batch])
+    toks = run.meta.tokens[batch]
+    cols: dict[str, list] = {"q": list(range(n)), "token": [token_label(t, 14) for t in toks]}
+    for name in ("entropy", *MASS_FIELDS):
+        cols[name] = run.read(layer, name)[batch, head].astype(np.float64).tolist()
+    fields = run.fields(layer)
+    if "span_mass" in fields:
+        spans = run.read(layer, "span_mass")[batch, head]
+        for i in range(spans.shape[-1]):
+            cols[f"span{i}"] = spans[:, i].astype(np.float64).tolist()
+    if "topk_index" in fields and "topk_weight" in fields:
+        idx, w = run.read(layer, "topk_index")[batch, head], run.read(layer, "topk_weight")[batch, head]
+        cols["top"] = [", ".join(f"{int(k)} {token_label(toks[int(k)], 8)!s} ({float(v):.2f})"
+                                 for k, v in zip(ik, wk) if 0 <= int(k) < n) for ik, wk in zip(idx, w)]
+    else:
+        cols["top"] = [""] * n
+    return cols
+
+
+def received(run: StatsFile, layer: int, head: int, batch: int = 0) -> dict[str, list] | None:
+    fields = run.fields(layer)
+    if "received_sum" not in fields:
+        return None
+    toks = run.meta.tokens[batch]
+    s = run.read(layer, "received_sum")[batch, head].astype(np.float64)
+    m = run.read(layer, "received_mean")[batch, head].astype(np.float64) if "received_mean" in fields else s * np.nan
+    return {"k": list(range(s.size)), "sum": s.tolist(), "mean": m.tolist(),
+            "token": [token_label(toks[i], 14) if i < len(toks) else "" for i in range(s.size)]}
+
+
+class StatsRunView(pn.viewable.Viewer):
+    """One stats run: head means, the selected head's per-query curves and received mass per key."""
+
+    run = param.Selector(objects=[], doc="Stats run (its label in the folder)")
+    statistic = param.Selector(objects=[], doc="Statistic of the heatmap")
+    selected = param.Tuple(default=(0, 0), length=2)
+    clicks = param.Integer(default=0)
+
+    def __init__(self, runs: dict[str, StatsFile], **params):
+        self.runs = runs
+        cur = params.pop("run", next(iter(runs), None))
+        super().__init__(**params)
+        self.param.run.objects = list(runs)
+        with param.discard_events(self):
+            self.run = cur
+        self._grid: HeadGrid | None = None
+        self._grid_pane = pn.pane.Bokeh(sizing_mode="fixed")
+        self._curves = pn.Column()
+        self._info = pn.pane.HTML("", name="stats_info", sizing_mode="stretch_width")
+        self._set_run()
+
+    def _stats(self) -> StatsFile | None:
+        return self.runs.get(self.run) if self.run else None
+
+    @param.depends("run", watch=True)
+    def _set_run(self) -> None:
+        s = self._stats()
+        if s is None:
+            return
+        opts = field_options(s)
+        self.param.statistic.objects = opts
+        with param.discard_events(self):
+            self.statistic = next(iter(opts.values()))
+        f = s.meta.facts
+        layer, head = self.selected
+        if not (layer in s.layers and head < f.n_heads):
+            with param.discard_events(self):
+                self.selected = (s.layers[0] if s.layers else 0, 0)
+        self._grid = HeadGrid(self._means(), self._title(), name="stats_heatmap", width=420, height=380,
+                              value_name="mean")
+        on_click(self._grid.figure, self._on_click)
+        self._grid_pane.object = self._grid.figure
+        self._show_head()
+
+    def _means(self) -> np.ndarray:
+        s = self._stats()
+        return head_means(s, self.statistic) if s is not None else np.full((1, 1), np.nan)
+
+    def _title(self) -> str:
+        s = self._stats()
+        label = next((k for k, v in field_options(s).items() if v == self.statistic), self.statistic) if s else ""
+        return f"{s.model if s else ''}: mean {label} over queries"
+
+    @param.depends("statistic", watch=True)
+    def _set_statistic(self) -> None:
+        if self._grid is not None:
+            self._grid.update(self._means(), self._title())
+
+    def _on_click(self, x: float, y: float) -> None:
+        if self._grid is None:
+            return
+        cell = cell_at(x, y, *self._grid.shape[::-1])
+        if cell is None:
+            return
+        self.clicks += 1
+        if cell != self.selected:
+            self.selected = cell
+        else:
+            self._show_head()
+
+    @param.depends("selected", watch=True)
+    def _show_head(self) -> None:
+        s = self._stats()
+        if s is None or self._grid is None:
+            return
+        layer, head = self.selected
+        self._grid.mark_cell(layer, head, self.clicks)
+        if layer not in s.layers:
+            self._curves.objects = [pn.pane.HTML(f"<p>Layer {layer} was not recorded in this run (layers "
+                                                 f"{s.layers[:12]}).</p>")]
+            return
+        try:
+            self._curves.objects = self._head_figures(s, layer, head)
+        except AttnlensError as err:
+            self._curves.objects = [pn.pane.HTML(f"<p>{html.escape(str(err))}</p>")]
+        st = s.settings
+        spans = ", ".join(f"{a}-{b - 1}" for a, b in st["spans"]) or "none"
+        self._info.object = (f"<p><b>{head_label(layer, head)}</b> · {len(s.tokens)} tokens · sink tokens "
+                             f"{st['sink_tokens']}, window {st['window']}, spans {html.escape(spans)}, top-{st['topk']} "
+                             f"keys, key statistics {'on' if st['key_stats'] else 'off'}</p>")
+
+    def _head_figures(self, s: StatsFile, layer: int, head: int) -> list:
+        cols = query_curves(s, layer, head)
+        src = ColumnDataSource(cols)
+        p = figure(width=600, height=280, title=f"{head_label(layer, head)}: per-query statistics", name="stats_curves",
+                   x_axis_label="query position", y_axis_label="mass / weight", tools="pan,wheel_zoom,reset,save",
+                   toolbar_location="above", y_range=(0, 1.02))
+        p.add_layout(Legend(label_text_font_size="8pt", click_policy="hide"), "right")
+        lines = []
+        names = [*MASS_FIELDS, *[k for k in cols if k.startswith("span")]]
+        for i, name in enumerate(names):
+            label = MEANS.get(name, name.replace("span", "span ") + " mass")
+            lines.append(p.line("q", name, source=src, color=Category10_10[i % 10], line_width=1.6, legend_label=label))
+        p.extra_y_ranges = {"ent": Range1d(0, max(1e-3, float(np.nanmax(cols["entropy"])) * 1.05))}
+        p.add_layout(LinearAxis(y_range_name="ent", axis_label="entropy (nats)"), "right")
+        lines.append(p.line("q", "entropy", source=src, y_range_name="ent", color="black", line_dash="dashed",
+                            legend_label="entropy (right axis)"))
+        p.add_tools(HoverTool(renderers=lines[:1], mode="vline", tooltips=[
+            ("query", "@q @token"), ("entropy", "@entropy{0.000}"), ("sink", "@sink_mass{0.000}"),
+            ("window", "@window_mass{0.000}"), ("largest", "@max_weight{0.000}"), ("top keys", "@top")]))
+        out = [pn.pane.Bokeh(p)]
+        rec = received(s, layer, head)
+        if rec is not None:
+            r = figure(width=560, height=220, title=f"{head_label(layer, head)}: attention each key receives",
+                       name="stats_received", x_axis_label="key position", y_axis_label="summed over queries",
+                       tools="pan,wheel_zoom,reset,save", toolbar_location="above")
+            bars = r.vbar("k", top="sum", width=0.8, source=ColumnDataSource(rec), color="#6baed6")
+            r.add_tools(HoverTool(renderers=[bars], tooltips=[("key", "@k @token"), ("sum", "@sum{0.000}"),
+                                                             ("mean over queries that see it", "@mean{0.0000}")]))
+            out.append(pn.pane.Bokeh(r))
+        else:
+            out.append(pn.pane.HTML("<p>This run was made without key statistics (received mass per key).</p>"))
+        return out
+
+    def __panel__(self):
+        if not self.runs:
+            return pn.pane.HTML("<p>No stats runs in this folder (run <code>lens stats MODEL --prompt TEXT --out "
+                                "RESULTS/stats</code>).</p>", name="Stats")
+        return pn.Column(pn.Row(pn.widgets.Select.from_param(self.param.run, width=220),
+                                pn.widgets.Select.from_param(self.param.statistic, width=240)), self._info,
+                         pn.Row(self._grid_pane, self._curves), name="Stats")

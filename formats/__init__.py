@@ -1,0 +1,36 @@
+"""The results contract: the schema of every file attnlens writes, with one writer and one
+reader per kind, and the project's exception types.
+
+Imports only numpy and the standard library (never torch), so dashboards and reports
+read results without loading a model or a deep-learning framework.
+
+Kinds: :class:`HeadScores` (``*.json`` + ``*.safetensors``), :class:`Curves`
+(``*.curves.json``), :class:`Circuit` (``*.circuit.json``), :class:`AblationResult`
+(``ablation.json``), captures (:class:`CaptureFile`, :func:`write_capture`), stats runs
+(:class:`StatsFile`, :func:`write_stats`), sweep logs (:func:`open_sweep`), and whole
+folders (:class:`ResultsFolder`). Output folders are written with :func:`output_folder`.
+"""
+
+from formats.ablation import AblationResult
+from formats.capture import CaptureFile, CaptureMeta, TensorEntry, write_capture
+from formats.circuit import Circuit, Edge, Input, Node, NodeKind, Receiver
+from formats.curves import Curves
+from formats.errors import *  # noqa: F403
+from formats.errors import __all__ as _errors
+from formats.facts import Modality, ModelFacts
+from formats.folder import ResultsFolder
+from formats.head_scores import HeadScores
+from formats.layouts import AudioLayout, ImageLayout
+from formats.output import output_folder
+from formats.provenance import Provenance, inputs_digest, package_versions
+from formats.sites import Site, SiteKey
+from formats.stats_run import StatsFile, write_stats
+from formats.sweep import SweepLog, open_sweep
+from formats.token_maps import TokenMaps
+
+__all__ = [
+    "AblationResult", "AudioLayout", "CaptureFile", "CaptureMeta", "Circuit", "Curves", "Edge", "HeadScores", "ImageLayout", "Input",
+    "Modality", "ModelFacts", "Node", "NodeKind", "Provenance", "Receiver", "ResultsFolder", "Site", "SiteKey",
+    "StatsFile", "SweepLog", "TokenMaps", "TensorEntry", "inputs_digest", "open_sweep", "output_folder", "package_versions",
+    "write_capture", "write_stats", *_errors,
+]

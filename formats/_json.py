@@ -1,0 +1,152 @@
+"""Reading and writing the project's JSON files: bounded, validated, atomic.
+
+A file is read inside one error boundary: missing, unreadable, not UTF-8, not JSON, too
+large, nested too deep, or of the wrong top-level type all become one
+:class:`~formats.errors.CorruptFileError` that names the file. Writes go to a temporary
+sibling and are renamed into place, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from formats.errors import CorruptFileError, FormatVersionError
+
+MAX_BYTES = 64 * 2**20  # no file the project writes comes near this
+MAX_DEPTH = 32  # nor this deep
+
+
+def depth(obj: Any) -> int:
+    """Nesting depth of a JSON value (a scalar is 0), computed without recursion."""
+    best, stack = 0, [(obj, 0)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, dict):
+            stack.extend((v, d + 1) for v in x.values())
+        elif isinstance(x, list):
+            stack.extend((v, d + 1) for v in x)
+        else:
+            continue
+        best = max(best, d + 1)
+    return best
+
+
+def read_json(path: str | Path, *, what: str = "file") -> Any:
+    """The JSON value in ``path``; :class:`CorruptFileError` naming the file for anything wrong."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise CorruptFileError(f"{path} is {size} bytes: too large for a {what} (at most {MAX_BYTES})")
+        text = path.read_bytes().decode("utf-8")
+        doc = json.loads(text)
+    except FileNotFoundError:
+        raise CorruptFileError(f"{path} is missing") from None
+    except IsADirectoryError:
+        raise CorruptFileError(f"{path} is a folder, expected a {what}") from None
+    except UnicodeDecodeError as err:
+        raise CorruptFileError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from None
+    except RecursionError:
+        raise CorruptFileError(f"{path} is nested too deeply to be a {what}") from None
+    except ValueError as err:
+        raise CorruptFileError(f"{path} is not valid JSON: {err}") from None
+    except OSError as err:
+        raise CorruptFileError(f"{path} cannot be read: {err.strerror or err}") from None
+    if depth(doc) > MAX_DEPTH:
+        raise CorruptFileError(f"{path} is nested deeper than {MAX_DEPTH} levels: not a {what}")
+    return doc
+
+
+def read_doc(path: str | Path, *, kind: str, versions: tuple[int, ...], what: str | None = None,
+             legacy: bool = False) -> dict[str, Any]:
+    """A JSON object of ``kind`` at one of ``versions``.
+
+    With ``legacy``, a document that has no ``kind`` and no ``format_version`` (written before
+    they were recorded) is accepted as version 1.
+    """
+    what = what or kind.replace("_", " ")
+    doc = read_json(path, what=what)
+    if not isinstance(doc, dict):
+        raise CorruptFileError(f"{path} holds a JSON {type(doc).__name__}, expected an object ({what})")
+    got_kind = doc.get("kind")
+    version = doc.get("format_version")
+    if legacy and got_kind is None:
+        got_kind, version = kind, version if version is not None else 1
+    if got_kind != kind:
+        raise CorruptFileError(f"{path} is a {got_kind!r} file, expected {kind!r}")
+    if version not in versions:
+        raise FormatVersionError(
+            f"{path} has format_version {version!r}; this attnlens reads {kind} versions "
+            f"{', '.join(map(str, versions))}: rewrite it with the command that made it")
+    return doc
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe values: numpy scalars and arrays to Python, NaN/inf to null (strict JSON)."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, set)):
+        return [_clean(v) for v in x]
+    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):  # numpy scalar or array
+        return _clean(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    return str(x)
+
+
+def dumps(doc: Any) -> str:
+    return json.dumps(_clean(doc), indent=1, allow_nan=False)
+
+
+def write_json(path: str | Path, doc: Any) -> Path:
+    """Write ``doc`` atomically (temporary sibling, fsync, rename); NaN is stored as null."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(path, dumps(doc).encode("utf-8"))
+    return path
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def need(doc: dict, key: str, types, path: Path, what: str = "") -> Any:
+    """``doc[key]`` checked to be one of ``types``; the error names the file and the field."""
+    if key not in doc:
+        raise CorruptFileError(f"{path}: {what + '.' if what else ''}{key} is missing")
+    value = doc[key]
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
+        names = "/".join(t.__name__ for t in _as_tuple(types))
+        raise CorruptFileError(f"{path}: {what + '.' if what else ''}{key} must be {names}, got "
+                               f"{type(value).__name__}")
+    return value
+
+
+def _as_tuple(types) -> tuple:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def int_list(value: Any, path: Path, field: str, *, lo: int = 0, hi: int | None = None) -> list[int]:
+    """A list of ints in ``[lo, hi)``, else :class:`CorruptFileError` naming the field."""
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise CorruptFileError(f"{path}: {field} must be a list of integers")
+    for v in value:
+        if v < lo or (hi is not None and v >= hi):
+            raise CorruptFileError(f"{path}: {field} holds {v}, outside {lo}-{'' if hi is None else hi - 1}")
+    return list(value)

@@ -1,0 +1,210 @@
+"""Circuits on disk: ``NAME.circuit.json``, the nodes and scored edges a circuit search kept,
+with its faithfulness and settings (written by ``lens circuit``, read by the dashboards and
+reports).
+
+Nodes and receivers are small typed ids, never strings parsed back: a :class:`Node` is the
+embeddings, one attention head, one MLP or the logits; a :class:`Receiver` is what reads
+the residual stream: a query head's query input, a KV head's key or value input (GQA: the
+query heads of a KV head share it), an MLP's input, or the logits.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from formats import _json
+from formats.errors import CorruptFileError, ResultError
+from formats.provenance import Provenance
+
+KIND = "circuit"
+FORMAT_VERSION = 2
+SUFFIX = ".circuit.json"
+MAX_EDGES = 200_000
+
+
+class NodeKind(str, enum.Enum):
+    EMBED = "embed"
+    HEAD = "head"
+    MLP = "mlp"
+    LOGITS = "logits"
+
+
+@dataclass(frozen=True, order=True)
+class Node:
+    """A component whose output feeds the residual stream (or the logits, which read it)."""
+
+    kind: NodeKind
+    layer: int = -1
+    head: int = -1
+
+    def __str__(self) -> str:
+        if self.kind is NodeKind.HEAD:
+            return f"L{self.layer}H{self.head}"
+        if self.kind is NodeKind.MLP:
+            return f"L{self.layer}.mlp"
+        return self.kind.value
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind.value, "layer": self.layer, "head": self.head}
+
+    @classmethod
+    def from_json(cls, d: Any, where: str) -> Node:
+        try:
+            return cls(NodeKind(d["kind"]), int(d.get("layer", -1)), int(d.get("head", -1)))
+        except (KeyError, TypeError, ValueError):
+            raise CorruptFileError(f"{where}: a node must be {{kind, layer, head}}, got {d!r}"[:200]) from None
+
+
+class Input(str, enum.Enum):
+    Q = "q"
+    K = "k"
+    V = "v"
+    MLP = "mlp"
+    LOGITS = "logits"
+
+
+@dataclass(frozen=True, order=True)
+class Receiver:
+    """What reads the residual stream: ``index`` is the query head (Q) or the KV head (K, V)."""
+
+    input: Input
+    layer: int = -1
+    index: int = -1
+
+    def __str__(self) -> str:
+        if self.input is Input.Q:
+            return f"L{self.layer}H{self.index}.q"
+        if self.input in (Input.K, Input.V):
+            return f"L{self.layer}KV{self.index}.{self.input.value}"
+        if self.input is Input.MLP:
+            return f"L{self.layer}.mlp"
+        return "logits"
+
+    def nodes(self, group_size: int) -> list[Node]:
+        """The nodes whose input this is (a KV head's: every query head of its group)."""
+        if self.input is Input.Q:
+            return [Node(NodeKind.HEAD, self.layer, self.index)]
+        if self.input in (Input.K, Input.V):
+            return [Node(NodeKind.HEAD, self.layer, h) for h in range(self.index * group_size,
+                                                                      (self.index + 1) * group_size)]
+        if self.input is Input.MLP:
+            return [Node(NodeKind.MLP, self.layer)]
+        return [Node(NodeKind.LOGITS)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"input": self.input.value, "layer": self.layer, "index": self.index}
+
+    @classmethod
+    def from_json(cls, d: Any, where: str) -> Receiver:
+        try:
+            return cls(Input(d["input"]), int(d.get("layer", -1)), int(d.get("index", -1)))
+        except (KeyError, TypeError, ValueError):
+            raise CorruptFileError(f"{where}: a receiver must be {{input, layer, index}}, got {d!r}"[:200]) from None
+
+
+@dataclass(frozen=True)
+class Edge:
+    sender: Node
+    receiver: Receiver
+    score: float
+
+    def __str__(self) -> str:
+        return f"{self.sender} -> {self.receiver}: {self.score:.4g}"
+
+
+@dataclass
+class Circuit:
+    """The nodes and edges of a circuit, and how well it reproduces the task.
+
+    ``heads`` and ``mlps`` are the components kept (for an edge circuit: those on a path of
+    kept edges to the logits); ``edges`` the kept edges (empty for a node-only circuit);
+    ``faithfulness`` the metric of the full model, of the circuit and of the empty circuit and
+    their ratios; ``details`` further measured numbers (timings, comparisons, overlap).
+    """
+
+    heads: list[tuple[int, int]]
+    mlps: list[int]
+    edges: list[Edge] = field(default_factory=list)
+    name: str = "circuit"
+    task: str = ""
+    method: str = ""
+    metric: str = ""
+    n_layers: int = 0
+    n_heads: int = 0
+    group_size: int = 1
+    faithfulness: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    provenance: Provenance | None = None
+    description: str = ""
+
+    @property
+    def nodes(self) -> list[Node]:
+        """Every node of the circuit: embeddings, kept heads and MLPs, logits."""
+        return ([Node(NodeKind.EMBED)] + [Node(NodeKind.HEAD, la, h) for la, h in sorted(self.heads)]
+                + [Node(NodeKind.MLP, la) for la in sorted(self.mlps)] + [Node(NodeKind.LOGITS)])
+
+    def __repr__(self) -> str:
+        f = self.faithfulness.get("faithfulness")
+        return (f"Circuit({self.name}: {self.task} by {self.method}, {len(self.heads)} heads, {len(self.mlps)} MLPs, "
+                f"{len(self.edges)} edges" + (f", faithfulness {f:.2f}" if isinstance(f, float) else "") + ")")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": KIND, "format_version": FORMAT_VERSION, "name": self.name, "task": self.task,
+                "method": self.method, "metric": self.metric, "description": self.description,
+                "n_layers": self.n_layers, "n_heads": self.n_heads, "group_size": self.group_size,
+                "heads": [list(h) for h in sorted(self.heads)], "mlps": sorted(self.mlps),
+                "edges": [{"sender": e.sender.to_json(), "receiver": e.receiver.to_json(), "score": e.score}
+                          for e in self.edges],
+                "faithfulness": self.faithfulness, "details": self.details, "params": self.params,
+                "provenance": None if self.provenance is None else self.provenance.to_json()}
+
+    def save(self, folder: str | Path) -> Path:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ResultError(f"circuit name must be a plain file name, got {self.name!r}")
+        return _json.write_json(Path(folder) / f"{self.name}{SUFFIX}", self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Circuit:
+        path = Path(path)
+        try:
+            doc = _json.read_doc(path, kind=KIND, versions=(FORMAT_VERSION,), what="circuit file")
+            where = str(path)
+            heads = _json.need(doc, "heads", list, path)
+            if not all(isinstance(h, list) and len(h) == 2 and all(isinstance(x, int) for x in h) for h in heads):
+                raise CorruptFileError(f"{path}: heads must be [layer, head] pairs")
+            mlps = _json.int_list(_json.need(doc, "mlps", list, path), path, "mlps")
+            raw = _json.need(doc, "edges", list, path)
+            if len(raw) > MAX_EDGES:
+                raise CorruptFileError(f"{path}: {len(raw)} edges, at most {MAX_EDGES}")
+            edges = []
+            for e in raw:
+                if not isinstance(e, dict) or not isinstance(e.get("score"), (int, float)):
+                    raise CorruptFileError(f"{path}: an edge must be {{sender, receiver, score}}")
+                edges.append(Edge(Node.from_json(e.get("sender"), where), Receiver.from_json(e.get("receiver"), where),
+                                  float(e["score"])))
+            dicts = {}
+            for key in ("faithfulness", "details", "params"):
+                v = doc.get(key) or {}
+                if not isinstance(v, dict):
+                    raise CorruptFileError(f"{path}: {key} must be an object")
+                dicts[key] = v
+            ints = {}
+            for key in ("n_layers", "n_heads", "group_size"):
+                v = doc.get(key, 0)
+                if not isinstance(v, int) or not 0 <= v <= 100_000:
+                    raise CorruptFileError(f"{path}: {key} must be an integer")
+                ints[key] = v
+            prov = doc.get("provenance")
+            return cls(heads=[(int(a), int(b)) for a, b in heads], mlps=mlps, edges=edges,
+                       name=str(doc.get("name") or path.name.removesuffix(SUFFIX)), task=str(doc.get("task", "")),
+                       method=str(doc.get("method", "")), metric=str(doc.get("metric", "")),
+                       description=str(doc.get("description") or ""), **ints, **dicts,
+                       provenance=None if prov is None else Provenance.from_json(prov, where))
+        except ResultError:
+            raise
+        except CorruptFileError as err:
+            raise ResultError(str(err)) from None

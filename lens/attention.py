@@ -1,0 +1,258 @@
+"""The one switch of a model's attention implementation, with a stack so that modes nest.
+
+Everything attnlens does inside attention goes through here: pattern and q/k/v capture
+(:mod:`lens.recording`), stats mode (the fused statistics kernel), DuoAttention gating,
+and attention-weight interventions (ACT calibration, VAR redistribution). Each is an
+entry pushed on the model's stack by :func:`attention_mode`; entries nest in any order
+and compose:
+
+- an :class:`AttentionObserver` sees every selected layer's ``query [batch, head, q, d_head]``,
+  ``key``/``value`` ``[batch, kv_head, k, d_head]``, and afterwards the output and (when it
+  ``needs_weights``) the attention probabilities ``[batch, head, q, k]``; one that
+  ``modifies_weights`` may replace the probabilities before they are applied to the values;
+- an :class:`AttentionCompute` replaces the computation itself (stats mode, DuoAttention).
+  At most one is active per layer (two nested computes raise :class:`BackendError`), and it
+  must return probabilities when an observer needs them.
+
+While the stack is not empty the model's implementation is a registered dispatcher
+(``attnlens_eager`` when some entry needs probabilities, so that masks come additive,
+else ``attnlens_sdpa``); a layer nobody needs probabilities of still runs SDPA. The model's
+own implementation is restored when the last entry leaves, also on error.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from formats.sites import Part
+from lens.errors import BackendError, SelectionError
+
+EAGER, SDPA = "attnlens_eager", "attnlens_sdpa"
+_STACK, _LAYER, _PART = "_attnlens_stack", "_attnlens_layer", "_attnlens_part"
+
+
+class AttentionEntry:
+    """Base of the stack's entries: ``layers`` selects where it applies (None: every layer) and
+    ``part`` which attention (an encoder-decoder's encoder self-attention and decoder cross-attention
+    are their own parts; every other model has only ``Part.SELF``)."""
+
+    layers: frozenset[int] | None = None
+    part: Part = Part.SELF
+
+    def wants(self, layer: int | None) -> bool:
+        return self.layers is None or layer in self.layers
+
+
+class AttentionObserver(AttentionEntry):
+    """Sees attention inputs and outputs; may modify the probabilities (``modifies_weights``)."""
+
+    needs_weights: bool = False
+    modifies_weights: bool = False
+
+    def on_inputs(self, module: nn.Module, layer: int, query: Tensor, key: Tensor, value: Tensor) -> None:
+        """``query [batch, head, q, d_head]``, ``key``/``value`` ``[batch, kv_head, k, d_head]`` (after rotary)."""
+
+    def modify(self, layer: int, weights: Tensor) -> Tensor:
+        """New probabilities ``[batch, head, q, k]`` from the model's (only if ``modifies_weights``)."""
+        return weights
+
+    def on_outputs(self, module: nn.Module, layer: int, query: Tensor, key: Tensor, value: Tensor,
+                   out: Tensor, weights: Tensor | None) -> None:
+        """``out [batch, q, head, d_head]`` and the probabilities (None unless someone needs them)."""
+
+
+class AttentionCompute(AttentionEntry):
+    """Replaces the attention computation of its layers."""
+
+    name = "compute"
+
+    def compute(self, module: nn.Module, layer: int, query: Tensor, key: Tensor, value: Tensor,
+                attention_mask: Tensor | None, *, need_weights: bool, modify, **kwargs) -> tuple[Tensor, Tensor | None]:
+        """``(out [batch, q, head, d_head], weights [batch, head, q, k] or None)``.
+
+        ``modify`` is None, or the observers' weight modifiers as one function: apply it to the
+        probabilities before the values (a compute that cannot must raise).
+        """
+        raise NotImplementedError
+
+
+@dataclass
+class _Stack:
+    entries: list[AttentionEntry] = field(default_factory=list)
+    previous: str | None = None
+    modules: dict[tuple[Part, int], nn.Module] = field(default_factory=dict)
+
+    def needs_weights(self) -> bool:
+        return any(isinstance(e, AttentionObserver) and (e.needs_weights or e.modifies_weights) for e in self.entries)
+
+
+# ---- the base computations ---------------------------------------------------------------
+def _module_eager(module: nn.Module):
+    fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if fn is None:
+        from transformers.models.llama.modeling_llama import eager_attention_forward as fn
+    return fn
+
+
+def repeat_kv(x: Tensor, n_heads: int) -> Tensor:
+    """``[batch, kv_head, k, d_head]`` -> ``[batch, head, k, d_head]`` (query head h reads KV head h // group)."""
+    groups = n_heads // x.shape[1]
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def additive_mask(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """A mask as an additive float bias (bool keep-masks become 0 / -inf)."""
+    if attention_mask is None or attention_mask.dtype != torch.bool:
+        return attention_mask
+    return torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device).masked_fill(
+        ~attention_mask, torch.finfo(dtype).min)
+
+
+def weights_and_output(module, query, key, value, attention_mask, *, scaling=None, modify=None, causal=None,
+                       **kwargs) -> tuple[Tensor, Tensor]:
+    """Plain softmax attention with the probabilities exposed: ``(out [batch, q, head, d_head], weights)``.
+
+    ``modify(weights)`` runs between the softmax and the values. Without a mask and with
+    ``causal`` (default: the module's ``is_causal``) an end-aligned causal mask is applied.
+    """
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    k, v = repeat_kv(key, query.shape[1]), repeat_kv(value, query.shape[1])
+    scores = torch.matmul(query, k.transpose(2, 3)) * scaling
+    mask = additive_mask(attention_mask, scores.dtype)
+    if mask is not None:
+        scores = scores + mask[..., : k.shape[-2]]
+    elif causal if causal is not None else getattr(module, "is_causal", False):
+        m, n = scores.shape[-2:]
+        keep = torch.arange(n, device=scores.device)[None, :] <= (torch.arange(m, device=scores.device) + n - m)[:, None]
+        scores = scores.masked_fill(~keep, float("-inf"))
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if modify is not None:
+        weights = modify(weights)
+    out = torch.matmul(weights, v).transpose(1, 2).contiguous()
+    return out, weights
+
+
+def _dispatcher(module, query, key, value, attention_mask, **kwargs):
+    stack: _Stack | None = getattr(module, _STACK, None)
+    if stack is None:  # a module the stack does not cover (e.g. a vision tower's own attention)
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    layer, part = getattr(module, _LAYER), getattr(module, _PART)
+    mine = [e for e in stack.entries if e.part is part and e.wants(layer)]
+    observers = [e for e in mine if isinstance(e, AttentionObserver)]
+    computes = [e for e in mine if isinstance(e, AttentionCompute)]
+    if len(computes) > 1:
+        raise BackendError(f"{computes[0].name} and {computes[1].name} both replace the attention of layer {layer}: "
+                           "they cannot be nested")
+    for o in observers:
+        o.on_inputs(module, layer, query, key, value)
+    need = any(o.needs_weights or o.modifies_weights for o in observers)
+    modifiers = [o for o in observers if o.modifies_weights]
+
+    def modify(w: Tensor) -> Tensor:
+        for o in modifiers:
+            w = o.modify(layer, w)
+        return w
+
+    if computes:
+        out, weights = computes[0].compute(module, layer, query, key, value, attention_mask, need_weights=need,
+                                           modify=modify if modifiers else None, **kwargs)
+    elif modifiers:
+        out, weights = weights_and_output(module, query, key, value, attention_mask, modify=modify, **kwargs)
+    elif need:
+        out, weights = _module_eager(module)(module, query, key, value, additive_mask(attention_mask, query.dtype),
+                                             **kwargs)
+    else:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    for o in observers:
+        o.on_outputs(module, layer, query, key, value, out, weights if need else None)
+    return out, weights if need else None
+
+
+def _register_once() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+
+    if EAGER not in AttentionInterface._global_mapping:
+        AttentionInterface.register(EAGER, _dispatcher)
+        AttentionInterface.register(SDPA, _dispatcher)
+        AttentionMaskInterface.register(EAGER, eager_mask)
+        AttentionMaskInterface.register(SDPA, sdpa_mask)
+
+
+# ---- finding the attention modules -------------------------------------------------------
+def attention_modules(model: nn.Module) -> dict[tuple[Part, int], nn.Module]:
+    """``(part, layer)`` -> the attention module that calls the attention function (see :mod:`lens.adapters`)."""
+    from lens.adapters import adapter_for
+
+    return adapter_for(model).attention_modules()
+
+
+def _model_of(obj) -> nn.Module:
+    return obj.model if hasattr(obj, "facts") and hasattr(obj, "model") else obj
+
+
+def check_layers(modules: dict[tuple[Part, int], nn.Module], layers: Sequence[int] | None,
+                 part: Part = Part.SELF) -> frozenset[int] | None:
+    if layers is None:
+        return None
+    have = {layer for p, layer in modules if p is part}
+    if not have:
+        raise SelectionError(f"the model has no {part.value} attention")
+    unknown = sorted(set(layers) - have)
+    if unknown:
+        what = "layers" if part is Part.SELF else f"{part.value} attention layers"
+        raise SelectionError(f"layers {unknown} do not exist: the model has {what} 0-{max(have)}")
+    return frozenset(int(x) for x in layers)
+
+
+@contextmanager
+def attention_mode(model_or_lm, entry: AttentionEntry) -> Iterator[AttentionEntry]:
+    """Push ``entry`` on the attention stack of a model (or :class:`lens.LoadedModel`) for the block."""
+    model = _model_of(model_or_lm)
+    _register_once()
+    stack: _Stack | None = getattr(model, _STACK, None)
+    if stack is None:
+        stack = _Stack(previous=model.config._attn_implementation, modules=attention_modules(model))
+        setattr(model, _STACK, stack)
+        for (part, layer), m in stack.modules.items():
+            setattr(m, _STACK, stack)
+            setattr(m, _LAYER, layer)
+            setattr(m, _PART, part)
+    stack.entries.append(entry)
+    try:
+        _apply(model, stack)
+        yield entry
+    finally:
+        stack.entries.remove(entry)
+        if stack.entries:
+            _apply(model, stack)
+        else:
+            for m in stack.modules.values():
+                for attr in (_STACK, _LAYER, _PART):
+                    if hasattr(m, attr):
+                        delattr(m, attr)
+            delattr(model, _STACK)
+            if model.config._attn_implementation != stack.previous:
+                model.set_attn_implementation(stack.previous)
+
+
+def _apply(model: nn.Module, stack: _Stack) -> None:
+    impl = EAGER if stack.needs_weights() else SDPA
+    if model.config._attn_implementation != impl:
+        model.set_attn_implementation(impl)
+
+
+def active_entries(model_or_lm) -> list[AttentionEntry]:
+    """The entries on a model's stack now, outermost first (for tests and error messages)."""
+    stack = getattr(_model_of(model_or_lm), _STACK, None)
+    return list(stack.entries) if stack else []

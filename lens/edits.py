@@ -1,0 +1,328 @@
+"""The one edit system: replace, zero or scale a head's output, an MLP's output or the
+residual stream, for every forward pass inside a block.
+
+An :class:`Edit` names its target (:class:`~lens.heads.HeadRef`: the head's slice of ``z``,
+the input of the output projection; :class:`~lens.heads.MlpRef`: the MLP's output;
+:class:`~lens.heads.ResidRef`: the residual stream leaving the block), what is done
+(:class:`Zero`, :class:`Replace`, :class:`Scale`) and where (every position, or one).
+A replacement states what it was averaged over in its type (:class:`Over`), so "mean
+ablation" always says which mean: over the reference prompts per position
+(``Over.BATCH``, Wang et al.'s ABC mean, what circuits use), or over prompts and positions
+(``Over.BATCH_AND_POSITION``, a single vector).
+
+The same edits run in every backend: :func:`apply_edits` edits a tensor (the torch hooks of
+:func:`editing`, TransformerLens' hook points and nnsight's proxies all call it), and
+circuits run many edit groups in one batch (``groups[g]`` applies to rows ``g*N:(g+1)*N``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from lens.errors import InterventionError
+from lens.heads import Component, HeadRef, MlpRef, ResidRef
+
+
+class Over(enum.Enum):
+    """What a replacement value is one of (its shape says the same)."""
+
+    ROW = "row"  #: one per row and position, [batch, pos, d] (patching, resampling)
+    BATCH = "batch"  #: mean over reference rows, per position, [pos, d]
+    BATCH_AND_POSITION = "batch+position"  #: mean over rows and positions, [d]
+
+    @property
+    def ndim(self) -> int:
+        return {Over.ROW: 3, Over.BATCH: 2, Over.BATCH_AND_POSITION: 1}[self]
+
+
+@dataclass(frozen=True)
+class Zero:
+    """Set the target to zero."""
+
+
+@dataclass(frozen=True)
+class Replace:
+    """Set the target to ``value`` (``[batch, pos, d]``, ``[pos, d]`` or ``[d]`` as ``over`` says)."""
+
+    value: Tensor
+    over: Over
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.value, Tensor):
+            raise InterventionError(f"a replacement value must be a tensor, got {type(self.value).__name__}")
+        if self.value.ndim != self.over.ndim:
+            raise InterventionError(f"a replacement over {self.over.value} must have {self.over.ndim} dims, got shape "
+                                    f"{tuple(self.value.shape)}")
+        if not bool(torch.isfinite(self.value).all()):
+            raise InterventionError("a replacement value holds NaN or inf")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Multiply the target by ``factor`` (VHR-style head reinforcement)."""
+
+    factor: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.factor, bool) or not isinstance(self.factor, (int, float)) or self.factor != self.factor \
+                or abs(self.factor) == float("inf"):
+            raise InterventionError(f"a scale factor must be a finite number, got {self.factor!r}")
+
+
+Action = Zero | Replace | Scale
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Do ``action`` to ``target`` at ``position`` (None: every position)."""
+
+    target: Component
+    action: Action = Zero()
+    position: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, (HeadRef, MlpRef, ResidRef)):
+            raise InterventionError(f"an edit targets a HeadRef, MlpRef or ResidRef, got {self.target!r}")
+        if self.target.layer < 0 or (isinstance(self.target, HeadRef) and self.target.head < 0):
+            raise InterventionError(f"layer and head must be >= 0, got {self.target}")
+        if self.position is not None and (isinstance(self.position, bool) or not isinstance(self.position, int)):
+            raise InterventionError(f"position must be an integer or None, got {self.position!r}")
+
+    @property
+    def layer(self) -> int:
+        return self.target.layer
+
+    def __str__(self) -> str:
+        what = type(self.action).__name__.lower()
+        if isinstance(self.action, Replace):
+            what += f" ({self.action.over.value})"
+        elif isinstance(self.action, Scale):
+            what += f" x{self.action.factor:g}"
+        return f"{what} {self.target}" + ("" if self.position is None else f" at position {self.position}")
+
+
+EditGroups = Sequence[Sequence[Edit]]
+
+
+# ---- applying edits to tensors ------------------------------------------------------------
+def _value_for(action: Replace, rows: int, pos: int, position: int | None, like: Tensor) -> Tensor:
+    v = action.value.to(device=like.device, dtype=like.dtype)
+    if action.over is Over.ROW:
+        if v.shape[0] not in (1, rows) or v.shape[1] != pos:
+            raise InterventionError(f"replacement of shape {tuple(v.shape)} does not fit [batch={rows}, pos={pos}, ...]")
+        return v[:, position] if position is not None else v
+    if action.over is Over.BATCH:
+        if v.shape[0] != pos:
+            raise InterventionError(f"replacement of shape {tuple(v.shape)} has {v.shape[0]} positions, the input {pos}")
+        return v[position] if position is not None else v
+    return v
+
+
+def apply_edits(t: Tensor, edits: Sequence[Edit], *, n_heads: int | None = None, n_groups: int = 1,
+                group_of: Sequence[int] | None = None) -> Tensor:
+    """``t`` with ``edits`` applied (a new tensor; ``t`` is left as it was).
+
+    ``t`` is ``z [batch, pos, head, d_head]`` for head edits (``n_heads`` given) or
+    ``[batch, pos, d]`` for MLP and residual edits. With ``n_groups > 1`` the rows are split
+    into that many equal groups and edit ``i`` applies to group ``group_of[i]`` only.
+    """
+    if not edits:
+        return t
+    t = t.clone()
+    rows, pos = t.shape[0], t.shape[1]
+    if rows % n_groups:
+        raise InterventionError(f"{rows} rows do not split into {n_groups} edit groups")
+    per = rows // n_groups
+    view = t.view(n_groups, per, *t.shape[1:])
+    for i, e in enumerate(edits):
+        g = group_of[i] if group_of is not None else 0
+        p = slice(None) if e.position is None else e.position
+        if e.position is not None and not -pos <= e.position < pos:
+            raise InterventionError(f"edit {e}: position {e.position} is out of range for {pos} positions")
+        if isinstance(e.target, HeadRef):
+            if n_heads is None or e.target.head >= n_heads:
+                raise InterventionError(f"head {e.target.head} is out of range: layer {e.layer} has heads "
+                                        f"0-{(n_heads or 0) - 1}")
+            idx = (g, slice(None), p, e.target.head)
+        else:
+            idx = (g, slice(None), p)
+        target = view[idx]
+        if isinstance(e.action, Zero):
+            view[idx] = 0
+        elif isinstance(e.action, Scale):
+            view[idx] = target * e.action.factor
+        else:
+            value = _value_for(e.action, per, pos, e.position, t)
+            if value.shape[-1] != target.shape[-1]:
+                raise InterventionError(f"edit {e}: replacement has width {value.shape[-1]}, the target "
+                                        f"{target.shape[-1]}")
+            try:
+                view[idx] = value
+            except RuntimeError as err:
+                raise InterventionError(f"edit {e}: replacement of shape {tuple(value.shape)} does not fit "
+                                        f"{tuple(target.shape)}: {err}") from None
+    return t
+
+
+def by_layer(groups: EditGroups) -> dict[tuple[int, type], tuple[list[Edit], list[int]]]:
+    """``(layer, target type) -> (edits, their groups)``."""
+    out: dict[tuple[int, type], tuple[list[Edit], list[int]]] = {}
+    for g, edits in enumerate(groups):
+        for e in edits:
+            edits_, gs = out.setdefault((e.layer, type(e.target)), ([], []))
+            edits_.append(e)
+            gs.append(g)
+    return out
+
+
+def check_edits(facts, edits: Iterable[Edit]) -> None:
+    """Every edit's layer and head against the model's facts (one-line errors naming the edit)."""
+    for e in edits:
+        if not isinstance(e, Edit):
+            raise InterventionError(f"edits must be lens.Edit, got {type(e).__name__}")
+        if e.layer >= facts.n_layers:
+            raise InterventionError(f"edit {e}: layer {e.layer} is out of range: {facts.name} has layers "
+                                    f"0-{facts.n_layers - 1}")
+        if isinstance(e.target, HeadRef) and e.target.head >= facts.n_heads:
+            raise InterventionError(f"edit {e}: head {e.target.head} is out of range: {facts.name} has heads "
+                                    f"0-{facts.n_heads - 1}")
+
+
+@contextmanager
+def editing(lm, edits: Sequence[Edit] | EditGroups = (), *, groups: bool = False, adapter=None) -> Iterator[None]:
+    """Apply ``edits`` to every forward pass of ``lm.model`` inside the block (torch hooks).
+
+    With ``groups=True``, ``edits`` is a sequence of edit groups for stacked batches (see
+    :func:`apply_edits`). Hooks are removed on exit, also on error.
+    """
+    from lens.adapters import adapter_for
+
+    edit_groups: EditGroups = edits if groups else [list(edits)]
+    check_edits(lm.facts, (e for g in edit_groups for e in g))
+    adapter = adapter or adapter_for(lm.model, lm.facts.n_layers)
+    n_groups, n_heads = len(edit_groups), lm.facts.n_heads
+    handles = []
+    try:
+        for (layer, kind), (es, gs) in by_layer(edit_groups).items():
+            if kind is HeadRef:
+                def z_hook(m, args, es=es, gs=gs):
+                    x, *rest = args
+                    b, p, w = x.shape
+                    z = apply_edits(x.view(b, p, n_heads, w // n_heads), es, n_heads=n_heads, n_groups=n_groups,
+                                    group_of=gs)
+                    return (z.reshape(b, p, w), *rest)
+                handles.append(adapter.out_proj(layer).register_forward_pre_hook(z_hook))
+            else:
+                module = adapter.mlp(layer) if kind is MlpRef else adapter.block(layer)
+
+                def out_hook(m, a, out, es=es, gs=gs):
+                    if isinstance(out, tuple):
+                        return (apply_edits(out[0], es, n_groups=n_groups, group_of=gs), *out[1:])
+                    return apply_edits(out, es, n_groups=n_groups, group_of=gs)
+                handles.append(module.register_forward_hook(out_hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# ---- building edits -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reference:
+    """Activations recorded on reference prompts, for mean ablation, resampling and patching.
+
+    ``z[layer]`` is ``[batch, pos, head, d_head]`` (every head); ``mlp[layer]`` and
+    ``resid[layer]`` are ``[batch, pos, d_model]``. Build one from a capture with
+    :meth:`from_capture` (sites z, mlp_out, resid_post).
+    """
+
+    z: Mapping[int, Tensor]
+    mlp: Mapping[int, Tensor] = None  # type: ignore[assignment]
+    resid: Mapping[int, Tensor] = None  # type: ignore[assignment]
+
+    @classmethod
+    def from_capture(cls, capture, step: int = 0) -> Reference:
+        from lens.sites import Site
+
+        if capture.meta.heads != list(range(capture.meta.facts.n_heads)):
+            raise InterventionError("a reference capture must keep every head (heads=None)")
+        z, mlp, resid = {}, {}, {}
+        for key, t in capture.steps[step].items():
+            if key.site is Site.Z:
+                z[key.layer] = t.transpose(1, 2)
+            elif key.site is Site.MLP_OUT:
+                mlp[key.layer] = t
+            elif key.site is Site.RESID_POST:
+                resid[key.layer] = t
+        return cls(z, mlp, resid)
+
+    def of(self, c: Component) -> Float[Tensor, "batch pos d"]:
+        """The recorded activation of one component, ``[batch, pos, d]``."""
+        if isinstance(c, HeadRef):
+            table, what = self.z, "z"
+        elif isinstance(c, MlpRef):
+            table, what = self.mlp or {}, "mlp_out"
+        else:
+            table, what = self.resid or {}, "resid_post"
+        if c.layer not in table:
+            raise InterventionError(f"no reference {what} for layer {c.layer}: have layers {sorted(table)}")
+        t = table[c.layer]
+        return t[:, :, c.head] if isinstance(c, HeadRef) else t
+
+
+def _refs(components: Iterable) -> list[Component]:
+    out = []
+    for c in components:
+        if isinstance(c, (HeadRef, MlpRef, ResidRef)):
+            out.append(c)
+        elif isinstance(c, tuple) and len(c) == 2:
+            out.append(HeadRef(int(c[0]), int(c[1])))
+        else:
+            raise InterventionError(f"components are HeadRef, MlpRef, ResidRef or (layer, head) pairs, got {c!r}")
+    return out
+
+
+def zero_ablation(components: Iterable) -> list[Edit]:
+    """Zero each component (heads as ``(layer, head)`` pairs or :class:`~lens.heads.HeadRef`)."""
+    return [Edit(c, Zero()) for c in _refs(components)]
+
+
+def mean_ablation(reference: Reference, components: Iterable, *, over: Over = Over.BATCH_AND_POSITION,
+                  position: int | None = None) -> list[Edit]:
+    """Replace each component by its mean over the reference: per position (``Over.BATCH``) or
+    over prompts and positions (``Over.BATCH_AND_POSITION``, the default)."""
+    if over is Over.ROW:
+        raise InterventionError("a mean is over BATCH or BATCH_AND_POSITION, not ROW")
+    dims = (0,) if over is Over.BATCH else (0, 1)
+    return [Edit(c, Replace(reference.of(c).mean(dim=dims), over), position) for c in _refs(components)]
+
+
+def patch(reference: Reference, components: Iterable, *, position: int | None = None) -> list[Edit]:
+    """Replace each component by its activation in the reference run (same rows and positions)."""
+    return [Edit(c, Replace(reference.of(c), Over.ROW), position) for c in _refs(components)]
+
+
+def resample_ablation(reference: Reference, components: Iterable, *, batch: int, seed: int = 0,
+                      rows: Tensor | None = None, position: int | None = None) -> list[Edit]:
+    """Replace each component by its activation on a randomly drawn reference row.
+
+    Each of the ``batch`` target rows gets one source row drawn with ``seed`` (or the given ``rows``);
+    the same draw serves every component.
+    """
+    comps = _refs(components)
+    if rows is None:
+        n_ref = reference.of(comps[0]).shape[0] if comps else 1
+        rows = torch.randint(0, n_ref, (batch,), generator=torch.Generator().manual_seed(seed))
+    return [Edit(c, Replace(reference.of(c)[rows], Over.ROW), position) for c in comps]
+
+
+def scale_heads(factors: Mapping) -> list[Edit]:
+    """Multiply each head's output by its factor (``{HeadRef or (layer, head): factor}``)."""
+    return [Edit(c, Scale(float(f))) for c, f in zip(_refs(factors), factors.values())]

@@ -1,0 +1,200 @@
+"""Capture through plain PyTorch hooks on a transformers model.
+
+Queries, keys, values and patterns are taken inside transformers' attention interface,
+through an observer on the attention stack (:mod:`lens.attention`): it sees q and k after
+rotary embedding, k/v including the KV cache, and the probabilities of the layers whose
+pattern is captured (only those layers run eager attention). ``z`` (the input of the output
+projection), the block's and MLP's outputs are taken by module hooks, after the edits of
+:mod:`lens.edits` (so a capture records what the edited model computed). Everything is
+undone on exit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+
+import torch
+
+from formats.capture import CaptureMeta
+from formats.layouts import ImageLayout
+from lens.adapters import ModelAdapter, adapter_for
+from lens.attention import AttentionObserver, attention_mode
+from lens.edits import Edit, editing
+from lens.errors import MemoryBudgetError
+from lens.loaded import LoadedModel
+from lens.recording.record import Capture
+from lens.recording.spec import CaptureSpec, format_bytes
+from lens.sites import Part, Site, SiteKey
+
+
+class _Session(AttentionObserver):
+    """The callbacks of one capture: records into ``steps`` (one dict per forward pass)."""
+
+    def __init__(self, spec: CaptureSpec, n_heads: int):
+        self.spec = spec
+        self.layers = frozenset(spec.layers)
+        self.needs_weights = Site.PATTERN in spec.sites
+        self.steps: list[dict[SiteKey, torch.Tensor]] = []
+        self.n_bytes = 0
+        # None where every head is kept in order: no copy needed to select them.
+        # (all query heads in order implies all KV heads in order)
+        every_head = spec.heads == tuple(range(n_heads))
+        self._head_idx = None if every_head else torch.tensor(spec.heads)
+        self._kv_idx = None if every_head else torch.tensor(spec.kv_heads)
+        self.input_ids: list[torch.Tensor] = []  # the ids each forward pass was given
+        self.pixel_shapes: list[tuple[int, ...]] = []  # the pixel values' shapes, for vision models
+
+    def new_step(self, module, args, kwargs) -> None:
+        first = args[0] if args else None
+        ids = kwargs.get("input_ids", first)
+        if isinstance(ids, torch.Tensor) and not ids.is_floating_point():
+            self.input_ids.append(ids.detach().cpu())
+        pixels = kwargs.get("pixel_values", first)
+        if isinstance(pixels, torch.Tensor) and pixels.is_floating_point() and pixels.ndim == 4:
+            self.pixel_shapes.append(tuple(pixels.shape))
+        self.steps.append({})
+
+    def store(self, site: Site, layer: int, t: torch.Tensor) -> None:
+        if site not in self.spec.sites or layer not in self.layers:
+            return
+        idx = (self._kv_idx if site.per_kv_head else self._head_idx) if site.per_head else None
+        if idx is not None:  # [batch, head, pos, ...]
+            t = t.index_select(1, idx.to(t.device))
+        stored = t.detach().to(device=self.spec.device, dtype=self.spec.dtype or t.dtype)
+        if stored.data_ptr() == t.data_ptr():  # never keep a reference the model may reuse
+            stored = stored.clone()
+        self.n_bytes += stored.numel() * stored.element_size()
+        if self.n_bytes > self.spec.budget_bytes:
+            raise MemoryBudgetError(
+                f"capture exceeded its memory budget of {format_bytes(self.spec.budget_bytes)} "
+                f"(at {site.value} of layer {layer}, step {len(self.steps) - 1}); "
+                "select fewer layers, heads or sites, or raise budget_bytes")
+        if not self.steps:
+            self.steps.append({})
+        self.steps[-1][SiteKey(site, layer)] = stored
+
+    # ---- the attention observer ------------------------------------------------------
+    def on_inputs(self, module, layer, query, key, value) -> None:
+        self.store(Site.Q, layer, query)
+        self.store(Site.K, layer, key)
+        self.store(Site.V, layer, value)
+
+    def on_outputs(self, module, layer, query, key, value, out, weights) -> None:
+        if weights is not None:
+            self.store(Site.PATTERN, layer, weights)
+
+
+class _PartPatterns(AttentionObserver):
+    """Records the probabilities of another attention part (encoder self-attention, cross-attention)."""
+
+    needs_weights = True
+
+    def __init__(self, session: _Session, site: Site):
+        self.session, self.site, self.part = session, site, site.part
+        self.layers = session.layers
+
+    def on_outputs(self, module, layer, query, key, value, out, weights) -> None:
+        if weights is not None:
+            self.session.store(self.site, layer, weights)
+
+
+@contextmanager
+def capture(lm: LoadedModel, spec: CaptureSpec, *, edits: Sequence[Edit] = (),
+            adapter: ModelAdapter | None = None) -> Iterator[_Session]:
+    """Record ``spec`` from every forward pass of ``lm.model`` inside the block, with ``edits`` applied.
+
+    Yields the live session; :func:`finish` turns it into a :class:`Capture`. Each
+    forward call (a plain forward, or each step of ``generate()``) is one step.
+    """
+    adapter = adapter or adapter_for(lm.model, lm.facts.n_layers)
+    session = _Session(spec, lm.facts.n_heads)
+    with ExitStack() as stack:
+        stack.enter_context(editing(lm, edits, adapter=adapter))  # first: the recording hooks see edited values
+        handles = [lm.model.register_forward_pre_hook(session.new_step, with_kwargs=True)]
+        stack.callback(lambda: [h.remove() for h in handles])
+        if any(s.in_attention and s.part is Part.SELF for s in spec.sites):
+            stack.enter_context(attention_mode(lm.model, session))
+        for site in spec.sites:
+            if site.part is not Part.SELF:
+                stack.enter_context(attention_mode(lm.model, _PartPatterns(session, site)))
+        for layer in spec.layers:
+            handles.extend(_layer_hooks(session, adapter, layer, lm.facts.n_heads))
+        yield session
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _layer_hooks(session: _Session, adapter: ModelAdapter, layer: int, n_heads: int):
+    wanted = set(session.spec.sites)
+    handles = []
+    if Site.Z in wanted:
+        def z_hook(module, args):
+            x = args[0]
+            batch, pos, width = x.shape
+            session.store(Site.Z, layer, x.view(batch, pos, n_heads, width // n_heads).transpose(1, 2))
+        handles.append(adapter.out_proj(layer).register_forward_pre_hook(z_hook))
+    if Site.ATTN_OUT in wanted:
+        handles.append(adapter.attention(layer).register_forward_hook(
+            lambda m, a, out: session.store(Site.ATTN_OUT, layer, _first(out))))
+    if Site.MLP_OUT in wanted:
+        handles.append(adapter.mlp(layer).register_forward_hook(
+            lambda m, a, out: session.store(Site.MLP_OUT, layer, _first(out))))
+    if Site.RESID_PRE in wanted:
+        handles.append(adapter.block(layer).register_forward_pre_hook(
+            lambda m, args, kwargs: session.store(Site.RESID_PRE, layer, args[0] if args else kwargs["hidden_states"]),
+            with_kwargs=True))
+    if Site.RESID_POST in wanted:
+        handles.append(adapter.block(layer).register_forward_hook(
+            lambda m, a, out: session.store(Site.RESID_POST, layer, _first(out))))
+    return handles
+
+
+def finish(session: _Session, lm: LoadedModel, *, backend: str = "torch") -> Capture:
+    """The :class:`Capture` of a finished session (prompt = the first pass's ids or image)."""
+    if lm.tokenizer is None and session.pixel_shapes:
+        return build_capture(lm, session.spec, session.steps, None, backend=backend,
+                             pixel_shape=session.pixel_shapes[0])
+    ids = session.input_ids
+    input_ids = ids[0] if ids else torch.zeros(1, 0, dtype=torch.long)
+    generated = torch.cat(ids[1:], dim=-1) if len(ids) > 1 else None
+    return build_capture(lm, session.spec, session.steps, input_ids, backend=backend, generated=generated)
+
+
+def build_capture(lm: LoadedModel, spec: CaptureSpec, steps, input_ids: torch.Tensor | None, *,
+                  backend: str, generated: torch.Tensor | None = None,
+                  pixel_shape: tuple[int, ...] | None = None, image_png: bytes | None = None) -> Capture:
+    """The capture of ``steps``; an image run gives ``pixel_shape`` ``(batch, 3, H, W)`` instead
+    of ids, and gets tokens "CLS", "patch(r,c)" and its image layout."""
+    if pixel_shape is not None:
+        return _image_capture(lm, spec, steps, pixel_shape, backend=backend, image_png=image_png)
+    meta = CaptureMeta(
+        facts=lm.facts,
+        token_ids=input_ids.tolist(),
+        tokens=[lm.tokens(row) for row in input_ids],
+        text=[lm.tokenizer.decode(row) for row in input_ids],
+        sites=list(spec.sites), layers=list(spec.layers), heads=list(spec.heads),
+        kv_heads=list(spec.kv_heads), backend=backend,
+        generated=[] if generated is None else generated.tolist(),
+    )
+    return Capture(meta=meta, steps=steps)
+
+
+def _image_capture(lm: LoadedModel, spec: CaptureSpec, steps, pixel_shape, *, backend: str,
+                   image_png: bytes | None) -> Capture:
+    from lens.vision import layout_for
+
+    layout: ImageLayout = layout_for(lm.model.config, torch.empty(pixel_shape, device="meta"),
+                                     image_file="image.png" if image_png is not None else None)
+    batch, tokens = pixel_shape[0], layout.tokens()
+    meta = CaptureMeta(
+        facts=lm.facts,
+        token_ids=[list(range(layout.n_tokens)) for _ in range(batch)],  # positions: images have no ids
+        tokens=[list(tokens) for _ in range(batch)],
+        text=[f"<image {layout.height}x{layout.width}>"] * batch,
+        sites=list(spec.sites), layers=list(spec.layers), heads=list(spec.heads),
+        kv_heads=list(spec.kv_heads), backend=backend, layout=layout,
+    )
+    return Capture(meta=meta, steps=steps, image_png=image_png)

@@ -1,0 +1,150 @@
+"""The "stats" capture mode: per-layer, per-head attention statistics without patterns.
+
+The model runs with the fused statistics kernel as its attention (Triton on a GPU, the
+chunked PyTorch reference on CPU), so nothing N x N is ever built: long contexts cost
+O(N) memory. :func:`stats_mode` is the switch (an entry on :mod:`lens.attention`'s stack,
+so it nests with pattern capture and edits); :func:`run_stats` one forward pass of a
+prompt. Analyses take these statistics where they would take patterns
+(:func:`analyses.row_stats_from_kernel`). Saved runs use :mod:`formats.stats_run`'s format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from formats.capture import CaptureMeta
+from formats.errors import KernelInputError
+from formats.output import output_folder
+from formats.sites import Part
+from formats.stats_run import StatsFile, write_stats
+from lens.attention import (
+    AttentionCompute,
+    attention_mode,
+    attention_modules,
+    check_layers,
+    weights_and_output,
+)
+from lens.loaded import LoadedModel
+
+Backend = Literal["auto", "triton", "torch"]
+
+
+@dataclass
+class StatsRecorder(AttentionCompute):
+    """Stats mode on the attention stack: ``stats[layer]`` gets one CPU ``kernels.AttnStats`` per
+    forward call of that layer (e.g. per generation step)."""
+
+    spec: object  # kernels.StatsSpec
+    layers: frozenset[int] | None = None
+    backend: Backend = "auto"
+    stats: dict[int, list] = field(default_factory=dict)
+    fallback_calls: int = 0  # calls that used the explicit-mask chunked path (mask not causal + padding)
+    on_layer: Callable[[int], None] | None = None  # called after each recorded layer (progress bars)
+    part: Part = Part.SELF
+    name = "stats mode"
+
+    def compute(self, module, layer, query, key, value, attention_mask, *, need_weights, modify, **kwargs):
+        from kernels.hf_attention import stats_attention_call
+
+        if modify is not None:
+            raise KernelInputError(f"stats mode cannot record layer {layer} while an intervention modifies its "
+                                   "attention weights: run them separately")
+        out, stats, fallback = stats_attention_call(module, query, key, value, attention_mask, spec=self.spec,
+                                                    backend=self.backend, **kwargs)
+        self.fallback_calls += int(fallback)
+        self.stats.setdefault(layer, []).append(stats.to("cpu"))
+        if self.on_layer is not None:
+            self.on_layer(layer)
+        weights = None
+        if need_weights:  # an observer (pattern capture) wants probabilities as well: compute them too
+            _, weights = weights_and_output(module, query, key, value, attention_mask, scaling=kwargs.get("scaling"))
+        return out, weights
+
+    def __getitem__(self, layer: int) -> list:
+        return self.stats[layer]
+
+
+@contextmanager
+def stats_mode(model_or_lm, spec, layers: Sequence[int] | None = None, *, backend: Backend = "auto",
+               on_layer: Callable[[int], None] | None = None, part: Part = Part.SELF) -> Iterator[StatsRecorder]:
+    """Record per-head ``kernels.AttnStats`` of every selected layer inside the block.
+
+    ``model_or_lm``: a :class:`LoadedModel` or a transformers model whose attention goes
+    through ``AttentionInterface``. ``part``: which attention (an encoder-decoder's encoder
+    self-attention and cross-attention run non-causal, as the modules say). Yields the
+    :class:`StatsRecorder`; ``rec.stats[layer][call]``.
+    """
+    from kernels import StatsSpec
+
+    if not isinstance(spec, StatsSpec):
+        raise KernelInputError(f"spec must be a StatsSpec, got {type(spec).__name__}")
+    model = model_or_lm.model if isinstance(model_or_lm, LoadedModel) else model_or_lm
+    try:
+        chosen = check_layers(attention_modules(model), layers, part)
+    except Exception as err:
+        raise KernelInputError(str(err)) from None
+    rec = StatsRecorder(spec=spec, layers=chosen, backend=backend, on_layer=on_layer, part=part)
+    with attention_mode(model, rec):
+        yield rec
+
+
+@dataclass
+class StatsRun:
+    """Logits ``[batch, pos, vocab]`` and ``stats[layer]`` (a :class:`kernels.AttnStats`) of one forward pass."""
+
+    logits: torch.Tensor | None
+    stats: dict[int, object]
+    spec: object  # kernels.StatsSpec
+    meta: CaptureMeta
+
+    def save(self, folder: str | Path, *, force: bool = False) -> Path:
+        """Write the run (see :mod:`formats.stats_run`); a non-empty ``folder`` needs ``force``."""
+        folder = Path(folder)
+        with output_folder(folder, force=force) as tmp:
+            self.write_into(tmp)
+        return folder
+
+    def write_into(self, folder: Path) -> Path:
+        arrays = {layer: {name: getattr(s, name).contiguous().numpy() for name in type(s)._fields}
+                  for layer, s in self.stats.items()}
+        settings = {"sink_tokens": self.spec.sink_tokens, "window": self.spec.window, "spans": self.spec.spans,
+                    "topk": self.spec.topk, "key_stats": self.spec.key_stats}
+        return write_stats(folder, self.meta, settings, arrays)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> StatsRun:
+        from kernels import AttnStats, StatsSpec
+
+        f = StatsFile.load(folder)
+        stats = {layer: AttnStats(**{name: torch.from_numpy(f.read(layer, name)) for name in AttnStats._fields})
+                 for layer in f.layers}
+        return cls(logits=None, stats=stats, spec=StatsSpec(**f.settings), meta=f.meta)
+
+
+def run_stats(lm: LoadedModel, prompt, *, spec=None, layers=None, backend: Backend = "auto", chat: bool = False,
+              on_layer: Callable[[int], None] | None = None) -> StatsRun:
+    """One forward pass of ``lm`` over ``prompt`` recording kernel statistics at ``layers`` (all by default).
+
+    ``on_layer(layer)`` is called as each layer's statistics are done (for a progress bar).
+    """
+    from kernels import StatsSpec
+    from lens.recording import encode_batch
+    from lens.recording.native import build_capture
+    from lens.recording.spec import CaptureSpec
+
+    spec = spec or StatsSpec()
+    input_ids = encode_batch(lm, prompt, chat=chat)
+    selection = CaptureSpec.resolve(lm.facts, layers=layers)  # validates the layers
+    with torch.no_grad(), stats_mode(lm.model, spec, layers=selection.layers, backend=backend,
+                                     on_layer=on_layer) as rec:
+        logits = lm.model(input_ids.to(lm.device)).logits
+    stats = {layer: calls[0] for layer, calls in rec.stats.items()}
+    meta = build_capture(lm, selection, [], input_ids, backend=f"stats-{backend}").meta
+    meta.sites = []
+    return StatsRun(logits=logits, stats=stats, spec=spec, meta=meta)

@@ -1,0 +1,319 @@
+"""``lens scan``: every registered analysis that applies to the model, with sensible defaults.
+
+The analyses come from the registry (:func:`analyses.registry.for_modality`); each has a
+unit here (``(lm, plan, ...) -> Part``) that collects its inputs and calls its workflow in
+:mod:`pipelines.heads`. Units run in this process, or on Ray workers through an executor
+(:mod:`pipelines.executors`); this process assembles the parts in registry order.
+:func:`scan` returns a :class:`ScanResult`; :meth:`ScanResult.save` writes it (results,
+example captures of each analysis' inputs) into a folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from formats.errors import AnalysisError, SelectionError
+from formats.facts import Modality
+from pipelines import examples, heads
+from pipelines.executors import CALLS, Executor, call
+from pipelines.progress import SILENT, Progress
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    """What ``lens scan`` runs. ``thorough`` raises every default (tens of minutes on a CPU)."""
+
+    thorough: bool = False
+    lengths: tuple[int, ...] | None = None  # NIAH prompt lengths (default 300, 600; thorough 512, 1024, 2048)
+    depths: tuple[float, ...] | None = None  # NIAH depths (default 0.25, 0.75; thorough 0 .. 1 in quarters)
+    ablate: tuple[int, ...] | None = None  # sizes k of the causal ablation test (default none; thorough 5, 10, 20)
+    source: str = "pattern"  # "pattern" or "kernel" for retrieval, sinks and streaming
+    chat: bool | None = None  # chat-format NIAH prompts (default: when the model has a template)
+    captures: int = 2  # prose example captures (patterns, q, k) for the explorer and the Q/K map
+    gate_steps: int | None = None  # DuoAttention gate optimisation steps (default 0: not run; thorough 50)
+
+    def __post_init__(self) -> None:
+        if self.source not in ("pattern", "kernel"):
+            raise SelectionError(f"source {self.source!r} is not one of pattern, kernel")
+        for k in self.ablate or ():
+            if k < 1:
+                raise SelectionError(f"ablate sizes must be >= 1, got {k}")
+        for n in self.lengths or ():
+            if not 32 <= n <= 1_000_000:
+                raise SelectionError(f"NIAH lengths must be 32-1000000 tokens, got {n}")
+        for d in self.depths or ():
+            if not 0.0 <= d <= 1.0:
+                raise SelectionError(f"NIAH depths must be in [0, 1], got {d}")
+        if not 0 <= self.captures <= 16:
+            raise SelectionError(f"captures must be 0-16, got {self.captures}")
+
+    @property
+    def niah_lengths(self) -> tuple[int, ...]:
+        return self.lengths or ((512, 1024, 2048) if self.thorough else (300, 600))
+
+    @property
+    def niah_depths(self) -> tuple[float, ...]:
+        return self.depths or ((0.0, 0.25, 0.5, 0.75, 1.0) if self.thorough else (0.25, 0.75))
+
+    @property
+    def ablation_sizes(self) -> tuple[int, ...]:
+        return self.ablate if self.ablate is not None else ((5, 10, 20) if self.thorough else ())
+
+    @property
+    def gates(self) -> int:
+        return self.gate_steps if self.gate_steps is not None else (50 if self.thorough else 0)
+
+
+@dataclass
+class ScanResult:
+    model: str
+    results: list = field(default_factory=list)  # HeadScores and Curves
+    examples: list[examples.Example] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # analyses skipped, and why
+    maps: list = field(default_factory=list)  # formats.TokenMaps (speech: saliency per token)
+
+    def save(self, folder: str | Path) -> list[Path]:
+        """Write every result and example capture into ``folder`` (an empty output folder)."""
+        folder = Path(folder)
+        paths = [r.save(folder) for r in [*self.results, *self.maps]]
+        for ex in self.examples:
+            ex.capture.write_into(folder / ex.name)
+        return paths
+
+
+@dataclass
+class Part:
+    """What one scan unit adds: results, example captures, notes, and (retrieval) the ranking."""
+
+    results: list = field(default_factory=list)
+    examples: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    retrieval: np.ndarray | None = None
+
+    def add(self, analysis: str, results) -> Part:
+        for r in results:
+            r.params.setdefault("example_capture", examples.EXAMPLE_OF.get(analysis, examples.PROSE))
+        self.results.extend(results)
+        return self
+
+
+@dataclass
+class Plan:
+    """What every unit of one scan needs, decided once by the driver: the settings, the NIAH
+    lengths (shrunk to fit small contexts), chat formatting and the NIAH trials."""
+
+    settings: ScanSettings
+    lengths: tuple[int, ...]
+    chat: bool
+    trials: list
+
+    @classmethod
+    def for_model(cls, lm, settings: ScanSettings) -> Plan:
+        chat = settings.chat
+        chat = bool(getattr(lm.tokenizer, "chat_template", None)) if chat is None else chat
+        lengths = settings.niah_lengths
+        if settings.lengths is None:  # defaults shrink to fit small models' contexts (room left for the answer)
+            lengths = tuple(sorted({min(n, lm.facts.context_length - 48) for n in lengths}))
+        # NIAH needs a causal model with a tokenizer that can build prompts; encoders (BERT) skip it
+        trials = heads.niah_trials(lm, lengths=lengths, depths=settings.niah_depths, seeds=[0],
+                                   chat=chat) if lm.facts.causal else []
+        return cls(settings, lengths, chat, trials)
+
+
+# ---- units: (lm, plan, ..., progress) -> Part; each runs wherever the executor puts it ------
+def _summary(lm, plan: Plan, progress: Progress = SILENT) -> Part:
+    from analyses.prompts import GENERAL_PROMPTS
+
+    part = Part().add("summary", heads.run_summary(lm, list(GENERAL_PROMPTS), progress=progress))
+    part.examples += examples.prose_examples(lm, list(GENERAL_PROMPTS), plan.settings.captures)
+    return part
+
+
+def _sinks(lm, plan: Plan, progress: Progress = SILENT) -> Part:
+    from analyses.prompts import GENERAL_PROMPTS
+
+    return Part().add("sinks", heads.run_sinks(lm, list(GENERAL_PROMPTS), source=plan.settings.source,
+                                               progress=progress))
+
+
+def _taxonomy(lm, plan: Plan, progress: Progress = SILENT) -> Part:
+    s = plan.settings
+    repeat_len = min(100 if s.thorough else 50, (lm.facts.context_length - 1) // 2)
+    part = Part().add("taxonomy", heads.run_taxonomy(lm, repeat_len=repeat_len, batch=8 if s.thorough else 4,
+                                                     progress=progress))
+    part.examples.append(examples.repeated_example(lm, repeat_len=min(40, repeat_len)))
+    return part
+
+
+def _retrieval(lm, plan: Plan, progress: Progress = SILENT, executor: Executor | None = None) -> Part:
+    """Retrieval scores; the trials are decoded on ``executor`` (one item per trial) when given."""
+    try:
+        results = heads.run_retrieval(lm, plan.trials, source=plan.settings.source, progress=progress,
+                                      executor=executor)
+    except AnalysisError as err:
+        return Part(notes=[f"retrieval skipped: {err}"])
+    part = Part(retrieval=results[0].scores)
+    return part.add("retrieval", results)
+
+
+def _retrieval_followups(lm, plan: Plan, retrieval: np.ndarray, progress: Progress = SILENT) -> Part:
+    """The needle example capture and (``ablate`` sizes) the causal ablation of the top retrieval heads."""
+    from analyses.decode import greedy_decode
+
+    s, part = plan.settings, Part()
+    short = heads.niah_trials(lm, lengths=[min(200, plan.lengths[0])], depths=[0.5], seeds=[0], chat=plan.chat)[0]
+    answer, _ = greedy_decode(lm, short.input_ids, max_new_tokens=24, source="none")
+    part.examples.append(examples.needle_example(lm, short, answer))
+    if s.ablation_sizes:
+        part.add("ablation", heads.run_needle_ablation(lm, plan.trials, retrieval, name="retrieval",
+                                                       ks=s.ablation_sizes, seeds=[0, 1, 2] if s.thorough else [0],
+                                                       progress=progress))
+    return part
+
+
+def _streaming(lm, plan: Plan, retrieval: np.ndarray | None, progress: Progress = SILENT) -> Part:
+    s, part = plan.settings, Part()
+    part.add("streaming", heads.run_streaming(lm, length=max(plan.lengths), n_prompts=2 if s.thorough else 1,
+                                              source=s.source, retrieval=retrieval, chat=plan.chat,
+                                              progress=progress))
+    if s.gates:
+        part.add("streaming", heads.run_gates(lm, steps=s.gates, length=512 if s.thorough else 256,
+                                              prompts=4 if s.thorough else 2, retrieval=retrieval,
+                                              progress=progress))
+    return part
+
+
+class _Scan:
+    """The state the vision and speech runners share (one pass over their inputs)."""
+
+    def __init__(self, lm, settings: ScanSettings, progress: Progress):
+        self.lm, self.s, self.progress = lm, settings, progress
+        self.out = ScanResult(model=lm.facts.name)
+
+    def add(self, analysis: str, results) -> None:
+        for r in results:
+            r.params.setdefault("example_capture", examples.EXAMPLE_OF.get(analysis, examples.PROSE))
+        self.out.results.extend(results)
+
+
+def _vision(sc: _Scan) -> None:
+    from analyses.vit_heads import pruned_cls_embeddings, pruning_importance, vit_head_scores
+    from formats.provenance import Provenance
+    from lens import vision
+
+    lm, f = sc.lm, sc.lm.facts
+    images = [vision.synthetic_image(224, shape=shape, center=c, seed=i)
+              for i, (shape, c) in enumerate([("disc", (0.4, 0.6)), ("square", (0.6, 0.3)), ("disc", (0.3, 0.3))])]
+    task = sc.progress.task("ViT heads: synthetic images", total=len(images) + 1)
+    import lens
+
+    patterns: dict[int, list] = {}
+    layout = None
+    for im in images:
+        cap = lens.run(lm, im, sites=[lens.Site.PATTERN]).capture
+        layout = cap.meta.layout
+        for layer in range(f.n_layers):
+            patterns.setdefault(layer, []).append(cap.pattern(layer))
+        task.advance()
+    import torch
+
+    stacked = {layer: torch.cat(ps) for layer, ps in patterns.items()}
+    prov = Provenance.for_model(f, prompts=f"{len(images)} synthetic images (disc, square)", inputs=[i.tobytes() for i in images])
+    results = vit_head_scores(stacked, layout, n_layers=f.n_layers, n_heads=f.n_heads, provenance=prov)
+    all_heads = [(la, h) for la in range(f.n_layers) for h in range(f.n_heads)]
+    clean, pruned = pruned_cls_embeddings(lm, images, all_heads)
+    results.append(pruning_importance(clean, pruned, n_layers=f.n_layers, n_heads=f.n_heads, provenance=prov))
+    task.advance()
+    for r in results:
+        sc.add(r.analysis, [r])
+    sc.out.examples += examples.image_examples(lm, images[:1])
+
+
+def _speech(sc: _Scan) -> None:
+    from lens.speech import encoder_of
+    from pipelines import speech
+
+    utterances = speech.espeak_utterances(speech.SENTENCES[: (3 if sc.s.thorough else 2)],
+                                          max_seconds=encoder_of(sc.lm).chunk_seconds)
+    study = speech.run_cross_attention(sc.lm, utterances, progress=sc.progress)
+    for r in study.results:
+        sc.add(r.analysis, [r])
+    sc.out.maps += study.maps
+    sc.out.examples += [examples.Example(name, cap) for name, cap in study.examples]
+
+
+INDEPENDENT: dict[str, Callable[..., Part]] = {"summary": _summary, "sinks": _sinks, "taxonomy": _taxonomy}
+NEEDS_RETRIEVAL: dict[str, Callable[..., Part]] = {"streaming": _streaming}  # they take the retrieval ranking
+RUNNERS = {**INDEPENDENT, "retrieval": _retrieval, **NEEDS_RETRIEVAL}  # what `lens scan` can run on text models
+VISION_RUNNER = _vision  # the four vit_* analyses share one pass over the images
+SPEECH_RUNNER = _speech  # cross-attention agreement and alignment heads share the utterances
+
+
+def _modal_scan(lm, settings: ScanSettings, progress: Progress = SILENT) -> ScanResult:
+    sc = _Scan(lm, settings, progress)
+    (VISION_RUNNER if lm.facts.modality is Modality.VISION else SPEECH_RUNNER)(sc)
+    return sc.out
+
+
+def scan(lm, settings: ScanSettings = ScanSettings(), *, progress: Progress = SILENT,
+         executor: Executor | None = None) -> ScanResult:
+    """Run every scan analysis of the registry that applies to ``lm``'s modality.
+
+    With a distributed ``executor`` (Ray) the work is split three ways, in stages: the
+    independent analyses (summary, sinks, taxonomy) one item each; then the retrieval
+    trials, one item per NIAH trial (length x depth x seed); then what needs the retrieval
+    ranking (the needle example and causal ablation, the streaming profile). The results are
+    the same as a serial scan's; this process assembles and returns them.
+    """
+    from analyses.registry import for_modality
+
+    entries = for_modality(lm.facts.modality, causal=lm.facts.causal)
+    if not entries:
+        raise AnalysisError(f"no scan analyses apply to {lm.facts.name} ({lm.facts.modality.value} model)")
+    remote = executor is not None and executor.distributed
+    if lm.facts.modality in (Modality.VISION, Modality.SPEECH):
+        if remote:  # one shared pass over the inputs: one item
+            return executor.map_ordered(CALLS, [call(_modal_scan, settings)])[0]
+        return _modal_scan(lm, settings, progress)
+    plan = Plan.for_model(lm, settings)
+    names = [e.name for e in entries]
+    parts: dict[str, Part] = {}
+    notes = [f"{n}: no scan runner for this analysis" for n in names if n not in RUNNERS]
+    if remote:
+        first = [n for n in names if n in INDEPENDENT]
+        task = progress.task(f"scan: {', '.join(first)} on {executor.workers} Ray workers", total=len(first))
+        done = executor.map_ordered(CALLS, [call(INDEPENDENT[n], plan) for n in first], on_result=lambda i: task.advance())
+        parts.update(zip(first, done))
+    else:
+        for n in names:
+            if n in INDEPENDENT:
+                parts[n] = INDEPENDENT[n](lm, plan, progress)
+    retrieval = None
+    if "retrieval" in names:
+        parts["retrieval"] = _retrieval(lm, plan, progress, executor=executor if remote else None)
+        retrieval = parts["retrieval"].retrieval
+    later = []  # (name, fn, args): the units that take the ranking
+    if retrieval is not None:
+        later.append(("retrieval+", _retrieval_followups, (plan, retrieval)))
+    later += [(n, NEEDS_RETRIEVAL[n], (plan, retrieval)) for n in names if n in NEEDS_RETRIEVAL]
+    if remote and later:
+        task = progress.task(f"scan: {', '.join(n for n, _, _ in later)} on {executor.workers} Ray workers",
+                             total=len(later))
+        done = executor.map_ordered(CALLS, [call(fn, *args) for _, fn, args in later],
+                                    on_result=lambda i: task.advance())
+        parts.update((n, p) for (n, _, _), p in zip(later, done))
+    else:
+        for n, fn, args in later:
+            parts[n] = fn(lm, *args, progress)
+    out = ScanResult(model=lm.facts.name)
+    for n in [x for name in names for x in ((name, "retrieval+") if name == "retrieval" else (name,))]:
+        if n in parts:
+            out.results += parts[n].results
+            out.examples += parts[n].examples
+            out.notes += parts[n].notes
+    out.notes += notes
+    return out

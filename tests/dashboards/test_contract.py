@@ -1,0 +1,184 @@
+"""Issue 11's contract test: what the real commands write on the tiny models (one folder) is what
+the folder reader, every view and every report format show, each kind non-empty; and folders
+written by the previous format load or name the file and its format version."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from bokeh.models import Arrow
+
+from dashboards._bokeh import trigger_click
+from dashboards.app import Dashboard
+from dashboards.circuits import circuit_figure
+from dashboards.graph import circuit_layout
+from dashboards.report import build_report, write_report
+from formats import ResultsFolder, Site
+
+RESULTS = {"scan/summary.sink_mass", "scan/summary.entropy", "scan/sinks.first_token_mass", "scan/sinks.hidden_sinks",
+           "scan/streaming.streaming_mass", "scan/taxonomy.induction", "scan/taxonomy.previous_token",
+           "sweep-heads/ablation.mean_logit-diff", "circuit/circuit.T_eap_logit-diff",
+           "circuit/circuit.T_patching_logit-diff"}
+CAPTURES = {"scan/captures/prose-000", "scan/captures/prose-001", "scan/captures/repeated-tokens", "image/000",
+            "speech/captures/audio-000",
+            "bf16/000"}
+
+
+@pytest.fixture(scope="module")
+def folder(contract):
+    return ResultsFolder.load(contract)
+
+
+@pytest.fixture(scope="module")
+def dash(folder):
+    return Dashboard(folder, map_method="pca")
+
+
+def test_the_reader_finds_every_kind_the_commands_wrote(folder):
+    assert folder.problems == {}
+    assert RESULTS <= set(folder.results)
+    assert list(folder.curves) == ["sweep-layers/ablation.mean_logit-diff_layers"]
+    assert list(folder.ablations) == ["ablation/ablation"] and list(folder.circuits) == ["circuit/T_eap"]
+    assert set(folder.captures) == CAPTURES and list(folder.stats_runs) == ["stats"]
+    assert folder.captures["bf16/000"].dtypes == {"bfloat16"}
+    assert folder.captures["image/000"].layout is not None and folder.captures["image/000"].image_path().is_file()
+    assert set(folder.models) == {"tiny-llama", "tiny-dinov2", "tiny-whisper"}
+    assert list(folder.token_maps) == ["speech/cross_attention.saliency_000"]
+    assert {"speech/cross_attention.pearson", "speech/cross_attention.saliency_share"} <= set(folder.results)
+
+
+def test_atlas_and_explorer_show_every_result_and_capture(dash, folder):
+    assert set(dash.atlas.param.metric.objects) == {k for k, r in folder.results.items() if r.provenance.model == "tiny-llama"}
+    for label in dash.atlas.param.metric.objects:
+        dash.atlas.metric = label
+        np.testing.assert_array_equal(np.asarray(dash.atlas.grid.source.data["value"]), folder.results[label].scores.ravel())
+        trigger_click(dash.atlas.grid.figure, 1, 2)
+        assert dash.explorer.cells["x"], label  # every result opens a pattern
+    dash.atlas.metric = "scan/taxonomy.induction"
+    assert dash.explorer.capture == "scan/captures/repeated-tokens"  # the taxonomy's own inputs
+    for label in ("scan/captures/prose-000", "bf16/000"):
+        dash.explorer.capture = label
+        assert len(dash.explorer.cells["x"]) > 100 and np.isfinite(dash.explorer.cells["value"]).all()
+        p = folder.captures[label].pattern(2, 1)
+        np.testing.assert_allclose(dash.explorer.window.values[: p.shape[0], : p.shape[1]].sum(1),
+                                   p[: dash.explorer.window.values.shape[0]].sum(1), rtol=1e-3)
+    assert "(bfloat16)" in dash.explorer._message.object
+
+
+def test_grid_maps_stats_ablations_circuits_and_vision_are_not_empty(dash, folder):
+    fig = dash.grid.plot().object
+    assert np.isfinite(fig.renderers[0].data_source.data["image"][0]).sum() > 1000
+    xy, prof = dash.head_map.embedding(timeout=120)
+    assert xy.shape == (16, 2) and np.isfinite(xy).all() and prof.color_by.startswith("taxonomy type")
+    for label in ("scan/captures/prose-000", "bf16/000"):
+        dash.qk_map.capture = label
+        pts = dash.qk_map.points()
+        assert isinstance(pts, dict) and len(pts["x"]) > 40
+    stats = dash.stats
+    trigger_click(stats._grid.figure, 3, 1)
+    curves, received = (p.object for p in stats._curves.objects)
+    run = folder.stats_runs["stats"]
+    np.testing.assert_allclose(curves.renderers[0].data_source.data["sink_mass"], run.read(1, "sink_mass")[0, 3],
+                               rtol=1e-6)
+    assert sum(received.renderers[0].data_source.data["sum"]) == pytest.approx(len(run.tokens), rel=1e-3)
+    (curve,) = dash.ablations.curve_figures()
+    assert curve.yaxis[0].axis_label == "Δ logit-diff" and curve.xaxis[0].axis_label == "layer"
+    (abl,) = dash.ablations.ablation_figures()
+    assert any(r.glyph.__class__.__name__ == "Quad" for r in abl.renderers)
+    assert len(dash.ablations.heatmaps()) == 3
+    c = folder.circuits["circuit/T_eap"]
+    (arrow,) = [x for x in circuit_figure(c).center if isinstance(x, Arrow)]
+    assert len(arrow.source.data["x0"]) == len(circuit_layout(c)[1]) >= len(c.edges) > 0
+    assert "faithfulness" in dash.circuits.plot().objects[1].object
+    dash.vision.capture = "image/000"
+    overlay = dash.vision.plot()
+    assert overlay.objects[1].object[:4] == b"\x89PNG" and "no image saved" not in overlay.objects[0].object
+    speech = dash.speech
+    assert speech.capture == "speech/captures/audio-000"
+    png = speech.figure_png()
+    assert isinstance(png, bytes) and png[:4] == b"\x89PNG" and "pearson" in speech.table_html()
+    from dashboards.audio import maps_for, token_view
+
+    view = token_view(folder.captures[speech.capture], maps_for(folder, speech.capture), 1, None, 0)
+    assert view.saliency is not None and abs(view.saliency.sum() - 1) < 1e-6 and view.attention.size == 100
+    dash.model = "tiny-dinov2"  # the ViT's captures in the explorer too
+    assert dash.explorer.capture == "image/000" and dash.explorer.cells["x"]
+
+
+def test_the_contribution_view_says_what_a_saved_capture_lacks(dash):
+    from dashboards.dla import ContributionView
+
+    view = ContributionView(dash.folder.captures["bf16/000"])
+    assert "needs the model's output projection and unembedding" in view.missing()
+
+
+def test_every_report_format_shows_every_kind(contract, tmp_path):
+    rep = build_report(contract)
+    labels = {r.label for m in rep.models for r in m.results}
+    assert RESULTS <= labels
+    assert [c[0] for c in rep.curves] == ["sweep-layers/ablation.mean_logit-diff_layers"]
+    assert [a[0] for a in rep.ablations] == ["ablation/ablation"] and [c["label"] for c in rep.circuits] == ["circuit/T_eap"]
+    assert [s["label"] for s in rep.stats_runs] == ["stats"] and {c["label"] for c in rep.captures} == CAPTURES
+    assert [o[0] for o in rep.overlays] == ["image/000"]
+    assert [s["label"] for s in rep.speech] == ["speech/captures/audio-000"] and rep.speech[0]["agreement"]
+    induction = next(r for m in rep.models for r in m.results if r.label == "scan/taxonomy.induction")
+    assert all(t.capture == "scan/captures/repeated-tokens" for t in induction.top)  # thumbnails on its inputs
+    texts = {}
+    for fmt in ("html", "md"):
+        texts[fmt] = write_report(contract, fmt, tmp_path / f"r.{fmt}").read_text()
+    pdf = write_report(contract, "pdf", tmp_path / "r.pdf")
+    if shutil.which("pdftotext"):
+        texts["pdf"] = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True,
+                                      check=True).stdout
+    for fmt, text in texts.items():
+        plain = text.replace("\\", "")  # Markdown escapes _ and friends
+        for needle in [*RESULTS, "sweep-layers/ablation.mean_logit-diff_layers", "ablation/ablation", "circuit/T_eap",
+                       "Stats runs", "image/000", "bf16/000", "bfloat16", "Speech: speech/captures/audio-000"]:
+            assert needle in plain or needle.replace("_", " ") in plain, (fmt, needle)
+
+
+def _legacy_folder(contract, tmp_path):
+    root = tmp_path / "old"
+    shutil.copytree(contract / "scan", root / "scan")
+    shutil.copytree(contract / "image", root / "image")
+    (root / "ioi").mkdir()
+    (root / "ioi" / "circuit.json").write_text(json.dumps({"name": "ioi", "edges": [
+        {"sender": "L0H1", "receiver": "logits", "score": 0.5}]}))
+    (root / "ioi" / "ablation.json").write_text(json.dumps({"heads": ["L1H0"], "baseline": 1.0, "ablated": 0.5}))
+    (root / "sweep").mkdir()
+    (root / "sweep" / "summary.json").write_text(json.dumps({"ks": [1, 2], "accuracy": [0.9, 0.4]}))
+    # a head-score file from a newer format, and a capture in the previous version (layout under extra.image)
+    doc = json.loads((root / "scan" / "summary.entropy.json").read_text())
+    doc["format_version"] = 99
+    (root / "scan" / "summary.entropy.json").write_text(json.dumps(doc))
+    cap = json.loads((root / "image" / "000" / "capture.json").read_text())
+    layout = cap["meta"].pop("layout")
+    layout.pop("kind")
+    cap["meta"]["extra"]["image"] = layout
+    cap.pop("kind")
+    cap["format_version"] = 1
+    (root / "image" / "000" / "capture.json").write_text(json.dumps(cap))
+    return root
+
+
+def test_old_folders_load_or_name_the_file_and_format_version(contract, tmp_path):
+    root = _legacy_folder(contract, tmp_path)
+    dash = Dashboard(root, map_method="pca")
+    alert = dash.problems_pane().object
+    for name in ("ioi/circuit.json", "ioi/ablation.json", "sweep/summary.json"):
+        assert name in alert and "older" in alert and "format without a version" in alert
+    assert "scan/summary.entropy.json" in alert and "format_version 99" in alert and "versions 1, 2" in alert
+    assert dash.folder.captures["image/000"].layout.grid == (8, 8)  # version 1 still loads
+    assert "scan/summary.sink_mass" in dash.atlas.param.metric.objects  # the rest is shown
+    for fmt in ("html", "md"):
+        text = write_report(root, fmt, tmp_path / f"old.{fmt}").read_text()
+        assert "format\\_version 99" in text or "format_version 99" in text
+        assert text.count("format without a version") == 3
+        assert "Image attention" in text
+    for problem in dash.folder.problems.values():
+        assert "\n" not in problem and len(problem) < 300  # one line each
+    assert Site.PATTERN in dash.folder.captures["image/000"].sites
