@@ -27,9 +27,22 @@ import torch
 from analyses import scenes as sc
 from analyses.prompts import GENERAL_PROMPTS
 from analyses.result import Provenance
-from analyses.vision_aware import random_scales_like, token_divergence, head_divergence, vhr_scales, vision_aware_scores
+from analyses.vision_aware import (
+    head_divergence,
+    random_scales_like,
+    token_divergence,
+    vhr_scales,
+    vision_aware_scores,
+)
 from analyses.visual_sinks import visual_sink_scores
-from analyses.vlm_collect import ask, base_lm_sink_dimensions, head_output_pairs, var_edit, var_inputs, vhr_edit
+from analyses.vlm_collect import (
+    ask,
+    base_lm_sink_dimensions,
+    head_output_pairs,
+    var_edit,
+    var_inputs,
+    vhr_edit,
+)
 from analyses.vqa import accuracy_by_kind, normalise, probe_score
 
 CALIBRATION_START = 1000  # held-out seeds from here on calibrate; evaluation uses held-out seeds 0+

@@ -3,7 +3,7 @@
 import torch
 
 from lens.zoo import tiny_vlm
-from lens.zoo.tiny_vlm_train import fold_standardisation, parse
+from pipelines.tiny_vlm_train import fold_standardisation, parse
 
 EXPERIMENTAL_OFF = {"standardise": 0, "align_mode": "bag", "copy_weight": 0.0}
 

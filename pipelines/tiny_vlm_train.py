@@ -1,12 +1,12 @@
 """Train tiny-vlm's projector on synthetic scenes and write the shipped weights.
 
-    python -m lens.zoo.tiny_vlm_train --out lens/zoo/weights/tiny_vlm_projector.safetensors
+    python -m pipelines.tiny_vlm_train --out lens/zoo/weights/tiny_vlm_projector.safetensors
 
 reproduces the shipped file (defaults are the shipped run; docs/vlm.md has its timings).
 DINOv2 and SmolLM2 stay frozen; only the LLaVA projector (384 -> 576 -> 576) learns.
 
 1. **Features**: DINOv2 features of the training and held-out scenes, computed once
-   and cached under ``--cache`` (:mod:`lens.zoo.tiny_vlm_data`).
+   and cached under ``--cache`` (:mod:`pipelines.tiny_vlm_data`).
 2. **Align** (cheap, no language model): the projected image tokens are pulled towards
    SmolLM2's input embeddings of the words that describe the scene (" red", " circle",
    " two"): for each word group, the logit of word ``w`` is the log-sum-exp over the
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from analyses import scenes as sc
 from lens.zoo import tiny_vlm
-from lens.zoo.tiny_vlm_data import Example, cached_features, sequencer_for, training_examples
+from pipelines.tiny_vlm_data import Example, cached_features, sequencer_for, training_examples
 
 ALIGN_GROUPS = {  # the words a scene is described by, as they appear inside a sentence
     "colour": [f" {c}" for c in sc.COLOURS],
@@ -211,7 +211,7 @@ def train(args, log=print) -> dict:
     timing["eval_s"] = round(time.time() - t3, 1)
     timing["total_s"] = round(time.time() - t0, 1)
     meta = {
-        "command": "python -m lens.zoo.tiny_vlm_train " + " ".join(sys.argv[1:]),
+        "command": "python -m pipelines.tiny_vlm_train " + " ".join(sys.argv[1:]),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "cache")},
         "torch": torch.__version__, "timing": timing, "history": history, "evaluation": evaluation,
         "fp16_relative_change": rounding, "feature_layer": tiny_vlm.FEATURE_LAYER, "image_size": tiny_vlm.IMAGE_SIZE,
@@ -258,7 +258,7 @@ def save(state: dict[str, torch.Tensor], meta: dict, out: Path) -> None:
 
 
 def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m lens.zoo.tiny_vlm_train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m pipelines.tiny_vlm_train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="the projector file to write (safetensors, fp16)")
     p.add_argument("--cache", type=Path, default=Path("results/tiny_vlm_cache"), help="vision feature cache")
     p.add_argument("--seed", type=int, default=0)
