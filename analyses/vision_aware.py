@@ -32,6 +32,8 @@ from torch import Tensor
 
 from analyses.registry import register_analysis
 from analyses.result import HeadScores, Provenance
+from lens.edits import Edit, Scale
+from lens.heads import HeadRef
 
 
 class VisionAwareError(ValueError):
@@ -138,3 +140,13 @@ def random_scales_like(scales: Float[np.ndarray, "layer head"], *, seed: int) ->
         heads = rng.choice(row.size, size=int(chosen.sum()), replace=False)
         out[layer, heads] = row[chosen]
     return out
+
+
+def vhr_edits(scales: Float[np.ndarray, "layer head"], *, n_layers: int, n_heads: int) -> list[Edit]:
+    """``scales [layer, head]`` as :class:`lens.edits.Edit` s: a :class:`~lens.edits.Scale` on each
+    head whose factor is not 1 (run them with :func:`lens.edits.editing`)."""
+    scales = np.asarray(scales, dtype=np.float64)
+    if scales.shape != (n_layers, n_heads):
+        raise VisionAwareError(f"scales must be [layer, head] = [{n_layers}, {n_heads}], got {list(scales.shape)}")
+    return [Edit(HeadRef(int(layer), int(head)), Scale(float(scales[layer, head])))
+            for layer, head in zip(*np.nonzero(scales != 1.0))]

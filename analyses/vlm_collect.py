@@ -12,9 +12,8 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 import torch
 from torch import Tensor
 
-from analyses import vlm_edits
 from analyses.scenes import Question, Scene
-from analyses.vision_aware import HeadOutputPair
+from analyses.vision_aware import HeadOutputPair, vhr_edits
 from analyses.visual_sinks import (
     SinkDimensions,
     VarInput,
@@ -24,6 +23,9 @@ from analyses.visual_sinks import (
 )
 from analyses.vqa import AnswerRecord
 from lens import vlm
+from lens.adapters import adapter_for
+from lens.attention import AttentionObserver, attention_mode, modifying_weights
+from lens.edits import editing
 
 # An edit for one batch: given the batch about to run, a context manager active while it runs.
 BatchEdit = Callable[[vlm.Batch], AbstractContextManager]
@@ -90,14 +92,14 @@ def _pad_id(lm) -> int:
 @contextmanager
 def _record_head_outputs(model, last: int) -> Iterator[dict[int, Tensor]]:
     """Layer -> the o_proj input of the last ``last`` positions ``[batch, last, head * d_head]``."""
-    layers = vlm_edits.language_model(model).layers
+    adapter = adapter_for(model)
     store: dict[int, Tensor] = {}
     handles = []
-    for i, block in enumerate(layers):
+    for i in range(adapter.n_layers):
         def hook(module, args, i=i):
             store[i] = args[0][:, -last:].detach().float().cpu()
 
-        handles.append(block.self_attn.o_proj.register_forward_pre_hook(hook))
+        handles.append(adapter.out_proj(i).register_forward_pre_hook(hook))
     try:
         yield store
     finally:
@@ -160,6 +162,19 @@ def base_lm_sink_dimensions(lm, prompts: Sequence[str], **kw) -> SinkDimensions:
     return sink_dimensions(hidden, **kw)
 
 
+class _QueryWeights(AttentionObserver):
+    """Records layer -> the attention probabilities ``[head, q, k]`` of the queries from ``start``
+    on (row 0), for every language-model layer."""
+
+    needs_weights = True
+
+    def __init__(self, start: int) -> None:
+        self.start, self.weights = start, {}
+
+    def on_outputs(self, module, layer, query, key, value, out, weights) -> None:
+        self.weights[layer] = weights[0, :, self.start:].float().cpu()
+
+
 @torch.no_grad()
 def var_inputs(lm, items: Sequence[tuple[Scene, Question]]) -> list[VarInput]:
     """Per ``(scene, question)`` with the image: each layer's input hidden state and the
@@ -168,19 +183,14 @@ def var_inputs(lm, items: Sequence[tuple[Scene, Question]]) -> list[VarInput]:
     for scene, q in items:
         x = vlm.prepare(lm, question_prompt(lm, q.text, with_image=True), [scene.image], chat=True)
         start = max(s.end for s in x.spans)
-        attention: dict[int, Tensor] = {}
-
-        def record(layer, weights):
-            attention[layer] = weights[0, :, start:].float().cpu()
-            return weights
-
-        with vlm_edits.modify_attention_weights(lm.model, record):
+        recorder = _QueryWeights(start)
+        with attention_mode(lm, recorder):
             res = lm.model(**x.model_kwargs(lm.device, _dtype(lm)), output_hidden_states=True)
         hidden = {layer: res.hidden_states[layer][0].float().cpu() for layer in range(lm.facts.n_layers)}
         labels = [""] * x.n_tokens
         for s in x.spans:
             labels[s.start:s.end] = s.labels()
-        out.append(VarInput(hidden=hidden, attention=attention, image_mask=x.image_mask(),
+        out.append(VarInput(hidden=hidden, attention=recorder.weights, image_mask=x.image_mask(),
                             queries=list(range(start, x.n_tokens)), labels=labels))
     return out
 
@@ -216,12 +226,14 @@ def var_edit(lm, dims: SinkDimensions, *, tau: float = 20.0, factor: float = 0.6
             perm = {layer: torch.randperm(lm.facts.n_heads, generator=g) for layer in range(lm.facts.n_layers)}
         modifier = var_modifier(image_mask, sinks, query_mask=after & ~image_mask, layers=layers, factor=factor,
                                 head_permutation=perm)
-        with vlm_edits.modify_attention_weights(lm.model, modifier):
+        with modifying_weights(lm, modifier):
             yield sinks
 
     return edit
 
 
 def vhr_edit(lm, scales) -> BatchEdit:
-    """A :data:`BatchEdit` scaling head outputs by ``scales [layer, head]`` (VHR or its control)."""
-    return lambda batch: vlm_edits.scale_head_outputs(lm.model, scales)
+    """A :data:`BatchEdit` scaling head outputs by ``scales [layer, head]`` (VHR or its control),
+    through :func:`lens.edits.editing`."""
+    edits = vhr_edits(scales, n_layers=lm.facts.n_layers, n_heads=lm.facts.n_heads)
+    return lambda batch: editing(lm, edits)

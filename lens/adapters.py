@@ -155,6 +155,9 @@ def adapter_for(model: nn.Module, n_layers: int | None = None) -> ModelAdapter:
         n_layers = n_layers or text.num_hidden_layers
     if getattr(cfg, "is_encoder_decoder", False):
         return EncoderDecoderAdapter(model, n_layers)
+    if hasattr(cfg, "vision_config") and hasattr(cfg, "text_config") and hasattr(model, "get_decoder"):
+        # LLaVA-style: the language model's blocks, never the vision tower's (it may have as many layers)
+        return DecoderAdapter(model.get_decoder(), n_layers)
     if getattr(cfg, "model_type", "") in ("bert", "roberta", "distilbert", "electra", "xlm-roberta"):
         return BertAdapter(model, n_layers)
     return DecoderAdapter(model, n_layers)

@@ -92,6 +92,20 @@ class _Stack:
         return any(isinstance(e, AttentionObserver) and (e.needs_weights or e.modifies_weights) for e in self.entries)
 
 
+class WeightsModifier(AttentionObserver):
+    """An attention-weight intervention: ``fn(layer, weights) -> weights`` on the probabilities
+    ``[batch, head, q, k]`` of the selected layers, before they multiply the values (VAR's
+    redistribution, ACT-style calibration). Push it with :func:`modifying_weights`."""
+
+    modifies_weights = True
+
+    def __init__(self, fn, layers: frozenset[int] | None = None, part: Part = Part.SELF) -> None:
+        self.fn, self.layers, self.part = fn, layers, part
+
+    def modify(self, layer: int, weights: Tensor) -> Tensor:
+        return self.fn(layer, weights)
+
+
 # ---- the base computations ---------------------------------------------------------------
 def _module_eager(module: nn.Module):
     fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
@@ -256,3 +270,13 @@ def active_entries(model_or_lm) -> list[AttentionEntry]:
     """The entries on a model's stack now, outermost first (for tests and error messages)."""
     stack = getattr(_model_of(model_or_lm), _STACK, None)
     return list(stack.entries) if stack else []
+
+
+@contextmanager
+def modifying_weights(model_or_lm, fn, *, layers: Sequence[int] | None = None) -> Iterator[WeightsModifier]:
+    """Inside the block, the self-attention probabilities ``[batch, head, q, k]`` of ``layers``
+    (None: every layer) go through ``fn(layer, weights) -> weights`` before the values."""
+    model = _model_of(model_or_lm)
+    chosen = check_layers(attention_modules(model), layers) if layers is not None else None
+    with attention_mode(model, WeightsModifier(fn, chosen)) as entry:
+        yield entry
