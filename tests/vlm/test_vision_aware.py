@@ -12,12 +12,14 @@ from analyses.vision_aware import (
     head_divergence,
     random_scales_like,
     token_divergence,
+    vhr_edits,
     vhr_scales,
     vision_aware_scores,
 )
 from analyses.vlm_collect import head_output_pairs
-from analyses.vlm_edits import EditError, modify_attention_weights, scale_head_outputs
 from lens import vlm
+from lens.attention import modifying_weights
+from lens.edits import editing
 
 PROV = Provenance(model="test")
 
@@ -105,7 +107,7 @@ def test_scale_head_outputs_scales_only_the_chosen_heads(tiny_llava):
     base_z = _z_of_layer(lm, x, 3)  # the last layer: nothing upstream of it changes
     scales = np.ones((4, 4))
     scales[3, 1] = 2.0
-    with scale_head_outputs(lm.model, scales):
+    with editing(lm, vhr_edits(scales, n_layers=4, n_heads=4)):
         z = _z_of_layer(lm, x, 3)
         with torch.no_grad():
             logits = lm.model(**x.model_kwargs()).logits
@@ -113,13 +115,13 @@ def test_scale_head_outputs_scales_only_the_chosen_heads(tiny_llava):
     torch.testing.assert_close(heads[..., 1, :], 2 * base_heads[..., 1, :])
     torch.testing.assert_close(heads[..., [0, 2, 3], :], base_heads[..., [0, 2, 3], :])
     assert not torch.allclose(logits, base_logits)
-    with scale_head_outputs(lm.model, np.ones((4, 4))), torch.no_grad():
+    assert vhr_edits(np.ones((4, 4)), n_layers=4, n_heads=4) == []
+    with editing(lm, vhr_edits(np.ones((4, 4)), n_layers=4, n_heads=4)), torch.no_grad():
         torch.testing.assert_close(lm.model(**x.model_kwargs()).logits, base_logits)  # scaling nothing changes nothing
     with torch.no_grad():  # the hooks are gone after the block
         torch.testing.assert_close(lm.model(**x.model_kwargs()).logits, base_logits)
-    with pytest.raises(EditError, match=r"scales must be \[layer, head\] = \[4, 4\]"):
-        with scale_head_outputs(lm.model, np.ones((3, 4))):
-            pass
+    with pytest.raises(VisionAwareError, match=r"scales must be \[layer, head\] = \[4, 4\]"):
+        vhr_edits(np.ones((3, 4)), n_layers=4, n_heads=4)
 
 
 def test_image_blind_head_has_zero_vhd(tiny_llava):
@@ -135,7 +137,7 @@ def test_image_blind_head_has_zero_vhd(tiny_llava):
         out[:, 2] = eye
         return out
 
-    with modify_attention_weights(lm.model, self_only):
+    with modifying_weights(lm, self_only):
         pairs = head_output_pairs(lm, items, steps=2)
     r = vision_aware_scores(pairs, provenance=PROV, k=4)
     assert r.scores[0, 2] == pytest.approx(0.0, abs=1e-6)
@@ -147,10 +149,36 @@ def test_image_blind_head_has_zero_vhd(tiny_llava):
 def test_identity_modifier_keeps_the_logits(tiny_llava):
     lm = tiny_llava
     x = vlm.prepare(lm, "<image>hello there", [make_scene(1).image])
+    impl = lm.model.config._attn_implementation
     with torch.no_grad():
         ref = lm.model(**x.model_kwargs()).logits
-        with modify_attention_weights(lm.model, lambda layer, w: w):
+        with modifying_weights(lm, lambda layer, w: w):
             got = lm.model(**x.model_kwargs()).logits
         again = lm.model(**x.model_kwargs()).logits
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(again, ref)
+    assert lm.model.config._attn_implementation == impl  # the model's own implementation is back
+
+
+def test_the_adapter_finds_the_language_model_not_the_vision_tower():
+    """A LLaVA whose vision tower has as many layers as its language model: edits and attention
+    entries land on the language model."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from lens.adapters import adapter_for
+    from lens.zoo import tiny
+    from lens.zoo.tiny_vlm import assemble
+
+    torch.manual_seed(0)
+    vision = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, mlp_ratio=2,
+                                      patch_size=4, image_size=16)).eval()
+    text = tiny.tiny_llama(seed=1)
+    from transformers import AutoTokenizer
+
+    from lens.zoo import _cache
+
+    folder, _ = _cache.cached_folder("byte-tokenizer-v1", tiny.build_byte_tokenizer)
+    model, _ = assemble(vision, text, None, AutoTokenizer.from_pretrained(folder))
+    adapter = adapter_for(model)
+    lm_layers = model.model.language_model.layers
+    assert all(adapter.out_proj(i) is lm_layers[i].self_attn.o_proj for i in range(4))
