@@ -114,6 +114,14 @@ for _entry in (
                   ("cls_entropy",), "analyses.vit_heads:cls_concentration", (VISION,)),
     AnalysisEntry("vit_families", "families of heads by k-means over their attention distance profiles",
                   ("family",), "analyses.vit_heads:pattern_families", (VISION,)),
+    AnalysisEntry("vision_aware", "vision-aware heads: distance between each head's output with and without the "
+                  "image for the same text (VHD), T-VHD per position", ("vhd",),
+                  "analyses.vision_aware:vision_aware_scores", (VISION_TEXT,), in_scan=False,
+                  paper="He et al. 2025, Cracking the Code of Hallucination in LVLMs (VHD, VHR)", causal_only=True),
+    AnalysisEntry("visual_sinks", "VAR: visual sink tokens and image-centric heads (image attention >= 0.2, "
+                  "sink share <= 0.5)", ("image_centric",), "analyses.visual_sinks:visual_sink_scores",
+                  (VISION_TEXT,), in_scan=False, paper="Kang et al. 2025, See What You Are Told (VAR)",
+                  causal_only=True),
     AnalysisEntry("vit_pruning", "ViT head importance: 1 - cosine of the CLS embedding when the head is zeroed",
                   ("cls_cosine_drop",), "analyses.vit_heads:pruning_importance", (VISION,)),
 ):

@@ -30,7 +30,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from analyses.registry import register_analysis
 from analyses.result import HeadScores, Provenance
 from lens.edits import Edit, Scale
 from lens.heads import HeadRef
@@ -69,8 +68,6 @@ def token_divergence(vhd: Float[Tensor, "step layer head"], k: int) -> Float[Ten
     return vhd.reshape(vhd.shape[0], -1).topk(k, dim=-1).values.mean(-1)
 
 
-@register_analysis("vision_aware", "vision-aware heads: VHD (head output with vs without the image) and T-VHD",
-                   metrics=("vhd",))
 def vision_aware_scores(pairs: Sequence[HeadOutputPair], *, provenance: Provenance, k: int = 20,
                         first_step_only: bool = False) -> HeadScores:
     """Mean VHD per ``[layer, head]`` over prompts and steps (only step 0 with ``first_step_only``).

@@ -25,7 +25,6 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from analyses.registry import register_analysis
 from analyses.result import HeadScores, Provenance
 
 TAU = 20.0
@@ -186,8 +185,6 @@ class VarInput:
     labels: Sequence[str] = ()  # per-position labels (``img0:patch(1,2)``, token text)
 
 
-@register_analysis("visual_sinks", "VAR: visual sink tokens and image-centric heads (image attention >= 0.2, "
-                   "sink share <= 0.5)", metrics=("image_centric",))
 def visual_sink_scores(inputs: Sequence[VarInput], dims: SinkDimensions, *, n_layers: int, n_heads: int,
                        provenance: Provenance, tau: float = TAU, min_image: float = MIN_IMAGE_ATTENTION,
                        max_sink_share: float = MAX_SINK_SHARE) -> HeadScores:

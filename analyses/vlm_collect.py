@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,6 +31,25 @@ from lens.edits import editing
 
 # An edit for one batch: given the batch about to run, a context manager active while it runs.
 BatchEdit = Callable[[vlm.Batch], AbstractContextManager]
+
+
+@dataclass(frozen=True)
+class ImageQuestion:
+    """One image (path, bytes or PIL image) and the question put with it; ``label`` names the
+    prompt in results."""
+
+    image: Any
+    text: str
+    label: str = ""
+
+
+Item = ImageQuestion | tuple[Scene, Question]
+
+
+def image_questions(items: Sequence[Item]) -> list[ImageQuestion]:
+    """``items`` as :class:`ImageQuestion` s (a synthetic ``(scene, question)`` is labelled by its seed)."""
+    return [it if isinstance(it, ImageQuestion) else ImageQuestion(it[0].image, it[1].text, f"scene {it[0].seed}: "
+                                                                   f"{it[1].text}") for it in items]
 
 
 def question_prompt(lm, question: str, *, with_image: bool) -> str:
@@ -108,9 +129,9 @@ def _record_head_outputs(model, last: int) -> Iterator[dict[int, Tensor]]:
 
 
 @torch.no_grad()
-def head_output_pairs(lm, items: Sequence[tuple[Scene, Question]], *, steps: int = 2,
-                      batch_size: int = 16) -> list[HeadOutputPair]:
-    """Per ``(scene, question)``: every head's output with and without the image at the same text.
+def head_output_pairs(lm, items: Sequence[Item], *, steps: int = 2, batch_size: int = 16,
+                      on_batch: Callable[[int], None] | None = None) -> list[HeadOutputPair]:
+    """Per image and question (:data:`Item`): every head's output with and without the image at the same text.
 
     The with-image run decodes ``steps`` tokens greedily; both runs are then fed the
     prompt plus the first ``steps - 1`` of those tokens, and the head outputs of the last
@@ -119,11 +140,12 @@ def head_output_pairs(lm, items: Sequence[tuple[Scene, Question]], *, steps: int
     pad = _pad_id(lm)
     n_heads = lm.facts.n_heads
     out = []
+    items = image_questions(items)
     for b in range(0, len(items), batch_size):
         chunk = items[b:b + batch_size]
-        with_img = [vlm.prepare(lm, question_prompt(lm, q.text, with_image=True), [s.image], chat=True)
-                    for s, q in chunk]
-        text = [vlm.prepare(lm, question_prompt(lm, q.text, with_image=False), [], chat=True) for s, q in chunk]
+        with_img = [vlm.prepare(lm, question_prompt(lm, q.text, with_image=True), [q.image], chat=True)
+                    for q in chunk]
+        text = [vlm.prepare(lm, question_prompt(lm, q.text, with_image=False), [], chat=True) for q in chunk]
         batch = vlm.collate(with_img, pad)
         gen = lm.model.generate(**batch.model_kwargs(lm.device, _dtype(lm)), max_new_tokens=steps,
                                 min_new_tokens=steps, do_sample=False, pad_token_id=pad)
@@ -136,9 +158,11 @@ def head_output_pairs(lm, items: Sequence[tuple[Scene, Question]], *, steps: int
             with _record_head_outputs(lm.model, steps) as store:
                 lm.model(**eb.model_kwargs(lm.device, _dtype(lm)))
             z[name] = torch.stack([store[i] for i in sorted(store)], dim=2)  # [batch, step, layer, head*d]
-        for i, (s, q) in enumerate(chunk):
+        for i, q in enumerate(chunk):
             zi, zt = (z[k][i].unflatten(-1, (n_heads, -1)) for k in ("image", "text"))
-            out.append(HeadOutputPair(z_image=zi, z_text=zt, label=f"scene {s.seed}: {q.text}"))
+            out.append(HeadOutputPair(z_image=zi, z_text=zt, label=q.label))
+        if on_batch:
+            on_batch(len(chunk))
     return out
 
 
@@ -176,12 +200,12 @@ class _QueryWeights(AttentionObserver):
 
 
 @torch.no_grad()
-def var_inputs(lm, items: Sequence[tuple[Scene, Question]]) -> list[VarInput]:
-    """Per ``(scene, question)`` with the image: each layer's input hidden state and the
+def var_inputs(lm, items: Sequence[Item], *, on_item: Callable[[], None] | None = None) -> list[VarInput]:
+    """Per image and question (:data:`Item`) with the image: each layer's input hidden state and the
     attention of the text queries after the image (all keys)."""
     out = []
-    for scene, q in items:
-        x = vlm.prepare(lm, question_prompt(lm, q.text, with_image=True), [scene.image], chat=True)
+    for q in image_questions(items):
+        x = vlm.prepare(lm, question_prompt(lm, q.text, with_image=True), [q.image], chat=True)
         start = max(s.end for s in x.spans)
         recorder = _QueryWeights(start)
         with attention_mode(lm, recorder):
@@ -192,6 +216,8 @@ def var_inputs(lm, items: Sequence[tuple[Scene, Question]]) -> list[VarInput]:
             labels[s.start:s.end] = s.labels()
         out.append(VarInput(hidden=hidden, attention=recorder.weights, image_mask=x.image_mask(),
                             queries=list(range(start, x.n_tokens)), labels=labels))
+        if on_item:
+            on_item()
     return out
 
 

@@ -45,6 +45,7 @@ from analyses.vlm_collect import (
 )
 from analyses.vqa import accuracy_by_kind, normalise, probe_score
 
+CONDITIONS = ("none", "vhr", "vhr_random_heads", "var", "var_random_heads")
 CALIBRATION_START = 1000  # held-out seeds from here on calibrate; evaluation uses held-out seeds 0+
 
 
@@ -71,7 +72,15 @@ def main() -> None:
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--conditions", default=",".join(CONDITIONS),
+                   help="comma-separated subset of " + ", ".join(CONDITIONS) + " (split a long run in two)")
     args = p.parse_args()
+    wanted = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    unknown = sorted(set(wanted) - set(CONDITIONS))
+    if unknown:
+        p.error(f"--conditions: unknown {unknown}; choose from {', '.join(CONDITIONS)}")
+    need_vhd = any(c.startswith("vhr") for c in wanted)
+    need_var = any(c.startswith("var") for c in wanted)
     torch.set_num_threads(args.threads)
     import lens
 
@@ -84,64 +93,69 @@ def main() -> None:
     def timed(name, t):
         summary["timing"][name] = round(time.time() - t, 1)
         print(f"[{name}] {summary['timing'][name]} s", flush=True)
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=1))  # partial results survive a stop
 
     calib = held_out(CALIBRATION_START, args.calib_images)
     evaluation = held_out(0, args.eval_images)
 
-    # ---- VHD ranking ----------------------------------------------------------------
-    t = time.time()
-    items = [(s, q) for s in calib for q in sc.questions(s)]
-    pairs = head_output_pairs(lm, items, steps=2)
-    vhd = vision_aware_scores(pairs, provenance=prov, k=args.k)
-    vhd.save(args.out)
-    summary["vhd"] = {"top_heads": vhd.summary["top_heads"][:12], "top_layers": vhd.summary["top_layers"],
-                      "mean": round(vhd.summary["mean_vhd"], 4), "max": round(vhd.summary["max_vhd"], 4),
-                      "n_pairs": len(pairs), "mean_per_layer": [round(float(x), 3) for x in vhd.arrays["mean_per_layer"]]}
-    timed("vhd", t)
+    if need_vhd:
+        # ---- VHD ranking ----------------------------------------------------------------
+        t = time.time()
+        items = [(s, q) for s in calib for q in sc.questions(s)]
+        pairs = head_output_pairs(lm, items, steps=2)
+        vhd = vision_aware_scores(pairs, provenance=prov, k=args.k)
+        vhd.save(args.out)
+        summary["vhd"] = {"top_heads": vhd.summary["top_heads"][:12], "top_layers": vhd.summary["top_layers"],
+                          "mean": round(vhd.summary["mean_vhd"], 4), "max": round(vhd.summary["max_vhd"], 4),
+                          "n_pairs": len(pairs), "mean_per_layer": [round(float(x), 3) for x in vhd.arrays["mean_per_layer"]]}
+        timed("vhd", t)
 
-    # ---- T-VHD of hallucinated vs correct probe answers -----------------------------
-    t = time.time()
-    probe_scenes = calib[: args.probe_vhd_images]
-    probe_items = [(s, q) for s in probe_scenes for q in sc.probe_questions(s) if q.answer == "no"]
-    answers = ask(lm, probe_items)
-    probe_pairs = head_output_pairs(lm, probe_items, steps=1)
-    t_vhd = np.array([float(token_divergence(head_divergence(pp), args.k)[0]) for pp in probe_pairs])
-    said_yes = np.array([normalise(a.given) == "yes" for a in answers])
-    summary["t_vhd_probe"] = {
-        "n_absent_questions": len(probe_items), "n_false_yes": int(said_yes.sum()),
-        "t_vhd_false_yes": round(float(t_vhd[said_yes].mean()), 4) if said_yes.any() else None,
-        "t_vhd_correct_no": round(float(t_vhd[~said_yes].mean()), 4) if (~said_yes).any() else None,
-    }
-    timed("t_vhd_probe", t)
+        # ---- T-VHD of hallucinated vs correct probe answers -----------------------------
+        t = time.time()
+        probe_scenes = calib[: args.probe_vhd_images]
+        probe_items = [(s, q) for s in probe_scenes for q in sc.probe_questions(s) if q.answer == "no"]
+        answers = ask(lm, probe_items)
+        probe_pairs = head_output_pairs(lm, probe_items, steps=1)
+        t_vhd = np.array([float(token_divergence(head_divergence(pp), args.k)[0]) for pp in probe_pairs])
+        said_yes = np.array([normalise(a.given) == "yes" for a in answers])
+        summary["t_vhd_probe"] = {
+            "n_absent_questions": len(probe_items), "n_false_yes": int(said_yes.sum()),
+            "t_vhd_false_yes": round(float(t_vhd[said_yes].mean()), 4) if said_yes.any() else None,
+            "t_vhd_correct_no": round(float(t_vhd[~said_yes].mean()), 4) if (~said_yes).any() else None,
+        }
+        timed("t_vhd_probe", t)
 
-    # ---- sink dimensions and visual sinks -------------------------------------------
-    t = time.time()
-    dims = base_lm_sink_dimensions(lm, GENERAL_PROMPTS)
-    summary["sink_dims"] = dims.to_json()
-    inputs = var_inputs(lm, [(s, sc.questions(s)[0]) for s in calib[:32]])
-    var = visual_sink_scores(inputs, dims, n_layers=lm.facts.n_layers, n_heads=lm.facts.n_heads, provenance=prov)
-    var.save(args.out)
-    summary["visual_sinks"] = {k: var.summary[k] for k in ("visual_sinks_per_prompt", "layers_with_visual_sinks",
-                                                             "most_frequent_sink_tokens",
-                                                             "image_centric_heads_over_half_queries")}
-    summary["visual_sinks"]["per_layer"] = [round(float(x), 2) for x in var.arrays["visual_sinks_per_layer"]]
-    summary["visual_sinks"]["top_image_centric"] = [list(h) for h in var.top(10)]
-    timed("visual_sinks", t)
+    if need_var:
+        # ---- sink dimensions and visual sinks -------------------------------------------
+        t = time.time()
+        dims = base_lm_sink_dimensions(lm, GENERAL_PROMPTS)
+        summary["sink_dims"] = dims.to_json()
+        inputs = var_inputs(lm, [(s, sc.questions(s)[0]) for s in calib[:32]])
+        var = visual_sink_scores(inputs, dims, n_layers=lm.facts.n_layers, n_heads=lm.facts.n_heads, provenance=prov)
+        var.save(args.out)
+        summary["visual_sinks"] = {k: var.summary[k] for k in ("visual_sinks_per_prompt", "layers_with_visual_sinks",
+                                                                 "most_frequent_sink_tokens",
+                                                                 "image_centric_heads_over_half_queries")}
+        summary["visual_sinks"]["per_layer"] = [round(float(x), 2) for x in var.arrays["visual_sinks_per_layer"]]
+        summary["visual_sinks"]["top_image_centric"] = [list(h) for h in var.top(10)]
+        timed("visual_sinks", t)
 
     # ---- interventions --------------------------------------------------------------
-    scales = vhr_scales(vhd.scores, alpha=args.alpha)
-    control = random_scales_like(scales, seed=args.seed + 1)
-    summary["vhr"] = {"alpha": args.alpha, "n_scaled_heads": int((scales != 1).sum()),
-                      "scaled_per_layer": [int(x) for x in (scales != 1).sum(1)]}
-    conditions = {
-        "none": None,
-        "vhr": vhr_edit(lm, scales),
-        "vhr_random_heads": vhr_edit(lm, control),
-        "var": var_edit(lm, dims),
-        "var_random_heads": var_edit(lm, dims, random_heads_seed=args.seed + 1),
-    }
+    conditions = {"none": lambda: None}
+    if need_vhd:
+        scales = vhr_scales(vhd.scores, alpha=args.alpha)
+        control = random_scales_like(scales, seed=args.seed + 1)
+        summary["vhr"] = {"alpha": args.alpha, "n_scaled_heads": int((scales != 1).sum()),
+                          "scaled_per_layer": [int(x) for x in (scales != 1).sum(1)],
+                          "scaled_heads": [[int(a), int(b)] for a, b in zip(*(scales != 1).nonzero())],
+                          "control_heads": [[int(a), int(b)] for a, b in zip(*(control != 1).nonzero())]}
+        conditions.update({"vhr": lambda: vhr_edit(lm, scales), "vhr_random_heads": lambda: vhr_edit(lm, control)})
+    if need_var:
+        conditions.update({"var": lambda: var_edit(lm, dims),
+                           "var_random_heads": lambda: var_edit(lm, dims, random_heads_seed=args.seed + 1)})
     summary["conditions"] = {}
-    for name, edit in conditions.items():
+    for name in wanted:
+        edit = conditions[name]()
         t = time.time()
         summary["conditions"][name] = evaluate(lm, evaluation, edit)
         print(name, json.dumps(summary["conditions"][name]), flush=True)

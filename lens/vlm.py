@@ -242,3 +242,17 @@ def collate(inputs: Sequence[VlmInput], pad_id: int) -> Batch:
 
 __all__ = ["Batch", "ImageSpan", "VlmInput", "collate", "image_token_count", "placeholder", "prepare",
            "read_image", "without_images"]
+
+
+@torch.no_grad()
+def generate(lm, prompt: str, images: Sequence[Any] | Any = (), *, max_new_tokens: int = 32, chat: bool = True) -> str:
+    """Greedy answer of a vision-language model to ``prompt`` with ``images`` at its placeholders
+    (chat-formatted when the model has a template); the errors of :func:`prepare`."""
+    chat = chat and bool(getattr(lm.tokenizer, "chat_template", None))
+    x = prepare(lm, prompt, images, chat=chat)
+    lm.check_length(x.input_ids, extra=max_new_tokens)
+    dtype = next(lm.model.parameters()).dtype
+    tok = lm.tokenizer
+    out = lm.model.generate(**x.model_kwargs(lm.device, dtype), max_new_tokens=max_new_tokens, do_sample=False,
+                            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    return tok.decode(out[0, x.n_tokens:], skip_special_tokens=True).strip()

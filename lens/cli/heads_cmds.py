@@ -1,4 +1,5 @@
-"""`lens heads retrieval|streaming|sinks|taxonomy`: the head analyses one at a time (see :mod:`pipelines.heads`)."""
+"""`lens heads retrieval|streaming|sinks|taxonomy|vision-aware|visual-sinks`: the head analyses one at a time
+(see :mod:`pipelines.heads` and, for vision-language models, :mod:`pipelines.vlm`)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from lens.cli._common import (
 )
 
 heads_app = typer.Typer(name="heads", no_args_is_help=True, rich_markup_mode="rich",
-                        help="Head analyses on language models: retrieval, streaming, sinks, taxonomy.\n\n"
+                        help="Head analyses: retrieval, streaming, sinks, taxonomy (language models); vision-aware, "
+                             "visual-sinks (vision-language models).\n\n"
                              "Example: lens heads sinks smollm2-135m --out results/sinks")
 app.add_typer(heads_app, name="heads")
 
@@ -251,3 +253,103 @@ def streaming(
                                        progress=bar)
         save_into(results, tmp)
     finish(results, out, model, json_out, f"{lm.facts.name}: streaming profile")
+
+
+# ---- vision-language models --------------------------------------------------------------
+IMAGE_OPTION = typer.Option(None, "--image", "-i", help="An image file; repeat for several.", dir_okay=False)
+IMAGES_OPTION = typer.Option(None, "--images", help="A folder: every image file directly in it.", file_okay=False)
+SCENES_OPTION = typer.Option(None, "--scenes", min=1, max=10_000,
+                             help="N held-out synthetic scenes (seeds 1000+, never trained on) with their questions.")
+QUESTION_OPTION = typer.Option(None, "--question", "-q",
+                               help="A question put with each image; repeat for several (default: "
+                                    "'What colour is the shape?'). Not with --scenes.")
+
+
+def _image_items(image: list[Path] | None, images: Path | None, scenes: int | None, question: list[str] | None):
+    """``(items, what)`` from exactly one of --image/--images/--scenes; every image decoded now,
+    so a bad file fails before the model loads and nothing is written."""
+    from lens.vlm import DEFAULT_PLACEHOLDER
+    from pipelines import vlm as vp
+
+    given = [n for n, v in (("--image", image), ("--images", images), ("--scenes", scenes)) if v]
+    if len(given) != 1:
+        raise SelectionError("give exactly one of --image FILE, --images FOLDER or --scenes N"
+                             + (f" (got {', '.join(given)})" if given else ""))
+    if scenes:
+        if question:
+            raise SelectionError("--question goes with --image/--images; --scenes asks each scene its own questions")
+        return vp.scene_items(scenes), f"{scenes} held-out synthetic scenes"
+    files = list(image) if image else vp.image_files(images)
+    questions = [q for q in (question or [vp.DEFAULT_QUESTION]) if q.strip()]
+    if not questions:
+        raise SelectionError("--question is empty: give the text to ask about each image")
+    marked = [q for q in questions if DEFAULT_PLACEHOLDER in q]
+    if marked:
+        raise SelectionError(f"--question {marked[0]!r} holds {DEFAULT_PLACEHOLDER}: give the question only, "
+                             "the image goes before it")
+    return vp.file_items(files, questions), f"{len(files)} image file(s) x {len(questions)} question(s)"
+
+
+@heads_app.command("vision-aware")
+def vision_aware(
+    model: str = typer.Argument("tiny-vlm", help=MODEL_HELP + " A vision-language (LLaVA-style) model."),
+    out: Path = typer.Option(..., "--out", "-o", help="Results folder."),
+    image: list[Path] = IMAGE_OPTION,
+    images: Path = IMAGES_OPTION,
+    scenes: int = SCENES_OPTION,
+    question: list[str] = QUESTION_OPTION,
+    steps: int = typer.Option(2, min=1, max=32, help="Positions compared: the prompt's last, then each greedy token."),
+    k: int = typer.Option(20, min=1, max=10_000, help="T-VHD: mean of the top-k head VHDs per position."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Vision-aware heads (VHD, He et al. 2025): per head, the distance between its output with and
+    without the image for the same text; T-VHD per position; the ranking.
+
+    Example: lens heads vision-aware tiny-vlm --image photo.png --question "What colour is the shape?" --out results/vhd
+    """
+    from pipelines import vlm as vp
+
+    items, what = _image_items(image, images, scenes, question)
+    check_out(out, force)
+    lm = load_model(model)
+    vp.check_vision_text(lm)
+    with writing(out, force) as tmp, progress() as bar:
+        results = vp.run_vision_aware(lm, items, steps=steps, k=k, what=what, progress=bar)
+        save_into(results, tmp)
+    finish(results, out, model, json_out, f"{lm.facts.name}: vision-aware heads (VHD)")
+
+
+@heads_app.command("visual-sinks")
+def visual_sinks(
+    model: str = typer.Argument("tiny-vlm", help=MODEL_HELP + " A vision-language (LLaVA-style) model."),
+    out: Path = typer.Option(..., "--out", "-o", help="Results folder."),
+    image: list[Path] = IMAGE_OPTION,
+    images: Path = IMAGES_OPTION,
+    scenes: int = SCENES_OPTION,
+    question: list[str] = QUESTION_OPTION,
+    tau: float = typer.Option(20.0, min=0.0, max=1e6, help="Visual sink: RMS-normalised |h| above tau on a sink dimension."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Visual sinks and image-centric heads (VAR, Kang et al. 2025): the base LM's sink dimensions from
+    its massive activations on text, the image tokens that are sinks, and per head the share of text
+    queries for which it attends >= 0.2 to the image with <= 0.5 of that on sinks.
+
+    Example: lens heads visual-sinks tiny-vlm --scenes 16 --out results/visual_sinks
+    """
+    from pipelines import vlm as vp
+
+    items, what = _image_items(image, images, scenes, question)
+    check_out(out, force)
+    lm = load_model(model)
+    vp.check_vision_text(lm)
+    with writing(out, force) as tmp, progress() as bar:
+        results = vp.run_visual_sinks(lm, items, tau=tau, what=what, progress=bar)
+        save_into(results, tmp)
+    finish(results, out, model, json_out, f"{lm.facts.name}: visual sinks and image-centric heads (VAR)")
+    if not json_out:
+        s = results[0].summary
+        say(f"sink dimensions: {s['sink_dims']['dims']}; visual sinks per prompt {s['visual_sinks_per_prompt']} "
+            f"(layers {s['layers_with_visual_sinks'][:12]}); commonest: "
+            + ", ".join(f"{t} x{n}" for t, n in s["most_frequent_sink_tokens"][:5]))

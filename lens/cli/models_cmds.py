@@ -69,8 +69,8 @@ def analyses_(json_out: bool = typer.Option(False, "--json", help="Print machine
 def generate(
     model: str = typer.Argument("smollm2-135m", help=MODEL_HELP),
     prompt: str = typer.Option(None, "--prompt", "-p", help="The prompt (text and vision-language models)."),
-    image: Path = typer.Option(None, "--image", "-i", help="An image file (vision-language models).",
-                               exists=True, dir_okay=False, readable=True),
+    image: list[Path] = typer.Option(None, "--image", "-i", help="An image file (vision-language models; repeat "
+                                     "for several, one per <image> in the prompt).", dir_okay=False),
     audio: Path = typer.Option(None, "--audio", "-a", help="A WAV or FLAC file (speech models: the transcript).",
                                exists=True, dir_okay=False, readable=True),
     max_new_tokens: int = typer.Option(32, min=1, max=4096, help="Tokens to generate (greedy)."),
@@ -82,6 +82,8 @@ def generate(
     Example: lens generate smollm2-135m --prompt "What is the capital of France?"
 
     Example: lens generate whisper-tiny.en --audio speech.wav
+
+    Example: lens generate tiny-vlm --image scene.png --prompt "<image>\nWhat colour is the shape?"
     """
     import lens
 
@@ -93,7 +95,7 @@ def generate(
         raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model: --audio needs a speech model")
     if speech_model and audio is None:
         raise PromptError(f"{lm.facts.name} is a speech model: give it --audio FILE")
-    if image is not None and lm.facts.modality is not lens.Modality.VISION_TEXT:
+    if image and lm.facts.modality is not lens.Modality.VISION_TEXT:
         raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model: it does not take --image")
     with status("generating"):
         if speech_model:
@@ -101,9 +103,13 @@ def generate(
             from lens.speech import transcribe
 
             answer = transcribe(lm, load_audio(audio), max_new_tokens=max_new_tokens).text
+        elif lm.facts.modality is lens.Modality.VISION_TEXT:
+            from lens import vlm
+
+            answer = vlm.generate(lm, prompt, list(image or []), max_new_tokens=max_new_tokens, chat=chat)
         else:
             answer = lm.generate(prompt, max_new_tokens=max_new_tokens, chat=chat)
     if json_out:
-        print_json({"model": model, "prompt": prompt, "answer": answer})
+        print_json({"model": model, "prompt": prompt, "images": [str(i) for i in image or []], "answer": answer})
     else:
         typer.echo(answer)

@@ -237,3 +237,11 @@ def _load_tiny_vlm(dtype: torch.dtype, device: str) -> LoadedModel:
     from lens.zoo import tiny_vlm
 
     return tiny_vlm.load(dtype, device)
+
+
+@register_model("tiny-llava", "random LLaVA for tests (DINOv2 2 x 4 heads + Llama 4 layers x 4 heads; 16-px images "
+                "become 17 tokens: CLS + 4x4 patches)", modality=Modality.VISION_TEXT)
+def _load_tiny_llava(dtype: torch.dtype, device: str) -> LoadedModel:
+    from lens.zoo import tiny_vlm
+
+    return tiny_vlm.tiny_llava(dtype, device)

@@ -1,0 +1,111 @@
+"""`lens heads vision-aware|visual-sinks` and `lens generate --image` on the tiny random LLaVA: files written
+in the results format (the folder reader and the dashboard show them), one-line errors with nothing written."""
+
+import json
+
+import numpy as np
+import pytest
+
+from analyses.scenes import make_scene
+from formats import HeadScores, ResultsFolder
+
+
+def _one_line(code, err):
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("loading")]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def pngs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    for i in range(2):
+        make_scene(1_000_000 + i).image.save(folder / f"scene{i}.png")
+    (folder / "notes.txt").write_text("not an image, and not picked up: the suffix says so")
+    return folder
+
+
+def test_vision_aware_writes_head_scores_the_dashboard_shows(cli, tmp_path, pngs):
+    from dashboards.app import Dashboard
+
+    out = tmp_path / "vhd"
+    code, stdout, err = cli("heads", "vision-aware", "tiny-llava", "--images", pngs, "--question", "What colour?",
+                            "--question", "What shape?", "--steps", "2", "--k", "4", "--out", out, "--json")
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert [r["name"] for r in doc["results"]] == ["vision_aware.vhd"]
+    r = HeadScores.load(out / "vision_aware.vhd.json")
+    assert r.scores.shape == (4, 4) and np.isfinite(r.scores).all() and (r.scores > 0).any()
+    assert r.arrays["t_vhd"].shape == (4, 2)  # 2 images x 2 questions, 2 steps
+    assert r.provenance.model == "tiny-llava" and r.params["n_prompts"] == 4
+    folder = ResultsFolder.load(out)
+    assert folder.problems == {} and set(folder.results) == {"vision_aware.vhd"}
+    dash = Dashboard(folder)
+    assert dash.model == "tiny-llava" and "vision_aware.vhd" in dash.atlas.param.metric.objects
+    dash.atlas.metric = "vision_aware.vhd"
+    np.testing.assert_array_equal(np.asarray(dash.atlas.grid.source.data["value"]), r.scores.ravel())
+
+
+def test_visual_sinks_on_scenes_and_on_one_image(cli, tmp_path, pngs):
+    from dashboards.app import Dashboard
+
+    out = tmp_path / "var"
+    code, _, err = cli("heads", "visual-sinks", "tiny-llava", "--scenes", "2", "--tau", "1", "--out", out)
+    assert code == 0, err
+    assert "sink dimensions:" in err
+    r = HeadScores.load(out / "visual_sinks.image_centric.json")
+    assert r.scores.shape == (4, 4) and r.params["tau"] == 1.0
+    from pipelines.vlm import scene_items
+
+    assert r.params["n_prompts"] == len(scene_items(2)) >= 6  # each scene's direct questions (3, or 4 with one object)
+    assert r.arrays["sink_position_counts"].shape == (4, 17)
+    dash = Dashboard(ResultsFolder.load(out))
+    assert "visual_sinks.image_centric" in dash.atlas.param.metric.objects
+    code, _, err = cli("heads", "visual-sinks", "tiny-llava", "--image", pngs / "scene0.png", "--out", tmp_path / "one")
+    assert code == 0, err
+    assert HeadScores.load(tmp_path / "one" / "visual_sinks.image_centric.json").params["n_prompts"] == 1
+
+
+def test_generate_with_an_image(cli, pngs):
+    code, stdout, err = cli("generate", "tiny-llava", "--image", pngs / "scene0.png", "--prompt",
+                            "<image>\nWhat colour is it?", "--max-new-tokens", "3", "--json")
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert doc["images"] == [str(pngs / "scene0.png")] and isinstance(doc["answer"], str)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["heads", "vision-aware", "tiny-llava", "--image", "{junk}"], "cannot be decoded as an image"),
+    (["heads", "visual-sinks", "tiny-llava", "--image", "{junk}"], "cannot be decoded as an image"),
+    (["heads", "vision-aware", "tiny-llama", "--image", "{png}"], "tiny-llama is a text model: it takes no images"),
+    (["heads", "vision-aware", "tiny-llava"], "give exactly one of --image FILE, --images FOLDER or --scenes N"),
+    (["heads", "vision-aware", "tiny-llava", "--scenes", "2", "--image", "{png}"], "(got --image, --scenes)"),
+    (["heads", "visual-sinks", "tiny-llava", "--image", "{png}", "--question", "<image> what?"], "holds <image>"),
+    (["heads", "visual-sinks", "tiny-llava", "--images", "{empty}"], "holds no image files"),
+    (["heads", "visual-sinks", "tiny-llava", "--image", "{missing}"], "does not exist"),
+])
+def test_bad_inputs_are_one_line_errors_and_write_nothing(cli, tmp_path, pngs, args, message):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+    (tmp_path / "empty").mkdir()
+    names = {"junk": junk, "png": pngs / "scene0.png", "empty": tmp_path / "empty", "missing": tmp_path / "no.png"}
+    out = tmp_path / "out"
+    line = _one_line(*cli(*[a.format(**names) for a in args], "--out", out)[::2])
+    assert message in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "tiny-llava", "--image", "{junk}", "--prompt", "<image> hi"], "cannot be decoded as an image"),
+    (["generate", "tiny-llama", "--image", "{png}", "--prompt", "<image> hi"], "tiny-llama is a text model: it does not take --image"),
+    (["generate", "tiny-llava", "--image", "{png}", "--prompt", "what is this?"], "prompt has no <image> placeholder"),
+    (["generate", "tiny-llava", "--image", "{png}", "--image", "{png}", "--prompt", "<image> hi"],
+     "more images than <image> placeholders: 2 image(s), 1 placeholder(s)"),
+])
+def test_generate_bad_inputs(cli, tmp_path, pngs, args, message):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"GIF89a nope")
+    names = {"junk": junk, "png": pngs / "scene0.png"}
+    code, stdout, err = cli(*[a.format(**names) for a in args])
+    assert message in _one_line(code, err) and stdout == ""
