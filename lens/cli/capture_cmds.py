@@ -87,9 +87,13 @@ def capture(
     images, audios = list(image or []), list(audio or [])
     if not prompts and not images and not audios:
         raise PromptError("no prompt given: use --prompt TEXT, --file FILE, --image FILE or --audio FILE")
-    if sum(map(bool, (prompts, images, audios))) > 1:
+    image_text = bool(prompts and images and not audios)  # a vision-language capture: one image, one prompt
+    if sum(map(bool, (prompts, images, audios))) > 1 and not image_text:
         raise PromptError("give prompts, images or audio, not several kinds (a vision-language capture takes one "
                           "--image and a --prompt)")
+    if image_text and (len(images) != 1 or len(prompts) != 1):
+        raise PromptError(f"a vision-language capture takes one --image and one --prompt, got {len(images)} "
+                          f"image(s) and {len(prompts)} prompt(s)")
     site_list = [lens.Site.parse(s) for s in sites.split(",") if s.strip()]
     layer_list, head_list = int_list(layers, "layers"), int_list(heads, "heads")
     budget = positive_float(budget_gb, "budget-gb", hi=1e6)
@@ -104,10 +108,22 @@ def capture(
     spec = lens.CaptureSpec.resolve(lm.facts, sites=site_list, layers=layer_list, heads=head_list,
                                     dtype=dtype.torch() if dtype else None,
                                     budget_bytes=None if budget is None else int(budget * 1e9))
-    if images:
+    if image_text:
+        from lens import vision, vlm
+
+        if lm.facts.modality is not lens.Modality.VISION_TEXT:
+            raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model: --image with --prompt needs a "
+                              "vision-language model such as tiny-vlm")
+        picture = vision.load_image(images[0])
+        check_budget(lm, spec, vlm.prepare(lm, prompts[0], [picture], chat=chat).input_ids)  # placeholders, before writing
+        inputs = [(prompts[0], picture)]
+    elif images:
         from lens import vision
 
         inputs = [vision.load_image(p) for p in images]
+        if lm.facts.modality is lens.Modality.VISION_TEXT:
+            raise PromptError(f"{lm.facts.name} is a vision-language model: give --prompt with <image> where the "
+                              "image goes, together with --image")
         if lm.facts.modality is not lens.Modality.VISION:
             raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model: --image needs a vision model")
     elif audios:
@@ -134,8 +150,10 @@ def capture(
     with writing(out, force) as tmp, progress() as bar:
         task = bar.task("capturing", total=len(inputs))
         for i, x in enumerate(inputs):
-            result = lens.run(lm, x, sites=spec.sites, layers=spec.layers, heads=spec.heads, dtype=spec.dtype,
-                              budget_bytes=spec.budget_bytes, backend=backend.value, remote=remote)
+            text, picture = x if image_text else (x, None)
+            result = lens.run(lm, text, sites=spec.sites, layers=spec.layers, heads=spec.heads, dtype=spec.dtype,
+                              budget_bytes=spec.budget_bytes, backend=backend.value, remote=remote,
+                              **({"image": picture, "chat": chat} if image_text else {}))
             result.capture.write_into(tmp / f"{i:03d}")
             n_tok = len(result.capture.meta.tokens[0])
             written.append({"folder": str(out / f"{i:03d}"), "tokens": n_tok, "bytes": result.capture.n_bytes})

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from formats.layouts import ImageLayout
 from lens.backends import Backend
 from lens.edits import Edit
 from lens.errors import BackendError, MemoryBudgetError, PromptError
@@ -55,7 +56,7 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
         layers: Sequence[int] | None = None, heads: Sequence[int] | None = None, dtype: torch.dtype | None = None,
         device: str = "cpu", budget_bytes: int | None = None, edits: Sequence[Edit] = (),
         backend: Backend | str = Backend.TORCH, chat: bool = False,
-        decoder_ids: Sequence[int] | None = None, remote: bool = False) -> RunResult:
+        decoder_ids: Sequence[int] | None = None, remote: bool = False, image=None) -> RunResult:
     """One forward pass over ``prompt`` (text, several texts of equal token length, or ids
     ``[batch, pos]``) through ``backend``, returning logits and the capture.
 
@@ -65,6 +66,10 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
     a list of those, or pixel values ``[batch, 3, H, W]`` (see :mod:`lens.vision`); the
     result has ``last_hidden_state`` and no logits, and the capture's tokens are "CLS",
     "patch(r,c)", ... (torch backend only).
+    For a vision-language (LLaVA-style) model ``prompt`` is text with an ``<image>``
+    placeholder and ``image`` the image (path, PIL image or array; see :mod:`lens.vlm`): the
+    capture's layout says where the image tokens sit (``start``, ``prefix``, patch grid) and
+    its tokens label them ``img0:patch(r,c)`` (torch backend only).
 
     The capture's size is estimated first; over ``budget_bytes`` it raises
     :class:`~lens.errors.MemoryBudgetError` before anything runs. ``remote`` (nnsight backend
@@ -78,6 +83,12 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
 
         return speech.run_audio(lm, prompt, sites=sites, layers=layers, heads=heads, dtype=dtype, device=device,
                                 budget_bytes=budget_bytes, edits=edits, backend=backend, decoder_ids=decoder_ids)
+    if lm.facts.modality is Modality.VISION_TEXT:
+        return _run_image_text(lm, prompt, image, sites=sites, layers=layers, heads=heads, dtype=dtype,
+                               device=device, budget_bytes=budget_bytes, edits=edits, backend=backend, chat=chat)
+    if image is not None:
+        raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model: it takes no image= "
+                          "(use a vision-text model such as tiny-vlm)")
     if lm.facts.modality is Modality.VISION:
         return _run_image(lm, prompt, sites=sites, layers=layers, heads=heads, dtype=dtype, device=device,
                           budget_bytes=budget_bytes, edits=edits, backend=backend)
@@ -133,6 +144,39 @@ def _run_image(lm: LoadedModel, image, *, sites, layers, heads, dtype, device, b
     logits = getattr(out, "logits", None)
     return RunResult(logits=None if logits is None else logits.detach(), capture=cap,
                      last_hidden_state=out.last_hidden_state.detach() if hasattr(out, "last_hidden_state") else None)
+
+
+def _run_image_text(lm: LoadedModel, prompt, image, *, sites, layers, heads, dtype, device, budget_bytes, edits,
+                    backend: Backend, chat: bool) -> RunResult:
+    from lens import vision, vlm
+
+    if backend is not Backend.TORCH:
+        raise BackendError(f"backend {backend.value!r} does not take images: use backend 'torch' for {lm.facts.name}")
+    if not isinstance(prompt, str):
+        raise PromptError(f"{lm.facts.name} is a vision-language model: give the prompt as text with "
+                          f"{vlm.placeholder(lm)} where the image goes, got {type(prompt).__name__}")
+    images = [] if image is None else (list(image) if isinstance(image, (list, tuple)) else [image])
+    if len(images) > 1:
+        raise PromptError(f"a capture takes one image, got {len(images)}")
+    x = vlm.prepare(lm, prompt, images, chat=chat)
+    spec = CaptureSpec.resolve(lm.facts, sites=sites, layers=layers, heads=heads, dtype=dtype,
+                               device=device, budget_bytes=budget_bytes)
+    check_budget(lm, spec, x.input_ids)
+    model_dtype = next(lm.model.parameters()).dtype
+    with torch.no_grad(), native.capture(lm, spec, edits=edits) as session:
+        out = lm.model(**x.model_kwargs(lm.device, model_dtype))
+    cap = native.build_capture(lm, spec, session.steps, x.input_ids, backend=backend.value)
+    if x.spans:
+        # the image layout: token start + prefix + r * cols + c is patch (r, c)
+        span = x.spans[0]
+        height, width = int(x.pixel_values.shape[-2]), int(x.pixel_values.shape[-1])
+        layout = ImageLayout(height, width, width // span.grid[1], prefix=span.prefix, start=span.start,
+                             image_file="image.png")
+        tokens = list(cap.meta.tokens[0])
+        tokens[span.start:span.end] = span.labels()
+        cap = Capture(meta=replace(cap.meta, layout=layout, tokens=[tokens]), steps=cap.steps,
+                      image_png=vision.input_png(lm, x.pixel_values))
+    return RunResult(logits=out.logits.detach(), capture=cap)
 
 
 def check_budget(lm: LoadedModel, spec: CaptureSpec, input_ids: torch.Tensor) -> int:

@@ -47,3 +47,21 @@ def test_the_image_path_is_the_stock_one(tiny_vlm):
         cached = tiny_vlm.model.model.multi_modal_projector(vision_features(tiny_vlm.model, tiny_vlm.processor, [image]))[0]
     torch.testing.assert_close(stock, cached, atol=1e-4, rtol=1e-4)
     assert x.spans[0].n_tokens == 17 and x.spans[0].grid == (4, 4)
+
+
+def test_the_cli_on_tiny_vlm(cli, tmp_path):
+    """`lens generate` answers a held-out colour question; `lens heads vision-aware` writes a ranking of
+    its 30 x 9 heads from one scene."""
+    from formats import HeadScores
+
+    scene = sc.make_scene(sc.split_seeds(sc.Split.HELD_OUT, 1)[0])
+    scene.image.save(tmp_path / "scene.png")
+    code, out, err = cli("generate", "tiny-vlm", "--image", tmp_path / "scene.png", "--prompt",
+                         "<image>\nWhat colour is the shape?", "--max-new-tokens", "3")
+    assert code == 0, err
+    assert out.strip().split()[0].lower().strip(".") in sc.COLOURS
+    code, _, err = cli("heads", "vision-aware", "tiny-vlm", "--image", tmp_path / "scene.png", "--steps", "1",
+                       "--out", tmp_path / "vhd")
+    assert code == 0, err
+    r = HeadScores.load(tmp_path / "vhd" / "vision_aware.vhd.json")
+    assert r.scores.shape == (30, 9) and (r.scores > 0).all()

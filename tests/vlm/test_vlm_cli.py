@@ -109,3 +109,44 @@ def test_generate_bad_inputs(cli, tmp_path, pngs, args, message):
     names = {"junk": junk, "png": pngs / "scene0.png"}
     code, stdout, err = cli(*[a.format(**names) for a in args])
     assert message in _one_line(code, err) and stdout == ""
+
+
+def test_capture_with_an_image_has_an_image_layout_the_overlay_uses(cli, tmp_path, pngs):
+    from dashboards.overlay import patch_attention
+    from dashboards.vision import VisionOverlay
+
+    out = tmp_path / "cap"
+    code, _, err = cli("capture", "tiny-llava", "--image", pngs / "scene0.png", "--prompt", "<image>\nWhat colour?",
+                       "--chat", "--out", out)
+    assert code == 0, err
+    folder = ResultsFolder.load(out)
+    assert folder.problems == {} and list(folder.captures) == ["000"]
+    cap = folder.captures["000"]
+    lay = cap.layout
+    assert (lay.grid, lay.prefix, lay.patch_size) == ((4, 4), 1, 4) and lay.start > 0
+    assert cap.tokens[lay.start] == "img0:CLS" and cap.tokens[lay.start + 1 + 4 + 2] == "img0:patch(1,2)"
+    assert cap.image_path().is_file()
+    # the overlay reads the patches at start + prefix ..: the last text token's attention on them
+    q = len(cap.tokens) - 1
+    grid = patch_attention(cap, 3, 0, q)
+    a, b = lay.patch_span
+    assert grid.shape == (4, 4) and a == lay.start + 1 and b == a + 16
+    np.testing.assert_allclose(grid.ravel(), cap.pattern(3, 0)[q, a:b], rtol=1e-5)
+    view = VisionOverlay(folder)
+    assert view.capture == "000" and view.query_position() == q
+    assert [type(o).__name__ for o in view.plot().objects] == ["HTML", "PNG"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image", "{png}"], "give --prompt with <image> where the image goes"),
+    (["--image", "{png}", "--prompt", "no placeholder here"], "prompt has no <image> placeholder"),
+    (["--image", "{png}", "--image", "{png}", "--prompt", "<image> hi"], "takes one --image and one --prompt"),
+])
+def test_capture_bad_image_inputs(cli, tmp_path, pngs, args, message):
+    out = tmp_path / "out"
+    line = _one_line(*cli("capture", "tiny-llava", *[a.format(png=pngs / "scene0.png") for a in args], "--out", out)[::2])
+    assert message in line and not out.exists()
+    line = _one_line(*cli("capture", "tiny-llama", "--image", pngs / "scene0.png", "--prompt", "<image> hi", "--out",
+                          out)[::2])
+    assert "tiny-llama is a text model: --image with --prompt needs a vision-language model" in line
+    assert not out.exists()
