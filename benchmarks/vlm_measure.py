@@ -2,6 +2,8 @@
 
     PYTHONPATH=. python benchmarks/vlm_measure.py --out results/vlm
 
+(defaults: the run in docs/vlm.md, scene counts reduced to fit the 2-core machine.)
+
 1. VHD of every head on calibration scenes (held-out seeds 1000+, never trained on, not
    used for the accuracy numbers), the T-VHD of hallucinated vs correct probe answers.
 2. VHR scale factors from that VHD ranking, and a random-head control of the same size.
@@ -65,10 +67,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny-vlm")
     p.add_argument("--out", type=Path, default=Path("results/vlm"))
-    p.add_argument("--eval-images", type=int, default=100)
-    p.add_argument("--calib-images", type=int, default=48)
-    p.add_argument("--probe-vhd-images", type=int, default=24)
-    p.add_argument("--alpha", type=float, default=2.0)
+    p.add_argument("--eval-images", type=int, default=32)
+    p.add_argument("--calib-images", type=int, default=24)
+    p.add_argument("--probe-vhd-images", type=int, default=12)
+    p.add_argument("--alpha", default="2,1.5,1.25", help="VHR factor; a comma list runs VHR and its control for each "
+                   "(conditions vhr@A, vhr_random_heads@A; the first is also plain vhr)")
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -110,6 +113,7 @@ def main() -> None:
                           "n_pairs": len(pairs), "mean_per_layer": [round(float(x), 3) for x in vhd.arrays["mean_per_layer"]]}
         timed("vhd", t)
 
+    if need_vhd and args.probe_vhd_images > 0:
         # ---- T-VHD of hallucinated vs correct probe answers -----------------------------
         t = time.time()
         probe_scenes = calib[: args.probe_vhd_images]
@@ -143,13 +147,21 @@ def main() -> None:
     # ---- interventions --------------------------------------------------------------
     conditions = {"none": lambda: None}
     if need_vhd:
-        scales = vhr_scales(vhd.scores, alpha=args.alpha)
-        control = random_scales_like(scales, seed=args.seed + 1)
-        summary["vhr"] = {"alpha": args.alpha, "n_scaled_heads": int((scales != 1).sum()),
-                          "scaled_per_layer": [int(x) for x in (scales != 1).sum(1)],
-                          "scaled_heads": [[int(a), int(b)] for a, b in zip(*(scales != 1).nonzero())],
-                          "control_heads": [[int(a), int(b)] for a, b in zip(*(control != 1).nonzero())]}
-        conditions.update({"vhr": lambda: vhr_edit(lm, scales), "vhr_random_heads": lambda: vhr_edit(lm, control)})
+        alphas = [float(a) for a in args.alpha.split(",")]
+        for i, alpha in enumerate(alphas):
+            scales = vhr_scales(vhd.scores, alpha=alpha)
+            control = random_scales_like(scales, seed=args.seed + 1)
+            summary[f"vhr@{alpha:g}"] = {
+                "alpha": alpha, "n_scaled_heads": int((scales != 1).sum()),
+                "scaled_per_layer": [int(x) for x in (scales != 1).sum(1)],
+                "scaled_heads": [[int(a), int(b)] for a, b in zip(*(scales != 1).nonzero())],
+                "control_heads": [[int(a), int(b)] for a, b in zip(*(control != 1).nonzero())]}
+            names = [f"vhr@{alpha:g}", f"vhr_random_heads@{alpha:g}"] + (["vhr", "vhr_random_heads"] if i == 0 else [])
+            for name in names:
+                edit_scales = control if "random" in name else scales
+                conditions[name] = lambda s=edit_scales: vhr_edit(lm, s)
+            if i > 0 and "vhr" in wanted:
+                wanted += [f"vhr@{alpha:g}", f"vhr_random_heads@{alpha:g}"]
     if need_var:
         conditions.update({"var": lambda: var_edit(lm, dims),
                            "var_random_heads": lambda: var_edit(lm, dims, random_heads_seed=args.seed + 1)})
