@@ -31,11 +31,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from analyses.result import HeadScores, Provenance
+from formats.errors import AnalysisError
 from lens.edits import Edit, Scale
 from lens.heads import HeadRef
 
 
-class VisionAwareError(ValueError):
+class VisionAwareError(AnalysisError):
     """Head outputs that do not pair up, or VHR settings out of range."""
 
 

@@ -26,6 +26,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from analyses.result import HeadScores, Provenance
+from formats.errors import AnalysisError
 
 TAU = 20.0
 MIN_IMAGE_ATTENTION = 0.2
@@ -33,7 +34,7 @@ MAX_SINK_SHARE = 0.5
 SINK_FACTOR = 0.6
 
 
-class VisualSinkError(ValueError):
+class VisualSinkError(AnalysisError):
     """Hidden states, attention or spans that do not fit together, or settings out of range."""
 
 
