@@ -85,8 +85,10 @@ for _entry in (
     AnalysisEntry("sinks", "first-token sinks, hidden sinks (ACT) and massive activations",
                   ("first_token_mass", "hidden_sinks"), "analyses.sinks:sink_scores", (TEXT,),
                   paper="StreamingLLM; ACT (Yu et al. 2024); Sun et al. 2024"),
-    AnalysisEntry("taxonomy", "previous-token, duplicate-token, induction, local and positional head scores",
-                  ("previous_token", "duplicate_token", "induction", "local", "positional"),
+    AnalysisEntry("taxonomy", "sink, previous-token, positional (fixed relative offsets, the same on original, "
+                  "repeated and shuffled tokens), duplicate-token, induction and local head scores, and a type per head",
+                  ("sink", "previous_token", "positional", "duplicate_token", "induction", "local",
+                   "content_independence", "head_type"),
                   "analyses.taxonomy:taxonomy_scores", (TEXT,)),
     AnalysisEntry("retrieval", "retrieval score per head on needle-in-a-haystack decoding",
                   ("retrieval_score",), "analyses.retrieval:retrieval_scores", (TEXT,),

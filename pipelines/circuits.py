@@ -195,12 +195,14 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
                   overlap_enc=None, overlap_name: str = "", max_rows: int = 64, seed: int = 0,
                   setting=None, curves: bool = False, eval_enc=None, edge_sizes: Sequence[int] | None = None,
                   head_sizes: Sequence[int] | None = None, settings_table: bool = False, random_circuits: int = 1000,
-                  patch_mlps: bool = True, progress: Progress = SILENT) -> CircuitStudy:
+                  patch_mlps: bool = True, patching: Found | None = None, progress: Progress = SILENT) -> CircuitStudy:
     """Find the circuit of a task, its faithfulness (``setting``; default the published one for
     the circuit's kind) on ``eval_enc`` (default: the same prompts), optionally faithfulness
     curves over size, the comparison with per-head patching and the other EAP variant on the
     same prompts, the circuit under every ablation setting, and the overlap with another
-    task's circuit against ``random_circuits`` random circuits of the same size."""
+    task's circuit against ``random_circuits`` random circuits of the same size. ``patching``:
+    per-head patching scores computed before on the same prompts (:func:`load_patching`), used
+    instead of running the loop again."""
     from analyses.circuits.circuit import faithfulness
     from analyses.circuits.eap import edge_attribution
 
@@ -235,8 +237,8 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
     if compare_patching and method is not CircuitMethod.PATCHING:
         from scipy.stats import pearsonr, spearmanr
 
-        truth = find_circuit(lm, enc, CircuitMethod.PATCHING, metric, top_n=20, max_rows=max_rows,
-                             task_name=task_name, patch_mlps=patch_mlps, progress=progress)
+        truth = patching or find_circuit(lm, enc, CircuitMethod.PATCHING, metric, top_n=20, max_rows=max_rows,
+                                         task_name=task_name, patch_mlps=patch_mlps, progress=progress)
         other = CircuitMethod.EAP if method is CircuitMethod.EAP_IG else CircuitMethod.EAP_IG
         task = progress.task(f"{other.value} on the same prompts", total=1)
         other_scores = edge_attribution(lm, enc, metric, ig_steps=ig_steps if other is CircuitMethod.EAP_IG else 0)
@@ -245,7 +247,8 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
                             edge_scores=other_scores)
         rankings.update({other.value: other_found, CircuitMethod.PATCHING.value: truth})
         b = truth.head_scores.ravel()
-        vs = {"seconds_patching_loop": truth.seconds}
+        vs = {"seconds_patching_loop": truth.seconds, "patching_from": "this run" if patching is None else
+              patching.circuit.description}
         for m, a, secs in ((method, found.head_scores.ravel(), found.seconds),
                            (other, other_scores.head_scores.ravel(), other_scores.seconds)):
             vs[m.value] = {"spearman": float(spearmanr(a, b).statistic), "pearson": float(pearsonr(a, b).statistic),
@@ -270,6 +273,21 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
                                    threshold=threshold, max_rows=max_rows, seed=seed, setting=setting,
                                    random_circuits=random_circuits, patch_mlps=patch_mlps, progress=progress))
     return out
+
+
+def load_patching(path, facts) -> Found:
+    """Per-head patching scores saved by an earlier ``lens circuit --method patching`` (or ``lens
+    ablate --sweep heads --method patch``) run, as a :class:`Found` for :func:`circuit_study`."""
+    from pathlib import Path
+
+    hs = HeadScores.load(path)
+    if hs.shape != (facts.n_layers, facts.n_heads) or hs.provenance.model != facts.name:
+        raise SelectionError(f"patching scores {path} are for {hs.provenance.model} ({hs.shape[0]}x{hs.shape[1]} heads), "
+                             f"not {facts.name} ({facts.n_layers}x{facts.n_heads})")
+    mlp = hs.arrays.get("mlp_scores", hs.arrays.get("mlp_effect", np.full(facts.n_layers, np.nan)))
+    c = Circuit([], [], description=f"{Path(path).name} ({hs.provenance.prompts}, {hs.provenance.created})")
+    return Found(c, hs.scores, np.asarray(mlp, dtype=float), float(hs.summary.get("seconds", hs.summary.get(
+        "seconds_all_items", float("nan")))))
 
 
 def _head_result(task_name, method, metric_name, found: Found, prov, ig_steps) -> HeadScores:

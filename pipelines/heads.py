@@ -58,17 +58,31 @@ def run_sinks(lm, prompts: Sequence[str], *, source: str = "pattern", min_querie
 
 
 def run_taxonomy(lm, *, repeat_len: int = 50, batch: int = 4, seed: int = 0, progress: Progress = SILENT):
-    """Head-type scores on repeated random token sequences."""
-    from analyses.collect import taxonomy_patterns
+    """Head-type scores on repeated random token sequences ``prefix + r + r`` and on the same
+    tokens shuffled (``prefix + s + s``, ``s`` a seeded permutation of ``r``), which separates
+    position-driven from content-driven attention."""
+    import torch
+
+    import lens
+    from analyses.collect import repeated_tokens
     from analyses.taxonomy import taxonomy_scores
 
-    task = progress.task("taxonomy: repeated random tokens", total=1)
-    patterns, offset = taxonomy_patterns(lm, repeat_len=repeat_len, batch=batch, seed=seed)
-    task.advance()
-    prov = Provenance.for_model(lm.facts, seeds=(seed,), prompts=f"{batch} x repeated random tokens ({repeat_len})",
-                                inputs=[repeat_len, batch, seed])
+    task = progress.task("taxonomy: repeated random tokens, original and shuffled", total=2)
+    ids, offset = repeated_tokens(lm, repeat_len=repeat_len, batch=batch, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    r = ids[:, offset:offset + repeat_len]
+    perm = torch.stack([torch.randperm(repeat_len, generator=g) for _ in range(batch)])
+    s = torch.gather(r, 1, perm)
+    shuffled_ids = torch.cat([ids[:, :offset], s, s], dim=1)
+    patterns, shuffled = {}, {}
+    for out, x in ((patterns, ids), (shuffled, shuffled_ids)):
+        cap = lens.run(lm, x, sites=[lens.Site.PATTERN]).capture
+        out.update({layer: cap.pattern(layer) for layer in range(lm.facts.n_layers)})
+        task.advance()
+    prov = Provenance.for_model(lm.facts, seeds=(seed,), prompts=f"{batch} x repeated random tokens ({repeat_len}), "
+                                "and the same shuffled", inputs=[repeat_len, batch, seed])
     return taxonomy_scores(patterns, n_layers=lm.facts.n_layers, n_heads=lm.facts.n_heads, repeat_len=repeat_len,
-                           offset=offset, provenance=prov)
+                           offset=offset, shuffled=shuffled, provenance=prov)
 
 
 def run_retrieval(lm, trials, *, source: str = "pattern", max_new_tokens: int = 40, progress: Progress = SILENT):

@@ -165,9 +165,10 @@ class _EdgeRun:
     """Hooks for one forward of ``G`` groups x ``N`` prompts, group ``g`` keeping ``masks[g]``.
 
     ``ref`` holds the reference activations (a batch axis of ``N`` for corrupted prompts, of 1
-    for a mean). Senders' deltas (this run minus reference) are stored as they are computed;
-    each receiver layer then assembles its inputs from the reference residual plus the kept
-    deltas.
+    for a mean). Each sender's delta (this run minus reference) is written into one table
+    ``[G, sender, N, pos, d_model]`` as it is computed; a receiver layer's inputs are then one
+    batched product of its mask columns with the table's rows so far, plus the reference
+    residual.
     """
 
     def __init__(self, parts: Parts, ref, masks: Tensor):
@@ -176,39 +177,27 @@ class _EdgeRun:
         self.L, self.H, self.KV, self.dh = f.n_layers, f.n_heads, f.n_kv_heads, f.d_head
         self.masks = masks.float()  # [G, S, R]
         self.w_o = [parts.w_o(la).float() for la in range(self.L)]  # [H, D, dh]
-        self.d_embed: Tensor | None = None
-        self.d_heads: list[Tensor | None] = [None] * self.L  # [G, N, P, H, D]
-        self.d_mlp: list[Tensor | None] = [None] * self.L  # [G, N, P, D]
+        self.ref_heads = [torch.einsum("nphe,hde->hnpd", ref.z[la].float(), self.w_o[la]) for la in range(self.L)]
+        self.deltas: Tensor | None = None  # [G, S, N, P, D]
         self.stash: dict[str, Tensor] = {}
-        self.ref_heads = [torch.einsum("nphe,hde->nphd", ref.z[la].float(), self.w_o[la]) for la in range(self.L)]
 
     # sender and receiver positions in graph_names' order
-    def _head_rows(self, layer: int) -> slice:
-        start = 1 + layer * (self.H + 1)
-        return slice(start, start + self.H)
-
-    def _mlp_row(self, layer: int) -> int:
-        return 1 + layer * (self.H + 1) + self.H
+    def _head_start(self, layer: int) -> int:
+        return 1 + layer * (self.H + 1)
 
     def _recv(self, layer: int) -> int:
         return layer * (self.H + 2 * self.KV + 1)
 
-    def _gather(self, base: Tensor, cols: Tensor, upto_layer: int, heads_of_last: bool, last_only: bool) -> Tensor:
-        """``base [n, P, D]`` plus the kept deltas for receiver columns ``cols [G, S, R]``:
-        ``[G, N, P, R, D]``. Senders: embeddings, heads and MLPs of layers < ``upto_layer``, plus
-        that layer's heads when ``heads_of_last``."""
-        sl = slice(-1, None) if last_only else slice(None)
-        x = base.float()[:, sl].unsqueeze(0).unsqueeze(-2)  # [1, n, P, 1, D]
-        x = x + torch.einsum("gnpd,gr->gnprd", self.d_embed[:, :, sl], cols[:, 0])
-        for la in range(upto_layer + (1 if heads_of_last else 0)):
-            hc = cols[:, self._head_rows(la)]
-            if bool(hc.any()):
-                x = x + torch.einsum("gnphd,ghr->gnprd", self.d_heads[la][:, :, sl], hc)
-            if la < upto_layer:
-                mc = cols[:, self._mlp_row(la)]
-                if bool(mc.any()):
-                    x = x + torch.einsum("gnpd,gr->gnprd", self.d_mlp[la][:, :, sl], mc)
-        return x
+    def _gather(self, base: Tensor, cols: Tensor, n_senders: int, last_only: bool = False) -> Tensor:
+        """``base [n, P, D]`` plus the first ``n_senders`` senders' deltas weighted by ``cols
+        [G, S, R]``: ``[G, R, N, P, D]`` (P = 1 with ``last_only``)."""
+        d = self.deltas[:, :n_senders]
+        if last_only:
+            d = d[:, :, :, -1:]
+            base = base[:, -1:]
+        g, s, n, p, dm = d.shape
+        mixed = torch.bmm(cols[:, :n_senders].transpose(1, 2), d.reshape(g, s, -1))  # [G, R, N*P*D]
+        return mixed.view(g, -1, n, p, dm) + base.float()
 
     def _split(self, t: Tensor) -> Tensor:
         return t.view(self.G, -1, *t.shape[1:])
@@ -217,21 +206,24 @@ class _EdgeRun:
     def hooks(self):
         p, handles = self.parts, []
         H, KV, dh = self.H, self.KV, self.dh
+        n_senders = 1 + self.L * (H + 1)
 
         def embed_hook(m, a, out):
-            self.d_embed = self._split(out.float()) - self.ref.embed.float()
+            e = self._split(out.float())  # [G, N, P, D]
+            self.deltas = torch.zeros(self.G, n_senders, *e.shape[1:], dtype=torch.float32, device=e.device)
+            self.deltas[:, 0] = e - self.ref.embed.float()
         handles.append(p.lm.model.get_input_embeddings().register_forward_hook(embed_hook))
         for layer in range(self.L):
             def attn_norm_hook(m, a, out, layer=layer):
                 r0 = self._recv(layer)
-                cols = self.masks[:, :, r0:r0 + H + 2 * KV]
-                x = self._gather(self.ref.resid_pre[layer], cols, layer, False, False)  # [G, N, P, R, D]
+                x = self._gather(self.ref.resid_pre[layer], self.masks[:, :, r0:r0 + H + 2 * KV],
+                                 self._head_start(layer))  # [G, R, N, P, D]
                 nx = m.forward(x)
-                g, n, pos = nx.shape[:3]
+                g, _, n, pos, _ = nx.shape
 
                 def project(proj, idx: slice, k: int, name: str):
                     w = proj.weight.float().view(k, dh, -1)
-                    y = torch.einsum("gnphd,hed->gnphe", nx[:, :, :, idx], w).reshape(g * n, pos, k * dh)
+                    y = torch.einsum("ghnpd,hed->gnphe", nx[:, idx], w).reshape(g * n, pos, k * dh)
                     self.stash[f"{name}{layer}"] = y if proj.bias is None else y + proj.bias.float()
                 project(p.q(layer), slice(0, H), H, "q")
                 project(p.k(layer), slice(H, H + KV), KV, "k")
@@ -245,22 +237,23 @@ class _EdgeRun:
 
             def z_hook(m, args, layer=layer):
                 z = self._split(args[0].float()).view(self.G, -1, args[0].shape[1], H, dh)
-                self.d_heads[layer] = torch.einsum("gnphe,hde->gnphd", z, self.w_o[layer]) - self.ref_heads[layer]
+                start = self._head_start(layer)
+                self.deltas[:, start:start + H] = (torch.einsum("gnphe,hde->ghnpd", z, self.w_o[layer])
+                                                   - self.ref_heads[layer])
             handles.append(p.adapter.out_proj(layer).register_forward_pre_hook(z_hook))
 
             def mlp_norm_hook(m, a, out, layer=layer):
                 col = self.masks[:, :, self._recv(layer) + H + 2 * KV].unsqueeze(-1)
-                x = self._gather(self.ref.resid_mid[layer], col, layer, True, False)[:, :, :, 0]
+                x = self._gather(self.ref.resid_mid[layer], col, self._head_start(layer) + H)[:, 0]
                 return m.forward(x).reshape(out.shape).to(out.dtype)
             handles.append(p.mlp_norm(layer).register_forward_hook(mlp_norm_hook))
 
             def mlp_hook(m, a, out, layer=layer):
-                self.d_mlp[layer] = self._split(out.float()) - self.ref.mlp[layer].float()
+                self.deltas[:, self._head_start(layer) + H] = self._split(out.float()) - self.ref.mlp[layer].float()
             handles.append(p.adapter.mlp(layer).register_forward_hook(mlp_hook))
 
         def final_hook(m, args):
-            col = self.masks[:, :, -1:]
-            x = self._gather(self.ref.final, col, self.L, False, True)[:, :, :, 0]  # [G, N, 1, D]
+            x = self._gather(self.ref.final, self.masks[:, :, -1:], n_senders, last_only=True)[:, 0]  # [G, N, 1, D]
             out = args[0].clone()
             out[:, -1:] = x.reshape(-1, 1, x.shape[-1]).to(out.dtype)
             return (out, *args[1:])
@@ -271,6 +264,7 @@ class _EdgeRun:
             for h in handles:
                 h.remove()
             self.stash.clear()
+            self.deltas = None
 
 
 def edge_level_logits(ctx: Context, batch: int, masks: np.ndarray | Tensor, *, max_rows: int = 32

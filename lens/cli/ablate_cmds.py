@@ -231,6 +231,9 @@ def circuit(
     random_circuits: int = typer.Option(1000, "--random-circuits", min=1, max=1_000_000,
                                         help="Random circuits of the same size for the overlap baseline."),
     patch_mlps: bool = typer.Option(True, "--patch-mlps/--no-patch-mlps", help="Per-head patching also patches each MLP."),
+    patching_scores: Path = typer.Option(None, "--patching-scores", exists=True, dir_okay=False,
+                                         help="With --compare-patching: per-head patching scores of an earlier run on "
+                                         "the same prompts (circuit.TASK_patching_METRIC.json) instead of a new loop."),
     n_prompts: int = typer.Option(32, "--n-prompts", "-n", min=1, max=100_000, help="Prompts generated (or read)."),
     template: int = typer.Option(None, "--template", min=0, help="IOI only: use this one template (0-5); default "
                                  "templates 0-4 (5 is left out: SmolLM2 does not solve it)."),
@@ -274,8 +277,13 @@ def circuit(
     enc = _task(lm, task, n_prompts, seed, batch_size, strict, template)
     eval_enc = _task(lm, task, eval_prompts, seed + 1, batch_size, strict, template) if eval_prompts else None
     other = _task(lm, overlap_task, n_prompts, seed, batch_size, strict) if overlap_task else None
+    patching = None
+    if patching_scores is not None:
+        from pipelines.circuits import load_patching
+
+        patching = load_patching(patching_scores, lm.facts)
     with writing(out, force) as tmp, progress() as bar:
-        study = circuit_study(lm, enc, task_name=Path(task).stem, method=cmethod, metric=met,
+        study = circuit_study(lm, enc, task_name=Path(task).stem, method=cmethod, metric=met, patching=patching,
                               ig_steps=ig_steps, top_n=top_n, threshold=threshold, compare_patching=compare_patching,
                               overlap_enc=other, overlap_name=Path(overlap_task).stem if overlap_task else "",
                               max_rows=max_rows, seed=seed, setting=setting, curves=curve, eval_enc=eval_enc,
