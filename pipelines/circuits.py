@@ -32,6 +32,11 @@ class CircuitMethod(str, enum.Enum):
     PATCHING = "patching"
 
 
+class Unit(str, enum.Enum):
+    EDGES = "edges"  # an edge circuit: the top-n edges (EAP, EAP-IG)
+    HEADS = "heads"  # a head circuit: the top-n heads by node score (any method)
+
+
 @dataclass
 class Found:
     circuit: Circuit
@@ -87,8 +92,9 @@ def patching_scores(lm, enc, metric, *, mlps: bool = True, max_rows: int = 64, t
 
 def find_circuit(lm, enc, method: CircuitMethod, metric, *, ig_steps: int = 5, top_n: int | None = None,
                  threshold: float | None = None, max_rows: int = 64, task_name: str = "", patch_mlps: bool = True,
-                 progress: Progress = SILENT) -> Found:
-    """Scores and circuit of one method on one task (``top_n`` edges, or heads/MLPs for patching)."""
+                 unit: Unit = Unit.EDGES, progress: Progress = SILENT) -> Found:
+    """Scores and circuit of one method on one task: ``top_n`` edges (EAP, EAP-IG; default 100)
+    or, for patching or with ``unit=Unit.HEADS``, heads (default 20; patching: and MLPs)."""
     from analyses.circuits.circuit import select_edges, select_nodes
     from analyses.circuits.eap import edge_attribution
 
@@ -101,7 +107,14 @@ def find_circuit(lm, enc, method: CircuitMethod, metric, *, ig_steps: int = 5, t
     task = progress.task(f"{method.value} on {enc.n_examples} {task_name} prompts", total=1)
     scores = edge_attribution(lm, enc, metric, ig_steps=ig_steps if method is CircuitMethod.EAP_IG else 0)
     task.advance()
-    circ = select_edges(scores, facts, top_n=None if threshold is not None else (top_n or 100), threshold=threshold)
+    if Unit(unit) is Unit.HEADS:
+        if threshold is not None:
+            raise SelectionError("a head circuit takes top_n heads, not a threshold")
+        circ = select_nodes(scores.head_scores, None, top_n=top_n or 20, facts=facts)
+        circ.method = scores.method
+    else:
+        circ = select_edges(scores, facts, top_n=None if threshold is not None else (top_n or 100),
+                            threshold=threshold)
     return Found(circ, scores.head_scores, scores.mlp_scores, scores.seconds, edge_scores=scores)
 
 
@@ -195,7 +208,8 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
                   overlap_enc=None, overlap_name: str = "", max_rows: int = 64, seed: int = 0,
                   setting=None, curves: bool = False, eval_enc=None, edge_sizes: Sequence[int] | None = None,
                   head_sizes: Sequence[int] | None = None, settings_table: bool = False, random_circuits: int = 1000,
-                  patch_mlps: bool = True, patching: Found | None = None, progress: Progress = SILENT) -> CircuitStudy:
+                  patch_mlps: bool = True, patching: Found | None = None, unit: Unit = Unit.EDGES,
+                  progress: Progress = SILENT) -> CircuitStudy:
     """Find the circuit of a task, its faithfulness (``setting``; default the published one for
     the circuit's kind) on ``eval_enc`` (default: the same prompts), optionally faithfulness
     curves over size, the comparison with per-head patching and the other EAP variant on the
@@ -215,7 +229,7 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
                                 + (f", {eval_enc.n_examples} other prompts to evaluate" if eval_enc is not enc else ""),
                                 inputs=inputs)
     found = find_circuit(lm, enc, method, metric, ig_steps=ig_steps, top_n=top_n, threshold=threshold,
-                         max_rows=max_rows, task_name=task_name, patch_mlps=patch_mlps, progress=progress)
+                         max_rows=max_rows, task_name=task_name, patch_mlps=patch_mlps, unit=unit, progress=progress)
     task = progress.task("faithfulness", total=1)
     circ = found.circuit
     circ.faithfulness = faithfulness(lm, eval_enc, circ, metric, setting=setting, max_rows=min(max_rows, 32))
@@ -223,6 +237,7 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
     metric_name = getattr(metric, "value", str(metric))
     circ.name, circ.task, circ.metric, circ.provenance = f"{task_name}_{method.value}", task_name, metric_name, prov
     circ.params.update({"ig_steps": ig_steps if method is CircuitMethod.EAP_IG else 0, "max_rows": max_rows,
+                        "unit": "heads" if method is CircuitMethod.PATCHING else Unit(unit).value,
                         "n_examples": enc.n_examples, "n_examples_eval": eval_enc.n_examples,
                         "eval_prompts": "same" if eval_enc is enc else "held out", "skipped": len(enc.skipped),
                         "task_notes": list(enc.notes),
@@ -271,7 +286,8 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
     if overlap_enc is not None:
         out.others.append(_overlap(lm, circ, overlap_enc, overlap_name, method, metric, ig_steps=ig_steps, top_n=top_n,
                                    threshold=threshold, max_rows=max_rows, seed=seed, setting=setting,
-                                   random_circuits=random_circuits, patch_mlps=patch_mlps, progress=progress))
+                                   random_circuits=random_circuits, patch_mlps=patch_mlps, unit=unit,
+                                   progress=progress))
     return out
 
 
@@ -300,12 +316,13 @@ def _head_result(task_name, method, metric_name, found: Found, prov, ig_steps) -
 
 
 def _overlap(lm, circ: Circuit, overlap_enc, overlap_name: str, method, metric, *, ig_steps, top_n, threshold,
-             max_rows, seed, setting, random_circuits, patch_mlps, progress) -> Circuit:
+             max_rows, seed, setting, random_circuits, patch_mlps, unit, progress) -> Circuit:
     from analyses.circuits.circuit import faithfulness, overlap
     from analyses.circuits.reuse import random_overlap
 
     found_b = find_circuit(lm, overlap_enc, method, metric, ig_steps=ig_steps, top_n=top_n, threshold=threshold,
-                           max_rows=max_rows, task_name=overlap_name, patch_mlps=patch_mlps, progress=progress)
+                           max_rows=max_rows, task_name=overlap_name, patch_mlps=patch_mlps, unit=unit,
+                           progress=progress)
     circ_b = found_b.circuit
     task = progress.task(f"faithfulness on {overlap_name}", total=1)
     circ_b.faithfulness = faithfulness(lm, overlap_enc, circ_b, metric, setting=setting, max_rows=min(max_rows, 32))

@@ -146,14 +146,16 @@ def run_streaming(lm, *, length: int = 512, n_prompts: int = 2, source: str = "p
     return results
 
 
-def run_gates(lm, *, steps: int = 8, length: int = 256, prompts: int = 2, lr: float = 0.1,
-              retrieval: np.ndarray | None = None, progress: Progress = SILENT):
-    """DuoAttention gates per KV head, optimised on synthetic passkeys with the model frozen."""
+def run_gates(lm, *, steps: int = 100, length: int = 256, prompts: int = 1, lr: float = 0.1,
+              objective: str = "decode", retrieval: np.ndarray | None = None, progress: Progress = SILENT):
+    """DuoAttention gates per KV head, optimised on synthetic passkeys with the model frozen,
+    until the split converges or ``steps`` (see :mod:`analyses.duo_gates`)."""
     from analyses.duo_gates import GateConfig, train_gates
     from analyses.streaming import gate_scores
 
-    cfg = GateConfig(steps=steps, length=length, prompts=prompts, lr=lr)
-    task = progress.task("DuoAttention gates: optimising", total=steps)
+    cfg = GateConfig(steps=steps, length=length, prompts=prompts, lr=lr, objective=objective)
+    task = progress.task(f"DuoAttention gates ({cfg.objective.value} objective): optimising until the split is "
+                         "stable", total=steps)
     gates, record = train_gates(lm, cfg, on_step=lambda i, loss: task.advance())
     prov = Provenance.for_model(lm.facts, seeds=(cfg.seed,), prompts=f"{prompts} synthetic passkey prompts of {length}",
                                 inputs=[cfg])

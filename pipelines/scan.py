@@ -29,7 +29,7 @@ class ScanSettings:
     source: str = "pattern"  # "pattern" or "kernel" for retrieval, sinks and streaming
     chat: bool | None = None  # chat-format NIAH prompts (default: when the model has a template)
     captures: int = 2  # prose example captures (patterns, q, k) for the explorer and the Q/K map
-    gate_steps: int | None = None  # DuoAttention gate optimisation steps (default 0: not run; thorough 50)
+    gate_steps: int | None = None  # DuoAttention gate steps at most (default 0: not run; thorough 300, early stop)
 
     def __post_init__(self) -> None:
         if self.source not in ("pattern", "kernel"):
@@ -60,7 +60,7 @@ class ScanSettings:
 
     @property
     def gates(self) -> int:
-        return self.gate_steps if self.gate_steps is not None else (50 if self.thorough else 0)
+        return self.gate_steps if self.gate_steps is not None else (300 if self.thorough else 0)
 
 
 @dataclass
@@ -144,8 +144,8 @@ def _streaming(sc: _Scan) -> None:
                                             source=sc.s.source, retrieval=sc.retrieval, chat=sc.chat,
                                             progress=sc.progress))
     if sc.s.gates:
-        sc.add("streaming", heads.run_gates(sc.lm, steps=sc.s.gates, length=512 if sc.s.thorough else 256,
-                                            prompts=4 if sc.s.thorough else 2, retrieval=sc.retrieval,
+        sc.add("streaming", heads.run_gates(sc.lm, steps=sc.s.gates, length=1024 if sc.s.thorough else 256,
+                                            prompts=4 if sc.s.thorough else 1, retrieval=sc.retrieval,
                                             progress=sc.progress))
 
 

@@ -57,13 +57,25 @@ def smallest_reaching(sizes: Sequence[float], values: Sequence[float], threshold
     return None
 
 
+def stays_from(sizes: Sequence[float], values: Sequence[float], threshold: float = THRESHOLD) -> float | None:
+    """The smallest size from which every larger size keeps the value at or above ``threshold``."""
+    out = None
+    for s, v in zip(reversed(list(sizes)), reversed(list(values))):
+        if not (np.isfinite(v) and v >= threshold):
+            break
+        out = float(s)
+    return out
+
+
 def faithfulness_curves(rows: Mapping[str, Sequence[dict]], sizes: Sequence[int], *, unit: str, task: str,
                         provenance: Provenance, params: dict | None = None, threshold: float = THRESHOLD) -> Curves:
     """One :class:`Curves` (``circuit.TASK_faithfulness_UNIT``) from faithfulness rows
     (:func:`analyses.circuits.evaluation.faithfulness_of`, one row per size) per ranking label.
 
     Summary: per label the smallest size reaching ``threshold`` (faithfulness and normalized),
-    the values at each size, and the kept edge / head counts.
+    the smallest from which every larger size stays there (curves need not be monotonic:
+    adding a head that works against the answer lowers faithfulness), the normalized values
+    and the kept edge / head counts.
     """
     sizes = list(sizes)
     for label, rs in rows.items():
@@ -78,6 +90,7 @@ def faithfulness_curves(rows: Mapping[str, Sequence[dict]], sizes: Sequence[int]
         "smallest_reaching": {label: smallest_reaching(sizes, ys, threshold) for label, ys in series.items()},
         "smallest_reaching_normalized": {label: smallest_reaching(sizes, ys, threshold)
                                          for label, ys in normalized.items()},
+        "stays_above_from": {label: stays_from(sizes, ys, threshold) for label, ys in series.items()},
         "normalized": normalized,
         "kept_edges": {label: [r["n_edges"] for r in rs] for label, rs in rows.items()},
         "kept_heads": {label: [r["n_heads"] for r in rs] for label, rs in rows.items()},

@@ -344,15 +344,16 @@ def _parse_line(line: str, where: str) -> Example:
 
 
 def load_task(name: str, tokenizer=None, *, n: int = 200, seed: int = 0, strict: bool = False,
-              template: int | None = None) -> Task:
-    """A built-in task by name (see ``TASK_NAMES``) or a ``.jsonl`` file (``template``: IOI only)."""
+              template: int | None = None, templates: Sequence[int] | None = None) -> Task:
+    """A built-in task by name (see ``TASK_NAMES``) or a ``.jsonl`` file (``template``,
+    ``templates``: IOI only)."""
     builders = {"ioi": ioi, "colored-objects": colored_objects, "greater-than": greater_than, "niah": niah}
     if name in builders:
         if n < 1:
             raise TaskError(f"--n-prompts must be >= 1, got {n}")
         if name == "ioi":
-            return ioi(tokenizer, n, seed=seed, template=template)
-        if template is not None:
+            return ioi(tokenizer, n, seed=seed, template=template, templates=templates)
+        if template is not None or templates is not None:
             raise TaskError(f"--template applies to the ioi task only, not {name!r}")
         return builders[name](tokenizer, n, seed=seed)
     if name.endswith(".jsonl") or Path(name).is_file():

@@ -50,6 +50,11 @@ class CircuitMethodName(str, enum.Enum):
     PATCHING = "patching"
 
 
+class UnitName(str, enum.Enum):
+    EDGES = "edges"
+    HEADS = "heads"
+
+
 class LevelName(str, enum.Enum):
     EDGE = "edge"
     NODE = "node"
@@ -70,10 +75,10 @@ class MeanOverName(str, enum.Enum):
     BATCH = "batch"
 
 
-def _task(lm, task: str, n_prompts: int, seed: int, batch_size: int, strict: bool, template=None):
+def _task(lm, task: str, n_prompts: int, seed: int, batch_size: int, strict: bool, template=None, templates=None):
     from analyses.circuits.tasks import encode_task, load_task
 
-    t = load_task(task, lm.tokenizer, n=n_prompts, seed=seed, strict=strict, template=template)
+    t = load_task(task, lm.tokenizer, n=n_prompts, seed=seed, strict=strict, template=template, templates=templates)
     enc = encode_task(t, lm.tokenizer, max_batch=batch_size, skip_bad=not strict)
     for why in enc.skipped[:10]:
         say(f"skipped {why}", "yellow")
@@ -204,6 +209,8 @@ def circuit(
     ig_steps: int = typer.Option(5, "--ig-steps", min=1, max=1000, help="Interpolation steps for eap-ig."),
     top_n: int = typer.Option(None, "--top-n", min=1, max=10_000_000,
                               help="Edges to keep (eap, eap-ig; default 100) or heads/MLPs (patching; default 20)."),
+    unit: UnitName = typer.Option(UnitName.EDGES, "--unit", help="eap, eap-ig: an edge circuit (top-n edges) or a "
+                                  "head circuit (top-n heads by node score, like patching)."),
     threshold: float = typer.Option(None, "--threshold", help="Keep edges with |score| >= this instead of --top-n."),
     compare_patching: bool = typer.Option(False, "--compare-patching", help="Also run the per-head patching loop on "
                                           "the same prompts: Spearman correlation and time ratio."),
@@ -256,7 +263,7 @@ def circuit(
       lens circuit smollm2-135m --task ioi --overlap-task colored-objects --force
     """
     from analyses.circuits.metrics import Metric
-    from pipelines.circuits import CircuitMethod, circuit_study, resolve_setting
+    from pipelines.circuits import CircuitMethod, Unit, circuit_study, resolve_setting
 
     if top_n is not None and threshold is not None:
         raise SelectionError("give one of --top-n and --threshold, not both")
@@ -288,7 +295,8 @@ def circuit(
                               overlap_enc=other, overlap_name=Path(overlap_task).stem if overlap_task else "",
                               max_rows=max_rows, seed=seed, setting=setting, curves=curve, eval_enc=eval_enc,
                               edge_sizes=e_sizes, head_sizes=h_sizes, settings_table=settings_table,
-                              random_circuits=random_circuits, patch_mlps=patch_mlps, progress=bar)
+                              random_circuits=random_circuits, patch_mlps=patch_mlps, unit=Unit(unit.value),
+                              progress=bar)
         study.save(tmp)
     c = study.circuit
     if json_out:

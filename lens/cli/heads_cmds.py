@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,12 @@ from lens.cli._common import (
     say,
     writing,
 )
+
+
+class GateObjective(str, enum.Enum):
+    DECODE = "decode"
+    PREFILL = "prefill"
+
 
 heads_app = typer.Typer(name="heads", no_args_is_help=True, rich_markup_mode="rich",
                         help="Head analyses on language models: retrieval, streaming, sinks, taxonomy.\n\n"
@@ -212,9 +219,13 @@ def streaming(
                                         help="A retrieval.retrieval_score.json to compare with (Spearman, overlap)."),
     chat: bool = typer.Option(True, help="Format with the model's chat template."),
     gates: bool = typer.Option(True, help="Also optimise DuoAttention gates per KV head (frozen model)."),
-    gate_steps: int = typer.Option(6, min=1, max=100_000, help="Gate optimisation steps (thorough: 100+)."),
+    gate_steps: int = typer.Option(100, min=1, max=100_000, help="At most this many gate optimisation steps (it stops "
+                                   "earlier once the retrieval heads stay the same for 10 steps)."),
     gate_length: int = typer.Option(256, min=64, max=1_000_000, help="Tokens per synthetic passkey prompt for the gates."),
     gate_prompts: int = typer.Option(1, min=1, max=1000, help="Passkey prompts for the gates."),
+    gate_objective: GateObjective = typer.Option(GateObjective.DECODE, help="decode: the context from the full model, "
+                                                 "only the answer tokens run the mixed attention (minutes on a CPU); "
+                                                 "prefill: every position does (DuoAttention's objective, much slower)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
@@ -237,7 +248,7 @@ def streaming(
                                       recent=recent, retrieval=retr, chat=chat, progress=bar)
         if gates:
             results += heads.run_gates(lm, steps=gate_steps, length=gate_length, prompts=gate_prompts, retrieval=retr,
-                                       progress=bar)
+                                       objective=gate_objective.value, progress=bar)
         save_into(results, tmp)
     finish(results, out, model, json_out, f"{lm.facts.name}: streaming profile")
 
@@ -261,6 +272,7 @@ def calibration(
                                     "(ACT skips the first two)."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds of the random-column control."),
     seed: int = typer.Option(0, "--seed", min=0, help="Prompt generation seed."),
+    templates: str = typer.Option(None, "--templates", help="IOI only: the templates, e.g. '0-5' (default 0-4)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Prompts per forward."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
@@ -275,6 +287,7 @@ def calibration(
     from pipelines.calibration import run_calibration
 
     seed_list = int_list(seeds, "seeds", max_count=100, default=[0])
+    tpl = int_list(templates, "templates", max_count=100) if templates else None
     _check_task_file(task)
     check_out(out, force)
     lm = load_model(model)
@@ -283,12 +296,12 @@ def calibration(
                              f"0-{lm.facts.n_layers - 1}")
     chosen, search_enc = None, None
     if heads == "search":
-        search_enc = _task(lm, task, search_prompts, seed + 1, batch_size, False)
+        search_enc = _task(lm, task, search_prompts, seed + 1, batch_size, False, templates=tpl)
     elif heads != "all":
         chosen = {}
         for h in parse_head_spec(heads, lm.facts):
             chosen.setdefault(h.layer, []).append(h.head)
-    enc = _task(lm, task, n_prompts, seed, batch_size, False)
+    enc = _task(lm, task, n_prompts, seed, batch_size, False, templates=tpl)
     with writing(out, force) as tmp, progress() as bar:
         curves, search = run_calibration(lm, enc, task_name=Path(task).stem, heads=chosen, search_enc=search_enc,
                                          top_k=top_k, beta=beta, threshold=threshold, first_layer=first_layer,

@@ -12,6 +12,7 @@ from analyses.circuits.curves import (
     faithfulness_curves,
     head_circuits,
     smallest_reaching,
+    stays_from,
 )
 from analyses.circuits.eap import edge_attribution
 from analyses.circuits.evaluation import (
@@ -149,6 +150,7 @@ def test_faithfulness_rows_and_curves(tiny_lm, tiny_task):
     assert curves.summary["smallest_reaching"]["eap"] == smallest_reaching(sizes, curves.series["eap"])
     assert curves.summary["smallest_reaching"]["eap"] is not None
     assert smallest_reaching([1, 2, 3], [0.1, 0.85, 0.7]) == 2.0 and smallest_reaching([1], [0.5]) is None
+    assert stays_from([1, 2, 3, 4], [0.9, 0.5, 0.8, 0.95]) == 3.0 and stays_from([1, 2], [0.9, 0.5]) is None
 
 
 def test_curves_round_trip(tmp_path, tiny_lm, tiny_task):
