@@ -194,8 +194,9 @@ def compare_settings(lm, enc, circuit: Circuit, metric, *, max_rows: int = 32) -
                 EvalSetting(Level.NODE, Replacement.CORRUPTED, Ablated.HEADS_AND_MLPS, name="node-corrupted"),
                 EvalSetting(Level.NODE, Replacement.MEAN, Ablated.HEADS_AND_MLPS, MeanOver.TEMPLATE,
                             "node-mean-mlps-too"),
-                EvalSetting(Level.NODE, Replacement.MEAN, Ablated.HEADS_AND_MLPS, MeanOver.BATCH,
-                            "node-mean-mlps-too-per-batch")]
+                EvalSetting(Level.NODE, Replacement.MEAN, Ablated.HEADS_AND_MLPS, MeanOver.LENGTH,
+                            "node-mean-mlps-too-per-length"),
+                EvalSetting(Level.NODE, Replacement.MEAN, Ablated.HEADS, MeanOver.LENGTH, "wang2022-per-length")]
     rows = []
     for s in settings:
         ctx = prepare_setting(lm, enc, metric, s)

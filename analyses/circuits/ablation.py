@@ -5,8 +5,9 @@ Methods (what replaces a component's output on the clean prompts):
 - ``zero``: zeros.
 - ``mean``: its mean over the reference set, per position: the task's corrupted prompts of
   the same template and length (Wang et al.'s ABC mean, ``MeanOver.TEMPLATE``, pooled over
-  every batch of that class), or of the same encoded batch (``MeanOver.BATCH``; batches of a
-  task without templates group prompts by token length only).
+  every batch of that class), of every prompt of the same token length whatever its template
+  (``MeanOver.LENGTH``: templates of one length averaged position by position out of
+  alignment, for comparison), or of the same encoded batch (``MeanOver.BATCH``).
 - ``resample``: its output on a randomly drawn corrupted prompt (seeded).
 - ``patch``: its output on the paired corrupted prompt (activation patching, noising
   direction: the effect is metric(patched) - metric(clean)).
@@ -38,6 +39,7 @@ class MeanOver(str, Enum):
     """Which corrupted prompts a mean reference averages over (per position)."""
 
     TEMPLATE = "template"  # every corrupted prompt of the same template (position class) and length
+    LENGTH = "length"  # every corrupted prompt of the same token length, whatever its template (misaligned)
     BATCH = "batch"  # the corrupted prompts of the same encoded batch only
 
 
@@ -113,9 +115,10 @@ def _class_means(enc: EncodedTask, refs: list[Acts], mean_over: MeanOver) -> lis
     """Each batch's reference replaced by the per-position mean over its class."""
     if mean_over is MeanOver.BATCH:
         return [r.mean() for r in refs]
-    classes: dict[tuple[str, int], list[int]] = {}
+    classes: dict = {}
     for i, b in enumerate(enc.batches):
-        classes.setdefault(b.position_class, []).append(i)
+        key = b.position_class if mean_over is MeanOver.TEMPLATE else b.clean.shape[1]
+        classes.setdefault(key, []).append(i)
     out: list = [None] * len(refs)
     for members in classes.values():
         m = Acts.cat([refs[i] for i in members]).mean()

@@ -72,6 +72,7 @@ class AblatedName(str, enum.Enum):
 
 class MeanOverName(str, enum.Enum):
     TEMPLATE = "template"
+    LENGTH = "length"
     BATCH = "batch"
 
 
@@ -225,8 +226,8 @@ def circuit(
     ablate_what: AblatedName = typer.Option(None, "--ablate", help="What is ablated outside the circuit: heads only "
                                             "(MLPs kept, Wang et al.) or heads and MLPs (Hanna et al.). Default: "
                                             "published."),
-    mean_over: MeanOverName = typer.Option(None, "--mean-over", help="Mean references per template (default) or per "
-                                           "encoded batch."),
+    mean_over: MeanOverName = typer.Option(None, "--mean-over", help="Mean references per template (default), per "
+                                           "token length whatever the template (misaligned), or per encoded batch."),
     curve: bool = typer.Option(False, "--curve", help="Faithfulness against circuit size for every ranking computed "
                                "(edges 50-5000, heads 5-60) and the smallest size reaching 0.8."),
     edge_sizes: str = typer.Option(None, "--edge-sizes", help="Edge counts of the curve, e.g. '50,100,500'."),

@@ -188,3 +188,14 @@ def test_random_overlap_baseline(tiny_lm):
     disjoint = random_overlap(a, Circuit([(0, 0), (0, 1)], []), f, n=200)
     assert disjoint["uniform"]["share_of_a_heads"]["observed"] == 0.0
     assert disjoint["uniform"]["share_of_a_heads"]["p_value"] == 1.0
+
+
+def test_mean_over_length_mixes_templates(tiny_lm):
+    exs = [Example(f"{a}b{c}", "q", f"{d}b{c}", "z", group="t0") for a, c, d in zip("abc", "hgf", "mno")]
+    exs += [Example(f"x{a}{c}", "q", f"y{d}{c}", "z", group="t1") for a, c, d in zip("ab", "hg", "mn")]
+    enc = encode_task(Task("two", exs), tiny_lm.tokenizer, max_batch=8)
+    parts = Parts(tiny_lm)
+    everything = capture(parts, torch.cat([b.corrupted for b in enc.batches])).z[1].mean(0)
+    ctx = prepare(tiny_lm, enc, "mean", "logit-diff", mean_over=MeanOver.LENGTH)
+    for ref in ctx.refs:
+        torch.testing.assert_close(ref.z[1][0], everything)
