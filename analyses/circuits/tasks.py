@@ -162,8 +162,8 @@ def _one_token_words(tokenizer, words: Sequence[str]) -> list[str]:
 # says so (a circuit of a template the model fails describes noise). Measured on
 # SmolLM2-135M-Instruct, 24 prompts per template, seed 0 (docs/circuits.md).
 IOI_WEAK_TEMPLATES = {
-    5: "'Friends ... found a {OBJECT} ... gave it to' is not solved by SmolLM2-135M: clean logit diff 0.42 "
-       "(sd 2.78), accuracy 0.42 on 24 prompts, against 4.3-4.9 and 0.96-1.00 for templates 0-4",
+    5: "'Friends ... found a {OBJECT} ... gave it to' is not solved by SmolLM2-135M: clean logit diff 0.80 "
+       "(sd 3.41), accuracy 0.50 on 24 prompts (seed 0), against 4.1-5.0 and 0.92-1.00 for templates 0-4",
 }
 IOI_DEFAULT_TEMPLATES = tuple(k for k in range(len(IOI_TEMPLATES)) if k not in IOI_WEAK_TEMPLATES)
 
