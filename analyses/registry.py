@@ -99,6 +99,15 @@ for _entry in (
     AnalysisEntry("ablation", "needle accuracy with the top-k heads of a ranking ablated vs k random heads",
                   ("retrieval_ablation",), "analyses.causal:ablation_scores", (TEXT,), in_scan=False,
                   paper="Wu et al. 2024 (causal test)"),
+    AnalysisEntry("circuit", "circuits: EAP, EAP-IG and per-head patching scores, and faithfulness against circuit "
+                  "size under the published ablation settings (edge-level for edge circuits, Wang et al.'s for heads)",
+                  ("TASK_METHOD_METRIC", "TASK_faithfulness_edges", "TASK_faithfulness_heads"),
+                  "analyses.circuits.curves:faithfulness_curves", (TEXT,), in_scan=False,
+                  paper="Wang et al. 2022; Syed et al. 2023 (EAP); Hanna et al. 2024 (EAP-IG)"),
+    AnalysisEntry("calibration", "ACT attention calibration: task accuracy without it, with sink columns x 0.4 on the "
+                  "chosen heads, and with as many random columns (control); ACT's per-head search",
+                  ("TASK_act", "TASK_head_search"), "analyses.calibration:calibrate", (TEXT,), in_scan=False,
+                  paper="ACT (Yu et al. 2024)"),
     AnalysisEntry("cross_attention", "decoder cross-attention over encoder frames against gradient x input saliency "
                   "(Pearson, Spearman, saliency share) per head, layer and aggregated",
                   ("pearson", "spearman", "saliency_share", "saliency_in_focus"),
