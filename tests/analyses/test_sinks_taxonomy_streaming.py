@@ -214,3 +214,15 @@ def test_agreement_averages_tied_ranks():
     score = np.array([5.0, 4, 3, 2, 1, 6])
     expected = np.corrcoef([4, 3, 2, 1, 0, 5], [1.5, 1.5, 1.5, 1.5, 4, 5])[0, 1]
     assert agreement(score, retrieval, top=1)["spearman_vs_retrieval"] == pytest.approx(expected)
+
+
+def test_kv_agreement_counts_retrieval_heads_in_full_kv_heads():
+    from analyses.streaming import kv_agreement
+
+    keep = np.zeros((2, 4), dtype=bool)
+    keep[1, 2:] = True  # one KV head of two query heads kept at full attention
+    retrieval = np.zeros((2, 4))
+    retrieval[1, 3], retrieval[0, 0] = 0.5, 0.3
+    out = kv_agreement(keep, retrieval)
+    assert out == {"retrieval_heads": 2, "retrieval_heads_in_full_kv_heads": 1,
+                   "retrieval_heads_in_full_kv_heads_by_chance": 0.5}
