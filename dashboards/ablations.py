@@ -13,6 +13,7 @@ from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
 from dashboards._bokeh import HeadGrid
+from dashboards.report import curves_caption
 from formats import AblationResult, Curves, HeadScores, ResultsFolder
 
 ABLATION_ANALYSES = ("ablation", "circuit")
@@ -114,7 +115,7 @@ class AblationsView(pn.viewable.Viewer):
             parts.append(pn.pane.HTML("<h3>Curves</h3>"))
             cards = []
             for (label, c), fig in zip(f.curves.items(), self.curve_figures()):
-                desc = html.escape(c.description or "")
+                desc = html.escape(curves_caption(c))
                 cards.append(pn.Column(pn.pane.Bokeh(fig), pn.pane.HTML(f"<p><code>{html.escape(label)}</code> {desc}</p>",
                                                                          width=520)))
             parts.append(pn.GridBox(*cards, ncols=2))
