@@ -34,7 +34,8 @@ class GateObjective(str, enum.Enum):
 
 
 heads_app = typer.Typer(name="heads", no_args_is_help=True, rich_markup_mode="rich",
-                        help="Head analyses on language models: retrieval, streaming, sinks, taxonomy.\n\n"
+                        help="Head analyses: retrieval, streaming, sinks, taxonomy, calibration (language models); "
+                             "cross-attention (speech models).\n\n"
                              "Example: lens heads sinks smollm2-135m --out results/sinks")
 app.add_typer(heads_app, name="heads")
 
@@ -200,7 +201,10 @@ def taxonomy(
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Previous-token, duplicate-token, induction, local and positional scores on repeated random tokens.
+    """Sink, previous-token, positional, duplicate-token, induction and local scores and a type per head.
+
+    On repeated random tokens, original and shuffled: a positional head attends at fixed offsets
+    whatever the tokens.
 
     Example: lens heads taxonomy smollm2-135m --repeat-len 100 --batch 8 --out results/taxonomy
     """
