@@ -88,8 +88,10 @@ for _entry in (
     AnalysisEntry("sinks", "first-token sinks, hidden sinks (ACT) and massive activations",
                   ("first_token_mass", "hidden_sinks"), "analyses.sinks:sink_scores", (TEXT,),
                   paper="StreamingLLM; ACT (Yu et al. 2024); Sun et al. 2024"),
-    AnalysisEntry("taxonomy", "previous-token, duplicate-token, induction, local and positional head scores",
-                  ("previous_token", "duplicate_token", "induction", "local", "positional"),
+    AnalysisEntry("taxonomy", "sink, previous-token, positional (fixed relative offsets, the same on original, "
+                  "repeated and shuffled tokens), duplicate-token, induction and local head scores, and a type per head",
+                  ("sink", "previous_token", "positional", "duplicate_token", "induction", "local",
+                   "content_independence", "head_type"),
                   "analyses.taxonomy:taxonomy_scores", (TEXT,)),
     AnalysisEntry("retrieval", "retrieval score per head on needle-in-a-haystack decoding",
                   ("retrieval_score",), "analyses.retrieval:retrieval_scores", (TEXT,),
@@ -100,6 +102,15 @@ for _entry in (
     AnalysisEntry("ablation", "needle accuracy with the top-k heads of a ranking ablated vs k random heads",
                   ("retrieval_ablation",), "analyses.causal:ablation_scores", (TEXT,), in_scan=False,
                   paper="Wu et al. 2024 (causal test)", causal_only=True),
+    AnalysisEntry("circuit", "circuits: EAP, EAP-IG and per-head patching scores, and faithfulness against circuit "
+                  "size under the published ablation settings (edge-level for edge circuits, Wang et al.'s for heads)",
+                  ("TASK_METHOD_METRIC", "TASK_faithfulness_edges", "TASK_faithfulness_heads"),
+                  "analyses.circuits.curves:faithfulness_curves", (TEXT,), in_scan=False, causal_only=True,
+                  paper="Wang et al. 2022; Syed et al. 2023 (EAP); Hanna et al. 2024 (EAP-IG)"),
+    AnalysisEntry("calibration", "ACT attention calibration: task accuracy without it, with sink columns x 0.4 on the "
+                  "chosen heads, and with as many random columns (control); ACT's per-head search",
+                  ("TASK_act", "TASK_head_search"), "analyses.calibration:calibrate", (TEXT,), in_scan=False, causal_only=True,
+                  paper="ACT (Yu et al. 2024)"),
     AnalysisEntry("cross_attention", "decoder cross-attention over encoder frames against gradient x input saliency "
                   "(Pearson, Spearman, saliency share) per head, layer and aggregated",
                   ("pearson", "spearman", "saliency_share", "saliency_in_focus"),

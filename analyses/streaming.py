@@ -90,6 +90,17 @@ def agreement(score: np.ndarray, retrieval: np.ndarray, *, top: int | None = Non
             "top_k_overlap_random_expectation": k * k / max(1, a.size)}
 
 
+def kv_agreement(retrieval_kv: np.ndarray, retrieval: np.ndarray, *, min_score: float = 0.1) -> dict:
+    """How many retrieval heads (score > ``min_score``) sit in a KV head the gates keep at full
+    attention (``retrieval_kv [layer, head]`` bool, per query head), against the share of query
+    heads those KV heads cover (what a random choice of the same size would catch)."""
+    keep = np.asarray(retrieval_kv, dtype=bool)
+    r = np.nan_to_num(np.asarray(retrieval, dtype=float), nan=0.0) > min_score
+    n = int(r.sum())
+    return {"retrieval_heads": n, "retrieval_heads_in_full_kv_heads": int((r & keep).sum()),
+            "retrieval_heads_in_full_kv_heads_by_chance": float(n * keep.mean())}
+
+
 def _rank(x: np.ndarray) -> np.ndarray:
     """Ranks with ties averaged (many heads have retrieval score exactly 0)."""
     order = np.argsort(x, kind="stable")
@@ -113,6 +124,7 @@ def gate_scores(gates: Float[Tensor, "layer kv_head"], *, n_heads: int, provenan
                "sparsity": float(1 - (g > threshold).double().mean())}
     if retrieval is not None:
         summary.update(agreement(per_head, retrieval))
+        summary.update(kv_agreement(binary, retrieval))
     return [HeadScores(analysis="streaming", metric="duo_gate", scores=per_head, provenance=provenance,
                        description="DuoAttention gate alpha per head (its KV head's); > threshold = retrieval head",
                        params={"threshold": threshold, **(params or {})}, summary=summary,

@@ -13,16 +13,17 @@ from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
 from dashboards._bokeh import HeadGrid
+from dashboards.report import curves_caption
 from formats import AblationResult, Curves, HeadScores, ResultsFolder
 
 ABLATION_ANALYSES = ("ablation", "circuit")
 
 
-def curves_figure(c: Curves, width: int = 520, height: int = 380):
+def curves_figure(c: Curves, width: int = 520, height: int = 380, name: str = "curves_plot"):
     """Each series' mean line; a series with several runs also gets a band from the lowest to
     the highest run and a thin line per run (the spread over seeds)."""
     p = figure(width=width, height=height, title=c.name, x_axis_label=c.x_label, y_axis_label=c.y_label,
-               tools="pan,wheel_zoom,reset,save", toolbar_location="above", name="curves_plot")
+               tools="pan,wheel_zoom,reset,save", toolbar_location="above", name=name)
     p.add_layout(Legend(label_text_font_size="8pt", click_policy="hide"), "below")  # beside the data, not on it
     for i, (label, y) in enumerate(c.series.items()):
         color = Category10_10[i % 10]
@@ -95,7 +96,9 @@ class AblationsView(pn.viewable.Viewer):
         super().__init__(**params)
 
     def curve_figures(self) -> list:
-        return [curves_figure(c) for c in self.folder.curves.values()]
+        """One figure per curves file, named ``curves_plot_0``, ``_1``, ... in the folder's order
+        (Bokeh finds a model by a name only when it is unique)."""
+        return [curves_figure(c, name=f"curves_plot_{i}") for i, c in enumerate(self.folder.curves.values())]
 
     def ablation_figures(self) -> list:
         return [ablation_figure(a) for a in self.folder.ablations.values()]
@@ -114,7 +117,7 @@ class AblationsView(pn.viewable.Viewer):
             parts.append(pn.pane.HTML("<h3>Curves</h3>"))
             cards = []
             for (label, c), fig in zip(f.curves.items(), self.curve_figures()):
-                desc = html.escape(c.description or "")
+                desc = html.escape(curves_caption(c))
                 cards.append(pn.Column(pn.pane.Bokeh(fig), pn.pane.HTML(f"<p><code>{html.escape(label)}</code> {desc}</p>",
                                                                          width=520)))
             parts.append(pn.GridBox(*cards, ncols=2))

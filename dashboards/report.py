@@ -162,6 +162,15 @@ def _pairs(d: dict[str, Any], skip: tuple[str, ...] = ()) -> list[tuple[str, str
     return [(str(k), summarize(v)) for k, v in list(d.items())[:40] if k not in skip]
 
 
+def curves_caption(c) -> str:
+    """The curves' description, then the settings that made them and their summary's scalar facts
+    (a circuit's faithfulness curves: the ablation setting, and the smallest size reaching 0.8)."""
+    facts = [f"{k} = {summarize(v)}" for k, v in list(c.params.items())[:12] if not isinstance(v, (list, dict))]
+    facts += [f"{k}: {summarize(v)}" for k, v in c.summary.items()
+              if k in ("threshold", "smallest_reaching", "stays_above_from", "full", "empty")]
+    return "; ".join([c.description or "", *facts]).strip("; ")
+
+
 # ---------------------------------------------------------------------------------------
 # collecting
 # ---------------------------------------------------------------------------------------
@@ -262,7 +271,7 @@ def build_report(folder: ResultsFolder | str | Path, command: str | None = None)
         if label not in shown:
             sel = ModelResults(f, r.provenance.model, r.shape, {label: r}, {}, {})
             models.append(ModelSection(r.provenance.model, r.shape, [_result_section(sel, label)], [], []))
-    curves = [(label, c.description, figs.curves(c, f"curves_{i}_{figs.slug(label)}"))
+    curves = [(label, curves_caption(c), figs.curves(c, f"curves_{i}_{figs.slug(label)}"))
               for i, (label, c) in enumerate(f.curves.items())]
     abl = [(label, _ablation_text(a), figs.ablation(a, f"ablation_{i}_{figs.slug(label)}"))
            for i, (label, a) in enumerate(f.ablations.items())]

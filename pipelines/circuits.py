@@ -1,21 +1,25 @@
 """Circuit discovery: score edges (EAP, EAP-IG) or nodes (per-head activation patching),
-select a circuit, measure its faithfulness, compare with patching, and overlap with a
-second task's circuit.
+select a circuit, measure its faithfulness (with the published ablation setting by default),
+faithfulness curves over circuit size, the comparison with patching, and the overlap with a
+second task's circuit against random circuits of the same size.
 
 :func:`find_circuit` is one method on one task; :func:`circuit_study` is what ``lens
 circuit`` runs. Results are :class:`formats.Circuit` (nodes, edges, faithfulness and
-settings) and :class:`formats.HeadScores` (the per-head estimates).
+settings), :class:`formats.HeadScores` (the per-head estimates) and :class:`formats.Curves`
+(faithfulness against size).
 """
 
 from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from formats.circuit import Circuit
+from formats.curves import Curves
 from formats.errors import SelectionError
 from formats.head_scores import HeadScores
 from formats.provenance import Provenance
@@ -28,6 +32,11 @@ class CircuitMethod(str, enum.Enum):
     PATCHING = "patching"
 
 
+class Unit(str, enum.Enum):
+    EDGES = "edges"  # an edge circuit: the top-n edges (EAP, EAP-IG)
+    HEADS = "heads"  # a head circuit: the top-n heads by node score (any method)
+
+
 @dataclass
 class Found:
     circuit: Circuit
@@ -35,53 +44,88 @@ class Found:
     mlp_scores: np.ndarray  # [layer]
     seconds: float
     baseline: float | None = None
+    edge_scores: object | None = None  # analyses.circuits.eap.EdgeScores for eap / eap-ig
 
 
-def find_circuit(lm, enc, method: CircuitMethod, metric, *, ig_steps: int = 5, top_n: int | None = None,
-                 threshold: float | None = None, max_rows: int = 64, task_name: str = "",
-                 progress: Progress = SILENT, executor=None) -> Found:
-    """Scores and circuit of one method on one task (``top_n`` edges, or heads/MLPs for patching).
+def resolve_setting(method: CircuitMethod, *, level=None, replacement=None, ablated=None, mean_over=None):
+    """The published setting of ``method``'s kind of circuit with the given choices changed
+    (named "custom" when one differs), or None when nothing is given (published defaults)."""
+    import dataclasses
 
-    ``executor`` (:mod:`pipelines.executors`, e.g. Ray workers) runs the patching loop's
-    chunks of components (``max_rows // batch`` per item); EAP runs here.
-    """
+    from analyses.circuits.evaluation import HANNA_2024, WANG_2022, EvalSetting
+
+    given = {k: v for k, v in dict(level=level, replacement=replacement, ablated=ablated, mean_over=mean_over).items()
+             if v is not None}
+    if not given:
+        return None
+    base = WANG_2022 if method is CircuitMethod.PATCHING else HANNA_2024
+    setting = dataclasses.replace(base, **{k: getattr(v, "value", v) for k, v in given.items()})
+    same = all(getattr(setting, k) == getattr(base, k) for k in given)
+    return base if same else EvalSetting(setting.level, setting.replacement, setting.ablated, setting.mean_over, "custom")
+
+
+def patching_scores(lm, enc, metric, *, mlps: bool = True, max_rows: int = 64, task_name: str = "",
+                    progress: Progress = SILENT, executor=None) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Per-head (and per-MLP) activation patching: the metric change when one component's
+    corrupted output is patched into the clean run. ``(heads [layer, head], mlps [layer] (NaN
+    when not run), baseline, seconds)``. ``executor`` (:mod:`pipelines.executors`, e.g. Ray
+    workers) runs the chunks of components (``max_rows // batch`` per item); default here."""
     from analyses.circuits import prepare, score_sets
     from analyses.circuits.ablation import all_heads
-    from analyses.circuits.circuit import select_edges, select_nodes
-    from analyses.circuits.eap import edge_attribution
     from lens.heads import MlpRef
 
     facts = lm.facts
-    if method is CircuitMethod.PATCHING:
-        comps = all_heads(facts) + [MlpRef(la) for la in range(facts.n_layers)]
-        t0 = time.perf_counter()
-        ctx = prepare(lm, enc, "patch", metric)
-        per_chunk = max(1, max_rows // max(b.size for b in enc.batches))
-        task = progress.task(f"patching {len(comps)} components ({task_name})", total=len(comps))
-        values = []
-        chunks = [comps[s:s + per_chunk] for s in range(0, len(comps), per_chunk)]
-        if executor is not None:
-            from pipelines.sweeps import scoring_job
+    comps = all_heads(facts) + ([MlpRef(la) for la in range(facts.n_layers)] if mlps else [])
+    t0 = time.perf_counter()
+    ctx = prepare(lm, enc, "patch", metric)
+    per_chunk = max(1, max_rows // max(b.size for b in enc.batches))
+    task = progress.task(f"patching {len(comps)} components ({task_name})", total=len(comps))
+    chunks = [comps[s:s + per_chunk] for s in range(0, len(comps), per_chunk)]
+    values = []
+    if executor is not None:
+        from pipelines.sweeps import scoring_job
 
-            job = scoring_job(enc, "patch", metric, max_rows=max_rows)
-            done = executor.map_ordered(job, [[[c] for c in ch] for ch in chunks],
-                                        on_result=lambda i: task.advance(len(chunks[i])))
-            values = [v - ctx.baseline for vals, _, _ in done for v in vals]
-        else:
-            for chunk in chunks:
-                values.extend(score_sets(ctx, [[c] for c in chunk], max_rows=max_rows) - ctx.baseline)
-                task.advance(len(chunk))
-        seconds = time.perf_counter() - t0
-        values = np.asarray(values)
-        heads = values[: facts.n_layers * facts.n_heads].reshape(facts.n_layers, facts.n_heads)
-        mlps = values[facts.n_layers * facts.n_heads:]
-        circ = select_nodes(heads, mlps, top_n=top_n or 20, facts=facts)
-        return Found(circ, heads, mlps, seconds, ctx.baseline)
+        job = scoring_job(enc, "patch", metric, max_rows=max_rows)
+        done = executor.map_ordered(job, [[[c] for c in ch] for ch in chunks],
+                                    on_result=lambda i: task.advance(len(chunks[i])))
+        values = [v - ctx.baseline for vals, _, _ in done for v in vals]
+    else:
+        for chunk in chunks:
+            values.extend(score_sets(ctx, [[c] for c in chunk], max_rows=max_rows) - ctx.baseline)
+            task.advance(len(chunk))
+    values = np.asarray(values)
+    n = facts.n_layers * facts.n_heads
+    mlp = values[n:] if mlps else np.full(facts.n_layers, np.nan)
+    return values[:n].reshape(facts.n_layers, facts.n_heads), mlp, ctx.baseline, time.perf_counter() - t0
+
+
+def find_circuit(lm, enc, method: CircuitMethod, metric, *, ig_steps: int = 5, top_n: int | None = None,
+                 threshold: float | None = None, max_rows: int = 64, task_name: str = "", patch_mlps: bool = True,
+                 unit: Unit = Unit.EDGES, progress: Progress = SILENT, executor=None) -> Found:
+    """Scores and circuit of one method on one task: ``top_n`` edges (EAP, EAP-IG; default 100)
+    or, for patching or with ``unit=Unit.HEADS``, heads (default 20; patching: and MLPs).
+    ``executor`` runs the patching loop (see :func:`patching_scores`); EAP runs here."""
+    from analyses.circuits.circuit import select_edges, select_nodes
+    from analyses.circuits.eap import edge_attribution
+
+    facts = lm.facts
+    if method is CircuitMethod.PATCHING:
+        heads, mlps, baseline, seconds = patching_scores(lm, enc, metric, mlps=patch_mlps, max_rows=max_rows,
+                                                         task_name=task_name, progress=progress, executor=executor)
+        circ = select_nodes(heads, mlps if patch_mlps else None, top_n=top_n or 20, facts=facts)
+        return Found(circ, heads, mlps, seconds, baseline)
     task = progress.task(f"{method.value} on {enc.n_examples} {task_name} prompts", total=1)
     scores = edge_attribution(lm, enc, metric, ig_steps=ig_steps if method is CircuitMethod.EAP_IG else 0)
     task.advance()
-    circ = select_edges(scores, facts, top_n=None if threshold is not None else (top_n or 100), threshold=threshold)
-    return Found(circ, scores.head_scores, scores.mlp_scores, scores.seconds)
+    if Unit(unit) is Unit.HEADS:
+        if threshold is not None:
+            raise SelectionError("a head circuit takes top_n heads, not a threshold")
+        circ = select_nodes(scores.head_scores, None, top_n=top_n or 20, facts=facts)
+        circ.method = scores.method
+    else:
+        circ = select_edges(scores, facts, top_n=None if threshold is not None else (top_n or 100),
+                            threshold=threshold)
+    return Found(circ, scores.head_scores, scores.mlp_scores, scores.seconds, edge_scores=scores)
 
 
 @dataclass
@@ -89,6 +133,7 @@ class CircuitStudy:
     circuit: Circuit
     head_scores: list[HeadScores] = field(default_factory=list)
     others: list[Circuit] = field(default_factory=list)  # the overlap task's circuit
+    curves: list[Curves] = field(default_factory=list)  # faithfulness against circuit size
 
     def save(self, folder) -> None:
         self.circuit.save(folder)
@@ -96,76 +141,214 @@ class CircuitStudy:
             c.save(folder)
         for r in self.head_scores:
             r.save(folder)
+        for c in self.curves:
+            c.save(folder)
+
+
+def faithfulness_curves(lm, enc, rankings: dict[str, Found], *, metric, task_name: str, provenance: Provenance,
+                        setting_edges=None, setting_heads=None, edge_sizes: Sequence[int] | None = None,
+                        head_sizes: Sequence[int] | None = None, max_rows: int = 32, params: dict | None = None,
+                        progress: Progress = SILENT) -> list[Curves]:
+    """Faithfulness against size on ``enc`` for every ranking: edge curves for the rankings with
+    edge scores (``setting_edges``, default Hanna et al.'s), head curves for all
+    (``setting_heads``, default Wang et al.'s)."""
+    from analyses.circuits.curves import EDGE_SIZES, HEAD_SIZES, edge_circuits, head_circuits
+    from analyses.circuits.curves import faithfulness_curves as make_curves
+    from analyses.circuits.evaluation import HANNA_2024, WANG_2022, faithfulness_of, prepare_setting
+
+    setting_edges, setting_heads = setting_edges or HANNA_2024, setting_heads or WANG_2022
+    edge_sizes, head_sizes = list(edge_sizes or EDGE_SIZES), list(head_sizes or HEAD_SIZES)
+    out = []
+    with_edges = {k: f for k, f in rankings.items() if f.edge_scores is not None}
+    if with_edges:
+        task = progress.task(f"edge faithfulness curves ({setting_edges.name})", total=len(with_edges))
+        ctx = prepare_setting(lm, enc, metric, setting_edges)
+        rows = {}
+        for label, f in with_edges.items():
+            sizes = [s for s in edge_sizes if s <= f.edge_scores.n_edges]
+            rows[label] = faithfulness_of(ctx, edge_circuits(f.edge_scores, lm.facts, sizes), setting_edges,
+                                          max_rows=max_rows)
+            task.advance()
+        sizes = [s for s in edge_sizes if all(s <= f.edge_scores.n_edges for f in with_edges.values())]
+        rows = {k: v[:len(sizes)] for k, v in rows.items()}
+        out.append(make_curves(rows, sizes, unit="edges", task=task_name, provenance=provenance, params=params))
+    task = progress.task(f"head faithfulness curves ({setting_heads.name})", total=len(rankings))
+    ctx = prepare_setting(lm, enc, metric, setting_heads)
+    sizes = [s for s in head_sizes if s <= lm.facts.n_layers * lm.facts.n_heads]
+    rows = {}
+    for label, f in rankings.items():
+        rows[label] = faithfulness_of(ctx, head_circuits(f.head_scores, lm.facts, sizes, label), setting_heads,
+                                      max_rows=max_rows)
+        task.advance()
+    out.append(make_curves(rows, sizes, unit="heads", task=task_name, provenance=provenance, params=params))
+    return out
+
+
+def compare_settings(lm, enc, circuit: Circuit, metric, *, max_rows: int = 32) -> list[dict]:
+    """The circuit's faithfulness under each ablation setting (the published ones and their
+    variations), to show what each choice does."""
+    from analyses.circuits.ablation import MeanOver
+    from analyses.circuits.evaluation import (
+        HANNA_2024,
+        WANG_2022,
+        Ablated,
+        EvalSetting,
+        Level,
+        Replacement,
+        faithfulness_of,
+        prepare_setting,
+    )
+
+    settings = [HANNA_2024, WANG_2022,
+                EvalSetting(Level.EDGE, Replacement.MEAN, Ablated.HEADS_AND_MLPS, MeanOver.TEMPLATE, "edge-mean"),
+                EvalSetting(Level.NODE, Replacement.CORRUPTED, Ablated.HEADS_AND_MLPS, name="node-corrupted"),
+                EvalSetting(Level.NODE, Replacement.MEAN, Ablated.HEADS_AND_MLPS, MeanOver.TEMPLATE,
+                            "node-mean-mlps-too"),
+                EvalSetting(Level.NODE, Replacement.MEAN, Ablated.HEADS_AND_MLPS, MeanOver.LENGTH,
+                            "node-mean-mlps-too-per-length"),
+                EvalSetting(Level.NODE, Replacement.MEAN, Ablated.HEADS, MeanOver.LENGTH, "wang2022-per-length")]
+    rows = []
+    for s in settings:
+        ctx = prepare_setting(lm, enc, metric, s)
+        rows.append(faithfulness_of(ctx, [circuit], s, max_rows=max_rows)[0])
+    return rows
 
 
 def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_steps: int = 5,
                   top_n: int | None = None, threshold: float | None = None, compare_patching: bool = False,
                   overlap_enc=None, overlap_name: str = "", max_rows: int = 64, seed: int = 0,
+                  setting=None, curves: bool = False, eval_enc=None, edge_sizes: Sequence[int] | None = None,
+                  head_sizes: Sequence[int] | None = None, settings_table: bool = False, random_circuits: int = 1000,
+                  patch_mlps: bool = True, patching: Found | None = None, unit: Unit = Unit.EDGES,
                   progress: Progress = SILENT, executor=None) -> CircuitStudy:
-    """Find the circuit of a task, its faithfulness, optionally the comparison with per-head
-    patching on the same prompts and the overlap with another task's circuit (``executor``:
-    where the patching loops' chunks run, see :func:`find_circuit`)."""
-    from analyses.circuits.circuit import faithfulness, overlap
+    """Find the circuit of a task, its faithfulness (``setting``; default the published one for
+    the circuit's kind) on ``eval_enc`` (default: the same prompts), optionally faithfulness
+    curves over size, the comparison with per-head patching and the other EAP variant on the
+    same prompts, the circuit under every ablation setting, and the overlap with another
+    task's circuit against ``random_circuits`` random circuits of the same size. ``patching``:
+    per-head patching scores computed before on the same prompts (:func:`load_patching`), used
+    instead of running the loop again. ``executor``: where the patching loops' chunks run (see
+    :func:`patching_scores`)."""
+    from analyses.circuits.circuit import faithfulness
     from analyses.circuits.eap import edge_attribution
 
     if top_n is not None and threshold is not None:
         raise SelectionError("give one of top_n and threshold, not both")
-    prov = Provenance.for_model(lm.facts, seeds=(seed,), prompts=f"{enc.n_examples} {task_name} prompts",
-                                inputs=[b.clean.tolist() for b in enc.batches])
+    eval_enc = eval_enc or enc
+    inputs = [b.clean.tolist() for b in enc.batches] + ([b.clean.tolist() for b in eval_enc.batches]
+                                                        if eval_enc is not enc else [])
+    prov = Provenance.for_model(lm.facts, seeds=(seed,), prompts=f"{enc.n_examples} {task_name} prompts to find"
+                                + (f", {eval_enc.n_examples} other prompts to evaluate" if eval_enc is not enc else ""),
+                                inputs=inputs)
     found = find_circuit(lm, enc, method, metric, ig_steps=ig_steps, top_n=top_n, threshold=threshold,
-                         max_rows=max_rows, task_name=task_name, progress=progress, executor=executor)
+                         max_rows=max_rows, task_name=task_name, patch_mlps=patch_mlps, unit=unit, progress=progress,
+                         executor=executor)
     task = progress.task("faithfulness", total=1)
     circ = found.circuit
-    circ.faithfulness = faithfulness(lm, enc, circ, metric, max_rows=max_rows)
+    circ.faithfulness = faithfulness(lm, eval_enc, circ, metric, setting=setting, max_rows=min(max_rows, 32))
     task.advance()
     metric_name = getattr(metric, "value", str(metric))
     circ.name, circ.task, circ.metric, circ.provenance = f"{task_name}_{method.value}", task_name, metric_name, prov
     circ.params.update({"ig_steps": ig_steps if method is CircuitMethod.EAP_IG else 0, "max_rows": max_rows,
-                        "n_examples": enc.n_examples, "skipped": len(enc.skipped)})
+                        "unit": "heads" if method is CircuitMethod.PATCHING else Unit(unit).value,
+                        "n_examples": enc.n_examples, "n_examples_eval": eval_enc.n_examples,
+                        "eval_prompts": "same" if eval_enc is enc else "held out", "skipped": len(enc.skipped),
+                        "task_notes": list(enc.notes),
+                        **{f"eval_{k}": v for k, v in circ.faithfulness.items()
+                           if k in ("setting", "level", "replacement", "ablated", "mean_over")}})
     circ.details.update({"seconds": found.seconds, "mlp_scores": found.mlp_scores.tolist(),
                          "timings_note": "wall-clock on the machine named in the provenance"})
     circ.description = f"{method.value} circuit of {task_name} ({metric_name})"
     out = CircuitStudy(circ)
-    out.head_scores.append(HeadScores(
-        "circuit", f"{task_name}_{method.value}_{metric_name}", found.head_scores, prov,
-        description=f"{method.value} estimate of the {metric_name} change when the head's corrupted output is "
-                    "patched in", params={"task": task_name, "ig_steps": ig_steps}, summary={"seconds": found.seconds},
-        arrays={"mlp_scores": found.mlp_scores}))
+    out.head_scores.append(_head_result(task_name, method.value, metric_name, found, prov, ig_steps))
+    rankings = {method.value: found}
     if compare_patching and method is not CircuitMethod.PATCHING:
         from scipy.stats import pearsonr, spearmanr
 
-        truth = find_circuit(lm, enc, CircuitMethod.PATCHING, metric, top_n=20, max_rows=max_rows,
-                             task_name=task_name, progress=progress, executor=executor)
+        truth = patching or find_circuit(lm, enc, CircuitMethod.PATCHING, metric, top_n=20, max_rows=max_rows,
+                                         task_name=task_name, patch_mlps=patch_mlps, progress=progress,
+                                         executor=executor)
         other = CircuitMethod.EAP if method is CircuitMethod.EAP_IG else CircuitMethod.EAP_IG
         task = progress.task(f"{other.value} on the same prompts", total=1)
         other_scores = edge_attribution(lm, enc, metric, ig_steps=ig_steps if other is CircuitMethod.EAP_IG else 0)
         task.advance()
+        other_found = Found(Circuit([], []), other_scores.head_scores, other_scores.mlp_scores, other_scores.seconds,
+                            edge_scores=other_scores)
+        rankings.update({other.value: other_found, CircuitMethod.PATCHING.value: truth})
         b = truth.head_scores.ravel()
-        vs = {"seconds_patching_loop": truth.seconds}
+        vs = {"seconds_patching_loop": truth.seconds, "patching_from": "this run" if patching is None else
+              patching.circuit.description}
         for m, a, secs in ((method, found.head_scores.ravel(), found.seconds),
                            (other, other_scores.head_scores.ravel(), other_scores.seconds)):
             vs[m.value] = {"spearman": float(spearmanr(a, b).statistic), "pearson": float(pearsonr(a, b).statistic),
                            "spearman_abs": float(spearmanr(np.abs(a), np.abs(b)).statistic), "seconds": secs,
                            "speedup": truth.seconds / secs}
         circ.details["vs_patching"] = vs
-        out.head_scores.append(HeadScores(
-            "circuit", f"{task_name}_patching_{metric_name}", truth.head_scores, prov,
-            description=f"{metric_name} change when the head's corrupted output is patched into the clean run",
-            params={"task": task_name}, summary={"seconds": truth.seconds}, arrays={"mlp_scores": truth.mlp_scores}))
-    if overlap_enc is not None:
-        found_b = find_circuit(lm, overlap_enc, method, metric, ig_steps=ig_steps, top_n=top_n, threshold=threshold,
-                               max_rows=max_rows, task_name=overlap_name, progress=progress, executor=executor)
-        circ_b = found_b.circuit
-        task = progress.task(f"faithfulness on {overlap_name}", total=1)
-        circ_b.faithfulness = faithfulness(lm, overlap_enc, circ_b, metric, max_rows=max_rows)
+        out.head_scores.append(_head_result(task_name, "patching", metric_name, truth, prov, 0))
+        out.head_scores.append(_head_result(task_name, other.value, metric_name, other_found, prov, ig_steps))
+    if curves:
+        out.curves = faithfulness_curves(lm, eval_enc, rankings, metric=metric, task_name=task_name, provenance=prov,
+                                         setting_edges=setting, setting_heads=setting, edge_sizes=edge_sizes, head_sizes=head_sizes, max_rows=min(max_rows, 32),
+                                         params={"n_examples_find": enc.n_examples, "ig_steps": ig_steps,
+                                                 "eval_prompts": "same" if eval_enc is enc else "held out"},
+                                         progress=progress)
+        circ.details["curves"] = {c.metric: c.summary["smallest_reaching"] for c in out.curves}
+    if settings_table:
+        task = progress.task("faithfulness under each ablation setting", total=1)
+        circ.details["settings"] = compare_settings(lm, eval_enc, circ, metric, max_rows=min(max_rows, 32))
         task.advance()
-        circ_b.name, circ_b.task, circ_b.metric = f"{overlap_name}_{method.value}", overlap_name, metric_name
-        if circ_b.name == circ.name:
-            circ_b.name += "_overlap"
-        circ_b.provenance = Provenance.for_model(lm.facts, seeds=(seed,), prompts=f"{overlap_enc.n_examples} "
-                                                 f"{overlap_name} prompts",
-                                                 inputs=[b.clean.tolist() for b in overlap_enc.batches])
-        circ_b.description = f"{method.value} circuit of {overlap_name} ({metric_name})"
-        circ.details["overlap"] = {"task_b": overlap_name, "circuit_b": circ_b.name, **overlap(circ, circ_b)}
-        out.others.append(circ_b)
+    if overlap_enc is not None:
+        out.others.append(_overlap(lm, circ, overlap_enc, overlap_name, method, metric, ig_steps=ig_steps, top_n=top_n,
+                                   threshold=threshold, max_rows=max_rows, seed=seed, setting=setting,
+                                   random_circuits=random_circuits, patch_mlps=patch_mlps, unit=unit,
+                                   progress=progress, executor=executor))
     return out
+
+
+def load_patching(path, facts) -> Found:
+    """Per-head patching scores saved by an earlier ``lens circuit --method patching`` (or ``lens
+    ablate --sweep heads --method patch``) run, as a :class:`Found` for :func:`circuit_study`."""
+    from pathlib import Path
+
+    hs = HeadScores.load(path)
+    if hs.shape != (facts.n_layers, facts.n_heads) or hs.provenance.model != facts.name:
+        raise SelectionError(f"patching scores {path} are for {hs.provenance.model} ({hs.shape[0]}x{hs.shape[1]} heads), "
+                             f"not {facts.name} ({facts.n_layers}x{facts.n_heads})")
+    mlp = hs.arrays.get("mlp_scores", hs.arrays.get("mlp_effect", np.full(facts.n_layers, np.nan)))
+    c = Circuit([], [], description=f"{Path(path).name} ({hs.provenance.prompts}, {hs.provenance.created})")
+    return Found(c, hs.scores, np.asarray(mlp, dtype=float), float(hs.summary.get("seconds", hs.summary.get(
+        "seconds_all_items", float("nan")))))
+
+
+def _head_result(task_name, method, metric_name, found: Found, prov, ig_steps) -> HeadScores:
+    what = ("change when the head's corrupted output is patched into the clean run" if method == "patching" else
+            "estimate of the change when the head's corrupted output is patched in")
+    return HeadScores("circuit", f"{task_name}_{method}_{metric_name}", found.head_scores, prov,
+                      description=f"{method} {metric_name} {what}",
+                      params={"task": task_name, "ig_steps": ig_steps if method == "eap-ig" else 0},
+                      summary={"seconds": found.seconds}, arrays={"mlp_scores": found.mlp_scores})
+
+
+def _overlap(lm, circ: Circuit, overlap_enc, overlap_name: str, method, metric, *, ig_steps, top_n, threshold,
+             max_rows, seed, setting, random_circuits, patch_mlps, unit, progress, executor=None) -> Circuit:
+    from analyses.circuits.circuit import faithfulness, overlap
+    from analyses.circuits.reuse import random_overlap
+
+    found_b = find_circuit(lm, overlap_enc, method, metric, ig_steps=ig_steps, top_n=top_n, threshold=threshold,
+                           max_rows=max_rows, task_name=overlap_name, patch_mlps=patch_mlps, unit=unit,
+                           progress=progress, executor=executor)
+    circ_b = found_b.circuit
+    task = progress.task(f"faithfulness on {overlap_name}", total=1)
+    circ_b.faithfulness = faithfulness(lm, overlap_enc, circ_b, metric, setting=setting, max_rows=min(max_rows, 32))
+    task.advance()
+    metric_name = getattr(metric, "value", str(metric))
+    circ_b.name, circ_b.task, circ_b.metric = f"{overlap_name}_{method.value}", overlap_name, metric_name
+    if circ_b.name == circ.name:
+        circ_b.name += "_overlap"
+    circ_b.provenance = Provenance.for_model(lm.facts, seeds=(seed,), prompts=f"{overlap_enc.n_examples} "
+                                             f"{overlap_name} prompts",
+                                             inputs=[b.clean.tolist() for b in overlap_enc.batches])
+    circ_b.description = f"{method.value} circuit of {overlap_name} ({metric_name})"
+    circ.details["overlap"] = {"task_b": overlap_name, "circuit_b": circ_b.name, **overlap(circ, circ_b),
+                               "random_baseline": random_overlap(circ, circ_b, lm.facts, n=random_circuits, seed=seed)}
+    return circ_b

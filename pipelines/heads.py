@@ -58,17 +58,31 @@ def run_sinks(lm, prompts: Sequence[str], *, source: str = "pattern", min_querie
 
 
 def run_taxonomy(lm, *, repeat_len: int = 50, batch: int = 4, seed: int = 0, progress: Progress = SILENT):
-    """Head-type scores on repeated random token sequences."""
-    from analyses.collect import taxonomy_patterns
+    """Head-type scores on repeated random token sequences ``prefix + r + r`` and on the same
+    tokens shuffled (``prefix + s + s``, ``s`` a seeded permutation of ``r``), which separates
+    position-driven from content-driven attention."""
+    import torch
+
+    import lens
+    from analyses.collect import repeated_tokens
     from analyses.taxonomy import taxonomy_scores
 
-    task = progress.task("taxonomy: repeated random tokens", total=1)
-    patterns, offset = taxonomy_patterns(lm, repeat_len=repeat_len, batch=batch, seed=seed)
-    task.advance()
-    prov = Provenance.for_model(lm.facts, seeds=(seed,), prompts=f"{batch} x repeated random tokens ({repeat_len})",
-                                inputs=[repeat_len, batch, seed])
+    task = progress.task("taxonomy: repeated random tokens, original and shuffled", total=2)
+    ids, offset = repeated_tokens(lm, repeat_len=repeat_len, batch=batch, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    r = ids[:, offset:offset + repeat_len]
+    perm = torch.stack([torch.randperm(repeat_len, generator=g) for _ in range(batch)])
+    s = torch.gather(r, 1, perm)
+    shuffled_ids = torch.cat([ids[:, :offset], s, s], dim=1)
+    patterns, shuffled = {}, {}
+    for out, x in ((patterns, ids), (shuffled, shuffled_ids)):
+        cap = lens.run(lm, x, sites=[lens.Site.PATTERN]).capture
+        out.update({layer: cap.pattern(layer) for layer in range(lm.facts.n_layers)})
+        task.advance()
+    prov = Provenance.for_model(lm.facts, seeds=(seed,), prompts=f"{batch} x repeated random tokens ({repeat_len}), "
+                                "and the same shuffled", inputs=[repeat_len, batch, seed])
     return taxonomy_scores(patterns, n_layers=lm.facts.n_layers, n_heads=lm.facts.n_heads, repeat_len=repeat_len,
-                           offset=offset, provenance=prov)
+                           offset=offset, shuffled=shuffled, provenance=prov)
 
 
 def run_retrieval(lm, trials, *, source: str = "pattern", max_new_tokens: int = 40, progress: Progress = SILENT,
@@ -144,14 +158,16 @@ def run_streaming(lm, *, length: int = 512, n_prompts: int = 2, source: str = "p
     return results
 
 
-def run_gates(lm, *, steps: int = 8, length: int = 256, prompts: int = 2, lr: float = 0.1,
-              retrieval: np.ndarray | None = None, progress: Progress = SILENT):
-    """DuoAttention gates per KV head, optimised on synthetic passkeys with the model frozen."""
+def run_gates(lm, *, steps: int = 100, length: int = 256, prompts: int = 1, lr: float = 0.1,
+              objective: str = "decode", retrieval: np.ndarray | None = None, progress: Progress = SILENT):
+    """DuoAttention gates per KV head, optimised on synthetic passkeys with the model frozen,
+    until the split converges or ``steps`` (see :mod:`analyses.duo_gates`)."""
     from analyses.duo_gates import GateConfig, train_gates
     from analyses.streaming import gate_scores
 
-    cfg = GateConfig(steps=steps, length=length, prompts=prompts, lr=lr)
-    task = progress.task("DuoAttention gates: optimising", total=steps)
+    cfg = GateConfig(steps=steps, length=length, prompts=prompts, lr=lr, objective=objective)
+    task = progress.task(f"DuoAttention gates ({cfg.objective.value} objective): optimising until the split is "
+                         "stable", total=steps)
     gates, record = train_gates(lm, cfg, on_step=lambda i, loss: task.advance())
     prov = Provenance.for_model(lm.facts, seeds=(cfg.seed,), prompts=f"{prompts} synthetic passkey prompts of {length}",
                                 inputs=[cfg])

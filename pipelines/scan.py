@@ -34,7 +34,7 @@ class ScanSettings:
     source: str = "pattern"  # "pattern" or "kernel" for retrieval, sinks and streaming
     chat: bool | None = None  # chat-format NIAH prompts (default: when the model has a template)
     captures: int = 2  # prose example captures (patterns, q, k) for the explorer and the Q/K map
-    gate_steps: int | None = None  # DuoAttention gate optimisation steps (default 0: not run; thorough 50)
+    gate_steps: int | None = None  # DuoAttention gate steps at most (default 0: not run; thorough 300, early stop)
 
     def __post_init__(self) -> None:
         if self.source not in ("pattern", "kernel"):
@@ -65,7 +65,7 @@ class ScanSettings:
 
     @property
     def gates(self) -> int:
-        return self.gate_steps if self.gate_steps is not None else (50 if self.thorough else 0)
+        return self.gate_steps if self.gate_steps is not None else (300 if self.thorough else 0)
 
 
 @dataclass
@@ -181,8 +181,8 @@ def _streaming(lm, plan: Plan, retrieval: np.ndarray | None, progress: Progress 
                                               source=s.source, retrieval=retrieval, chat=plan.chat,
                                               progress=progress))
     if s.gates:
-        part.add("streaming", heads.run_gates(lm, steps=s.gates, length=512 if s.thorough else 256,
-                                              prompts=4 if s.thorough else 2, retrieval=retrieval,
+        part.add("streaming", heads.run_gates(lm, steps=s.gates, length=1024 if s.thorough else 256,
+                                              prompts=4 if s.thorough else 1, retrieval=retrieval,
                                               progress=progress))
     return part
 

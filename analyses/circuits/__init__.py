@@ -3,6 +3,7 @@ circuit selection, faithfulness and overlap. See docs/circuits.md."""
 
 from analyses.circuits.ablation import (
     Context,
+    MeanOver,
     Method,
     all_heads,
     per_position_effects,
@@ -29,7 +30,7 @@ from analyses.circuits.tasks import (
 from lens.heads import MlpRef
 
 __all__ = [
-    "TASK_NAMES", "Context", "EncodedTask", "Example", "Method", "Metric", "MlpRef", "Task", "TaskBatch",
+    "TASK_NAMES", "Context", "EncodedTask", "Example", "MeanOver", "Method", "Metric", "MlpRef", "Task", "TaskBatch",
     "TaskError", "all_heads", "colored_objects", "encode_task", "greater_than", "ioi", "load_jsonl", "load_task",
     "niah", "per_position_effects", "per_row", "prepare", "random_sets", "score_sets",
 ]

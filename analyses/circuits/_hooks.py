@@ -22,17 +22,42 @@ from lens.heads import MlpRef  # noqa: F401  (re-exported: circuits name MLPs wi
 _Q, _K, _V = ("q_proj", "query", "q"), ("k_proj", "key", "k"), ("v_proj", "value", "v")
 _ATTN_NORM = ("input_layernorm", "ln_1", "attention_norm", "ln1")
 _MLP_NORM = ("post_attention_layernorm", "ln_2", "ffn_norm", "ln2")
+_FINAL_NORM = ("norm", "ln_f", "final_layernorm", "final_norm")
 
 
 @dataclass
 class Acts:
     """What one plain forward recorded: per layer z ``[batch, pos, head, d_head]`` and MLP
-    output ``[batch, pos, d_model]``, the embeddings and the last position's logits."""
+    output ``[batch, pos, d_model]``, the embeddings and the last position's logits; with
+    ``residuals``, also the residual stream entering each layer's attention norm
+    (``resid_pre``) and MLP norm (``resid_mid``) and the final norm (``final``), each
+    ``[batch, pos, d_model]`` (edge-level evaluation reads receivers' reference inputs there)."""
 
     z: list[Tensor]
     mlp: list[Tensor]
     embed: Tensor
     logits: Float[Tensor, "batch vocab"]
+    resid_pre: list[Tensor] | None = None
+    resid_mid: list[Tensor] | None = None
+    final: Tensor | None = None
+
+    def mean(self) -> Acts:
+        """Per-position means over the batch (every tensor keeps a batch axis of 1)."""
+        m = lambda t: None if t is None else t.mean(0, keepdim=True)  # noqa: E731
+        ml = lambda ts: None if ts is None else [m(t) for t in ts]  # noqa: E731
+        return Acts(ml(self.z), ml(self.mlp), m(self.embed), m(self.logits), ml(self.resid_pre),
+                    ml(self.resid_mid), m(self.final))
+
+    @staticmethod
+    def cat(parts: list[Acts]) -> Acts:
+        """Several captures of prompts of one length, stacked along the batch."""
+        if len(parts) == 1:
+            return parts[0]
+        c = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
+        cl = lambda k: None if getattr(parts[0], k) is None else [  # noqa: E731
+            torch.cat(ts) for ts in zip(*(getattr(p, k) for p in parts))]
+        return Acts(cl("z"), cl("mlp"), c([p.embed for p in parts]), c([p.logits for p in parts]), cl("resid_pre"),
+                    cl("resid_mid"), c([p.final for p in parts]))
 
     @property
     def reference(self) -> Reference:
@@ -62,6 +87,11 @@ class Parts:
     def attn_norm(self, layer): return _child(self.adapter.block(layer), _ATTN_NORM, "attention input norm", layer)
     def mlp_norm(self, layer): return _child(self.adapter.block(layer), _MLP_NORM, "MLP input norm", layer)
 
+    def final_norm(self) -> nn.Module:
+        """The norm between the last block and the unembedding."""
+        base = getattr(self.lm.model, "model", None) or getattr(self.lm.model, "transformer", None) or self.lm.model
+        return _child(base, _FINAL_NORM, "final norm", self.facts.n_layers)
+
     def w_o(self, layer: int) -> Float[Tensor, "head d_model d_head"]:
         w = self.adapter.out_proj(layer).weight  # [d_model, head * d_head]
         return w.detach().view(w.shape[0], self.facts.n_heads, self.facts.d_head).permute(1, 0, 2)
@@ -83,11 +113,14 @@ def last_logits(parts: Parts, ids: Tensor, groups: EditGroups = ((),), *,
     return torch.cat(out)
 
 
-def capture(parts: Parts, ids: Tensor) -> Acts:
-    """One plain forward over ``ids [N, pos]`` recording z, MLP outputs and embeddings."""
+def capture(parts: Parts, ids: Tensor, *, residuals: bool = False) -> Acts:
+    """One plain forward over ``ids [N, pos]`` recording z, MLP outputs and embeddings (and,
+    with ``residuals``, the residual stream at every norm's input)."""
     L = parts.facts.n_layers
     z: list = [None] * L
     mlp: list = [None] * L
+    pre: list = [None] * L
+    mid: list = [None] * L
     store: dict = {}
     handles = [parts.lm.model.get_input_embeddings().register_forward_hook(
         lambda m, a, out: store.__setitem__("embed", out.detach().clone()))]
@@ -100,10 +133,20 @@ def capture(parts: Parts, ids: Tensor) -> Acts:
             mlp[layer] = out.detach().clone()
         handles.append(parts.adapter.out_proj(layer).register_forward_pre_hook(zh))
         handles.append(parts.adapter.mlp(layer).register_forward_hook(mh))
+        if residuals:
+            handles.append(parts.attn_norm(layer).register_forward_pre_hook(
+                lambda m, args, layer=layer: pre.__setitem__(layer, args[0].detach().clone())))
+            handles.append(parts.mlp_norm(layer).register_forward_pre_hook(
+                lambda m, args, layer=layer: mid.__setitem__(layer, args[0].detach().clone())))
+    if residuals:
+        handles.append(parts.final_norm().register_forward_pre_hook(
+            lambda m, args: store.__setitem__("final", args[0].detach().clone())))
     try:
         with torch.no_grad():
             logits = parts.lm.model(input_ids=ids.to(parts.lm.device), logits_to_keep=1).logits[:, -1].float()
     finally:
         for h in handles:
             h.remove()
-    return Acts(z=z, mlp=mlp, embed=store["embed"], logits=logits)
+    if not residuals:
+        return Acts(z=z, mlp=mlp, embed=store["embed"], logits=logits)
+    return Acts(z=z, mlp=mlp, embed=store["embed"], logits=logits, resid_pre=pre, resid_mid=mid, final=store["final"])

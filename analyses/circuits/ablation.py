@@ -3,8 +3,11 @@
 Methods (what replaces a component's output on the clean prompts):
 
 - ``zero``: zeros.
-- ``mean``: its mean over the reference set, per position (the task's corrupted prompts,
-  which share the clean prompts' template and length; Wang et al.'s ABC mean).
+- ``mean``: its mean over the reference set, per position: the task's corrupted prompts of
+  the same template and length (Wang et al.'s ABC mean, ``MeanOver.TEMPLATE``, pooled over
+  every batch of that class), of every prompt of the same token length whatever its template
+  (``MeanOver.LENGTH``: templates of one length averaged position by position out of
+  alignment, for comparison), or of the same encoded batch (``MeanOver.BATCH``).
 - ``resample``: its output on a randomly drawn corrupted prompt (seeded).
 - ``patch``: its output on the paired corrupted prompt (activation patching, noising
   direction: the effect is metric(patched) - metric(clean)).
@@ -30,6 +33,14 @@ from lens.edits import Edit, Over, Zero, mean_ablation, patch, resample_ablation
 from lens.heads import HeadRef, MlpRef
 
 Component = HeadRef | MlpRef
+
+
+class MeanOver(str, Enum):
+    """Which corrupted prompts a mean reference averages over (per position)."""
+
+    TEMPLATE = "template"  # every corrupted prompt of the same template (position class) and length
+    LENGTH = "length"  # every corrupted prompt of the same token length, whatever its template (misaligned)
+    BATCH = "batch"  # the corrupted prompts of the same encoded batch only
 
 
 class Method(str, Enum):
@@ -58,6 +69,8 @@ class Context:
     refs: list[Acts | None]
     clean_rows: list[torch.Tensor]  # the metric per clean row, per batch
     perms: list[torch.Tensor] = field(default_factory=list)  # resample: source row per row
+    mean_over: MeanOver = MeanOver.TEMPLATE
+    corrupted_rows: list[torch.Tensor] = field(default_factory=list)  # the metric per corrupted row, per batch
 
     @property
     def baseline(self) -> float:
@@ -67,19 +80,51 @@ class Context:
     def n_examples(self) -> int:
         return self.enc.n_examples
 
+    @property
+    def corrupted_baseline(self) -> float:
+        """The metric of the whole model on the corrupted prompts (with the clean answers)."""
+        return float(torch.cat(self.corrupted_rows).mean())
 
-def prepare(lm, enc: EncodedTask, method: Method | str, metric: Metric | str, *, seed: int = 0) -> Context:
-    """Clean metric per row and, except for zero ablation, the reference activations."""
-    method, metric = Method(method), Metric(metric)
+
+def prepare(lm, enc: EncodedTask, method: Method | str, metric: Metric | str, *, seed: int = 0,
+            mean_over: MeanOver | str = MeanOver.TEMPLATE, residuals: bool = False) -> Context:
+    """Clean metric per row and, except for zero ablation, the reference activations.
+
+    For ``mean``, each batch's reference is the per-position mean over its ``mean_over``
+    class (``refs[i]`` then has a batch axis of 1). ``residuals`` also records the reference
+    residual streams (edge-level evaluation needs them).
+    """
+    method, metric, mean_over = Method(method), Metric(metric), MeanOver(mean_over)
     parts = Parts(lm)
-    refs, clean_rows, perms = [], [], []
+    refs, clean_rows, perms, corr_rows = [], [], [], []
     g = torch.Generator().manual_seed(seed)
     for b in enc.batches:
         logits = last_logits(parts, b.clean)[0]
         clean_rows.append(per_row(metric, logits, b.answer, b.distractor))
-        refs.append(None if method is Method.ZERO else capture(parts, b.corrupted))
+        ref = None if method is Method.ZERO else capture(parts, b.corrupted, residuals=residuals)
+        refs.append(ref)
+        if ref is not None:
+            corr_rows.append(per_row(metric, ref.logits, b.answer, b.distractor))
         perms.append(torch.randint(0, b.size, (b.size,), generator=g))
-    return Context(parts, enc, method, metric, seed, refs, clean_rows, perms)
+    if method is Method.MEAN:
+        refs = _class_means(enc, refs, mean_over)
+    return Context(parts, enc, method, metric, seed, refs, clean_rows, perms, mean_over, corr_rows)
+
+
+def _class_means(enc: EncodedTask, refs: list[Acts], mean_over: MeanOver) -> list[Acts]:
+    """Each batch's reference replaced by the per-position mean over its class."""
+    if mean_over is MeanOver.BATCH:
+        return [r.mean() for r in refs]
+    classes: dict = {}
+    for i, b in enumerate(enc.batches):
+        key = b.position_class if mean_over is MeanOver.TEMPLATE else b.clean.shape[1]
+        classes.setdefault(key, []).append(i)
+    out: list = [None] * len(refs)
+    for members in classes.values():
+        m = Acts.cat([refs[i] for i in members]).mean()
+        for i in members:
+            out[i] = m
+    return out
 
 
 def edits_for(ctx: Context, batch: int, components: Sequence[Component], pos: int | None = None) -> list[Edit]:
@@ -87,7 +132,7 @@ def edits_for(ctx: Context, batch: int, components: Sequence[Component], pos: in
     if ctx.method is Method.ZERO:
         return [Edit(c, Zero(), pos) for c in components]
     ref = ctx.refs[batch].reference
-    if ctx.method is Method.MEAN:
+    if ctx.method is Method.MEAN:  # the reference is already the class mean (one row)
         return mean_ablation(ref, components, over=Over.BATCH, position=pos)
     if ctx.method is Method.RESAMPLE:
         return resample_ablation(ref, components, batch=ctx.enc.batches[batch].size, rows=ctx.perms[batch],

@@ -2,19 +2,24 @@
 
 A circuit (:class:`formats.Circuit`, the file format ``lens circuit`` writes) is a set of
 edges plus the heads and MLPs that lie on a path of selected edges to the logits (a key or
-value receiver stands for every query head of its KV head). Faithfulness follows
-METHODS.md: the task metric with every head and MLP outside the circuit mean-ablated
-(per-position mean over the task's corrupted prompts), as a fraction of the full model's
-metric. This is node-level ablation: an edge between two circuit nodes that was not
-selected is kept.
+value receiver stands for every query head of its KV head), or a set of heads and MLPs.
+Faithfulness follows METHODS.md: the task metric with everything outside the circuit
+ablated, as a fraction of the full model's metric; what "outside" means, and what replaces
+it, is an :class:`~analyses.circuits.evaluation.EvalSetting` (edge- or node-level, corrupted
+or mean, heads only or heads and MLPs), by default the published one for the circuit's kind.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from analyses.circuits.ablation import all_heads, prepare, score_sets
 from analyses.circuits.eap import EdgeScores
+from analyses.circuits.evaluation import (
+    EvalSetting,
+    faithfulness_of,
+    prepare_setting,
+    published_setting,
+)
 from analyses.circuits.metrics import Metric
 from analyses.circuits.tasks import EncodedTask, TaskError
 from formats.circuit import Circuit, Node, NodeKind
@@ -68,20 +73,13 @@ def select_nodes(head_scores: np.ndarray, mlp_scores: np.ndarray | None, *, top_
 
 
 def faithfulness(lm, enc: EncodedTask, circuit: Circuit, metric: Metric | str = Metric.LOGIT_DIFF, *,
-                 max_rows: int = 64) -> dict:
-    """Metric of the full model, of the circuit (rest mean-ablated) and of nothing (all mean-ablated)."""
-    ctx = prepare(lm, enc, "mean", metric)
-    facts = lm.facts
-    inside = {HeadRef(la, h) for la, h in circuit.heads}
-    everything = all_heads(facts) + [MlpRef(la) for la in range(facts.n_layers)]
-    outside = [h for h in all_heads(facts) if h not in inside] + [MlpRef(la) for la in range(facts.n_layers)
-                                                                  if la not in circuit.mlps]
-    circ, empty = score_sets(ctx, [outside, everything], max_rows=max_rows)
-    full = ctx.baseline
-    return {"full": full, "circuit": float(circ), "empty": float(empty),
-            "faithfulness": float(circ / full) if full else float("nan"),
-            "normalized_faithfulness": float((circ - empty) / (full - empty)) if full != empty else float("nan"),
-            "n_heads": len(circuit.heads), "n_mlps": len(circuit.mlps), "n_edges": len(circuit.edges)}
+                 setting: EvalSetting | None = None, max_rows: int = 32) -> dict:
+    """Metric of the full model, of the circuit and of the empty circuit under ``setting``
+    (default: the published one for this kind of circuit, :func:`published_setting`), their
+    ratios and the setting's choices."""
+    setting = setting or published_setting(circuit)
+    ctx = prepare_setting(lm, enc, metric, setting)
+    return faithfulness_of(ctx, [circuit], setting, max_rows=max_rows)[0]
 
 
 def overlap(a: Circuit, b: Circuit) -> dict:

@@ -38,6 +38,7 @@ class Example:
     corrupted: str  # a counterfactual prompt of the same token length
     distractor: str | None = None  # the competing answer for logit difference, e.g. " John"
     source: str = ""  # where it came from, for error messages ("tasks.jsonl:7")
+    group: str = ""  # the template (position class) it was built from; mean references are taken per group
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Task:
     name: str
     examples: list[Example]
     skipped: list[str] = field(default_factory=list)  # why lines were skipped (user files)
+    notes: list[str] = field(default_factory=list)  # choices made when building it (e.g. a template left out, and why)
 
 
 @dataclass
@@ -56,10 +58,16 @@ class TaskBatch:
     answer: Int[Tensor, " batch"]
     distractor: Int[Tensor, " batch"]  # -1 where the example has no distractor
     examples: list[Example]
+    group: str = ""  # every example of a batch shares its group (template) and token length
 
     @property
     def size(self) -> int:
         return self.clean.shape[0]
+
+    @property
+    def position_class(self) -> tuple[str, int]:
+        """(group, token length): prompts of one class are aligned position by position."""
+        return self.group, self.clean.shape[1]
 
 
 @dataclass
@@ -67,6 +75,7 @@ class EncodedTask:
     name: str
     batches: list[TaskBatch]
     skipped: list[str]
+    notes: list[str] = field(default_factory=list)
 
     @property
     def n_examples(self) -> int:
@@ -88,14 +97,15 @@ def single_token(tokenizer, text: str, what: str) -> int:
 
 
 def encode_task(task: Task, tokenizer, *, max_batch: int = 32, skip_bad: bool = False) -> EncodedTask:
-    """Tokenize ``task`` into batches of equal length (at most ``max_batch`` rows each).
+    """Tokenize ``task`` into batches of one group (template) and one token length (at most
+    ``max_batch`` rows each), so that prompts of a batch are aligned position by position.
 
     Examples whose answer or distractor is not one token, or whose corrupted prompt has a
     different token length, raise :class:`TaskError` naming the example — or, with
     ``skip_bad``, are dropped and listed in ``skipped``.
     """
     skipped = list(task.skipped)
-    by_len: dict[int, list[tuple]] = {}
+    by_len: dict[tuple[str, int], list[tuple]] = {}
     for i, ex in enumerate(task.examples):
         where = ex.source or f"{task.name} example {i}"
         try:
@@ -111,19 +121,19 @@ def encode_task(task: Task, tokenizer, *, max_batch: int = 32, skip_bad: bool = 
                 raise
             skipped.append(str(err))
             continue
-        by_len.setdefault(len(clean), []).append((clean, corr, a, d, ex))
+        by_len.setdefault((ex.group, len(clean)), []).append((clean, corr, a, d, ex))
     if not by_len:
         raise TaskError(f"task {task.name!r} has no usable examples" + (f" ({len(skipped)} skipped)" if skipped else ""))
     batches = []
-    for length in sorted(by_len):
-        rows = by_len[length]
+    for key in sorted(by_len, key=lambda k: (k[1], k[0])):
+        rows = by_len[key]
         for s in range(0, len(rows), max_batch):
             chunk = rows[s:s + max_batch]
             batches.append(TaskBatch(
                 clean=torch.tensor([r[0] for r in chunk]), corrupted=torch.tensor([r[1] for r in chunk]),
                 answer=torch.tensor([r[2] for r in chunk]), distractor=torch.tensor([r[3] for r in chunk]),
-                examples=[r[4] for r in chunk]))
-    return EncodedTask(task.name, batches, skipped)
+                examples=[r[4] for r in chunk], group=key[0]))
+    return EncodedTask(task.name, batches, skipped, list(task.notes))
 
 
 # ---- built-in tasks ------------------------------------------------------------------
@@ -148,36 +158,59 @@ def _one_token_words(tokenizer, words: Sequence[str]) -> list[str]:
     return [w for w in words if len(tokenizer(" " + w, add_special_tokens=False).input_ids) == 1]
 
 
-def ioi(tokenizer=None, n: int = 200, *, seed: int = 0, order: str = "both", template: int | None = None) -> Task:
+# Templates a model does not solve are left out of the default set, with the measurement that
+# says so (a circuit of a template the model fails describes noise). Measured on
+# SmolLM2-135M-Instruct, 24 prompts per template, seed 0 (docs/circuits.md).
+IOI_WEAK_TEMPLATES = {
+    5: "'Friends ... found a {OBJECT} ... gave it to' is not solved by SmolLM2-135M: clean logit diff 0.80 "
+       "(sd 3.41), accuracy 0.50 on 24 prompts (seed 0), against 4.1-5.0 and 0.92-1.00 for templates 0-4",
+}
+IOI_DEFAULT_TEMPLATES = tuple(k for k in range(len(IOI_TEMPLATES)) if k not in IOI_WEAK_TEMPLATES)
+
+
+def ioi(tokenizer=None, n: int = 200, *, seed: int = 0, order: str = "both", template: int | None = None,
+        templates: Sequence[int] | None = None) -> Task:
     """Indirect object identification. ``order``: "ABBA", "BABA" or "both" (alternating);
-    ``template``: only that one of ``IOI_TEMPLATES`` (every prompt then has one token length,
-    which batches best), else all in turn.
+    ``template``: only that one of ``IOI_TEMPLATES``; ``templates``: those; default
+    ``IOI_DEFAULT_TEMPLATES`` (the weak template is left out, the reason is in ``Task.notes``).
+    Prompts cycle through the templates; each template draws its names, places and objects
+    from its own seeded stream, so templates do not share name draws.
 
     Clean: "When Mary and John went to the store, John gave a drink to" -> " Mary"
     (distractor " John"). Corrupted (ABC): the three name slots hold three other names,
     so the prompt keeps its form but no longer says who the indirect object is.
     """
-    if template is not None and not 0 <= template < len(IOI_TEMPLATES):
-        raise TaskError(f"--template {template} is out of range: IOI has templates 0-{len(IOI_TEMPLATES) - 1}")
-    templates = IOI_TEMPLATES if template is None else [IOI_TEMPLATES[template]]
+    if template is not None and templates is not None:
+        raise TaskError("give template or templates, not both")
+    chosen = [template] if template is not None else list(IOI_DEFAULT_TEMPLATES if templates is None else templates)
+    bad = [k for k in chosen if not isinstance(k, int) or not 0 <= k < len(IOI_TEMPLATES)]
+    if bad or not chosen:
+        raise TaskError(f"--template {bad[0] if bad else 'list'} is out of range: IOI has templates "
+                        f"0-{len(IOI_TEMPLATES) - 1}")
     if order not in ("ABBA", "BABA", "both"):
         raise TaskError(f"order must be ABBA, BABA or both, got {order!r}")
     names = _one_token_words(tokenizer, NAMES)
     if len(names) < 5:
         raise TaskError(f"only {len(names)} of the IOI names are single tokens for this tokenizer: need at least 5")
     places, objects = _one_token_words(tokenizer, PLACES), _one_token_words(tokenizer, OBJECTS)
-    rng = random.Random(seed)
+    rngs = {k: random.Random(f"ioi:{seed}:{k}") for k in chosen}  # str seeds are stable across runs
+    made = dict.fromkeys(chosen, 0)
     out = []
     for i in range(n):
-        tpl = templates[i % len(templates)]
+        k = chosen[i % len(chosen)]
+        tpl, rng, j = IOI_TEMPLATES[k], rngs[k], made[k]
+        made[k] += 1
         io, s, c, d, e = rng.sample(names, 5)
         place, obj = rng.choice(places or PLACES), rng.choice(objects or OBJECTS)
-        baba = order == "BABA" or (order == "both" and (i // len(templates)) % 2 == 1)
+        baba = order == "BABA" or (order == "both" and j % 2 == 1)
         first, second = (s, io) if baba else (io, s)
         clean = _fill(tpl, first, second, s, place, obj)
         corrupted = _fill(tpl, c, d, e, place, obj)
-        out.append(Example(clean, " " + io, corrupted, " " + s, f"ioi {'BABA' if baba else 'ABBA'} {i}"))
-    return Task("ioi", out)
+        out.append(Example(clean, " " + io, corrupted, " " + s, f"ioi template {k} {'BABA' if baba else 'ABBA'} {j}",
+                           group=f"template {k}"))
+    notes = [f"template {k} left out: {why}" for k, why in IOI_WEAK_TEMPLATES.items()
+             if template is None and templates is None]
+    return Task("ioi", out, notes=notes)
 
 
 def _fill(tpl: str, first: str, second: str, subject: str, place: str, obj: str) -> str:
@@ -311,15 +344,16 @@ def _parse_line(line: str, where: str) -> Example:
 
 
 def load_task(name: str, tokenizer=None, *, n: int = 200, seed: int = 0, strict: bool = False,
-              template: int | None = None) -> Task:
-    """A built-in task by name (see ``TASK_NAMES``) or a ``.jsonl`` file (``template``: IOI only)."""
+              template: int | None = None, templates: Sequence[int] | None = None) -> Task:
+    """A built-in task by name (see ``TASK_NAMES``) or a ``.jsonl`` file (``template``,
+    ``templates``: IOI only)."""
     builders = {"ioi": ioi, "colored-objects": colored_objects, "greater-than": greater_than, "niah": niah}
     if name in builders:
         if n < 1:
             raise TaskError(f"--n-prompts must be >= 1, got {n}")
         if name == "ioi":
-            return ioi(tokenizer, n, seed=seed, template=template)
-        if template is not None:
+            return ioi(tokenizer, n, seed=seed, template=template, templates=templates)
+        if template is not None or templates is not None:
             raise TaskError(f"--template applies to the ioi task only, not {name!r}")
         return builders[name](tokenizer, n, seed=seed)
     if name.endswith(".jsonl") or Path(name).is_file():

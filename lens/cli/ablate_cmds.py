@@ -61,10 +61,36 @@ class CircuitMethodName(str, enum.Enum):
     PATCHING = "patching"
 
 
-def _task(lm, task: str, n_prompts: int, seed: int, batch_size: int, strict: bool, template=None):
+class UnitName(str, enum.Enum):
+    EDGES = "edges"
+    HEADS = "heads"
+
+
+class LevelName(str, enum.Enum):
+    EDGE = "edge"
+    NODE = "node"
+
+
+class ReplacementName(str, enum.Enum):
+    CORRUPTED = "corrupted"
+    MEAN = "mean"
+
+
+class AblatedName(str, enum.Enum):
+    HEADS = "heads"
+    HEADS_AND_MLPS = "heads+mlps"
+
+
+class MeanOverName(str, enum.Enum):
+    TEMPLATE = "template"
+    LENGTH = "length"
+    BATCH = "batch"
+
+
+def _task(lm, task: str, n_prompts: int, seed: int, batch_size: int, strict: bool, template=None, templates=None):
     from analyses.circuits.tasks import encode_task, load_task
 
-    t = load_task(task, lm.tokenizer, n=n_prompts, seed=seed, strict=strict, template=template)
+    t = load_task(task, lm.tokenizer, n=n_prompts, seed=seed, strict=strict, template=template, templates=templates)
     enc = encode_task(t, lm.tokenizer, max_batch=batch_size, skip_bad=not strict)
     for why in enc.skipped[:10]:
         say(f"skipped {why}", "yellow")
@@ -209,12 +235,41 @@ def circuit(
     ig_steps: int = typer.Option(5, "--ig-steps", min=1, max=1000, help="Interpolation steps for eap-ig."),
     top_n: int = typer.Option(None, "--top-n", min=1, max=10_000_000,
                               help="Edges to keep (eap, eap-ig; default 100) or heads/MLPs (patching; default 20)."),
+    unit: UnitName = typer.Option(UnitName.EDGES, "--unit", help="eap, eap-ig: an edge circuit (top-n edges) or a "
+                                  "head circuit (top-n heads by node score, like patching)."),
     threshold: float = typer.Option(None, "--threshold", help="Keep edges with |score| >= this instead of --top-n."),
     compare_patching: bool = typer.Option(False, "--compare-patching", help="Also run the per-head patching loop on "
                                           "the same prompts: Spearman correlation and time ratio."),
-    overlap_task: str = typer.Option(None, "--overlap-task", help="Find the circuit of this task too and report the overlap."),
+    overlap_task: str = typer.Option(None, "--overlap-task", help="Find the circuit of this task too and report the "
+                                     "overlap, against random circuits of the same size."),
+    level: LevelName = typer.Option(None, "--level", help="Faithfulness: ablate edges (each receiver reads its own "
+                                    "input) or nodes outside the circuit. Default: the published setting (edge circuits: "
+                                    "edge, Hanna et al. 2024; head circuits: node, Wang et al. 2022)."),
+    replacement: ReplacementName = typer.Option(None, "--replacement", help="What replaces what is ablated: the paired "
+                                                "corrupted activation or the mean over corrupted prompts. Default: "
+                                                "published (edge: corrupted; heads: mean)."),
+    ablate_what: AblatedName = typer.Option(None, "--ablate", help="What is ablated outside the circuit: heads only "
+                                            "(MLPs kept, Wang et al.) or heads and MLPs (Hanna et al.). Default: "
+                                            "published."),
+    mean_over: MeanOverName = typer.Option(None, "--mean-over", help="Mean references per template (default), per "
+                                           "token length whatever the template (misaligned), or per encoded batch."),
+    curve: bool = typer.Option(False, "--curve", help="Faithfulness against circuit size for every ranking computed "
+                               "(edges 50-5000, heads 5-60) and the smallest size reaching 0.8."),
+    edge_sizes: str = typer.Option(None, "--edge-sizes", help="Edge counts of the curve, e.g. '50,100,500'."),
+    head_sizes: str = typer.Option(None, "--head-sizes", help="Head counts of the curve, e.g. '5,10,30'."),
+    eval_prompts: int = typer.Option(0, "--eval-prompts", min=0, max=100_000, help="Measure faithfulness on this many "
+                                     "other prompts (seed + 1) instead of the prompts the circuit was found on."),
+    settings_table: bool = typer.Option(False, "--settings-table", help="Also report the circuit's faithfulness under "
+                                        "each ablation setting."),
+    random_circuits: int = typer.Option(1000, "--random-circuits", min=1, max=1_000_000,
+                                        help="Random circuits of the same size for the overlap baseline."),
+    patch_mlps: bool = typer.Option(True, "--patch-mlps/--no-patch-mlps", help="Per-head patching also patches each MLP."),
+    patching_scores: Path = typer.Option(None, "--patching-scores", exists=True, dir_okay=False,
+                                         help="With --compare-patching: per-head patching scores of an earlier run on "
+                                         "the same prompts (circuit.TASK_patching_METRIC.json) instead of a new loop."),
     n_prompts: int = typer.Option(32, "--n-prompts", "-n", min=1, max=100_000, help="Prompts generated (or read)."),
-    template: int = typer.Option(None, "--template", min=0, help="IOI only: use this one template (0-5); default all."),
+    template: int = typer.Option(None, "--template", min=0, help="IOI only: use this one template (0-5); default "
+                                 "templates 0-4 (5 is left out: SmolLM2 does not solve it)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Prompt generation seed."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Prompts per forward."),
     max_rows: int = typer.Option(64, "--max-rows", min=1, max=65_536, help="Rows per forward when batching patching runs."),
@@ -241,7 +296,7 @@ def circuit(
       lens circuit smollm2-135m --task ioi --overlap-task colored-objects --force
     """
     from analyses.circuits.metrics import Metric
-    from pipelines.circuits import CircuitMethod, circuit_study
+    from pipelines.circuits import CircuitMethod, Unit, circuit_study, resolve_setting
 
     if top_n is not None and threshold is not None:
         raise SelectionError("give one of --top-n and --threshold, not both")
@@ -254,22 +309,36 @@ def circuit(
         _check_task_file(overlap_task)
     load_kw = placement(device_map, max_memory, offload_folder)
     ray_opts = ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
-    if load_kw and (method is not CircuitMethodName.PATCHING or compare_patching):
-        raise SelectionError("--device-map works with --method patching only: EAP and EAP-IG read the projection "
-                             "weights directly, which a split model keeps on disk or other devices")
+    if load_kw and (method is not CircuitMethodName.PATCHING or compare_patching or curve or settings_table):
+        raise SelectionError("--device-map works with --method patching only, without --curve and --settings-table: "
+                             "EAP, EAP-IG and edge-level evaluation read the projection weights directly, which a "
+                             "split model keeps on disk or other devices")
     if ray_opts is not None and method is not CircuitMethodName.PATCHING and not compare_patching:
         raise SelectionError("--ray runs the per-component patching loop: use it with --method patching or "
                              "--compare-patching")
+    e_sizes = int_list(edge_sizes, "edge-sizes", lo=1, max_count=64) if edge_sizes else None
+    h_sizes = int_list(head_sizes, "head-sizes", lo=1, max_count=64) if head_sizes else None
+    cmethod = CircuitMethod(method.value)
+    setting = resolve_setting(cmethod, level=level, replacement=replacement, ablated=ablate_what, mean_over=mean_over)
     check_out(out, force)
     met = Metric(metric.value)
     lm = load_model(model, **load_kw)
     enc = _task(lm, task, n_prompts, seed, batch_size, strict, template)
+    eval_enc = _task(lm, task, eval_prompts, seed + 1, batch_size, strict, template) if eval_prompts else None
     other = _task(lm, overlap_task, n_prompts, seed, batch_size, strict) if overlap_task else None
+    patching = None
+    if patching_scores is not None:
+        from pipelines.circuits import load_patching
+
+        patching = load_patching(patching_scores, lm.facts)
     with executor(lm, model, ray_opts, load_kw) as ex, writing(out, force) as tmp, progress() as bar:
-        study = circuit_study(lm, enc, task_name=Path(task).stem, method=CircuitMethod(method.value), metric=met,
+        study = circuit_study(lm, enc, task_name=Path(task).stem, method=cmethod, metric=met, patching=patching,
                               ig_steps=ig_steps, top_n=top_n, threshold=threshold, compare_patching=compare_patching,
                               overlap_enc=other, overlap_name=Path(overlap_task).stem if overlap_task else "",
-                              max_rows=max_rows, seed=seed, progress=bar, executor=ex if ex.distributed else None)
+                              max_rows=max_rows, seed=seed, setting=setting, curves=curve, eval_enc=eval_enc,
+                              edge_sizes=e_sizes, head_sizes=h_sizes, settings_table=settings_table,
+                              random_circuits=random_circuits, patch_mlps=patch_mlps, unit=Unit(unit.value),
+                              progress=bar, executor=ex if ex.distributed else None)
         study.save(tmp)
     c = study.circuit
     if json_out:
@@ -278,7 +347,16 @@ def circuit(
     f = c.faithfulness
     say(f"{task}: full {met.value} {f['full']:.3f}; circuit ({f['n_heads']} heads, {f['n_mlps']} MLPs, "
         f"{f['n_edges']} edges) {f['circuit']:.3f} -> faithfulness {f['faithfulness']:.2f} "
-        f"(all ablated: {f['empty']:.3f}); {method.value} took {c.details['seconds']:.1f} s")
+        f"(normalized {f['normalized_faithfulness']:.2f}, all ablated: {f['empty']:.3f}; setting {f['setting']}: "
+        f"{f['level']}-level, {f['replacement']}, ablating {f['ablated']}); {method.value} took "
+        f"{c.details['seconds']:.1f} s")
+    for cv in study.curves:
+        reach = ", ".join(f"{k} {'-' if v is None else int(v)}" for k, v in cv.summary["smallest_reaching"].items())
+        say(f"{cv.x_label}: smallest reaching faithfulness {cv.summary['threshold']}: {reach} "
+            f"(sizes {', '.join(str(int(x)) for x in cv.x)}; {cv.params.get('setting')})")
+    for row in c.details.get("settings", []):
+        say(f"  setting {row['setting']:<30} faithfulness {row['faithfulness']:.2f} (normalized "
+            f"{row['normalized_faithfulness']:.2f})")
     if "vs_patching" in c.details:
         v = c.details["vs_patching"]
         for name in ("eap", "eap-ig"):
@@ -288,4 +366,9 @@ def circuit(
         o = c.details["overlap"]
         say(f"overlap with {overlap_task}: {len(o['shared_heads'])} shared heads (Jaccard {o['heads_jaccard']:.2f}, "
             f"{o['share_of_a_heads_in_b']:.0%} of {task}'s heads), edges Jaccard {o['edges_jaccard']:.2f}")
+        rb = o["random_baseline"]
+        for kind in ("uniform", "layer_matched"):
+            sh = rb[kind]["share_of_a_heads"]
+            say(f"  random circuits of the same size ({kind}, n={rb['n_random']}): share of {task}'s heads "
+                f"{sh['random_mean']:.0%} (95th pct {sh['random_p95']:.0%}), p = {sh['p_value']:.3f}")
     say(f"results in {out.resolve()}")

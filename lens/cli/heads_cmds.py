@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,15 @@ from lens.cli._common import (
     writing,
 )
 
+
+class GateObjective(str, enum.Enum):
+    DECODE = "decode"
+    PREFILL = "prefill"
+
+
 heads_app = typer.Typer(name="heads", no_args_is_help=True, rich_markup_mode="rich",
-                        help="Head analyses: retrieval, streaming, sinks, taxonomy (language models); vision-aware, "
-                             "visual-sinks (vision-language models).\n\n"
+                        help="Head analyses: retrieval, streaming, sinks, taxonomy, calibration (language models); "
+                             "cross-attention (speech models); vision-aware, visual-sinks (vision-language models).\n\n"
                              "Example: lens heads sinks smollm2-135m --out results/sinks")
 app.add_typer(heads_app, name="heads")
 
@@ -195,7 +202,10 @@ def taxonomy(
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Previous-token, duplicate-token, induction, local and positional scores on repeated random tokens.
+    """Sink, previous-token, positional, duplicate-token, induction and local scores and a type per head.
+
+    On repeated random tokens, original and shuffled: a positional head attends at fixed offsets
+    whatever the tokens.
 
     Example: lens heads taxonomy smollm2-135m --repeat-len 100 --batch 8 --out results/taxonomy
     """
@@ -225,9 +235,13 @@ def streaming(
                                         help="A retrieval.retrieval_score.json to compare with (Spearman, overlap)."),
     chat: bool = typer.Option(True, help="Format with the model's chat template."),
     gates: bool = typer.Option(True, help="Also optimise DuoAttention gates per KV head (frozen model)."),
-    gate_steps: int = typer.Option(6, min=1, max=100_000, help="Gate optimisation steps (thorough: 100+)."),
+    gate_steps: int = typer.Option(100, min=1, max=100_000, help="At most this many gate optimisation steps (it stops "
+                                   "earlier once the retrieval heads stay the same for 10 steps)."),
     gate_length: int = typer.Option(256, min=64, max=1_000_000, help="Tokens per synthetic passkey prompt for the gates."),
     gate_prompts: int = typer.Option(1, min=1, max=1000, help="Passkey prompts for the gates."),
+    gate_objective: GateObjective = typer.Option(GateObjective.DECODE, help="decode: the context from the full model, "
+                                                 "only the answer tokens run the mixed attention (minutes on a CPU); "
+                                                 "prefill: every position does (DuoAttention's objective, much slower)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
@@ -250,9 +264,78 @@ def streaming(
                                       recent=recent, retrieval=retr, chat=chat, progress=bar)
         if gates:
             results += heads.run_gates(lm, steps=gate_steps, length=gate_length, prompts=gate_prompts, retrieval=retr,
-                                       progress=bar)
+                                       objective=gate_objective.value, progress=bar)
         save_into(results, tmp)
     finish(results, out, model, json_out, f"{lm.facts.name}: streaming profile")
+
+
+@heads_app.command("calibration")
+def calibration(
+    model: str = typer.Argument("smollm2-135m", help=MODEL_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Results folder."),
+    task: str = typer.Option("ioi", "--task", "-t", help="ioi, colored-objects, greater-than, niah, object-recall, "
+                             "or a UTF-8 .jsonl file (prompt, answer, corrupted, distractor)."),
+    heads: str = typer.Option("search", "--heads", help="Heads to calibrate: 'search' (ACT's choice: heads whose "
+                              "calibration alone helps on --search-prompts other prompts), 'all' (every head of layers "
+                              ">= --first-layer), or a selection like 'L3H4,L5H*'."),
+    n_prompts: int = typer.Option(64, "--n-prompts", "-n", min=1, max=100_000, help="Prompts measured."),
+    search_prompts: int = typer.Option(32, "--search-prompts", min=1, max=100_000,
+                                       help="Prompts of the head search (other prompts: seed + 1)."),
+    top_k: int = typer.Option(None, "--top-k", min=1, max=100_000, help="At most this many heads from the search."),
+    beta: float = typer.Option(0.4, "--beta", min=0.0, max=1.0, help="Sink columns are multiplied by this (ACT: 0.4)."),
+    threshold: float = typer.Option(0.1, "--threshold", min=1e-6, max=1.0, help="Sink when s_j exceeds this (ACT: 0.1)."),
+    first_layer: int = typer.Option(2, "--first-layer", min=0, max=10_000, help="Layers before this are not calibrated "
+                                    "(ACT skips the first two)."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds of the random-column control."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Prompt generation seed."),
+    templates: str = typer.Option(None, "--templates", help="IOI only: the templates, e.g. '0-5' (default 0-4)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Prompts per forward."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """ACT attention calibration (Yu et al. 2024): sink columns x beta, the freed mass to the other
+    keys, on the chosen heads; accuracy with and without it, and with random columns instead.
+
+    Example: lens heads calibration smollm2-135m --task ioi --heads search --out results/act
+    """
+    from lens.cli.ablate_cmds import _check_task_file, _task
+    from lens.heads import parse_head_spec
+    from pipelines.calibration import run_calibration
+
+    seed_list = int_list(seeds, "seeds", max_count=100, default=[0])
+    tpl = int_list(templates, "templates", max_count=100) if templates else None
+    _check_task_file(task)
+    check_out(out, force)
+    lm = load_model(model)
+    if first_layer >= lm.facts.n_layers:
+        raise SelectionError(f"--first-layer {first_layer} is out of range: {lm.facts.name} has layers "
+                             f"0-{lm.facts.n_layers - 1}")
+    chosen, search_enc = None, None
+    if heads == "search":
+        search_enc = _task(lm, task, search_prompts, seed + 1, batch_size, False, templates=tpl)
+    elif heads != "all":
+        chosen = {}
+        for h in parse_head_spec(heads, lm.facts):
+            chosen.setdefault(h.layer, []).append(h.head)
+    enc = _task(lm, task, n_prompts, seed, batch_size, False, templates=tpl)
+    with writing(out, force) as tmp, progress() as bar:
+        curves, search = run_calibration(lm, enc, task_name=Path(task).stem, heads=chosen, search_enc=search_enc,
+                                         top_k=top_k, beta=beta, threshold=threshold, first_layer=first_layer,
+                                         seeds=seed_list, progress=bar)
+        curves.save(tmp)
+        if search is not None:
+            search.save(tmp)
+    s = curves.summary
+    if json_out:
+        print_json({"model": model, "out": str(out), "params": curves.params, "summary": s})
+        return
+    say(f"{task} on {lm.facts.name} ({s['n_examples']} prompts), {s['n_heads_calibrated']} heads calibrated "
+        f"({curves.params['head_choice']}):")
+    say(f"  accuracy without {s['accuracy_without']:.3f}, with ACT {s['accuracy_act']:.3f}, random columns "
+        f"{s['accuracy_random_mean']:.3f} (per seed {', '.join(f'{a:.3f}' for a in s['accuracy_random_per_seed'])})")
+    say(f"  logit diff without {s['logit_diff_without']:.3f}, with ACT {s['logit_diff_act']:.3f}, random columns "
+        f"{s['logit_diff_random_mean']:.3f}; {s['examples_whose_answer_changed']} answers changed by ACT")
+    say(f"results saved to {out.resolve()}")
 
 
 # ---- vision-language models --------------------------------------------------------------

@@ -45,7 +45,7 @@ def scan(
     depths: str = typer.Option(None, help="NIAH depths (default 0.25,0.75; thorough 0,0.25,0.5,0.75,1)."),
     ablate: str = typer.Option(None, help="Ablation sizes k, e.g. 5,10 (default none; thorough 5,10,20)."),
     gate_steps: int = typer.Option(None, min=0, max=100_000, help="DuoAttention gate steps (default 0: not run; "
-                                   "thorough 50)."),
+                                   "thorough: at most 300, stopping once converged)."),
     source: Source = typer.Option(Source.PATTERN, help="Captured patterns, or the stats kernel, for retrieval, sinks and streaming."),
     chat: bool | None = typer.Option(None, "--chat/--no-chat",
                                      help="Chat-format NIAH prompts (default: when the model has a chat template)."),

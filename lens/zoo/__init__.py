@@ -7,6 +7,7 @@ vision-language entries register here the same way, with their own loader.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,20 @@ def list_models() -> list[ZooEntry]:
     return list(_ZOO.values())
 
 
+@contextlib.contextmanager
+def _quiet_weight_loading():
+    """No "Loading weights" bar for the zoo's local caches (a second at most); hub downloads keep theirs."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
          device: str = "cpu", device_map: str | dict | None = None, max_memory: dict | None = None,
          offload_folder: str | Path | None = None) -> LoadedModel:
@@ -64,9 +79,10 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch
         raise UnknownModelError(f"model name is empty: give a zoo name ({', '.join(_ZOO)}), a local folder or a hub id")
     where = placement.Placement.make(device_map, max_memory, offload_folder)
     if name in _ZOO:
-        if where is None:
-            return _ZOO[name].loader(dtype, device)
-        lm = _ZOO[name].loader(dtype, "cpu")  # zoo models are small: built whole, then split
+        with _quiet_weight_loading():
+            if where is None:
+                return _ZOO[name].loader(dtype, device)
+            lm = _ZOO[name].loader(dtype, "cpu")  # zoo models are small: built whole, then split
         lm.model = placement.dispatch(lm.model, where, dtype=dtype)
         return lm
     if Path(name).expanduser().is_dir():

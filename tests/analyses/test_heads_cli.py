@@ -18,9 +18,11 @@ def test_heads_taxonomy_writes_results(tmp_path):
                             "--json"])
     assert r.exit_code == 0, r.output
     names = {x["name"] for x in json.loads(r.stdout)["results"]}
-    assert "taxonomy.induction" in names
+    assert {"taxonomy.induction", "taxonomy.positional", "taxonomy.sink", "taxonomy.head_type"} <= names
     results, problems = load_results(out)
-    assert len(results) == 5 and not problems
+    assert len(results) == 8 and not problems
+    types = next(r for r in results if r.metric == "head_type")
+    assert types.params["type_names"][-1] == "other" and types.params["shuffled"] is True
 
 
 def test_heads_sinks_refuses_existing_out(cli, tmp_path):

@@ -103,3 +103,29 @@ def test_duo_gates_start_at_full_attention_and_restore_the_model(tiny_lm):
     assert rec["losses"][0][0] == pytest.approx(0.0, abs=1e-8)  # alpha = 1 is exactly the full model
     assert ((gates >= 0) & (gates <= 1)).all() and rec["sink"] >= 1
     assert torch.equal(tiny_lm.model(ids).logits, before)  # attention implementation and weights restored
+
+
+def test_duo_gates_objectives_converge_and_record(tiny_lm):
+    from analyses.duo_gates import GateConfig, Objective, train_gates
+
+    cfg = dict(length=400, prompts=1, needles=1, steps=40, min_steps=5, patience=3, lr=0.2)
+    gates, rec = train_gates(tiny_lm, GateConfig(**cfg))
+    assert rec["objective"] == "decode" and rec["losses"][0][0] == pytest.approx(0.0, abs=1e-8)
+    assert rec["converged"] and rec["steps_run"] < 40 and len(rec["retrieval_kv_heads_per_step"]) == rec["steps_run"]
+    assert rec["retrieval_kv_heads_per_step"][-1] == int((gates > 0.5).sum())
+    assert gates.min() < 0.5  # the regulariser moved gates: the run optimised
+    pre, rec_p = train_gates(tiny_lm, GateConfig(**{**cfg, "steps": 3}, objective=Objective.PREFILL))
+    assert rec_p["objective"] == "prefill" and rec_p["losses"][0][0] == pytest.approx(0.0, abs=1e-8)
+    assert not rec_p["converged"] and rec_p["steps_run"] == 3
+
+
+def test_gate_convergence_rule():
+    from analyses.duo_gates import GateConfig, converged
+
+    cfg = GateConfig(min_steps=4, patience=3, tol=0.01)
+    assert not converged([(1,), (1,), (1,)], [1.0, 1.0, 1.0], cfg)  # before min_steps
+    assert converged([(2,), (1,), (1,), (1,), (1,)], [2.0, 1.0, 1.0, 1.0, 1.0], cfg)
+    assert not converged([(1,), (1,), (1, 2), (1,), (1,)], [1.0] * 5, cfg)  # the set moved inside the window
+    assert not converged([(1,)] * 5, [1.0, 1.0, 1.2, 1.1, 1.05], cfg)  # the loss still moves
+    with pytest.raises(Exception, match="objective must be decode or prefill"):
+        GateConfig(objective="both")

@@ -94,14 +94,68 @@ def repeated_pattern(kind, r=8, offset=1):
     return one_hot_rows(target, n)
 
 
-def test_taxonomy_finds_each_head_type():
-    heads = torch.stack([repeated_pattern("prev"), repeated_pattern("dup"), repeated_pattern("induction")])
-    s = head_type_scores(heads.unsqueeze(0).repeat(2, 1, 1, 1), repeat_len=8, offset=1, window=2)
-    assert s["previous_token"].argmax() == 0 and s["previous_token"][0] == pytest.approx(1.0)
-    assert s["duplicate_token"].argmax() == 1 and s["duplicate_token"][1] == pytest.approx(1.0)
-    assert s["induction"].argmax() == 2 and s["induction"][2] == pytest.approx(1.0)
-    assert s["local"][0] == pytest.approx(1.0)
-    assert torch.allclose(s["positional"], torch.ones(3, dtype=torch.float64))  # same pattern on both sequences
+def typed_patterns(r=12, offset=1, batch=2, seed=0):
+    """Hand-built heads of each type on prefix + r + r: ``(pattern, shuffled)``, each ``[batch, 7, q, k]``.
+
+    Heads: 0 sink, 1 previous token, 2 self (offset 0), 3 fixed offset 3, 4 induction (sink in
+    the first copy), 5 duplicate token (likewise), 6 content-driven: each row attends to a key
+    that depends on the tokens (drawn per sequence, so it moves between sequences and between
+    the original and the shuffled input).
+    """
+    n = offset + 2 * r
+    g = torch.Generator().manual_seed(seed)
+
+    def fixed(fn):
+        return one_hot_rows(lambda i: max(fn(i), 0), n)
+
+    def content():
+        keys = [int(torch.randint(0, i + 1, (1,), generator=g)) if i > 0 else 0 for i in range(n)]
+        return one_hot_rows(lambda i: keys[i], n)
+
+    def batch_of():
+        rows = []
+        for _ in range(batch):
+            rows.append(torch.stack([fixed(lambda i: 0), fixed(lambda i: i - 1), fixed(lambda i: i),
+                                     fixed(lambda i: i - 3 if i - 3 >= offset else 0),
+                                     fixed(lambda i: i - r + 1 if i >= offset + r else 0),
+                                     fixed(lambda i: i - r if i >= offset + r else 0), content()]))
+        return torch.stack(rows)
+
+    return batch_of(), batch_of()
+
+
+def test_taxonomy_types_hand_built_heads():
+    pattern, shuffled = typed_patterns()
+    s = head_type_scores(pattern, repeat_len=12, offset=1, window=2, shuffled=shuffled)
+    assert s["sink"][0] == pytest.approx(1.0) and s["sink"][4] > 0.4
+    assert s["previous_token"][1] == pytest.approx(1.0)
+    assert s["induction"][4] == pytest.approx(1.0) and s["duplicate_token"][5] == pytest.approx(1.0)
+    pos = s["positional"]
+    assert pos[2] == pytest.approx(1.0) and pos[3] == pytest.approx(1.0)  # position-driven heads
+    assert pos[0] == 0 and pos[1] == 0  # sinks and previous-token heads are their own types
+    assert pos[4] < 0.1 and pos[5] < 0.1 and pos[6] < 0.25  # content-driven heads
+    # the old content-independence score flags every fixed-position head, sinks included
+    assert s["content_independence"][0] == pytest.approx(1.0) and s["content_independence"][1] == pytest.approx(1.0)
+    results = {r.metric: r for r in taxonomy_scores({0: pattern}, n_layers=1, n_heads=7, repeat_len=12, offset=1,
+                                                    window=2, shuffled={0: shuffled}, provenance=PROV)}
+    names = results["head_type"].params["type_names"]
+    types = [names[int(c)] for c in results["head_type"].scores[0]]
+    assert types == ["sink", "previous-token", "positional", "positional", "induction", "duplicate-token", "other"]
+    assert results["positional"].summary["sink_heads_above_0.4"] == 0
+    assert results["content_independence"].summary["sink_heads_above_0.4"] == 1
+    assert results["head_type"].summary["counts"]["positional"] == 2
+
+
+def test_positional_needs_the_same_offsets_in_every_condition():
+    # a head at offset 2 on the original sequences but offset 4 on the shuffled ones follows content
+    r, n = 12, 25
+    a = one_hot_rows(lambda i: max(i - 2, 0), n)
+    b = one_hot_rows(lambda i: max(i - 4, 0), n)
+    same = head_type_scores(torch.stack([a, a])[None], repeat_len=r, offset=1, shuffled=torch.stack([a, a])[None])
+    moved = head_type_scores(torch.stack([a, a])[None], repeat_len=r, offset=1, shuffled=torch.stack([b, b])[None])
+    assert same["positional"][0] == pytest.approx(1.0) and moved["positional"][0] == pytest.approx(0.0)
+    # and it scores like the sink where the offset would reach the sink keys: none of it counts
+    assert same["sink"][0] < 0.1
 
 
 def test_taxonomy_permutation_and_shape_error():
@@ -112,6 +166,8 @@ def test_taxonomy_permutation_and_shape_error():
         np.testing.assert_allclose(x.scores[:, ::-1], y.scores)
     with pytest.raises(TaxonomyError, match="positions were expected"):
         head_type_scores(heads, repeat_len=9, offset=1)
+    with pytest.raises(TaxonomyError, match="shuffled pattern is"):
+        head_type_scores(heads, repeat_len=8, offset=1, shuffled=heads[..., :-1, :-1])
 
 
 def test_streaming_profile_and_scaling():
@@ -158,3 +214,15 @@ def test_agreement_averages_tied_ranks():
     score = np.array([5.0, 4, 3, 2, 1, 6])
     expected = np.corrcoef([4, 3, 2, 1, 0, 5], [1.5, 1.5, 1.5, 1.5, 4, 5])[0, 1]
     assert agreement(score, retrieval, top=1)["spearman_vs_retrieval"] == pytest.approx(expected)
+
+
+def test_kv_agreement_counts_retrieval_heads_in_full_kv_heads():
+    from analyses.streaming import kv_agreement
+
+    keep = np.zeros((2, 4), dtype=bool)
+    keep[1, 2:] = True  # one KV head of two query heads kept at full attention
+    retrieval = np.zeros((2, 4))
+    retrieval[1, 3], retrieval[0, 0] = 0.5, 0.3
+    out = kv_agreement(keep, retrieval)
+    assert out == {"retrieval_heads": 2, "retrieval_heads_in_full_kv_heads": 1,
+                   "retrieval_heads_in_full_kv_heads_by_chance": 0.5}

@@ -175,10 +175,11 @@ def open_dashboard(browser, url, *, width: int = 1400, height: int = 1000):
     return page, time.perf_counter() - t0
 
 
-def point(page, name: str, x: float, y: float) -> tuple[float, float]:
-    xy = page.evaluate(POINT_JS, [name, x, y])
-    assert xy is not None, f"no figure {name} on the page"
-    return xy
+def point(page, name: str, x: float, y: float, timeout_s: float = 15) -> tuple[float, float]:
+    """Page pixels of data point (x, y) in figure ``name``, waiting while BokehJS (re)builds its view:
+    a busy page can take a moment between a figure's model and its view."""
+    handle = page.wait_for_function(f"(a) => ({POINT_JS})(a)", arg=[name, x, y], timeout=timeout_s * 1000)
+    return tuple(handle.json_value())
 
 
 def open_tab(page, title: str) -> None:

@@ -24,7 +24,7 @@ def served(tmp_path_factory):
 @pytest.mark.parametrize("tab,figure,field,least", [
     ("Heads", "pattern_heatmap", "value", 100), ("All heads", "heads_grid", "image", 1),
     ("Head map", "head_map", "x", 16), ("Q/K map", "qk_map", "x", 40), ("Stats", "stats_curves", "entropy", 40),
-    ("Ablations", "curves_plot", "y", 4), ("Circuits", "circuit_graph", "x0", 3)])
+    ("Ablations", "curves_plot_0", "y", 3), ("Circuits", "circuit_graph", "x0", 3)])
 def test_every_tab_shows_the_commands_output(browser, served, tab, figure, field, least):
     page = new_page(browser)
     page.goto(served.url)
@@ -35,6 +35,8 @@ def test_every_tab_shows_the_commands_output(browser, served, tab, figure, field
     assert page.evaluate(DATA_JS, [figure, field]) >= least
     if tab == "Ablations":
         assert page.evaluate(DATA_JS, ["ablation_plot", "top"]) >= 1  # the set against random sets
+        # faithfulness curves over edges and heads, and the layer sweep (4 layers)
+        assert [page.evaluate(DATA_JS, [f"curves_plot_{i}", "y"]) for i in range(3)] == [3, 3, 4]
     assert page.errors == [] and page.outside == []
     page.close()
 

@@ -132,7 +132,7 @@ def test_token_view_hover_shows_attention_both_ways(browser, server):
 
 @pytest.mark.parametrize("tab,marker", [("Heads", "pattern_heatmap"), ("All heads", "heads_grid"),
                                         ("Head map", "head_map"), ("Q/K map", "qk_map"), ("Stats", "stats_curves"),
-                                        ("Ablations", "curves_plot"), ("Circuits", "circuit_graph"),
+                                        ("Ablations", "curves_plot_0"), ("Circuits", "circuit_graph"),
                                         ("Vision", None), ("Contributions", None)])
 def test_every_view_renders_within_1024_px(browser, server, shots, tab, marker):
     page, _ = open_dashboard(browser, server, width=1024, height=900)

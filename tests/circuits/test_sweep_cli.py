@@ -123,3 +123,28 @@ def test_circuit_cli(cli, task_file, tmp_path):
         code, _, err = cli("circuit", "tiny-llama", "--task", task_file, "--out", tmp_path / "never", *bad)
         assert code == 2 and message in err, (bad, err)
     assert not (tmp_path / "never").exists()
+
+
+def test_circuit_cli_curves_settings_and_reuse_baseline(cli, task_file, tmp_path):
+    out = tmp_path / "curves"
+    code, _, err = cli("circuit", "tiny-llama", "--task", task_file, "--method", "eap", "--top-n", "20",
+                            "--curve", "--edge-sizes", "5,20,1000", "--head-sizes", "2,8", "--settings-table",
+                            "--overlap-task", task_file, "--random-circuits", "50", "--out", out)
+    assert code == 0, err
+    c = Circuit.load(out / "pairs_eap.circuit.json")
+    assert c.faithfulness["setting"] == "hanna2024" and c.params["eval_level"] == "edge"
+    assert {r["setting"] for r in c.details["settings"]} >= {"hanna2024", "wang2022"}
+    edges = Curves.load(out / "circuit.pairs_faithfulness_edges.curves.json")
+    heads = Curves.load(out / "circuit.pairs_faithfulness_heads.curves.json")
+    assert edges.x.tolist() == [5, 20] and list(edges.series) == ["eap"]  # 1000 is more than the graph has
+    assert heads.x.tolist() == [2, 8] and heads.params["setting"] == "wang2022"
+    assert "smallest reaching faithfulness 0.8" in err  # messages go to stderr
+    rb = c.details["overlap"]["random_baseline"]
+    assert rb["n_random"] == 50 and rb["uniform"]["share_of_a_heads"]["observed"] == 1.0
+    code, _, err = cli("circuit", "tiny-llama", "--task", task_file, "--method", "patching", "--top-n", "3",
+                       "--level", "edge", "--no-patch-mlps", "--out", tmp_path / "p", "--json")
+    assert code == 0, err
+    p = Circuit.load(tmp_path / "p" / "pairs_patching.circuit.json")
+    assert p.faithfulness["setting"] == "custom" and p.faithfulness["level"] == "edge" and not p.mlps
+    code, _, err = cli("circuit", "tiny-llama", "--task", task_file, "--ablate", "all", "--out", tmp_path / "never")
+    assert code == 2 and "'all' is not one of 'heads', 'heads+mlps'" in err

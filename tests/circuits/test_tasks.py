@@ -60,10 +60,10 @@ def test_batches_have_equal_lengths(tiny_lm):
 
 
 def test_ioi_orders_and_abc_corruption():
-    task = ioi(None, 24, seed=1)
+    task = ioi(None, 20, seed=1)  # 5 default templates x 4 prompts
     abba = [e for e in task.examples if "ABBA" in e.source]
     baba = [e for e in task.examples if "BABA" in e.source]
-    assert len(abba) == len(baba) == 12
+    assert len(abba) == len(baba) == 10
     for e in task.examples:
         io, s = e.answer.strip(), e.distractor.strip()
         assert e.prompt.count(s) == 2 and e.prompt.count(io) == 1
@@ -85,3 +85,33 @@ def test_metrics():
     assert torch.allclose(per_row(Metric.LOSS, logits, a, d), -torch.log(per_row(Metric.PROB, logits, a, d)))
     with pytest.raises(TaskError, match="logit-diff needs a distractor"):
         per_row(Metric.LOGIT_DIFF, logits, a, torch.tensor([-1, 0]))
+
+
+def test_ioi_templates_draw_their_own_names():
+    one = [(e.answer, e.distractor) for e in ioi(None, 6, seed=0, template=0).examples]
+    two = [(e.answer, e.distractor) for e in ioi(None, 6, seed=0, template=1).examples]
+    assert one != two  # not the same name draws under every template
+    assert one == [(e.answer, e.distractor) for e in ioi(None, 6, seed=0, template=0).examples]  # seeded
+    mixed = ioi(None, 10, seed=0)
+    assert [(e.answer, e.distractor) for e in mixed.examples if e.group == "template 0"] == one[:2]
+    assert {e.group for e in mixed.examples} == {f"template {k}" for k in range(5)}
+
+
+def test_ioi_weak_template_left_out_with_its_reason():
+    from analyses.circuits.tasks import IOI_DEFAULT_TEMPLATES, IOI_WEAK_TEMPLATES
+
+    task = ioi(None, 12)
+    assert 5 not in IOI_DEFAULT_TEMPLATES and 5 in IOI_WEAK_TEMPLATES
+    assert all("Friends" not in e.prompt for e in task.examples)
+    assert task.notes and "template 5 left out" in task.notes[0] and "logit diff" in task.notes[0]
+    assert not ioi(None, 3, template=5).notes and "Friends" in ioi(None, 3, template=5).examples[0].prompt
+    with pytest.raises(TaskError, match="--template 6 is out of range: IOI has templates 0-5"):
+        ioi(None, 3, template=6)
+
+
+def test_batches_hold_one_template(tiny_lm):
+    exs = [Example("ab", "c", "xb", "e", group="t0"), Example("ab", "c", "yb", "e", group="t1"),
+           Example("cd", "c", "zd", "e", group="t0")]
+    enc = encode_task(Task("t", exs, notes=["n"]), tiny_lm.tokenizer, max_batch=8)
+    assert sorted((b.group, b.size) for b in enc.batches) == [("t0", 2), ("t1", 1)]
+    assert enc.notes == ["n"] and enc.batches[0].position_class == (enc.batches[0].group, 3)

@@ -3,7 +3,7 @@
     lens scan tiny-llama --no-chat            -> scan/ (head scores, captures/prose-*, captures/repeated-tokens)
     lens ablate --sweep heads / --sweep layers -> sweep-heads/ (head scores), sweep-layers/ (curves)
     lens ablate --heads "L1H*" --compare-random 3 -> ablation/ (ablation.json)
-    lens circuit --method eap --compare-patching -> circuit/ (*.circuit.json + circuit.* head scores)
+    lens circuit --method eap --compare-patching --curve -> circuit/ (*.circuit.json, head scores, curves)
     lens stats --span 2:6 --topk 3             -> stats/ (stats run)
     lens capture tiny-dinov2 --image           -> image/000 (image layout + image.png)
     lens capture tiny-llama --dtype bfloat16 --sites pattern,q,k,z -> bf16/000
@@ -58,7 +58,7 @@ def build(root: Path) -> Path:
     _lens("ablate", "tiny-llama", "--task", task, "--sweep", "layers", "--out", root / "sweep-layers")
     _lens("ablate", "tiny-llama", "--task", task, "--heads", "L1H*", "--compare-random", "3", "--out", root / "ablation")
     _lens("circuit", "tiny-llama", "--task", task, "--method", "eap", "--top-n", "10", "--compare-patching",
-          "--out", root / "circuit")
+          "--curve", "--edge-sizes", "5,10,20", "--head-sizes", "2,4,8", "--out", root / "circuit")
     _lens("stats", "tiny-llama", "--prompt", PROSE, "--span", "2:6", "--topk", "3", "--out", root / "stats")
     _lens("capture", "tiny-dinov2", "--image", image, "--out", root / "image")
     _lens("capture", "tiny-llama", "-p", "The quick brown fox jumps over the lazy dog.", "--dtype", "bfloat16",

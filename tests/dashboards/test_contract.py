@@ -41,7 +41,8 @@ def dash(folder):
 def test_the_reader_finds_every_kind_the_commands_wrote(folder):
     assert folder.problems == {}
     assert RESULTS <= set(folder.results)
-    assert list(folder.curves) == ["sweep-layers/ablation.mean_logit-diff_layers"]
+    assert sorted(folder.curves) == ["circuit/circuit.T_faithfulness_edges", "circuit/circuit.T_faithfulness_heads",
+                                     "sweep-layers/ablation.mean_logit-diff_layers"]
     assert list(folder.ablations) == ["ablation/ablation"] and list(folder.circuits) == ["circuit/T_eap"]
     assert set(folder.captures) == CAPTURES and list(folder.stats_runs) == ["stats"]
     assert folder.captures["bf16/000"].dtypes == {"bfloat16"}
@@ -85,11 +86,17 @@ def test_grid_maps_stats_ablations_circuits_and_vision_are_not_empty(dash, folde
     np.testing.assert_allclose(curves.renderers[0].data_source.data["sink_mass"], run.read(1, "sink_mass")[0, 3],
                                rtol=1e-6)
     assert sum(received.renderers[0].data_source.data["sum"]) == pytest.approx(len(run.tokens), rel=1e-3)
-    (curve,) = dash.ablations.curve_figures()
+    figs = {f.title.text: f for f in dash.ablations.curve_figures()}
+    assert set(figs) == {"ablation.mean_logit-diff_layers", "circuit.T_faithfulness_edges",
+                         "circuit.T_faithfulness_heads"}, set(figs)
+    curve = figs["ablation.mean_logit-diff_layers"]
     assert curve.yaxis[0].axis_label == "Δ logit-diff" and curve.xaxis[0].axis_label == "layer"
+    for name, n in (("circuit.T_faithfulness_edges", 2), ("circuit.T_faithfulness_heads", 3)):  # patching: heads only
+        lines = [r for r in figs[name].renderers if r.glyph.__class__.__name__ == "Line"]
+        assert len(lines) == n and all(np.isfinite(r.data_source.data["y"]).any() for r in lines), name
     (abl,) = dash.ablations.ablation_figures()
     assert any(r.glyph.__class__.__name__ == "Quad" for r in abl.renderers)
-    assert len(dash.ablations.heatmaps()) == 3
+    assert len(dash.ablations.heatmaps()) == 4  # the sweep, and EAP, EAP-IG and patching of the circuit
     c = folder.circuits["circuit/T_eap"]
     (arrow,) = [x for x in circuit_figure(c).center if isinstance(x, Arrow)]
     assert len(arrow.source.data["x0"]) == len(circuit_layout(c)[1]) >= len(c.edges) > 0
@@ -120,7 +127,9 @@ def test_every_report_format_shows_every_kind(contract, tmp_path):
     rep = build_report(contract)
     labels = {r.label for m in rep.models for r in m.results}
     assert RESULTS <= labels
-    assert [c[0] for c in rep.curves] == ["sweep-layers/ablation.mean_logit-diff_layers"]
+    assert sorted(c[0] for c in rep.curves) == ["circuit/circuit.T_faithfulness_edges",
+                                                "circuit/circuit.T_faithfulness_heads",
+                                                "sweep-layers/ablation.mean_logit-diff_layers"]
     assert [a[0] for a in rep.ablations] == ["ablation/ablation"] and [c["label"] for c in rep.circuits] == ["circuit/T_eap"]
     assert [s["label"] for s in rep.stats_runs] == ["stats"] and {c["label"] for c in rep.captures} == CAPTURES
     assert [o[0] for o in rep.overlays] == ["image/000"]
@@ -137,6 +146,7 @@ def test_every_report_format_shows_every_kind(contract, tmp_path):
     for fmt, text in texts.items():
         plain = text.replace("\\", "")  # Markdown escapes _ and friends
         for needle in [*RESULTS, "sweep-layers/ablation.mean_logit-diff_layers", "ablation/ablation", "circuit/T_eap",
+                       "circuit/circuit.T_faithfulness_edges", "hanna2024",
                        "Stats runs", "image/000", "bf16/000", "bfloat16", "Speech: speech/captures/audio-000"]:
             assert needle in plain or needle.replace("_", " ") in plain, (fmt, needle)
 

@@ -180,3 +180,27 @@ def test_bad_chunk_size(chunk):
     q, k, v = make_qkv(1, 1, 1, 4, 4, 8, torch.float32)
     with pytest.raises(KernelInputError, match="chunk_size=.* must be an int >= 1"):
         chunked_attention_stats(q, k, v, chunk_size=chunk)
+
+
+@pytest.mark.parametrize("causal,m,n", [(True, 40, 40), (True, 5, 40), (False, 17, 33)])
+def test_inputs_that_need_grad_get_the_same_numbers_and_gradients(causal, m, n):
+    """Stats mode inside a training or attribution run: the statistics are those of the no-grad
+    run, the output is the same and its gradients are the eager attention's."""
+    q, k, v = (t.requires_grad_() for t in make_qkv(2, 4, 2, m, n, 16, torch.float32, seed=7))
+    pad = torch.ones(2, n, dtype=torch.bool)
+    pad[1, :3] = False  # left padding: some rows of batch 1 see nothing under causal decode
+    spec = _spec(n)
+    with torch.no_grad():
+        plain = chunked_attention_stats(q, k, v, causal=causal, spec=spec, key_padding_mask=pad)
+    res = chunked_attention_stats(q, k, v, causal=causal, spec=spec, key_padding_mask=pad)
+    torch.testing.assert_close(res.out, plain.out, atol=1e-5, rtol=1e-5)
+    for a, b in zip(res.stats, plain.stats):
+        assert torch.equal(a, b)
+    grads = torch.autograd.grad(res.out.square().sum(), (q, k, v))
+    keep = pad[:, None, None, :] & (torch.ones(m, n, dtype=torch.bool).tril(n - m) if causal else True)
+    kk, vv = (t.repeat_interleave(2, dim=1) for t in (k, v))
+    s = (q @ kk.transpose(-1, -2) / 4.0).masked_fill(~keep, float("-inf"))
+    p = torch.nan_to_num(torch.softmax(s, -1))  # rows that see nothing: 0
+    ref = torch.autograd.grad((p @ vv).square().sum(), (q, k, v))
+    for g, r in zip(grads, ref):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
