@@ -84,21 +84,21 @@ def describe(result_name: str) -> str:
 
 for _entry in (
     AnalysisEntry("summary", "per-head first-token (sink) mass and attention entropy", ("sink_mass", "entropy"),
-                  "analyses.attention_summary:attention_summary", (TEXT,), paper="StreamingLLM (Xiao et al. 2023)"),
+                  "analyses.attention_summary:attention_summary", (TEXT, VISION_TEXT), paper="StreamingLLM (Xiao et al. 2023)"),
     AnalysisEntry("sinks", "first-token sinks, hidden sinks (ACT) and massive activations",
-                  ("first_token_mass", "hidden_sinks"), "analyses.sinks:sink_scores", (TEXT,),
+                  ("first_token_mass", "hidden_sinks"), "analyses.sinks:sink_scores", (TEXT, VISION_TEXT),
                   paper="StreamingLLM; ACT (Yu et al. 2024); Sun et al. 2024"),
     AnalysisEntry("taxonomy", "sink, previous-token, positional (fixed relative offsets, the same on original, "
                   "repeated and shuffled tokens), duplicate-token, induction and local head scores, and a type per head",
                   ("sink", "previous_token", "positional", "duplicate_token", "induction", "local",
                    "content_independence", "head_type"),
-                  "analyses.taxonomy:taxonomy_scores", (TEXT,)),
+                  "analyses.taxonomy:taxonomy_scores", (TEXT, VISION_TEXT)),
     AnalysisEntry("retrieval", "retrieval score per head on needle-in-a-haystack decoding",
-                  ("retrieval_score",), "analyses.retrieval:retrieval_scores", (TEXT,),
+                  ("retrieval_score",), "analyses.retrieval:retrieval_scores", (TEXT, VISION_TEXT),
                   paper="Wu et al. 2024, Retrieval Head", causal_only=True),
     AnalysisEntry("streaming", "streaming-vs-retrieval heads: attention mass on sink + recent keys, and trained "
                   "DuoAttention gates", ("streaming_mass", "duo_gate"), "analyses.streaming:streaming_profile",
-                  (TEXT,), paper="DuoAttention (Xiao et al. 2024)", causal_only=True),
+                  (TEXT, VISION_TEXT), paper="DuoAttention (Xiao et al. 2024)", causal_only=True),
     AnalysisEntry("ablation", "needle accuracy with the top-k heads of a ranking ablated vs k random heads",
                   ("retrieval_ablation",), "analyses.causal:ablation_scores", (TEXT,), in_scan=False,
                   paper="Wu et al. 2024 (causal test)", causal_only=True),
@@ -127,11 +127,11 @@ for _entry in (
                   ("family",), "analyses.vit_heads:pattern_families", (VISION,)),
     AnalysisEntry("vision_aware", "vision-aware heads: distance between each head's output with and without the "
                   "image for the same text (VHD), T-VHD per position", ("vhd",),
-                  "analyses.vision_aware:vision_aware_scores", (VISION_TEXT,), in_scan=False,
+                  "analyses.vision_aware:vision_aware_scores", (VISION_TEXT,),
                   paper="He et al. 2025, Cracking the Code of Hallucination in LVLMs (VHD, VHR)", causal_only=True),
     AnalysisEntry("visual_sinks", "VAR: visual sink tokens and image-centric heads (image attention >= 0.2, "
                   "sink share <= 0.5)", ("image_centric",), "analyses.visual_sinks:visual_sink_scores",
-                  (VISION_TEXT,), in_scan=False, paper="Kang et al. 2025, See What You Are Told (VAR)",
+                  (VISION_TEXT,), paper="Kang et al. 2025, See What You Are Told (VAR)",
                   causal_only=True),
     AnalysisEntry("vit_pruning", "ViT head importance: 1 - cosine of the CLS embedding when the head is zeroed",
                   ("cls_cosine_drop",), "analyses.vit_heads:pruning_importance", (VISION,)),

@@ -16,7 +16,8 @@ PROSE, REPEATED, NEEDLE, IMAGE, AUDIO = ("captures/prose", "captures/repeated-to
                                          "captures/image", "captures/audio")
 EXAMPLE_OF = {"summary": PROSE, "sinks": PROSE, "streaming": NEEDLE, "retrieval": NEEDLE, "taxonomy": REPEATED,
               "ablation": NEEDLE, "vit_distance": IMAGE, "vit_cls": IMAGE, "vit_families": IMAGE,
-              "vit_pruning": IMAGE, "cross_attention": AUDIO, "alignment_heads": AUDIO}
+              "vit_pruning": IMAGE, "cross_attention": AUDIO, "alignment_heads": AUDIO,
+              "vision_aware": IMAGE, "visual_sinks": IMAGE}
 
 
 @dataclass
@@ -58,3 +59,14 @@ def image_examples(lm, images) -> list[Example]:
     import lens
 
     return [Example(f"{IMAGE}-{i:03d}", lens.run(lm, im, sites=[lens.Site.PATTERN]).capture) for i, im in enumerate(images)]
+
+
+def image_question_examples(lm, items) -> list[Example]:
+    """Captures of a vision-text model on ``(image, question)`` items: patterns and z, with
+    the image layout (where the patch tokens sit) and the image, for the dashboard's overlay."""
+    import lens
+    from lens import vlm
+
+    return [Example(f"{IMAGE}-{i:03d}", lens.run(lm, f"{vlm.placeholder(lm)}\n{question}", image=image, chat=True,
+                                                 sites=[lens.Site.PATTERN, lens.Site.Z]).capture)
+            for i, (image, question) in enumerate(items)]

@@ -187,6 +187,32 @@ def _streaming(lm, plan: Plan, retrieval: np.ndarray | None, progress: Progress 
     return part
 
 
+def _scene_items(plan: Plan):
+    from pipelines import vlm
+
+    return vlm.scene_items(8 if plan.settings.thorough else 2)
+
+
+def _vision_aware(lm, plan: Plan, progress: Progress = SILENT) -> Part:
+    from pipelines import vlm
+
+    items = _scene_items(plan)
+    k = min(20, lm.facts.n_layers * lm.facts.n_heads)  # T-VHD over the top-k heads (the paper's 20)
+    part = Part().add("vision_aware", vlm.run_vision_aware(lm, items, k=k, what=f"{len(items)} questions on held-out "
+                                                           "synthetic scenes", progress=progress))
+    scene, question = items[0]
+    part.examples += examples.image_question_examples(lm, [(scene.image, question.text)])
+    return part
+
+
+def _visual_sinks(lm, plan: Plan, progress: Progress = SILENT) -> Part:
+    from pipelines import vlm
+
+    items = _scene_items(plan)
+    return Part().add("visual_sinks", vlm.run_visual_sinks(lm, items, what=f"{len(items)} questions on held-out "
+                                                           "synthetic scenes", progress=progress))
+
+
 class _Scan:
     """The state the vision and speech runners share (one pass over their inputs)."""
 
@@ -246,9 +272,10 @@ def _speech(sc: _Scan) -> None:
     sc.out.examples += [examples.Example(name, cap) for name, cap in study.examples]
 
 
-INDEPENDENT: dict[str, Callable[..., Part]] = {"summary": _summary, "sinks": _sinks, "taxonomy": _taxonomy}
+INDEPENDENT: dict[str, Callable[..., Part]] = {"summary": _summary, "sinks": _sinks, "taxonomy": _taxonomy,
+                                               "vision_aware": _vision_aware, "visual_sinks": _visual_sinks}
 NEEDS_RETRIEVAL: dict[str, Callable[..., Part]] = {"streaming": _streaming}  # they take the retrieval ranking
-RUNNERS = {**INDEPENDENT, "retrieval": _retrieval, **NEEDS_RETRIEVAL}  # what `lens scan` can run on text models
+RUNNERS = {**INDEPENDENT, "retrieval": _retrieval, **NEEDS_RETRIEVAL}  # text and vision-text models
 VISION_RUNNER = _vision  # the four vit_* analyses share one pass over the images
 SPEECH_RUNNER = _speech  # cross-attention agreement and alignment heads share the utterances
 
@@ -275,7 +302,7 @@ def scan(lm, settings: ScanSettings = ScanSettings(), *, progress: Progress = SI
     if not entries:
         raise AnalysisError(f"no scan analyses apply to {lm.facts.name} ({lm.facts.modality.value} model)")
     remote = executor is not None and executor.distributed
-    if lm.facts.modality in (Modality.VISION, Modality.SPEECH):
+    if lm.facts.modality in (Modality.VISION, Modality.SPEECH):  # vision-text models take the text path
         if remote:  # one shared pass over the inputs: one item
             return executor.map_ordered(CALLS, [call(_modal_scan, settings)])[0]
         return _modal_scan(lm, settings, progress)

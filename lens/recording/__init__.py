@@ -83,7 +83,9 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
 
         return speech.run_audio(lm, prompt, sites=sites, layers=layers, heads=heads, dtype=dtype, device=device,
                                 budget_bytes=budget_bytes, edits=edits, backend=backend, decoder_ids=decoder_ids)
-    if lm.facts.modality is Modality.VISION_TEXT:
+    if lm.facts.modality is Modality.VISION_TEXT and (image is not None or isinstance(prompt, str)):
+        # text prompts go through the image-text input (placeholders expanded); token ids
+        # without an image are the language model's own input and take the text path below
         return _run_image_text(lm, prompt, image, sites=sites, layers=layers, heads=heads, dtype=dtype,
                                device=device, budget_bytes=budget_bytes, edits=edits, backend=backend, chat=chat)
     if image is not None:
