@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lens.errors import UnknownModelError
+from lens.errors import SelectionError, UnknownModelError
 from lens.loaded import LoadedModel, Modality
 from lens.zoo import _cache, hub, placement, smollm2, tiny
 from lens.zoo._facts import text_facts
@@ -97,6 +97,13 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch
 
 
 def _load_transformers(name_or_path, dtype, device, where: placement.Placement | None = None) -> LoadedModel:
+    if hub.is_image_text(name_or_path):  # LLaVA-family: the image processor and the image-text model
+        from lens.zoo import tiny_vlm
+
+        if where is not None:
+            raise SelectionError(f"{name_or_path}: device maps are for language models; load this vision-text "
+                                 "model on one device")
+        return tiny_vlm.load_llava(name_or_path, dtype=dtype, device=device)
     model, tokenizer = hub.load_pretrained(name_or_path, dtype=dtype, device=device,
                                            placement=None if where is None else where.from_pretrained_kwargs())
     facts = text_facts(model.config, name=str(name_or_path), architecture=type(model).__name__)

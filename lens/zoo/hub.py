@@ -35,6 +35,24 @@ def check_name(name: str) -> None:
         raise UnknownModelError(f"model {name!r} is neither a zoo name, a local folder nor a hub id like org/name")
 
 
+def is_image_text(name_or_path: str | Path) -> bool:
+    """Whether the model's config is a LLaVA-style vision-text one (a ``vision_config`` and a
+    ``text_config``); False when the config cannot be read (the loader then says why)."""
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    local = isinstance(name_or_path, Path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        cfg = AutoConfig.from_pretrained(name_or_path, local_files_only=local or not hub_reachable())
+    except (OSError, ValueError, KeyError, ImportError):
+        return False
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return getattr(cfg, "vision_config", None) is not None and getattr(cfg, "text_config", None) is not None
+
+
 def load_pretrained(name_or_path: str | Path, *, dtype, device, placement: dict | None = None):
     """(model, tokenizer) for a causal LM; a clear one-line error when it cannot be had here.
 

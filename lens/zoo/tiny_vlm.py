@@ -216,9 +216,12 @@ def load_llava(name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, 
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from lens.zoo.hub import hub_reachable
+
+    offline = not Path(name_or_path).is_dir() and not hub_reachable()  # only the cache: fail at once
     try:
-        processor = AutoProcessor.from_pretrained(name_or_path)
-        model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(name_or_path, local_files_only=offline)
+        model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype, local_files_only=offline)
     except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelUnavailableError(
