@@ -227,6 +227,9 @@ def stats(
     window: int = typer.Option(64, min=0, max=1_000_000, help="Window mass counts attention on this many most recent keys."),
     span: list[str] = typer.Option(None, "--span", help="Key span START:END (half-open) to measure mass on; repeatable."),
     topk: int = typer.Option(0, min=0, max=8, help="Record the top-k keys per query (0-8)."),
+    image: Path = typer.Option(None, "--image", help="Vision-text models: the image of the prompt's <image> "
+                               "placeholder; its token span is added to the spans.", exists=True, dir_okay=False),
+    chat: bool = typer.Option(False, "--chat", help="Format the prompt with the model's chat template."),
     backend: StatsBackend = typer.Option(StatsBackend.AUTO, help="auto (Triton on a GPU, else PyTorch), triton or torch."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
@@ -241,6 +244,8 @@ def stats(
     prompts are fine; a progress bar counts the layers.
 
     Example: lens stats smollm2-135m --file long.txt --span 120:135 --topk 4 --out stats/long
+
+    Example: lens stats tiny-vlm --image photo.png --prompt '<image>\nWhat colour is the shape?' --chat --out stats/vlm
     """
     import lens
     from kernels import StatsSpec
@@ -255,7 +260,14 @@ def stats(
     load_kw = _c.placement(device_map, max_memory, offload_folder)
     check_out(out, force)
     lm = load_model(model, **load_kw)
-    ids = lm.encode(text)
+    picture = None
+    if image is not None:
+        from lens import vlm
+
+        picture = vlm.read_image(image)
+        ids = vlm.prepare(lm, text, [picture], chat=chat).input_ids  # one-line errors: text models, placeholders
+    else:
+        ids = lm.encode(text, chat=chat)
     for s in span or []:
         _span(s, ids.shape[1])
     selection = lens.CaptureSpec.resolve(lm.facts, layers=layer_list)
@@ -264,8 +276,8 @@ def stats(
     resolve_backend(backend.value, torch.empty(1, 1, 1, lm.facts.d_head, device=lm.device))  # a one-line error for triton without a GPU
     with writing(out, force) as tmp, progress() as bar:
         task = bar.task(f"stats over {ids.shape[1]} tokens, layer by layer", total=len(selection.layers))
-        result = lens.run_stats(lm, ids, spec=spec, layers=list(selection.layers), backend=backend.value,
-                                on_layer=lambda layer: task.advance())
+        result = lens.run_stats(lm, text if picture is not None else ids, spec=spec, layers=list(selection.layers),
+                                backend=backend.value, image=picture, chat=chat and picture is not None, on_layer=lambda layer: task.advance())
         result.write_into(tmp)
     rows = [{"layer": layer, "entropy": float(s.entropy.mean()), "sink_mass": float(s.sink_mass.mean()),
              "window_mass": float(s.window_mass.mean()), "max_weight": float(s.max_weight.mean())}

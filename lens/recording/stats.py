@@ -19,7 +19,8 @@ from typing import Literal
 import torch
 
 from formats.capture import CaptureMeta
-from formats.errors import KernelInputError
+from formats.errors import KernelInputError, PromptError
+from formats.facts import Modality
 from formats.output import output_folder
 from formats.sites import Part
 from formats.stats_run import StatsFile, write_stats
@@ -128,23 +129,44 @@ class StatsRun:
 
 
 def run_stats(lm: LoadedModel, prompt, *, spec=None, layers=None, backend: Backend = "auto", chat: bool = False,
-              on_layer: Callable[[int], None] | None = None) -> StatsRun:
+              image=None, on_layer: Callable[[int], None] | None = None) -> StatsRun:
     """One forward pass of ``lm`` over ``prompt`` recording kernel statistics at ``layers`` (all by default).
 
+    ``image``: for a vision-text model, the image of the prompt's ``<image>`` placeholder; its
+    token span is appended to ``spec.spans`` (the mass each query puts on the image) and its
+    tokens are labelled ``img0:CLS``, ``img0:patch(r,c)``.
     ``on_layer(layer)`` is called as each layer's statistics are done (for a progress bar).
     """
+    from dataclasses import replace
+
     from kernels import StatsSpec
     from lens.recording import encode_batch
     from lens.recording.native import build_capture
     from lens.recording.spec import CaptureSpec
 
     spec = spec or StatsSpec()
-    input_ids = encode_batch(lm, prompt, chat=chat)
     selection = CaptureSpec.resolve(lm.facts, layers=layers)  # validates the layers
-    with torch.no_grad(), stats_mode(lm.model, spec, layers=selection.layers, backend=backend,
-                                     on_layer=on_layer) as rec:
-        logits = lm.model(input_ids.to(lm.device)).logits
+    image_span = None
+    if image is not None:
+        from lens import vlm
+
+        if lm.facts.modality is not Modality.VISION_TEXT:
+            raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model: it takes no image; "
+                              "use a vision-text model such as tiny-vlm")
+        x = vlm.prepare(lm, prompt, [image], chat=chat)
+        input_ids, kwargs = x.input_ids, x.model_kwargs(lm.device, next(lm.model.parameters()).dtype)
+        image_span = x.spans[0]
+        spec = replace(spec, spans=(*spec.spans, (image_span.start, image_span.end)))
+    else:
+        input_ids = encode_batch(lm, prompt, chat=chat)
+        kwargs = {"input_ids": input_ids.to(lm.device)}
+    with torch.no_grad(), stats_mode(lm, spec, layers=selection.layers, backend=backend, on_layer=on_layer) as rec:
+        logits = lm.model(**kwargs).logits
     stats = {layer: calls[0] for layer, calls in rec.stats.items()}
     meta = build_capture(lm, selection, [], input_ids, backend=f"stats-{backend}").meta
     meta.sites = []
+    if image_span is not None:
+        tokens = list(meta.tokens[0])
+        tokens[image_span.start:image_span.end] = image_span.labels()
+        meta = replace(meta, tokens=[tokens])
     return StatsRun(logits=logits, stats=stats, spec=spec, meta=meta)

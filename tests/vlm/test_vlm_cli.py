@@ -150,3 +150,30 @@ def test_capture_bad_image_inputs(cli, tmp_path, pngs, args, message):
                           out)[::2])
     assert "tiny-llama is a text model: --image with --prompt needs a vision-language model" in line
     assert not out.exists()
+
+
+def test_stats_with_an_image_measure_the_mass_on_the_image_span(cli, tmp_path, pngs):
+    """`lens stats --image`: the image's token span is the last span; each query's mass on it is
+    what the captured pattern puts on those keys."""
+    import lens
+    from formats import StatsFile
+    from lens.vlm import read_image
+
+    out = tmp_path / "stats"
+    code, _, err = cli("stats", "tiny-llava", "--image", pngs / "scene0.png", "--prompt", "<image>\nWhat colour?",
+                       "--chat", "--span", "0:2", "--layers", "1,3", "--out", out)
+    assert code == 0, err
+    run = StatsFile.load(out)
+    start, end = run.settings["spans"][-1]
+    assert [list(s) for s in run.settings["spans"][:-1]] == [[0, 2]] and end - start == 17
+    assert run.tokens[start] == "img0:CLS" and run.tokens[end - 1] == "img0:patch(3,3)"
+    lm = lens.load("tiny-llava")
+    cap = lens.run(lm, "<image>\nWhat colour?", image=read_image(pngs / "scene0.png"), chat=True,
+                   sites=[lens.Site.PATTERN], layers=[1, 3]).capture
+    assert cap.meta.layout.start == start
+    for layer in (1, 3):
+        p = cap.pattern(layer)[0].numpy()
+        np.testing.assert_allclose(run.read(layer, "span_mass")[0, :, :, -1], p[:, :, start:end].sum(-1), atol=1e-5)
+    line = _one_line(*cli("stats", "tiny-llama", "--image", pngs / "scene0.png", "--prompt", "<image> hi",
+                          "--out", tmp_path / "x")[::2])
+    assert "takes no image" in line and not (tmp_path / "x").exists()
