@@ -54,10 +54,26 @@ def load_image(cap: CaptureFile):
         return None
 
 
+def visual_sink_patches(result, layer: int, cap: CaptureFile, *, share: float = 0.5) -> list[tuple[int, int]]:
+    """The patches ``(row, col)`` that are visual sinks (VAR) at ``layer`` in at least ``share``
+    of the prompts of a ``visual_sinks`` result (its ``sink_position_counts [layer, image
+    token]``: the share of prompts in which each image token is one, prefix tokens first), on
+    ``cap``'s patch grid; [] when the shapes disagree."""
+    shares = result.arrays.get("sink_position_counts")
+    lay = cap.layout
+    rows, cols = lay.grid
+    if shares is None or layer >= shares.shape[0] or shares.shape[1] != lay.prefix + rows * cols:
+        return []
+    hits = np.flatnonzero(shares[layer, lay.prefix:] >= share)
+    return [(int(i) // cols, int(i) % cols) for i in hits]
+
+
 def overlay_png(cap: CaptureFile, layer: int, heads: list[int], query: int, alpha: float = 0.6,
-                panel_px: int = 150) -> bytes:
-    """PNG of one overlay per head in ``heads`` (small multiples, at most 6 per row)."""
+                panel_px: int = 150, sinks: list[tuple[int, int]] = ()) -> bytes:
+    """PNG of one overlay per head in ``heads`` (small multiples, at most 6 per row); ``sinks``:
+    patches outlined in cyan (visual sinks)."""
     from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     img = load_image(cap)
     n = len(heads)
@@ -73,6 +89,8 @@ def overlay_png(cap: CaptureFile, layer: int, heads: list[int], query: int, alph
             ax.imshow(img, extent=(0, cols, rows, 0))
         ax.imshow(att, extent=(0, cols, rows, 0), cmap="inferno", alpha=alpha if img is not None else 1.0,
                   interpolation="nearest")
+        for r, c in sinks:
+            ax.add_patch(Rectangle((c, r), 1, 1, fill=False, edgecolor="#00e5ff", linewidth=1.2))
         ax.set_title(f"{head_label(layer, h)} (max {att.max():.2f}, sum {att.sum():.2f})", fontsize=7)
         ax.set_axis_off()
     fig.tight_layout(pad=0.3)

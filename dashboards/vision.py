@@ -9,7 +9,13 @@ import html
 import panel as pn
 import param
 
-from dashboards.overlay import default_query, has_image_layout, load_image, overlay_png
+from dashboards.overlay import (
+    default_query,
+    has_image_layout,
+    load_image,
+    overlay_png,
+    visual_sink_patches,
+)
 from formats import AttnlensError, CaptureFile, Site
 
 
@@ -24,6 +30,7 @@ class VisionOverlay(pn.viewable.Viewer):
 
     def __init__(self, folder_or_sel, **params):
         caps = folder_or_sel.captures
+        self._results = dict(getattr(folder_or_sel, "results", {}))
         self.captures = {k: c for k, c in caps.items() if has_image_layout(c)}
         names = list(self.captures)
         cap = params.pop("capture", names[0] if names else None)
@@ -45,6 +52,15 @@ class VisionOverlay(pn.viewable.Viewer):
         self.param.head.objects = ["all", *(cap.heads if cap else [])]
         if cap is not None and self.layer not in cap.layers:
             self.layer = cap.layers[-1]
+
+    def sink_patches(self) -> tuple[str, list[tuple[int, int]]]:
+        """The folder's visual-sinks result for this capture's model (label) and its visual-sink
+        patches at the selected layer ("", [] when there is none)."""
+        cap = self._cap()
+        for label, r in self._results.items():
+            if cap is not None and r.name == "visual_sinks.image_centric" and r.provenance.model == cap.model:
+                return label, visual_sink_patches(r, self.layer, cap)
+        return "", []
 
     def query_position(self) -> int:
         cap = self._cap()
@@ -68,8 +84,13 @@ class VisionOverlay(pn.viewable.Viewer):
         note = (f"<p>{html.escape(cap.model)} · query {q} {html.escape(repr(cap.tokens[q]))} · {rows}x{cols} patches "
                 f"of {lay.patch_size} px at positions {lay.patch_span[0]}-{lay.patch_span[1] - 1}"
                 + ("" if load_image(cap) is not None else " · no image saved: attention alone") + "</p>")
+        label, sinks = self.sink_patches()
+        if label:
+            where = ", ".join(f"({r},{c})" for r, c in sinks) or "none at this layer"
+            note += (f"<p>Visual sinks (outlined; patches that are sinks in at least half the prompts of "
+                     f"<code>{html.escape(label)}</code>): {where}</p>")
         try:
-            png = overlay_png(cap, self.layer, heads, q, self.alpha)
+            png = overlay_png(cap, self.layer, heads, q, self.alpha, sinks=sinks)
         except AttnlensError as err:
             return pn.pane.HTML(f"<p>{html.escape(str(err))}</p>")
         return pn.Column(pn.pane.HTML(note), pn.pane.PNG(png, name="vision_overlay"))

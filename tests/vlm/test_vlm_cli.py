@@ -177,3 +177,33 @@ def test_stats_with_an_image_measure_the_mass_on_the_image_span(cli, tmp_path, p
     line = _one_line(*cli("stats", "tiny-llama", "--image", pngs / "scene0.png", "--prompt", "<image> hi",
                           "--out", tmp_path / "x")[::2])
     assert "takes no image" in line and not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_the_vision_tab_outlines_visual_sinks_from_a_visual_sinks_run(cli, tmp_path, pngs):
+    """One folder with a tiny-vlm capture on an image and a `lens heads visual-sinks` run (the
+    random LLaVA has no massive activations, so no sink dimensions: the real model): the Vision
+    tab names and outlines the patches that are sinks in at least half the prompts."""
+    from dashboards.overlay import overlay_png
+    from dashboards.vision import VisionOverlay
+
+    root = tmp_path / "results"
+    code, _, err = cli("heads", "visual-sinks", "tiny-vlm", "--scenes", "2", "--out", root / "var")
+    assert code == 0, err
+    code, _, err = cli("capture", "tiny-vlm", "--image", pngs / "scene0.png", "--prompt", "<image>\nWhat colour?",
+                       "--chat", "--out", root / "cap")
+    assert code == 0, err
+    folder = ResultsFolder.load(root)
+    r = folder.results["var/visual_sinks.image_centric"]
+    counts = r.arrays["sink_position_counts"]
+    layer = int(np.argmax((counts[:, 1:] >= 0.5).sum(1)))  # shares of prompts; the layer with most sink patches
+    expected = [(int(i) // 4, int(i) % 4) for i in np.flatnonzero(counts[layer, 1:] >= 0.5)]
+    assert expected, counts
+    view = VisionOverlay(folder, layer=layer)
+    label, sinks = view.sink_patches()
+    assert label == "var/visual_sinks.image_centric" and sinks == expected
+    note, image = view.plot().objects
+    assert "Visual sinks" in note.object and f"({expected[0][0]},{expected[0][1]})" in note.object
+    cap = folder.captures["cap/000"]
+    plain = overlay_png(cap, layer, cap.heads, view.query_position(), view.alpha)
+    assert image.object != plain  # the outlines are drawn
