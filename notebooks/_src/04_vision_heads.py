@@ -8,9 +8,8 @@
 # mean attention distance per head and layer, CLS attention concentration, pattern families,
 # and head importance by pruning.
 #
-# Not here: the *vision-aware heads* of VHD (METHODS.md) compare a vision-language model's head
-# outputs with and without the image. No vision-language model ships offline (MODELS.md), so
-# that analysis is not shown rather than faked with a model that has no language side.
+# The *vision-aware heads* of VHD (METHODS.md) compare a vision-language model's head outputs
+# with and without the image: that is notebook 07, on the embedded tiny-vlm.
 
 # %%
 import matplotlib.pyplot as plt
