@@ -95,3 +95,22 @@ def test_triton_fake_impl_shapes():
     shapes = [tuple(t.shape) for t in outs]
     assert shapes == [(2, 4, 10, 64)] + [(2, 4, 10)] * 6 + [(2, 4, 10, 2), (2, 4, 10, 5), (2, 4, 10, 5)] + [(2, 4, 12)] * 2
     assert outs[0].dtype == torch.bfloat16 and outs[4].dtype == torch.int64
+
+
+def test_inputs_that_need_grad_get_the_kernels_statistics_and_sdpa_gradients():
+    """The Triton kernels have no backward: with grad on, the statistics are the kernel's and the
+    output (same numbers) carries the eager attention's gradients."""
+    q, k, v = (t.requires_grad_() for t in make_qkv(1, 4, 2, 40, 40, 64, torch.float32, seed=3))
+    spec = _spec(40)
+    with torch.no_grad():
+        plain = attention_with_stats(q, k, v, causal=True, spec=spec, backend="triton")
+    res = attention_with_stats(q, k, v, causal=True, spec=spec, backend="triton")
+    torch.testing.assert_close(res.out, plain.out, atol=1e-4, rtol=1e-4)
+    for a, b in zip(res.stats, plain.stats):
+        assert torch.equal(a, b)
+    grads = torch.autograd.grad(res.out.square().sum(), (q, k, v))
+    kk, vv = (t.repeat_interleave(2, dim=1) for t in (k, v))
+    s = (q @ kk.transpose(-1, -2) / 8.0).masked_fill(~torch.ones(40, 40, dtype=torch.bool).tril(), float("-inf"))
+    ref = torch.autograd.grad((torch.softmax(s, -1) @ vv).square().sum(), (q, k, v))
+    for g, r in zip(grads, ref):
+        torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
