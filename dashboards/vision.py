@@ -35,6 +35,7 @@ class VisionOverlay(pn.viewable.Viewer):
         names = list(self.captures)
         cap = params.pop("capture", names[0] if names else None)
         head = params.pop("head", "all")
+        layer = params.pop("layer", None)  # default: the capture's last layer
         super().__init__(**params)
         self.param.capture.objects = names
         with param.discard_events(self):
@@ -42,6 +43,10 @@ class VisionOverlay(pn.viewable.Viewer):
         self._heads()
         with param.discard_events(self):
             self.head = head if head in self.param.head.objects else "all"
+            if layer is not None:
+                self.layer = layer
+            elif self._cap() is not None:
+                self.layer = self._cap().layers[-1]
 
     def _cap(self) -> CaptureFile | None:
         return self.captures.get(self.capture) if self.capture else None
