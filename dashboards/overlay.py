@@ -90,7 +90,8 @@ def overlay_png(cap: CaptureFile, layer: int, heads: list[int], query: int, alph
         ax.imshow(att, extent=(0, cols, rows, 0), cmap="inferno", alpha=alpha if img is not None else 1.0,
                   interpolation="nearest")
         for r, c in sinks:
-            ax.add_patch(Rectangle((c, r), 1, 1, fill=False, edgecolor="#00e5ff", linewidth=1.2))
+            # inset, so that neighbouring sinks stay two boxes and a non-sink between them stays unmarked
+            ax.add_patch(Rectangle((c + 0.1, r + 0.1), 0.8, 0.8, fill=False, edgecolor="#00e5ff", linewidth=1.4))
         ax.set_title(f"{head_label(layer, h)} (max {att.max():.2f}, sum {att.sum():.2f})", fontsize=7)
         ax.set_axis_off()
     fig.tight_layout(pad=0.3)
