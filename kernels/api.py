@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 
 from ._validate import resolve_backend, validate_inputs
-from .reference import _differentiable_output, chunked_attention_stats
+from .reference import chunked_attention_stats, grad_through_sdpa, needs_grad
 from .spec import AttnOut, StatsSpec
 
 
@@ -51,13 +51,11 @@ def attention_with_stats(
             triton_attention_stats,  # lazy: importing triton is slow and optional
         )
 
-        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-            # the Triton kernels have no backward: statistics from them, the output from SDPA (as on CPU)
-            with torch.no_grad():
-                res = triton_attention_stats(q, k, v, causal=causal, scale=scale, spec=spec,
-                                             key_padding_mask=key_padding_mask)
-            out = _differentiable_output(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask,
-                                         attn_mask=None)
-            return AttnOut(out, res.stats)
-        return triton_attention_stats(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask)
+        def run() -> AttnOut:
+            return triton_attention_stats(q, k, v, causal=causal, scale=scale, spec=spec,
+                                          key_padding_mask=key_padding_mask)
+
+        if needs_grad(q, k, v):  # the Triton kernels have no backward
+            return grad_through_sdpa(run, q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask)
+        return run()
     return chunked_attention_stats(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask)

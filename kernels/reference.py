@@ -12,7 +12,10 @@ masks; the transformers integration uses it for masks that are not plain causal 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 
 from ._cpu_stats import chunked_stats
 from ._validate import validate_inputs
@@ -160,24 +163,43 @@ def chunked_attention_stats(
         chunk_size = max(1, min(m, _CHUNK_ROWS, _CHUNK_ELEMENTS // max(1, b * h * n)))
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise KernelInputError(f"chunk_size={chunk_size!r} must be an int >= 1")
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        # The one-pass path writes into preallocated buffers, which autograd cannot follow: the
-        # statistics (never differentiated) come from it without grad, the output from SDPA.
-        with torch.no_grad():
-            res = chunked_stats(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask,
-                                attn_mask=attn_mask, chunk_size=chunk_size)
-        out = _differentiable_output(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask,
-                                     attn_mask=attn_mask)
-        return AttnOut(out, res.stats)
-    return chunked_stats(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask,
-                         attn_mask=attn_mask, chunk_size=chunk_size)
+    def run() -> AttnOut:
+        return chunked_stats(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask,
+                             attn_mask=attn_mask, chunk_size=chunk_size)
+
+    if needs_grad(q, k, v):  # the one-pass path writes into preallocated buffers, which autograd cannot follow
+        return grad_through_sdpa(run, q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask,
+                                 attn_mask=attn_mask)
+    return run()
+
+
+def needs_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether autograd will follow this attention call."""
+    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+
+
+def grad_through_sdpa(stats_run: Callable[[], AttnOut], q, k, v, *, causal: bool, scale: float, key_padding_mask,
+                      attn_mask=None) -> AttnOut:
+    """For a run that needs gradients: the statistics of ``stats_run()`` (a kernel without a
+    backward; statistics are never differentiated) computed without grad, the output from SDPA
+    with the same masks, which carries the gradients."""
+    with torch.no_grad():
+        res = stats_run()
+    out = _differentiable_output(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask,
+                                 attn_mask=attn_mask)
+    return AttnOut(out, res.stats)
 
 
 def _differentiable_output(q, k, v, *, causal: bool, scale: float, key_padding_mask, attn_mask) -> torch.Tensor:
     """``[B, H, M, D]``: the attention output through SDPA with the same masks (rows that see no
-    key give 0, as the chunked path does), for runs that need gradients."""
-    b, h, m, _ = q.shape
-    n, g = k.shape[2], h // k.shape[1]
+    key give 0, as the chunked path does), for runs that need gradients. Plain causal attention
+    over equal lengths takes SDPA's own causal path (no mask tensor); masks stay unexpanded over
+    heads unless ``attn_mask`` has them."""
+    m, n = q.shape[2], k.shape[2]
+    f32 = torch.float32
+    qf, kf, vf = q.to(f32), k.to(f32), v.to(f32)
+    if key_padding_mask is None and attn_mask is None and (not causal or m == n):  # every row sees a key
+        return F.scaled_dot_product_attention(qf, kf, vf, is_causal=causal, scale=scale, enable_gqa=True).to(q.dtype)
     keep = torch.ones(1, 1, m, n, dtype=torch.bool, device=q.device)
     if causal:
         keep = keep & (torch.arange(n, device=q.device) <= torch.arange(m, device=q.device)[:, None] + (n - m))
@@ -185,9 +207,6 @@ def _differentiable_output(q, k, v, *, causal: bool, scale: float, key_padding_m
         keep = keep & key_padding_mask.bool()[:, None, None, :]
     if attn_mask is not None:
         keep = keep & attn_mask.bool()
-    keep = keep.expand(b, h, m, n)
     seen = keep.any(-1, keepdim=True)
-    kk, vv = (t.to(torch.float32).repeat_interleave(g, dim=1) for t in (k, v))
-    out = torch.nn.functional.scaled_dot_product_attention(q.to(torch.float32), kk, vv, attn_mask=keep | ~seen,
-                                                           scale=scale)
+    out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=keep | ~seen, scale=scale, enable_gqa=True)
     return torch.where(seen, out, torch.zeros((), dtype=out.dtype, device=out.device)).to(q.dtype)
