@@ -99,6 +99,13 @@ class VlmInput:
             mask[s.start:s.end] = True
         return mask
 
+    def labelled(self, tokens: Sequence[str]) -> list[str]:
+        """``tokens`` (one per position) with each image's tokens named ``img0:CLS``, ``img0:patch(r,c)``."""
+        out = list(tokens)
+        for s in self.spans:
+            out[s.start:s.end] = s.labels()
+        return out
+
     def model_kwargs(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> dict[str, Tensor]:
         """Keyword arguments for the model's forward (``input_ids``, ``attention_mask``, ``pixel_values``)."""
         kw = {"input_ids": self.input_ids.to(device), "attention_mask": torch.ones_like(self.input_ids).to(device)}

@@ -260,12 +260,12 @@ def stats(
     load_kw = _c.placement(device_map, max_memory, offload_folder)
     check_out(out, force)
     lm = load_model(model, **load_kw)
-    picture = None
+    prepared = None
     if image is not None:
         from lens import vlm
 
-        picture = vlm.read_image(image)
-        ids = vlm.prepare(lm, text, [picture], chat=chat).input_ids  # one-line errors: text models, placeholders
+        prepared = vlm.prepare(lm, text, [vlm.read_image(image)], chat=chat)  # one-line errors: text models, placeholders
+        ids = prepared.input_ids
     else:
         ids = lm.encode(text, chat=chat)
     for s in span or []:
@@ -276,8 +276,9 @@ def stats(
     resolve_backend(backend.value, torch.empty(1, 1, 1, lm.facts.d_head, device=lm.device))  # a one-line error for triton without a GPU
     with writing(out, force) as tmp, progress() as bar:
         task = bar.task(f"stats over {ids.shape[1]} tokens, layer by layer", total=len(selection.layers))
-        result = lens.run_stats(lm, text if picture is not None else ids, spec=spec, layers=list(selection.layers),
-                                backend=backend.value, image=picture, chat=chat and picture is not None, on_layer=lambda layer: task.advance())
+        result = lens.run_stats(lm, prepared if prepared is not None else ids, spec=spec,
+                                layers=list(selection.layers), backend=backend.value,
+                                on_layer=lambda layer: task.advance())
         result.write_into(tmp)
     rows = [{"layer": layer, "entropy": float(s.entropy.mean()), "sink_mass": float(s.sink_mass.mean()),
              "window_mass": float(s.window_mass.mean()), "max_weight": float(s.max_weight.mean())}

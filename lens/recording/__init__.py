@@ -174,9 +174,7 @@ def _run_image_text(lm: LoadedModel, prompt, image, *, sites, layers, heads, dty
         height, width = int(x.pixel_values.shape[-2]), int(x.pixel_values.shape[-1])
         layout = ImageLayout(height, width, width // span.grid[1], prefix=span.prefix, start=span.start,
                              image_file="image.png")
-        tokens = list(cap.meta.tokens[0])
-        tokens[span.start:span.end] = span.labels()
-        cap = Capture(meta=replace(cap.meta, layout=layout, tokens=[tokens]), steps=cap.steps,
+        cap = Capture(meta=replace(cap.meta, layout=layout, tokens=[x.labelled(cap.meta.tokens[0])]), steps=cap.steps,
                       image_png=vision.input_png(lm, x.pixel_values))
     return RunResult(logits=out.logits.detach(), capture=cap)
 

@@ -132,9 +132,10 @@ def run_stats(lm: LoadedModel, prompt, *, spec=None, layers=None, backend: Backe
               image=None, on_layer: Callable[[int], None] | None = None) -> StatsRun:
     """One forward pass of ``lm`` over ``prompt`` recording kernel statistics at ``layers`` (all by default).
 
-    ``image``: for a vision-text model, the image of the prompt's ``<image>`` placeholder; its
-    token span is appended to ``spec.spans`` (the mass each query puts on the image) and its
-    tokens are labelled ``img0:CLS``, ``img0:patch(r,c)``.
+    ``image``: for a vision-text model, the image of the prompt's ``<image>`` placeholder (or give
+    ``prompt`` as a :class:`lens.vlm.VlmInput` already prepared); the image's token span is
+    appended to ``spec.spans`` (the mass each query puts on the image) and its tokens are
+    labelled ``img0:CLS``, ``img0:patch(r,c)``.
     ``on_layer(layer)`` is called as each layer's statistics are done (for a progress bar).
     """
     from dataclasses import replace
@@ -146,17 +147,17 @@ def run_stats(lm: LoadedModel, prompt, *, spec=None, layers=None, backend: Backe
 
     spec = spec or StatsSpec()
     selection = CaptureSpec.resolve(lm.facts, layers=layers)  # validates the layers
-    image_span = None
-    if image is not None:
-        from lens import vlm
+    from lens import vlm
 
+    x = prompt if isinstance(prompt, vlm.VlmInput) else None
+    if image is not None and x is None:
         if lm.facts.modality is not Modality.VISION_TEXT:
             raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model: it takes no image; "
                               "use a vision-text model such as tiny-vlm")
         x = vlm.prepare(lm, prompt, [image], chat=chat)
+    if x is not None:
         input_ids, kwargs = x.input_ids, x.model_kwargs(lm.device, next(lm.model.parameters()).dtype)
-        image_span = x.spans[0]
-        spec = replace(spec, spans=(*spec.spans, (image_span.start, image_span.end)))
+        spec = replace(spec, spans=(*spec.spans, *((sp.start, sp.end) for sp in x.spans)))
     else:
         input_ids = encode_batch(lm, prompt, chat=chat)
         kwargs = {"input_ids": input_ids.to(lm.device)}
@@ -165,8 +166,6 @@ def run_stats(lm: LoadedModel, prompt, *, spec=None, layers=None, backend: Backe
     stats = {layer: calls[0] for layer, calls in rec.stats.items()}
     meta = build_capture(lm, selection, [], input_ids, backend=f"stats-{backend}").meta
     meta.sites = []
-    if image_span is not None:
-        tokens = list(meta.tokens[0])
-        tokens[image_span.start:image_span.end] = image_span.labels()
-        meta = replace(meta, tokens=[tokens])
+    if x is not None:
+        meta = replace(meta, tokens=[x.labelled(meta.tokens[0])])
     return StatsRun(logits=logits, stats=stats, spec=spec, meta=meta)
