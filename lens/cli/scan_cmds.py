@@ -65,11 +65,15 @@ def scan(
 
     Text models: summary, sinks, taxonomy, retrieval (NIAH), streaming profile, and with
     --thorough the DuoAttention gates and the causal ablation test. Vision models: the ViT
-    head analyses on synthetic images. A retrieval analysis that finds no passing trial is
+    head analyses on synthetic images. Vision-text models (tiny-vlm): the text analyses on
+    the language model, plus vision-aware heads and visual sinks on held-out synthetic
+    scenes. Speech models: cross-attention against saliency. A retrieval analysis that finds no passing trial is
     reported and skipped; the others still run. Example captures of each analysis' inputs
     are saved under OUT/captures for the dashboard and the report.
 
     Example: lens scan smollm2-135m --out results/smollm2 --force
+
+    Example: lens scan tiny-vlm --out results/tiny-vlm
 
     On Ray (--ray auto --workers 2) the analyses and the NIAH trials run on workers that
     each hold the model; the results are the same files.
