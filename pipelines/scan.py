@@ -104,12 +104,14 @@ class Part:
 @dataclass
 class Plan:
     """What every unit of one scan needs, decided once by the driver: the settings, the NIAH
-    lengths (shrunk to fit small contexts), chat formatting and the NIAH trials."""
+    lengths (shrunk to fit small contexts), chat formatting, the NIAH trials and, for
+    vision-text models, the held-out scene questions."""
 
     settings: ScanSettings
     lengths: tuple[int, ...]
     chat: bool
     trials: list
+    scenes: list = field(default_factory=list)  # (scene, question) items
 
     @classmethod
     def for_model(cls, lm, settings: ScanSettings) -> Plan:
@@ -121,7 +123,12 @@ class Plan:
         # NIAH needs a causal model with a tokenizer that can build prompts; encoders (BERT) skip it
         trials = heads.niah_trials(lm, lengths=lengths, depths=settings.niah_depths, seeds=[0],
                                    chat=chat) if lm.facts.causal else []
-        return cls(settings, lengths, chat, trials)
+        scenes = []
+        if lm.facts.modality is Modality.VISION_TEXT:
+            from pipelines import vlm
+
+            scenes = vlm.scene_items(8 if settings.thorough else 2)
+        return cls(settings, lengths, chat, trials, scenes)
 
 
 # ---- units: (lm, plan, ..., progress) -> Part; each runs wherever the executor puts it ------
@@ -187,16 +194,10 @@ def _streaming(lm, plan: Plan, retrieval: np.ndarray | None, progress: Progress 
     return part
 
 
-def _scene_items(plan: Plan):
-    from pipelines import vlm
-
-    return vlm.scene_items(8 if plan.settings.thorough else 2)
-
-
 def _vision_aware(lm, plan: Plan, progress: Progress = SILENT) -> Part:
     from pipelines import vlm
 
-    items = _scene_items(plan)
+    items = plan.scenes
     k = min(20, lm.facts.n_layers * lm.facts.n_heads)  # T-VHD over the top-k heads (the paper's 20)
     part = Part().add("vision_aware", vlm.run_vision_aware(lm, items, k=k, what=f"{len(items)} questions on held-out "
                                                            "synthetic scenes", progress=progress))
@@ -208,7 +209,7 @@ def _vision_aware(lm, plan: Plan, progress: Progress = SILENT) -> Part:
 def _visual_sinks(lm, plan: Plan, progress: Progress = SILENT) -> Part:
     from pipelines import vlm
 
-    items = _scene_items(plan)
+    items = plan.scenes
     return Part().add("visual_sinks", vlm.run_visual_sinks(lm, items, what=f"{len(items)} questions on held-out "
                                                            "synthetic scenes", progress=progress))
 
