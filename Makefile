@@ -9,8 +9,8 @@ OUT    ?= results/demo
 
 # Debian packages the tests and reports need: a browser for the dashboard tests,
 # pdftoppm to look at PDF reports, Pango and fonts for WeasyPrint, espeak-ng to make
-# test speech with word timings.
-SYSTEM_PKGS := chromium poppler-utils libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core espeak-ng
+# test speech with word timings, g++ for torch.compile (the CPU stats path at long context).
+SYSTEM_PKGS := g++ chromium poppler-utils libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core espeak-ng
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install install-gemma system-deps demo test lint lab bench-capture bench-cpu-stats bench-dashboard bench-speech bench-ray clean
@@ -63,7 +63,7 @@ lab: install
 	  --LabApp.extension_manager=readonly $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench-cpu-stats: install
-	$(BIN)/python benchmarks/cpu_stats_bench.py --tokens 512,2048,8192 --rounds 5,3,1 --memory --candidates 2048 --out benchmarks/results/cpu_stats.md
+	$(BIN)/python benchmarks/cpu_stats_bench.py --tokens 512,2048,8192 --rounds 5,3,1 --memory --compile-cost --candidates 2048 --out benchmarks/results/cpu_stats.md
 
 bench-speech: install
 	$(BIN)/python benchmarks/speech_bench.py --out benchmarks/results/speech_cpu.md --results benchmarks/results/speech

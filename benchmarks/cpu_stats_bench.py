@@ -7,6 +7,13 @@ Cases, run interleaved round by round in one process (so machine noise hits all 
                  costs; skipped where the kept patterns alone would exceed ``--eager-limit-gb``
   stats_rows     ``lens.run_stats(..., StatsSpec(key_stats=False), backend="torch")``
   stats_rowkeys  the same with ``StatsSpec()`` (per-key received mass too; the default)
+  stats_rowkeys_eager     ``stats_rowkeys`` with ``ATTNLENS_COMPILE=0``: never torch.compile
+  stats_rowkeys_compiled  ``stats_rowkeys`` with ``ATTNLENS_COMPILE=1``: always torch.compile
+
+The first four run as a user's call would: by default the stats path compiles its element-wise group only for calls
+with at least ``kernels._compiled.MIN_SCORES`` visible scores (here from about 7,700 tokens on), so at smaller N
+``stats_rowkeys`` is the eager path.  The compile itself happens before the timed rounds (``--compile-warmup``) and is
+measured on its own, in fresh processes with an empty and with the warm Inductor cache (``--compile-cost``).
 
 Each case reports the forward's wall time and process CPU time (all threads), and its *attention-only* time: the
 attention function of every layer is wrapped by a timer (transformers' SDPA entry, the model's eager function, the
@@ -25,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -33,16 +41,20 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from kernels._compiled import ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-CASES = ("sdpa", "eager_attn", "stats_rows", "stats_rowkeys")
+CASES = ("sdpa", "eager_attn", "stats_rows", "stats_rowkeys", "stats_rowkeys_eager", "stats_rowkeys_compiled")
+_COMPILE_ENV = {"stats_rowkeys_eager": "0", "stats_rowkeys_compiled": "1"}
 
 
 class AttnClock:
@@ -122,8 +134,83 @@ def run_case(lm, ids: torch.Tensor, case: str) -> None:
             run_stats(lm, ids, spec=StatsSpec(key_stats=False), backend="torch")
         elif case == "stats_rowkeys":
             run_stats(lm, ids, spec=StatsSpec(), backend="torch")
+        elif case in _COMPILE_ENV:
+            with _env(ENV, _COMPILE_ENV[case]):
+                run_stats(lm, ids, spec=StatsSpec(), backend="torch")
         else:
             raise ValueError(f"unknown case {case!r}: use one of {CASES}")
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
+
+
+def compile_warmup(lm) -> float:
+    """Compile the stats path's fused group once, on a small input of the model's head layout; seconds it took.
+
+    The compiled graph is shape-generic (dynamic shapes), so the timed rounds of every N then reuse it."""
+    from kernels import StatsSpec
+    from kernels.reference import chunked_attention_stats
+
+    h, hkv, d = lm.facts.n_heads, lm.facts.n_kv_heads, lm.facts.d_head
+    q, k, v = torch.randn(1, h, 200, d), torch.randn(1, hkv, 200, d), torch.randn(1, hkv, 200, d)
+    t0 = time.perf_counter()
+    chunked_attention_stats(q, k, v, causal=True, spec=StatsSpec(), compile=True)
+    return time.perf_counter() - t0
+
+
+def compile_child(threads: int) -> dict:
+    """Fresh process (torch and kernels imported): the first compiled call and a second one (SmolLM2-135M's heads)."""
+    from kernels import StatsSpec
+    from kernels.reference import chunked_attention_stats
+
+    torch.set_num_threads(threads)
+    q, k, v = torch.randn(1, 9, 200, 64), torch.randn(1, 3, 200, 64), torch.randn(1, 3, 200, 64)
+    calls = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        chunked_attention_stats(q, k, v, causal=True, spec=StatsSpec(), compile=True)
+        calls.append(time.perf_counter() - t0)
+    return {"first_call_s": calls[0], "second_call_s": calls[1]}
+
+
+def measure_compile_cost(threads: int) -> dict:
+    """The first compiled call in a fresh process with an empty Inductor cache, then with the cache it left."""
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+        for label in ("empty_cache", "warm_cache"):
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--child-compile", "--threads", str(threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+            out[label] = (json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0
+                          else {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]})
+            print(f"  compile cost, {label}: {out[label]}", flush=True)
+    return out
+
+
+def compile_markdown(cost: dict | None, warmup_s: float | None) -> str:
+    if not cost and warmup_s is None:
+        return ""
+    lines = ["", "## torch.compile of the element-wise group: its cost", ""]
+    if warmup_s is not None:
+        lines.append(f"- In this run, before the timed rounds: {warmup_s:.1f} s for the first compiled call.")
+    for label, res in (cost or {}).items():
+        if "error" in res:
+            lines.append(f"- Fresh process, {label.replace('_', ' ')}: failed: {res['error']}")
+        else:
+            lines.append(f"- Fresh process, {label.replace('_', ' ')}: first compiled call {res['first_call_s']:.1f} s"
+                         " (Dynamo and Inductor imported, the function traced, compiled or read from the cache),"
+                         f" the next {res['second_call_s'] * 1e3:.0f} ms")
+    return "\n".join(lines) + "\n"
 
 
 def _proc_mib(field: str) -> float:
@@ -431,12 +518,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidate-layer", type=int, default=15)
     parser.add_argument("--candidate-rounds", type=int, default=5)
     parser.add_argument("--skip-model", action="store_true", help="only the --candidates part")
+    parser.add_argument("--compile-cost", action="store_true",
+                        help="also time the first compiled call in fresh processes (empty and warm Inductor cache)")
+    parser.add_argument("--child-compile", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-memory", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-inductor", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     tokens = [int(x) for x in args.tokens.split(",")]
     if args.child_memory:
         print(json.dumps(memory_child(args.model, args.child_memory, tokens[0], args.threads)))
+        return 0
+    if args.child_compile:
+        print(json.dumps(compile_child(args.threads)))
         return 0
     if args.child_inductor:
         print(json.dumps(inductor_child(args.child_inductor, args.threads)))
@@ -461,6 +554,10 @@ def main(argv: list[str] | None = None) -> int:
     machine["cpu"] = _cpu_name() or machine["cpu"]
     report = {"machine": machine, "model": args.model, "rows": [], "raw": {}}
     try:
+        if args.compile_cost:
+            report["compile_cost"] = measure_compile_cost(args.threads)
+        if any(c in cases for c in ("stats_rows", "stats_rowkeys", "stats_rowkeys_compiled")) and not args.skip_model:
+            report["compile_warmup_s"] = compile_warmup(lm)
         if args.candidates:
             report["candidates"] = candidates(args, lm, args.candidates, args.candidate_layer)
         for n, n_rounds in zip(tokens, [] if args.skip_model else rounds):
@@ -479,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
             report["rows"].extend(summarise(n, times, memory, skipped))
     finally:
         undo()
-    md = markdown(report["rows"], machine) + candidates_markdown(report.get("candidates"))
+    md = (markdown(report["rows"], machine) + compile_markdown(report.get("compile_cost"), report.get("compile_warmup_s"))
+          + candidates_markdown(report.get("candidates")))
     print(md)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

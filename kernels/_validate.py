@@ -70,7 +70,7 @@ def validate_inputs(
     if not isinstance(causal, bool):
         raise KernelInputError(f"causal must be True or False, got {causal!r}")
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not bool(torch.isfinite(t).all()):
+        if not _all_finite(t):
             raise KernelInputError(f"{name} holds NaN or inf: attention statistics of non-finite inputs are undefined")
     if causal and m > n:
         raise KernelInputError(
@@ -98,6 +98,13 @@ def validate_inputs(
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
         raise KernelInputError(f"scale={scale!r} must be a finite positive float")
     return float(scale)
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """No NaN or inf in ``t``.  A NaN or inf element makes the sum NaN or inf, so a finite sum (one reduction, no
+    ``[B, H, N, D]`` bool temporaries) proves it; only a non-finite sum, e.g. an overflow of large finite values, takes
+    the element-wise check."""
+    return bool(torch.isfinite(t.sum(dtype=torch.promote_types(t.dtype, torch.float32)))) or bool(torch.isfinite(t).all())
 
 
 def resolve_backend(backend: str, q: torch.Tensor) -> str:

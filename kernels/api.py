@@ -21,6 +21,7 @@ def attention_with_stats(
     spec: StatsSpec = StatsSpec(),
     key_padding_mask: torch.Tensor | None = None,
     backend: Literal["auto", "triton", "torch"] = "auto",
+    compile: bool | None = None,
 ) -> AttnOut:
     """Attention output plus per-head statistics, without materialising the ``[M, N]`` attention matrix.
 
@@ -36,6 +37,8 @@ def attention_with_stats(
         backend: "triton" (CUDA, d_head in 64/80/96/128; on CPU only under ``TRITON_INTERPRET=1``, for tests),
             "torch" (chunked PyTorch, any device and d_head), or "auto": triton when the tensors are on CUDA, the
             d_head is supported and triton imports, else torch.
+        compile: torch backend on CPU only: fuse its element-wise passes with ``torch.compile``; ``None`` decides by
+            ``ATTNLENS_COMPILE`` or by size (see :mod:`kernels._compiled`).
 
     Returns:
         :class:`AttnOut`: ``out [batch, head, q_len, d_head]`` in the input dtype and :class:`AttnStats`
@@ -58,4 +61,5 @@ def attention_with_stats(
         if needs_grad(q, k, v):  # the Triton kernels have no backward
             return grad_through_sdpa(run, q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask)
         return run()
-    return chunked_attention_stats(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask)
+    return chunked_attention_stats(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask,
+                                   compile=compile)

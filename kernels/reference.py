@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ._compiled import use_compiled
 from ._cpu_stats import chunked_stats
 from ._validate import validate_inputs
 from .errors import KernelInputError
@@ -140,6 +141,7 @@ def chunked_attention_stats(
     key_padding_mask: torch.Tensor | None = None,
     attn_mask: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    compile: bool | None = None,
 ) -> AttnOut:
     """Chunked float32 implementation: ``O(B * H * chunk * N)`` memory, same results as the oracle.
 
@@ -152,6 +154,9 @@ def chunked_attention_stats(
         q: ``[B, H, M, D]``; k, v: ``[B, Hkv, N, D]`` (GQA without repeating k/v).
         chunk_size: queries per chunk; default ``_CHUNK_ROWS``, fewer when one float32 ``[B, H, chunk, N]`` block
             would exceed ``_CHUNK_ELEMENTS``.
+        compile: hand each chunk's element-wise group to ``torch.compile`` (CPU only).  ``None``: the
+            ``ATTNLENS_COMPILE`` environment variable, else only for calls with at least ``MIN_SCORES`` visible scores
+            and a C++ compiler on PATH (see :mod:`kernels._compiled`).
     Returns:
         :class:`AttnOut` with ``out [B, H, M, D]`` in ``q.dtype`` and float32 stats.
     """
@@ -163,14 +168,21 @@ def chunked_attention_stats(
         chunk_size = max(1, min(m, _CHUNK_ROWS, _CHUNK_ELEMENTS // max(1, b * h * n)))
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise KernelInputError(f"chunk_size={chunk_size!r} must be an int >= 1")
+    fused = use_compiled(compile, q, b * h * _visible_pairs(m, n, causal))
+
     def run() -> AttnOut:
         return chunked_stats(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask,
-                             attn_mask=attn_mask, chunk_size=chunk_size)
+                             attn_mask=attn_mask, chunk_size=chunk_size, compile=fused)
 
     if needs_grad(q, k, v):  # the one-pass path writes into preallocated buffers, which autograd cannot follow
         return grad_through_sdpa(run, q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask,
                                  attn_mask=attn_mask)
     return run()
+
+
+def _visible_pairs(m: int, n: int, causal: bool) -> int:
+    """Query-key pairs inside the causal triangle (end-aligned queries), or all ``m * n``."""
+    return m * (n - m) + m * (m + 1) // 2 if causal else m * n
 
 
 def needs_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
