@@ -3,17 +3,19 @@
 Between the two GEMMs of a chunk, the eager path makes five passes over the float32 ``[B, H, c, k]`` score block
 (centre, floor, exp, row sum, entropy product and sum; see :func:`kernels._cpu_stats.weights_and_sums`).  Inductor,
 ``torch.compile``'s CPU backend, generates one C++ loop for them.  Measured on this project's 2-core Xeon (torch 2.13,
-one thread, SmolLM2-135M shapes; ``benchmarks/results/cpu_stats.md``): a layer's stats attention over 8,192 tokens
-takes about 15% less time (0.2 s of 1.3 s), 2,048 tokens about 7% less.  The price is a compile on the first call of
-a process: about 14 s with an empty Inductor cache (once per machine and torch version), 5-6 s with a warm one (2 s of
-it importing Dynamo and Inductor).  It needs a C++ compiler on PATH.
+one thread; ``benchmarks/results/cpu_stats*.md``): SmolLM2-135M's stats attention over 8,192 tokens takes about 10%
+less time (all 30 layers: 3.8 s less of 36.8 s), over 2,048 tokens no measurable gain.  The price is a compile on the
+first call of a process: about 15 s with an empty Inductor cache (once per machine and torch version), 5.5 s with a
+warm one (2 s of it importing Dynamo and Inductor).  Rows over 4,096 keys are a second graph (a fraction of a second
+more with a warm cache).  It needs a C++ compiler on PATH.
 
 Policy, per attention call (``compile`` argument of the kernels, or the ``ATTNLENS_COMPILE`` environment variable):
 
 * ``None`` (the default) reads ``ATTNLENS_COMPILE``: ``0`` never, ``1`` whenever the inputs are on the CPU, unset or
-  ``auto`` only for calls with at least ``MIN_SCORES`` visible scores, where one forward of a 30-layer model saves about
-  what a warm compile costs (SmolLM2-135M from about 7,700 tokens on; every further forward in the process gains).
-  Without a C++ compiler ``auto`` stays eager.
+  ``auto`` only for calls with at least ``MIN_SCORES`` visible scores (SmolLM2-135M from about 7,700 tokens on).  There
+  one forward of a 30-layer model saves most of a warm compile (3.8 s of 5.5 s at 8,192 tokens) and every further
+  forward in the process gains; a one-off run that must not compile sets ``ATTNLENS_COMPILE=0``.  Without a C++
+  compiler ``auto`` stays eager.
 * ``True`` / ``False`` decide for that call; ``True`` without a C++ compiler is an error.
 
 If compiling or running the compiled function raises, a warning says so once and the process keeps the eager path.
