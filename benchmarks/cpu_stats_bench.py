@@ -48,10 +48,10 @@ from pathlib import Path
 
 import torch
 
-from kernels._compiled import ENV
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from kernels._compiled import ENV, MIN_SCORES  # noqa: E402 (after the path)
 
 CASES = ("sdpa", "eager_attn", "stats_rows", "stats_rowkeys", "stats_rowkeys_eager", "stats_rowkeys_compiled")
 _COMPILE_ENV = {"stats_rowkeys_eager": "0", "stats_rowkeys_compiled": "1"}
@@ -170,6 +170,13 @@ def _compiled_calls(n_heads: int, n_kv_heads: int, d_head: int) -> list[float]:
         chunked_attention_stats(q, k, v, causal=True, spec=StatsSpec(), compile=True)
         times.append(time.perf_counter() - t0)
     return times
+
+
+def _compiles(cases: list[str], tokens: list[int], lm) -> bool:
+    """Whether some selected case will compile: the forced one, or a default stats case at an N where the size rule
+    of :mod:`kernels._compiled` switches compiling on (causal, one batch row, all heads)."""
+    long = any(lm.facts.n_heads * n * (n + 1) // 2 >= MIN_SCORES for n in tokens)
+    return "stats_rowkeys_compiled" in cases or (long and any(c in cases for c in ("stats_rows", "stats_rowkeys")))
 
 
 def compile_warmup(lm) -> float:
@@ -558,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.compile_cost:
             report["compile_cost"] = measure_compile_cost(args.threads)
-        if any(c in cases for c in ("stats_rows", "stats_rowkeys", "stats_rowkeys_compiled")) and not args.skip_model:
+        if not args.skip_model and _compiles(cases, tokens, lm):
             report["compile_warmup_s"] = compile_warmup(lm)
         if args.candidates:
             report["candidates"] = candidates(args, lm, args.candidates, args.candidate_layer)

@@ -221,7 +221,7 @@ def chunked_stats(
         e = e_buf[: b * h * c * k_end].view(b, h, c, k_end)
         # A chunk of one row, or one as wide as it is long (the first causal chunk), would be a shape of its own to
         # compile: torch.compile specialises on sizes 1 and on sizes equal to each other at its first call.
-        if fused is not None and 1 < c != k_end:
+        if fused is not None and c > 1 and c != k_end:
             l_sum[:, :, rows], e_dot[:, :, rows] = fused(s, mx, e)
         else:
             l_sum[:, :, rows], e_dot[:, :, rows] = _weights_eager(s, mx, e, masks, r0, r0 + off)

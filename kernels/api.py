@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 
 from ._validate import resolve_backend, validate_inputs
-from .reference import chunked_attention_stats, grad_through_sdpa, needs_grad
+from .reference import chunked_validated, grad_through_sdpa, needs_grad
 from .spec import AttnOut, StatsSpec
 
 
@@ -61,5 +61,5 @@ def attention_with_stats(
         if needs_grad(q, k, v):  # the Triton kernels have no backward
             return grad_through_sdpa(run, q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask)
         return run()
-    return chunked_attention_stats(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask,
-                                   compile=compile)
+    return chunked_validated(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask,
+                             compile=compile)

@@ -161,6 +161,13 @@ def chunked_attention_stats(
         :class:`AttnOut` with ``out [B, H, M, D]`` in ``q.dtype`` and float32 stats.
     """
     scale = validate_inputs(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask)
+    return chunked_validated(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask,
+                             attn_mask=attn_mask, chunk_size=chunk_size, compile=compile)
+
+
+def chunked_validated(q, k, v, *, causal: bool, scale: float, spec: StatsSpec, key_padding_mask, attn_mask=None,
+                      chunk_size: int | None = None, compile: bool | None = None) -> AttnOut:
+    """:func:`chunked_attention_stats` for inputs :func:`validate_inputs` has passed (``scale`` resolved)."""
     b, h, m, _ = q.shape
     n = k.shape[2]
     _check_attn_mask(attn_mask, q, n)
