@@ -9,7 +9,7 @@ OUT    ?= results/demo
 
 # Debian packages the tests and reports need: a browser for the dashboard tests,
 # pdftoppm to look at PDF reports, Pango and fonts for WeasyPrint, espeak-ng to make
-# test speech with word timings, g++ for torch.compile (the CPU stats path at long context).
+# test speech with word timings, g++ to build the CPU stats kernel (kernels/_cpu_fused.cpp).
 SYSTEM_PKGS := g++ chromium poppler-utils libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core espeak-ng
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -7,13 +7,13 @@ Cases, run interleaved round by round in one process (so machine noise hits all 
                  costs; skipped where the kept patterns alone would exceed ``--eager-limit-gb``
   stats_rows     ``lens.run_stats(..., StatsSpec(key_stats=False), backend="torch")``
   stats_rowkeys  the same with ``StatsSpec()`` (per-key received mass too; the default)
-  stats_rowkeys_eager     ``stats_rowkeys`` with ``ATTNLENS_COMPILE=0``: never torch.compile
-  stats_rowkeys_compiled  ``stats_rowkeys`` with ``ATTNLENS_COMPILE=1``: always torch.compile
+  stats_rowkeys_eager     ``stats_rowkeys`` with ``ATTNLENS_COMPILE=0``: the PyTorch path, never the compiled kernel
+  stats_rowkeys_compiled  ``stats_rowkeys`` with ``ATTNLENS_COMPILE=1``: always the compiled kernel
 
-The first four run as a user's call would: by default the stats path compiles its element-wise group only for calls
-with at least ``kernels._compiled.MIN_SCORES`` visible scores (here from about 7,700 tokens on), so at smaller N
-``stats_rowkeys`` is the eager path.  The compile itself happens before the timed rounds (``--compile-warmup``) and is
-measured on its own, in fresh processes with an empty and with the warm Inductor cache (``--compile-cost``).
+The first four run as a user's call would: by default the stats path runs its compiled kernel
+(``kernels/_cpu_fused.cpp``) for calls with at least ``kernels._compiled.MIN_SCORES`` visible scores (here from about
+1,000 tokens on), below that the PyTorch path.  The kernel is built or loaded before the timed rounds, and its build
+is measured on its own, in fresh processes with an empty and with the warm kernel cache (``--compile-cost``).
 
 Each case reports the forward's wall time and process CPU time (all threads), and its *attention-only* time: the
 attention function of every layer is wrapped by a timer (transformers' SDPA entry, the model's eager function, the
@@ -155,17 +155,15 @@ def _env(name: str, value: str):
 
 
 def _compiled_calls(n_heads: int, n_kv_heads: int, d_head: int) -> list[float]:
-    """Seconds of three compiled stats calls: keys <= 4096, keys > 4096, keys <= 4096 again.
-
-    The compiled group is shape-generic (dynamic shapes) except that Inductor compiles rows of more than 4,096 keys
-    as a graph of its own: the first two calls compile (or read from the cache) one graph each, the third reuses."""
+    """Seconds of two stats calls through the compiled kernel: the first builds it (or loads the built one), the
+    second runs it."""
     from kernels import StatsSpec
     from kernels.reference import chunked_attention_stats
 
     times = []
-    for m, n in ((200, 200), (64, 4200), (200, 200)):
-        q = torch.randn(1, n_heads, m, d_head)
-        k, v = torch.randn(1, n_kv_heads, n, d_head), torch.randn(1, n_kv_heads, n, d_head)
+    for _ in range(2):
+        q = torch.randn(1, n_heads, 200, d_head)
+        k, v = torch.randn(1, n_kv_heads, 200, d_head), torch.randn(1, n_kv_heads, 200, d_head)
         t0 = time.perf_counter()
         chunked_attention_stats(q, k, v, causal=True, spec=StatsSpec(), compile=True)
         times.append(time.perf_counter() - t0)
@@ -173,29 +171,29 @@ def _compiled_calls(n_heads: int, n_kv_heads: int, d_head: int) -> list[float]:
 
 
 def _compiles(cases: list[str], tokens: list[int], lm) -> bool:
-    """Whether some selected case will compile: the forced one, or a default stats case at an N where the size rule
-    of :mod:`kernels._compiled` switches compiling on (causal, one batch row, all heads)."""
+    """Whether some selected case runs the compiled kernel: the forced one, or a default stats case at an N where the
+    size rule of :mod:`kernels._compiled` switches it on (causal, one batch row, all heads)."""
     long = any(lm.facts.n_heads * n * (n + 1) // 2 >= MIN_SCORES for n in tokens)
     return "stats_rowkeys_compiled" in cases or (long and any(c in cases for c in ("stats_rows", "stats_rowkeys")))
 
 
 def compile_warmup(lm) -> float:
-    """Compile the stats path's fused group before the timed rounds, in the model's head layout; seconds it took."""
-    return sum(_compiled_calls(lm.facts.n_heads, lm.facts.n_kv_heads, lm.facts.d_head)[:2])
+    """Build or load the compiled kernel before the timed rounds; seconds it took."""
+    return _compiled_calls(lm.facts.n_heads, lm.facts.n_kv_heads, lm.facts.d_head)[0]
 
 
 def compile_child(threads: int) -> dict:
-    """Fresh process (torch and kernels imported): the compiling calls and a reusing one (SmolLM2-135M's heads)."""
+    """Fresh process (torch and kernels imported): the building (or loading) call and a second one."""
     torch.set_num_threads(threads)
-    short, long, again = _compiled_calls(9, 3, 64)
-    return {"first_call_s": short, "long_rows_call_s": long, "second_call_s": again}
+    first, again = _compiled_calls(9, 3, 64)
+    return {"first_call_s": first, "second_call_s": again}
 
 
 def measure_compile_cost(threads: int) -> dict:
-    """The first compiled call in a fresh process with an empty Inductor cache, then with the cache it left."""
+    """The first compiled call in a fresh process with an empty kernel cache (it builds), then with the cache it left."""
     out = {}
     with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+        env = dict(os.environ, TORCH_EXTENSIONS_DIR=cache)
         for label in ("empty_cache", "warm_cache"):
             cmd = [sys.executable, str(Path(__file__).resolve()), "--child-compile", "--threads", str(threads)]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
@@ -208,17 +206,16 @@ def measure_compile_cost(threads: int) -> dict:
 def compile_markdown(cost: dict | None, warmup_s: float | None) -> str:
     if not cost and warmup_s is None:
         return ""
-    lines = ["", "## torch.compile of the element-wise group: its cost", ""]
+    lines = ["", "## The compiled kernel (kernels/_cpu_fused.cpp): building and loading it", ""]
     if warmup_s is not None:
-        lines.append(f"- In this run, before the timed rounds: {warmup_s:.1f} s for the compiling calls.")
+        lines.append(f"- In this run, before the timed rounds: {warmup_s:.1f} s for the first compiled call.")
     for label, res in (cost or {}).items():
         if "error" in res:
             lines.append(f"- Fresh process, {label.replace('_', ' ')}: failed: {res['error']}")
         else:
-            lines.append(f"- Fresh process, {label.replace('_', ' ')}: first compiled call {res['first_call_s']:.1f} s"
-                         " (Dynamo and Inductor imported, the function traced, compiled or read from the cache), the"
-                         f" first with rows over 4,096 keys {res['long_rows_call_s']:.1f} s (its own graph), a call"
-                         f" after them {res['second_call_s'] * 1e3:.0f} ms")
+            what = "builds the kernel" if label == "empty_cache" else "loads the built kernel"
+            lines.append(f"- Fresh process, {label.replace('_', ' ')}: first compiled call {res['first_call_s']:.2f} s"
+                         f" (it {what}), a second call {res['second_call_s'] * 1e3:.0f} ms")
     return "\n".join(lines) + "\n"
 
 
@@ -528,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidate-rounds", type=int, default=5)
     parser.add_argument("--skip-model", action="store_true", help="only the --candidates part")
     parser.add_argument("--compile-cost", action="store_true",
-                        help="also time the first compiled call in fresh processes (empty and warm Inductor cache)")
+                        help="also time the first compiled call in fresh processes (empty and warm kernel cache)")
     parser.add_argument("--child-compile", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-memory", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-inductor", default=None, help=argparse.SUPPRESS)

@@ -1,53 +1,68 @@
-"""When the CPU stats path hands its element-wise group to ``torch.compile``, and the compiled function.
+"""The CPU stats path's compiled kernel (``_cpu_fused.cpp``): when it runs, and building it.
 
-Between the two GEMMs of a chunk, the eager path makes five passes over the float32 ``[B, H, c, k]`` score block
-(centre, floor, exp, row sum, entropy product and sum; see :func:`kernels._cpu_stats.weights_and_sums`).  Inductor,
-``torch.compile``'s CPU backend, generates one C++ loop for them.  Measured on this project's 2-core Xeon (torch 2.13,
-one thread; ``benchmarks/results/cpu_stats*.md``): SmolLM2-135M's stats attention over 8,192 tokens takes about 10%
-less time (all 30 layers: 3.8 s less of 36.8 s), over 2,048 tokens no measurable gain.  The price is a compile on the
-first call of a process: about 15 s with an empty Inductor cache (once per machine and torch version), 5.5 s with a
-warm one (2 s of it importing Dynamo and Inductor).  Rows over 4,096 keys are a second graph (a fraction of a second
-more with a warm cache).  It needs a C++ compiler on PATH.
+The PyTorch path (:mod:`kernels._cpu_stats`) moves each ``[B, H, chunk, N]`` score block through memory once per
+operation; ``_cpu_fused.cpp`` runs the same algorithm on blocks small enough to stay in the L2 cache, with the row
+statistics in two vectorised passes per row.  Measured on this project's 2-core Xeon (torch 2.13, one thread;
+``benchmarks/results/cpu_stats*.md``): SmolLM2-135M's stats attention per layer at 8,192 tokens about 0.74 s against
+SDPA's 0.68 s (the PyTorch path 1.2 s), at 2,048 tokens 54 ms against 51 ms (PyTorch 100 ms).  It is built once per
+machine and torch version with torch's C++ extension tools (about 25 s; ``~/.cache/torch_extensions``, or
+``TORCH_EXTENSIONS_DIR``), then loaded in well under a second.  Building needs a C++ compiler and ninja.  It covers
+causal or full attention with a key-padding mask and every statistic but top-k; calls with ``topk > 0`` or an explicit
+mask take the PyTorch path.
 
 Policy, per attention call (``compile`` argument of the kernels, or the ``ATTNLENS_COMPILE`` environment variable):
 
 * ``None`` (the default) reads ``ATTNLENS_COMPILE``: ``0`` never, ``1`` whenever the inputs are on the CPU, unset or
-  ``auto`` only for calls with at least ``MIN_SCORES`` visible scores (SmolLM2-135M from about 7,700 tokens on).  There
-  one forward of a 30-layer model saves most of a warm compile (3.8 s of 5.5 s at 8,192 tokens) and every further
-  forward in the process gains; a one-off run that must not compile sets ``ATTNLENS_COMPILE=0``.  Without a C++
-  compiler ``auto`` stays eager.
-* ``True`` / ``False`` decide for that call; ``True`` without a C++ compiler is an error.
+  ``auto`` for calls with at least ``MIN_SCORES`` visible scores when a compiler and ninja are there (SmolLM2-135M
+  from about 1,000 tokens on: smaller calls take milliseconds either way, and a first build should not fall on them).
+* ``True`` / ``False`` decide for that call; ``True`` without a compiler or ninja is an error.
 
-If compiling or running the compiled function raises, a warning says so once and the process keeps the eager path.
+If building or loading fails, a warning says so once and the process keeps the PyTorch path.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
 import os
 import shutil
+import sys
 import warnings
-from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 import torch
 
 from .errors import KernelInputError
 
 ENV = "ATTNLENS_COMPILE"
-MIN_SCORES = 1 << 28  # visible scores of one call (batch x heads x visible query-key pairs)
+MIN_SCORES = 1 << 22  # visible scores of one call (batch x heads x visible query-key pairs)
+BLOCK_ROWS = 32  # query rows per block and head: 3 heads x 32 rows x 8,192 keys of float32 = 3 MB (L2 + a bit)
+SOURCE = Path(__file__).with_name("_cpu_fused.cpp")
 _CXX = ("g++", "c++", "clang++")
 _ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-_failed = False  # set when compiling failed once: the process stays eager
+_failed = False  # set when building failed once: the process stays on the PyTorch path
 
 
 def compiler_available() -> bool:
-    """A C++ compiler Inductor can use is on PATH (or named by ``CXX``)."""
+    """A C++ compiler (on PATH or named by ``CXX``) and ninja (on PATH or next to this Python) are there."""
     cxx = os.environ.get("CXX")
-    return any(shutil.which(name) for name in ((cxx,) if cxx else ()) + _CXX)
+    has_cxx = any(shutil.which(name) for name in ((cxx,) if cxx else ()) + _CXX)
+    return has_cxx and _ninja() is not None
+
+
+def _ninja() -> str | None:
+    """Path of ninja: on PATH, or the ``ninja`` wheel's, next to the running interpreter (a venv not activated)."""
+    found = shutil.which("ninja")
+    if found:
+        return found
+    beside = Path(sys.executable).with_name("ninja")
+    return str(beside) if beside.exists() else None
 
 
 def use_compiled(requested: bool | None, q: torch.Tensor, n_scores: int) -> bool:
-    """Whether this call of the CPU stats path runs its element-wise group compiled (see the module docstring)."""
+    """Whether this call of the CPU stats path runs the compiled kernel (see the module docstring)."""
     if requested is not None and not isinstance(requested, bool):
         raise KernelInputError(f"compile={requested!r} must be True, False or None (None: {ENV} or by size)")
     if q.device.type != "cpu" or _failed or requested is False:
@@ -61,30 +76,57 @@ def use_compiled(requested: bool | None, q: torch.Tensor, n_scores: int) -> bool
         if env not in _ON:
             return n_scores >= MIN_SCORES and compiler_available()
     if not compiler_available():
-        raise KernelInputError(f"compile=True (or {ENV}=1) needs a C++ compiler on PATH ({', '.join(_CXX)})")
+        raise KernelInputError(f"compile=True (or {ENV}=1) needs a C++ compiler ({', '.join(_CXX)}) and ninja")
     return True
 
 
-def compiled(fn: Callable) -> Callable:
-    """``fn`` compiled by Inductor (dynamic shapes: one compile for every chunk width), falling back to ``fn``."""
-    compiled_fn = _compile(fn)
-
-    def call(*args):
-        global _failed
-        if not _failed:
-            try:
-                with torch.no_grad():  # one graph: the stats path never needs gradients through this group
-                    return compiled_fn(*args)
-            except Exception as exc:  # noqa: BLE001 - any compiler or runtime failure falls back to the eager path
-                _failed = True
-                warnings.warn(f"torch.compile of the CPU stats path failed ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}); using the eager path from now on",
-                              RuntimeWarning, stacklevel=2)
-        return fn(*args)
-
-    return call
+def extension() -> ModuleType | None:
+    """The built kernel module (built on first use, then cached), or None once building has failed (warned once)."""
+    global _failed
+    if _failed:
+        return None
+    try:
+        return _build()
+    except Exception as exc:  # noqa: BLE001 - any compiler or loader failure falls back to the PyTorch path
+        _failed = True
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        warnings.warn(f"building the CPU stats kernel failed ({type(exc).__name__}: {first}); using the PyTorch "
+                      "path from now on", RuntimeWarning, stacklevel=3)
+        return None
 
 
 @functools.cache
-def _compile(fn: Callable) -> Callable:
-    return torch.compile(fn, dynamic=True)
+def _build() -> ModuleType:
+    flags = ["-O3", *_VECTOR_FLAGS.get(torch.backends.cpu.get_cpu_capability(), ())]
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([torch.__version__, *flags]).encode()).hexdigest()[:12]
+    name = f"attnlens_cpu_stats_{key}"  # a new source, torch or flag set is a new module
+    where = _cache_root() / name
+    built = where / f"{name}.so"
+    if built.exists():  # torch's loader would also re-check the build, which costs a second per process
+        module_spec = importlib.util.spec_from_file_location(name, built)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        return module
+    from torch.utils.cpp_extension import load  # lazy: imports setuptools
+
+    ninja = _ninja()
+    if ninja and not shutil.which("ninja"):  # torch runs plain `ninja`
+        os.environ["PATH"] = str(Path(ninja).parent) + os.pathsep + os.environ.get("PATH", "")
+    print("attnlens: building the CPU stats kernel, once for this machine and torch version (about 30 s)",
+          file=sys.stderr, flush=True)
+    where.mkdir(parents=True, exist_ok=True)
+    return load(name, [str(SOURCE)], extra_cflags=flags, build_directory=str(where), verbose=False)
+
+
+def _cache_root() -> Path:
+    """Where built kernels live: ``TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``, as torch's own."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "torch_extensions"
+
+
+# at::vec picks its vector width from these macros; the -m flags let the compiler emit those instructions.  Other
+# CPUs (and "DEFAULT") get the portable build: correct, with the compiler's own vectorisation.
+_VECTOR_FLAGS = {
+    "AVX512": ("-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mfma", "-DCPU_CAPABILITY_AVX512"),
+    "AVX2": ("-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2"),
+}
