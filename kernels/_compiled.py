@@ -7,8 +7,8 @@ statistics in two vectorised passes per row.  Measured on this project's 2-core 
 SDPA's 0.68 s (the PyTorch path 1.2 s), at 2,048 tokens 54 ms against 51 ms (PyTorch 100 ms).  It is built once per
 machine and torch version with torch's C++ extension tools (about 25 s; ``~/.cache/torch_extensions``, or
 ``TORCH_EXTENSIONS_DIR``), then loaded in well under a second.  Building needs a C++ compiler and ninja.  It covers
-causal or full attention with a key-padding mask and every statistic but top-k; calls with ``topk > 0`` or an explicit
-mask take the PyTorch path.
+causal or full attention with a key-padding mask and every statistic; calls with an explicit mask (sliding windows,
+packed sequences) take the PyTorch path.
 
 Policy, per attention call (``compile`` argument of the kernels, or the ``ATTNLENS_COMPILE`` environment variable):
 

@@ -7,6 +7,7 @@
 //
 // Per row i (position pos = i + N - M) over keys j < k_vis (pos + 1 under causal attention, else N):
 //   pass 1  m = max_j s_j, a = the first j holding m          (keys dropped by key_keep hold kMasked)
+//           (with top-k) the k largest s_j and their keys
 //   pass 2  c_j = max(s_j - m, kExpFloor), e_j = exp(c_j) (0 on dropped keys), l = sum e, d = sum e c
 // then sink, window and span sums of e over their own keys, and received[j] += e_j / max(l, 1).
 // Outputs are the un-normalised sums; kernels/_cpu_stats.py's _finish divides by l as for the PyTorch path.
@@ -99,6 +100,35 @@ std::pair<float, float> weights(float* s, int64_t n, float m) {
   return {l_sum, d_sum};
 }
 
+// The k largest of s[0, n) (k <= 8), descending, and their keys, into vals / keys (left as -inf / -1 past n).  One
+// vector compare per W keys against the current k-th value; the rare lanes above it are inserted in order, and a
+// lane only replaces a strictly smaller value, so among equal scores the first keys are kept.
+void top_k(const float* s, int64_t n, int64_t k, float* vals, int64_t* keys) {
+  constexpr int64_t W = Vec::size();
+  int64_t count = 0;
+  auto insert = [&](float x, int64_t j) {
+    if (count == k && !(x > vals[k - 1])) return;
+    int64_t p = count < k ? count++ : k - 1;
+    for (; p > 0 && x > vals[p - 1]; --p) {
+      vals[p] = vals[p - 1];
+      keys[p] = keys[p - 1];
+    }
+    vals[p] = x;
+    keys[p] = j;
+  };
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    const float kth = count < k ? -std::numeric_limits<float>::infinity() : vals[k - 1];
+    Vec x = Vec::loadu(s + j);
+    const int above = ~(x > Vec(kth)).zero_mask() & ((1 << W) - 1);  // lanes holding a score above the k-th
+    if (above == 0 && count == k) continue;
+    for (int64_t w = 0; w < W; ++w) {
+      if (count < k || (above >> w & 1)) insert(s[j + w], j + w);
+    }
+  }
+  for (; j < n; ++j) insert(s[j], j);
+}
+
 float range_sum(const float* e, int64_t lo, int64_t hi) {
   if (hi <= lo) return 0.0f;
   return at::vec::reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, e + lo, hi - lo);
@@ -113,10 +143,12 @@ void add_scaled(float* received, const float* e, int64_t n, float w) {
 
 // qs [B, H, M, D] (already scaled), kt [B, Hkv, D, N], v [B, Hkv, N, D]: float32, contiguous.  key_keep: [B, N] bool
 // or an empty tensor.  spans: [S, 2] int64.  Returns out (P V before the division by l) [B, H, M, D]; row_max, l,
-// e_dot, sink, window [B, H, M]; argmax int64 [B, H, M]; span [B, H, M, S]; received [B, H, N or 0].
+// e_dot, sink, window [B, H, M]; argmax int64 [B, H, M]; span [B, H, M, S]; received [B, H, N or 0]; the top-k
+// scores [B, H, M, topk] (descending, -inf past the visible keys) and their keys (int64, -1 there).
 std::vector<at::Tensor> stats_forward(const at::Tensor& qs, const at::Tensor& kt, const at::Tensor& v,
                                       const at::Tensor& key_keep, bool causal, int64_t sink_tokens, int64_t window,
-                                      const at::Tensor& spans, bool key_stats, int64_t block_rows) {
+                                      const at::Tensor& spans, int64_t topk, bool key_stats,
+                                      int64_t block_rows) {
   TORCH_CHECK(qs.scalar_type() == at::kFloat && kt.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
               "stats_forward: float32 inputs");
   TORCH_CHECK(qs.is_contiguous() && kt.is_contiguous() && v.is_contiguous(), "stats_forward: contiguous inputs");
@@ -133,6 +165,8 @@ std::vector<at::Tensor> stats_forward(const at::Tensor& qs, const at::Tensor& kt
   auto argmax = at::empty({B, H, M}, qs.options().dtype(at::kLong));
   auto span = at::empty({B, H, M, S}, f32);
   auto received = at::zeros({B, H, key_stats ? N : 0}, f32);
+  auto top_vals = at::full({B, H, M, topk}, -std::numeric_limits<float>::infinity(), f32);
+  auto top_keys = at::full({B, H, M, topk}, -1, qs.options().dtype(at::kLong));
   auto spans_c = spans.to(at::kLong).contiguous();
   const int64_t* sp = spans_c.data_ptr<int64_t>();
   auto keep_f = has_keep ? at::where(key_keep, 0.0f, kMasked).to(at::kFloat).contiguous() : at::Tensor();
@@ -164,6 +198,10 @@ std::vector<at::Tensor> stats_forward(const at::Tensor& qs, const at::Tensor& kt
             float* s = s0 + (hl * c + r) * k_end;
             if (bias) at::vec::map2<float>([](Vec x, Vec y) { return x + y; }, s, s, bias, k_vis);
             const Row mx = max_and_first_argmax(s, k_vis);
+            if (topk) {
+              top_k(s, k_vis, topk, top_vals.data_ptr<float>() + (o + i) * topk,
+                    top_keys.data_ptr<int64_t>() + (o + i) * topk);
+            }
             const auto [l, d] = bias ? weights<true>(s, k_vis, mx.max) : weights<false>(s, k_vis, mx.max);
             std::fill(s + k_vis, s + k_end, 0.0f);  // keys after the row's position: weight 0 in P V
             row_max.data_ptr<float>()[o + i] = mx.max;
@@ -184,7 +222,7 @@ std::vector<at::Tensor> stats_forward(const at::Tensor& qs, const at::Tensor& kt
       }
     }
   });
-  return {out, row_max, l_sum, e_dot, argmax, sink, win, span, received};
+  return {out, row_max, l_sum, e_dot, argmax, sink, win, span, received, top_vals, top_keys};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("stats_forward", &stats_forward, "stats attention (CPU, fused)"); }

@@ -9,7 +9,7 @@ come out of one pass: no online rescaling and no second pass over the keys.
 Per chunk the float32 score block ``[B, H, c, k_end]`` is touched by the ``Q K^T`` matmul, one segmented max, an
 in-place centring and clamp, one ``exp``, a row sum, the ``P V`` matmul, the received-mass matmul (key stats only) and
 an in-place product + row sum for the entropy.  With ``compile`` the same algorithm runs as the C++ kernel of
-:mod:`kernels._compiled` on cache-sized blocks (causal or full attention with key padding, no top-k).  The argmax and top-k are read from per-segment maxima instead of an
+:mod:`kernels._compiled` on cache-sized blocks (causal or full attention with key padding).  The argmax and top-k are read from per-segment maxima instead of an
 index-tracking pass over the whole row; window, sink and span masses read only their own columns; everything that is
 per row is finished once, vectorised, after the loop.  Two block buffers are allocated once and reused: memory is
 ``O(B * H * c * N)`` besides the ``O(B * H * M * D)`` inputs and outputs.
@@ -32,6 +32,7 @@ _SEG = 64  # keys per segment of the two-level max / argmax / top-k
 # visible key whose weight is below e^-40 ~ 4e-18 of the row's largest gets e^-40 instead: an absolute error below
 # 4e-18 per key, far under the float32 resolution of any statistic.  Masked keys get exactly 0.
 _EXP_FLOOR = -40.0
+_FUSED_MAX_KEYS = 1 << 24  # the compiled kernel tracks the argmax as a float32 index: exact below 2^24 keys
 
 
 def _segment_max(s: torch.Tensor) -> torch.Tensor:
@@ -163,8 +164,8 @@ def chunked_stats(
 ) -> AttnOut:
     """Stats attention over query chunks of ``chunk_size``; inputs already validated (see ``chunked_attention_stats``).
 
-    ``compile``: run the compiled C++ kernel (:mod:`kernels._compiled`) where it applies: no ``attn_mask``, no top-k,
-    and the kernel built; otherwise this PyTorch path.
+    ``compile``: run the compiled C++ kernel (:mod:`kernels._compiled`) where it applies (no ``attn_mask``, fewer
+    than 2^24 keys, the kernel built); otherwise this PyTorch path.
 
     Args:
         q: ``[B, H, M, D]``; k, v: ``[B, Hkv, N, D]`` (GQA: query head ``h`` uses kv head ``h // (H // Hkv)``).
@@ -172,7 +173,7 @@ def chunked_stats(
     Returns:
         :class:`AttnOut`: ``out [B, H, M, D]`` in ``q.dtype``, float32 statistics, int64 indices.
     """
-    if compile and attn_mask is None and not spec.topk:
+    if compile and attn_mask is None and k.shape[2] < _FUSED_MAX_KEYS:
         ext = _compiled.extension()
         if ext is not None:
             return _fused_stats(ext, q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask)
@@ -267,11 +268,10 @@ def _fused_stats(ext, q, k, v, *, causal: bool, scale: float, spec: StatsSpec,
     k_t = k.to(f32).transpose(-1, -2).contiguous()  # [B, Hkv, D, N]
     keep = torch.empty(0, dtype=torch.bool) if key_padding_mask is None else key_padding_mask.contiguous()
     spans = torch.tensor(spec.spans, dtype=torch.int64).view(-1, 2)
-    out, row_max, l_sum, e_dot, argmax, sink, win, span, received = ext.stats_forward(
-        qs, k_t, v.to(f32).contiguous(), keep, causal, spec.sink_tokens, min(spec.window, n), spans, spec.key_stats,
-        _compiled.BLOCK_ROWS)
-    no_top = torch.empty(b, h, m, 0, dtype=f32)
-    return _finish(q.dtype, out, row_max, l_sum, e_dot, argmax, sink, win, span, no_top, no_top.long(), received,
+    out, row_max, l_sum, e_dot, argmax, sink, win, span, received, top_vals, top_keys = ext.stats_forward(
+        qs, k_t, v.to(f32).contiguous(), keep, causal, spec.sink_tokens, min(spec.window, n), spans, spec.topk,
+        spec.key_stats, _compiled.BLOCK_ROWS)
+    return _finish(q.dtype, out, row_max, l_sum, e_dot, argmax, sink, win, span, top_vals, top_keys, received,
                    None, m, n, causal, key_padding_mask)
 
 

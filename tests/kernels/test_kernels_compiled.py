@@ -1,7 +1,7 @@
 """The CPU stats path's compiled kernel (kernels/_cpu_fused.cpp via kernels._compiled) against the float64 oracle and
 the PyTorch path, at its edges: query blocks that do not divide the rows, GQA groups, decode rows, full attention,
 key padding with rows and batch rows that see nothing, scores that hit the exp floor, exact ties, input dtypes,
-threads.  Then what it leaves to the PyTorch path (top-k, explicit masks), the policy, and the fallback when building
+threads.  Then what it leaves to the PyTorch path (explicit masks), the policy, and the fallback when building
 fails.  The suite builds the kernel once (about 25 s with an empty cache, then cached per machine).
 """
 
@@ -28,7 +28,7 @@ def small_blocks(monkeypatch):
     assert ran and all(ext is not None for ext in ran), "the compiled kernel did not run"
 
 
-def _spec(n: int, topk: int = 0) -> StatsSpec:
+def _spec(n: int, topk: int = 4) -> StatsSpec:
     # Spans on the first key, inside, and on the last keys; a window and sink that end inside the keys.
     return StatsSpec(sink_tokens=3, window=7, spans=((0, 1), (n // 3, n // 2 + 1), (n - 3, n)), topk=topk)
 
@@ -40,8 +40,8 @@ def _compiled_and_eager(q, k, v, **kw):
                           key_padding_mask=kw.get("key_padding_mask"), attn_mask=kw.get("attn_mask"))
     tol = TOLERANCES[q.dtype]  # the output is rounded to the input dtype: one ulp of it apart at most
     torch.testing.assert_close(got.out, eager.out, atol=tol.out_atol, rtol=tol.out_rtol)
-    for name in ("lse", "entropy", "max_weight", "sink_mass", "window_mass", "span_mass", "received_sum",
-                 "received_mean"):
+    for name in ("lse", "entropy", "max_weight", "sink_mass", "window_mass", "span_mass", "topk_weight",
+                 "received_sum", "received_mean"):
         torch.testing.assert_close(getattr(got.stats, name), getattr(eager.stats, name), atol=2e-5, rtol=1e-5,
                                    msg=lambda m, name=name: f"{name}: {m}")
     assert torch.equal(got.stats.argmax, eager.stats.argmax)
@@ -97,8 +97,9 @@ def test_compiled_argmax_is_the_first_of_exact_ties(small_blocks):
     k[0, 0, [5, 37, 40, 100, 129]] = torch.ones(d)
     q = torch.ones(1, 1, n, d) * 3
     v = torch.randn(1, 1, n, d, generator=gen)
-    st = chunked_attention_stats(q, k, v, causal=True, spec=StatsSpec(), compile=True).stats
+    st = chunked_attention_stats(q, k, v, causal=True, spec=StatsSpec(topk=4), compile=True).stats
     assert (st.argmax[0, 0, 5:] == 5).all()
+    assert st.topk_index[0, 0, -1].tolist() == [5, 37, 40, 100]  # the first four of five equal scores, in order
     assert torch.equal(st.argmax, chunked_attention_stats(q, k, v, causal=True, compile=False).stats.argmax)
 
 
@@ -119,15 +120,27 @@ def test_compiled_with_threads_equals_one_thread():
 
 
 @needs_compiler
-def test_topk_and_explicit_masks_take_the_pytorch_path():
+@pytest.mark.parametrize("topk", [1, 8])
+def test_compiled_topk_with_fewer_visible_keys_than_k(small_blocks, topk):
+    # The first rows see fewer than 8 keys: their missing entries are weight 0, index -1.
+    q, k, v = make_qkv(1, 4, 2, 30, 30, 16, torch.float32, seed=topk)
+    got = _compiled_and_eager(q, k, v, causal=True, spec=_spec(30, topk=topk))
+    assert torch.equal(got.stats.topk_index, chunked_attention_stats(q, k, v, causal=True, spec=_spec(30, topk=topk),
+                                                                     compile=False).stats.topk_index)
+    if topk == 8:
+        assert (got.stats.topk_index[0, :, 0, 1:] == -1).all() and (got.stats.topk_weight[0, :, 0, 1:] == 0).all()
+
+
+@needs_compiler
+def test_explicit_masks_take_the_pytorch_path():
     q, k, v = make_qkv(2, 4, 2, 40, 40, 16, torch.float32, seed=2)
     mask = torch.ones(40, 40, dtype=torch.bool).tril()[None, None].repeat(2, 1, 1, 1)
-    for kw in (dict(causal=True, spec=_spec(40, topk=3)), dict(causal=False, spec=_spec(40), attn_mask=mask)):
-        got = chunked_attention_stats(q, k, v, compile=True, **kw)
-        eager = chunked_attention_stats(q, k, v, compile=False, **kw)
-        assert torch.equal(got.out, eager.out)
-        for a, b in zip(got.stats, eager.stats):
-            assert torch.equal(a, b)
+    kw = dict(causal=False, spec=_spec(40), attn_mask=mask)
+    got = chunked_attention_stats(q, k, v, compile=True, **kw)
+    eager = chunked_attention_stats(q, k, v, compile=False, **kw)
+    assert torch.equal(got.out, eager.out)
+    for a, b in zip(got.stats, eager.stats):
+        assert torch.equal(a, b)
 
 
 @pytest.fixture
