@@ -4,7 +4,8 @@
   test oracle and is written as directly as possible, independent of the other backends.
 * :func:`chunked_attention_stats` walks over query chunks so peak memory is ``O(B * H * chunk * N)`` instead of
   ``O(B * H * M * N)``, computing only the visible causal triangle; it is the CPU / no-triton fallback
-  (``backend="torch"``).  Its loop lives in :mod:`kernels._cpu_stats`.
+  (``backend="torch"``).  Its loop lives in :mod:`kernels._cpu_stats`; on the CPU it runs as the compiled C++ kernel
+  of :mod:`kernels._compiled` where that applies.
 
 Both accept an extra ``attn_mask`` (bool ``[B, 1 or H, M, N]``, True = keep), ANDed with the causal and padding
 masks; the transformers integration uses it for masks that are not plain causal + padding.
@@ -154,9 +155,9 @@ def chunked_attention_stats(
         q: ``[B, H, M, D]``; k, v: ``[B, Hkv, N, D]`` (GQA without repeating k/v).
         chunk_size: queries per chunk; default ``_CHUNK_ROWS``, fewer when one float32 ``[B, H, chunk, N]`` block
             would exceed ``_CHUNK_ELEMENTS``.
-        compile: hand each chunk's element-wise group to ``torch.compile`` (CPU only).  ``None``: the
-            ``ATTNLENS_COMPILE`` environment variable, else only for calls with at least ``MIN_SCORES`` visible scores
-            and a C++ compiler on PATH (see :mod:`kernels._compiled`).
+        compile: run the compiled C++ kernel (CPU only; not for ``attn_mask``), the same algorithm on cache-sized
+            blocks.  ``None``: the ``ATTNLENS_COMPILE`` environment variable, else only for calls with at least
+            ``MIN_SCORES`` visible scores and a C++ compiler and ninja there (see :mod:`kernels._compiled`).
     Returns:
         :class:`AttnOut` with ``out [B, H, M, D]`` in ``q.dtype`` and float32 stats.
     """

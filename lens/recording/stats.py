@@ -1,7 +1,7 @@
 """The "stats" capture mode: per-layer, per-head attention statistics without patterns.
 
-The model runs with the fused statistics kernel as its attention (Triton on a GPU, the
-chunked PyTorch reference on CPU), so nothing N x N is ever built: long contexts cost
+The model runs with the fused statistics kernel as its attention (Triton on a GPU, a C++
+kernel or the chunked PyTorch reference on CPU), so nothing N x N is ever built: long contexts cost
 O(N) memory. :func:`stats_mode` is the switch (an entry on :mod:`lens.attention`'s stack,
 so it nests with pattern capture and edits); :func:`run_stats` one forward pass of a
 prompt. Analyses take these statistics where they would take patterns

@@ -5,8 +5,8 @@
 # would be 70 GB in fp32. The statistics kernel computes what head analyses need — entropy,
 # the largest weight and its key, the mass on sink tokens, on a recent window and on given
 # spans, the top-k keys, and the mass every key receives — in the same pass as the attention
-# output, in O(N) memory. On a GPU it is a Triton kernel; on a CPU (here) the chunked PyTorch
-# reference computes the same numbers.
+# output, in O(N) memory. On a GPU it is a Triton kernel; on a CPU (here) a C++ kernel built on
+# first use (or, without a compiler, the chunked PyTorch reference) computes the same numbers.
 
 # %%
 import matplotlib.pyplot as plt
