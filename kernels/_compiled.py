@@ -28,6 +28,8 @@ import importlib.util
 import os
 import shutil
 import sys
+import sysconfig
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -40,16 +42,16 @@ ENV = "ATTNLENS_COMPILE"
 MIN_SCORES = 1 << 22  # visible scores of one call (batch x heads x visible query-key pairs)
 BLOCK_ROWS = 32  # query rows per block and head: 3 heads x 32 rows x 8,192 keys of float32 = 3 MB (L2 + a bit)
 SOURCE = Path(__file__).with_name("_cpu_fused.cpp")
-_CXX = ("g++", "c++", "clang++")
+_FINISHED = "finished"  # written next to the .so once a build has completed
+_STALE_LOCK_S = 600  # a build takes about 30 s; a lock this old belongs to a build that died
 _ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _failed = False  # set when building failed once: the process stays on the PyTorch path
 
 
 def compiler_available() -> bool:
-    """A C++ compiler (on PATH or named by ``CXX``) and ninja (on PATH or next to this Python) are there."""
-    cxx = os.environ.get("CXX")
-    has_cxx = any(shutil.which(name) for name in ((cxx,) if cxx else ()) + _CXX)
-    return has_cxx and _ninja() is not None
+    """The C++ compiler torch's extension tools run (``CXX``, else ``c++``) and ninja (on PATH or next to this Python)
+    are there."""
+    return shutil.which(os.environ.get("CXX", "c++")) is not None and _ninja() is not None
 
 
 def _ninja() -> str | None:
@@ -76,7 +78,7 @@ def use_compiled(requested: bool | None, q: torch.Tensor, n_scores: int) -> bool
         if env not in _ON:
             return n_scores >= MIN_SCORES and compiler_available()
     if not compiler_available():
-        raise KernelInputError(f"compile=True (or {ENV}=1) needs a C++ compiler ({', '.join(_CXX)}) and ninja")
+        raise KernelInputError(f"compile=True (or {ENV}=1) needs a C++ compiler (CXX or c++ on PATH) and ninja")
     return True
 
 
@@ -97,12 +99,16 @@ def extension() -> ModuleType | None:
 
 @functools.cache
 def _build() -> ModuleType:
-    flags = ["-O3", *_VECTOR_FLAGS.get(torch.backends.cpu.get_cpu_capability(), ())]
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([torch.__version__, *flags]).encode()).hexdigest()[:12]
-    name = f"attnlens_cpu_stats_{key}"  # a new source, torch or flag set is a new module
-    where = _cache_root() / name
-    built = where / f"{name}.so"
-    if built.exists():  # torch's loader would also re-check the build, which costs a second per process
+    return load_or_build(_cache_root())
+
+
+def load_or_build(root: Path) -> ModuleType:
+    """The kernel module for this source, torch, Python and CPU under ``root``: loaded if a finished build is there,
+    else built (under torch's build lock) and marked finished."""
+    name, flags = module_name(), _flags()
+    where = root / name
+    built, finished = where / f"{name}.so", where / _FINISHED
+    if finished.exists() and built.exists():  # torch's loader would re-check the build: a second per process
         module_spec = importlib.util.spec_from_file_location(name, built)
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
@@ -112,10 +118,25 @@ def _build() -> ModuleType:
     ninja = _ninja()
     if ninja and not shutil.which("ninja"):  # torch runs plain `ninja`
         os.environ["PATH"] = str(Path(ninja).parent) + os.pathsep + os.environ.get("PATH", "")
+    where.mkdir(parents=True, exist_ok=True)
+    lock = where / "lock"  # torch's build lock; a build killed hard leaves it behind, and torch waits on it forever
+    if lock.exists() and time.time() - lock.stat().st_mtime > _STALE_LOCK_S:
+        lock.unlink(missing_ok=True)
     print("attnlens: building the CPU stats kernel, once for this machine and torch version (about 30 s)",
           file=sys.stderr, flush=True)
-    where.mkdir(parents=True, exist_ok=True)
-    return load(name, [str(SOURCE)], extra_cflags=flags, build_directory=str(where), verbose=False)
+    module = load(name, [str(SOURCE)], extra_cflags=flags, build_directory=str(where), verbose=False)
+    finished.touch()  # only now may other processes load the .so directly: it is completely written
+    return module
+
+
+def module_name() -> str:
+    """``attnlens_cpu_stats_<hash>``: a new kernel source, torch, Python ABI or flag set is a new module."""
+    identity = " ".join([torch.__version__, sysconfig.get_config_var("EXT_SUFFIX") or sys.version, *_flags()])
+    return f"attnlens_cpu_stats_{hashlib.sha256(SOURCE.read_bytes() + identity.encode()).hexdigest()[:12]}"
+
+
+def _flags() -> list[str]:
+    return ["-O3", *_VECTOR_FLAGS.get(torch.backends.cpu.get_cpu_capability(), ())]
 
 
 def _cache_root() -> Path:

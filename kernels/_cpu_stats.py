@@ -8,11 +8,13 @@ come out of one pass: no online rescaling and no second pass over the keys.
 
 Per chunk the float32 score block ``[B, H, c, k_end]`` is touched by the ``Q K^T`` matmul, one segmented max, an
 in-place centring and clamp, one ``exp``, a row sum, the ``P V`` matmul, the received-mass matmul (key stats only) and
-an in-place product + row sum for the entropy.  With ``compile`` the same algorithm runs as the C++ kernel of
-:mod:`kernels._compiled` on cache-sized blocks (causal or full attention with key padding).  The argmax and top-k are read from per-segment maxima instead of an
+an in-place product + row sum for the entropy.  The argmax and top-k are read from per-segment maxima instead of an
 index-tracking pass over the whole row; window, sink and span masses read only their own columns; everything that is
 per row is finished once, vectorised, after the loop.  Two block buffers are allocated once and reused: memory is
 ``O(B * H * c * N)`` besides the ``O(B * H * M * D)`` inputs and outputs.
+
+With ``compile`` the same algorithm runs as the C++ kernel of :mod:`kernels._compiled` on cache-sized blocks (every
+case but explicit masks); :func:`_finish` turns the sums of either into :class:`AttnOut`.
 """
 
 from __future__ import annotations
@@ -269,7 +271,7 @@ def _fused_stats(ext, q, k, v, *, causal: bool, scale: float, spec: StatsSpec,
     keep = torch.empty(0, dtype=torch.bool) if key_padding_mask is None else key_padding_mask.contiguous()
     spans = torch.tensor(spec.spans, dtype=torch.int64).view(-1, 2)
     out, row_max, l_sum, e_dot, argmax, sink, win, span, received, top_vals, top_keys = ext.stats_forward(
-        qs, k_t, v.to(f32).contiguous(), keep, causal, spec.sink_tokens, min(spec.window, n), spans, spec.topk,
+        qs, k_t, v.to(f32).contiguous(), keep, causal, min(spec.sink_tokens, n), min(spec.window, n), spans, spec.topk,
         spec.key_stats, _compiled.BLOCK_ROWS)
     return _finish(q.dtype, out, row_max, l_sum, e_dot, argmax, sink, win, span, top_vals, top_keys, received,
                    None, m, n, causal, key_padding_mask)

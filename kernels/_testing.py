@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from .reference import naive_attention_stats
-from .spec import AttnOut, StatsSpec
+from .spec import MAX_TOPK, AttnOut, StatsSpec
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,14 @@ def assert_matches_oracle(
     assert g.argmax.dtype == torch.int64 and g.topk_index.dtype == torch.int64
     if spec.topk:
         rw = r.topk_weight
-        gaps = torch.cat([(rw[..., :-1] - rw[..., 1:]).abs(), torch.full_like(rw[..., :1], 1.0)], -1)
+        # The last slot is decided against the (k+1)-th weight; at k = MAX_TOPK that one is not available, and an
+        # index there counts as decided only by the weights check above.
+        if spec.topk < MAX_TOPK:
+            wider = replace(spec, sink_tokens=0, window=0, spans=(), topk=spec.topk + 1, key_stats=False)
+            after = naive_attention_stats(q, k, v, spec=wider, **kw).stats.topk_weight[..., -1:]
+        else:
+            after = rw[..., -1:]
+        gaps = torch.cat([(rw[..., :-1] - rw[..., 1:]).abs(), (rw[..., -1:] - after).abs()], -1)
         prev = torch.cat([torch.full_like(rw[..., :1], 1.0), (rw[..., :-1] - rw[..., 1:]).abs()], -1)
         decisive = (torch.minimum(gaps, prev) > 1e-3) | (r.topk_index == -1)
         bad = (g.topk_index.cpu() != r.topk_index) & decisive

@@ -37,8 +37,8 @@ def attention_with_stats(
         backend: "triton" (CUDA, d_head in 64/80/96/128; on CPU only under ``TRITON_INTERPRET=1``, for tests),
             "torch" (chunked PyTorch, any device and d_head), or "auto": triton when the tensors are on CUDA, the
             d_head is supported and triton imports, else torch.
-        compile: torch backend on CPU only: run the compiled C++ kernel (``kernels/_cpu_fused.cpp``); ``None`` decides by
-            ``ATTNLENS_COMPILE`` or by size (see :mod:`kernels._compiled`).
+        compile: torch backend on CPU only: run the compiled C++ kernel (``kernels/_cpu_fused.cpp``); ``None``
+            decides by ``ATTNLENS_COMPILE`` or by size (see :mod:`kernels._compiled`).
 
     Returns:
         :class:`AttnOut`: ``out [batch, head, q_len, d_head]`` in the input dtype and :class:`AttnStats`

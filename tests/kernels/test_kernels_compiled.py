@@ -5,6 +5,9 @@ threads.  Then what it leaves to the PyTorch path (explicit masks), the policy, 
 fails.  The suite builds the kernel once (about 25 s with an empty cache, then cached per machine).
 """
 
+import os
+import shutil
+import time
 import warnings
 
 import pytest
@@ -101,10 +104,15 @@ def test_compiled_argmax_is_the_first_of_exact_ties(small_blocks):
     assert (st.argmax[0, 0, 5:] == 5).all()
     assert st.topk_index[0, 0, -1].tolist() == [5, 37, 40, 100]  # the first four of five equal scores, in order
     assert torch.equal(st.argmax, chunked_attention_stats(q, k, v, causal=True, compile=False).stats.argmax)
+    kpm = torch.ones(1, n, dtype=torch.bool)
+    kpm[0, 5] = False  # with key 5 padded away the first tie is key 37
+    st = chunked_attention_stats(q, k, v, causal=True, spec=StatsSpec(topk=4), key_padding_mask=kpm,
+                                 compile=True).stats
+    assert (st.argmax[0, 0, 37:] == 37).all() and st.topk_index[0, 0, -1].tolist() == [37, 40, 100, 129]
 
 
 @needs_compiler
-def test_compiled_with_threads_equals_one_thread():
+def test_compiled_with_threads_equals_one_thread(small_blocks):
     q, k, v = make_qkv(2, 6, 3, 90, 90, 16, torch.float32, seed=5)
     before = torch.get_num_threads()
     try:
@@ -129,6 +137,17 @@ def test_compiled_topk_with_fewer_visible_keys_than_k(small_blocks, topk):
                                                                      compile=False).stats.topk_index)
     if topk == 8:
         assert (got.stats.topk_index[0, :, 0, 1:] == -1).all() and (got.stats.topk_weight[0, :, 0, 1:] == 0).all()
+
+
+@needs_compiler
+def test_compiled_odd_head_size_transposed_inputs_and_no_optional_stats(small_blocks):
+    # d_head 13 (not a vector width), q / k / v as transposed views (what transformers hands over), no top-k, no
+    # per-key mass, no sink or window.
+    q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in make_qkv(2, 6, 2, 45, 45, 13, torch.float32))
+    assert not q.is_contiguous()
+    spec = StatsSpec(sink_tokens=0, window=0, topk=0, key_stats=False)
+    got = _compiled_and_eager(q, k, v, causal=True, spec=spec)
+    assert got.stats.received_sum.shape == (2, 6, 0) and got.stats.topk_index.shape == (2, 6, 45, 0)
 
 
 @needs_compiler
@@ -192,3 +211,54 @@ def test_a_failing_build_warns_once_and_stays_on_the_pytorch_path(no_env, monkey
         warnings.simplefilter("error")  # no second warning; the process stays on the PyTorch path
         assert not _compiled.use_compiled(True, q, 1 << 40)
     assert calls == [1]
+
+
+def _fake_load(calls: list):
+    def load(name, sources, *, extra_cflags, build_directory, verbose):
+        calls.append(name)
+        return "built"
+    return load
+
+
+def test_a_build_without_its_finished_mark_is_rebuilt_not_loaded(tmp_path, monkeypatch):
+    # A .so another process is still linking (or one a killed build left) is never imported directly.
+    import torch.utils.cpp_extension as cpp
+
+    calls = []
+    monkeypatch.setattr(cpp, "load", _fake_load(calls))
+    where = tmp_path / _compiled.module_name()
+    where.mkdir()
+    (where / f"{where.name}.so").write_bytes(b"half a shared object")
+    (where / "lock").touch()
+    old = time.time() - 2 * _compiled._STALE_LOCK_S
+    os.utime(where / "lock", (old, old))  # left by a build that died: removed, or torch would wait on it forever
+    assert _compiled.load_or_build(tmp_path) == "built" and calls == [where.name]
+    assert (where / _compiled._FINISHED).exists() and not (where / "lock").exists()
+
+
+def test_a_fresh_build_lock_is_left_to_its_build(tmp_path, monkeypatch):
+    import torch.utils.cpp_extension as cpp
+
+    monkeypatch.setattr(cpp, "load", _fake_load([]))
+    where = tmp_path / _compiled.module_name()
+    where.mkdir()
+    (where / "lock").touch()
+    _compiled.load_or_build(tmp_path)
+    assert (where / "lock").exists()
+
+
+@needs_compiler
+def test_a_finished_build_is_loaded_without_torch_s_loader(tmp_path, monkeypatch):
+    import torch.utils.cpp_extension as cpp
+
+    assert _compiled.extension() is not None  # built (or loaded) in the real cache
+    name = _compiled.module_name()
+    (tmp_path / name).mkdir()
+    shutil.copy(_compiled._cache_root() / name / f"{name}.so", tmp_path / name)
+    (tmp_path / name / _compiled._FINISHED).touch()
+    monkeypatch.setattr(cpp, "load", lambda *a, **k: pytest.fail("torch's loader ran for a finished build"))
+    module = _compiled.load_or_build(tmp_path)
+    q, k, v = make_qkv(1, 2, 1, 20, 20, 8, torch.float32)
+    args = (q.contiguous(), k.transpose(-1, -2).contiguous(), v.contiguous(), torch.empty(0, dtype=torch.bool), True,
+            1, 4, torch.empty(0, 2, dtype=torch.int64), 0, True, 8)
+    assert len(module.stats_forward(*args)) == 11
