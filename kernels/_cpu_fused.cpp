@@ -1,10 +1,10 @@
 // The CPU stats attention as one cache-resident loop (built and loaded by kernels/_compiled.py with torch's C++
 // extension tools).  The algorithm is kernels/_cpu_stats.py's: blocks of complete score rows over the keys they can
-// see, so every row statistic is final within its block.  What changes is the block: R query rows of the G heads that
-// share one kv head (G * R rows; SmolLM2, R = 32: 96 rows, 3 MB of float32 scores at 8k keys), small enough to stay
-// in the L2 cache between the Q K^T matmul, the passes over each row (max and first argmax; exp and sums, written
-// back as weights) and the P V matmul, where the PyTorch path moves a block six times that size through memory once
-// per operation.
+// see, so every row statistic is final within its block.  What changes is the block: R query rows of the G heads
+// that share one kv head (G * R rows, about 3 MB of float32 scores: SmolLM2 at 8k keys R = 32, 96 rows), small
+// enough to stay in the L2 cache between the Q K^T matmul, the passes over each row (max and first argmax; exp and
+// sums, written back as weights) and the P V matmul, where the PyTorch path moves a block six times that size through
+// memory once per operation.  Threads: see stats_forward.
 //
 // Per row i (position pos = i + N - M) over keys j < k_vis (pos + 1 under causal attention, else N):
 //   pass 1  m = max_j s_j, a = the first j holding m          (keys dropped by key_keep hold kMasked)
@@ -172,18 +172,25 @@ std::vector<at::Tensor> stats_forward(const at::Tensor& qs, const at::Tensor& kt
   const int64_t* sp = spans_c.data_ptr<int64_t>();
   auto keep_f = has_keep ? at::where(key_keep, 0.0f, kMasked).to(at::kFloat).contiguous() : at::Tensor();
 
-  // One unit of work = one (batch row, kv head): it owns its heads' rows and received sums, so units never share
-  // an output element.  Inside a unit the matmuls run on the calling thread (at::parallel_for nests no threads).
-  at::parallel_for(0, B * Hkv, 1, [&](int64_t u0, int64_t u1) {
+  // Work items are blocks (batch row, kv head, R query rows); they write disjoint rows of every output.  Item i goes
+  // to lane i mod L, so each lane gets blocks from every part of the causal triangle (balanced work), and each lane
+  // adds its received mass into a sum of its own, added up in lane order after the loop: the result depends on the
+  // thread count only, never on scheduling.  The matmuls inside a lane run on its thread (at::parallel_for nests no
+  // threads).
+  const int64_t n_blocks = (M + R - 1) / R, units = B * Hkv, n_items = units * n_blocks;
+  const int64_t L = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_items));
+  auto received_lanes = L == 1 ? received.unsqueeze(0) : at::zeros({L, B, H, key_stats ? N : 0}, f32);
+  at::parallel_for(0, L, 1, [&](int64_t l0, int64_t l1) {
     auto scores = at::empty({G * R, N}, f32);
     auto q_blk = at::empty({G * R, D}, f32);
     auto pv = at::empty({G * R, D}, f32);
-    for (int64_t u = u0; u < u1; ++u) {
-      const int64_t b = u / Hkv, g = u % Hkv;
-      const auto k_bg = kt[b][g], v_bg = v[b][g];
-      const float* bias = has_keep ? keep_f.data_ptr<float>() + b * N : nullptr;
-      for (int64_t r0 = 0; r0 < M; r0 += R) {
-        const int64_t r1 = std::min(M, r0 + R), c = r1 - r0;
+    for (int64_t lane = l0; lane < l1; ++lane) {
+      float* lane_received = received_lanes[lane].data_ptr<float>();
+      for (int64_t item = lane; item < n_items; item += L) {
+        const int64_t u = item % units, b = u / Hkv, g = u % Hkv;
+        const int64_t r0 = (item / units) * R, r1 = std::min(M, r0 + R), c = r1 - r0;
+        const auto k_bg = kt[b][g], v_bg = v[b][g];
+        const float* bias = has_keep ? keep_f.data_ptr<float>() + b * N : nullptr;
         const int64_t k_end = causal ? r1 + off : N;  // keys some row of the block sees
         for (int64_t hl = 0; hl < G; ++hl) q_blk.narrow(0, hl * c, c).copy_(qs[b][g * G + hl].narrow(0, r0, c));
         // scores as [G * c, k_end] with row stride k_end, in the first G * c * k_end floats of the buffer
@@ -214,7 +221,7 @@ std::vector<at::Tensor> stats_forward(const at::Tensor& qs, const at::Tensor& kt
                 window ? range_sum(s, std::max<int64_t>(0, pos - window + 1), std::min(pos + 1, k_vis)) : 0.0f;
             float* sp_out = span.data_ptr<float>() + (o + i) * S;
             for (int64_t t = 0; t < S; ++t) sp_out[t] = range_sum(s, sp[2 * t], std::min(sp[2 * t + 1], k_vis));
-            if (key_stats) add_scaled(received.data_ptr<float>() + (b * H + h) * N, s, k_vis, 1.0f / std::max(l, 1.0f));
+            if (key_stats) add_scaled(lane_received + (b * H + h) * N, s, k_vis, 1.0f / std::max(l, 1.0f));
           }
         }
         auto pv_blk = pv.narrow(0, 0, G * c);
@@ -223,6 +230,9 @@ std::vector<at::Tensor> stats_forward(const at::Tensor& qs, const at::Tensor& kt
       }
     }
   });
+  if (L > 1) {
+    for (int64_t lane = 0; lane < L; ++lane) received.add_(received_lanes[lane]);  // lane order: deterministic
+  }
   return {out, row_max, l_sum, e_dot, argmax, sink, win, span, received, top_vals, top_keys};
 }
 

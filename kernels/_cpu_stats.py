@@ -272,7 +272,7 @@ def _fused_stats(ext, q, k, v, *, causal: bool, scale: float, spec: StatsSpec,
     spans = torch.tensor(spec.spans, dtype=torch.int64).view(-1, 2)
     out, row_max, l_sum, e_dot, argmax, sink, win, span, received, top_vals, top_keys = ext.stats_forward(
         qs, k_t, v.to(f32).contiguous(), keep, causal, min(spec.sink_tokens, n), min(spec.window, n), spans, spec.topk,
-        spec.key_stats, _compiled.BLOCK_ROWS)
+        spec.key_stats, _compiled.block_rows(h // k.shape[1], n))
     return _finish(q.dtype, out, row_max, l_sum, e_dot, argmax, sink, win, span, top_vals, top_keys, received,
                    None, m, n, causal, key_padding_mask)
 
