@@ -64,6 +64,7 @@ lab: install
 
 bench-cpu-stats: install
 	$(BIN)/python benchmarks/cpu_stats_bench.py --tokens 512,2048,8192 --rounds 5,3,1 --memory --compile-cost --candidates 2048 --out benchmarks/results/cpu_stats.md
+	$(BIN)/python benchmarks/cpu_kernel_threads.py --tokens 4096 --out benchmarks/results/cpu_kernel_threads.md
 
 bench-speech: install
 	$(BIN)/python benchmarks/speech_bench.py --out benchmarks/results/speech_cpu.md --results benchmarks/results/speech
