@@ -83,7 +83,7 @@ def generate(
 
     Example: lens generate whisper-tiny.en --audio speech.wav
 
-    Example: lens generate tiny-vlm --image scene.png --prompt "<image>\nWhat colour is the shape?"
+    Example: lens generate tiny-vlm --image scene.png --prompt "<image>\\nWhat colour is the shape?"
     """
     import lens
 

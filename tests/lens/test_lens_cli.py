@@ -77,3 +77,23 @@ def test_every_command_has_help_with_an_example(cli):
     for command in ("models", "generate", "capture", "info", "scan"):
         code, out, _ = cli(command, "--help")
         assert code == 0 and "Example: lens " in " ".join(out.split()), command
+
+
+def _callbacks(app):
+    for info in app.registered_commands:
+        yield info.callback
+    for group in app.registered_groups:
+        yield from _callbacks(group.typer_instance)
+
+
+def test_every_command_docstring_dedents_so_its_help_keeps_its_paragraphs():
+    # A line at column 0 inside a docstring (a literal newline in an example, say) stops the dedent, and --help then
+    # prints every following line indented under the first.
+    from lens.cli import app
+
+    callbacks = [cb for cb in _callbacks(app) if cb.__doc__]
+    assert len(callbacks) > 10
+    for cb in callbacks:
+        later = cb.__doc__.split("\n")[1:]
+        flush = [line for line in later if line.strip() and not line.startswith(" ")]
+        assert not flush, f"{cb.__name__}: {flush[0]!r}"
