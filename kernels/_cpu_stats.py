@@ -13,8 +13,8 @@ index-tracking pass over the whole row; window, sink and span masses read only t
 per row is finished once, vectorised, after the loop.  Two block buffers are allocated once and reused: memory is
 ``O(B * H * c * N)`` besides the ``O(B * H * M * D)`` inputs and outputs.
 
-With ``compile`` the same algorithm runs as the C++ kernel of :mod:`kernels._compiled` on cache-sized blocks (every
-case but explicit masks); :func:`_finish` turns the sums of either into :class:`AttnOut`.
+:func:`fused_stats` runs the same algorithm as the C++ kernel of :mod:`kernels._compiled` on cache-sized blocks
+(every case but explicit masks); :func:`_finish` turns the sums of either into :class:`AttnOut`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ _SEG = 64  # keys per segment of the two-level max / argmax / top-k
 # visible key whose weight is below e^-40 ~ 4e-18 of the row's largest gets e^-40 instead: an absolute error below
 # 4e-18 per key, far under the float32 resolution of any statistic.  Masked keys get exactly 0.
 _EXP_FLOOR = -40.0
-_FUSED_MAX_KEYS = 1 << 24  # the compiled kernel tracks the argmax as a float32 index: exact below 2^24 keys
+FUSED_MAX_KEYS = 1 << 24  # the compiled kernel tracks the argmax as a float32 index: exact below 2^24 keys
 
 
 def _segment_max(s: torch.Tensor) -> torch.Tensor:
@@ -162,12 +162,8 @@ def chunked_stats(
     key_padding_mask: torch.Tensor | None,
     attn_mask: torch.Tensor | None,
     chunk_size: int,
-    compile: bool = False,
 ) -> AttnOut:
     """Stats attention over query chunks of ``chunk_size``; inputs already validated (see ``chunked_attention_stats``).
-
-    ``compile``: run the compiled C++ kernel (:mod:`kernels._compiled`) where it applies (no ``attn_mask``, fewer
-    than 2^24 keys, the kernel built); otherwise this PyTorch path.
 
     Args:
         q: ``[B, H, M, D]``; k, v: ``[B, Hkv, N, D]`` (GQA: query head ``h`` uses kv head ``h // (H // Hkv)``).
@@ -175,10 +171,6 @@ def chunked_stats(
     Returns:
         :class:`AttnOut`: ``out [B, H, M, D]`` in ``q.dtype``, float32 statistics, int64 indices.
     """
-    if compile and attn_mask is None and k.shape[2] < _FUSED_MAX_KEYS:
-        ext = _compiled.extension()
-        if ext is not None:
-            return _fused_stats(ext, q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask)
     b, h, m, d = q.shape
     hkv, n = k.shape[1], k.shape[2]
     g, off = h // hkv, n - m
@@ -249,7 +241,7 @@ def chunked_stats(
 
 
 def _weights(s: torch.Tensor, mx: torch.Tensor, e: torch.Tensor, masks: _Masks, r0: int,
-                   pos0: int) -> tuple[torch.Tensor, torch.Tensor]:
+             pos0: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights ``e = exp(max(s - max, _EXP_FLOOR))`` of a chunk's masked scores ``s`` (centred in place) written into
     ``e``, masked keys 0; returns the row sums ``l`` and ``sum e * (s - max)``, each ``[B, H, c]``.  Four passes."""
     # s - max: <= 0 and exactly 0 at the max.  An empty row has max = _MASKED, so its masked scores centre to 0; every
@@ -260,9 +252,10 @@ def _weights(s: torch.Tensor, mx: torch.Tensor, e: torch.Tensor, masks: _Masks, 
     return e.sum(-1), s.mul_(e).sum(-1)  # masked keys: e = 0 times a finite centred score
 
 
-def _fused_stats(ext, q, k, v, *, causal: bool, scale: float, spec: StatsSpec,
-                 key_padding_mask: torch.Tensor | None) -> AttnOut:
-    """:func:`chunked_stats` by the compiled kernel ``ext`` (see ``_cpu_fused.cpp``); the same :func:`_finish`."""
+def fused_stats(ext, q, k, v, *, causal: bool, scale: float, spec: StatsSpec,
+                key_padding_mask: torch.Tensor | None) -> AttnOut:
+    """:func:`chunked_stats` by the compiled kernel ``ext`` (see ``_cpu_fused.cpp``; no ``attn_mask``, fewer than
+    ``FUSED_MAX_KEYS`` keys); the same :func:`_finish`."""
     b, h, m, _ = q.shape
     n = k.shape[2]
     f32 = torch.float32

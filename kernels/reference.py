@@ -18,8 +18,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from . import _compiled
 from ._compiled import use_compiled
-from ._cpu_stats import chunked_stats
+from ._cpu_stats import FUSED_MAX_KEYS, chunked_stats, fused_stats
 from ._validate import validate_inputs
 from .errors import KernelInputError
 from .spec import AttnOut, AttnStats, StatsSpec
@@ -176,11 +177,15 @@ def chunked_validated(q, k, v, *, causal: bool, scale: float, spec: StatsSpec, k
         chunk_size = max(1, min(m, _CHUNK_ROWS, _CHUNK_ELEMENTS // max(1, b * h * n)))
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise KernelInputError(f"chunk_size={chunk_size!r} must be an int >= 1")
-    fused = use_compiled(compile, q, b * h * _visible_pairs(m, n, causal))
+    fused = (use_compiled(compile, q, b * h * _visible_pairs(m, n, causal)) and attn_mask is None
+             and n < FUSED_MAX_KEYS)
 
     def run() -> AttnOut:
+        ext = _compiled.extension() if fused else None  # None too when building failed (warned once)
+        if ext is not None:
+            return fused_stats(ext, q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask)
         return chunked_stats(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask,
-                             attn_mask=attn_mask, chunk_size=chunk_size, compile=fused)
+                             attn_mask=attn_mask, chunk_size=chunk_size)
 
     if needs_grad(q, k, v):  # the one-pass path writes into preallocated buffers, which autograd cannot follow
         return grad_through_sdpa(run, q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask,
