@@ -9,13 +9,19 @@ one model at a time (the selector in the header).
 
 from __future__ import annotations
 
+import asyncio
 import html
 import io
+import socket
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import panel as pn
 import param
 
+from dashboards._hosts import HostPolicy, guard, parse_allow_hosts
+from dashboards._quiet import quiet_closed_websockets
 from dashboards.ablations import AblationsView
 from dashboards.atlas import HeadAtlas
 from dashboards.circuits import CircuitView
@@ -28,6 +34,7 @@ from dashboards.speech import SpeechView
 from dashboards.stats_view import StatsRunView
 from dashboards.vision import VisionOverlay
 from formats import ResultsFolder, Site
+from formats.errors import SelectionError
 
 MAX_PROBLEMS_SHOWN = 50
 
@@ -151,19 +158,41 @@ class Dashboard(pn.viewable.Viewer):
         return pn.Column(*parts, sizing_mode="stretch_width", max_width=1500)
 
 
-def serve(results_dir: str | Path, *, port: int = 5006, address: str = "127.0.0.1", show: bool = True,
-          map_method: str = "umap", threaded: bool = False, start: bool = True, **kwargs):
-    """Serve a :class:`Dashboard` of ``results_dir`` on ``address:port`` (localhost by default;
-    ``port=0`` picks a free port).
+class ServeError(SelectionError):
+    """An address, port or allowed host the dashboard cannot serve on; ``argument`` names the
+    :func:`serve` argument at fault, ``detail`` says why (the CLI names its option)."""
+
+    def __init__(self, argument: str, detail: str):
+        super().__init__(f"{argument}: {detail}")
+        self.argument, self.detail = argument, detail
+
+
+def serve(results_dir: str | Path, *, port: int = 0, address: str = "127.0.0.1",
+          allow_hosts: Sequence[str] | None = None, show: bool = True, map_method: str = "umap",
+          threaded: bool = False, start: bool = True, **kwargs):
+    """Serve a :class:`Dashboard` of ``results_dir`` on ``address:port`` (this machine only by
+    default; ``port=0``, the default, picks a free port: read it from ``.port``).
+
+    Only requests whose ``Host`` header names an address served here are answered (a page
+    whose name was re-pointed at this machine, DNS rebinding, gets a 403 with no page and no
+    websocket); ``allow_hosts`` (``HOST[:PORT]`` strings; without a port, any port) adds the
+    names a proxy in front of it forwards. A busy port, an address that is not this
+    machine's or a malformed host raises :class:`ServeError`.
 
     The folder is read once, and the head map's embedding starts computing at once, in the
     background; each browser session gets its own views. With ``start=False`` returns the
     (bound, not yet running) Bokeh server: ``.port`` is the real port and
-    ``.run_until_shutdown()`` runs it. Otherwise starts it: blocking, or on a thread
-    (``threaded``, returned) for tests.
+    ``.run_until_shutdown()`` runs it. Otherwise runs it, blocking, or with ``threaded`` on a
+    thread of its own (returned: ``.port``, ``.server``, ``.stop()``), for tests and notebooks.
     """
-    from panel.io.server import get_server
-
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ServeError("port", f"expected an integer in 0-65535 (0: any free port), got {port!r}")
+    if not isinstance(address, str):
+        raise ServeError("address", f"expected a host name or IP address, got {type(address).__name__}")
+    try:
+        parse_allow_hosts(allow_hosts)
+    except SelectionError as err:
+        raise ServeError("allow_hosts", str(err).partition(": ")[2]) from None
     folder = ResultsFolder.load(results_dir)
     for model in models_of(folder):  # precompute: the map is usually ready before its tab is opened
         HeadMap(ModelResults.of(folder, model), method=map_method).start()
@@ -172,28 +201,93 @@ def serve(results_dir: str | Path, *, port: int = 5006, address: str = "127.0.0.
     def app():
         return Dashboard(folder, map_method=map_method)
 
-    if port == 0 and start:
-        port = _free_port(address)
-    opts = dict(address=address, title=f"attnlens: {models[0] if models else folder.path}", **kwargs)
-    if not start:
-        server = get_server({"/": app}, port=port, start=False, show=False, print_url=False,
-                            websocket_origin=_origins(address, port) if port else None, **opts)
-        # with port 0 the real port is known only now: allow this machine's pages on it (nothing else)
-        server._tornado.websocket_origins.update(_origins(address, server.port))
-        if show:
+    title = f"attnlens: {models[0] if models else folder.path}"
+
+    def build(show_now: bool):
+        server = _bind(app, port=port, address=address, title=title, **kwargs)
+        policy = HostPolicy.serving(address, server.port, allow_hosts)
+        guard(server._tornado, policy)
+        server._tornado.websocket_origins.clear()  # Origin: pages served by this server (or an allowed proxy)
+        server._tornado.websocket_origins.update(policy.origins())
+        quiet_closed_websockets(server.io_loop.asyncio_loop)
+        if show_now:
             server.io_loop.add_callback(server.show, "/")
         return server
-    return pn.serve({"/": app}, port=port, show=show, threaded=threaded, print_url=False,
-                    websocket_origin=_origins(address, port), **opts)
+
+    if not start:
+        return build(show)
+    if threaded:
+        thread = ServerThread(lambda: build(show))
+        thread.start()
+        return thread.wait_ready()
+    server = build(show)
+    server.start()
+    server.io_loop.start()
+    return server
 
 
-def _origins(address: str, port: int) -> list[str]:
-    return sorted({f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"})
+def _bind(app, *, port: int, address: str, **opts):
+    """The Bokeh server bound to ``address:port`` (not started), or a :class:`ServeError` saying why not."""
+    import errno
+
+    from panel.io.server import get_server
+
+    try:
+        return get_server({"/": app}, port=port, address=address, start=False, show=False, print_url=False,
+                          websocket_origin=[f"127.0.0.1:{port}"], **opts)
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            raise ServeError("port", f"{address}:{port} is already in use (another server listens there): "
+                             "choose another port, or 0 for any free one") from None
+        if err.errno in (errno.EACCES, errno.EPERM):
+            raise ServeError("port", f"permission denied to listen on {address}:{port} (ports below 1024 "
+                             "need privileges): choose a port above 1023, or 0 for any free one") from None
+        if err.errno == errno.EADDRNOTAVAIL or isinstance(err, socket.gaierror):
+            raise ServeError("address", f"{address!r} is not an address of this machine "
+                             f"({err.strerror or err}): use 127.0.0.1 or one of its interfaces") from None
+        raise ServeError("address", f"cannot listen on {address}:{port}: {err.strerror or err}") from None
 
 
-def _free_port(address: str) -> int:
-    import socket
+class ServerThread(threading.Thread):
+    """A dashboard server running on an event loop of its own thread (``serve(threaded=True)``)."""
 
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
+    def __init__(self, build):
+        super().__init__(daemon=True, name="attnlens-dashboard")
+        self._build, self._ready = build, threading.Event()
+        self.server = None
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        try:
+            self.server = self._build()
+        except BaseException as err:  # handed to the thread that asked, in wait_ready
+            self._error = err
+            return
+        finally:
+            self._ready.set()
+        self.server.start()
+        self.server.io_loop.start()
+
+    def wait_ready(self) -> ServerThread:
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stop the server and its loop, and wait for the thread."""
+        server = self.server
+        if server is None:
+            return
+
+        def halt():
+            server.stop(wait=False)
+            server.io_loop.stop()
+
+        server.io_loop.add_callback(halt)
+        self.join(timeout)

@@ -43,7 +43,9 @@ from lens.cli import (  # noqa: E402,F401
 
 
 def _line(text: str) -> str:
-    return " ".join(str(text).split())
+    from lens.cli._terminal import printable
+
+    return printable(" ".join(str(text).split()))
 
 
 def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:

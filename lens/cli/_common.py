@@ -20,6 +20,7 @@ from rich.text import Text
 
 from formats.errors import PromptError, SelectionError
 from formats.output import check_target, output_folder
+from lens.cli._terminal import printable
 
 console = Console(stderr=True, highlight=False)  # progress and tables on stderr; --json output alone on stdout
 
@@ -44,8 +45,8 @@ class Source(str, enum.Enum):
 
 
 def say(text: str, style: str | None = None) -> None:
-    """Print ``text`` to stderr exactly as it is (no markup)."""
-    console.print(Text(text, style=style or ""), soft_wrap=True)
+    """Print ``text`` to stderr as it is (no markup), control characters escaped (see :mod:`lens.cli._terminal`)."""
+    console.print(Text(printable(text), style=style or ""), soft_wrap=True)
 
 
 def int_list(text: str | None, what: str, *, lo: int = 0, hi: int | None = None, max_count: int = MAX_RANGE,
@@ -133,7 +134,7 @@ class RichProgress:
         self.bar = bar
 
     def task(self, description: str, total: int | None = None, completed: int = 0):
-        bar, tid = self.bar, self.bar.add_task(Text(description).plain, total=total, completed=completed)
+        bar, tid = self.bar, self.bar.add_task(printable(description), total=total, completed=completed)
 
         class _Task:
             def advance(self, n: int = 1) -> None:
@@ -152,7 +153,7 @@ def progress() -> Iterator[RichProgress]:
 
 
 def status(message: str):
-    return console.status(Text(message))
+    return console.status(Text(printable(message)))
 
 
 def load_model(name: str, **load_kwargs):

@@ -25,27 +25,42 @@ class ReportFormat(str, enum.Enum):
 @app.command("dashboard")
 def dashboard(
     results_dir: Path = typer.Argument(..., help="Results folder (anything the lens commands wrote, at any depth)."),
-    port: int = typer.Option(5006, "--port", min=0, max=65535, help="Port to serve on (0: any free port)."),
+    port: int = typer.Option(0, "--port", min=0, max=65535, help="Port to serve on (default 0: any free port; "
+                             "the URL is printed)."),
     address: str = typer.Option("127.0.0.1", "--address", help="Address to bind; the default is this machine only."),
+    allow_host: list[str] = typer.Option(None, "--allow-host", help="HOST[:PORT] a proxy in front of the dashboard "
+                                         "forwards as the Host header (repeatable; without a port: any port). "
+                                         "Other names are refused (DNS rebinding)."),
     show: bool = typer.Option(True, "--show/--no-show", help="Open a browser tab."),
     map_method: MapMethod = typer.Option(MapMethod.UMAP, "--maps", help="2-D head maps: umap, or pca (instant)."),
 ) -> None:
     """Serve an interactive dashboard over RESULTS_DIR: head atlas, attention explorer, maps, stats, sweeps, circuits.
 
-    Example: lens dashboard results/smollm2 --port 5006 --no-show
+    Only requests naming this address (or --allow-host) are answered. Example:
+    lens dashboard results/smollm2 --port 5006 --no-show
     """
+    from dashboards._hosts import parse_allow_hosts
+    from formats.errors import SelectionError
     from formats.folder import ResultsFolder
 
+    try:  # before the folder is read: a typo fails at once
+        parse_allow_hosts(allow_host)
+    except SelectionError as err:
+        raise SelectionError(f"--allow-host{str(err).removeprefix('allow_hosts')}") from None
     folder = ResultsFolder.load(results_dir)  # fail here, with one line, on a missing folder
     for name, why in folder.problems.items():
-        say(f"warning: {name}: {why}", "yellow")
+        say(f"warning: {name}: {why}", "yellow")  # say escapes control characters in file names
     with status("starting the dashboard"):
-        from dashboards.app import serve
+        from dashboards.app import ServeError, serve
 
-        server = serve(folder.path, port=port, address=address, show=show, map_method=map_method.value,
-                       threaded=True, start=False)
-    real_port = server.port
-    say(f"serving {folder} at http://{address}:{real_port}/ (Ctrl-C stops)")
+        try:
+            server = serve(folder.path, port=port, address=address, allow_hosts=allow_host, show=show,
+                           map_method=map_method.value, start=False)
+        except ServeError as err:
+            flag = {"allow_hosts": "--allow-host"}.get(err.argument, f"--{err.argument}")
+            raise SelectionError(f"{flag} {err.detail}") from None
+    host = f"[{address}]" if ":" in address else address
+    say(f"serving {folder} at http://{host}:{server.port}/ (Ctrl-C stops)")
     server.run_until_shutdown()
 
 
