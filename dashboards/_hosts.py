@@ -4,8 +4,8 @@ A page on ``http://evil.example:PORT/`` whose name an attacker re-points at 127.
 to the browser, its own origin: it may read the dashboard's page (with its session token)
 and open its websocket, and its ``Origin`` equals its ``Host``, so an Origin check passes.
 What differs is the name: the server answers only requests whose ``Host`` is an address it
-serves (the bound address and port; for a loopback address also ``127.0.0.1``, ``localhost``
-and ``[::1]``; for a wildcard bind, any IP literal and this machine's name), or a name the
+serves (the bound address and port; for a loopback address also ``localhost``, and ``[::1]``
+where IPv6 loopback is bound; for a wildcard bind, any IP literal and this machine's name), or a name the
 user allowed (``allow_hosts``: behind a proxy). Everything else gets a 403 before any
 handler runs: no page, no token, no websocket.
 """
@@ -95,8 +95,11 @@ class HostPolicy:
         any_port: set[str] = set()
         ip = _ip(address)
         wildcard = address in ("", "0.0.0.0", "::", "[::]")
-        if wildcard or address.lower() == "localhost" or (ip is not None and ip.is_loopback):
+        # the loopback names that reach the bound sockets: 127.0.0.1 and ::1 are different sockets
+        if wildcard or address.lower() == "localhost":
             names.update(LOOPBACK)
+        elif ip is not None and ip.is_loopback:
+            names.update(("localhost", "[::1]") if ip.version == 6 else ("localhost", "127.0.0.1"))
         if wildcard:
             for name in {socket.gethostname(), socket.getfqdn()}:
                 if name:
