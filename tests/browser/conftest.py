@@ -107,8 +107,8 @@ def new_page(browser, *, width: int = 1400, height: int = 1000):
 
 
 class Served:
-    def __init__(self, proc, url):
-        self.proc, self.url = proc, url
+    def __init__(self, proc, url, lines):
+        self.proc, self.url, self.lines = proc, url, lines  # lines: the server's output so far
 
 
 def serve(folder: Path, *, maps: str = "pca", env: dict | None = None) -> Served:
@@ -137,7 +137,7 @@ def serve(folder: Path, *, maps: str = "pca", env: dict | None = None) -> Served
         proc.terminate()
         pytest.fail(f"lens dashboard printed no URL within 120 s: {''.join(lines)}")
     assert not found["url"].endswith(":0/")  # the real port, not the one asked for
-    return Served(proc, found["url"])
+    return Served(proc, found["url"], lines)
 
 
 def stop(served: Served) -> None:

@@ -1,13 +1,26 @@
 """Issue 12 in the browser: a results folder with script and onerror payloads in every text field
 opens without running any of them (no dialog, no ``window.__xss``), in the dashboard (every tab,
 token hover) and in both report formats (the Markdown rendered as many sites render it, raw
-HTML allowed)."""
+HTML allowed). Issue 24: a page whose name was re-pointed at this machine (DNS rebinding,
+Chromium with a resolver rule) renders no dashboard and opens no websocket; closed tabs leave
+no traceback in the server's output."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from tests.browser.conftest import FRAME_JS, has_model, new_page, open_tab, serve, stop
+from tests.browser.conftest import (
+    ARGS,
+    CHROMIUM,
+    FRAME_JS,
+    has_model,
+    new_page,
+    open_tab,
+    serve,
+    stop,
+)
 from tests.dashboards.payloads import make_payload_folder
 
 TABS = ["Heads", "All heads", "Head map", "Q/K map", "Stats", "Ablations", "Circuits", "Vision", "Contributions"]
@@ -87,3 +100,41 @@ def test_html_and_markdown_reports_run_no_payload(browser, payloads, tmp_path):
         assert page.get_by_text("<script>window.__xss").count() > 0  # shown as text
         assert page.evaluate("() => document.querySelectorAll('script, svg, iframe').length") == 0
         page.close()
+
+
+def test_a_rebound_name_renders_no_dashboard(browser, payloads):
+    """Chromium resolves evil.example to 127.0.0.1: to it, http://evil.example:PORT/ is the
+    attacker's own origin. The server refuses that Host: no page, no Bokeh, no websocket."""
+    served = serve(payloads)
+    port = served.url.rsplit(":", 1)[1].strip("/")
+    rebound = browser.browser_type.launch(executable_path=CHROMIUM,
+                                          args=[*ARGS, "--host-resolver-rules=MAP evil.example 127.0.0.1"])
+    try:
+        page = rebound.new_page()
+        sockets: list[str] = []
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        response = page.goto(f"http://evil.example:{port}/")
+        assert response.status == 403
+        page.wait_for_timeout(1500)
+        assert "does not answer to host" in page.content()
+        assert page.evaluate("() => window.Bokeh === undefined") and sockets == []
+        # a script of the rebound page cannot read the dashboard or open its websocket either
+        status = page.evaluate("async () => (await fetch('/')).status")
+        assert status == 403
+        opened = page.evaluate("""() => new Promise(r => { const ws = new WebSocket(`ws://${location.host}/ws`);
+                                   ws.onopen = () => r('open'); ws.onerror = () => r('refused'); })""")
+        assert opened == "refused"
+        # the same browser, the same server, the served name: the dashboard renders
+        page.goto(served.url)
+        page.wait_for_function(has_model("head_heatmap"), timeout=90_000)
+        page.close()  # a closed tab: no traceback in the server's output
+        page = rebound.new_page()
+        page.goto(served.url)
+        page.wait_for_function(has_model("head_heatmap"), timeout=90_000)
+        page.close()
+        time.sleep(2)
+        log = "".join(served.lines)
+        assert "Traceback" not in log and "WebSocketClosedError" not in log, log
+    finally:
+        rebound.close()
+        stop(served)
