@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from formats.errors import PromptError, SelectionError
 from lens.cli import _common as _c
@@ -25,6 +26,7 @@ from lens.cli._common import (
     say,
     writing,
 )
+from lens.cli._terminal import printable
 
 
 class BackendName(str, enum.Enum):
@@ -290,7 +292,8 @@ def stats(
     if json_out:
         print_json({"model": model, "out": str(out), "tokens": ids.shape[1], "layers": rows})
         return
-    table = Table(title=f"{lm.facts.name}: mean statistics over heads and queries ({ids.shape[1]} tokens)")
+    table = Table(title=Text(printable(f"{lm.facts.name}: mean statistics over heads and queries "
+                                            f"({ids.shape[1]} tokens)")))
     for col in ("layer", "entropy", "sink mass", "window mass", "max weight"):
         table.add_column(col, justify="right")
     for r in rows:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from formats.errors import SelectionError
 from lens.cli import _common as _c
@@ -27,6 +28,7 @@ from lens.cli._common import (
     say,
     writing,
 )
+from lens.cli._terminal import printable
 
 
 class GateObjective(str, enum.Enum):
@@ -46,7 +48,7 @@ def print_results(results, title: str) -> None:
     """One row per result: distribution and top heads; then each result's headline numbers."""
     from formats.head_scores import HeadScores
 
-    table = Table(title=title)
+    table = Table(title=Text(printable(title)))  # a model name: no markup, no control characters
     for col in ("result", "mean", "p50", "p90", "max", "top heads"):
         table.add_column(col, justify="right" if col not in ("result", "top heads") else "left")
     scored = [r for r in results if isinstance(r, HeadScores)]

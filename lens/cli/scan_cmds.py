@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from lens.cli import app
 from lens.cli._common import (
@@ -33,6 +34,7 @@ from lens.cli._common import (
     say,
     writing,
 )
+from lens.cli._terminal import printable
 
 
 @app.command("scan")
@@ -112,7 +114,7 @@ def scan(
 
 def _print_summary(facts, by_metric) -> None:
     sink, ent = by_metric["sink_mass"], by_metric["entropy"]
-    table = Table(title=f"{facts.name}: attention per layer ({facts.n_heads} heads each)")
+    table = Table(title=Text(printable(f"{facts.name}: attention per layer ({facts.n_heads} heads each)")))
     for col in ("layer", "sink mass (mean)", "heads with sink mass > 0.5", "entropy (mean, nats)", "strongest sink head"):
         table.add_column(col, justify="right")
     for layer in range(facts.n_layers):

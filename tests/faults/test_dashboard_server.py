@@ -273,3 +273,12 @@ def test_a_closed_tab_leaves_no_traceback(caplog, capsys):
         assert shown[0].exc_info and isinstance(shown[0].exc_info[1], KeyError)
     finally:
         loop.close()
+
+
+def test_table_titles_with_a_crafted_model_name(capsys):
+    """A model name (a local folder's) in a table title is neither Rich markup nor terminal control."""
+    from lens.cli.heads_cmds import print_results
+
+    print_results([], "x[/]y \x1b]0;pwned\x07: head analyses")  # "[/]" as markup raised MarkupError
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "x[/]y \\x1b]0;pwned\\x07: head analyses" in err
