@@ -24,7 +24,7 @@ def _escape(match: re.Match[str]) -> str:
     return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
-def printable(text: object) -> str:
+def printable(text: object, keep: str = "") -> str:
     """``str(text)`` with every terminal control character escaped (``'a\\x1b[2Jb'`` prints as
-    ``a\\x1b[2Jb``, literally)."""
-    return _UNSAFE.sub(_escape, str(text))
+    ``a\\x1b[2Jb``, literally), except those in ``keep`` (``"\\n\\t"`` for multi-line text)."""
+    return _UNSAFE.sub(lambda m: m.group() if m.group() in keep else _escape(m), str(text))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -10,6 +11,7 @@ from rich.table import Table
 from formats.errors import PromptError
 from lens.cli import app
 from lens.cli._common import MODEL_HELP, console, load_model, print_json, status
+from lens.cli._terminal import printable
 
 
 @app.command("models")
@@ -112,4 +114,5 @@ def generate(
     if json_out:
         print_json({"model": model, "prompt": prompt, "images": [str(i) for i in image or []], "answer": answer})
     else:
-        typer.echo(answer)
+        # a crafted tokenizer can decode to escape sequences: escaped on a terminal, kept as they are in a pipe
+        typer.echo(printable(answer, keep="\n\t") if sys.stdout.isatty() else answer)

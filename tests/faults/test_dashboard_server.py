@@ -282,3 +282,18 @@ def test_table_titles_with_a_crafted_model_name(capsys):
     print_results([], "x[/]y \x1b]0;pwned\x07: head analyses")  # "[/]" as markup raised MarkupError
     err = capsys.readouterr().err
     assert "\x1b" not in err and "x[/]y \\x1b]0;pwned\\x07: head analyses" in err
+
+
+def test_generated_text_is_escaped_on_a_terminal_only(cli, monkeypatch):
+    """A crafted tokenizer can decode to escape sequences: `lens generate` escapes them on a
+    terminal (newlines kept) and writes them unchanged into a pipe."""
+    import lens
+    from lens.loaded import LoadedModel
+
+    monkeypatch.setattr(LoadedModel, "generate", lambda self, *a, **k: "one\x1b]0;pwned\x07\ntwo\tthree")
+    assert isinstance(lens.load("tiny-llama"), LoadedModel)
+    code, out, _ = cli("generate", "tiny-llama", "--prompt", "hi")
+    assert code == 0 and out == "one\x1b]0;pwned\x07\ntwo\tthree\n"  # a pipe: the bytes the model gave
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    code, out, _ = cli("generate", "tiny-llama", "--prompt", "hi")
+    assert code == 0 and out == "one\\x1b]0;pwned\\x07\ntwo\tthree\n"
