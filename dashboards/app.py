@@ -233,6 +233,7 @@ def _bind(app, *, port: int, address: str, **opts):
     from panel.io.server import get_server
 
     try:
+        # the websocket origins are set by serve once the real port is known (port 0)
         return get_server({"/": app}, port=port, address=address, start=False, show=False, print_url=False,
                           websocket_origin=[f"127.0.0.1:{port}"], **opts)
     except OSError as err:
