@@ -61,8 +61,8 @@ def check_name(path: Path) -> None:
     if path.name in ("", ".", ".."):
         raise SelectionError(f"output folder {str(path)!r} does not end in a folder name: give one like "
                              "results/scan (., .., / and '' cannot be replaced)")
-    parent = path.parent if path.parent.is_dir() else Path(".")
     try:
+        parent = path.parent if path.parent.is_dir() else Path(".")
         name_max = os.pathconf(parent, "PC_NAME_MAX")
     except (OSError, ValueError):
         name_max = 255
