@@ -56,8 +56,12 @@ class ResultsFolder:
     @classmethod
     def load(cls, folder: str | Path) -> ResultsFolder:
         path = Path(folder)
-        if not path.exists():
-            raise ResultsFolderError(f"results folder {path} does not exist: run `lens scan MODEL --out {path}` first")
+        try:
+            path.stat()
+        except FileNotFoundError:
+            raise ResultsFolderError(f"results folder {path} does not exist: run `lens scan MODEL --out {path}` first") from None
+        except OSError as err:  # a name too long, a permission, a link loop
+            raise ResultsFolderError(f"results folder {path} cannot be read: {err.strerror or err}") from None
         if not path.is_dir():
             raise ResultsFolderError(f"results folder {path} is a file, expected a folder written by `lens scan`")
         out = cls(path=path)

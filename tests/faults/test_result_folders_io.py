@@ -393,3 +393,14 @@ def test_a_lone_surrogate_in_a_capture_model_name(results, tmp_path):
     p = lens_cmd("report", results)  # a document: written with the character escaped, never a UnicodeEncodeError
     assert p.returncode == 0, p.stderr
     assert "tiny\\udcffllama" in (results / "report.html").read_text(encoding="utf-8")
+
+
+def test_report_refusals_of_the_file_system_are_one_line(cli, results, unwritable, tmp_path):
+    code, _, err = cli("report", results, "--out", unwritable / "report.html")
+    assert code == 2 and "cannot write the report to" in err and UNEXPECTED not in err, err
+    assert "Permission denied" in err or "Operation not permitted" in err, err
+    code, _, err = cli("report", results, "--out", tmp_path / ("r" * 300 + ".html"))
+    assert code == 2 and "cannot write the report to" in err and "File name too long" in err, err
+    code, _, err = cli("report", tmp_path / ("r" * 300))
+    assert code == 2 and "cannot be read: File name too long" in err and UNEXPECTED not in err, err
+    assert list(unwritable.iterdir()) == []
