@@ -40,7 +40,7 @@ def depth(obj: Any) -> int:
     return best
 
 
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 
 
 def text_depth(data: bytes | str) -> int:
@@ -113,10 +113,10 @@ def read_json(path: str | Path, *, what: str = "file") -> Any:
     path = Path(path)
     data = read_regular(path, what=what)
     try:
-        data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise CorruptFileError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from None
-    doc = loads(data, str(path), what=what)
+    doc = loads(text, str(path), what=what)
     if depth(doc) > MAX_DEPTH:
         raise CorruptFileError(f"{path} is nested deeper than {MAX_DEPTH} levels: not a {what}")
     return doc

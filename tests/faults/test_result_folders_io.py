@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from formats import HeadScores, Provenance, ResultsFolder, open_sweep
-from formats.errors import OutputExistsError, OutputPathError, SelectionError
+from formats.errors import CorruptFileError, OutputExistsError, OutputPathError, SelectionError
 from formats.output import MARKER, holds_lens_output, output_folder
 
 LENS = [sys.executable, "-m", "lens.cli"]
@@ -404,3 +404,19 @@ def test_report_refusals_of_the_file_system_are_one_line(cli, results, unwritabl
     code, _, err = cli("report", tmp_path / ("r" * 300))
     assert code == 2 and "cannot be read: File name too long" in err and UNEXPECTED not in err, err
     assert list(unwritable.iterdir()) == []
+
+
+@pytest.mark.parametrize("doc", [
+    {"prompt": "[" * 200 + "{" * 200, "answer": "\\\"[[[[", "corrupted": "]]]] \"}}}"},  # brackets inside strings
+    [[[[{"a": [1, {"b": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}]}]]], "x" * 100],
+    json.loads("[" * 32 + "]" * 32),
+])
+def test_depth_before_parsing_matches_the_parsed_depth(doc):
+    from formats import _json
+
+    text = json.dumps(doc)
+    assert _json.text_depth(text) == _json.depth(doc)  # each has more than MAX_DEPTH brackets: fully scanned
+    assert _json.loads(text, "x") == doc  # accepted: strings full of brackets are not nesting
+    if _json.depth(doc) == 32:
+        with pytest.raises(CorruptFileError, match="x is nested deeper than 32 levels"):
+            _json.loads("[" + text + "]", "x")
