@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import os
 import platform
 import re
+import shutil
 import socket
+import stat
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -41,9 +45,13 @@ from formats import (
     ImageLayout,
     Modality,
     OutputExistsError,
+    OutputLockedError,
     ResultsFolder,
+    SelectionError,
     Site,
 )
+from formats._json import special_kind, write_bytes
+from formats.output import MARKER, locked, new_sibling, swap_in
 from formats.provenance import code_version
 
 FORMATS: tuple[str, ...] = ("html", "md", "pdf")
@@ -388,31 +396,111 @@ def write_report(results_dir: str | Path, fmt: str, out: str | Path | None = Non
                  command: str | None = None) -> Path:
     """Write the report of ``results_dir`` as ``fmt`` to ``out`` (default RESULTS_DIR/report.FMT).
 
-    Markdown figures go to ``OUT_STEM_files/`` next to the .md. Refuses to replace an
-    existing file without ``force``; an unwritable path raises :class:`ReportError`.
+    Markdown figures go to ``OUT_STEM_files/`` next to the .md. The report is written to a
+    temporary sibling and renamed into place (the figures folder likewise), so a failure
+    part-way (a full disk, a file size limit) leaves the previous report whole. Refuses to
+    replace an existing report or figures without ``force``, and never writes through a
+    symbolic link or over anything but a file (figures: a folder of PNGs) lens could have
+    written; those and an unwritable path raise :class:`ReportError`.
     """
     if fmt not in FORMATS:
         raise ReportError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     folder = ResultsFolder.load(results_dir)
     out = Path(out) if out is not None else folder.path / f"report.{fmt}"
-    if out.is_dir():
+    image_dir = out.parent / f"{out.stem}_files" if fmt == "md" else None
+    _check_report_target(out, fmt, force)
+    if image_dir is not None:
+        _check_figures_target(image_dir, force)
+    report = build_report(folder, command)
+    if fmt == "md":
+        data = render_markdown(report, image_dir.name).encode("utf-8", "backslashreplace")
+    elif fmt == "html":
+        data = render_html(report).encode("utf-8", "backslashreplace")
+    else:
+        data = render_pdf(render_html(report))
+    staged: list[Path] = []
+    try:
+        with locked(out):
+            _check_report_target(out, fmt, force)  # again, under the lock
+            staged.append(_stage(out, data))  # everything is written before anything is replaced
+            if image_dir is not None:
+                _check_figures_target(image_dir, force)
+                staged.append(new_sibling(image_dir, "report figures"))
+                for fig in report.figures():
+                    write_bytes(staged[1] / f"{fig.name}.png", fig.png)
+                swap_in(staged[1], image_dir)
+            os.replace(staged[0], out)  # renames over `out`: a link put there meanwhile is replaced, not followed
+    except (OutputLockedError, SelectionError) as err:
+        raise ReportError(f"cannot write the report to {out}: {err}") from None
+    except OSError as err:
+        raise ReportError(f"cannot write the report to {out}: {err.strerror or err}") from None
+    finally:
+        for p in staged:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+    return out
+
+
+def _stage(out: Path, data: bytes) -> Path:
+    """``data`` in a new temporary file beside ``out``, flushed to disk (renamed over ``out`` by the caller)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def _check_report_target(out: Path, fmt: str, force: bool) -> None:
+    try:
+        mode = os.lstat(out).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as err:
+        raise ReportError(f"cannot write the report to {out}: {err.strerror or err}") from None
+    if mode is not None and stat.S_ISLNK(mode):
+        raise ReportError(f"cannot write the report to {out}: it is a symbolic link, and reports are never written "
+                          "through links; remove it or pass --out")
+    if mode is not None and stat.S_ISDIR(mode):
         raise ReportError(f"cannot write the report to {out}: it is a folder, expected a file name like {out}/report.{fmt}")
-    if out.exists() and not force:
+    if mode is not None and not stat.S_ISREG(mode):
+        raise ReportError(f"cannot write the report to {out}: it is {special_kind(mode)}, not a file; pass another --out")
+    if mode is not None and not force:
         raise OutputExistsError(f"{out} already exists: pass --force to overwrite it")
     if not out.parent.is_dir():
         raise ReportError(f"cannot write the report to {out}: folder {out.parent} does not exist")
-    report = build_report(folder, command)
+
+
+def _check_figures_target(image_dir: Path, force: bool) -> None:
+    """The Markdown report's figures folder may be replaced only when it is a real folder of PNGs (with ``force``)."""
     try:
-        if fmt == "md":
-            image_dir = out.parent / f"{out.stem}_files"
-            image_dir.mkdir(exist_ok=True)
-            for fig in report.figures():
-                (image_dir / f"{fig.name}.png").write_bytes(fig.png)
-            out.write_text(render_markdown(report, image_dir.name), encoding="utf-8")
-        elif fmt == "html":
-            out.write_text(render_html(report), encoding="utf-8")
-        else:
-            out.write_bytes(render_pdf(render_html(report)))
+        mode = os.lstat(image_dir).st_mode
+    except FileNotFoundError:
+        return
     except OSError as err:
-        raise ReportError(f"cannot write the report to {out}: {err.strerror or err}") from None
-    return out
+        raise ReportError(f"cannot write the report figures to {image_dir}: {err.strerror or err}") from None
+    if stat.S_ISLNK(mode):
+        raise ReportError(f"cannot write the report figures to {image_dir}: it is a symbolic link, and reports are "
+                          "never written through links; remove it or pass --out")
+    if not stat.S_ISDIR(mode):
+        raise ReportError(f"cannot write the report figures to {image_dir}: it is {special_kind(mode)}, not a folder")
+    try:
+        entries = list(os.scandir(image_dir))
+    except OSError as err:
+        raise ReportError(f"cannot write the report figures to {image_dir}: {err.strerror or err}") from None
+    if not entries:
+        return
+    if not force:
+        raise OutputExistsError(f"{image_dir} already holds {len(entries)} file(s): pass --force to replace the "
+                                "report's figures")
+    foreign = [e.name for e in entries
+               if not (e.is_file(follow_symlinks=False) and (e.name.endswith(".png") or e.name == MARKER))]
+    if foreign:
+        raise ReportError(f"cannot replace the report figures in {image_dir}: it holds {foreign[0][:60]!r}, which "
+                          "a report does not write; move it or pass another --out")

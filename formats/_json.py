@@ -11,9 +11,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from formats.errors import CorruptFileError, FormatVersionError
 
@@ -36,27 +40,83 @@ def depth(obj: Any) -> int:
     return best
 
 
-def read_json(path: str | Path, *, what: str = "file") -> Any:
-    """The JSON value in ``path``; :class:`CorruptFileError` naming the file for anything wrong."""
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def text_depth(data: bytes | str) -> int:
+    """The deepest bracket nesting of JSON text, found without parsing it (strings are skipped):
+    a linear scan, so a crafted file is refused before the parser's recursion could fail.
+    Text with at most :data:`MAX_DEPTH` brackets returns their count (an upper bound)."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return raw.count(b"[") + raw.count(b"{")
+    a = np.frombuffer(_STRING.sub(b'""', raw), np.uint8)
+    steps = ((a == 91) | (a == 123)).astype(np.int64) - ((a == 93) | (a == 125))  # [ { minus ] }
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def loads(data: bytes | str, where: str, *, what: str = "file", max_bytes: int = MAX_BYTES) -> Any:
+    """Parse JSON text whose size and depth are checked first; :class:`CorruptFileError` naming ``where``."""
+    if len(data) > max_bytes:
+        raise CorruptFileError(f"{where} is {len(data)} bytes: too large for a {what} (at most {max_bytes})")
+    if text_depth(data) > MAX_DEPTH:
+        raise CorruptFileError(f"{where} is nested deeper than {MAX_DEPTH} levels: not a {what}")
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError as err:
+        raise CorruptFileError(f"{where} is not UTF-8 text: {err.reason} at byte {err.start}") from None
+    except RecursionError:
+        raise CorruptFileError(f"{where} is nested too deeply to be a {what}") from None
+    except ValueError as err:
+        raise CorruptFileError(f"{where} is not valid JSON: {err}") from None
+
+
+def read_regular(path: str | Path, *, what: str = "file", max_bytes: int = MAX_BYTES) -> bytes:
+    """The bytes of the regular file ``path`` (at most ``max_bytes``). A FIFO, socket or device is
+    refused without blocking on it (opened non-blocking, checked with fstat before any read)."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise CorruptFileError(f"{path} is {size} bytes: too large for a {what} (at most {MAX_BYTES})")
-        text = path.read_bytes().decode("utf-8")
-        doc = json.loads(text)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise CorruptFileError(f"{path} is missing") from None
     except IsADirectoryError:
         raise CorruptFileError(f"{path} is a folder, expected a {what}") from None
-    except UnicodeDecodeError as err:
-        raise CorruptFileError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from None
-    except RecursionError:
-        raise CorruptFileError(f"{path} is nested too deeply to be a {what}") from None
-    except ValueError as err:
-        raise CorruptFileError(f"{path} is not valid JSON: {err}") from None
     except OSError as err:
         raise CorruptFileError(f"{path} cannot be read: {err.strerror or err}") from None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise CorruptFileError(f"{path} is a folder, expected a {what}")
+            if not stat.S_ISREG(st.st_mode):
+                raise CorruptFileError(f"{path} is not a regular file ({special_kind(st.st_mode)}): not read")
+            if st.st_size > max_bytes:
+                raise CorruptFileError(f"{path} is {st.st_size} bytes: too large for a {what} (at most {max_bytes})")
+            data = f.read(max_bytes + 1)
+        except OSError as err:
+            raise CorruptFileError(f"{path} cannot be read: {err.strerror or err}") from None
+    if len(data) > max_bytes:
+        raise CorruptFileError(f"{path} grew past {max_bytes} bytes while it was read: too large for a {what}")
+    return data
+
+
+def special_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def read_json(path: str | Path, *, what: str = "file") -> Any:
+    """The JSON value in ``path``; :class:`CorruptFileError` naming the file for anything wrong."""
+    path = Path(path)
+    data = read_regular(path, what=what)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CorruptFileError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from None
+    doc = loads(text, str(path), what=what)
     if depth(doc) > MAX_DEPTH:
         raise CorruptFileError(f"{path} is nested deeper than {MAX_DEPTH} levels: not a {what}")
     return doc

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from formats._json import loads, special_kind
 from formats.errors import CorruptFileError
 
 # safetensors dtype tag -> numpy storage dtype (bf16 is stored as its 16 raw bits)
@@ -90,8 +92,13 @@ class SafetensorsFile:
         self.tensors: dict[str, TensorInfo] = {}
         self.metadata: dict[str, str] = {}
         try:
-            size = os.path.getsize(self.path)
-            with open(self.path, "rb") as f:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read below
+                    what = "a folder" if stat.S_ISDIR(st.st_mode) else special_kind(st.st_mode)
+                    raise CorruptFileError(f"{self.path} is not a regular file ({what}): not read")
+                size = st.st_size
                 raw = f.read(8)
                 if len(raw) < 8:
                     raise CorruptFileError(f"{self.path} is truncated: {size} bytes, no safetensors header")
@@ -99,7 +106,10 @@ class SafetensorsFile:
                 if n > min(MAX_HEADER, size - 8):
                     raise CorruptFileError(f"{self.path} is truncated or not safetensors: header of {n} bytes "
                                            f"in a file of {size}")
-                header = json.loads(f.read(n).decode("utf-8"))
+                try:
+                    header = loads(f.read(n), "header", what="safetensors header", max_bytes=MAX_HEADER)
+                except CorruptFileError as err:
+                    raise CorruptFileError(f"{self.path} is not a safetensors file: bad header ({err})") from None
         except CorruptFileError:
             raise
         except FileNotFoundError:

@@ -57,6 +57,10 @@ class OutputLockedError(AttnlensError, FileExistsError):
     """An output folder another running command is writing to."""
 
 
+class OutputPathError(AttnlensError, OSError):
+    """An output path the file system refuses: permission denied, a name too long, a read-only disk."""
+
+
 class CorruptFileError(AttnlensError, ValueError):
     """A file the project wrote (or should have) that is missing, truncated, inconsistent or crafted."""
 
@@ -80,6 +84,6 @@ class ResultsFolderError(CorruptFileError):
 __all__ = [
     "AnalysisError", "AttnlensError", "BackendError", "CorruptCaptureError", "CorruptFileError",
     "FormatVersionError", "InterventionError", "KernelInputError", "MemoryBudgetError", "ModelUnavailableError",
-    "OutputExistsError", "OutputLockedError", "PromptError", "ResultError", "ResultsFolderError", "SelectionError",
+    "OutputExistsError", "OutputLockedError", "OutputPathError", "PromptError", "ResultError", "ResultsFolderError", "SelectionError",
     "UnknownModelError",
 ]

@@ -11,6 +11,7 @@ Nothing here imports torch or loads a model.
 from __future__ import annotations
 
 import json
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +56,12 @@ class ResultsFolder:
     @classmethod
     def load(cls, folder: str | Path) -> ResultsFolder:
         path = Path(folder)
-        if not path.exists():
-            raise ResultsFolderError(f"results folder {path} does not exist: run `lens scan MODEL --out {path}` first")
+        try:
+            path.stat()
+        except FileNotFoundError:
+            raise ResultsFolderError(f"results folder {path} does not exist: run `lens scan MODEL --out {path}` first") from None
+        except OSError as err:  # a name too long, a permission, a link loop
+            raise ResultsFolderError(f"results folder {path} cannot be read: {err.strerror or err}") from None
         if not path.is_dir():
             raise ResultsFolderError(f"results folder {path} is a file, expected a folder written by `lens scan`")
         out = cls(path=path)
@@ -85,15 +90,26 @@ class ResultsFolder:
                 self._add(folder, "stats run", self.stats_runs, lambda p=folder: StatsFile.load(p))
                 continue
             if sweep.RUN_FILE in names:
-                progress = sweep.sweep_progress(folder)
+                try:
+                    progress = sweep.sweep_progress(folder)
+                except CorruptFileError as err:
+                    self.problems[self._rel(folder / sweep.LOG_FILE)] = _short(err, folder / sweep.LOG_FILE)
+                    progress = None
                 if progress is not None and progress["status"] != "complete":
                     self.sweeps[self._rel(folder) or "."] = progress
             for child in children:
                 if child.name.startswith("."):
                     continue
-                if child.is_symlink():
+                try:
+                    mode = child.lstat().st_mode
+                except OSError as err:
+                    self.problems[self._rel(child)] = f"cannot be read: {err.strerror or err}"
+                    continue
+                if stat.S_ISLNK(mode):
                     self.problems[self._rel(child)] = "is a symbolic link: not followed"
-                elif child.is_dir():
+                elif not stat.S_ISDIR(mode) and not stat.S_ISREG(mode):  # opening a FIFO would block
+                    self.problems[self._rel(child)] = f"is {_json.special_kind(mode)}, not a regular file: not read"
+                elif stat.S_ISDIR(mode):
                     if depth + 1 <= MAX_DEPTH:
                         stack.append((child, depth + 1))
                 elif child.suffix == ".json" and child.name != sweep.RUN_FILE:

@@ -26,11 +26,12 @@ from typing import Any
 
 from formats import _json
 from formats.errors import CorruptFileError, OutputExistsError
-from formats.output import locked, new_sibling, swap_in
+from formats.output import check_target, locked, mark, new_sibling, os_error, swap_in
 
 KIND = "sweep_log"
 FORMAT_VERSION = 2
 RUN_FILE, LOG_FILE = "run.json", "sweep.jsonl"
+MAX_LOG_BYTES = 1 << 30  # a sweep of a million items stays well below this
 
 
 @dataclass
@@ -104,8 +105,11 @@ def open_sweep(folder: str | Path, settings: dict[str, Any], *, force: bool = Fa
 
 
 def _open(target: Path, settings: dict, force: bool) -> SweepLog:
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        state = read_run(target) if target.is_dir() else None
+    occupied = target.is_symlink() or (target.exists() and (not target.is_dir() or any(target.iterdir())))
+    if occupied:
+        if target.is_symlink() or not target.is_dir():
+            check_target(target, force)  # refuses links, files and devices, with or without force
+        state = read_run(target)
         same = state is not None and state.get("settings") == settings
         if same and state.get("status") == "running" and not force:
             return SweepLog(target, target, settings, read_log(target / LOG_FILE, repair=True), resumed=True)
@@ -117,9 +121,14 @@ def _open(target: Path, settings: dict, force: bool) -> SweepLog:
             else:
                 why = "is not empty"
             raise OutputExistsError(f"{target} {why}: pass --force to overwrite it, or choose another --out")
-        work = new_sibling(target)
+        check_target(target, force)  # only a folder of lens output is replaced
+        work = new_sibling(target, KIND)
     else:
-        target.mkdir(parents=True, exist_ok=True)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            mark(target, KIND)
+        except OSError as err:
+            raise os_error(target, err) from None
         work = target
     _write_run(work, settings, "running")
     return SweepLog(work, target, settings)
@@ -134,14 +143,14 @@ def read_log(path: Path, *, repair: bool = False) -> dict[str, dict]:
     """Finished items of a sweep log. A last line cut short by an interruption is ignored, and
     with ``repair`` cut off the file so that appends start on a fresh line."""
     done: dict[str, dict] = {}
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return done
-    data = path.read_bytes()
+    data = _json.read_regular(path, what="sweep log", max_bytes=MAX_LOG_BYTES)
     good_end = 0
     for line in data.splitlines(keepends=True):
         try:
-            r = json.loads(line)
-        except ValueError:
+            r = _json.loads(line, f"{path} line", what="sweep log line")
+        except ValueError:  # CorruptFileError too: a line too deep or too large is skipped like a broken one
             if line.endswith(b"\n"):
                 good_end += len(line)  # a bad line in the middle: skip it, keep the rest
             continue

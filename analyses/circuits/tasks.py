@@ -22,8 +22,10 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from formats.errors import AnalysisError
+from formats import _json
+from formats.errors import AnalysisError, CorruptFileError
 
+MAX_TASK_BYTES = 64 * 2**20  # a task file larger than this is refused before it is read
 TASK_NAMES = ("ioi", "colored-objects", "greater-than", "niah")
 
 
@@ -296,12 +298,12 @@ def load_jsonl(path: str | Path, *, strict: bool = False) -> Task:
     and listed in ``Task.skipped``. Blank lines and lines starting with ``#`` are ignored.
     """
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+    try:  # bounded, and never blocked by a FIFO
+        lines = _json.read_regular(path, what="task file", max_bytes=MAX_TASK_BYTES).decode("utf-8").splitlines()
     except UnicodeDecodeError as err:
         raise TaskError(f"task file {path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
-    except OSError as err:
-        raise TaskError(f"task file {path} cannot be read: {err.strerror or err}") from None
+    except CorruptFileError as err:
+        raise TaskError(f"task file {err}") from None
     examples, skipped = [], []
     for no, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -319,6 +321,8 @@ def load_jsonl(path: str | Path, *, strict: bool = False) -> Task:
 
 
 def _parse_line(line: str, where: str) -> Example:
+    if _json.text_depth(line) > _json.MAX_DEPTH:  # checked before parsing: the parser recurses
+        raise TaskError(f"{where}: nested deeper than {_json.MAX_DEPTH} levels, expected a flat JSON object")
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as err:
@@ -356,8 +360,8 @@ def load_task(name: str, tokenizer=None, *, n: int = 200, seed: int = 0, strict:
         if template is not None or templates is not None:
             raise TaskError(f"--template applies to the ioi task only, not {name!r}")
         return builders[name](tokenizer, n, seed=seed)
-    if name.endswith(".jsonl") or Path(name).is_file():
-        if not Path(name).is_file():
+    if name.endswith(".jsonl") or Path(name).exists():
+        if not Path(name).exists():
             raise TaskError(f"task file {name} does not exist")
         task = load_jsonl(name, strict=strict)
         task.examples = task.examples[:n]

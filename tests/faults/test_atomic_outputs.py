@@ -12,11 +12,13 @@ import time
 import pytest
 
 from formats.errors import OutputLockedError
-from formats.output import lock_path, locked, output_folder
+from formats.output import MARKER, lock_path, locked, mark, output_folder
 
 
 def _previous(folder):
+    """A previous lens output folder (marked as such: --force replaces only lens output)."""
     folder.mkdir(parents=True)
+    mark(folder, "test")
     (folder / "keep.txt").write_text("precious")
     return folder
 
@@ -49,7 +51,7 @@ def test_a_failure_part_way_leaves_the_previous_output(cli, tmp_path, monkeypatc
     monkeypatch.setattr(lens, "run", failing)
     code, _, err = cli("capture", "tiny-llama", "-p", "one", "-p", "two", "--layers", "0", "--out", out, "--force")
     assert code == 1 and "disk on fire" in err
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -57,7 +59,7 @@ def test_force_replaces_only_on_success(cli, tmp_path):
     out = _previous(tmp_path / "out")
     code, _, err = cli("capture", "tiny-llama", "--prompt", "hi", "--layers", "0", "--out", out, "--force")
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["000"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "000"]
 
 
 _HOLD = """
@@ -157,5 +159,5 @@ def test_two_processes_racing_for_one_folder(tmp_path):
     assert codes in ([0, 0], [0, 2]), results
     if codes == [0, 2]:
         assert any("is being written by another lens command" in e for _, e in results)
-    assert sorted(p.name for p in out.iterdir()) == ["000"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "000"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

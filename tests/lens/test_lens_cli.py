@@ -61,7 +61,12 @@ def test_existing_output_needs_force(cli, tmp_path):
     code, _, err = cli("capture", "tiny-llama", "--prompt", "hi", "--layers", "0", "--out", str(out_dir))
     assert code == 2 and "already exists and is not empty: pass --force" in " ".join(err.split())
     assert (out_dir / "keep.txt").read_text() == "precious"
-    code, _, _ = cli("capture", "tiny-llama", "--prompt", "hi", "--layers", "0", "--out", str(out_dir), "--force")
+    code, _, err = cli("capture", "tiny-llama", "--prompt", "hi", "--layers", "0", "--out", str(out_dir), "--force")
+    assert code == 2 and "holds files lens did not write" in err  # --force replaces lens output only
+    (out_dir / "keep.txt").unlink()
+    code, _, err = cli("capture", "tiny-llama", "--prompt", "hi", "--layers", "0", "--out", str(out_dir))
+    assert code == 0 and (out_dir / "000" / "capture.json").exists()
+    code, _, err = cli("capture", "tiny-llama", "--prompt", "hi", "--layers", "0", "--out", str(out_dir), "--force")
     assert code == 0 and (out_dir / "000" / "capture.json").exists()
 
 
