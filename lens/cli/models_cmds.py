@@ -9,7 +9,7 @@ from rich.table import Table
 
 from formats.errors import PromptError
 from lens.cli import app
-from lens.cli._common import MODEL_HELP, console, load_model, print_json, status
+from lens.cli._common import MODEL_HELP, check_prompt, console, load_model, print_json, status
 
 
 @app.command("models")
@@ -89,6 +89,13 @@ def generate(
 
     if audio is None and prompt is None:
         raise PromptError("give --prompt TEXT (or --audio FILE for a speech model)")
+    if audio is not None and prompt is not None:
+        raise PromptError("give --prompt TEXT or --audio FILE, not both: a speech model transcribes the audio and "
+                          "takes no prompt")
+    if audio is not None and image:
+        raise PromptError("--image goes with --prompt for a vision-language model, not with --audio")
+    if prompt is not None:
+        check_prompt(prompt)
     lm = load_model(model)
     speech_model = lm.facts.modality is lens.Modality.SPEECH
     if audio is not None and not speech_model:
