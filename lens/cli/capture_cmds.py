@@ -101,6 +101,9 @@ def capture(
                              f"{'--image' if images else '--audio'} capture has none")
     site_list = [lens.Site.parse(s) for s in sites.split(",") if s.strip()]
     layer_list, head_list = int_list(layers, "layers"), int_list(heads, "heads")
+    if head_list is not None and site_list and not any(s.per_head for s in site_list):
+        raise SelectionError(f"--heads does nothing here: it keeps heads of the per-head sites (pattern, q, k, v, z), "
+                             f"and --sites {sites!r} has none")
     budget = positive_float(budget_gb, "budget-gb", hi=1e6)
     load_kw = _c.placement(device_map, max_memory, offload_folder)
     if load_kw and backend is BackendName.TRANSFORMER_LENS:

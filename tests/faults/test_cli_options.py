@@ -85,6 +85,9 @@ NO_MODEL_CASES = [
      "--gate-steps does nothing here: it sets the DuoAttention gates, which --no-gates turns off"),
     (["heads", "streaming", "tiny-llama", "--no-gates", "--gate-objective", "prefill"], "--gate-objective does nothing"),
     (["capture", "tiny-dinov2", "--image", "PNG", "--chat"], "--chat does nothing here"),
+    (["capture", "tiny-llama", "--prompt", "hi", "--sites", "resid_post,mlp_out", "--heads", "0"],
+     "--heads does nothing here: it keeps heads of the per-head sites (pattern, q, k, v, z), and --sites "
+     "'resid_post,mlp_out' has none"),
     (["generate", "tiny-llama", "--prompt", "hi", "--audio", "WAV"], "give --prompt TEXT or --audio FILE, not both"),
     # empty, endless and undecodable inputs
     (["heads", "sinks", "tiny-llama", "--file", "EMPTY"], "--file EMPTY holds no prompt: every line is empty"),
