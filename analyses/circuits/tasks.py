@@ -359,6 +359,9 @@ def load_task(name: str, tokenizer=None, *, n: int = 200, seed: int = 0, strict:
     if name.endswith(".jsonl") or Path(name).is_file():
         if not Path(name).is_file():
             raise TaskError(f"task file {name} does not exist")
+        if template is not None or templates is not None:
+            raise TaskError(f"{'template' if template is not None else 'templates'} applies to the ioi task only: "
+                            f"the task file {name} has no templates")
         task = load_jsonl(name, strict=strict)
         task.examples = task.examples[:n]
         return task

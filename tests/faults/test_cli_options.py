@@ -151,6 +151,15 @@ def test_max_memory_for_mps_on_a_machine_without_it(cli, tmp_path, no_model):
     assert not (tmp_path / "o").exists()
 
 
+def test_library_task_file_with_a_template_names_the_parameter(task_file):
+    from analyses.circuits.tasks import TaskError, load_task
+
+    with pytest.raises(TaskError, match=f"^template applies to the ioi task only: the task file {task_file} has"):
+        load_task(str(task_file), template=2)
+    with pytest.raises(TaskError, match="^templates applies to the ioi task only"):
+        load_task(str(task_file), templates=[0, 1])
+
+
 def test_library_max_memory_for_a_missing_gpu_names_the_parameter():
     import lens
     from formats.errors import SelectionError
