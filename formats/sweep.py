@@ -164,7 +164,7 @@ def read_log(path: Path, *, repair: bool = False) -> dict[str, dict]:
     for line in data.splitlines(keepends=True):
         try:
             r = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a line nested too deeply to parse
             if line.endswith(b"\n"):
                 good_end += len(line)  # a bad line in the middle: skip it, keep the rest
             continue

@@ -107,13 +107,17 @@ def _components(lm, heads: str | None, mlps: str | None):
     return comps
 
 
-def _check_task_file(task: str, *, template: int | None = None, templates: str | None = None) -> None:
-    """Refuse, before any model loads, a task that is neither built in nor a file, and IOI-only
-    options (``--template``, ``--templates``) given with another task."""
-    from analyses.circuits.tasks import TASK_NAMES, TaskError
+def _check_task_file(task: str, *, template: int | None = None, templates: str | None = None,
+                     strict: bool = False) -> None:
+    """Refuse, before any model loads, a task that is neither built in nor a readable task file
+    (parsed here, so a bad file fails in seconds), and IOI-only options (``--template``,
+    ``--templates``) given with another task."""
+    from analyses.circuits.tasks import TASK_NAMES, TaskError, load_jsonl
 
     if task not in TASK_NAMES and not Path(task).is_file():
         raise TaskError(f"unknown task {task!r}: use one of {', '.join(TASK_NAMES)} or a .jsonl file")
+    if task not in TASK_NAMES:
+        load_jsonl(task, strict=strict)
     for flag, value in (("--template", template), ("--templates", templates)):
         if value is not None and task != "ioi":
             what = "the task file" if task not in TASK_NAMES else "the task"
@@ -215,7 +219,7 @@ def ablate(
     if len(seed_list) > 1 and not compare_random:
         raise SelectionError(f"--seeds {seeds!r} names {len(seed_list)} seeds, but only --compare-random uses more "
                              "than one (random sets per seed): give one seed, or add --compare-random K")
-    _check_task_file(task, template=template)
+    _check_task_file(task, template=template, strict=strict)
     _check_strict(strict, task)
     meth, met = Method(method.value), Metric(metric.value)
     load_kw = placement(device_map, max_memory, offload_folder)
@@ -374,9 +378,9 @@ def circuit(
     for flag, given, why in unused:
         if given:
             raise SelectionError(f"{flag} does nothing here: it {why}")
-    _check_task_file(task, template=template)
+    _check_task_file(task, template=template, strict=strict)
     if overlap_task:
-        _check_task_file(overlap_task)
+        _check_task_file(overlap_task, strict=strict)
     _check_strict(strict, task, overlap_task)
     if eval_prompts and task not in _builtin_tasks():
         raise SelectionError(f"--eval-prompts draws other prompts with seed + 1, which the task file {task!r} cannot: "

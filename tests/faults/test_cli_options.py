@@ -283,6 +283,29 @@ def test_library_sweep_refuses_other_prompts_under_the_same_settings(tiny_lm, tm
         sweeps.sweep(tiny_lm, enc("a"), sweeps.SweepKind.HEADS, out=tmp_path / "old", **kw)
 
 
+def test_task_file_nested_too_deeply_is_one_line_before_the_model_loads(cli, tmp_path, no_model):
+    task = tmp_path / "deep.jsonl"
+    task.write_text('{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    line = one_line(*cli("ablate", "tiny-llama", "--task", task, "--heads", "L0H0", "--strict")[::2])
+    assert "deep.jsonl:1: JSON nested too deeply: expected an object of strings" in line
+    line = one_line(*cli("circuit", "tiny-llama", "--task", task, "--out", tmp_path / "o")[::2])
+    assert f"task file {task} has no usable lines: deep.jsonl:1: JSON nested too deeply" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_deeply_nested_line_in_a_sweep_log_is_skipped_not_fatal(tmp_path):
+    from formats.sweep import open_sweep
+
+    settings = {"model": "m", "task": "t"}
+    with open_sweep(tmp_path / "s", settings) as log:
+        log.append([{"item": "L0H0", "effect": 1.0}])
+    with open(tmp_path / "s" / "sweep.jsonl", "a") as f:
+        f.write("[" * 50_000 + "]" * 50_000 + "\n")
+        f.write('{"item": "L0H1", "effect": 2.0}\n')
+    with open_sweep(tmp_path / "s", settings) as again:
+        assert again.resumed and set(again.done) == {"L0H0", "L0H1"}
+
+
 def test_settings_diff_names_each_changed_setting():
     from formats.sweep import settings_diff
 
