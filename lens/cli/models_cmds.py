@@ -96,6 +96,11 @@ def generate(
         raise PromptError("--image goes with --prompt for a vision-language model, not with --audio")
     if prompt is not None:
         check_prompt(prompt)
+    samples = None
+    if audio is not None:
+        from lens.audio import load_audio
+
+        samples = load_audio(audio)  # a bad file fails before the model loads
     lm = load_model(model)
     speech_model = lm.facts.modality is lens.Modality.SPEECH
     if audio is not None and not speech_model:
@@ -106,10 +111,9 @@ def generate(
         raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model: it does not take --image")
     with status("generating"):
         if speech_model:
-            from lens.audio import load_audio
             from lens.speech import transcribe
 
-            answer = transcribe(lm, load_audio(audio), max_new_tokens=max_new_tokens).text
+            answer = transcribe(lm, samples, max_new_tokens=max_new_tokens).text
         elif lm.facts.modality is lens.Modality.VISION_TEXT:
             from lens import vlm
 

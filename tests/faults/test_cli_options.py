@@ -89,6 +89,8 @@ NO_MODEL_CASES = [
      "--heads does nothing here: it keeps heads of the per-head sites (pattern, q, k, v, z), and --sites "
      "'resid_post,mlp_out' has none"),
     (["generate", "tiny-llama", "--prompt", "hi", "--audio", "WAV"], "give --prompt TEXT or --audio FILE, not both"),
+    (["generate", "tiny-whisper", "--audio", "WAV"], "cannot decode a.wav"),  # a bad audio file: refused before the model loads
+    (["heads", "cross-attention", "tiny-whisper", "--audio", "WAV"], "cannot decode a.wav"),
     # empty, endless and undecodable inputs
     (["heads", "sinks", "tiny-llama", "--file", "EMPTY"], "--file EMPTY holds no prompt: every line is empty"),
     (["capture", "tiny-llama", "--file", "BLANK"], "--file BLANK holds no prompt"),
