@@ -10,6 +10,8 @@ import socket
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.faults.test_cli_errors import one_line
 
@@ -314,3 +316,42 @@ def test_settings_diff_names_each_changed_setting():
     assert settings_diff({"method": "mean", "n": 4}, {"method": "zero", "n": 4}) == "method 'mean' -> 'zero'"
     many = settings_diff({f"k{i}": i for i in range(6)}, {f"k{i}": -i - 1 for i in range(6)})
     assert many.startswith("k0 0 -> -1, k1 1 -> -2") and many.endswith("and 2 more")
+
+
+# ---- the list parsers, fuzzed: a value is either refused in one line or read exactly -------------
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.one_of(st.text(max_size=30), st.lists(st.integers(-5, 10**6), min_size=1, max_size=5).map(
+    lambda xs: ",".join(map(str, xs))), st.floats(allow_nan=True).map(str)))
+def test_int_list_reads_exactly_or_refuses(text):
+    from formats.errors import SelectionError
+    from lens.cli._common import int_list
+
+    try:
+        values = int_list(text, "lengths", lo=0, hi=10**6, max_count=64)
+    except SelectionError as err:
+        assert str(err).startswith("--lengths") and "\n" not in str(err)
+        return
+    if values is None:
+        assert text.strip().lower() in ("", "all")
+        return
+    expanded = []
+    for part in text.split(","):  # read back by hand (lo=0: no negative value gets here): N or LOW-HIGH, ASCII digits
+        a, dash, b = part.strip().partition("-")
+        assert all(x.isascii() and x.isdigit() for x in (a, *([b] if dash else []))), text
+        expanded.extend(range(int(a), int(b) + 1) if dash else [int(a)])
+    assert values == expanded
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.one_of(st.text(max_size=30), st.floats(allow_nan=True, allow_infinity=True).map(str),
+                 st.lists(st.floats(0, 1), min_size=1, max_size=4).map(lambda xs: ",".join(map(repr, xs)))))
+def test_float_list_reads_exactly_or_refuses(text):
+    from formats.errors import SelectionError
+    from lens.cli._common import float_list
+
+    try:
+        values = float_list(text, "depths", lo=0, hi=1, max_count=64)
+    except SelectionError as err:
+        assert str(err).startswith("--depths") and "\n" not in str(err)
+        return
+    assert values == [float(x) for x in text.split(",")] and all(0 <= v <= 1 for v in values)
