@@ -120,7 +120,8 @@ def _open(target: Path, settings: dict, force: bool) -> SweepLog:
                 why = "holds a sweep with other settings"
             else:
                 why = "is not empty"
-            raise OutputExistsError(f"{target} {why}: pass --force to overwrite it, or choose another --out")
+            changed = "" if same or state is None else f" (changed: {settings_diff(state['settings'], settings)})"
+            raise OutputExistsError(f"{target} {why}: pass --force to overwrite it, or choose another --out{changed}")
         check_target(target, force)  # only a folder of lens output is replaced
         work = new_sibling(target, KIND)
     else:
@@ -132,6 +133,28 @@ def _open(target: Path, settings: dict, force: bool) -> SweepLog:
         work = target
     _write_run(work, settings, "running")
     return SweepLog(work, target, settings)
+
+
+_DIGESTS = {"task_sha256": "the task file's contents", "inputs_sha256": "the encoded prompts",
+            "items_sha256": "the items swept", "weights_sha256": "the model's weights"}
+
+
+def settings_diff(old: dict, new: dict, limit: int = 4) -> str:
+    """The settings that differ between a stored sweep and a new run, in a few words each."""
+    parts = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            if key in _DIGESTS:
+                parts.append(f"{_DIGESTS[key]} ({key})" if key in old else f"{key} (not recorded by the stored sweep)")
+            else:
+                parts.append(f"{key} {_short(old.get(key))} -> {_short(new.get(key))}")
+    more = f" and {len(parts) - limit} more" if len(parts) > limit else ""
+    return ", ".join(parts[:limit]) + more
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _write_run(folder: Path, settings: dict, status: str) -> None:

@@ -187,6 +187,31 @@ def import_ray():
     return ray
 
 
+CONNECT_TIMEOUT_S = 5.0  # how long a cluster address may take to accept a connection
+
+
+def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse, within ``timeout`` seconds, a cluster address where nothing accepts a connection
+    (``ray.init`` would retry for minutes). ``auto`` and ``local`` need no probe."""
+    address = address.strip()
+    if address in ("auto", "local"):
+        return
+    rest = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port_s = rest.rstrip("/").rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_s.isascii() or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise DistributedError(f"--ray {address!r} is not 'auto' or a cluster address like ray://head:10001 or "
+                               "head:6379 (host and port)")
+    try:
+        with socket.create_connection((host, int(port_s)), timeout=timeout):
+            pass
+    except OSError as err:
+        why = f"no answer within {timeout:g} s" if isinstance(err, TimeoutError) else (err.strerror or type(err).__name__)
+        raise DistributedError(f"--ray {address}: cannot connect to a Ray cluster: nothing accepts connections at "
+                               f"{host}:{port_s} ({why}); start one with `ray start --head` or check the "
+                               "address") from None
+
+
 class _Worker:
     """One Ray actor: the model, loaded once, and the state of the job it is working on."""
 
@@ -251,6 +276,7 @@ class RayExecutor(Executor):
         if ray.is_initialized():
             return ray
         address = None if self.options.address == "auto" else self.options.address
+        check_address(self.options.address)
         try:
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
                      configure_logging=True, log_to_driver=True)

@@ -22,7 +22,7 @@ from formats.ablation import AblationResult
 from formats.curves import Curves
 from formats.errors import SelectionError
 from formats.head_scores import HeadScores
-from formats.provenance import Provenance
+from formats.provenance import Provenance, inputs_digest
 from formats.sweep import open_sweep
 from lens.heads import HeadRef, MlpRef
 from pipelines.executors import Executor, Job, SerialExecutor
@@ -124,6 +124,22 @@ def scoring_job(enc, method, metric, *, seed: int = 0, max_rows: int = 64, score
     return Job(work=_score_chunk, setup=_prepare_scoring, setup_args=(enc, method, metric, seed, max_rows, score))
 
 
+def sweep_fingerprint(lm, enc, named: Sequence[tuple[str, list]]) -> dict[str, str | None]:
+    """What a resumed sweep must share with the run it continues, beyond the caller's settings:
+    a digest of every encoded example (clean and corrupted token ids, answer, distractor,
+    template group), one of the item list, and the model's weights. A task file edited between
+    runs, other prompts or another checkpoint under the same name change it, so the sweep is
+    refused instead of mixing items computed on different inputs. Examples are hashed one by
+    one, so the batch size does not count."""
+    examples = []
+    for b in enc.batches:
+        for i in range(b.size):
+            examples.append((b.group, b.clean[i].tolist(), b.corrupted[i].tolist(), int(b.answer[i]),
+                             int(b.distractor[i])))
+    return {"inputs_sha256": inputs_digest(examples), "items_sha256": inputs_digest(n for n, _ in named),
+            "weights_sha256": getattr(lm.facts, "weights_sha256", None)}
+
+
 def sweep(lm, enc, kind: SweepKind, *, out: str | Path, settings: dict, method, metric, components: Sequence = (),
           seed: int = 0, max_rows: int = 64, force: bool = False, progress: Progress = SILENT,
           score: Callable | None = None, executor: Executor | None = None) -> SweepOutcome:
@@ -139,6 +155,7 @@ def sweep(lm, enc, kind: SweepKind, *, out: str | Path, settings: dict, method, 
     facts = lm.facts
     named = sweep_items(facts, kind, components)
     m, me = Method(method).value, Metric(metric).value
+    settings = {**settings, **sweep_fingerprint(lm, enc, named)}
     with open_sweep(out, settings, force=force) as log:
         todo = [(n, s) for n, s in named if n not in log.done]
         t0 = time.perf_counter()

@@ -327,6 +327,8 @@ def _parse_line(line: str, where: str) -> Example:
         obj = json.loads(line)
     except json.JSONDecodeError as err:
         raise TaskError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+    except RecursionError:
+        raise TaskError(f"{where}: JSON nested too deeply: expected an object of strings") from None
     if not isinstance(obj, dict):
         raise TaskError(f"{where}: expected a JSON object with prompt, answer and corrupted, got {type(obj).__name__}")
 
@@ -363,6 +365,9 @@ def load_task(name: str, tokenizer=None, *, n: int = 200, seed: int = 0, strict:
     if name.endswith(".jsonl") or Path(name).exists():
         if not Path(name).exists():
             raise TaskError(f"task file {name} does not exist")
+        if template is not None or templates is not None:
+            raise TaskError(f"{'template' if template is not None else 'templates'} applies to the ioi task only: "
+                            f"the task file {name} has no templates")
         task = load_jsonl(name, strict=strict)
         task.examples = task.examples[:n]
         return task

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from lens.cli._terminal import printable
 console = Console(stderr=True, highlight=False)  # progress and tables on stderr; --json output alone on stdout
 
 MAX_RANGE = 100_000  # no integer option expands to more values than this
+MAX_TEXT_BYTES = 32 * 2**20  # prompt and text files read at most this much
 MODEL_HELP = "Zoo name (lens models), local folder or Hugging Face id."
 
 
@@ -49,23 +51,25 @@ def say(text: str, style: str | None = None) -> None:
     console.print(Text(printable(text), style=style or ""), soft_wrap=True)
 
 
+_INT_PART = re.compile(r"(-?[0-9]+)(?:-(-?[0-9]+))?", re.ASCII)
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
 def int_list(text: str | None, what: str, *, lo: int = 0, hi: int | None = None, max_count: int = MAX_RANGE,
              default: list[int] | None = None) -> list[int] | None:
     """``'3'``, ``'0,2,5'`` or ``'4-7'`` (inclusive) as integers, each in ``[lo, hi]``, at most
-    ``max_count`` of them; ``None``/``''``/``'all'`` give ``default``. Ranges are bounded before
-    they are expanded."""
+    ``max_count`` of them; ``None``/``''``/``'all'`` give ``default``. Only ASCII digits count
+    (``300.5``, ``1_000``, ``+3`` or ``1e3`` are refused, never rounded); ranges are bounded
+    before they are expanded."""
     if text is None or text.strip().lower() in ("", "all"):
         return default
     out: list[int] = []
     for part in text.split(","):
-        part = part.strip()
-        lo_s, sep, hi_s = part[1:].partition("-")
-        lo_s = part[0] + lo_s if part else ""
-        try:
-            a = int(lo_s)
-            b = int(hi_s) if sep else a
-        except ValueError:
-            raise SelectionError(f"--{what} {text!r} is not a list of integers like 0,2,5 or 4-7") from None
+        m = _INT_PART.fullmatch(part.strip())
+        if m is None:
+            raise SelectionError(f"--{what} {text!r} is not a list of integers like 0,2,5 or 4-7")
+        a = int(m.group(1))
+        b = int(m.group(2)) if m.group(2) is not None else a
         if a > b:
             raise SelectionError(f"--{what}: range {a}-{b} is empty: write it low-high")
         top = MAX_RANGE if hi is None else hi
@@ -78,13 +82,14 @@ def int_list(text: str | None, what: str, *, lo: int = 0, hi: int | None = None,
 
 
 def float_list(text: str, what: str, *, lo: float = -math.inf, hi: float = math.inf, max_count: int = 1000) -> list[float]:
-    """``'0,0.5,1'`` as finite floats in ``[lo, hi]``."""
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise SelectionError(f"--{what} {text!r} is not a list of numbers like 0,0.5,1") from None
-    if not values:
+    """``'0,0.5,1'`` as finite floats in ``[lo, hi]`` (plain decimal numbers only: no ``nan``,
+    ``inf`` or ``1_0``)."""
+    parts = [x.strip() for x in text.split(",")]
+    if not any(parts):
         raise SelectionError(f"--{what} is empty: give numbers like 0,0.5,1")
+    if not all(_NUMBER.fullmatch(x) for x in parts):
+        raise SelectionError(f"--{what} {text!r} is not a list of numbers like 0,0.5,1")
+    values = [float(x) for x in parts]
     if len(values) > max_count:
         raise SelectionError(f"--{what} names more than {max_count} values")
     for v in values:
@@ -99,14 +104,48 @@ def positive_float(value: float | None, what: str, *, hi: float = math.inf) -> f
     return value
 
 
-def read_text(path: Path, what: str) -> str:
-    """A UTF-8 text file, or a one-line error naming it."""
+def check_text(text: str, what: str) -> str:
+    """``text`` from the command line, refused in one line when it is not valid UTF-8 (Python
+    keeps undecodable argv bytes as lone surrogates, which fail later, deep in a tokenizer)."""
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise PromptError(f"--{what} {path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = text[err.start]
+        byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"code point U+{ord(bad):04X}"
+        raise PromptError(f"--{what} is not valid UTF-8 text ({byte} at character {err.start}): "
+                          "pass UTF-8 text") from None
+    return text
+
+
+def check_prompt(text: str, what: str = "prompt") -> str:
+    """A prompt from the command line: valid UTF-8 and not blank."""
+    if not check_text(text, what).strip():
+        raise PromptError(f"--{what} is empty: give the text of a prompt")
+    return text
+
+
+def read_text(path: Path, what: str, *, max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """A UTF-8 text file of at most ``max_bytes``, or a one-line error naming it. The read is
+    bounded, so ``/dev/zero`` or an endless pipe is refused instead of filling memory."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
     except OSError as err:
         raise PromptError(f"--{what} {path} cannot be read: {err.strerror or err}") from None
+    if len(data) > max_bytes:
+        raise PromptError(f"--{what} {path} is larger than {max_bytes // 2**20} MiB: give a smaller text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PromptError(f"--{what} {path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
+
+
+def prompt_lines(path: Path, what: str) -> list[str]:
+    """The non-blank lines of a prompt file (one prompt each); a file without any is refused."""
+    lines = [line for line in read_text(path, what).splitlines() if line.strip()]
+    if not lines:
+        raise PromptError(f"--{what} {path} holds no prompt: every line is empty (give one prompt per line)")
+    return lines
 
 
 def check_out(out: Path, force: bool) -> None:
@@ -199,10 +238,11 @@ def placement(device_map: DeviceMap | None, max_memory: str | None, offload_fold
         if max_memory or offload_folder:
             raise SelectionError("--max-memory and --offload-folder need --device-map (e.g. --device-map auto)")
         return {}
-    from lens.zoo.placement import parse_max_memory
+    from lens.zoo.placement import check_devices, parse_max_memory
 
     kw: dict[str, Any] = {"device_map": device_map.value}
     mem = parse_max_memory(max_memory)
+    check_devices(mem, "--max-memory")
     if mem:
         kw["max_memory"] = mem
     if offload_folder is not None:
@@ -220,12 +260,13 @@ def ray_options(ray: str | None, workers: int | None, cpus_per_worker: float | N
         if given:
             raise SelectionError(f"{', '.join(given)} apply to Ray runs: add --ray auto (or a cluster address)")
         return None
-    from pipelines.executors import RayOptions, import_ray
+    from pipelines.executors import RayOptions, check_address, import_ray
 
     options = RayOptions(address=ray.strip(), workers=2 if workers is None else workers,
                          cpus_per_worker=1.0 if cpus_per_worker is None else cpus_per_worker,
                          gpus_per_worker=0.0 if gpus_per_worker is None else gpus_per_worker)
     import_ray()
+    check_address(options.address)  # seconds, not minutes of Ray's retries, and before any model loads
     return options
 
 

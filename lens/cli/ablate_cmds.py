@@ -107,11 +107,55 @@ def _components(lm, heads: str | None, mlps: str | None):
     return comps
 
 
-def _check_task_file(task: str) -> None:
-    from analyses.circuits.tasks import TASK_NAMES, TaskError
+def _check_task_file(task: str, *, template: int | None = None, templates: str | None = None,
+                     strict: bool = False) -> None:
+    """Refuse, before any model loads, a task that is neither built in nor a readable task file
+    (parsed here, so a bad file fails in seconds), and IOI-only options (``--template``,
+    ``--templates``) given with another task."""
+    from analyses.circuits.tasks import TASK_NAMES, TaskError, load_jsonl
 
     if task not in TASK_NAMES and not Path(task).is_file():
         raise TaskError(f"unknown task {task!r}: use one of {', '.join(TASK_NAMES)} or a .jsonl file")
+    if task not in TASK_NAMES:
+        load_jsonl(task, strict=strict)
+    for flag, value in (("--template", template), ("--templates", templates)):
+        if value is not None and task != "ioi":
+            what = "the task file" if task not in TASK_NAMES else "the task"
+            raise SelectionError(f"{flag} applies to the ioi task only: {what} {task!r} has no templates")
+
+
+def _builtin_tasks() -> tuple[str, ...]:
+    from analyses.circuits.tasks import TASK_NAMES
+
+    return tuple(TASK_NAMES)
+
+
+def _check_strict(strict: bool, *tasks: str | None) -> None:
+    from analyses.circuits.tasks import TASK_NAMES
+
+    if strict and all(t is None or t in TASK_NAMES for t in tasks):
+        raise SelectionError("--strict applies to a .jsonl task file (a bad line fails the run instead of being "
+                             f"skipped); the built-in task {tasks[0]!r} has no lines to check")
+
+
+def _task_digest(task: str) -> str | None:
+    """SHA-256 of a task file's bytes (None for a built-in task): a resumed sweep must run on the same file."""
+    import hashlib
+
+    from analyses.circuits.tasks import TASK_NAMES
+
+    if task in TASK_NAMES:
+        return None
+    h = hashlib.sha256()
+    try:
+        with open(task, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as err:
+        from analyses.circuits.tasks import TaskError
+
+        raise TaskError(f"task file {task} cannot be read: {err.strerror or err}") from None
+    return h.hexdigest()
 
 
 @app.command("ablate")
@@ -170,7 +214,13 @@ def ablate(
         raise SelectionError("give --heads and/or --mlps to ablate, or --sweep heads|layers")
     if sweep is not None and compare_random:
         raise SelectionError("--compare-random applies to one set of --heads, not to a --sweep")
-    _check_task_file(task)
+    if compare_random and not heads:
+        raise SelectionError("--compare-random draws random head sets the size of --heads: give --heads")
+    if len(seed_list) > 1 and not compare_random:
+        raise SelectionError(f"--seeds {seeds!r} names {len(seed_list)} seeds, but only --compare-random uses more "
+                             "than one (random sets per seed): give one seed, or add --compare-random K")
+    _check_task_file(task, template=template, strict=strict)
+    _check_strict(strict, task)
     meth, met = Method(method.value), Metric(metric.value)
     load_kw = placement(device_map, max_memory, offload_folder)
     ray_opts = ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
@@ -178,12 +228,14 @@ def ablate(
         raise SelectionError("--ray runs the items of a --sweep: add --sweep heads|layers")
     if sweep is None and out is not None:
         check_out(out, force)
+    task_sha256 = _task_digest(task) if sweep is not None else None  # the file as it is when the run starts
     lm = load_model(model, **load_kw)
     comps = _components(lm, heads, mlps)
     enc = _task(lm, task, n_prompts, seed_list[0], batch_size, strict, template)
     if sweep is not None:
         settings = dict(model=model, task=task, method=meth.value, metric=met.value, sweep=sweep.value, heads=heads,
-                        mlps=mlps, n_prompts=n_prompts, seed=seed_list[0], template=template, n_examples=enc.n_examples)
+                        mlps=mlps, n_prompts=n_prompts, seed=seed_list[0], template=template, n_examples=enc.n_examples,
+                        task_sha256=task_sha256)
         target = out or Path(f"results/ablate-{Path(task).stem}-{sweep.value}")
         with executor(lm, model, ray_opts, load_kw) as ex, progress() as bar:
             outcome = sweeps.sweep(lm, enc, sweeps.SweepKind(sweep.value), out=target, settings=settings, method=meth,
@@ -232,10 +284,10 @@ def circuit(
     method: CircuitMethodName = typer.Option(CircuitMethodName.EAP_IG, "--method", "-m",
                                              help="Edge attribution (eap, eap-ig) or per-head activation patching."),
     metric: MetricName = typer.Option(MetricName.LOGIT_DIFF, "--metric", help="Task metric (acc: patching only)."),
-    ig_steps: int = typer.Option(5, "--ig-steps", min=1, max=1000, help="Interpolation steps for eap-ig."),
+    ig_steps: int = typer.Option(None, "--ig-steps", min=1, max=1000, help="Interpolation steps for eap-ig (default 5)."),
     top_n: int = typer.Option(None, "--top-n", min=1, max=10_000_000,
                               help="Edges to keep (eap, eap-ig; default 100) or heads/MLPs (patching; default 20)."),
-    unit: UnitName = typer.Option(UnitName.EDGES, "--unit", help="eap, eap-ig: an edge circuit (top-n edges) or a "
+    unit: UnitName = typer.Option(None, "--unit", help="eap, eap-ig: an edge circuit (top-n edges; the default) or a "
                                   "head circuit (top-n heads by node score, like patching)."),
     threshold: float = typer.Option(None, "--threshold", help="Keep edges with |score| >= this instead of --top-n."),
     compare_patching: bool = typer.Option(False, "--compare-patching", help="Also run the per-head patching loop on "
@@ -261,9 +313,11 @@ def circuit(
                                      "other prompts (seed + 1) instead of the prompts the circuit was found on."),
     settings_table: bool = typer.Option(False, "--settings-table", help="Also report the circuit's faithfulness under "
                                         "each ablation setting."),
-    random_circuits: int = typer.Option(1000, "--random-circuits", min=1, max=1_000_000,
-                                        help="Random circuits of the same size for the overlap baseline."),
-    patch_mlps: bool = typer.Option(True, "--patch-mlps/--no-patch-mlps", help="Per-head patching also patches each MLP."),
+    random_circuits: int = typer.Option(None, "--random-circuits", min=1, max=1_000_000,
+                                        help="Random circuits of the same size for the --overlap-task baseline "
+                                        "(default 1000)."),
+    patch_mlps: bool = typer.Option(None, "--patch-mlps/--no-patch-mlps", help="Per-head patching also patches each "
+                                    "MLP (default: yes)."),
     patching_scores: Path = typer.Option(None, "--patching-scores", exists=True, dir_okay=False,
                                          help="With --compare-patching: per-head patching scores of an earlier run on "
                                          "the same prompts (circuit.TASK_patching_METRIC.json) instead of a new loop."),
@@ -304,9 +358,37 @@ def circuit(
         raise SelectionError(f"--threshold must be a finite number >= 0, got {threshold}")
     if metric is MetricName.ACC and method is not CircuitMethodName.PATCHING:
         raise SelectionError("--metric acc is not differentiable: use it with --method patching only")
-    _check_task_file(task)
+    patching_runs = method is CircuitMethodName.PATCHING or compare_patching
+    unused = [
+        ("--edge-sizes", edge_sizes is not None and not curve, "sets the sizes of the faithfulness curve: add --curve"),
+        ("--head-sizes", head_sizes is not None and not curve, "sets the sizes of the faithfulness curve: add --curve"),
+        ("--ig-steps", ig_steps is not None and method is not CircuitMethodName.EAP_IG and not compare_patching,
+         "applies to --method eap-ig (or --compare-patching, which runs it too)"),
+        ("--threshold", threshold is not None and (method is CircuitMethodName.PATCHING or unit is UnitName.HEADS),
+         "selects edges by score: use it with --method eap or eap-ig and --unit edges (a head circuit takes --top-n)"),
+        ("--unit", unit is not None and method is CircuitMethodName.PATCHING,
+         "applies to eap and eap-ig: per-head patching always finds a head circuit"),
+        ("--patching-scores", patching_scores is not None and not compare_patching,
+         "replaces the patching loop of --compare-patching: add --compare-patching"),
+        ("--random-circuits", random_circuits is not None and not overlap_task,
+         "is the baseline of --overlap-task: add --overlap-task TASK"),
+        ("--patch-mlps/--no-patch-mlps", patch_mlps is not None and not patching_runs,
+         "applies to per-head patching: use it with --method patching or --compare-patching"),
+    ]
+    for flag, given, why in unused:
+        if given:
+            raise SelectionError(f"{flag} does nothing here: it {why}")
+    _check_task_file(task, template=template, strict=strict)
     if overlap_task:
-        _check_task_file(overlap_task)
+        _check_task_file(overlap_task, strict=strict)
+    _check_strict(strict, task, overlap_task)
+    if eval_prompts and task not in _builtin_tasks():
+        raise SelectionError(f"--eval-prompts draws other prompts with seed + 1, which the task file {task!r} cannot: "
+                             "its first lines would come back, the very prompts the circuit was found on")
+    ig_steps = 5 if ig_steps is None else ig_steps
+    unit = unit or UnitName.EDGES
+    random_circuits = 1000 if random_circuits is None else random_circuits
+    patch_mlps = True if patch_mlps is None else patch_mlps
     load_kw = placement(device_map, max_memory, offload_folder)
     ray_opts = ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
     if load_kw and (method is not CircuitMethodName.PATCHING or compare_patching or curve or settings_table):

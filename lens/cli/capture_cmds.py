@@ -16,12 +16,14 @@ from lens.cli._common import (
     MODEL_HELP,
     DType,
     check_out,
+    check_prompt,
     console,
     int_list,
     load_model,
     positive_float,
     print_json,
     progress,
+    prompt_lines,
     read_text,
     say,
     writing,
@@ -42,9 +44,9 @@ class StatsBackend(str, enum.Enum):
 
 
 def _prompts(prompt: list[str] | None, file: Path | None) -> list[str]:
-    prompts = list(prompt or [])
+    prompts = [check_prompt(p) for p in prompt or []]
     if file is not None:
-        prompts += [line for line in read_text(file, "file").splitlines() if line.strip()]
+        prompts += prompt_lines(file, "file")
     return prompts
 
 
@@ -96,8 +98,14 @@ def capture(
     if image_text and (len(images) != 1 or len(prompts) != 1):
         raise PromptError(f"a vision-language capture takes one --image and one --prompt, got {len(images)} "
                           f"image(s) and {len(prompts)} prompt(s)")
+    if chat and not prompts:
+        raise SelectionError("--chat does nothing here: it formats prompts with the chat template, and an "
+                             f"{'--image' if images else '--audio'} capture has none")
     site_list = [lens.Site.parse(s) for s in sites.split(",") if s.strip()]
     layer_list, head_list = int_list(layers, "layers"), int_list(heads, "heads")
+    if head_list is not None and site_list and not any(s.per_head for s in site_list):
+        raise SelectionError(f"--heads does nothing here: it keeps heads of the per-head sites (pattern, q, k, v, z), "
+                             f"and --sites {sites!r} has none")
     budget = positive_float(budget_gb, "budget-gb", hi=1e6)
     load_kw = _c.placement(device_map, max_memory, offload_folder)
     if load_kw and backend is BackendName.TRANSFORMER_LENS:
@@ -259,7 +267,9 @@ def stats(
 
     if (prompt is None) == (file is None):
         raise PromptError("give exactly one of --prompt TEXT or --file FILE")
-    text = prompt if prompt is not None else read_text(file, "file")
+    text = check_prompt(prompt) if prompt is not None else read_text(file, "file")
+    if not text.strip():
+        raise PromptError(f"--file {file} is empty: give a file whose content is the prompt")
     spans = [_span(s) for s in span or []]
     spec = StatsSpec(sink_tokens=sink_tokens, window=window, spans=tuple(spans), topk=topk)
     layer_list = int_list(layers, "layers")

@@ -18,13 +18,15 @@ from lens.cli._common import (
     MODEL_HELP,
     Source,
     check_out,
+    check_prompt,
+    check_text,
     console,
     float_list,
     int_list,
     load_model,
     print_json,
     progress,
-    read_text,
+    prompt_lines,
     say,
     writing,
 )
@@ -89,12 +91,30 @@ def finish(results, out: Path, model: str, json_out: bool, title: str) -> None:
     say(f"results saved to {out.resolve()}")
 
 
-def _trials(lm, lengths: str, depths: str, seeds: str, needles: int, chat: bool):
+def _niah_grid(lengths: str, depths: str, seeds: str) -> tuple[list[int], list[float], list[int]]:
+    """``--lengths/--depths/--seeds`` parsed strictly (a length of 300.5 is refused, not rounded), before any model loads."""
+    length_list = int_list(lengths, "lengths", lo=32, hi=1_000_000, max_count=64)
+    if not length_list:
+        raise SelectionError("--lengths is empty: give prompt lengths in tokens like 300,600")
+    return (length_list, float_list(depths, "depths", lo=0, hi=1, max_count=64),
+            int_list(seeds, "seeds", max_count=1000, default=[0]))
+
+
+def _trials(lm, grid: tuple[list[int], list[float], list[int]], needles: int, chat: bool):
     from pipelines.heads import niah_trials
 
-    return niah_trials(lm, lengths=[int(x) for x in float_list(lengths, "lengths", lo=32, hi=1_000_000, max_count=64)],
-                       depths=float_list(depths, "depths", lo=0, hi=1, max_count=64),
-                       seeds=int_list(seeds, "seeds", max_count=1000, default=[0]), n_needles=needles, chat=chat)
+    lengths, depths, seeds = grid
+    return niah_trials(lm, lengths=lengths, depths=depths, seeds=seeds, n_needles=needles, chat=chat)
+
+
+def _check_ablation_sizes(ks: list[int] | None, facts) -> None:
+    """``--ablate`` sizes against the model's heads, before the needle trials run: the top k heads
+    are compared with k random other heads, so k can be at most half of them."""
+    total = facts.n_layers * facts.n_heads
+    for k in ks or []:
+        if k > total // 2:
+            raise SelectionError(f"--ablate {k} is out of range: {facts.name} has {total} heads, so k can be "
+                                 f"1-{total // 2} (the random baseline draws k of the other heads)")
 
 
 # ---- commands ----------------------------------------------------------------------------
@@ -110,7 +130,7 @@ def retrieval(
     max_new_tokens: int = typer.Option(40, min=1, max=200, help="Greedy tokens per trial."),
     source: Source = typer.Option(Source.PATTERN, help="Top-1 keys from captured rows (pattern) or the kernel's argmax."),
     ablate: str = typer.Option(None, help="Also ablate the top-k retrieval heads vs k random heads, e.g. 5,10,20."),
-    ablate_seeds: str = typer.Option("0,1,2", help="Seeds of the random-head baseline."),
+    ablate_seeds: str = typer.Option(None, help="Seeds of the random-head baseline of --ablate (default 0,1,2)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
     ray: str = _c.RAY_OPTION,
@@ -131,12 +151,17 @@ def retrieval(
     from pipelines import heads
 
     ks = int_list(ablate, "ablate", lo=1, max_count=32)
-    a_seeds = int_list(ablate_seeds, "ablate-seeds", max_count=100, default=[0])
+    if ablate_seeds is not None and not ks:
+        raise SelectionError("--ablate-seeds does nothing here: it seeds the random-head baseline of --ablate: add "
+                             "--ablate K")
+    a_seeds = int_list(ablate_seeds, "ablate-seeds", max_count=100, default=[0, 1, 2])
+    grid = _niah_grid(lengths, depths, seeds)
     load_kw = _c.placement(device_map, max_memory, offload_folder)
     ray_opts = _c.ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
     check_out(out, force)
     lm = load_model(model, **load_kw)
-    trials = _trials(lm, lengths, depths, seeds, needles, chat)
+    _check_ablation_sizes(ks, lm.facts)
+    trials = _trials(lm, grid, needles, chat)
     with _c.executor(lm, model, ray_opts, load_kw) as ex, writing(out, force) as tmp, progress() as bar:
         results = heads.run_retrieval(lm, trials, source=source.value, max_new_tokens=max_new_tokens, progress=bar,
                                       executor=ex if ex.distributed else None)
@@ -166,7 +191,7 @@ def sinks(
     from analyses.prompts import GENERAL_PROMPTS
     from pipelines import heads
 
-    prompts = list(prompt or []) + ([p for p in read_text(file, "file").splitlines() if p.strip()] if file else [])
+    prompts = [check_prompt(p) for p in prompt or []] + (prompt_lines(file, "file") if file else [])
     check_out(out, force)
     lm = load_model(model)
     prompts = prompts or list(GENERAL_PROMPTS)
@@ -237,11 +262,12 @@ def streaming(
                                         help="A retrieval.retrieval_score.json to compare with (Spearman, overlap)."),
     chat: bool = typer.Option(True, help="Format with the model's chat template."),
     gates: bool = typer.Option(True, help="Also optimise DuoAttention gates per KV head (frozen model)."),
-    gate_steps: int = typer.Option(100, min=1, max=100_000, help="At most this many gate optimisation steps (it stops "
-                                   "earlier once the retrieval heads stay the same for 10 steps)."),
-    gate_length: int = typer.Option(256, min=64, max=1_000_000, help="Tokens per synthetic passkey prompt for the gates."),
-    gate_prompts: int = typer.Option(1, min=1, max=1000, help="Passkey prompts for the gates."),
-    gate_objective: GateObjective = typer.Option(GateObjective.DECODE, help="decode: the context from the full model, "
+    gate_steps: int = typer.Option(None, min=1, max=100_000, help="At most this many gate optimisation steps (default "
+                                   "100; it stops earlier once the retrieval heads stay the same for 10 steps)."),
+    gate_length: int = typer.Option(None, min=64, max=1_000_000, help="Tokens per synthetic passkey prompt for the "
+                                    "gates (default 256)."),
+    gate_prompts: int = typer.Option(None, min=1, max=1000, help="Passkey prompts for the gates (default 1)."),
+    gate_objective: GateObjective = typer.Option(None, help="decode (the default): the context from the full model, "
                                                  "only the answer tokens run the mixed attention (minutes on a CPU); "
                                                  "prefill: every position does (DuoAttention's objective, much slower)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
@@ -258,9 +284,20 @@ def streaming(
     if sink is not None and recent is not None and sink + recent >= length:
         raise SelectionError(f"--sink {sink} + --recent {recent} must be less than --length {length}: no query would "
                              "have distant keys")
-    retr = HeadScores.load(retrieval_file).scores if retrieval_file else None
+    gate_given = [flag for flag, v in (("--gate-steps", gate_steps), ("--gate-length", gate_length),
+                                       ("--gate-prompts", gate_prompts), ("--gate-objective", gate_objective))
+                  if v is not None]
+    if gate_given and not gates:
+        raise SelectionError(f"{gate_given[0]} does nothing here: it sets the DuoAttention gates, which --no-gates "
+                             "turns off")
+    gate_steps = 100 if gate_steps is None else gate_steps
+    gate_length = 256 if gate_length is None else gate_length
+    gate_prompts = 1 if gate_prompts is None else gate_prompts
+    gate_objective = gate_objective or GateObjective.DECODE
+    retr_scores = HeadScores.load(retrieval_file) if retrieval_file else None
     check_out(out, force)
     lm = load_model(model)
+    retr = _retrieval_for(retr_scores, retrieval_file, lm.facts) if retr_scores is not None else None
     with writing(out, force) as tmp, progress() as bar:
         results = heads.run_streaming(lm, length=length, n_prompts=prompts, source=source.value, sink=sink,
                                       recent=recent, retrieval=retr, chat=chat, progress=bar)
@@ -269,6 +306,18 @@ def streaming(
                                        objective=gate_objective.value, progress=bar)
         save_into(results, tmp)
     finish(results, out, model, json_out, f"{lm.facts.name}: streaming profile")
+
+
+def _retrieval_for(scores, path: Path, facts) -> np.ndarray:
+    """The retrieval scores of ``--retrieval`` if they fit ``facts``' heads (one score per layer and head)."""
+    want = (facts.n_layers, facts.n_heads)
+    if scores.scores.shape != want:
+        raise SelectionError(f"--retrieval {path} holds scores of shape {list(scores.scores.shape)} (from "
+                             f"{scores.provenance.model!r}), but {facts.name} has {want[0]} layers x {want[1]} heads: "
+                             "give a retrieval result of this model")
+    if scores.provenance.model != facts.name:
+        say(f"note: --retrieval {path} was computed on {scores.provenance.model!r}, not {facts.name!r}", "yellow")
+    return scores.scores
 
 
 @heads_app.command("calibration")
@@ -281,8 +330,8 @@ def calibration(
                               "calibration alone helps on --search-prompts other prompts), 'all' (every head of layers "
                               ">= --first-layer), or a selection like 'L3H4,L5H*'."),
     n_prompts: int = typer.Option(64, "--n-prompts", "-n", min=1, max=100_000, help="Prompts measured."),
-    search_prompts: int = typer.Option(32, "--search-prompts", min=1, max=100_000,
-                                       help="Prompts of the head search (other prompts: seed + 1)."),
+    search_prompts: int = typer.Option(None, "--search-prompts", min=1, max=100_000,
+                                       help="Prompts of the head search (other prompts: seed + 1; default 32)."),
     top_k: int = typer.Option(None, "--top-k", min=1, max=100_000, help="At most this many heads from the search."),
     beta: float = typer.Option(0.4, "--beta", min=0.0, max=1.0, help="Sink columns are multiplied by this (ACT: 0.4)."),
     threshold: float = typer.Option(0.1, "--threshold", min=1e-6, max=1.0, help="Sink when s_j exceeds this (ACT: 0.1)."),
@@ -306,7 +355,12 @@ def calibration(
 
     seed_list = int_list(seeds, "seeds", max_count=100, default=[0])
     tpl = int_list(templates, "templates", max_count=100) if templates else None
-    _check_task_file(task)
+    for flag, value in (("--search-prompts", search_prompts), ("--top-k", top_k)):
+        if value is not None and heads != "search":
+            raise SelectionError(f"{flag} does nothing here: it applies to the head search (--heads search), not "
+                                 f"--heads {heads!r}")
+    search_prompts = 32 if search_prompts is None else search_prompts
+    _check_task_file(task, templates=templates)
     check_out(out, force)
     lm = load_model(model)
     if first_layer >= lm.facts.n_layers:
@@ -365,7 +419,7 @@ def _image_items(image: list[Path] | None, images: Path | None, scenes: int | No
             raise SelectionError("--question goes with --image/--images; --scenes asks each scene its own questions")
         return vp.scene_items(scenes), f"{scenes} held-out synthetic scenes"
     files = list(image) if image else vp.image_files(images)
-    questions = [q for q in (question or [vp.DEFAULT_QUESTION]) if q.strip()]
+    questions = [check_text(q, "question") for q in (question or [vp.DEFAULT_QUESTION]) if q.strip()]
     if not questions:
         raise SelectionError("--question is empty: give the text to ask about each image")
     marked = [q for q in questions if DEFAULT_PLACEHOLDER in q]

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from formats.errors import PromptError
 from lens.cli import app
-from lens.cli._common import MODEL_HELP, console, load_model, print_json, status
+from lens.cli._common import MODEL_HELP, check_prompt, console, load_model, print_json, status
 from lens.cli._terminal import printable
 
 
@@ -91,6 +91,18 @@ def generate(
 
     if audio is None and prompt is None:
         raise PromptError("give --prompt TEXT (or --audio FILE for a speech model)")
+    if audio is not None and prompt is not None:
+        raise PromptError("give --prompt TEXT or --audio FILE, not both: a speech model transcribes the audio and "
+                          "takes no prompt")
+    if audio is not None and image:
+        raise PromptError("--image goes with --prompt for a vision-language model, not with --audio")
+    if prompt is not None:
+        check_prompt(prompt)
+    samples = None
+    if audio is not None:
+        from lens.audio import load_audio
+
+        samples = load_audio(audio)  # a bad file fails before the model loads
     lm = load_model(model)
     speech_model = lm.facts.modality is lens.Modality.SPEECH
     if audio is not None and not speech_model:
@@ -101,10 +113,9 @@ def generate(
         raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model: it does not take --image")
     with status("generating"):
         if speech_model:
-            from lens.audio import load_audio
             from lens.speech import transcribe
 
-            answer = transcribe(lm, load_audio(audio), max_new_tokens=max_new_tokens).text
+            answer = transcribe(lm, samples, max_new_tokens=max_new_tokens).text
         elif lm.facts.modality is lens.Modality.VISION_TEXT:
             from lens import vlm
 

@@ -85,7 +85,7 @@ def scan(
 
     settings = ScanSettings(
         thorough=thorough,
-        lengths=tuple(int(x) for x in float_list(lengths, "lengths", lo=32, hi=1_000_000, max_count=64)) if lengths else None,
+        lengths=tuple(int_list(lengths, "lengths", lo=32, hi=1_000_000, max_count=64)) if lengths else None,
         depths=tuple(float_list(depths, "depths", lo=0, hi=1, max_count=64)) if depths else None,
         ablate=tuple(int_list(ablate, "ablate", lo=1, max_count=32)) if ablate else None,
         source=source.value, chat=chat, captures=captures, gate_steps=gate_steps)

@@ -41,11 +41,11 @@ def cross_attention(
         files += sorted(p for p in audio_dir.iterdir() if p.suffix.lower() in (".wav", ".flac"))
     if not files and not espeak:
         raise PromptError("no audio given: use --audio FILE, --audio-dir DIR or --espeak N")
+    utterances = [speech.Utterance(load_audio(p), p.stem) for p in files]  # a bad file fails before the model loads
     check_out(out, force)
     lm = load_model(model)
     if lm.facts.modality is not lens.Modality.SPEECH:
         raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model: cross-attention needs a speech model")
-    utterances = [speech.Utterance(load_audio(p), p.stem) for p in files]
     if espeak:
         utterances += speech.espeak_utterances(speech.SENTENCES[:espeak] if espeak <= 3 else
                                                (speech.SENTENCES * 2)[:espeak], max_seconds=encoder_of(lm).chunk_seconds)

@@ -64,6 +64,25 @@ def parse_max_memory(text: str | None) -> dict[int | str, int] | None:
     return out
 
 
+def check_devices(max_memory: Mapping | None, what: str = "max_memory") -> None:
+    """Refuse a budget for a device this machine does not have (a GPU index past the last CUDA
+    GPU, or mps without Apple's backend), before any model is built: accelerate would fail
+    halfway through placing the weights."""
+    if not max_memory:
+        return
+    import torch
+
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for dev in max_memory:
+        if isinstance(dev, int) and not isinstance(dev, bool) and dev >= n_gpus:
+            have = f"GPUs 0-{n_gpus - 1}" if n_gpus else "no CUDA GPU"
+            raise SelectionError(f"{what} names GPU {dev}, but this machine has {have}: give cpu, disk or an "
+                                 "existing GPU index")
+        if dev == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise SelectionError(f"{what} names mps, but this machine has no Apple GPU (mps): give cpu, disk or a "
+                                 "GPU index")
+
+
 @dataclass(frozen=True)
 class Placement:
     """How to split a model: ``device_map`` (one of :data:`DEVICE_MAPS`, or an explicit
@@ -88,6 +107,7 @@ class Placement:
             return None
         dm = device_map if isinstance(device_map, str) else tuple(dict(device_map).items())
         mem = tuple((k, parse_size(v) if isinstance(v, str) else int(v)) for k, v in (max_memory or {}).items())
+        check_devices(dict(mem))
         return cls(dm, mem, None if offload_folder is None else str(offload_folder))
 
     @property
