@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lens.errors import InterventionError
+from lens.errors import InterventionError, SelectionError
 from lens.heads import Component, HeadRef, MlpRef, ResidRef
 
 
@@ -57,6 +57,10 @@ class Replace:
     def __post_init__(self) -> None:
         if not isinstance(self.value, Tensor):
             raise InterventionError(f"a replacement value must be a tensor, got {type(self.value).__name__}")
+        if not isinstance(self.over, Over):
+            raise InterventionError(f"over must be a lens.Over (ROW, BATCH or BATCH_AND_POSITION), got {self.over!r}")
+        if not self.value.is_floating_point():
+            raise InterventionError(f"a replacement value must be a floating-point tensor, got {self.value.dtype}")
         if self.value.ndim != self.over.ndim:
             raise InterventionError(f"a replacement over {self.over.value} must have {self.over.ndim} dims, got shape "
                                     f"{tuple(self.value.shape)}")
@@ -89,7 +93,11 @@ class Edit:
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, (HeadRef, MlpRef, ResidRef)):
-            raise InterventionError(f"an edit targets a HeadRef, MlpRef or ResidRef, got {self.target!r}")
+            raise InterventionError(f"an edit targets a HeadRef, MlpRef or ResidRef, got {self.target!r}"[:200])
+        if not isinstance(self.action, (Zero, Replace, Scale)):
+            got = f"the class {self.action.__name__} (write {self.action.__name__}(...))" \
+                if isinstance(self.action, type) else f"{type(self.action).__name__} {self.action!r}"[:120]
+            raise InterventionError(f"an edit's action is a Zero(), Replace(...) or Scale(...), got {got}")
         if self.target.layer < 0 or (isinstance(self.target, HeadRef) and self.target.head < 0):
             raise InterventionError(f"layer and head must be >= 0, got {self.target}")
         if self.position is not None and (isinstance(self.position, bool) or not isinstance(self.position, int)):
@@ -283,7 +291,10 @@ def _refs(components: Iterable) -> list[Component]:
         if isinstance(c, (HeadRef, MlpRef, ResidRef)):
             out.append(c)
         elif isinstance(c, tuple) and len(c) == 2:
-            out.append(HeadRef(int(c[0]), int(c[1])))
+            try:
+                out.append(HeadRef(*c))
+            except SelectionError as err:
+                raise InterventionError(f"component {c!r}: {err}"[:300]) from None
         else:
             raise InterventionError(f"components are HeadRef, MlpRef, ResidRef or (layer, head) pairs, got {c!r}")
     return out
@@ -325,4 +336,17 @@ def resample_ablation(reference: Reference, components: Iterable, *, batch: int,
 
 def scale_heads(factors: Mapping) -> list[Edit]:
     """Multiply each head's output by its factor (``{HeadRef or (layer, head): factor}``)."""
-    return [Edit(c, Scale(float(f))) for c, f in zip(_refs(factors), factors.values())]
+    if not isinstance(factors, Mapping):
+        raise InterventionError(f"factors must be a mapping {{HeadRef or (layer, head): factor}}, got "
+                                f"{type(factors).__name__}")
+    return [Edit(c, Scale(_number(f))) for c, f in zip(_refs(factors), factors.values())]
+
+
+def _number(f):
+    """``f`` as a float when it is a real number (numpy scalars, 0-d tensors); else as it is, for Scale to refuse."""
+    if isinstance(f, (bool, str, bytes)):
+        return f
+    try:
+        return float(f)
+    except (TypeError, ValueError, RuntimeError):
+        return f
