@@ -18,6 +18,8 @@ circuits run many edit groups in one batch (``groups[g]`` applies to rows ``g*N:
 from __future__ import annotations
 
 import enum
+import math
+import numbers
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -75,9 +77,10 @@ class Scale:
     factor: float
 
     def __post_init__(self) -> None:
-        if isinstance(self.factor, bool) or not isinstance(self.factor, (int, float)) or self.factor != self.factor \
-                or abs(self.factor) == float("inf"):
-            raise InterventionError(f"a scale factor must be a finite number, got {self.factor!r}")
+        if isinstance(self.factor, bool) or not isinstance(self.factor, numbers.Real) \
+                or not math.isfinite(self.factor):
+            raise InterventionError(f"a scale factor must be a finite number, got {self.factor!r}"[:200])
+        object.__setattr__(self, "factor", float(self.factor))  # numpy scalars too, stored as a plain float
 
 
 Action = Zero | Replace | Scale
