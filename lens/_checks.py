@@ -269,7 +269,7 @@ def capture_args(lm, *, sites_, layers, heads, dtype, device_, budget_bytes, edi
     )
 
 
-def load_args(name, *, dtype, device_, max_memory) -> str:
+def load_args(name, *, dtype, device_, device_map=None, max_memory=None, offload_folder=None) -> str:
     """``lens.load``'s arguments other than the folder's contents; returns the name as text."""
     import os
 
@@ -278,6 +278,17 @@ def load_args(name, *, dtype, device_, max_memory) -> str:
                              f"{type(name).__name__} {_shown(name)}")
     model_dtype(dtype)
     device(device_)
+    if offload_folder is not None and not isinstance(offload_folder, (str, os.PathLike)):
+        raise SelectionError(f"offload_folder must be a folder path or None, got {type(offload_folder).__name__}")
+    if device_map is not None and not isinstance(device_map, str):
+        if not isinstance(device_map, Mapping) or not device_map:
+            raise SelectionError(f"device_map must be one of auto, balanced, balanced_low_0, sequential or a dict "
+                                 f"{{module name: device}}, got {type(device_map).__name__} {_shown(device_map)}")
+        for module, where in device_map.items():
+            if not isinstance(module, str):
+                raise SelectionError(f"device_map keys are module names, got {type(module).__name__} {_shown(module)}")
+            if where != "disk":
+                device(where, f"device_map[{module!r}]")
     if max_memory is not None:
         if not isinstance(max_memory, Mapping):
             raise SelectionError(f"max_memory must be a dict like {{0: '20GiB', 'cpu': '64GiB'}}, got "

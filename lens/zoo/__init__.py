@@ -76,7 +76,8 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch
     that is none of these and :class:`~lens.errors.ModelUnavailableError` for a hub id that
     cannot be had here.
     """
-    name = _checks.load_args(name_or_path, dtype=dtype, device_=device, max_memory=max_memory).strip()
+    name = _checks.load_args(name_or_path, dtype=dtype, device_=device, device_map=device_map, max_memory=max_memory,
+                             offload_folder=offload_folder).strip()
     device = _checks.device(device)
     if not name:
         raise UnknownModelError(f"model name is empty: give a zoo name ({', '.join(_ZOO)}), a local folder or a hub id")
@@ -86,7 +87,12 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch
             if where is None:
                 return _ZOO[name].loader(dtype, device)
             lm = _ZOO[name].loader(dtype, "cpu")  # zoo models are small: built whole, then split
-        lm.model = placement.dispatch(lm.model, where, dtype=dtype)
+        try:
+            lm.model = placement.dispatch(lm.model, where, dtype=dtype)
+        except AttnlensError:
+            raise
+        except ValueError as err:  # an explicit map that leaves modules out (accelerate says which)
+            raise SelectionError(f"device_map does not fit {name}: {_first_line(err)}") from None
         return lm
     if _is_dir(Path(name).expanduser()):
         folder = Path(name).expanduser()

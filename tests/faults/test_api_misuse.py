@@ -161,6 +161,14 @@ CASES = [
     ("load name too long", lambda lm: lens.load("x" * 5000), lens.UnknownModelError, "unknown model"),
     ("load max_memory not a dict", lambda lm: lens.load("tiny-llama", device_map="auto", max_memory=["1GiB"]),
      lens.SelectionError, "max_memory must be a dict"),
+    ("load device_map 3", lambda lm: lens.load("tiny-llama", device_map=3), lens.SelectionError,
+     "device_map must be one of auto, balanced, balanced_low_0, sequential or a dict {module name: device}, got int 3"),
+    ("load device_map bad device", lambda lm: lens.load("tiny-llama", device_map={"model": "gpu9"}),
+     lens.SelectionError, "device_map['model'] 'gpu9' is not a device"),
+    ("load device_map leaving modules out", lambda lm: lens.load("tiny-llama", device_map={"model.layers.0": "cpu"}),
+     lens.SelectionError, "device_map does not fit tiny-llama: The device_map provided does not give any device"),
+    ("load offload_folder 3", lambda lm: lens.load("tiny-llama", device_map="auto", offload_folder=3),
+     lens.SelectionError, "offload_folder must be a folder path or None, got int"),
     ("load max_memory nan", lambda lm: lens.load("tiny-llama", device_map="auto", max_memory={"cpu": math.nan}),
      lens.SelectionError, "max_memory['cpu'] must be a positive number of bytes, got nan"),
 ]
@@ -173,6 +181,14 @@ if not torch.cuda.is_available():
         ("load max_memory GPU 9", lambda lm: lens.load("tiny-llama", device_map="auto", max_memory={9: "1GiB"}),
          lens.SelectionError, "max_memory names GPU 9: this machine has no CUDA GPU"),
     ]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="GPU 9 may exist on a GPU machine")
+def test_cli_max_memory_of_a_missing_gpu_is_one_line(cli, tmp_path):
+    code, _, err = cli("capture", "tiny-llama", "--prompt", "hi", "--device-map", "auto", "--max-memory", "9=1GiB",
+                       "--out", tmp_path / "out")
+    assert code == 2 and err.strip() == "error: max_memory names GPU 9: this machine has no CUDA GPU", err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(("what", "call", "error", "message"), CASES, ids=[c[0] for c in CASES])

@@ -58,6 +58,13 @@ budgets = st.one_of(st.none(), st.integers(-5, 2**40), st.floats(allow_nan=True,
 flags = st.one_of(st.booleans(), junk)
 
 
+def mostly_valid(valid: dict, bad: dict):
+    """Keyword arguments: each valid, except one or two drawn from the ``bad`` strategies (so every
+    argument's own check is reached, not only the first one that fails)."""
+    return st.sets(st.sampled_from(sorted(bad)), min_size=1, max_size=2).flatmap(
+        lambda keys: st.fixed_dictionaries({k: (bad[k] if k in keys else v) for k, v in valid.items()}))
+
+
 def ours(call) -> None:
     """``call()`` works or raises one of the project's errors with a one-line message."""
     try:
@@ -114,6 +121,37 @@ def test_fuzz_stats_mode(tiny_lm, target, layers, backend, spec):
        chat=flags)
 def test_fuzz_generate(tiny_lm, prompt, max_new_tokens, chat):
     ours(lambda: tiny_lm.generate(prompt, max_new_tokens=max_new_tokens, chat=chat))
+
+
+RUN_VALID = dict(prompt=st.sampled_from(["a prompt", "two"]), sites=st.just([Site.PATTERN, Site.Z]),
+                 layers=st.sampled_from([None, [0, 3]]), heads=st.sampled_from([None, [1]]),
+                 dtype=st.sampled_from([None, torch.float16]), device=st.just("cpu"), budget_bytes=st.just(None),
+                 edits=st.just([]), backend=st.just("torch"), chat=st.just(False), decoder_ids=st.just(None))
+RUN_BAD = dict(prompt=prompts, sites=site_lists, layers=index_lists, heads=index_lists, dtype=dtypes, device=devices,
+               budget_bytes=budgets, edits=edit_lists, backend=junk, chat=junk, decoder_ids=junk)
+
+
+@FUZZ
+@given(kwargs=mostly_valid(RUN_VALID, RUN_BAD))
+def test_fuzz_run_one_argument_at_a_time(tiny_lm, kwargs):
+    prompt = kwargs.pop("prompt")
+    ours(lambda: lens.run(tiny_lm, prompt, **kwargs))
+
+
+LOAD_VALID = dict(dtype=st.just(torch.float32), device=st.just("cpu"), device_map=st.sampled_from([None, "auto"]),
+                  max_memory=st.just(None), offload_folder=st.just(None))
+LOAD_BAD = dict(dtype=dtypes, device=devices, device_map=st.one_of(
+    junk, st.dictionaries(st.one_of(st.sampled_from(["", "model", "lm_head", "model.layers.0"]), scalars),
+                          st.one_of(st.sampled_from(["cpu", "disk", 0, "cuda:1"]), junk), max_size=2)),
+    max_memory=st.one_of(junk, st.dictionaries(st.one_of(small_ints, st.sampled_from(["cpu", "disk", "gpu"])),
+                                               st.one_of(st.sampled_from(["1GiB", "x", "0"]), budgets), max_size=2)),
+    offload_folder=junk)
+
+
+@FUZZ
+@given(kwargs=mostly_valid(LOAD_VALID, LOAD_BAD))
+def test_fuzz_load_one_argument_at_a_time(kwargs):
+    ours(lambda: lens.load("tiny-llama", **kwargs))
 
 
 @FUZZ
