@@ -213,9 +213,16 @@ def editing(lm, edits: Sequence[Edit] | EditGroups = (), *, groups: bool = False
     With ``groups=True``, ``edits`` is a sequence of edit groups for stacked batches (see
     :func:`apply_edits`). Hooks are removed on exit, also on error.
     """
+    from lens import _checks
     from lens.adapters import adapter_for
 
-    edit_groups: EditGroups = edits if groups else [list(edits)]
+    _checks.model(lm)
+    if groups:
+        if isinstance(edits, (str, bytes)) or not isinstance(edits, Iterable):
+            raise InterventionError(f"edit groups must be a list of lists of lens.Edit, got {type(edits).__name__}")
+        edit_groups: EditGroups = [_checks.edits(g) for g in edits]
+    else:
+        edit_groups = [list(_checks.edits(edits))]
     check_edits(lm.facts, (e for g in edit_groups for e in g))
     adapter = adapter or adapter_for(lm.model, lm.facts.n_layers)
     n_groups, n_heads = len(edit_groups), lm.facts.n_heads
@@ -260,8 +267,15 @@ class Reference:
 
     @classmethod
     def from_capture(cls, capture, step: int = 0) -> Reference:
+        from lens.recording.record import Capture
         from lens.sites import Site
 
+        if not isinstance(capture, Capture):
+            raise InterventionError(f"capture must be a lens.Capture (lens.run(...).capture), got "
+                                    f"{type(capture).__name__}")
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < len(capture.steps):
+            raise InterventionError(f"step must be one of the capture's steps 0-{len(capture.steps) - 1}, got "
+                                    f"{step!r}"[:200])
         if capture.meta.heads != list(range(capture.meta.facts.n_heads)):
             raise InterventionError("a reference capture must keep every head (heads=None)")
         z, mlp, resid = {}, {}, {}
@@ -288,7 +302,17 @@ class Reference:
         return t[:, :, c.head] if isinstance(c, HeadRef) else t
 
 
+def _reference(reference) -> Reference:
+    if not isinstance(reference, Reference):
+        raise InterventionError(f"reference must be a lens.Reference (Reference.from_capture(...)), got "
+                                f"{type(reference).__name__}")
+    return reference
+
+
 def _refs(components: Iterable) -> list[Component]:
+    if isinstance(components, (HeadRef, MlpRef, ResidRef, str, bytes)) or not isinstance(components, Iterable):
+        raise InterventionError(f"components must be a list of HeadRef, MlpRef, ResidRef or (layer, head) pairs, "
+                                f"got {type(components).__name__} {components!r}"[:200])
     out = []
     for c in components:
         if isinstance(c, (HeadRef, MlpRef, ResidRef)):
@@ -312,6 +336,7 @@ def mean_ablation(reference: Reference, components: Iterable, *, over: Over = Ov
                   position: int | None = None) -> list[Edit]:
     """Replace each component by its mean over the reference: per position (``Over.BATCH``) or
     over prompts and positions (``Over.BATCH_AND_POSITION``, the default)."""
+    _reference(reference)
     if over is Over.ROW:
         raise InterventionError("a mean is over BATCH or BATCH_AND_POSITION, not ROW")
     dims = (0,) if over is Over.BATCH else (0, 1)
@@ -320,6 +345,7 @@ def mean_ablation(reference: Reference, components: Iterable, *, over: Over = Ov
 
 def patch(reference: Reference, components: Iterable, *, position: int | None = None) -> list[Edit]:
     """Replace each component by its activation in the reference run (same rows and positions)."""
+    _reference(reference)
     return [Edit(c, Replace(reference.of(c), Over.ROW), position) for c in _refs(components)]
 
 
@@ -330,10 +356,18 @@ def resample_ablation(reference: Reference, components: Iterable, *, batch: int,
     Each of the ``batch`` target rows gets one source row drawn with ``seed`` (or the given ``rows``);
     the same draw serves every component.
     """
+    _reference(reference)
     comps = _refs(components)
+    for value, what in ((batch, "batch"), (seed, "seed")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if what == "batch" else 0):
+            raise InterventionError(f"{what} must be an integer >= {1 if what == 'batch' else 0}, got {value!r}"[:200])
+    n_ref = reference.of(comps[0]).shape[0] if comps else 1
     if rows is None:
-        n_ref = reference.of(comps[0]).shape[0] if comps else 1
         rows = torch.randint(0, n_ref, (batch,), generator=torch.Generator().manual_seed(seed))
+    elif not isinstance(rows, Tensor) or rows.is_floating_point() or rows.dtype is torch.bool or rows.ndim != 1 \
+            or (comps and rows.numel() and not 0 <= int(rows.min()) <= int(rows.max()) < n_ref):
+        raise InterventionError(f"rows must be an integer tensor [batch] of reference rows 0-{n_ref - 1}, got "
+                                f"{rows!r}"[:200])
     return [Edit(c, Replace(reference.of(c)[rows], Over.ROW), position) for c in comps]
 
 

@@ -29,6 +29,10 @@ def _stats_mode(lm, *args, **kw):
         pass
 
 
+def _ref(lm):
+    return lens.Reference.from_capture(lens.run(lm, P, sites=[Site.Z]).capture)
+
+
 # (what, call(lm), error type, key words of the message)
 CASES = [
     # layers and heads: strictly lists of integers
@@ -139,6 +143,26 @@ CASES = [
     ("scale_heads list", lambda lm: lens.scale_heads([(0, 0)]), lens.InterventionError, "factors must be a mapping"),
     ("zero_ablation (None, 0)", lambda lm: lens.zero_ablation([(None, 0)]), lens.InterventionError,
      "component (None, 0): HeadRef layer must be an integer"),
+    ("mean_ablation reference None", lambda lm: lens.mean_ablation(None, [(0, 0)]), lens.InterventionError,
+     "reference must be a lens.Reference (Reference.from_capture(...)), got NoneType"),
+    ("zero_ablation None", lambda lm: lens.zero_ablation(None), lens.InterventionError,
+     "components must be a list of HeadRef, MlpRef, ResidRef or (layer, head) pairs, got NoneType"),
+    ("zero_ablation one HeadRef", lambda lm: lens.zero_ablation(HeadRef(0, 0)), lens.InterventionError,
+     "components must be a list"),
+    ("resample batch '2'", lambda lm: lens.resample_ablation(_ref(lm), [(0, 0)], batch="2"), lens.InterventionError,
+     "batch must be an integer >= 1, got '2'"),
+    ("resample batch -1", lambda lm: lens.resample_ablation(_ref(lm), [(0, 0)], batch=-1), lens.InterventionError,
+     "batch must be an integer >= 1, got -1"),
+    ("resample rows outside", lambda lm: lens.resample_ablation(_ref(lm), [(0, 0)], batch=1, rows=torch.tensor([5])),
+     lens.InterventionError, "rows must be an integer tensor [batch] of reference rows 0-0"),
+    ("Reference of None", lambda lm: lens.Reference.from_capture(None), lens.InterventionError,
+     "capture must be a lens.Capture"),
+    ("Reference step 3", lambda lm: lens.Reference.from_capture(lens.run(lm, P, sites=[Site.Z]).capture, step=3),
+     lens.InterventionError, "step must be one of the capture's steps 0-0, got 3"),
+    ("editing None", lambda lm: lens.editing(None, []).__enter__(), lens.SelectionError,
+     "lm must be a lens.LoadedModel"),
+    ("editing one Edit", lambda lm: lens.editing(lm, Edit(HeadRef(0, 0))).__enter__(), lens.InterventionError,
+     "got one Edit (write [edit])"),
     ("edit head out of range", lambda lm: lens.run(lm, P, edits=[Edit(HeadRef(0, 9))]), lens.InterventionError,
      "head 9 is out of range"),
     # generate

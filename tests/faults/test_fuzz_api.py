@@ -186,4 +186,23 @@ def test_fuzz_edit_constructors(a, b, action, position, factor, over, value):
     ours(lambda: Scale(factor))
     ours(lambda: Replace(value, over))
     ours(lambda: lens.zero_ablation([(a, b)]))
+    ours(lambda: lens.zero_ablation(a))
     ours(lambda: lens.scale_heads({(0, 0): factor}))
+    ours(lambda: lens.scale_heads(a))
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_lm):
+    return lens.Reference.from_capture(lens.run(tiny_lm, ["abc", "abd"], sites=[Site.Z]).capture)
+
+
+@FUZZ
+@given(components=st.one_of(st.lists(refs, max_size=2), junk), over=st.one_of(st.sampled_from(list(Over)), junk),
+       position=st.one_of(st.none(), st.integers(-4, 4), junk), batch=st.one_of(st.integers(-1, 3), junk),
+       seed=st.one_of(st.integers(0, 5), junk), rows=st.one_of(st.none(), tensors(), junk), ref=junk)
+def test_fuzz_edit_builders(tiny_lm, reference, components, over, position, batch, seed, rows, ref):
+    ours(lambda: lens.mean_ablation(reference, components, over=over, position=position))
+    ours(lambda: lens.patch(reference, components, position=position))
+    ours(lambda: lens.resample_ablation(reference, components, batch=batch, seed=seed, rows=rows, position=position))
+    ours(lambda: lens.mean_ablation(ref, components))
+    ours(lambda: lens.editing(tiny_lm, ref).__enter__())
