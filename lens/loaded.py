@@ -99,6 +99,9 @@ class LoadedModel:
         if self.tokenizer is None:
             raise PromptError(f"{self.facts.name} is a {self.facts.modality.value} model without a tokenizer: "
                               "it does not generate text")
+        if self.facts.modality is Modality.SPEECH:
+            raise PromptError(f"{self.facts.name} is a speech model: it transcribes audio (lens.speech.transcribe, "
+                              "or lens generate MODEL --audio FILE), it does not continue a text prompt")
         chat = chat and bool(getattr(self.tokenizer, "chat_template", None))
         ids = self.encode(prompt, chat=chat)
         self.check_length(ids, extra=max_new_tokens)

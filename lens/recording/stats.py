@@ -152,6 +152,7 @@ def run_stats(lm: LoadedModel, prompt, *, spec=None, layers=None, backend: Backe
     from dataclasses import replace
 
     from kernels import StatsSpec
+    from lens import vlm
     from lens.recording import encode_batch
     from lens.recording.native import build_capture
     from lens.recording.spec import CaptureSpec
@@ -161,12 +162,12 @@ def run_stats(lm: LoadedModel, prompt, *, spec=None, layers=None, backend: Backe
         raise KernelInputError(f"spec must be a StatsSpec or None, got {type(spec).__name__}")
     _checks.stats_backend(backend)
     _checks.flag(chat, "chat")
-    if lm.facts.modality is Modality.TEXT and image is None:
+    if lm.facts.modality is Modality.TEXT or (lm.facts.modality is Modality.VISION_TEXT
+                                              and not isinstance(prompt, vlm.VlmInput)):
         _checks.text_prompt(prompt)
     spec = spec or StatsSpec()
     layers = _checks.index_list(layers, "layers")
     selection = CaptureSpec.resolve(lm.facts, layers=layers)  # validates the layers
-    from lens import vlm
 
     x = prompt if isinstance(prompt, vlm.VlmInput) else None
     if image is not None and x is None:

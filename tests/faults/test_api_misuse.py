@@ -309,3 +309,38 @@ def test_threads_on_two_models_run_in_parallel():
     for t in threads:
         t.join(60)
     assert results == {0: 3, 1: 4}
+
+
+# ---- other modalities ---------------------------------------------------------------------------
+MODALITY_CASES = [
+    ("tiny-llava", lambda lm: lens.run(lm, None), lens.PromptError,
+     "prompt must be text, a list of texts or token ids [batch, pos], got NoneType"),
+    ("tiny-llava", lambda lm: lens.run(lm, b"<image>"), lens.PromptError, "got bytes"),
+    ("tiny-llava", lambda lm: lens.run_stats(lm, 3), lens.PromptError, "got int"),
+    ("tiny-dinov2", lambda lm: lens.run(lm, np.zeros((0, 0, 3), dtype=np.uint8)), lens.PromptError,
+     "the image array is empty: shape (0, 0, 3)"),
+    ("tiny-dinov2", lambda lm: lens.run(lm, torch.zeros(1, 3, 0, 0)), lens.PromptError, "pixel values are empty"),
+    ("tiny-dinov2", lambda lm: lm.generate("hi"), lens.PromptError, "without a tokenizer: it does not generate text"),
+    ("tiny-whisper", lambda lm: lm.generate("hi"), lens.PromptError,
+     "tiny-whisper is a speech model: it transcribes audio"),
+    ("tiny-whisper", lambda lm: lens.run(lm, np.zeros(16000, dtype=np.float32), decoder_ids=[1.5]),
+     lens.SelectionError, "decoder_ids must be an integer, got float 1.5"),
+    ("tiny-whisper", lambda lm: lens.run(lm, np.zeros(16000, dtype=np.float32), decoder_ids=[]), lens.PromptError,
+     "decoder_ids is empty"),
+    ("tiny-whisper", lambda lm: lens.run(lm, np.zeros(16000, dtype=np.float32), decoder_ids="12"), lens.PromptError,
+     "decoder_ids must be a list of token ids, got str"),
+]
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    cache: dict[str, lens.LoadedModel] = {}
+    return lambda name: cache.setdefault(name, lens.load(name))
+
+
+@pytest.mark.parametrize(("model", "call", "error", "message"), MODALITY_CASES,
+                         ids=[f"{c[0]}-{c[3][:30]}" for c in MODALITY_CASES])
+def test_misuse_of_other_modalities(zoo, model, call, error, message):
+    with pytest.raises(error) as info:
+        call(zoo(model))
+    assert message in str(info.value) and "\n" not in str(info.value), info.value

@@ -206,3 +206,27 @@ def test_fuzz_edit_builders(tiny_lm, reference, components, over, position, batc
     ours(lambda: lens.resample_ablation(reference, components, batch=batch, seed=seed, rows=rows, position=position))
     ours(lambda: lens.mean_ablation(ref, components))
     ours(lambda: lens.editing(tiny_lm, ref).__enter__())
+
+
+@pytest.fixture(scope="module")
+def other_models():
+    return {name: lens.load(name) for name in ("tiny-dinov2", "tiny-whisper", "tiny-llava")}
+
+
+images_and_audio = st.one_of(
+    junk, prompts,
+    st.builds(lambda h, w, c: np.zeros((h, w, c), dtype=np.uint8), st.integers(0, 20), st.integers(0, 20),
+              st.integers(1, 4)),
+    st.builds(lambda n, v: np.full(n, v, dtype=np.float32), st.integers(0, 4000),
+              st.floats(allow_nan=True, allow_infinity=True)),
+    st.builds(lambda s: torch.rand(s), st.lists(st.integers(0, 17), max_size=4).map(tuple)))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(model=st.sampled_from(["tiny-dinov2", "tiny-whisper", "tiny-llava"]), prompt=images_and_audio,
+       image=st.one_of(st.none(), images_and_audio), decoder_ids=st.one_of(st.none(), junk),
+       layers=st.one_of(st.just([0]), index_lists))
+def test_fuzz_run_other_modalities(other_models, model, prompt, image, decoder_ids, layers):
+    lm = other_models[model]
+    ours(lambda: lens.run(lm, prompt, image=image, decoder_ids=decoder_ids, layers=layers))
+    ours(lambda: lm.generate(prompt, max_new_tokens=2))
