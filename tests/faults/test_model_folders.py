@@ -155,3 +155,14 @@ def test_truncated_gguf_is_one_line(tmp_path, monkeypatch, size):
     with pytest.raises(lens.ModelUnavailableError) as info:
         lens.load("smollm2-135m")
     assert str(info.value).startswith("cannot load 'smollm2-135m': its files are damaged or incomplete"), info.value
+
+
+def test_needle_trials_bound_the_chat_template_too(fresh_lm, short_bound):
+    from analyses.niah import NiahError, make_trial
+
+    fresh_lm.tokenizer.chat_template = LOOPS
+    with pytest.raises(lens.PromptError, match="ran longer than 0.5 s and was stopped"):
+        make_trial(fresh_lm.tokenizer, length=64, depth=0.5, context_length=512, chat=True)
+    fresh_lm.tokenizer.chat_template = "<u>{{ messages[0]['content'] }}{{ messages[0]['content'] }}<a>"
+    with pytest.raises(NiahError, match="does not keep the user's message once"):
+        make_trial(fresh_lm.tokenizer, length=64, depth=0.5, context_length=512, chat=True)
