@@ -344,3 +344,14 @@ def test_misuse_of_other_modalities(zoo, model, call, error, message):
     with pytest.raises(error) as info:
         call(zoo(model))
     assert message in str(info.value) and "\n" not in str(info.value), info.value
+
+
+def test_capture_spec_takes_the_same_checks(tiny_lm):
+    """CaptureSpec.resolve is public too: the same strictness as the entry points that use it."""
+    with pytest.raises(lens.SelectionError, match="layers must be a list of integers like \\[0, 2\\], got text '12'"):
+        lens.CaptureSpec.resolve(tiny_lm.facts, layers="12")
+    with pytest.raises(lens.SelectionError, match="budget_bytes must be a positive number of bytes, got nan"):
+        lens.CaptureSpec.resolve(tiny_lm.facts, budget_bytes=math.nan)
+    with pytest.raises(lens.SelectionError, match="dtype must be one of"):
+        lens.CaptureSpec.resolve(tiny_lm.facts, dtype=torch.int8)
+    assert lens.CaptureSpec.resolve(tiny_lm.facts, layers=[2, 2, 1]).layers == (2, 1)
