@@ -34,6 +34,10 @@ def capture(lm: LoadedModel, *, sites: Iterable[Site] = (Site.PATTERN,), layers:
     Hooks are removed when the block exits, also on error. The yielded capture's steps
     fill as the block runs; its metadata is set when the block exits (``meta`` is None
     until then). ``edits`` are applied while recording (see :mod:`lens.edits`).
+
+    Only forward passes run by the thread that opened the block are recorded; a capture on a
+    model that another thread is capturing from raises :class:`~lens.errors.BackendError`
+    (load a second copy of the model for parallel captures).
     """
     a = _checks.capture_args(lm, sites_=sites, layers=layers, heads=heads, dtype=dtype, device_=device,
                              budget_bytes=budget_bytes, edits_=edits)
