@@ -38,10 +38,10 @@ def apply_chat_template(tokenizer, messages: list[dict], *, model: str, **kwargs
             raise _TemplateTimeout
         return in_template
 
-    def on_call(frame, event, arg):
-        if frame.f_code.co_filename == _TEMPLATE_FILE:
-            return in_template(frame, event, arg)
-        return None
+    def on_call(frame, event, arg):  # every Python call while rendering (filters, tests, macros)
+        if time.monotonic() > deadline:
+            raise _TemplateTimeout
+        return in_template if frame.f_code.co_filename == _TEMPLATE_FILE else None
 
     previous = sys.gettrace()
     sys.settrace(on_call)

@@ -19,6 +19,10 @@ from lens.zoo import smollm2
 LOOPS = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{{ messages[0]['content'] }}"
 TEMPLATES = {
     "nested range loops": (LOOPS, "ran longer than 0.5 s and was stopped"),
+    "a filter inside a loop": ("{% for i in range(100000) %}{{ range(100000)|map('string')|join }}{% endfor %}",
+                               "ran longer than 0.5 s and was stopped"),
+    "macro inside a loop": ("{% macro m(n) %}{% for i in range(n) %}{{ i }}{% endfor %}{% endmacro %}"
+                            "{% for j in range(100000) %}{{ m(100000) }}{% endfor %}", "ran longer than 0.5 s"),
     "sandbox escape": ("{{ ''.__class__.__mro__[1].__subclasses__() }}",
                        "failed: SecurityError: access to attribute '__class__' of 'str' object is unsafe"),
     "raise_exception": ("{{ raise_exception('Conversation roles must alternate') }}",
