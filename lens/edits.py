@@ -18,6 +18,8 @@ circuits run many edit groups in one batch (``groups[g]`` applies to rows ``g*N:
 from __future__ import annotations
 
 import enum
+import math
+import numbers
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lens.errors import InterventionError
+from lens.errors import InterventionError, SelectionError
 from lens.heads import Component, HeadRef, MlpRef, ResidRef
 
 
@@ -57,6 +59,10 @@ class Replace:
     def __post_init__(self) -> None:
         if not isinstance(self.value, Tensor):
             raise InterventionError(f"a replacement value must be a tensor, got {type(self.value).__name__}")
+        if not isinstance(self.over, Over):
+            raise InterventionError(f"over must be a lens.Over (ROW, BATCH or BATCH_AND_POSITION), got {self.over!r}")
+        if not self.value.is_floating_point():
+            raise InterventionError(f"a replacement value must be a floating-point tensor, got {self.value.dtype}")
         if self.value.ndim != self.over.ndim:
             raise InterventionError(f"a replacement over {self.over.value} must have {self.over.ndim} dims, got shape "
                                     f"{tuple(self.value.shape)}")
@@ -71,9 +77,10 @@ class Scale:
     factor: float
 
     def __post_init__(self) -> None:
-        if isinstance(self.factor, bool) or not isinstance(self.factor, (int, float)) or self.factor != self.factor \
-                or abs(self.factor) == float("inf"):
-            raise InterventionError(f"a scale factor must be a finite number, got {self.factor!r}")
+        if isinstance(self.factor, bool) or not isinstance(self.factor, numbers.Real) \
+                or not math.isfinite(self.factor):
+            raise InterventionError(f"a scale factor must be a finite number, got {self.factor!r}"[:200])
+        object.__setattr__(self, "factor", float(self.factor))  # numpy scalars too, stored as a plain float
 
 
 Action = Zero | Replace | Scale
@@ -89,7 +96,11 @@ class Edit:
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, (HeadRef, MlpRef, ResidRef)):
-            raise InterventionError(f"an edit targets a HeadRef, MlpRef or ResidRef, got {self.target!r}")
+            raise InterventionError(f"an edit targets a HeadRef, MlpRef or ResidRef, got {self.target!r}"[:200])
+        if not isinstance(self.action, (Zero, Replace, Scale)):
+            got = f"the class {self.action.__name__} (write {self.action.__name__}(...))" \
+                if isinstance(self.action, type) else f"{type(self.action).__name__} {self.action!r}"[:120]
+            raise InterventionError(f"an edit's action is a Zero(), Replace(...) or Scale(...), got {got}")
         if self.target.layer < 0 or (isinstance(self.target, HeadRef) and self.target.head < 0):
             raise InterventionError(f"layer and head must be >= 0, got {self.target}")
         if self.position is not None and (isinstance(self.position, bool) or not isinstance(self.position, int)):
@@ -202,9 +213,16 @@ def editing(lm, edits: Sequence[Edit] | EditGroups = (), *, groups: bool = False
     With ``groups=True``, ``edits`` is a sequence of edit groups for stacked batches (see
     :func:`apply_edits`). Hooks are removed on exit, also on error.
     """
+    from lens import _checks
     from lens.adapters import adapter_for
 
-    edit_groups: EditGroups = edits if groups else [list(edits)]
+    _checks.model(lm)
+    if groups:
+        if isinstance(edits, (str, bytes)) or not isinstance(edits, Iterable):
+            raise InterventionError(f"edit groups must be a list of lists of lens.Edit, got {type(edits).__name__}")
+        edit_groups: EditGroups = [_checks.edits(g) for g in edits]
+    else:
+        edit_groups = [list(_checks.edits(edits))]
     check_edits(lm.facts, (e for g in edit_groups for e in g))
     adapter = adapter or adapter_for(lm.model, lm.facts.n_layers)
     n_groups, n_heads = len(edit_groups), lm.facts.n_heads
@@ -249,8 +267,15 @@ class Reference:
 
     @classmethod
     def from_capture(cls, capture, step: int = 0) -> Reference:
+        from lens.recording.record import Capture
         from lens.sites import Site
 
+        if not isinstance(capture, Capture):
+            raise InterventionError(f"capture must be a lens.Capture (lens.run(...).capture), got "
+                                    f"{type(capture).__name__}")
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < len(capture.steps):
+            raise InterventionError(f"step must be one of the capture's steps 0-{len(capture.steps) - 1}, got "
+                                    f"{step!r}"[:200])
         if capture.meta.heads != list(range(capture.meta.facts.n_heads)):
             raise InterventionError("a reference capture must keep every head (heads=None)")
         z, mlp, resid = {}, {}, {}
@@ -277,13 +302,26 @@ class Reference:
         return t[:, :, c.head] if isinstance(c, HeadRef) else t
 
 
+def _reference(reference) -> Reference:
+    if not isinstance(reference, Reference):
+        raise InterventionError(f"reference must be a lens.Reference (Reference.from_capture(...)), got "
+                                f"{type(reference).__name__}")
+    return reference
+
+
 def _refs(components: Iterable) -> list[Component]:
+    if isinstance(components, (HeadRef, MlpRef, ResidRef, str, bytes)) or not isinstance(components, Iterable):
+        raise InterventionError(f"components must be a list of HeadRef, MlpRef, ResidRef or (layer, head) pairs, "
+                                f"got {type(components).__name__} {components!r}"[:200])
     out = []
     for c in components:
         if isinstance(c, (HeadRef, MlpRef, ResidRef)):
             out.append(c)
         elif isinstance(c, tuple) and len(c) == 2:
-            out.append(HeadRef(int(c[0]), int(c[1])))
+            try:
+                out.append(HeadRef(*c))
+            except SelectionError as err:
+                raise InterventionError(f"component {c!r}: {err}"[:300]) from None
         else:
             raise InterventionError(f"components are HeadRef, MlpRef, ResidRef or (layer, head) pairs, got {c!r}")
     return out
@@ -298,6 +336,7 @@ def mean_ablation(reference: Reference, components: Iterable, *, over: Over = Ov
                   position: int | None = None) -> list[Edit]:
     """Replace each component by its mean over the reference: per position (``Over.BATCH``) or
     over prompts and positions (``Over.BATCH_AND_POSITION``, the default)."""
+    _reference(reference)
     if over is Over.ROW:
         raise InterventionError("a mean is over BATCH or BATCH_AND_POSITION, not ROW")
     dims = (0,) if over is Over.BATCH else (0, 1)
@@ -306,6 +345,7 @@ def mean_ablation(reference: Reference, components: Iterable, *, over: Over = Ov
 
 def patch(reference: Reference, components: Iterable, *, position: int | None = None) -> list[Edit]:
     """Replace each component by its activation in the reference run (same rows and positions)."""
+    _reference(reference)
     return [Edit(c, Replace(reference.of(c), Over.ROW), position) for c in _refs(components)]
 
 
@@ -316,13 +356,34 @@ def resample_ablation(reference: Reference, components: Iterable, *, batch: int,
     Each of the ``batch`` target rows gets one source row drawn with ``seed`` (or the given ``rows``);
     the same draw serves every component.
     """
+    _reference(reference)
     comps = _refs(components)
+    for value, what in ((batch, "batch"), (seed, "seed")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if what == "batch" else 0):
+            raise InterventionError(f"{what} must be an integer >= {1 if what == 'batch' else 0}, got {value!r}"[:200])
+    n_ref = reference.of(comps[0]).shape[0] if comps else 1
     if rows is None:
-        n_ref = reference.of(comps[0]).shape[0] if comps else 1
         rows = torch.randint(0, n_ref, (batch,), generator=torch.Generator().manual_seed(seed))
+    elif not isinstance(rows, Tensor) or rows.is_floating_point() or rows.dtype is torch.bool or rows.ndim != 1 \
+            or (comps and rows.numel() and not 0 <= int(rows.min()) <= int(rows.max()) < n_ref):
+        raise InterventionError(f"rows must be an integer tensor [batch] of reference rows 0-{n_ref - 1}, got "
+                                f"{rows!r}"[:200])
     return [Edit(c, Replace(reference.of(c)[rows], Over.ROW), position) for c in comps]
 
 
 def scale_heads(factors: Mapping) -> list[Edit]:
     """Multiply each head's output by its factor (``{HeadRef or (layer, head): factor}``)."""
-    return [Edit(c, Scale(float(f))) for c, f in zip(_refs(factors), factors.values())]
+    if not isinstance(factors, Mapping):
+        raise InterventionError(f"factors must be a mapping {{HeadRef or (layer, head): factor}}, got "
+                                f"{type(factors).__name__}")
+    return [Edit(c, Scale(_number(f))) for c, f in zip(_refs(factors), factors.values())]
+
+
+def _number(f):
+    """``f`` as a float when it is a real number (numpy scalars, 0-d tensors); else as it is, for Scale to refuse."""
+    if isinstance(f, (bool, str, bytes)):
+        return f
+    try:
+        return float(f)
+    except (TypeError, ValueError, RuntimeError):
+        return f

@@ -64,9 +64,10 @@ class LoadedModel:
                 raise PromptError(
                     f"chat formatting was asked for, but {self.facts.name} has no chat template"
                 )
-            text = tok.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
+            from lens._chat import apply_chat_template
+
+            text = apply_chat_template(tok, [{"role": "user", "content": prompt}], model=self.facts.name,
+                                       add_generation_prompt=True)
             ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
         else:
             ids = tok(prompt, return_tensors="pt").input_ids
@@ -91,6 +92,16 @@ class LoadedModel:
     @torch.no_grad()
     def generate(self, prompt: str, *, max_new_tokens: int = 32, chat: bool = True) -> str:
         """Greedy continuation of ``prompt`` (chat-formatted when the model has a template)."""
+        from lens import _checks
+
+        max_new_tokens = _checks.max_new_tokens(max_new_tokens)
+        _checks.flag(chat, "chat")
+        if self.tokenizer is None:
+            raise PromptError(f"{self.facts.name} is a {self.facts.modality.value} model without a tokenizer: "
+                              "it does not generate text")
+        if self.facts.modality is Modality.SPEECH:
+            raise PromptError(f"{self.facts.name} is a speech model: it transcribes audio (lens.speech.transcribe, "
+                              "or lens generate MODEL --audio FILE), it does not continue a text prompt")
         chat = chat and bool(getattr(self.tokenizer, "chat_template", None))
         ids = self.encode(prompt, chat=chat)
         self.check_length(ids, extra=max_new_tokens)

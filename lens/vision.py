@@ -89,6 +89,8 @@ def pixel_values(lm, image) -> Float[Tensor, "batch 3 height width"]:
         t = image.unsqueeze(0) if image.ndim == 3 else image
         if t.ndim != 4 or t.shape[1] != 3:
             raise PromptError(f"pixel values must be [batch, 3, H, W] or [3, H, W], got shape {tuple(image.shape)}")
+        if t.numel() == 0:
+            raise PromptError(f"pixel values are empty: shape {tuple(image.shape)}")
         if not bool(torch.isfinite(t).all()):
             raise PromptError("pixel values hold NaN or inf: give a finite image")
         return t
@@ -113,6 +115,8 @@ def _as_pil(image):
             a = np.repeat(a[..., None], 3, axis=-1)
         if a.ndim != 3 or a.shape[-1] not in (3, 4):
             raise PromptError(f"an image array must be [H, W, 3] (or [H, W]), got shape {image.shape}")
+        if a.shape[0] == 0 or a.shape[1] == 0:
+            raise PromptError(f"the image array is empty: shape {image.shape}")
         if a.dtype != np.uint8:
             if not np.isfinite(np.asarray(a, dtype=np.float64)).all():
                 raise PromptError("the image array holds NaN or inf: give a finite image")

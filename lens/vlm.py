@@ -185,8 +185,10 @@ def prepare(lm, prompt: str, images: Sequence[Any] | Any = (), *, chat: bool = F
     if chat:
         if not getattr(tok, "chat_template", None):
             raise PromptError(f"chat formatting was asked for, but {lm.facts.name} has no chat template")
-        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                       add_generation_prompt=True)
+        from lens._chat import apply_chat_template
+
+        text = apply_chat_template(tok, [{"role": "user", "content": prompt}], model=lm.facts.name,
+                                   add_generation_prompt=True)
         ids: list[int] = []
     else:
         text = prompt

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from formats.layouts import ImageLayout
+from lens import _checks
 from lens.backends import Backend
 from lens.edits import Edit
 from lens.errors import BackendError, MemoryBudgetError, PromptError
@@ -33,9 +34,15 @@ def capture(lm: LoadedModel, *, sites: Iterable[Site] = (Site.PATTERN,), layers:
     Hooks are removed when the block exits, also on error. The yielded capture's steps
     fill as the block runs; its metadata is set when the block exits (``meta`` is None
     until then). ``edits`` are applied while recording (see :mod:`lens.edits`).
+
+    Only forward passes run by the thread that opened the block are recorded; a capture on a
+    model that another thread is capturing from raises :class:`~lens.errors.BackendError`
+    (load a second copy of the model for parallel captures).
     """
-    spec = CaptureSpec.resolve(lm.facts, sites=sites, layers=layers, heads=heads, dtype=dtype,
-                               device=device, budget_bytes=budget_bytes)
+    a = _checks.capture_args(lm, sites_=sites, layers=layers, heads=heads, dtype=dtype, device_=device,
+                             budget_bytes=budget_bytes, edits_=edits)
+    edits = a.pop("edits")
+    spec = CaptureSpec.resolve(lm.facts, **a)
     live = Capture(meta=None, steps=[])  # type: ignore[arg-type]  # set on exit
     with native.capture(lm, spec, edits=edits) as session:
         live.steps = session.steps
@@ -75,7 +82,12 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
     :class:`~lens.errors.MemoryBudgetError` before anything runs. ``remote`` (nnsight backend
     only, untested here) runs the trace on NDIF: see :mod:`lens.backends.nnsight_backend`.
     """
-    backend = Backend(backend)
+    a = _checks.run_args(lm, prompt, sites_=sites, layers=layers, heads=heads, dtype=dtype, device_=device,
+                         budget_bytes=budget_bytes, edits_=edits, backend_=backend, chat=chat,
+                         decoder_ids=decoder_ids, remote=remote)
+    sites, layers, heads, dtype, device = a["sites"], a["layers"], a["heads"], a["dtype"], a["device"]
+    budget_bytes, edits, backend, chat, remote = a["budget_bytes"], a["edits"], a["backend"], a["chat"], a["remote"]
+    decoder_ids = a["decoder_ids"]
     if remote and backend is not Backend.NNSIGHT:
         raise BackendError(f"--remote runs through nnsight: use backend nnsight, not {backend.value}")
     if lm.facts.modality is Modality.SPEECH:
@@ -202,9 +214,7 @@ def encode_batch(lm: LoadedModel, prompt, *, chat: bool = False) -> torch.Tensor
         raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model without a tokenizer: give it "
                           "its own input (an image), not text or token ids")
     if isinstance(prompt, torch.Tensor) and not prompt.is_floating_point():
-        ids = prompt if prompt.ndim == 2 else prompt.reshape(1, -1)
-        if ids.ndim != 2:
-            raise PromptError(f"token ids must be [batch, pos] or [pos], got shape {tuple(prompt.shape)}")
+        ids = _checks.token_ids(prompt)
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= lm.facts.vocab_size):
             raise PromptError(f"token ids must be in 0-{lm.facts.vocab_size - 1} (the vocabulary of "
                               f"{lm.facts.name}), got {int(ids.min())}-{int(ids.max())}")

@@ -11,6 +11,7 @@ undone on exit.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
@@ -18,6 +19,7 @@ import torch
 
 from formats.capture import CaptureMeta
 from formats.layouts import ImageLayout
+from lens import _exclusive
 from lens.adapters import ModelAdapter, adapter_for
 from lens.attention import AttentionObserver, attention_mode
 from lens.edits import Edit, editing
@@ -44,8 +46,11 @@ class _Session(AttentionObserver):
         self._kv_idx = None if every_head else torch.tensor(spec.kv_heads)
         self.input_ids: list[torch.Tensor] = []  # the ids each forward pass was given
         self.pixel_shapes: list[tuple[int, ...]] = []  # the pixel values' shapes, for vision models
+        self.thread = threading.get_ident()  # passes run by other threads are theirs, not this capture's
 
     def new_step(self, module, args, kwargs) -> None:
+        if threading.get_ident() != self.thread:
+            return
         first = args[0] if args else None
         ids = kwargs.get("input_ids", first)
         if isinstance(ids, torch.Tensor) and not ids.is_floating_point():
@@ -56,7 +61,7 @@ class _Session(AttentionObserver):
         self.steps.append({})
 
     def store(self, site: Site, layer: int, t: torch.Tensor) -> None:
-        if site not in self.spec.sites or layer not in self.layers:
+        if site not in self.spec.sites or layer not in self.layers or threading.get_ident() != self.thread:
             return
         idx = (self._kv_idx if site.per_kv_head else self._head_idx) if site.per_head else None
         if idx is not None:  # [batch, head, pos, ...]
@@ -110,6 +115,7 @@ def capture(lm: LoadedModel, spec: CaptureSpec, *, edits: Sequence[Edit] = (),
     adapter = adapter or adapter_for(lm.model, lm.facts.n_layers)
     session = _Session(spec, lm.facts.n_heads)
     with ExitStack() as stack:
+        stack.enter_context(_exclusive.recording(lm.model))  # another thread's capture would mix into this one
         stack.enter_context(editing(lm, edits, adapter=adapter))  # first: the recording hooks see edited values
         handles = [lm.model.register_forward_pre_hook(session.new_step, with_kwargs=True)]
         stack.callback(lambda: [h.remove() for h in handles])

@@ -48,14 +48,14 @@ class CaptureSpec:
         device: str = "cpu",
         budget_bytes: int | None = None,
     ) -> CaptureSpec:
-        sites = tuple(dict.fromkeys(sites))
-        if not sites:
-            raise SelectionError("sites is empty: choose at least one of " + ", ".join(s.value for s in Site))
-        for site in sites:
-            if not isinstance(site, Site):
-                raise SelectionError(f"site {site!r} is not a lens.Site")
-        layers = tuple(range(facts.n_layers)) if layers is None else tuple(dict.fromkeys(layers))
-        heads = tuple(range(facts.n_heads)) if heads is None else tuple(dict.fromkeys(heads))
+        from lens import _checks
+
+        sites = tuple(dict.fromkeys(_checks.sites(sites)))
+        layers, heads = _checks.index_list(layers, "layers"), _checks.index_list(heads, "heads")
+        dtype, device = _checks.storage_dtype(dtype), _checks.device(device)
+        budget_bytes = _checks.budget(budget_bytes)
+        layers = tuple(range(facts.n_layers)) if layers is None else layers
+        heads = tuple(range(facts.n_heads)) if heads is None else heads
         if not layers:
             raise SelectionError("layers is empty")
         if not heads:

@@ -24,6 +24,7 @@ from formats.facts import Modality
 from formats.output import output_folder
 from formats.sites import Part
 from formats.stats_run import StatsFile, write_stats
+from lens import _checks, _exclusive
 from lens.attention import (
     AttentionCompute,
     attention_mode,
@@ -83,15 +84,25 @@ def stats_mode(model_or_lm, spec, layers: Sequence[int] | None = None, *, backen
     """
     from kernels import StatsSpec
 
+    if not isinstance(model_or_lm, (LoadedModel, torch.nn.Module)):
+        raise KernelInputError(f"model_or_lm must be a lens.LoadedModel or a transformers model, got "
+                               f"{type(model_or_lm).__name__}")
     if not isinstance(spec, StatsSpec):
         raise KernelInputError(f"spec must be a StatsSpec, got {type(spec).__name__}")
+    if not isinstance(part, Part):
+        raise KernelInputError(f"part must be a lens.Part, got {part!r}")
+    if on_layer is not None and not callable(on_layer):
+        raise KernelInputError(f"on_layer must be callable or None, got {type(on_layer).__name__}")
+    _checks.stats_backend(backend)
     model = model_or_lm.model if isinstance(model_or_lm, LoadedModel) else model_or_lm
     try:
+        if layers is not None:
+            layers = _checks.index_list(layers, "layers")
         chosen = check_layers(attention_modules(model), layers, part)
     except Exception as err:
         raise KernelInputError(str(err)) from None
     rec = StatsRecorder(spec=spec, layers=chosen, backend=backend, on_layer=on_layer, part=part)
-    with attention_mode(model, rec):
+    with _exclusive.recording(model, "stats mode"), attention_mode(model, rec):
         yield rec
 
 
@@ -141,13 +152,22 @@ def run_stats(lm: LoadedModel, prompt, *, spec=None, layers=None, backend: Backe
     from dataclasses import replace
 
     from kernels import StatsSpec
+    from lens import vlm
     from lens.recording import encode_batch
     from lens.recording.native import build_capture
     from lens.recording.spec import CaptureSpec
 
+    _checks.model(lm)
+    if spec is not None and not isinstance(spec, StatsSpec):
+        raise KernelInputError(f"spec must be a StatsSpec or None, got {type(spec).__name__}")
+    _checks.stats_backend(backend)
+    _checks.flag(chat, "chat")
+    if lm.facts.modality is Modality.TEXT or (lm.facts.modality is Modality.VISION_TEXT
+                                              and not isinstance(prompt, vlm.VlmInput)):
+        _checks.text_prompt(prompt)
     spec = spec or StatsSpec()
+    layers = _checks.index_list(layers, "layers")
     selection = CaptureSpec.resolve(lm.facts, layers=layers)  # validates the layers
-    from lens import vlm
 
     x = prompt if isinstance(prompt, vlm.VlmInput) else None
     if image is not None and x is None:

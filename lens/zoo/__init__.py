@@ -8,6 +8,7 @@ vision-language entries register here the same way, with their own loader.
 from __future__ import annotations
 
 import contextlib
+import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from lens.errors import SelectionError, UnknownModelError
+from lens import _checks
+from lens.errors import AttnlensError, ModelUnavailableError, SelectionError, UnknownModelError
 from lens.loaded import LoadedModel, Modality
 from lens.zoo import _cache, hub, placement, smollm2, tiny
 from lens.zoo._facts import text_facts
@@ -74,26 +76,88 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch
     that is none of these and :class:`~lens.errors.ModelUnavailableError` for a hub id that
     cannot be had here.
     """
-    name = str(name_or_path).strip()
+    name = _checks.load_args(name_or_path, dtype=dtype, device_=device, device_map=device_map, max_memory=max_memory,
+                             offload_folder=offload_folder).strip()
+    device = _checks.device(device)
     if not name:
         raise UnknownModelError(f"model name is empty: give a zoo name ({', '.join(_ZOO)}), a local folder or a hub id")
     where = placement.Placement.make(device_map, max_memory, offload_folder)
     if name in _ZOO:
-        with _quiet_weight_loading():
+        with _quiet_weight_loading(), _weights_errors(name):
             if where is None:
                 return _ZOO[name].loader(dtype, device)
             lm = _ZOO[name].loader(dtype, "cpu")  # zoo models are small: built whole, then split
-        lm.model = placement.dispatch(lm.model, where, dtype=dtype)
+        try:
+            lm.model = placement.dispatch(lm.model, where, dtype=dtype)
+        except AttnlensError:
+            raise
+        except ValueError as err:  # an explicit map that leaves modules out (accelerate says which)
+            raise SelectionError(f"device_map does not fit {name}: {_first_line(err)}") from None
         return lm
-    if Path(name).expanduser().is_dir():
-        return _load_transformers(Path(name).expanduser(), dtype, device, where)
+    if _is_dir(Path(name).expanduser()):
+        folder = Path(name).expanduser()
+        _refuse_pickles(folder)
+        with _weights_errors(name):
+            return _load_transformers(folder, dtype, device, where)
     if "/" in name:
-        return _load_transformers(name, dtype, device, where)
+        with _weights_errors(name):
+            return _load_transformers(name, dtype, device, where)
     known = ", ".join(_ZOO)
     raise UnknownModelError(
         f"unknown model {name!r}: zoo names are {known}; "
         "or give a local folder or a Hugging Face id like org/name"
     )
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long for the file system, or with a NUL: not a folder
+        return False
+
+
+_PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
+
+
+def _refuse_pickles(folder: Path) -> None:
+    """A folder whose weights are pickles only: refused before transformers would unpickle them."""
+    try:
+        if any(folder.glob("*.safetensors")):
+            return
+        pickled = sorted(p.name for pattern in _PICKLES for p in folder.glob(pattern))
+    except OSError:
+        return
+    if pickled:
+        raise ModelUnavailableError(f"{folder} holds pickled weights only ({', '.join(pickled[:3])}): attnlens never "
+                                    "loads pickles (unpickling can run code); convert them to model.safetensors")
+
+
+@contextlib.contextmanager
+def _weights_errors(name: str):
+    """Raw errors of reading weights (a truncated or garbage safetensors or GGUF file, shapes that do
+    not fit the config) as one :class:`ModelUnavailableError` naming the model."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except AttnlensError:
+        raise
+    except SafetensorError as err:
+        raise ModelUnavailableError(f"cannot load {name!r}: a safetensors weights file is damaged or not "
+                                    f"safetensors ({_first_line(err)})") from None
+    except RuntimeError as err:
+        if "mismatched_sizes" in str(err) or "size mismatch" in str(err):
+            raise ModelUnavailableError(f"cannot load {name!r}: the shapes of its weights do not match its "
+                                        "config.json") from None
+        raise ModelUnavailableError(f"cannot load {name!r}: {type(err).__name__}: {_first_line(err)}") from None
+    except (OSError, ValueError, KeyError, IndexError, EOFError, struct.error) as err:
+        raise ModelUnavailableError(f"cannot load {name!r}: its files are damaged or incomplete "
+                                    f"({type(err).__name__}: {_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:200]
 
 
 def _load_transformers(name_or_path, dtype, device, where: placement.Placement | None = None) -> LoadedModel:
