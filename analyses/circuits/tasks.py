@@ -327,8 +327,6 @@ def _parse_line(line: str, where: str) -> Example:
         obj = json.loads(line)
     except json.JSONDecodeError as err:
         raise TaskError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-    except RecursionError:
-        raise TaskError(f"{where}: JSON nested too deeply: expected an object of strings") from None
     if not isinstance(obj, dict):
         raise TaskError(f"{where}: expected a JSON object with prompt, answer and corrupted, got {type(obj).__name__}")
 

@@ -291,9 +291,9 @@ def test_task_file_nested_too_deeply_is_one_line_before_the_model_loads(cli, tmp
     task = tmp_path / "deep.jsonl"
     task.write_text('{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
     line = one_line(*cli("ablate", "tiny-llama", "--task", task, "--heads", "L0H0", "--strict")[::2])
-    assert "deep.jsonl:1: JSON nested too deeply: expected an object of strings" in line
+    assert "deep.jsonl:1: nested deeper than 32 levels, expected a flat JSON object" in line
     line = one_line(*cli("circuit", "tiny-llama", "--task", task, "--out", tmp_path / "o")[::2])
-    assert f"task file {task} has no usable lines: deep.jsonl:1: JSON nested too deeply" in line
+    assert f"task file {task} has no usable lines: deep.jsonl:1: nested deeper than 32 levels" in line
     assert not (tmp_path / "o").exists()
 
 
