@@ -88,9 +88,11 @@ class DecoderAdapter:
         return proj
 
     def mlp(self, layer: int) -> nn.Module:
-        mlp = _child(self._list[layer], _MLP_NAMES)
+        # OPT-style blocks keep fc1/fc2 in the block itself: fc2's output is the MLP's output
+        mlp = _child(self._list[layer], _MLP_NAMES) or _child(self._list[layer], ("fc2",))
         if mlp is None:
-            raise BackendError(f"no MLP ({', '.join(_MLP_NAMES)}) in block {layer}")
+            raise BackendError(f"no MLP ({', '.join(_MLP_NAMES)} or fc2) in block {layer} of "
+                               f"{type(self.model).__name__}")
         return mlp
 
     def attention_modules(self) -> dict[tuple[Part, int], nn.Module]:

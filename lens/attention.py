@@ -229,10 +229,30 @@ def check_layers(modules: dict[tuple[Part, int], nn.Module], layers: Sequence[in
     return frozenset(int(x) for x in layers)
 
 
+def family(model: nn.Module) -> str:
+    """How errors name a model's family: its class and ``model_type``, e.g. ``GPTJForCausalLM (gptj)``."""
+    return f"{type(model).__name__} ({getattr(model.config, 'model_type', None) or 'no model_type'})"
+
+
+def check_interface(model: nn.Module) -> None:
+    """Raise :class:`BackendError` for a model whose attention does not go through transformers'
+    attention interface (GPT-J, Falcon, BLOOM, MPT): nothing pushed on the stack would ever run,
+    so patterns, q/k/v and statistics would come back empty."""
+    can_set = getattr(type(model), "_can_set_attn_implementation", None)
+    if can_set is not None and not can_set():
+        raise BackendError(f"{family(model)} computes attention without transformers' attention interface: "
+                           "patterns, q/k/v and stats mode are not available for it (z, residual and MLP sites "
+                           "and head edits are)")
+
+
 @contextmanager
 def attention_mode(model_or_lm, entry: AttentionEntry) -> Iterator[AttentionEntry]:
-    """Push ``entry`` on the attention stack of a model (or :class:`lens.LoadedModel`) for the block."""
+    """Push ``entry`` on the attention stack of a model (or :class:`lens.LoadedModel`) for the block.
+
+    Raises :class:`BackendError` up front for a model whose attention bypasses transformers'
+    attention interface (see :func:`check_interface`)."""
     model = _model_of(model_or_lm)
+    check_interface(model)
     _register_once()
     stack: _Stack | None = getattr(model, _STACK, None)
     if stack is None:

@@ -21,7 +21,7 @@ from formats.layouts import ImageLayout
 from lens.adapters import ModelAdapter, adapter_for
 from lens.attention import AttentionObserver, attention_mode
 from lens.edits import Edit, editing
-from lens.errors import MemoryBudgetError
+from lens.errors import BackendError, MemoryBudgetError
 from lens.loaded import LoadedModel
 from lens.recording.record import Capture
 from lens.recording.spec import CaptureSpec, format_bytes
@@ -121,6 +121,23 @@ def capture(lm: LoadedModel, spec: CaptureSpec, *, edits: Sequence[Edit] = (),
         for layer in spec.layers:
             handles.extend(_layer_hooks(session, adapter, layer, lm.facts.n_heads))
         yield session
+        check_recorded(session, lm.model)
+
+
+def check_recorded(session: _Session, model) -> None:
+    """After the block: every requested (site, layer) was recorded by some forward pass, or
+    :class:`BackendError` (a capture that ran and recorded nothing somewhere is never a success)."""
+    if not session.steps:
+        return  # no forward pass ran inside the block
+    got = {key for step in session.steps for key in step}
+    missing = [SiteKey(site, layer) for site in session.spec.sites for layer in session.spec.layers
+               if SiteKey(site, layer) not in got]
+    if missing:
+        from lens.attention import family
+
+        shown = ", ".join(str(k) for k in missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        raise BackendError(f"{family(model)} ran but recorded nothing at {shown}: this model computes them "
+                           "somewhere attnlens does not hook")
 
 
 def _first(out):
@@ -140,8 +157,21 @@ def _layer_hooks(session: _Session, adapter: ModelAdapter, layer: int, n_heads: 
         handles.append(adapter.attention(layer).register_forward_hook(
             lambda m, a, out: session.store(Site.ATTN_OUT, layer, _first(out))))
     if Site.MLP_OUT in wanted:
-        handles.append(adapter.mlp(layer).register_forward_hook(
-            lambda m, a, out: session.store(Site.MLP_OUT, layer, _first(out))))
+        entering: dict[str, torch.Size] = {}  # the block input's shape: OPT's fc2 sees [batch * pos, d]
+
+        def block_shape(module, args, kwargs):
+            x = args[0] if args else kwargs.get("hidden_states")
+            if isinstance(x, torch.Tensor):
+                entering["shape"] = x.shape
+
+        def mlp_hook(module, args, out):
+            t = _first(out)
+            if t.ndim == 2 and "shape" in entering:
+                t = t.reshape(*entering["shape"][:-1], t.shape[-1])
+            session.store(Site.MLP_OUT, layer, t)
+
+        handles.append(adapter.block(layer).register_forward_pre_hook(block_shape, with_kwargs=True))
+        handles.append(adapter.mlp(layer).register_forward_hook(mlp_hook))
     if Site.RESID_PRE in wanted:
         handles.append(adapter.block(layer).register_forward_pre_hook(
             lambda m, args, kwargs: session.store(Site.RESID_PRE, layer, args[0] if args else kwargs["hidden_states"]),

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 
 from formats.capture import CaptureMeta
-from formats.errors import KernelInputError, PromptError
+from formats.errors import BackendError, KernelInputError, PromptError
 from formats.facts import Modality
 from formats.output import output_folder
 from formats.sites import Part
@@ -91,8 +91,20 @@ def stats_mode(model_or_lm, spec, layers: Sequence[int] | None = None, *, backen
     except Exception as err:
         raise KernelInputError(str(err)) from None
     rec = StatsRecorder(spec=spec, layers=chosen, backend=backend, on_layer=on_layer, part=part)
-    with attention_mode(model, rec):
-        yield rec
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        with attention_mode(model, rec):
+            yield rec
+    finally:
+        handle.remove()
+    wanted = chosen if chosen is not None else {layer for p, layer in attention_modules(model) if p is part}
+    missing = sorted(set(wanted) - set(rec.stats))
+    if calls and missing:  # the model ran, and some layer never reached the statistics kernel
+        from lens.attention import family
+
+        raise BackendError(f"{family(model)} ran but stats mode recorded nothing for layers {missing}: "
+                           "their attention does not go through transformers' attention interface")
 
 
 @dataclass

@@ -16,7 +16,8 @@ def text_facts(config, *, name: str, architecture: str, weights_sha256: str | No
         architecture=architecture,
         n_layers=cfg.num_hidden_layers,
         n_heads=n_heads,
-        n_kv_heads=getattr(cfg, "num_key_value_heads", None) or n_heads,
+        # GPT-BigCode's multi-query attention: one key/value head for all query heads
+        n_kv_heads=1 if getattr(cfg, "multi_query", False) else getattr(cfg, "num_key_value_heads", None) or n_heads,
         d_head=getattr(cfg, "head_dim", None) or d_model // n_heads,
         d_model=d_model,
         context_length=getattr(cfg, "max_position_embeddings", None) or 2048,
