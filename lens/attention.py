@@ -16,8 +16,11 @@ and compose:
 
 While the stack is not empty the model's implementation is a registered dispatcher
 (``attnlens_eager`` when some entry needs probabilities, so that masks come additive,
-else ``attnlens_sdpa``); a layer nobody needs probabilities of still runs SDPA. The model's
-own implementation is restored when the last entry leaves, also on error.
+else ``attnlens_fast``, whose masks are SDPA's; neither name contains "sdpa", which
+transformers would check against the model's SDPA support). A layer no entry touches runs the
+model's own implementation (its eager attention keeps soft-capping and learned sinks), or
+SDPA where the model's own was SDPA or a kernel whose masks differ. The model's own
+implementation is restored when the last entry leaves, also on error.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from torch import Tensor, nn
 from formats.sites import Part
 from lens.errors import BackendError, SelectionError
 
-EAGER, SDPA = "attnlens_eager", "attnlens_sdpa"
+EAGER, FAST = "attnlens_eager", "attnlens_fast"
 _STACK, _LAYER, _PART = "_attnlens_stack", "_attnlens_layer", "_attnlens_part"
 
 
@@ -152,6 +155,24 @@ def weights_and_output(module, query, key, value, attention_mask, *, scaling=Non
     return out, weights
 
 
+def _own_attention(module, previous: str | None, query, key, value, attention_mask, **kwargs):
+    """The attention the model ran before the stack: its own eager function (soft-capping, learned
+    sinks and all) when that was eager, else SDPA (the masks here are SDPA's or additive)."""
+    if previous == "eager":
+        mask = additive_mask(attention_mask, query.dtype)
+        causal = kwargs.get("is_causal")
+        causal = getattr(module, "is_causal", False) if causal is None else causal
+        m, n = query.shape[2], key.shape[2]
+        if mask is None and causal and m > 1:  # SDPA's masks leave plain causal attention to the kernel
+            keep = torch.arange(n, device=query.device)[None, :] <= (torch.arange(m, device=query.device) + n - m)[:, None]
+            mask = torch.zeros(m, n, dtype=query.dtype, device=query.device).masked_fill(
+                ~keep, torch.finfo(query.dtype).min)[None, None]
+        return _module_eager(module)(module, query, key, value, mask, **kwargs)
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
 def _dispatcher(module, query, key, value, attention_mask, **kwargs):
     stack: _Stack | None = getattr(module, _STACK, None)
     if stack is None:  # a module the stack does not cover (e.g. a vision tower's own attention)
@@ -184,9 +205,7 @@ def _dispatcher(module, query, key, value, attention_mask, **kwargs):
         out, weights = _module_eager(module)(module, query, key, value, additive_mask(attention_mask, query.dtype),
                                              **kwargs)
     else:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        out, weights = _own_attention(module, stack.previous, query, key, value, attention_mask, **kwargs)
     for o in observers:
         o.on_outputs(module, layer, query, key, value, out, weights if need else None)
     return out, weights if need else None
@@ -198,9 +217,9 @@ def _register_once() -> None:
 
     if EAGER not in AttentionInterface._global_mapping:
         AttentionInterface.register(EAGER, _dispatcher)
-        AttentionInterface.register(SDPA, _dispatcher)
+        AttentionInterface.register(FAST, _dispatcher)
         AttentionMaskInterface.register(EAGER, eager_mask)
-        AttentionMaskInterface.register(SDPA, sdpa_mask)
+        AttentionMaskInterface.register(FAST, sdpa_mask)
 
 
 # ---- finding the attention modules -------------------------------------------------------
@@ -281,7 +300,7 @@ def attention_mode(model_or_lm, entry: AttentionEntry) -> Iterator[AttentionEntr
 
 
 def _apply(model: nn.Module, stack: _Stack) -> None:
-    impl = EAGER if stack.needs_weights() else SDPA
+    impl = EAGER if stack.needs_weights() else FAST
     if model.config._attn_implementation != impl:
         model.set_attn_implementation(impl)
 

@@ -90,6 +90,7 @@ def stats_mode(model_or_lm, spec, layers: Sequence[int] | None = None, *, backen
         chosen = check_layers(attention_modules(model), layers, part)
     except Exception as err:
         raise KernelInputError(str(err)) from None
+    _check_supported(model, part)
     rec = StatsRecorder(spec=spec, layers=chosen, backend=backend, on_layer=on_layer, part=part)
     calls = []
     handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
@@ -105,6 +106,22 @@ def stats_mode(model_or_lm, spec, layers: Sequence[int] | None = None, *, backen
 
         raise BackendError(f"{family(model)} ran but stats mode recorded nothing for layers {missing}: "
                            "their attention does not go through transformers' attention interface")
+
+
+def _check_supported(model, part: Part) -> None:
+    """A one-line :class:`KernelInputError` naming the family for attention the kernel does not compute:
+    logit soft-capping (Gemma 2) and learned attention sinks (gpt-oss's ``module.sinks``)."""
+    from lens.attention import family
+
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if getattr(cfg, "attn_logit_softcapping", None):
+        raise KernelInputError(f"{family(model)} soft-caps its attention logits (attn_logit_softcapping="
+                               f"{cfg.attn_logit_softcapping}): stats mode does not compute soft-capping yet; "
+                               "capture patterns instead")
+    sinks = [layer for (p, layer), m in attention_modules(model).items() if p is part and hasattr(m, "sinks")]
+    if sinks:
+        raise KernelInputError(f"{family(model)} has learned attention sinks (module.sinks) in layers {sinks}: "
+                               "stats mode does not compute them yet; capture patterns instead")
 
 
 @dataclass

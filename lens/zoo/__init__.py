@@ -106,7 +106,7 @@ def _load_transformers(name_or_path, dtype, device, where: placement.Placement |
         return tiny_vlm.load_llava(name_or_path, dtype=dtype, device=device)
     model, tokenizer = hub.load_pretrained(name_or_path, dtype=dtype, device=device,
                                            placement=None if where is None else where.from_pretrained_kwargs())
-    facts = text_facts(model.config, name=str(name_or_path), architecture=type(model).__name__)
+    facts = text_facts(model.config, name=str(name_or_path), architecture=type(model).__name__, model=model)
     return LoadedModel(model=model, tokenizer=tokenizer, facts=facts)
 
 

@@ -59,6 +59,7 @@ class Family:
     config: dict = field(default_factory=dict)
     out_proj: str = "model.layers.{layer}.self_attn.o_proj"
     attention_layers: tuple[int, ...] = (0, 1)  # hybrids: the blocks that have attention
+    window: tuple[int | None, tuple[int, ...]] = (None, ())  # the facts' (sliding_window, local_layers)
     expect: dict = field(default_factory=dict)
 
     @property
@@ -68,7 +69,6 @@ class Family:
 
 _NO_INTERFACE = Refusal("BackendError", ("without transformers' attention interface",))
 _BYPASS = {"pattern": _NO_INTERFACE, "stats": _NO_INTERFACE, "sites": _NO_INTERFACE}
-_SDPA = "uncaptured layers are sent to SDPA instead of the model's own attention"
 _HYBRID = Known("hybrid: block 0 has no attention, so the adapter finds no block list and refuses the whole model")
 _MLA_FACTS = Known("MLA: facts take d_head from config.head_dim (the rope part, 8) while q/k are 16 wide and v/z 12")
 _MLA = dict(num_key_value_heads=4, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=12,
@@ -76,14 +76,14 @@ _MLA = dict(num_key_value_heads=4, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_
 
 FAMILIES = [
     Family("Llama", "llama"),
-    Family("Mistral", "mistral", dict(sliding_window=4)),
+    Family("Mistral", "mistral", dict(sliding_window=4), window=(4, (0, 1))),
     Family("Qwen2", "qwen2"),
     Family("Qwen3", "qwen3", dict(head_dim=8)),
     Family("Gemma", "gemma", dict(head_dim=8)),
-    Family("Gemma 2", "gemma2", dict(head_dim=8),
-           expect={"logits": Known(f"{_SDPA}: SDPA has no soft-capping (transformers' raw ValueError)"),
-                   "stats": Known("stats mode falls back to SDPA for soft-capping: raw ValueError")}),
-    Family("Gemma 3", "gemma3_text", dict(head_dim=8, sliding_window=4)),
+    Family("Gemma 2", "gemma2", dict(head_dim=8), window=(4096, (0,)),
+           expect={"stats": Refusal("KernelInputError", ("soft-caps", "stats mode does not compute"))}),
+    Family("Gemma 3", "gemma3_text", dict(head_dim=8, sliding_window=4, layer_types=["sliding_attention", "full_attention"]),
+           window=(4, (0,))),
     Family("Phi", "phi", out_proj="model.layers.{layer}.self_attn.dense"),
     Family("Phi-3", "phi3"),
     Family("OLMo2", "olmo2"),
@@ -101,9 +101,8 @@ FAMILIES = [
     Family("Falcon", "falcon", out_proj="transformer.h.{layer}.self_attention.dense", expect=_BYPASS),
     Family("BLOOM", "bloom", out_proj="transformer.h.{layer}.self_attention.dense", expect=_BYPASS),
     Family("MPT", "mpt", out_proj="transformer.blocks.{layer}.attn.out_proj", expect=_BYPASS),
-    Family("gpt-oss", "gpt_oss", dict(num_local_experts=4, num_experts_per_tok=2, head_dim=8),
-           expect={"logits": Known(f"{_SDPA}, which drops the learned sinks: capturing one layer moves the logits"),
-                   "stats": Known("stats mode ignores module.sinks (transformers' raw ValueError)")}),
+    Family("gpt-oss", "gpt_oss", dict(num_local_experts=4, num_experts_per_tok=2, head_dim=8), window=(128, (0,)),
+           expect={"stats": Refusal("KernelInputError", ("learned attention sinks", "stats mode does not compute"))}),
     Family("DeepSeek-V2", "deepseek_v2", dict(_MLA, q_lora_rank=None),
            expect={"sites": _MLA_FACTS, "stats": Known("stats mode refuses q/k and v of different widths")}),
     Family("DeepSeek-V3", "deepseek_v3", dict(_MLA, q_lora_rank=16, n_group=1, topk_group=1),
@@ -198,6 +197,14 @@ def _close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
 _SELF_SITES = (Site.PATTERN, Site.Q, Site.K, Site.V, Site.Z, Site.RESID_PRE, Site.RESID_POST, Site.ATTN_OUT,
                Site.MLP_OUT)
 _OUTSIDE_SITES = (Site.Z, Site.RESID_PRE, Site.RESID_POST, Site.ATTN_OUT, Site.MLP_OUT)  # hooked outside attention
+
+
+def test_facts(built):
+    """The facts come from the loaded model: layers, heads, widths, and the sliding window wherever it applies."""
+    facts, family = built.lm.facts, built.family
+    assert (facts.n_layers, facts.n_heads, facts.d_model, facts.vocab_size) == (2, 4, 32, 259)
+    assert facts.causal
+    assert (facts.sliding_window, tuple(facts.local_layers)) == family.window
 
 
 def test_pattern(request, built):
