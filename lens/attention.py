@@ -244,7 +244,10 @@ def check_layers(modules: dict[tuple[Part, int], nn.Module], layers: Sequence[in
     unknown = sorted(set(layers) - have)
     if unknown:
         what = "layers" if part is Part.SELF else f"{part.value} attention layers"
-        raise SelectionError(f"layers {unknown} do not exist: the model has {what} 0-{max(have)}")
+        if have == set(range(max(have) + 1)):
+            raise SelectionError(f"layers {unknown} do not exist: the model has {what} 0-{max(have)}")
+        raise SelectionError(f"layers {unknown} have no {part.value} attention: the model has it in layers "
+                             f"{sorted(have)} (a hybrid's other blocks have none)")
     return frozenset(int(x) for x in layers)
 
 

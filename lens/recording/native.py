@@ -108,6 +108,7 @@ def capture(lm: LoadedModel, spec: CaptureSpec, *, edits: Sequence[Edit] = (),
     forward call (a plain forward, or each step of ``generate()``) is one step.
     """
     adapter = adapter or adapter_for(lm.model, lm.facts.n_layers)
+    _check_attention_layers(lm, spec, adapter)
     session = _Session(spec, lm.facts.n_heads)
     with ExitStack() as stack:
         stack.enter_context(editing(lm, edits, adapter=adapter))  # first: the recording hooks see edited values
@@ -138,6 +139,20 @@ def check_recorded(session: _Session, model) -> None:
         shown = ", ".join(str(k) for k in missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
         raise BackendError(f"{family(model)} ran but recorded nothing at {shown}: this model computes them "
                            "somewhere attnlens does not hook")
+
+
+def _check_attention_layers(lm: LoadedModel, spec: CaptureSpec, adapter: ModelAdapter) -> None:
+    """Attention sites only at layers that have attention (a hybrid's other blocks give residual and MLP sites)."""
+    wanted = [s.value for s in spec.sites if s.part is Part.SELF and (s.in_attention or s in (Site.Z, Site.ATTN_OUT))]
+    if not wanted:
+        return
+    have = {layer for part, layer in adapter.attention_modules() if part is Part.SELF}
+    lacking = [layer for layer in spec.layers if layer not in have]
+    if lacking:
+        from lens.errors import SelectionError
+
+        raise SelectionError(f"layers {lacking} of {lm.facts.name} have no attention: sites {', '.join(wanted)} "
+                             f"need one of layers {sorted(have)}")
 
 
 def _first(out):

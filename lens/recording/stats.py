@@ -175,6 +175,8 @@ def run_stats(lm: LoadedModel, prompt, *, spec=None, layers=None, backend: Backe
     from lens.recording.spec import CaptureSpec
 
     spec = spec or StatsSpec()
+    if layers is None:  # every layer with attention (a hybrid's other blocks have none)
+        layers = sorted(layer for part, layer in attention_modules(lm.model) if part is Part.SELF)
     selection = CaptureSpec.resolve(lm.facts, layers=layers)  # validates the layers
     from lens import vlm
 

@@ -69,7 +69,6 @@ class Family:
 
 _NO_INTERFACE = Refusal("BackendError", ("without transformers' attention interface",))
 _BYPASS = {"pattern": _NO_INTERFACE, "stats": _NO_INTERFACE, "sites": _NO_INTERFACE}
-_HYBRID = Known("hybrid: block 0 has no attention, so the adapter finds no block list and refuses the whole model")
 _MLA_FACTS = Known("MLA: facts take d_head from config.head_dim (the rope part, 8) while q/k are 16 wide and v/z 12")
 _MLA = dict(num_key_value_heads=4, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=12,
             n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, first_k_dense_replace=1)
@@ -108,11 +107,9 @@ FAMILIES = [
     Family("DeepSeek-V3", "deepseek_v3", dict(_MLA, q_lora_rank=16, n_group=1, topk_group=1),
            expect={"sites": _MLA_FACTS, "stats": Known("stats mode refuses q/k and v of different widths")}),
     Family("Jamba", "jamba", dict(num_experts=2, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
-                                   expert_layer_offset=1, mamba_d_state=8, mamba_dt_rank=4), attention_layers=(1,),
-           expect=dict.fromkeys(CAPABILITIES, _HYBRID)),
+                                   expert_layer_offset=1, mamba_d_state=8, mamba_dt_rank=4), attention_layers=(1,)),
     Family("Bamba", "bamba", dict(attn_layer_indices=[1], mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8,
-                                   mamba_n_groups=1, mamba_chunk_size=8), attention_layers=(1,),
-           expect=dict.fromkeys(CAPABILITIES, _HYBRID)),
+                                   mamba_n_groups=1, mamba_chunk_size=8), attention_layers=(1,)),
     Family("OPT", "opt", dict(ffn_dim=64, word_embed_proj_dim=32), out_proj="model.decoder.layers.{layer}.self_attn.out_proj"),
 ]
 
@@ -141,6 +138,11 @@ class Built:
         self.attentions = out.attentions
         self.hidden = out.hidden_states
         self.logits = out.logits
+
+    def pattern(self, layer: int) -> torch.Tensor:
+        """The eager pattern of block ``layer`` (hybrids return one per attention block, in order)."""
+        layers = self.family.attention_layers
+        return self.attentions[layers.index(layer) if len(self.attentions) == len(layers) else layer]
 
     def out_proj(self, layer: int) -> torch.nn.Module:
         return self.ref_model.get_submodule(self.family.out_proj.format(layer=layer))
@@ -215,7 +217,7 @@ def test_pattern(request, built):
         cap = lens.run(built.lm, IDS, sites=[Site.PATTERN], layers=layers).capture
         for layer in layers:
             assert cap.steps and Site.PATTERN in {k.site for k in cap.steps[0]}, "empty capture"
-            _close(cap.pattern(layer), built.attentions[layer], f"pattern of layer {layer}")
+            _close(cap.pattern(layer), built.pattern(layer), f"pattern of layer {layer}")
 
     _cell(request, built, "pattern", run)
 
@@ -275,7 +277,7 @@ def test_stats(request, built):
         assert sorted(got.stats) == layers, f"stats for layers {sorted(got.stats)}, asked for {layers}"
         _close(got.logits, built.logits, "logits in stats mode")
         for layer in layers:
-            p = built.attentions[layer].float()
+            p = built.pattern(layer).float()
             s = got.stats[layer]
             _close(s.max_weight, p.amax(-1), f"max_weight of layer {layer}")
             _close(s.sink_mass, p[..., 0], f"sink_mass of layer {layer}")

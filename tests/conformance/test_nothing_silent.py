@@ -99,3 +99,39 @@ def test_cli_stats_refuses_in_one_line(cli, gptj_folder, tmp_path):
     assert code == 2, err
     lines = _error_lines(err)
     assert len(lines) == 1 and lines[0].startswith("error: ") and "GPTJForCausalLM (gptj)" in lines[0], err
+
+
+@pytest.fixture(scope="module")
+def jamba(tmp_path_factory):
+    """A hybrid whose block 0 is a Mamba block and block 1 attention."""
+    from transformers import JambaConfig, JambaForCausalLM
+
+    from lens.zoo import tiny
+
+    config = JambaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=64, vocab_size=259, num_experts=2, attn_layer_period=2, attn_layer_offset=1,
+                         expert_layer_period=2, expert_layer_offset=1, mamba_d_state=8, mamba_dt_rank=4,
+                         bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("jamba")
+    JambaForCausalLM(config).eval().save_pretrained(folder)
+    tiny.build_byte_tokenizer(folder)
+    return lens.load(str(folder))
+
+
+def test_hybrid_block_without_attention_is_refused_for_attention_sites(jamba):
+    from lens.errors import KernelInputError, SelectionError
+
+    with pytest.raises(SelectionError, match=r"layers \[0\] of .* have no attention: sites pattern need one of layers \[1\]"):
+        lens.run(jamba, IDS, sites=[Site.PATTERN], layers=[0])
+    with pytest.raises(KernelInputError, match=r"layers \[0\] have no self attention: the model has it in layers \[1\]"):
+        lens.run_stats(jamba, IDS, layers=[0])
+
+
+def test_hybrid_stats_default_to_the_attention_blocks(jamba):
+    assert sorted(lens.run_stats(jamba, IDS).stats) == [1]
+
+
+def test_hybrid_block_without_attention_gives_residual_and_mlp(jamba):
+    cap = lens.run(jamba, IDS, sites=[Site.RESID_POST, Site.MLP_OUT], layers=[0, 1]).capture
+    assert all(cap.get(s, layer).shape == (1, 5, 32) for s in (Site.RESID_POST, Site.MLP_OUT) for layer in (0, 1))
