@@ -29,6 +29,7 @@ def text_facts(config, *, name: str, architecture: str, weights_sha256: str | No
     local = tuple(i for i, t in enumerate(getattr(cfg, "layer_types", None) or []) if t == "sliding_attention")
     if not getattr(cfg, "layer_types", None) and getattr(cfg, "sliding_window", None) and _windowed_everywhere(model):
         local = tuple(range(cfg.num_hidden_layers))
+    mla = all(getattr(cfg, a, None) for a in ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"))
     return ModelFacts(
         name=name,
         architecture=architecture,
@@ -36,7 +37,9 @@ def text_facts(config, *, name: str, architecture: str, weights_sha256: str | No
         n_heads=n_heads,
         # GPT-BigCode's multi-query attention: one key/value head for all query heads
         n_kv_heads=1 if getattr(cfg, "multi_query", False) else getattr(cfg, "num_key_value_heads", None) or n_heads,
-        d_head=getattr(cfg, "head_dim", None) or d_model // n_heads,
+        # MLA (DeepSeek-V2/V3): config.head_dim is only the rotary part; q/k are nope + rope wide, v its own width
+        d_head=(cfg.qk_nope_head_dim + cfg.qk_rope_head_dim) if mla else getattr(cfg, "head_dim", None) or d_model // n_heads,
+        d_head_v=cfg.v_head_dim if mla and cfg.v_head_dim != cfg.qk_nope_head_dim + cfg.qk_rope_head_dim else None,
         d_model=d_model,
         context_length=getattr(cfg, "max_position_embeddings", None) or 2048,
         vocab_size=cfg.vocab_size,

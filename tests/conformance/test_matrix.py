@@ -69,7 +69,6 @@ class Family:
 
 _NO_INTERFACE = Refusal("BackendError", ("without transformers' attention interface",))
 _BYPASS = {"pattern": _NO_INTERFACE, "stats": _NO_INTERFACE, "sites": _NO_INTERFACE}
-_MLA_FACTS = Known("MLA: facts take d_head from config.head_dim (the rope part, 8) while q/k are 16 wide and v/z 12")
 _MLA = dict(num_key_value_heads=4, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=12,
             n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, first_k_dense_replace=1)
 
@@ -102,10 +101,8 @@ FAMILIES = [
     Family("MPT", "mpt", out_proj="transformer.blocks.{layer}.attn.out_proj", expect=_BYPASS),
     Family("gpt-oss", "gpt_oss", dict(num_local_experts=4, num_experts_per_tok=2, head_dim=8), window=(128, (0,)),
            expect={"stats": Refusal("KernelInputError", ("learned attention sinks", "stats mode does not compute"))}),
-    Family("DeepSeek-V2", "deepseek_v2", dict(_MLA, q_lora_rank=None),
-           expect={"sites": _MLA_FACTS, "stats": Known("stats mode refuses q/k and v of different widths")}),
-    Family("DeepSeek-V3", "deepseek_v3", dict(_MLA, q_lora_rank=16, n_group=1, topk_group=1),
-           expect={"sites": _MLA_FACTS, "stats": Known("stats mode refuses q/k and v of different widths")}),
+    Family("DeepSeek-V2", "deepseek_v2", dict(_MLA, q_lora_rank=None)),
+    Family("DeepSeek-V3", "deepseek_v3", dict(_MLA, q_lora_rank=16, n_group=1, topk_group=1)),
     Family("Jamba", "jamba", dict(num_experts=2, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
                                    expert_layer_offset=1, mamba_d_state=8, mamba_dt_rank=4), attention_layers=(1,)),
     Family("Bamba", "bamba", dict(attn_layer_indices=[1], mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8,
@@ -250,7 +247,7 @@ def test_sites(request, built):
     layers = list(built.family.attention_layers)
     pos = IDS.shape[1]
     shapes = {Site.Q: (1, facts.n_heads, pos, facts.d_head), Site.K: (1, facts.n_kv_heads, pos, facts.d_head),
-              Site.V: (1, facts.n_kv_heads, pos, facts.d_head), Site.Z: (1, facts.n_heads, pos, facts.d_head),
+              Site.V: (1, facts.n_kv_heads, pos, facts.d_value), Site.Z: (1, facts.n_heads, pos, facts.d_value),
               Site.PATTERN: (1, facts.n_heads, pos, pos)}
 
     def run():
