@@ -185,6 +185,7 @@ def _cell(request, built: Built, capability: str, run) -> None:
     assert "\n" not in message, message
     assert all(w in message for w in expect.words), message
     assert type(built.lm.model).__name__ in message or built.family.model_type in message, message
+    request.node.user_properties.append(("refusal", message))  # for the generated table (conftest.py)
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
