@@ -42,6 +42,8 @@ class _Session(AttentionObserver):
         every_head = spec.heads == tuple(range(n_heads))
         self._head_idx = None if every_head else torch.tensor(spec.heads)
         self._kv_idx = None if every_head else torch.tensor(spec.kv_heads)
+        self.recorded: set[SiteKey] = set()  # every key stored so far (callers may empty steps as they read them)
+        self.passes = 0  # forward passes of the model seen
         self.input_ids: list[torch.Tensor] = []  # the ids each forward pass was given
         self.pixel_shapes: list[tuple[int, ...]] = []  # the pixel values' shapes, for vision models
 
@@ -53,6 +55,7 @@ class _Session(AttentionObserver):
         pixels = kwargs.get("pixel_values", first)
         if isinstance(pixels, torch.Tensor) and pixels.is_floating_point() and pixels.ndim == 4:
             self.pixel_shapes.append(tuple(pixels.shape))
+        self.passes += 1
         self.steps.append({})
 
     def store(self, site: Site, layer: int, t: torch.Tensor) -> None:
@@ -73,6 +76,7 @@ class _Session(AttentionObserver):
         if not self.steps:
             self.steps.append({})
         self.steps[-1][SiteKey(site, layer)] = stored
+        self.recorded.add(SiteKey(site, layer))
 
     # ---- the attention observer ------------------------------------------------------
     def on_inputs(self, module, layer, query, key, value) -> None:
@@ -128,11 +132,10 @@ def capture(lm: LoadedModel, spec: CaptureSpec, *, edits: Sequence[Edit] = (),
 def check_recorded(session: _Session, model) -> None:
     """After the block: every requested (site, layer) was recorded by some forward pass, or
     :class:`BackendError` (a capture that ran and recorded nothing somewhere is never a success)."""
-    if not session.steps:
+    if not session.passes and not session.recorded:
         return  # no forward pass ran inside the block
-    got = {key for step in session.steps for key in step}
     missing = [SiteKey(site, layer) for site in session.spec.sites for layer in session.spec.layers
-               if SiteKey(site, layer) not in got]
+               if SiteKey(site, layer) not in session.recorded]
     if missing:
         from lens.attention import family
 
