@@ -173,6 +173,15 @@ def _own_attention(module, previous: str | None, query, key, value, attention_ma
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
+def _check_plain_softmax(module, kwargs) -> None:
+    """Weight modifiers recompute attention as a plain softmax: refuse, in one line, what that would drop."""
+    what = ("soft-capped logits" if kwargs.get("softcap") else
+            "learned attention sinks (module.sinks)" if hasattr(module, "sinks") else None)
+    if what is not None:
+        raise BackendError(f"{type(module).__name__} has {what}: attention-weight interventions recompute a plain "
+                           "softmax and would drop them; they are not supported for this family yet")
+
+
 def _dispatcher(module, query, key, value, attention_mask, **kwargs):
     stack: _Stack | None = getattr(module, _STACK, None)
     if stack is None:  # a module the stack does not cover (e.g. a vision tower's own attention)
@@ -200,6 +209,7 @@ def _dispatcher(module, query, key, value, attention_mask, **kwargs):
         out, weights = computes[0].compute(module, layer, query, key, value, attention_mask, need_weights=need,
                                            modify=modify if modifiers else None, **kwargs)
     elif modifiers:
+        _check_plain_softmax(module, kwargs)
         out, weights = weights_and_output(module, query, key, value, attention_mask, modify=modify, **kwargs)
     elif need:
         out, weights = _module_eager(module)(module, query, key, value, additive_mask(attention_mask, query.dtype),

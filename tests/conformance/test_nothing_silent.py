@@ -135,3 +135,23 @@ def test_hybrid_stats_default_to_the_attention_blocks(jamba):
 def test_hybrid_block_without_attention_gives_residual_and_mlp(jamba):
     cap = lens.run(jamba, IDS, sites=[Site.RESID_POST, Site.MLP_OUT], layers=[0, 1]).capture
     assert all(cap.get(s, layer).shape == (1, 5, 32) for s in (Site.RESID_POST, Site.MLP_OUT) for layer in (0, 1))
+
+
+def test_weight_interventions_refuse_learned_sinks(tmp_path):
+    """gpt-oss adds learned sinks to the softmax; a weight modifier's plain softmax would drop them."""
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    from lens.attention import modifying_weights
+    from lens.zoo import tiny
+
+    config = GptOssConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                          head_dim=8, intermediate_size=64, vocab_size=259, num_local_experts=4,
+                          num_experts_per_tok=2, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    torch.manual_seed(0)
+    GptOssForCausalLM(config).eval().save_pretrained(tmp_path)
+    tiny.build_byte_tokenizer(tmp_path)
+    lm = lens.load(str(tmp_path))
+    with pytest.raises(BackendError, match=r"GptOssAttention has learned attention sinks \(module.sinks\): "
+                                           r"attention-weight interventions"):
+        with torch.no_grad(), modifying_weights(lm, lambda layer, w: w, layers=[0]):
+            lm.model(IDS)
