@@ -13,7 +13,7 @@ OUT    ?= results/demo
 SYSTEM_PKGS := g++ chromium poppler-utils libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core espeak-ng
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install install-gemma system-deps demo test lint lab bench-capture bench-cpu-stats bench-dashboard bench-speech bench-ray clean
+.PHONY: install install-gemma system-deps demo test lint lab bench-capture bench-cpu-stats bench-dashboard bench-speech bench-ray conformance clean
 
 install: system-deps $(STAMP)
 
@@ -72,6 +72,10 @@ bench-speech: install
 # the same sweep serially and on a local 2-CPU Ray cluster with 2 workers (about 10 minutes here)
 bench-ray: install
 	$(BIN)/python benchmarks/ray_bench.py --model smollm2-135m --heads 'L0-11H*' --out benchmarks/results/ray_cpu
+
+# the conformance matrix of transformers families, and docs/conformance.md written from that run
+conformance: install
+	ATTNLENS_CONFORMANCE_TABLE=docs/conformance.md $(BIN)/python -m pytest -q tests/conformance/test_matrix.py
 
 lint: install
 	$(BIN)/ruff check lens analyses kernels dashboards formats pipelines tests benchmarks notebooks

@@ -37,6 +37,13 @@ class ModelFacts:
     sliding_window: int | None = None
     local_layers: tuple[int, ...] = ()
     encoder_layers: int = 0  # an encoder-decoder's encoder layers (0: decoder-only or encoder-only)
+    # MLA (DeepSeek-V2/V3): values and z are d_head_v wide while queries and keys are d_head; None: the same
+    d_head_v: int | None = None
+
+    @property
+    def d_value(self) -> int:
+        """The width of each head's values and of z (``d_head`` except in MLA models)."""
+        return self.d_head_v or self.d_head
 
     def window_of(self, layer: int) -> int | None:
         """The key window of ``layer`` (keys ``q - window + 1 .. q``), or None for full attention."""
@@ -102,6 +109,9 @@ class ModelFacts:
         enc = d.get("encoder_layers", 0)
         if not isinstance(enc, int) or not 0 <= enc <= 100_000:
             raise CorruptFileError(f"{where}: model facts' encoder_layers must be an integer")
+        d_v = d.get("d_head_v")
+        if d_v is not None and (not isinstance(d_v, int) or isinstance(d_v, bool) or not 0 < d_v <= 10**7):
+            raise CorruptFileError(f"{where}: model facts' d_head_v must be a positive integer or null, got {d_v!r}")
         window = d.get("sliding_window")
         if window is not None and (not isinstance(window, int) or window < 1):
             raise CorruptFileError(f"{where}: model facts' sliding_window must be a positive integer or null")

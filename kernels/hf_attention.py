@@ -12,6 +12,9 @@ AND a per-key padding mask" (left or right padding) or "padding only" runs the f
 chunked PyTorch path with the explicit mask: correct, but O(N x chunk) torch code rather than the fused kernel.  In
 that case ``window_mass`` still uses the query's position (``i + N - M``), independent of the mask.
 
+Values of another width than queries and keys (MLA) are padded with zero columns (or queries and keys are), which
+changes no score; the output is cut back to the values' width.
+
 Outputs equal SDPA's to float32 tolerance, so logits are unchanged; rows that see no key at all (left padding
 under causal) output 0, which only affects padded positions.  ``dropout > 0`` (training) is rejected.
 """
@@ -95,9 +98,19 @@ def stats_attention_call(
         key, value = key[:, :, :q_len], value[:, :, :q_len]
         k_len = q_len
     causal, kpm, explicit = interpret_mask(attention_mask, q_len, k_len, module_causal)
+    # MLA (DeepSeek-V2/V3): values narrower (or wider) than queries/keys. Zero columns change neither the
+    # scores nor the statistics, so the narrower side is padded and the output cut back to the values' width.
+    d_qk, d_v = query.shape[-1], value.shape[-1]
+    if d_v != d_qk:
+        scaling = d_qk ** -0.5 if scaling is None else scaling
+        if d_v < d_qk:
+            value = torch.nn.functional.pad(value, (0, d_qk - d_v))
+        else:
+            query = torch.nn.functional.pad(query, (0, d_v - d_qk))
+            key = torch.nn.functional.pad(key, (0, d_v - d_qk))
     if explicit is None:
         res = attention_with_stats(query, key, value, causal=causal, scale=scaling, spec=spec,
                                    key_padding_mask=kpm, backend=backend)
     else:
         res = chunked_attention_stats(query, key, value, causal=False, scale=scaling, spec=spec, attn_mask=explicit)
-    return res.out.transpose(1, 2).contiguous(), res.stats, explicit is not None
+    return res.out[..., :d_v].transpose(1, 2).contiguous(), res.stats, explicit is not None

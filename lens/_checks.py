@@ -296,11 +296,11 @@ def load_args(name, *, dtype, device_, device_map=None, max_memory=None, offload
         for key in max_memory:
             if isinstance(key, str) and key in ("cpu", "disk", "mps"):
                 continue
-            gpu = integer(key, "each max_memory key (a GPU index, 'cpu', 'mps' or 'disk')")
-            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            if not 0 <= gpu < n:
-                have = f"GPUs 0-{n - 1}" if n else "no CUDA GPU"
-                raise SelectionError(f"max_memory names GPU {gpu}: this machine has {have}")
+            if integer(key, "each max_memory key (a GPU index, 'cpu', 'mps' or 'disk')") < 0:
+                raise SelectionError(f"max_memory names GPU {key}: GPU indices start at 0")
+        from lens.zoo.placement import check_devices
+
+        check_devices(max_memory)  # GPUs or mps this machine lacks
         for key, size in max_memory.items():
             if not isinstance(size, str):  # sizes as text are parsed (and checked) by the placement
                 budget(size, f"max_memory[{key!r}]")

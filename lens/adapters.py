@@ -18,7 +18,7 @@ from typing import Protocol
 from torch import nn
 
 from formats.sites import Part
-from lens.errors import BackendError
+from lens.errors import BackendError, SelectionError
 
 _ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
 _OUT_PROJ_NAMES = ("o_proj", "out_proj", "dense", "c_proj")
@@ -51,8 +51,9 @@ def _child(module: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
 
 def _blocks(model: nn.Module, n_layers: int, has_attention=lambda b: _child(b, _ATTENTION_NAMES) is not None
             ) -> nn.ModuleList:
+    # hybrids (Jamba, Bamba) have attention in some blocks only: any block with attention marks the list
     for _, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n_layers and has_attention(module[0]):
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers and any(has_attention(b) for b in module):
             return module
     raise BackendError(f"cannot find {n_layers} transformer blocks with an attention module in "
                        f"{type(model).__name__}; write a ModelAdapter for this architecture")
@@ -79,7 +80,15 @@ class DecoderAdapter:
         return self._list[layer]
 
     def attention(self, layer: int) -> nn.Module:
-        return _child(self._list[layer], _ATTENTION_NAMES)
+        attn = _child(self._list[layer], _ATTENTION_NAMES)
+        if attn is None:
+            raise SelectionError(f"block {layer} of {type(self.model).__name__} has no attention (a hybrid's other "
+                                 f"block): attention sites and head edits need one of layers {self.attention_layers()}")
+        return attn
+
+    def attention_layers(self) -> list[int]:
+        """The blocks that have attention (all of them, except in hybrids)."""
+        return [i for i, b in enumerate(self._list) if _child(b, _ATTENTION_NAMES) is not None]
 
     def out_proj(self, layer: int) -> nn.Linear:
         proj = _child(self.attention(layer), _OUT_PROJ_NAMES)
@@ -88,13 +97,15 @@ class DecoderAdapter:
         return proj
 
     def mlp(self, layer: int) -> nn.Module:
-        mlp = _child(self._list[layer], _MLP_NAMES)
+        # OPT-style blocks keep fc1/fc2 in the block itself: fc2's output is the MLP's output
+        mlp = _child(self._list[layer], _MLP_NAMES) or _child(self._list[layer], ("fc2",))
         if mlp is None:
-            raise BackendError(f"no MLP ({', '.join(_MLP_NAMES)}) in block {layer}")
+            raise BackendError(f"no MLP ({', '.join(_MLP_NAMES)} or fc2) in block {layer} of "
+                               f"{type(self.model).__name__}")
         return mlp
 
     def attention_modules(self) -> dict[tuple[Part, int], nn.Module]:
-        return {(Part.SELF, layer): self.attention(layer) for layer in range(self.n_layers)}
+        return {(Part.SELF, layer): self.attention(layer) for layer in self.attention_layers()}
 
 
 @dataclass

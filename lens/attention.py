@@ -16,8 +16,11 @@ and compose:
 
 While the stack is not empty the model's implementation is a registered dispatcher
 (``attnlens_eager`` when some entry needs probabilities, so that masks come additive,
-else ``attnlens_sdpa``); a layer nobody needs probabilities of still runs SDPA. The model's
-own implementation is restored when the last entry leaves, also on error.
+else ``attnlens_fast``, whose masks are SDPA's; neither name contains "sdpa", which
+transformers would check against the model's SDPA support). A layer no entry touches runs the
+model's own implementation (its eager attention keeps soft-capping and learned sinks), or
+SDPA where the model's own was SDPA or a kernel whose masks differ. The model's own
+implementation is restored when the last entry leaves, also on error.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from torch import Tensor, nn
 from formats.sites import Part
 from lens.errors import BackendError, SelectionError
 
-EAGER, SDPA = "attnlens_eager", "attnlens_sdpa"
+EAGER, FAST = "attnlens_eager", "attnlens_fast"
 _STACK, _LAYER, _PART = "_attnlens_stack", "_attnlens_layer", "_attnlens_part"
 
 
@@ -152,6 +155,33 @@ def weights_and_output(module, query, key, value, attention_mask, *, scaling=Non
     return out, weights
 
 
+def _own_attention(module, previous: str | None, query, key, value, attention_mask, **kwargs):
+    """The attention the model ran before the stack: its own eager function (soft-capping, learned
+    sinks and all) when that was eager, else SDPA (the masks here are SDPA's or additive)."""
+    if previous == "eager":
+        mask = additive_mask(attention_mask, query.dtype)
+        causal = kwargs.get("is_causal")
+        causal = getattr(module, "is_causal", False) if causal is None else causal
+        m, n = query.shape[2], key.shape[2]
+        if mask is None and causal and m > 1:  # SDPA's masks leave plain causal attention to the kernel
+            keep = torch.arange(n, device=query.device)[None, :] <= (torch.arange(m, device=query.device) + n - m)[:, None]
+            mask = torch.zeros(m, n, dtype=query.dtype, device=query.device).masked_fill(
+                ~keep, torch.finfo(query.dtype).min)[None, None]
+        return _module_eager(module)(module, query, key, value, mask, **kwargs)
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _check_plain_softmax(module, kwargs) -> None:
+    """Weight modifiers recompute attention as a plain softmax: refuse, in one line, what that would drop."""
+    what = ("soft-capped logits" if kwargs.get("softcap") else
+            "learned attention sinks (module.sinks)" if hasattr(module, "sinks") else None)
+    if what is not None:
+        raise BackendError(f"{type(module).__name__} has {what}: attention-weight interventions recompute a plain "
+                           "softmax and would drop them; they are not supported for this family yet")
+
+
 def _dispatcher(module, query, key, value, attention_mask, **kwargs):
     stack: _Stack | None = getattr(module, _STACK, None)
     if stack is None:  # a module the stack does not cover (e.g. a vision tower's own attention)
@@ -179,14 +209,13 @@ def _dispatcher(module, query, key, value, attention_mask, **kwargs):
         out, weights = computes[0].compute(module, layer, query, key, value, attention_mask, need_weights=need,
                                            modify=modify if modifiers else None, **kwargs)
     elif modifiers:
+        _check_plain_softmax(module, kwargs)
         out, weights = weights_and_output(module, query, key, value, attention_mask, modify=modify, **kwargs)
     elif need:
         out, weights = _module_eager(module)(module, query, key, value, additive_mask(attention_mask, query.dtype),
                                              **kwargs)
     else:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        out, weights = _own_attention(module, stack.previous, query, key, value, attention_mask, **kwargs)
     for o in observers:
         o.on_outputs(module, layer, query, key, value, out, weights if need else None)
     return out, weights if need else None
@@ -198,9 +227,9 @@ def _register_once() -> None:
 
     if EAGER not in AttentionInterface._global_mapping:
         AttentionInterface.register(EAGER, _dispatcher)
-        AttentionInterface.register(SDPA, _dispatcher)
+        AttentionInterface.register(FAST, _dispatcher)
         AttentionMaskInterface.register(EAGER, eager_mask)
-        AttentionMaskInterface.register(SDPA, sdpa_mask)
+        AttentionMaskInterface.register(FAST, sdpa_mask)
 
 
 # ---- finding the attention modules -------------------------------------------------------
@@ -225,14 +254,37 @@ def check_layers(modules: dict[tuple[Part, int], nn.Module], layers: Sequence[in
     unknown = sorted(set(layers) - have)
     if unknown:
         what = "layers" if part is Part.SELF else f"{part.value} attention layers"
-        raise SelectionError(f"layers {unknown} do not exist: the model has {what} 0-{max(have)}")
+        if have == set(range(max(have) + 1)):
+            raise SelectionError(f"layers {unknown} do not exist: the model has {what} 0-{max(have)}")
+        raise SelectionError(f"layers {unknown} have no {part.value} attention: the model has it in layers "
+                             f"{sorted(have)} (a hybrid's other blocks have none)")
     return frozenset(int(x) for x in layers)
+
+
+def family(model: nn.Module) -> str:
+    """How errors name a model's family: its class and ``model_type``, e.g. ``GPTJForCausalLM (gptj)``."""
+    return f"{type(model).__name__} ({getattr(model.config, 'model_type', None) or 'no model_type'})"
+
+
+def check_interface(model: nn.Module) -> None:
+    """Raise :class:`BackendError` for a model whose attention does not go through transformers'
+    attention interface (GPT-J, Falcon, BLOOM, MPT): nothing pushed on the stack would ever run,
+    so patterns, q/k/v and statistics would come back empty."""
+    can_set = getattr(type(model), "_can_set_attn_implementation", None)
+    if can_set is not None and not can_set():
+        raise BackendError(f"{family(model)} computes attention without transformers' attention interface: "
+                           "patterns, q/k/v and stats mode are not available for it (z, residual and MLP sites "
+                           "and head edits are)")
 
 
 @contextmanager
 def attention_mode(model_or_lm, entry: AttentionEntry) -> Iterator[AttentionEntry]:
-    """Push ``entry`` on the attention stack of a model (or :class:`lens.LoadedModel`) for the block."""
+    """Push ``entry`` on the attention stack of a model (or :class:`lens.LoadedModel`) for the block.
+
+    Raises :class:`BackendError` up front for a model whose attention bypasses transformers'
+    attention interface (see :func:`check_interface`)."""
     model = _model_of(model_or_lm)
+    check_interface(model)
     _register_once()
     stack: _Stack | None = getattr(model, _STACK, None)
     if stack is None:
@@ -261,7 +313,7 @@ def attention_mode(model_or_lm, entry: AttentionEntry) -> Iterator[AttentionEntr
 
 
 def _apply(model: nn.Module, stack: _Stack) -> None:
-    impl = EAGER if stack.needs_weights() else SDPA
+    impl = EAGER if stack.needs_weights() else FAST
     if model.config._attn_implementation != impl:
         model.set_attn_implementation(impl)
 

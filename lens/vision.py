@@ -24,7 +24,9 @@ from lens.errors import PromptError
 def layout_for(config, pixel_values: Tensor, *, image_file: str | None = None) -> ImageLayout:
     """The layout of ``pixel_values [batch, 3, H, W]`` for a ViT with ``config``."""
     patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
-    prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+    # a CLS token (plus DINOv2's registers) before the patches; SigLIP's tower has no CLS
+    cls = 0 if str(getattr(config, "model_type", "")).startswith("siglip") else 1
+    prefix = cls + int(getattr(config, "num_register_tokens", 0) or 0)
     return ImageLayout(int(pixel_values.shape[-2]), int(pixel_values.shape[-1]), int(patch), prefix,
                        image_file=image_file)
 

@@ -26,8 +26,14 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks of unexpected errors.")) -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks of unexpected errors."),
+          trust_remote_code: bool = typer.Option(
+              False, "--trust-remote-code",
+              help="Let a model folder or hub id run the Python code it ships (auto_map); off by default.")) -> None:
     """(``--debug`` is read by :func:`main`, which decides how to report an unexpected error.)"""
+    from lens.cli import _common
+
+    _common.TRUST_REMOTE_CODE = trust_remote_code  # read by load_model, for every command that loads a model
 
 
 # Command modules register themselves on `app` when imported.

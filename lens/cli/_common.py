@@ -195,13 +195,16 @@ def status(message: str):
     return console.status(Text(printable(message)))
 
 
+TRUST_REMOTE_CODE = False  # `lens --trust-remote-code ...`
+
+
 def load_model(name: str, **load_kwargs):
     """The model, with a spinner (and a one-line error for anything that is not a model).
     ``load_kwargs``: what :func:`placement` returns (a model split with accelerate)."""
     import lens
 
     with status(f"loading {name}"):
-        return lens.load(name, **load_kwargs)
+        return lens.load(name, trust_remote_code=TRUST_REMOTE_CODE, **load_kwargs)
 
 
 # ---- big models and distributed runs: options shared by the commands that take them ----------

@@ -12,7 +12,7 @@ from formats.layouts import ImageLayout
 from lens import _checks
 from lens.backends import Backend
 from lens.edits import Edit
-from lens.errors import BackendError, MemoryBudgetError, PromptError
+from lens.errors import AttnlensError, BackendError, MemoryBudgetError, PromptError
 from lens.loaded import LoadedModel, Modality
 from lens.recording import native
 from lens.recording.record import Capture, CaptureMeta
@@ -110,7 +110,7 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
     spec = CaptureSpec.resolve(lm.facts, sites=sites, layers=layers, heads=heads, dtype=dtype,
                                device=device, budget_bytes=budget_bytes)
     check_budget(lm, spec, input_ids)
-    from lens.backends import check_backend_model
+    from lens.backends import backend_failure, check_backend_model
 
     check_backend_model(backend.value, lm.facts)
     hidden = None
@@ -127,11 +127,21 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
         if getattr(lm.model, "hf_device_map", None):
             raise BackendError("backend transformer_lens builds its own copy of the model on one device: use backend "
                                "torch or nnsight with --device-map")
-        logits, steps = transformer_lens.run(lm, input_ids, spec, edits)
+        try:
+            logits, steps = transformer_lens.run(lm, input_ids, spec, edits)
+        except (AttnlensError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # the bridge's own failures on this family: one line naming it
+            raise backend_failure(backend.value, lm.facts, err) from err
     else:
         from lens.backends import nnsight_backend
 
-        logits, steps = nnsight_backend.run(lm, input_ids, spec, edits, remote=remote)
+        try:
+            logits, steps = nnsight_backend.run(lm, input_ids, spec, edits, remote=remote)
+        except (AttnlensError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as err:
+            raise backend_failure(backend.value, lm.facts, err) from err
     cap = native.build_capture(lm, spec, steps, input_ids, backend=backend.value)
     return RunResult(logits=None if logits is None else logits.detach(), capture=cap, last_hidden_state=hidden)
 

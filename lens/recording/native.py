@@ -23,7 +23,7 @@ from lens import _exclusive
 from lens.adapters import ModelAdapter, adapter_for
 from lens.attention import AttentionObserver, attention_mode
 from lens.edits import Edit, editing
-from lens.errors import MemoryBudgetError
+from lens.errors import BackendError, MemoryBudgetError
 from lens.loaded import LoadedModel
 from lens.recording.record import Capture
 from lens.recording.spec import CaptureSpec, format_bytes
@@ -44,6 +44,8 @@ class _Session(AttentionObserver):
         every_head = spec.heads == tuple(range(n_heads))
         self._head_idx = None if every_head else torch.tensor(spec.heads)
         self._kv_idx = None if every_head else torch.tensor(spec.kv_heads)
+        self.recorded: set[SiteKey] = set()  # every key stored so far (callers may empty steps as they read them)
+        self.passes = 0  # forward passes of the model seen
         self.input_ids: list[torch.Tensor] = []  # the ids each forward pass was given
         self.pixel_shapes: list[tuple[int, ...]] = []  # the pixel values' shapes, for vision models
         self.thread = threading.get_ident()  # passes run by other threads are theirs, not this capture's
@@ -58,6 +60,7 @@ class _Session(AttentionObserver):
         pixels = kwargs.get("pixel_values", first)
         if isinstance(pixels, torch.Tensor) and pixels.is_floating_point() and pixels.ndim == 4:
             self.pixel_shapes.append(tuple(pixels.shape))
+        self.passes += 1
         self.steps.append({})
 
     def store(self, site: Site, layer: int, t: torch.Tensor) -> None:
@@ -78,6 +81,7 @@ class _Session(AttentionObserver):
         if not self.steps:
             self.steps.append({})
         self.steps[-1][SiteKey(site, layer)] = stored
+        self.recorded.add(SiteKey(site, layer))
 
     # ---- the attention observer ------------------------------------------------------
     def on_inputs(self, module, layer, query, key, value) -> None:
@@ -113,6 +117,7 @@ def capture(lm: LoadedModel, spec: CaptureSpec, *, edits: Sequence[Edit] = (),
     forward call (a plain forward, or each step of ``generate()``) is one step.
     """
     adapter = adapter or adapter_for(lm.model, lm.facts.n_layers)
+    _check_attention_layers(lm, spec, adapter)
     session = _Session(spec, lm.facts.n_heads)
     with ExitStack() as stack:
         stack.enter_context(_exclusive.recording(lm.model))  # another thread's capture would mix into this one
@@ -127,6 +132,36 @@ def capture(lm: LoadedModel, spec: CaptureSpec, *, edits: Sequence[Edit] = (),
         for layer in spec.layers:
             handles.extend(_layer_hooks(session, adapter, layer, lm.facts.n_heads))
         yield session
+        check_recorded(session, lm.model)
+
+
+def check_recorded(session: _Session, model) -> None:
+    """After the block: every requested (site, layer) was recorded by some forward pass, or
+    :class:`BackendError` (a capture that ran and recorded nothing somewhere is never a success)."""
+    if not session.passes and not session.recorded:
+        return  # no forward pass ran inside the block
+    missing = [SiteKey(site, layer) for site in session.spec.sites for layer in session.spec.layers
+               if SiteKey(site, layer) not in session.recorded]
+    if missing:
+        from lens.attention import family
+
+        shown = ", ".join(str(k) for k in missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        raise BackendError(f"{family(model)} ran but recorded nothing at {shown}: this model computes them "
+                           "somewhere attnlens does not hook")
+
+
+def _check_attention_layers(lm: LoadedModel, spec: CaptureSpec, adapter: ModelAdapter) -> None:
+    """Attention sites only at layers that have attention (a hybrid's other blocks give residual and MLP sites)."""
+    wanted = [s.value for s in spec.sites if s.part is Part.SELF and (s.in_attention or s in (Site.Z, Site.ATTN_OUT))]
+    if not wanted:
+        return
+    have = {layer for part, layer in adapter.attention_modules() if part is Part.SELF}
+    lacking = [layer for layer in spec.layers if layer not in have]
+    if lacking:
+        from lens.errors import SelectionError
+
+        raise SelectionError(f"layers {lacking} of {lm.facts.name} have no attention: sites {', '.join(wanted)} "
+                             f"need one of layers {sorted(have)}")
 
 
 def _first(out):
@@ -146,8 +181,21 @@ def _layer_hooks(session: _Session, adapter: ModelAdapter, layer: int, n_heads: 
         handles.append(adapter.attention(layer).register_forward_hook(
             lambda m, a, out: session.store(Site.ATTN_OUT, layer, _first(out))))
     if Site.MLP_OUT in wanted:
-        handles.append(adapter.mlp(layer).register_forward_hook(
-            lambda m, a, out: session.store(Site.MLP_OUT, layer, _first(out))))
+        entering: dict[str, torch.Size] = {}  # the block input's shape: OPT's fc2 sees [batch * pos, d]
+
+        def block_shape(module, args, kwargs):
+            x = args[0] if args else kwargs.get("hidden_states")
+            if isinstance(x, torch.Tensor):
+                entering["shape"] = x.shape
+
+        def mlp_hook(module, args, out):
+            t = _first(out)
+            if t.ndim == 2 and "shape" in entering:
+                t = t.reshape(*entering["shape"][:-1], t.shape[-1])
+            session.store(Site.MLP_OUT, layer, t)
+
+        handles.append(adapter.block(layer).register_forward_pre_hook(block_shape, with_kwargs=True))
+        handles.append(adapter.mlp(layer).register_forward_hook(mlp_hook))
     if Site.RESID_PRE in wanted:
         handles.append(adapter.block(layer).register_forward_pre_hook(
             lambda m, args, kwargs: session.store(Site.RESID_PRE, layer, args[0] if args else kwargs["hidden_states"]),

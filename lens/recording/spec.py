@@ -113,10 +113,14 @@ class CaptureSpec:
                 n = len(self.heads) * frames * frames
             elif site is Site.CROSS_PATTERN:
                 n = len(self.heads) * q_len * frames
-            elif site is Site.Q or site is Site.Z:
+            elif site is Site.Q:
                 n = len(self.heads) * q_len * facts.d_head
-            elif site.per_kv_head:
+            elif site is Site.Z:
+                n = len(self.heads) * q_len * facts.d_value
+            elif site is Site.K:
                 n = len(self.kv_heads) * k_len * facts.d_head
+            elif site is Site.V:
+                n = len(self.kv_heads) * k_len * facts.d_value
             else:
                 n = q_len * facts.d_model
             per_layer += n

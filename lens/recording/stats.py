@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 
 from formats.capture import CaptureMeta
-from formats.errors import KernelInputError, PromptError
+from formats.errors import BackendError, KernelInputError, PromptError
 from formats.facts import Modality
 from formats.output import output_folder
 from formats.sites import Part
@@ -101,9 +101,38 @@ def stats_mode(model_or_lm, spec, layers: Sequence[int] | None = None, *, backen
         chosen = check_layers(attention_modules(model), layers, part)
     except Exception as err:
         raise KernelInputError(str(err)) from None
+    _check_supported(model, part)
     rec = StatsRecorder(spec=spec, layers=chosen, backend=backend, on_layer=on_layer, part=part)
-    with _exclusive.recording(model, "stats mode"), attention_mode(model, rec):
-        yield rec
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        with _exclusive.recording(model, "stats mode"), attention_mode(model, rec):
+            yield rec
+    finally:
+        handle.remove()
+    wanted = chosen if chosen is not None else {layer for p, layer in attention_modules(model) if p is part}
+    missing = sorted(set(wanted) - set(rec.stats))
+    if calls and missing:  # the model ran, and some layer never reached the statistics kernel
+        from lens.attention import family
+
+        raise BackendError(f"{family(model)} ran but stats mode recorded nothing for layers {missing}: "
+                           "their attention does not go through transformers' attention interface")
+
+
+def _check_supported(model, part: Part) -> None:
+    """A one-line :class:`KernelInputError` naming the family for attention the kernel does not compute:
+    logit soft-capping (Gemma 2) and learned attention sinks (gpt-oss's ``module.sinks``)."""
+    from lens.attention import family
+
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if getattr(cfg, "attn_logit_softcapping", None):
+        raise KernelInputError(f"{family(model)} soft-caps its attention logits (attn_logit_softcapping="
+                               f"{cfg.attn_logit_softcapping}): stats mode does not compute soft-capping yet; "
+                               "capture patterns instead")
+    sinks = [layer for (p, layer), m in attention_modules(model).items() if p is part and hasattr(m, "sinks")]
+    if sinks:
+        raise KernelInputError(f"{family(model)} has learned attention sinks (module.sinks) in layers {sinks}: "
+                               "stats mode does not compute them yet; capture patterns instead")
 
 
 @dataclass
@@ -167,6 +196,8 @@ def run_stats(lm: LoadedModel, prompt, *, spec=None, layers=None, backend: Backe
         _checks.text_prompt(prompt)
     spec = spec or StatsSpec()
     layers = _checks.index_list(layers, "layers")
+    if layers is None:  # every layer with attention (a hybrid's other blocks have none)
+        layers = sorted(layer for part, layer in attention_modules(lm.model) if part is Part.SELF)
     selection = CaptureSpec.resolve(lm.facts, layers=layers)  # validates the layers
 
     x = prompt if isinstance(prompt, vlm.VlmInput) else None

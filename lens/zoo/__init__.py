@@ -66,8 +66,13 @@ def _quiet_weight_loading():
 
 def load(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
          device: str = "cpu", device_map: str | dict | None = None, max_memory: dict | None = None,
-         offload_folder: str | Path | None = None) -> LoadedModel:
+         offload_folder: str | Path | None = None, trust_remote_code: bool = False) -> LoadedModel:
     """Load a zoo model, a local transformers folder or a hub id.
+
+    What a folder or hub id is (causal LM, bidirectional encoder, Whisper, vision encoder,
+    LLaVA-style image-text model) is read off its config (:mod:`lens.zoo.kinds`); kinds that
+    cannot be analysed yet (T5-style text encoder-decoders) are refused in one line. Code shipped
+    with a model (``auto_map``) runs only with ``trust_remote_code=True``.
 
     ``device_map`` ("auto", "balanced", "balanced_low_0", "sequential" or ``{module: device}``)
     splits the model over GPUs, CPU memory and disk with accelerate, within ``max_memory``
@@ -98,10 +103,10 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch
         folder = Path(name).expanduser()
         _refuse_pickles(folder)
         with _weights_errors(name):
-            return _load_transformers(folder, dtype, device, where)
+            return _load_transformers(folder, dtype, device, where, trust_remote_code)
     if "/" in name:
         with _weights_errors(name):
-            return _load_transformers(name, dtype, device, where)
+            return _load_transformers(name, dtype, device, where, trust_remote_code)
     known = ", ".join(_ZOO)
     raise UnknownModelError(
         f"unknown model {name!r}: zoo names are {known}; "
@@ -160,17 +165,36 @@ def _first_line(err: BaseException) -> str:
     return (text.splitlines()[0] if text else type(err).__name__)[:200]
 
 
-def _load_transformers(name_or_path, dtype, device, where: placement.Placement | None = None) -> LoadedModel:
-    if hub.is_image_text(name_or_path):  # LLaVA-family: the image processor and the image-text model
+def _load_transformers(name_or_path, dtype, device, where: placement.Placement | None = None,
+                       trust_remote_code: bool = False) -> LoadedModel:
+    from lens.zoo import kinds
+
+    config = hub.read_config(name_or_path, trust_remote_code=trust_remote_code)
+    kind = kinds.kind_of(config)
+    kinds.refuse(kind, str(name_or_path), config)
+    if kind is not kinds.Kind.CAUSAL_LM and where is not None:
+        raise SelectionError(f"{name_or_path}: device maps are for language models; load this {kind.value} "
+                             "on one device")
+    if kind is kinds.Kind.IMAGE_TEXT:  # LLaVA-family: the image processor and the image-text model
         from lens.zoo import tiny_vlm
 
-        if where is not None:
-            raise SelectionError(f"{name_or_path}: device maps are for language models; load this vision-text "
-                                 "model on one device")
-        return tiny_vlm.load_llava(name_or_path, dtype=dtype, device=device)
-    model, tokenizer = hub.load_pretrained(name_or_path, dtype=dtype, device=device,
+        return tiny_vlm.load_llava(name_or_path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    kw = dict(dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    if kind is kinds.Kind.ENCODER:
+        model, tokenizer, facts = hub.load_pretrained(name_or_path, **kw, loader=lambda n, local_only: kinds.load_encoder(
+            n, local_only=local_only, **kw))
+        return LoadedModel(model=model, tokenizer=tokenizer, facts=facts)
+    if kind is kinds.Kind.VISION:
+        model, processor, facts = hub.load_pretrained(name_or_path, **kw, loader=lambda n, local_only: kinds.load_vision(
+            n, local_only=local_only, **kw))
+        return LoadedModel(model=model, tokenizer=None, facts=facts, processor=processor)
+    if kind is kinds.Kind.SPEECH:
+        model, tokenizer, extractor, facts, extras = hub.load_pretrained(
+            name_or_path, **kw, loader=lambda n, local_only: kinds.load_speech(n, local_only=local_only, **kw))
+        return LoadedModel(model=model, tokenizer=tokenizer, facts=facts, processor=extractor, extras=extras)
+    model, tokenizer = hub.load_pretrained(name_or_path, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
                                            placement=None if where is None else where.from_pretrained_kwargs())
-    facts = text_facts(model.config, name=str(name_or_path), architecture=type(model).__name__)
+    facts = text_facts(model.config, name=str(name_or_path), architecture=type(model).__name__, model=model)
     return LoadedModel(model=model, tokenizer=tokenizer, facts=facts)
 
 

@@ -208,7 +208,8 @@ def tiny_llava(dtype: torch.dtype = torch.float32, device: str = "cpu") -> Loade
                        processor=processor)
 
 
-def load_llava(name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedModel:
+def load_llava(name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
+               trust_remote_code: bool = False) -> LoadedModel:
     """Any LLaVA-family model from the hub or a local folder (``llava-hf/llava-1.5-7b-hf``...).
 
     Raises :class:`ModelUnavailableError` with a one-line reason when it cannot be had
@@ -220,8 +221,10 @@ def load_llava(name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, 
 
     offline = not Path(name_or_path).is_dir() and not hub_reachable()  # only the cache: fail at once
     try:
-        processor = AutoProcessor.from_pretrained(name_or_path, local_files_only=offline)
-        model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype, local_files_only=offline)
+        processor = AutoProcessor.from_pretrained(name_or_path, local_files_only=offline,
+                                                  trust_remote_code=trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype, local_files_only=offline,
+                                                            trust_remote_code=trust_remote_code)
     except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelUnavailableError(

@@ -23,7 +23,7 @@ def test_stats_mode_nested_in_a_pattern_capture_gives_both(tiny_lm):
         entropy = -torch.special.xlogy(p.double(), p.double()).sum(-1)
         torch.testing.assert_close(rec.stats[layer][0].entropy.double(), entropy, atol=1e-5, rtol=0)
         torch.testing.assert_close(rec.stats[layer][0].sink_mass, p[..., 0], atol=1e-6, rtol=0)
-    assert tiny_lm.model.config._attn_implementation not in ("attnlens_eager", "attnlens_sdpa")
+    assert tiny_lm.model.config._attn_implementation not in ("attnlens_eager", "attnlens_fast")
     assert not active_entries(tiny_lm)
 
 

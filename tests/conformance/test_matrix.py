@@ -1,0 +1,313 @@
+"""The conformance matrix: every family of the table below through the public API, each capability
+against an independent reference.
+
+A tiny random model of each family (2 layers, seed 0) is saved with ``save_pretrained`` next to
+the byte tokenizer and loaded with ``lens.load(folder)``. References come from a second copy of
+the folder loaded by transformers itself with ``attn_implementation="eager"``: its
+``output_attentions`` patterns, ``output_hidden_states`` and logits, and a head zeroed by a
+pre-hook on the output projection written out in the family table. A cell passes against its
+reference, or asserts the one-line refusal the table names; nothing may come back empty.
+
+The table:
+Every config has 2 layers, hidden size 32 (4 heads of 8 unless a family needs other sizes), a
+259-token vocabulary (the byte tokenizer of :mod:`lens.zoo.tiny`) and special tokens 0/1/2.
+``out_proj`` is the module whose input is the per-head output ``z``, written out per family as
+the reference for head edits (the project finds it through :mod:`lens.adapters`; the test must not).
+``expect`` maps a capability to a :class:`Refusal` (a one-line error of the project's own type
+whose message contains ``words``) or a :class:`Known` failure (an xfail with its reason, strict:
+it must fail); capabilities not named must pass.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+import lens
+from formats import errors as project_errors
+from lens import Edit, HeadRef, Site, Zero
+
+COMMON = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+              vocab_size=259, max_position_embeddings=128, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+
+CAPABILITIES = ("pattern", "logits", "sites", "stats", "head_edit")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The capability must raise the project's error (``error`` a class name in formats.errors) in one line
+    that contains every word of ``words``."""
+
+    error: str
+    words: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Known:
+    """A known failure, kept visible as a strict xfail until it is fixed."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # as the issue names it
+    model_type: str
+    config: dict = field(default_factory=dict)
+    out_proj: str = "model.layers.{layer}.self_attn.o_proj"
+    attention_layers: tuple[int, ...] = (0, 1)  # hybrids: the blocks that have attention
+    window: tuple[int | None, tuple[int, ...]] = (None, ())  # the facts' (sliding_window, local_layers)
+    expect: dict = field(default_factory=dict)
+
+    @property
+    def kwargs(self) -> dict:
+        return {**COMMON, **self.config}
+
+
+_NO_INTERFACE = Refusal("BackendError", ("without transformers' attention interface",))
+_BYPASS = {"pattern": _NO_INTERFACE, "stats": _NO_INTERFACE, "sites": _NO_INTERFACE}
+_MLA = dict(num_key_value_heads=4, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=12,
+            n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, first_k_dense_replace=1)
+
+FAMILIES = [
+    Family("Llama", "llama"),
+    Family("Mistral", "mistral", dict(sliding_window=4), window=(4, (0, 1))),
+    Family("Qwen2", "qwen2"),
+    Family("Qwen3", "qwen3", dict(head_dim=8)),
+    Family("Gemma", "gemma", dict(head_dim=8)),
+    Family("Gemma 2", "gemma2", dict(head_dim=8), window=(4096, (0,)),
+           expect={"stats": Refusal("KernelInputError", ("soft-caps", "stats mode does not compute"))}),
+    Family("Gemma 3", "gemma3_text", dict(head_dim=8, sliding_window=4, layer_types=["sliding_attention", "full_attention"]),
+           window=(4, (0,))),
+    Family("Phi", "phi", out_proj="model.layers.{layer}.self_attn.dense"),
+    Family("Phi-3", "phi3"),
+    Family("OLMo2", "olmo2"),
+    Family("GPT-2", "gpt2", out_proj="transformer.h.{layer}.attn.c_proj"),
+    Family("GPT-NeoX", "gpt_neox", out_proj="gpt_neox.layers.{layer}.attention.dense"),
+    Family("Mixtral", "mixtral", dict(num_local_experts=4, num_experts_per_tok=2)),
+    Family("Qwen3-MoE", "qwen3_moe", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, head_dim=8)),
+    Family("Cohere", "cohere"),
+    Family("StableLM", "stablelm"),
+    Family("StarCoder2", "starcoder2"),
+    Family("Granite", "granite"),
+    Family("SmolLM3", "smollm3"),
+    Family("GPT-BigCode", "gpt_bigcode", out_proj="transformer.h.{layer}.attn.c_proj"),
+    Family("GPT-J", "gptj", dict(rotary_dim=4), out_proj="transformer.h.{layer}.attn.out_proj", expect=_BYPASS),
+    Family("Falcon", "falcon", out_proj="transformer.h.{layer}.self_attention.dense", expect=_BYPASS),
+    Family("BLOOM", "bloom", out_proj="transformer.h.{layer}.self_attention.dense", expect=_BYPASS),
+    Family("MPT", "mpt", out_proj="transformer.blocks.{layer}.attn.out_proj", expect=_BYPASS),
+    Family("gpt-oss", "gpt_oss", dict(num_local_experts=4, num_experts_per_tok=2, head_dim=8), window=(128, (0,)),
+           expect={"stats": Refusal("KernelInputError", ("learned attention sinks", "stats mode does not compute"))}),
+    Family("DeepSeek-V2", "deepseek_v2", dict(_MLA, q_lora_rank=None)),
+    Family("DeepSeek-V3", "deepseek_v3", dict(_MLA, q_lora_rank=16, n_group=1, topk_group=1)),
+    Family("Jamba", "jamba", dict(num_experts=2, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+                                   expert_layer_offset=1, mamba_d_state=8, mamba_dt_rank=4), attention_layers=(1,)),
+    Family("Bamba", "bamba", dict(attn_layer_indices=[1], mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8,
+                                   mamba_n_groups=1, mamba_chunk_size=8), attention_layers=(1,)),
+    Family("OPT", "opt", dict(ffn_dim=64, word_embed_proj_dim=32), out_proj="model.decoder.layers.{layer}.self_attn.out_proj"),
+]
+
+
+# ---- the cells ---------------------------------------------------------------------------
+ATOL = 2e-5  # float32, two layers of width 32: matches are ~1e-7, real mismatches are > 1e-3
+IDS = torch.tensor([[0, 40, 77, 12, 99, 40, 77, 150, 33, 8]])  # bos + 9 byte tokens, "40 77" repeated
+
+
+@pytest.fixture(scope="session")
+def tokenizer_folder(tmp_path_factory):
+    from lens.zoo import tiny
+
+    folder = tmp_path_factory.mktemp("byte-tokenizer")
+    tiny.build_byte_tokenizer(folder)
+    return folder
+
+
+class Built:
+    """One family's folder loaded through lens, and the eager reference's outputs on ``IDS``."""
+
+    def __init__(self, family: Family, folder, lm, ref):
+        self.family, self.folder, self.lm, self.ref_model = family, folder, lm, ref
+        with torch.no_grad():
+            out = ref(IDS, output_attentions=True, output_hidden_states=True)
+        self.attentions = out.attentions
+        self.hidden = out.hidden_states
+        self.logits = out.logits
+
+    def pattern(self, layer: int) -> torch.Tensor:
+        """The eager pattern of block ``layer`` (hybrids return one per attention block, in order)."""
+        layers = self.family.attention_layers
+        return self.attentions[layers.index(layer) if len(self.attentions) == len(layers) else layer]
+
+    def out_proj(self, layer: int) -> torch.nn.Module:
+        return self.ref_model.get_submodule(self.family.out_proj.format(layer=layer))
+
+
+@pytest.fixture(scope="module", params=FAMILIES, ids=[f.model_type for f in FAMILIES])
+def built(request, tmp_path_factory, tokenizer_folder):
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    family: Family = request.param
+    hf_logging.set_verbosity_error()
+    config = AutoConfig.for_model(family.model_type, **family.kwargs)
+    if hasattr(config, "num_key_value_heads") and "num_key_value_heads" not in family.config:
+        config.num_key_value_heads = 2  # grouped-query attention where the family has it (never on GPT-2)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        model = AutoModelForCausalLM.from_config(config).eval()
+    finally:
+        torch.random.set_rng_state(state)
+    folder = tmp_path_factory.mktemp(family.model_type)
+    model.save_pretrained(folder)
+    shutil.copytree(tokenizer_folder, folder, dirs_exist_ok=True)
+    lm = lens.load(str(folder))
+    ref = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    return Built(family, folder, lm, ref)
+
+
+def _cell(request, built: Built, capability: str, run) -> None:
+    """Run ``run()`` as the family's table says: pass, the named refusal, or a strict xfail."""
+    assert capability in CAPABILITIES
+    expect = built.family.expect.get(capability)
+    if isinstance(expect, Known):
+        request.applymarker(pytest.mark.xfail(reason=expect.reason, strict=True))
+    if not isinstance(expect, Refusal):
+        run()
+        return
+    with pytest.raises(project_errors.AttnlensError) as info:
+        run()
+    message = str(info.value)
+    assert type(info.value).__name__ == expect.error, message
+    assert "\n" not in message, message
+    assert all(w in message for w in expect.words), message
+    assert type(built.lm.model).__name__ in message or built.family.model_type in message, message
+    request.node.user_properties.append(("refusal", message))  # for the generated table (conftest.py)
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)}, reference {tuple(want.shape)}"
+    diff = (got.float() - want.float()).abs().max().item()
+    assert diff < ATOL, f"{what}: off by {diff:.2e} from the reference"
+
+
+_SELF_SITES = (Site.PATTERN, Site.Q, Site.K, Site.V, Site.Z, Site.RESID_PRE, Site.RESID_POST, Site.ATTN_OUT,
+               Site.MLP_OUT)
+_OUTSIDE_SITES = (Site.Z, Site.RESID_PRE, Site.RESID_POST, Site.ATTN_OUT, Site.MLP_OUT)  # hooked outside attention
+
+
+def test_facts(built):
+    """The facts come from the loaded model: layers, heads, widths, and the sliding window wherever it applies."""
+    facts, family = built.lm.facts, built.family
+    assert (facts.n_layers, facts.n_heads, facts.d_model, facts.vocab_size) == (2, 4, 32, 259)
+    assert facts.causal
+    assert (facts.sliding_window, tuple(facts.local_layers)) == family.window
+
+
+def test_pattern(request, built):
+    """Every attention layer's captured pattern equals the eager model's ``output_attentions``."""
+    layers = list(built.family.attention_layers)
+
+    def run():
+        cap = lens.run(built.lm, IDS, sites=[Site.PATTERN], layers=layers).capture
+        for layer in layers:
+            assert cap.steps and Site.PATTERN in {k.site for k in cap.steps[0]}, "empty capture"
+            _close(cap.pattern(layer), built.pattern(layer), f"pattern of layer {layer}")
+
+    _cell(request, built, "pattern", run)
+
+
+def test_logits(request, built):
+    """Capturing (one layer's pattern, or every site of every layer) leaves the logits as they were."""
+    layers = list(built.family.attention_layers)
+    with torch.no_grad():
+        plain = built.lm.model(IDS).logits
+    _close(plain, built.logits, "logits of the loaded model")
+
+    # a family that refuses attention sites is checked with the sites it gives
+    sites = _OUTSIDE_SITES if isinstance(built.family.expect.get("pattern"), Refusal) else _SELF_SITES
+
+    def run():
+        if sites is _SELF_SITES:
+            one = lens.run(built.lm, IDS, sites=[Site.PATTERN], layers=layers[:1])
+            _close(one.logits, plain, f"logits while capturing layer {layers[0]}'s pattern")
+        every = lens.run(built.lm, IDS, sites=list(sites), layers=layers)
+        assert len(every.capture.steps[0]) == len(sites) * len(layers), "a site came back empty"
+        _close(every.logits, plain, f"logits while capturing {', '.join(s.value for s in sites)}")
+
+    _cell(request, built, "logits", run)
+
+
+def test_sites(request, built):
+    """q/k/v/z, residual, attention and MLP outputs are all there in their documented shapes; the
+    residual entering each block is the eager model's hidden state."""
+    facts = built.lm.facts
+    layers = list(built.family.attention_layers)
+    pos = IDS.shape[1]
+    shapes = {Site.Q: (1, facts.n_heads, pos, facts.d_head), Site.K: (1, facts.n_kv_heads, pos, facts.d_head),
+              Site.V: (1, facts.n_kv_heads, pos, facts.d_value), Site.Z: (1, facts.n_heads, pos, facts.d_value),
+              Site.PATTERN: (1, facts.n_heads, pos, pos)}
+
+    def run():
+        cap = lens.run(built.lm, IDS, sites=list(_SELF_SITES), layers=layers).capture
+        for layer in layers:
+            for site in _SELF_SITES:
+                got = cap.get(site, layer)
+                assert tuple(got.shape) == shapes.get(site, (1, pos, facts.d_model)), \
+                    f"{site.value}@{layer}: shape {tuple(got.shape)}"
+                assert torch.isfinite(got).all() and got.abs().sum() > 0, f"{site.value}@{layer} is empty or zero"
+            _close(cap.get(Site.RESID_PRE, layer), built.hidden[layer], f"resid_pre of layer {layer}")
+
+    _cell(request, built, "sites", run)
+
+
+def test_stats(request, built):
+    """Stats mode's per-head statistics equal those of the eager patterns, and the logits do not move."""
+    from kernels import StatsSpec
+
+    layers = list(built.family.attention_layers)
+
+    def run():
+        got = lens.run_stats(built.lm, IDS, spec=StatsSpec(sink_tokens=1), layers=layers)
+        assert sorted(got.stats) == layers, f"stats for layers {sorted(got.stats)}, asked for {layers}"
+        _close(got.logits, built.logits, "logits in stats mode")
+        for layer in layers:
+            p = built.pattern(layer).float()
+            s = got.stats[layer]
+            _close(s.max_weight, p.amax(-1), f"max_weight of layer {layer}")
+            _close(s.sink_mass, p[..., 0], f"sink_mass of layer {layer}")
+            entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)
+            _close(s.entropy, entropy, f"entropy of layer {layer}")
+
+    _cell(request, built, "stats", run)
+
+
+def test_head_edit(request, built):
+    """Zeroing a head with ``Edit(HeadRef, Zero())`` equals zeroing its slice of the output projection's
+    input with a hand-written pre-hook on the reference model; and it does change the logits."""
+    layer = built.family.attention_layers[-1]
+    head = 1
+
+    def zero_head(module, args):
+        x = args[0].clone()
+        width = x.shape[-1] // built.lm.facts.n_heads
+        x[..., head * width:(head + 1) * width] = 0
+        return (x, *args[1:])
+
+    handle = built.out_proj(layer).register_forward_pre_hook(zero_head)
+    try:
+        with torch.no_grad():
+            want = built.ref_model(IDS).logits
+    finally:
+        handle.remove()
+    assert (want - built.logits).abs().max() > 1e-4, "the reference edit changes nothing: a test that cannot fail"
+
+    def run():
+        got = lens.run(built.lm, IDS, sites=[Site.RESID_POST], layers=[layer],
+                       edits=[Edit(HeadRef(layer, head), Zero())])
+        _close(got.logits, want, f"logits with L{layer}H{head} zeroed")
+
+    _cell(request, built, "head_edit", run)
