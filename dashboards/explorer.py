@@ -26,6 +26,7 @@ from dashboards.compute import (
     color_range,
     head_label,
     pattern_stats,
+    score_rank,
     thin_ticks,
     token_label,
     window_pattern,
@@ -231,11 +232,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         n_layers, n_heads = self.sel.shape
         for label, r in self.sel.results.items():
             if self.layer < r.shape[0] and self.head < r.shape[1]:
-                v = r.scores[self.layer, self.head]
-                finite = r.scores[np.isfinite(r.scores)]
-                rank = int((finite > v).sum()) + 1 if np.isfinite(v) else None
-                rows.append((label, "not scored" if not np.isfinite(v) else f"{v:.4g}",
-                             f"{rank} of {finite.size}" if rank else "—"))
+                rows.append((label, *score_rank(r.scores, self.layer, self.head, r.scale, r.categories)))
         if cap is not None and self._pattern is not None:
             for k, v in pattern_stats(self._pattern).items():
                 rows.append((f"this capture: {k}", f"{v:.4g}", ""))

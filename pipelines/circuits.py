@@ -326,7 +326,7 @@ def _head_result(task_name, method, metric_name, found: Found, prov, ig_steps) -
     return HeadScores("circuit", f"{task_name}_{method}_{metric_name}", found.head_scores, prov,
                       description=f"{method} {metric_name} {what}",
                       params={"task": task_name, "ig_steps": ig_steps if method == "eap-ig" else 0},
-                      summary={"seconds": found.seconds}, arrays={"mlp_scores": found.mlp_scores})
+                      summary={"seconds": found.seconds}, arrays={"mlp_scores": found.mlp_scores}, scale="signed")
 
 
 def _overlap(lm, circ: Circuit, overlap_enc, overlap_name: str, method, metric, *, ig_steps, top_n, threshold,

@@ -341,8 +341,11 @@ def circuit(
                               progress=bar, executor=ex if ex.distributed else None)
         study.save(tmp)
     c = study.circuit
+    from formats import faithfulness_warning
+
+    warning = faithfulness_warning(c, study.curves)
     if json_out:
-        print_json(c.to_json() | {"out": str(out)})
+        print_json(c.to_json() | {"out": str(out), "warning": warning})
         return
     f = c.faithfulness
     say(f"{task}: full {met.value} {f['full']:.3f}; circuit ({f['n_heads']} heads, {f['n_mlps']} MLPs, "
@@ -354,6 +357,8 @@ def circuit(
         reach = ", ".join(f"{k} {'-' if v is None else int(v)}" for k, v in cv.summary["smallest_reaching"].items())
         say(f"{cv.x_label}: smallest reaching faithfulness {cv.summary['threshold']}: {reach} "
             f"(sizes {', '.join(str(int(x)) for x in cv.x)}; {cv.params.get('setting')})")
+    if warning:
+        say(f"warning: {warning}", "bold yellow")
     for row in c.details.get("settings", []):
         say(f"  setting {row['setting']:<30} faithfulness {row['faithfulness']:.2f} (normalized "
             f"{row['normalized_faithfulness']:.2f})")
