@@ -20,6 +20,8 @@ from bokeh.models import (
     ColumnDataSource,
     FixedTicker,
     HoverTool,
+    Legend,
+    LegendItem,
     LinearColorMapper,
     LogColorMapper,
 )
@@ -170,6 +172,16 @@ def categorical_colors(labels: list[str]) -> dict[str, str]:
     uniq = sorted(set(labels))
     pal = Category10_10 if len(uniq) <= 10 else Category20_20
     return {u: pal[i % len(pal)] for i, u in enumerate(uniq)}
+
+
+def add_sink_legend(fig, text: str = "above the scale: the sink (first-token) column") -> Legend:
+    """A legend row for :data:`ABOVE_COLOR`, which a colour bar does not show, below ``fig``."""
+    nan = [float("nan")]
+    swatch = fig.scatter(nan, nan, marker="square", size=12, color=ABOVE_COLOR)
+    legend = Legend(items=[LegendItem(label=text, renderers=[swatch])], orientation="horizontal",
+                    label_text_font_size="8pt", name=f"{fig.name}_sink_legend", margin=2, padding=2)
+    fig.add_layout(legend, "below")
+    return legend
 
 
 def add_color_bar(fig, mapper, title: str) -> ColorBar:

@@ -88,12 +88,15 @@ def circuit_figure(circuit: Circuit, width: int = 980, height: int = 560, min_sc
     labels = ColumnDataSource({k: [nodes.data[k][i] for i in keep] for k in ("x", "y", "text")})
     p.add_layout(LabelSet(x="x", y="y", text="text", source=labels, x_offset=8, y_offset=-4, text_font_size="8pt",
                           name="node_labels"))
-    items = [LegendItem(label=KIND_NAMES[k], renderers=[p.scatter([], [], size=10, color=KIND_COLORS[k],
+    # legend swatches: one point (or segment) off the data (NaN), so the legend has a row to draw
+    nan = [float("nan")]
+    items = [LegendItem(label=KIND_NAMES[k], renderers=[p.scatter(nan, nan, size=10, color=KIND_COLORS[k],
                                                                   line_color="black")])
              for k in (NodeKind.EMBED, NodeKind.HEAD, NodeKind.MLP, NodeKind.LOGITS)]
-    items += [LegendItem(label=text, renderers=[p.line([], [], line_width=4, line_color=c)])
+    items += [LegendItem(label=text, renderers=[p.line(nan * 2, nan * 2, line_width=4, line_color=c)])
               for text, c in (("edge score > 0 (helps)", POSITIVE), ("edge score < 0 (hurts)", NEGATIVE))]
-    items.append(LegendItem(label="q/k/v: the input it reaches", renderers=[p.line([], [], line_alpha=0)]))
+    items.append(LegendItem(label="q k v on an edge: the input(s)", renderers=[p.line(nan * 2, nan * 2, line_alpha=0)]))
+    items.append(LegendItem(label="  of the head it reaches", renderers=[p.line(nan * 2, nan * 2, line_alpha=0)]))
     p.add_layout(Legend(items=items, title="nodes and edges", label_text_font_size="8pt", title_text_font_size="8pt",
                         name="circuit_legend"), "right")
     step = max(1, n_layers // 16)

@@ -16,7 +16,7 @@ import param
 from bokeh.models import ColorBar, ColumnDataSource, FixedTicker, HoverTool
 from bokeh.plotting import figure
 
-from dashboards._bokeh import color_mapper, on_click
+from dashboards._bokeh import add_sink_legend, color_mapper, on_click
 from dashboards.compute import (
     CONTEXT_BINS,
     MAX_WINDOW,
@@ -183,6 +183,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         else:
             self._mapper.update(low=low, high=high)
         self._bar.title = f"weight ({self.scale.value})"
+        self._sink_legend.visible = self.scale is ColorScale.NO_SINK  # the sink colour is used on this scale only
 
     def _make_figure(self):
         p = figure(width=WIDTH, height=HEIGHT, tools="reset,save", toolbar_location="above", x_range=(-0.5, 0.5),
@@ -194,6 +195,8 @@ class AttentionExplorer(pn.viewable.Viewer):
         p.rect(0, "y", "w", 1, source=self._qmark, fill_alpha=0, line_color="#ff2d55", line_width=2)
         bar = ColorBar(color_mapper=self._mapper, width=10, title="weight")
         p.add_layout(bar, "right")
+        self._sink_legend = add_sink_legend(p)
+        self._sink_legend.visible = self.scale is ColorScale.NO_SINK
         p.xaxis.major_label_orientation = 1.2
         p.grid.visible = False
         return p, r, bar
