@@ -26,6 +26,7 @@ from dashboards.graph import (
     POSITIVE,
     DrawnEdge,
     circuit_layout,
+    curves_of,
     drawn_edges,
     head_table,
     n_layers_of,
@@ -153,13 +154,6 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return "nan" if not np.isfinite(v) else f"{v:.4g}"
     return str(v)
-
-
-def curves_of(circuit_label: str, curves: dict[str, Curves]) -> list[Curves]:
-    """The faithfulness curves written next to a circuit (same folder, ``circuit.*faithfulness*``)."""
-    folder = circuit_label.rsplit("/", 1)[0] if "/" in circuit_label else ""
-    return [c for label, c in curves.items() if (label.rsplit("/", 1)[0] if "/" in label else "") == folder
-            and c.analysis == "circuit"]
 
 
 class CircuitView(pn.viewable.Viewer):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from formats import Circuit, Input, Node, NodeKind
+from formats import Circuit, Curves, Input, Node, NodeKind
 
 MAX_EDGES_DRAWN = 400
 KIND_COLORS = {NodeKind.EMBED: "#9ecae1", NodeKind.HEAD: "#fdae6b", NodeKind.MLP: "#a1d99b", NodeKind.LOGITS: "#bcbddc"}
@@ -115,6 +115,13 @@ def head_table(circuit: Circuit, edges: list[DrawnEdge] | None = None) -> list[t
     members |= {n for n in scores if n.kind in (NodeKind.HEAD, NodeKind.MLP)}
     rows = [(n, scores.get(n, 0.0), n_in.get(n, 0), n_out.get(n, 0)) for n in members]
     return sorted(rows, key=lambda r: (-abs(r[1]), r[0]))
+
+
+def curves_of(circuit_label: str, curves: dict[str, Curves]) -> list[Curves]:
+    """The faithfulness curves written next to a circuit (same folder, ``circuit.*faithfulness*``)."""
+    folder = circuit_label.rsplit("/", 1)[0] if "/" in circuit_label else ""
+    return [c for label, c in curves.items() if (label.rsplit("/", 1)[0] if "/" in label else "") == folder
+            and c.analysis == "circuit"]
 
 
 def node_label(n: Node) -> str:

@@ -101,7 +101,24 @@ def swap_in(tmp: Path, path: Path) -> None:
 
 
 def new_sibling(path: Path) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
+    """A new temporary folder next to ``path`` with the permissions a plain ``mkdir`` would give
+    (``mkdtemp`` makes it ``drwx------``, which would hide the results from the group)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux says it (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but only on other systems)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager

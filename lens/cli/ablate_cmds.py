@@ -225,58 +225,67 @@ def ablate(
             f"share of random sets with an equal or larger drop: {rr['share_with_larger_drop']:.2f}")
 
 
+# `lens circuit --help` groups its options in these panels
+_P_TASK_AND_PROMPTS = "Task and prompts"
+_P_SCORING_AND_SELECTION = "Scoring and selection"
+_P_FAITHFULNESS = "Faithfulness"
+_P_COMPARISONS = "Comparisons"
+_P_BATCHING = "Batching"
+_P_OUTPUT = "Output"
+
+
 @app.command("circuit")
 def circuit(
     model: str = typer.Argument("smollm2-135m", help=MODEL_HELP),
-    task: str = typer.Option("ioi", "--task", "-t", help=TASK_HELP),
+    task: str = typer.Option("ioi", "--task", "-t", rich_help_panel=_P_TASK_AND_PROMPTS, help=TASK_HELP),
     method: CircuitMethodName = typer.Option(CircuitMethodName.EAP_IG, "--method", "-m",
-                                             help="Edge attribution (eap, eap-ig) or per-head activation patching."),
-    metric: MetricName = typer.Option(MetricName.LOGIT_DIFF, "--metric", help="Task metric (acc: patching only)."),
-    ig_steps: int = typer.Option(5, "--ig-steps", min=1, max=1000, help="Interpolation steps for eap-ig."),
+                                             rich_help_panel=_P_SCORING_AND_SELECTION, help="Edge attribution (eap, eap-ig) or per-head activation patching."),
+    metric: MetricName = typer.Option(MetricName.LOGIT_DIFF, "--metric", rich_help_panel=_P_SCORING_AND_SELECTION, help="Task metric (acc: patching only)."),
+    ig_steps: int = typer.Option(5, "--ig-steps", min=1, max=1000, rich_help_panel=_P_SCORING_AND_SELECTION, help="Interpolation steps for eap-ig."),
     top_n: int = typer.Option(None, "--top-n", min=1, max=10_000_000,
-                              help="Edges to keep (eap, eap-ig; default 100) or heads/MLPs (patching; default 20)."),
-    unit: UnitName = typer.Option(UnitName.EDGES, "--unit", help="eap, eap-ig: an edge circuit (top-n edges) or a "
+                              rich_help_panel=_P_SCORING_AND_SELECTION, help="Edges to keep (eap, eap-ig; default 100) or heads/MLPs (patching; default 20)."),
+    unit: UnitName = typer.Option(UnitName.EDGES, "--unit", rich_help_panel=_P_SCORING_AND_SELECTION, help="eap, eap-ig: an edge circuit (top-n edges) or a "
                                   "head circuit (top-n heads by node score, like patching)."),
-    threshold: float = typer.Option(None, "--threshold", help="Keep edges with |score| >= this instead of --top-n."),
-    compare_patching: bool = typer.Option(False, "--compare-patching", help="Also run the per-head patching loop on "
+    threshold: float = typer.Option(None, "--threshold", rich_help_panel=_P_SCORING_AND_SELECTION, help="Keep edges with |score| >= this instead of --top-n."),
+    compare_patching: bool = typer.Option(False, "--compare-patching", rich_help_panel=_P_COMPARISONS, help="Also run the per-head patching loop on "
                                           "the same prompts: Spearman correlation and time ratio."),
-    overlap_task: str = typer.Option(None, "--overlap-task", help="Find the circuit of this task too and report the "
+    overlap_task: str = typer.Option(None, "--overlap-task", rich_help_panel=_P_COMPARISONS, help="Find the circuit of this task too and report the "
                                      "overlap, against random circuits of the same size."),
-    level: LevelName = typer.Option(None, "--level", help="Faithfulness: ablate edges (each receiver reads its own "
+    level: LevelName = typer.Option(None, "--level", rich_help_panel=_P_FAITHFULNESS, help="Faithfulness: ablate edges (each receiver reads its own "
                                     "input) or nodes outside the circuit. Default: the published setting (edge circuits: "
                                     "edge, Hanna et al. 2024; head circuits: node, Wang et al. 2022)."),
-    replacement: ReplacementName = typer.Option(None, "--replacement", help="What replaces what is ablated: the paired "
+    replacement: ReplacementName = typer.Option(None, "--replacement", rich_help_panel=_P_FAITHFULNESS, help="What replaces what is ablated: the paired "
                                                 "corrupted activation or the mean over corrupted prompts. Default: "
                                                 "published (edge: corrupted; heads: mean)."),
-    ablate_what: AblatedName = typer.Option(None, "--ablate", help="What is ablated outside the circuit: heads only "
+    ablate_what: AblatedName = typer.Option(None, "--ablate", rich_help_panel=_P_FAITHFULNESS, help="What is ablated outside the circuit: heads only "
                                             "(MLPs kept, Wang et al.) or heads and MLPs (Hanna et al.). Default: "
                                             "published."),
-    mean_over: MeanOverName = typer.Option(None, "--mean-over", help="Mean references per template (default), per "
+    mean_over: MeanOverName = typer.Option(None, "--mean-over", rich_help_panel=_P_FAITHFULNESS, help="Mean references per template (default), per "
                                            "token length whatever the template (misaligned), or per encoded batch."),
-    curve: bool = typer.Option(False, "--curve", help="Faithfulness against circuit size for every ranking computed "
+    curve: bool = typer.Option(False, "--curve", rich_help_panel=_P_FAITHFULNESS, help="Faithfulness against circuit size for every ranking computed "
                                "(edges 50-5000, heads 5-60) and the smallest size reaching 0.8."),
-    edge_sizes: str = typer.Option(None, "--edge-sizes", help="Edge counts of the curve, e.g. '50,100,500'."),
-    head_sizes: str = typer.Option(None, "--head-sizes", help="Head counts of the curve, e.g. '5,10,30'."),
-    eval_prompts: int = typer.Option(0, "--eval-prompts", min=0, max=100_000, help="Measure faithfulness on this many "
+    edge_sizes: str = typer.Option(None, "--edge-sizes", rich_help_panel=_P_FAITHFULNESS, help="Edge counts of the curve, e.g. '50,100,500'."),
+    head_sizes: str = typer.Option(None, "--head-sizes", rich_help_panel=_P_FAITHFULNESS, help="Head counts of the curve, e.g. '5,10,30'."),
+    eval_prompts: int = typer.Option(0, "--eval-prompts", min=0, max=100_000, rich_help_panel=_P_TASK_AND_PROMPTS, help="Measure faithfulness on this many "
                                      "other prompts (seed + 1) instead of the prompts the circuit was found on."),
-    settings_table: bool = typer.Option(False, "--settings-table", help="Also report the circuit's faithfulness under "
+    settings_table: bool = typer.Option(False, "--settings-table", rich_help_panel=_P_FAITHFULNESS, help="Also report the circuit's faithfulness under "
                                         "each ablation setting."),
     random_circuits: int = typer.Option(1000, "--random-circuits", min=1, max=1_000_000,
-                                        help="Random circuits of the same size for the overlap baseline."),
-    patch_mlps: bool = typer.Option(True, "--patch-mlps/--no-patch-mlps", help="Per-head patching also patches each MLP."),
+                                        rich_help_panel=_P_COMPARISONS, help="Random circuits of the same size for the overlap baseline."),
+    patch_mlps: bool = typer.Option(True, "--patch-mlps/--no-patch-mlps", rich_help_panel=_P_SCORING_AND_SELECTION, help="Per-head patching also patches each MLP."),
     patching_scores: Path = typer.Option(None, "--patching-scores", exists=True, dir_okay=False,
-                                         help="With --compare-patching: per-head patching scores of an earlier run on "
+                                         rich_help_panel=_P_COMPARISONS, help="With --compare-patching: per-head patching scores of an earlier run on "
                                          "the same prompts (circuit.TASK_patching_METRIC.json) instead of a new loop."),
-    n_prompts: int = typer.Option(32, "--n-prompts", "-n", min=1, max=100_000, help="Prompts generated (or read)."),
-    template: int = typer.Option(None, "--template", min=0, help="IOI only: use this one template (0-5); default "
+    n_prompts: int = typer.Option(32, "--n-prompts", "-n", min=1, max=100_000, rich_help_panel=_P_TASK_AND_PROMPTS, help="Prompts generated (or read)."),
+    template: int = typer.Option(None, "--template", min=0, rich_help_panel=_P_TASK_AND_PROMPTS, help="IOI only: use this one template (0-5); default "
                                  "templates 0-4 (5 is left out: SmolLM2 does not solve it)."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Prompt generation seed."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Prompts per forward."),
-    max_rows: int = typer.Option(64, "--max-rows", min=1, max=65_536, help="Rows per forward when batching patching runs."),
-    strict: bool = typer.Option(False, "--strict", help="Fail on a bad JSONL line instead of skipping it."),
-    out: Path = typer.Option(Path("results/circuit"), "--out", "-o", help="Results folder."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
-    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON on stdout."),
+    seed: int = typer.Option(0, "--seed", min=0, rich_help_panel=_P_TASK_AND_PROMPTS, help="Prompt generation seed."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, rich_help_panel=_P_BATCHING, help="Prompts per forward."),
+    max_rows: int = typer.Option(64, "--max-rows", min=1, max=65_536, rich_help_panel=_P_BATCHING, help="Rows per forward when batching patching runs."),
+    strict: bool = typer.Option(False, "--strict", rich_help_panel=_P_TASK_AND_PROMPTS, help="Fail on a bad JSONL line instead of skipping it."),
+    out: Path = typer.Option(Path("results/circuit"), "--out", "-o", rich_help_panel=_P_OUTPUT, help="Results folder."),
+    force: bool = typer.Option(False, "--force", rich_help_panel=_P_OUTPUT, help="Replace a non-empty --out folder (only once the new one is complete)."),
+    json_out: bool = typer.Option(False, "--json", rich_help_panel=_P_OUTPUT, help="Print machine-readable JSON on stdout."),
     ray: str = RAY_OPTION,
     workers: int = WORKERS_OPTION,
     cpus_per_worker: float = CPUS_PER_WORKER_OPTION,

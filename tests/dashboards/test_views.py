@@ -251,6 +251,19 @@ def test_circuit_graph_readable_at_64_nodes(folder):
     assert view.clicks == 1 and view.selected == (node["layer"][5], node["head"][5])
 
 
+def test_head_map_refuses_fewer_than_three_scores_and_colours_sink_heads(folder):
+    sel = ModelResults.of(folder)
+    two = dict(list(sel.results.items())[:2])
+    few = HeadMap(ModelResults(sel.folder, sel.model, sel.shape, two, {}, {}), method="pca")
+    few._show()
+    (msg,) = few._area.objects
+    assert msg.name == "head_map_refused" and "at least 3 scores" in msg.object and "this model has 2" in msg.object
+    from dashboards.profiles import SINK, taxonomy_types
+
+    types = taxonomy_types(sel)
+    assert types is not None and SINK in types  # the synthetic folder's sink heads are typed, not grey
+
+
 def test_vision_overlays_for_vit_and_vlm_layouts(folder, tmp_path):
     view = VisionOverlay(folder)
     assert view.capture == "image/000" and view.param.head.objects == ["all", 0, 1, 2, 3, 4, 5]
