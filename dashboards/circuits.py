@@ -35,9 +35,10 @@ from dashboards.graph import (
 from formats import Circuit, Curves, NodeKind, faithfulness_warning
 
 MAX_LABELS = 40  # at most this many nodes are labelled (the strongest); hover names the rest
+MLP_LABEL_ROOM = 0.3  # share of the height below the MLP lane, for its labels running down
 
 
-def circuit_figure(circuit: Circuit, width: int = 980, height: int = 560, min_score: float = 0.0,
+def circuit_figure(circuit: Circuit, width: int = 1180, height: int = 620, min_score: float = 0.0,
                    edges: list[DrawnEdge] | None = None):
     """The circuit's graph, edges with ``|score| >= min_score`` (the strongest
     :data:`MAX_EDGES_DRAWN`); nodes that no drawn edge touches are left out (the embeddings
@@ -65,7 +66,8 @@ def circuit_figure(circuit: Circuit, width: int = 980, height: int = 560, min_sc
                      f"{len(circuit.edges)} edges ({circuit.method or 'method not recorded'}); "
                      f"{len(shown)} drawn with |score| >= {min_score:.3g}",
                x_axis_label="layer (embeddings left, logits right)", y_axis_label="head",
-               x_range=(-1.6, n_layers + 0.9), y_range=(MLP_LANE - 0.8, top_heads + 0.8), name="circuit_graph")
+               x_range=(-1.6, n_layers + 1.8), y_range=(MLP_LANE - 0.6 - MLP_LABEL_ROOM * (top_heads + 3), top_heads + 0.8),
+               name="circuit_graph")
     src = ColumnDataSource(seg)
     p.segment("x0", "y0", "x1", "y1", source=src, line_width="w", line_color="color", alpha=0.3)
     p.add_layout(Arrow(end=VeeHead(size=9, fill_color="#555", line_color="#555"), x_start="x0", y_start="y0",
@@ -86,9 +88,12 @@ def circuit_figure(circuit: Circuit, width: int = 980, height: int = 560, min_sc
                                                     ("summed out-edge score", "@score")], name="node_hover"))
     strongest = sorted(range(len(ordered)), key=lambda i: -abs(scores.get(ordered[i], 0.0)))[:MAX_LABELS]
     keep = sorted(strongest)
-    labels = ColumnDataSource({k: [nodes.data[k][i] for i in keep] for k in ("x", "y", "text")})
-    p.add_layout(LabelSet(x="x", y="y", text="text", source=labels, x_offset=8, y_offset=-4, text_font_size="8pt",
-                          name="node_labels"))
+    # MLPs share one lane, a layer apart: their labels run down from the lane, not across each other
+    angle = [-np.pi / 2 if ordered[i].kind is NodeKind.MLP else 0.0 for i in keep]
+    labels = ColumnDataSource({**{k: [nodes.data[k][i] for i in keep] for k in ("x", "y", "text")}, "angle": angle,
+                               "dx": [-4 if a else 8 for a in angle], "dy": [-10 if a else -4 for a in angle]})
+    p.add_layout(LabelSet(x="x", y="y", text="text", source=labels, x_offset="dx", y_offset="dy", angle="angle",
+                          text_font_size="8pt", name="node_labels"))
     # legend swatches: one point (or segment) off the data (NaN), so the legend has a row to draw
     nan = [float("nan")]
     items = [LegendItem(label=KIND_NAMES[k], renderers=[p.scatter(nan, nan, size=10, color=KIND_COLORS[k],
