@@ -223,8 +223,8 @@ class CircuitView(pn.viewable.Viewer):
         n, (hx, hy) = min(heads, key=lambda t: (t[1][0] - x) ** 2 + (t[1][1] - y) ** 2)
         if (hx - x) ** 2 + (hy - y) ** 2 > 0.5 ** 2:
             return  # not on a head
-        self.clicks += 1
         self.selected = (n.layer, n.head)
+        self.clicks += 1  # last: watchers of clicks read the head selected
 
     @param.depends("circuit", "min_score")
     def plot(self):
