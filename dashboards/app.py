@@ -102,9 +102,16 @@ class Dashboard(pn.viewable.Viewer):
         self._select(self.selected)
 
     def _open_head(self, _clicks: int) -> None:
-        """A head clicked in the circuit: select it and show its pattern (the Heads tab)."""
-        self._pick(self.circuits.selected)
-        self._tabs.active = 0
+        """A head clicked in the circuit: show the circuit's head scores in the atlas (so the
+        explorer opens the task's own prompts, saved by ``lens circuit``), select the head and
+        show its pattern (the Heads tab)."""
+        label = self.circuits.head_result(list(self.sel.results))
+        with pn.io.hold():
+            if label is not None and self.atlas.metric != label:
+                self.atlas.metric = label
+            self._pick(self.circuits.selected)
+            self.explorer.use_capture_for(self.atlas.metric)
+            self._tabs.active = 0
 
     def _pick(self, sel: tuple[int, int]) -> None:
         if sel != self.selected:

@@ -199,6 +199,16 @@ class CircuitView(pn.viewable.Viewer):
         self._slider.param.update(start=0.0, end=float(top) if top > 0 else 1.0, step=(float(top) or 1.0) / 200,
                                   value=0.0)
 
+    def head_result(self, labels: list[str]) -> str | None:
+        """Of ``labels``, the head scores written with the shown circuit (same folder,
+        ``circuit.NAME_METRIC``), whose example capture is the task's prompts; None if absent."""
+        c = self._current()
+        if c is None:
+            return None
+        folder = self.circuit.rsplit("/", 1)[0] + "/" if "/" in self.circuit else ""
+        want = f"{folder}circuit.{c.name}_{c.metric}"
+        return want if want in labels else None
+
     def warning(self) -> str:
         """The circuit's faithfulness warning ("" when faithful or not measured)."""
         c = self._current()

@@ -19,6 +19,7 @@ from dashboards.circuits import circuit_figure
 from dashboards.graph import circuit_layout
 from dashboards.report import build_report, write_report
 from formats import ResultsFolder, Site
+from tests.dashboards.contract import TASK_ROWS
 
 RESULTS = {"scan/summary.sink_mass", "scan/summary.entropy", "scan/sinks.first_token_mass", "scan/sinks.hidden_sinks",
            "scan/streaming.streaming_mass", "scan/taxonomy.induction", "scan/taxonomy.previous_token",
@@ -26,7 +27,7 @@ RESULTS = {"scan/summary.sink_mass", "scan/summary.entropy", "scan/sinks.first_t
            "circuit/circuit.T_patching_logit-diff"}
 CAPTURES = {"scan/captures/prose-000", "scan/captures/prose-001", "scan/captures/repeated-tokens", "image/000",
             "speech/captures/audio-000",
-            "bf16/000"}
+            "bf16/000", "circuit/captures/task-000"}
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +114,15 @@ def test_grid_maps_stats_ablations_circuits_and_vision_are_not_empty(dash, folde
     table = pane.objects[1].objects[1].object
     assert [f"L{la}H{h}" for la, h in c.heads if f"L{la}H{h}" in table] and "by |score|" in table
     assert "faithfulness" in pane.objects[-1].object
+    nodes = dash.circuits._fig.select_one({"name": "circuit_nodes"}).data
+    i = next(k for k, name in enumerate(nodes["id"]) if name.startswith("L"))
+    dash.atlas.metric = "scan/summary.sink_mass"
+    trigger_click(dash.circuits._fig, nodes["x"][i], nodes["y"][i])  # a head of the circuit: its pattern on the task
+    assert dash.selected == (nodes["layer"][i], nodes["head"][i]) and dash._tabs.active == 0
+    assert dash.atlas.metric == "circuit/circuit.T_eap_logit-diff" and dash.explorer.capture == "circuit/captures/task-000"
+    task = folder.captures["circuit/captures/task-000"]
+    assert task.meta.extra["answer_row"] == len(task.tokens) - 1
+    assert "".join(task.tokens[1:]) in {r["prompt"] for r in TASK_ROWS}  # one of the task's prompts, after <bos>
     dash.vision.capture = "image/000"
     overlay = dash.vision.plot()
     assert overlay.objects[1].object[:4] == b"\x89PNG" and "no image saved" not in overlay.objects[0].object
