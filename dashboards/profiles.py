@@ -2,9 +2,9 @@
 
 A head's *type* comes from the taxonomy when the folder has its scores: the largest of its
 induction, duplicate-token and previous-token scores that reaches :data:`TYPE_THRESHOLD`,
-else "sink" when its sink score (taxonomy's, else the first-token mass) does, else "local"
-when its local score does (local mass counts the previous token too, so it is only the type
-of heads that are none of the others), else "none above threshold".
+else "local" when its local score does (local mass counts the previous token too, so it is
+only the type of heads that are none of the others), else "sink" when its sink score
+(taxonomy's, else the first-token mass) does, else "none above threshold".
 Categorical results (a head type code) are not features: a code is not an amount.
 Positional is left out: sinks and previous-token heads are positional too. Without taxonomy
 scores the map says what it colours by: the score each head stands out in most (largest |z|
@@ -67,7 +67,7 @@ def head_profiles(sel: ModelResults) -> HeadProfiles:
     types = taxonomy_types(sel)
     if types is not None:
         color_by = (f"taxonomy type: the largest of the induction, duplicate-token and previous-token scores "
-                    f"reaching {TYPE_THRESHOLD}, else sink if its sink score does, else local if its local score "
+                    f"reaching {TYPE_THRESHOLD}, else local if its local score does, else sink if its sink score "
                     "does")
     else:
         color_by = f"the score each head stands out in most (|z| >= {STANDOUT_Z:g}; else typical)"
@@ -98,10 +98,10 @@ def taxonomy_types(sel: ModelResults) -> list[str] | None:
                     and np.isfinite(grids[m].flat[i]) and grids[m].flat[i] >= TYPE_THRESHOLD]
         if specific:
             out.append(max(specific)[1].replace("_", "-"))
-        elif sink is not None and sink.size == n and np.isfinite(sink.flat[i]) and sink.flat[i] >= TYPE_THRESHOLD:
-            out.append(SINK)
         elif "local" in grids and np.isfinite(grids["local"].flat[i]) and grids["local"].flat[i] >= TYPE_THRESHOLD:
             out.append("local")
+        elif sink is not None and sink.size == n and np.isfinite(sink.flat[i]) and sink.flat[i] >= TYPE_THRESHOLD:
+            out.append(SINK)  # after the others: in a sink-dominated model most heads also pass this
         else:
             out.append(NO_TYPE)
     return out

@@ -101,7 +101,7 @@ def test_head_types_come_from_the_taxonomy_else_from_outlying_scores(synth):
     for i, t in enumerate(prof.types):
         layer, head = divmod(i, 6)
         want = head_kind(layer, head)
-        assert t == ("none above threshold" if want == "sink" else want)
+        assert t == want  # sink heads too, in the sink colour (not left grey)
     sel.results = {k: r for k, r in sel.results.items() if r.analysis != "taxonomy"}
     prof = head_profiles(sel)
     assert "stands out" in prof.color_by
@@ -167,8 +167,9 @@ def test_summaries_are_short_whatever_the_value():
     assert summarize(list(range(5000))).startswith("5000 numbers: min 0, mean 2500, max 4999")
     long = summarize([{"item": f"L{i}H0", "effect": 0.1 * i} for i in range(100)])
     assert "(100 in all)" in long and len(long) < 400
+    assert long.startswith("100 rows of item, effect: item L0H0, effect 0;") and "{" not in long  # no record dumps
     assert summarize("x" * 10_000).endswith("(10000 characters)") and len(summarize("x" * 10_000)) < 350
-    assert summarize({f"k{i}": i for i in range(50)}).endswith("(50 fields)}")
+    assert summarize({f"k{i}": i for i in range(50)}) == "k0 0, k1 1, k2 2, k3 3, k4 4, k5 5, … (44 more)"
     assert summarize(float("nan")) == "nan" and summarize(0.123456) == "0.1235"
 
 
