@@ -56,10 +56,25 @@ def test_vision_tab_overlays_the_dinov2_capture(browser, served):
 LABELS_JS = """(name) => { const m = Bokeh.documents[0].get_model_by_name(name);
   return m === null ? null : Array.from(m.source.data.text) }"""
 LEGEND_JS = """() => Bokeh.documents[0].get_model_by_name('circuit_legend').items.map(i => i.label.value)"""
-def _select(page, label: str) -> None:
+def _select(page, label: str, timeout_s: float = 20) -> None:
+    """Choose ``label`` in the one selector that offers it (waiting while the widgets render)."""
     selects = page.locator("select")
-    (i,) = [i for i in range(selects.count()) if label in selects.nth(i).locator("option").all_inner_texts()]
-    selects.nth(i).select_option(label=label)
+    for _ in range(int(timeout_s * 4)):
+        found = [i for i in range(selects.count()) if label in selects.nth(i).locator("option").all_inner_texts()]
+        if found:
+            selects.nth(found[0]).select_option(label=label)
+            return
+        page.wait_for_timeout(250)
+    raise AssertionError(f"no selector offers {label!r}")
+
+
+def _has_selected(page, value: str, timeout_s: float = 10) -> bool:
+    """Whether a selector shows ``value`` within ``timeout_s`` (locators reach into Panel's shadow roots)."""
+    for _ in range(int(timeout_s * 4)):
+        if value in page.locator("select").evaluate_all("els => els.map(e => e.value)"):
+            return True
+        page.wait_for_timeout(250)
+    return False
 
 
 BAR_JS = """() => { const b = Bokeh.documents[0].get_model_by_name('head_heatmap_colorbar');
@@ -83,7 +98,7 @@ def test_the_circuit_view_labels_its_heads_and_a_click_opens_one(browser, served
     page.mouse.click(*point(page, "circuit_graph", layer, head))  # the layered layout: x the layer, y the head
     page.wait_for_function("(t) => Bokeh.documents[0].get_model_by_name('pattern_heatmap').title.text.includes(t)",
                            arg=f"{name}:", timeout=60_000)  # the Heads tab, on that head's pattern
-    page.get_by_text("circuit/captures/task-000").first.wait_for(timeout=10_000)  # on the task's own prompt
+    assert _has_selected(page, "circuit/captures/task-000")  # the explorer on the task's own prompt
     # not page.outside: switching tabs from the server sometimes makes Panel fetch its theme CSS from the HoloViz
     # CDN, the notebook/CDN part of issue 29 (tests/browser asserts no request leaves loopback elsewhere)
     assert page.errors == []
