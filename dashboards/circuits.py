@@ -39,10 +39,10 @@ MLP_LABEL_ROOM = 0.3  # share of the height below the MLP lane, for its labels r
 
 
 def circuit_figure(circuit: Circuit, width: int = 1180, height: int = 620, min_score: float = 0.0,
-                   edges: list[DrawnEdge] | None = None):
+                   edges: list[DrawnEdge] | None = None, stretch: bool = False):
     """The circuit's graph, edges with ``|score| >= min_score`` (the strongest
     :data:`MAX_EDGES_DRAWN`); nodes that no drawn edge touches are left out (the embeddings
-    and logits stay)."""
+    and logits stay). ``stretch``: as wide as its container (``width`` otherwise)."""
     every = drawn_edges(circuit) if edges is None else edges
     shown = [d for d in every if abs(d.score) >= min_score][:MAX_EDGES_DRAWN]
     pos, _ = circuit_layout(circuit, every)
@@ -62,6 +62,7 @@ def circuit_figure(circuit: Circuit, width: int = 1180, height: int = 620, min_s
     n_layers = n_layers_of(circuit)
     top_heads = max([n.head for n in pos if n.kind is NodeKind.HEAD] + [circuit.n_heads - 1, 0])
     p = figure(width=width, height=height, tools="pan,wheel_zoom,reset,save", toolbar_location="above",
+               sizing_mode="stretch_width" if stretch else "fixed", min_width=480,
                title=f"circuit {circuit.name}: {len(circuit.heads)} heads, {len(circuit.mlps)} MLPs, "
                      f"{len(circuit.edges)} edges ({circuit.method or 'method not recorded'}); "
                      f"{len(shown)} drawn with |score| >= {min_score:.3g}",
@@ -218,7 +219,7 @@ class CircuitView(pn.viewable.Viewer):
         c = self._current()
         if c is None:
             return None
-        self._fig = circuit_figure(c, min_score=self.min_score, edges=self._edges)
+        self._fig = circuit_figure(c, min_score=self.min_score, edges=self._edges, stretch=True)
         on_click(self._fig, self._on_click)
         return self._fig
 
@@ -248,10 +249,12 @@ class CircuitView(pn.viewable.Viewer):
                               sizing_mode="stretch_width")
         side = pn.pane.HTML(f"<h4 style='margin:4px 0'>heads and MLPs by |score|</h4>"
                             f"{heads_table_html(c, self._edges)}", name="circuit_heads", width=300)
-        return pn.Column(banner, pn.Row(pn.pane.Bokeh(self.figure()), side),
+        return pn.Column(banner, pn.Row(pn.pane.Bokeh(self.figure(), sizing_mode="stretch_width", min_width=480), side,
+                                        sizing_mode="stretch_width"),
                          pn.pane.HTML("<p>Click a head to select it (the Heads tab shows its pattern).</p>"),
                          pn.pane.HTML(faithfulness_html(c), name="circuit_info"))
 
     def __panel__(self):
         return pn.Column(pn.Row(pn.widgets.Select.from_param(self.param.circuit, width=300), self._slider),
-                         pn.param.ParamMethod(self.plot, lazy=True), name="Circuits")
+                         pn.param.ParamMethod(self.plot, lazy=True, sizing_mode="stretch_width"), name="Circuits",
+                         sizing_mode="stretch_width")
