@@ -164,6 +164,7 @@ def taxonomy_scores(patterns: Mapping[int, Float[Tensor, "batch head q k"]], *, 
     counts = {name: int(np.sum(codes == i)) for i, name in enumerate(TYPE_NAMES)}
     out.append(HeadScores(
         analysis="taxonomy", metric="head_type", scores=codes, provenance=provenance,
+        scale="categorical", categories=list(TYPE_NAMES),
         params={**params, "type_names": list(TYPE_NAMES), "type_threshold": type_threshold,
                 "typed_by": list(TYPED)},
         description="head type: the largest of the sink, previous-token, positional, induction and duplicate-token "

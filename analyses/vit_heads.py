@@ -172,7 +172,9 @@ def pattern_families(distance: HeadScores, *, k: int = 4, seed: int = 0) -> Head
     sizes = np.bincount(rank[labels], minlength=k)
     return HeadScores(
         analysis="vit_families", metric="family", scores=family.reshape(n_layers, n_heads),
-        provenance=distance.provenance,
+        provenance=distance.provenance, scale="categorical",
+        categories=[f"family {i} ({'most local' if i == 0 else 'most global' if i == k - 1 else 'between'})"
+                    for i in range(k)],
         description=f"k-means family (0 = most local, {k - 1} = most global) of each head's distance profile",
         params={"k": k, "seed": seed, "features": "vit_distance.profile", **distance.params},
         summary={"sizes": sizes.tolist(), "inertia": inertia},

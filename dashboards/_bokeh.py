@@ -20,10 +20,19 @@ from bokeh.models import (
     ColumnDataSource,
     FixedTicker,
     HoverTool,
+    Legend,
+    LegendItem,
     LinearColorMapper,
     LogColorMapper,
 )
-from bokeh.palettes import Blues256, Category10_10, Category20_20, Viridis256
+from bokeh.palettes import (
+    Blues256,
+    Category10_10,
+    Category20_20,
+    Reds256,
+    Viridis256,
+    diverging_palette,
+)
 from bokeh.plotting import figure
 
 from dashboards.compute import ColorScale, head_label, thin_ticks
@@ -31,6 +40,8 @@ from dashboards.compute import ColorScale, head_label, thin_ticks
 NAN_COLOR = "#d9d9d9"
 ABOVE_COLOR = "#c2185b"  # sink cells above a "sink column excluded" scale
 PATTERN_PALETTE = Blues256[::-1]
+# signed scores: red below zero, white at zero, blue above (as the circuit graph's edges)
+DIVERGING_PALETTE = diverging_palette(Reds256, Blues256, 256, midpoint=0.5)
 CLICK_EVENTS = (events.Tap, events.DoubleTap, events.PressUp)
 
 
@@ -69,13 +80,23 @@ def color_mapper(scale: ColorScale, low: float, high: float, palette=PATTERN_PAL
     return LinearColorMapper(palette=palette, low=low, high=high, nan_color=NAN_COLOR, high_color=above)
 
 
-def head_grid_data(scores: np.ndarray) -> dict[str, list]:
-    """Columns for a ``[layer, head]`` rect grid: one row per head, NaN kept (drawn grey)."""
+def head_grid_data(scores: np.ndarray, categories: list[str] | None = None) -> dict[str, list]:
+    """Columns for a ``[layer, head]`` rect grid: one row per head, NaN kept (drawn grey); a
+    categorical score's hover label is its category's name."""
     n_layers, n_heads = scores.shape
     layer, head = np.divmod(np.arange(n_layers * n_heads), n_heads)
     vals = scores.ravel().astype(float)
+
+    def label(v: float) -> str:
+        if not np.isfinite(v):
+            return "not scored"
+        if categories is not None:
+            i = int(v)
+            return f"{categories[i]} ({i})" if 0 <= i < len(categories) else f"{v:.4g}"
+        return f"{v:.4g}"
+
     return {"layer": layer.tolist(), "head": head.tolist(), "value": vals.tolist(),
-            "label": ["not scored" if not np.isfinite(v) else f"{v:.4g}" for v in vals],
+            "label": [label(v) for v in vals],
             "name": [head_label(la, h) for la, h in zip(layer, head)]}
 
 
@@ -90,15 +111,19 @@ def finite_range(a: np.ndarray) -> tuple[float, float]:
 
 class HeadGrid:
     """A layer x head heatmap (layer 0 on top) with hover values, a colour bar and a
-    selection marker. ``figure``, ``source``, ``mapper`` and ``mark`` are the Bokeh models."""
+    selection marker. ``figure``, ``source``, ``mapper``, ``bar`` and ``mark`` are the Bokeh
+    models. ``scale`` (a :attr:`formats.HeadScores.scale`) picks the colours: viridis for a
+    sequential score, a diverging red-blue scale centred on zero for a signed one, one colour
+    per category (the colour bar naming them) for a categorical one."""
 
     def __init__(self, scores: np.ndarray, title: str, *, width: int = 400, height: int = 400,
-                 name: str = "head_heatmap", palette=Viridis256, value_name: str = "score"):
+                 name: str = "head_heatmap", palette=Viridis256, value_name: str = "score",
+                 scale: str = "sequential", categories: list[str] | None = None):
         self.shape = scores.shape
+        self.sequential_palette = palette
         n_layers, n_heads = scores.shape
         self.source = ColumnDataSource(head_grid_data(scores))
-        lo, hi = finite_range(scores)
-        self.mapper = LinearColorMapper(palette=palette, low=lo, high=hi, nan_color=NAN_COLOR)
+        self.mapper = LinearColorMapper(palette=palette, low=0, high=1, nan_color=NAN_COLOR)
         p = figure(title=title, width=width, height=height, x_range=(-0.5, n_heads - 0.5),
                    y_range=(n_layers - 0.5, -0.5), tools="reset,save", toolbar_location="above",
                    x_axis_label="head", y_axis_label="layer", name=name)
@@ -107,15 +132,35 @@ class HeadGrid:
         p.add_tools(HoverTool(renderers=[r], tooltips=[("head", "@name"), (value_name, "@label")]))
         self.mark = ColumnDataSource({"layer": [], "head": [], "n": []}, name=f"{name}_mark")
         p.rect("head", "layer", 1, 1, source=self.mark, fill_alpha=0, line_color="#ff2d55", line_width=3)
-        p.add_layout(ColorBar(color_mapper=self.mapper, width=10, title=value_name), "right")
+        self.bar = ColorBar(color_mapper=self.mapper, width=10, title=value_name, name=f"{name}_colorbar")
+        p.add_layout(self.bar, "right")
         p.xaxis.ticker = FixedTicker(ticks=thin_ticks(n_heads, max(2, width // 28)))
         p.yaxis.ticker = FixedTicker(ticks=thin_ticks(n_layers, max(2, height // 22)))
         p.grid.visible = False
         self.figure = p
+        self.update(scores, title, scale=scale, categories=categories)
 
-    def update(self, scores: np.ndarray, title: str) -> None:
-        self.source.data = head_grid_data(scores)
-        self.mapper.low, self.mapper.high = finite_range(scores)
+    def update(self, scores: np.ndarray, title: str, *, scale: str = "sequential",
+               categories: list[str] | None = None) -> None:
+        self.scale = scale
+        cats = list(categories or []) if scale == "categorical" else None
+        self.source.data = head_grid_data(scores, cats)
+        if cats is not None:
+            n = max(1, len(cats))
+            pal = Category10_10 if n <= 10 else Category20_20
+            self.mapper.update(palette=[pal[i % len(pal)] for i in range(n)], low=-0.5, high=n - 0.5)
+            self.bar.update(ticker=FixedTicker(ticks=list(range(n))), major_label_overrides=dict(enumerate(cats)),
+                            title="category", height=min(400, 24 * n))
+        else:
+            if scale == "signed":
+                m = float(np.nanmax(np.abs(scores))) if np.isfinite(scores).any() else 1.0
+                m = m if m > 0 else 1.0
+                self.mapper.update(palette=DIVERGING_PALETTE, low=-m, high=m)
+            else:
+                lo, hi = finite_range(scores)
+                self.mapper.update(palette=self.sequential_palette, low=lo, high=hi)
+            self.bar.update(ticker="auto", major_label_overrides={}, height="auto",
+                            title="signed score (0 = white)" if scale == "signed" else "score")
         self.figure.title.text = title
 
     def mark_cell(self, layer: int, head: int, n: int) -> None:
@@ -127,6 +172,16 @@ def categorical_colors(labels: list[str]) -> dict[str, str]:
     uniq = sorted(set(labels))
     pal = Category10_10 if len(uniq) <= 10 else Category20_20
     return {u: pal[i % len(pal)] for i, u in enumerate(uniq)}
+
+
+def add_sink_legend(fig, text: str = "above the scale: the sink (first-token) column") -> Legend:
+    """A legend row for :data:`ABOVE_COLOR`, which a colour bar does not show, below ``fig``."""
+    nan = [float("nan")]
+    swatch = fig.scatter(nan, nan, marker="square", size=12, color=ABOVE_COLOR)
+    legend = Legend(items=[LegendItem(label=text, renderers=[swatch])], orientation="horizontal",
+                    label_text_font_size="8pt", name=f"{fig.name}_sink_legend", margin=2, padding=2)
+    fig.add_layout(legend, "below")
+    return legend
 
 
 def add_color_bar(fig, mapper, title: str) -> ColorBar:

@@ -71,7 +71,8 @@ class Dashboard(pn.viewable.Viewer):
         self._export = pn.widgets.FileDownload(callback=self._export_html, filename="attnlens-report.html",
                                                label="Export report (HTML)", width=200)
         self.ablations = AblationsView(self.folder)
-        self.circuits = CircuitView(self.folder.circuits)
+        self.circuits = CircuitView(self.folder.circuits, self.folder.curves)
+        self.circuits.param.watch(lambda e: self._open_head(e.new), "clicks")
         self.stats = StatsRunView(self.folder.stats_runs)
         self.stats.param.watch(lambda e: self._pick(e.new), "selected")
         self.vision = VisionOverlay(self.folder)
@@ -99,6 +100,18 @@ class Dashboard(pn.viewable.Viewer):
                          ("Ablations", self.ablations), ("Circuits", self.circuits), ("Vision", self.vision), ("Speech", self.speech),
                          ("Contributions", self.contributions)]
         self._select(self.selected)
+
+    def _open_head(self, _clicks: int) -> None:
+        """A head clicked in the circuit: show the circuit's head scores in the atlas (so the
+        explorer opens the task's own prompts, saved by ``lens circuit``), select the head and
+        show its pattern (the Heads tab)."""
+        label = self.circuits.head_result(list(self.sel.results))
+        with pn.io.hold():
+            if label is not None and self.atlas.metric != label:
+                self.atlas.metric = label
+            self._pick(self.circuits.selected)
+            self.explorer.use_capture_for(self.atlas.metric)
+            self._tabs.active = 0
 
     def _pick(self, sel: tuple[int, int]) -> None:
         if sel != self.selected:

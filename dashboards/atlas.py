@@ -10,7 +10,7 @@ import panel as pn
 import param
 
 from dashboards._bokeh import HeadGrid, cell_at, on_click
-from dashboards.compute import head_label
+from dashboards.compute import head_label, score_rank
 from dashboards.selection import ModelResults, describe
 
 PREFERRED = ("summary.sink_mass", "summary.entropy")  # shown first when present
@@ -38,7 +38,7 @@ class HeadAtlas(pn.viewable.Viewer):
         self.param.metric.objects = labels  # per instance: param copies parameters on first write
         with param.discard_events(self):
             self.metric = metric
-        self.grid = HeadGrid(self._scores(), self._title(), name="head_heatmap")
+        self.grid = HeadGrid(self._scores(), self._title(), name="head_heatmap", **self._scale())
         on_click(self.grid.figure, self._on_click)
         self._pane = pn.pane.Bokeh(self.grid.figure, sizing_mode="fixed")
         self._info = pn.pane.HTML("", sizing_mode="stretch_width", name="atlas_info")
@@ -50,6 +50,11 @@ class HeadAtlas(pn.viewable.Viewer):
         if r is not None:
             return r.scores
         return np.full(self.sel.shape if all(self.sel.shape) else (1, 1), np.nan)
+
+    def _scale(self) -> dict:
+        """How the shown result's numbers read (:attr:`formats.HeadScores.scale`), for the colours."""
+        r = self.sel.results.get(self.metric)
+        return {"scale": r.scale, "categories": r.categories} if r is not None else {}
 
     def _title(self) -> str:
         r = self.sel.results.get(self.metric)
@@ -67,7 +72,7 @@ class HeadAtlas(pn.viewable.Viewer):
 
     @param.depends("metric", watch=True)
     def _update_metric(self) -> None:
-        self.grid.update(self._scores(), self._title())
+        self.grid.update(self._scores(), self._title(), **self._scale())
         self._info.object = self._info_html()
 
     @param.depends("selected", watch=True)
@@ -86,10 +91,14 @@ class HeadAtlas(pn.viewable.Viewer):
         if r is None:
             return "<p>No head scores for this model in this folder.</p>"
         layer, head = self.selected
-        v = self.value(layer, head)
         desc = html.escape(describe(self.sel, self.metric) or "no description")
-        return (f"<p><b>{html.escape(r.name)}</b>: {desc}<br>selected <b>{head_label(layer, head)}</b> = "
-                f"{'not scored' if not np.isfinite(v) else f'{v:.4g}'} · click a cell to explore a head</p>")
+        value, rank = ("not scored", "") if layer >= r.shape[0] or head >= r.shape[1] else \
+            score_rank(r.scores, layer, head, r.scale, r.categories)
+        how = {"signed": " · signed: red below zero, blue above, ranked by |score|",
+               "categorical": " · categories: one colour each (named on the colour bar), not ranked"}.get(r.scale, "")
+        return (f"<p><b>{html.escape(r.name)}</b>: {desc}{how}<br>selected <b>{head_label(layer, head)}</b> = "
+                f"{html.escape(value)}{f' ({html.escape(rank)})' if rank and rank != '—' else ''}"
+                f" · click a cell to explore a head</p>")
 
     def __panel__(self):
         return pn.Column(pn.widgets.Select.from_param(self.param.metric, name="score", width=380),

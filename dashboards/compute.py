@@ -47,6 +47,24 @@ def head_label(layer: int, head: int) -> str:
     return f"L{layer}H{head}"
 
 
+def score_rank(scores: np.ndarray, layer: int, head: int, scale: str = "sequential",
+               categories: list[str] | None = None) -> tuple[str, str]:
+    """``(value, rank)`` texts of one head's score: a sequential score ranked from the highest,
+    a signed one by ``|score|`` (its sign kept in the value), a categorical one not ranked
+    (its category named, with how many heads share it)."""
+    v = float(scores[layer, head])
+    if not np.isfinite(v):
+        return "not scored", "—"
+    finite = scores[np.isfinite(scores)]
+    if scale == "categorical":
+        cats = categories or []
+        name = cats[int(v)] if 0 <= int(v) < len(cats) else f"{v:.4g}"
+        return name, f"{int((finite == v).sum())} of {finite.size} heads"
+    if scale == "signed":
+        return f"{v:+.4g}", f"{int((np.abs(finite) > abs(v)).sum()) + 1} of {finite.size} by |score|"
+    return f"{v:.4g}", f"{int((finite > v).sum()) + 1} of {finite.size}"
+
+
 def color_range(values: np.ndarray, scale: ColorScale, sink_columns: np.ndarray | None = None) -> tuple[float, float]:
     """``(low, high)`` of the colour scale for ``values`` (any shape; NaN ignored).
 

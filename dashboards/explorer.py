@@ -16,7 +16,7 @@ import param
 from bokeh.models import ColorBar, ColumnDataSource, FixedTicker, HoverTool
 from bokeh.plotting import figure
 
-from dashboards._bokeh import color_mapper, on_click
+from dashboards._bokeh import add_sink_legend, color_mapper, on_click
 from dashboards.compute import (
     CONTEXT_BINS,
     MAX_WINDOW,
@@ -26,6 +26,7 @@ from dashboards.compute import (
     color_range,
     head_label,
     pattern_stats,
+    score_rank,
     thin_ticks,
     token_label,
     window_pattern,
@@ -182,6 +183,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         else:
             self._mapper.update(low=low, high=high)
         self._bar.title = f"weight ({self.scale.value})"
+        self._sink_legend.visible = self.scale is ColorScale.NO_SINK  # the sink colour is used on this scale only
 
     def _make_figure(self):
         p = figure(width=WIDTH, height=HEIGHT, tools="reset,save", toolbar_location="above", x_range=(-0.5, 0.5),
@@ -193,6 +195,8 @@ class AttentionExplorer(pn.viewable.Viewer):
         p.rect(0, "y", "w", 1, source=self._qmark, fill_alpha=0, line_color="#ff2d55", line_width=2)
         bar = ColorBar(color_mapper=self._mapper, width=10, title="weight")
         p.add_layout(bar, "right")
+        self._sink_legend = add_sink_legend(p)
+        self._sink_legend.visible = self.scale is ColorScale.NO_SINK
         p.xaxis.major_label_orientation = 1.2
         p.grid.visible = False
         return p, r, bar
@@ -231,11 +235,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         n_layers, n_heads = self.sel.shape
         for label, r in self.sel.results.items():
             if self.layer < r.shape[0] and self.head < r.shape[1]:
-                v = r.scores[self.layer, self.head]
-                finite = r.scores[np.isfinite(r.scores)]
-                rank = int((finite > v).sum()) + 1 if np.isfinite(v) else None
-                rows.append((label, "not scored" if not np.isfinite(v) else f"{v:.4g}",
-                             f"{rank} of {finite.size}" if rank else "—"))
+                rows.append((label, *score_rank(r.scores, self.layer, self.head, r.scale, r.categories)))
         if cap is not None and self._pattern is not None:
             for k, v in pattern_stats(self._pattern).items():
                 rows.append((f"this capture: {k}", f"{v:.4g}", ""))

@@ -14,11 +14,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from dashboards.compute import ColorScale, color_range, downsample
-from dashboards.graph import KIND_COLORS, circuit_layout
-from formats import AblationResult, Circuit, Curves, StatsFile
+from dashboards.graph import (
+    KIND_COLORS,
+    KIND_NAMES,
+    MAX_EDGES_DRAWN,
+    MLP_LANE,
+    NEGATIVE,
+    POSITIVE,
+    circuit_layout,
+    n_layers_of,
+    node_scores,
+)
+from formats import AblationResult, Circuit, Curves, NodeKind, StatsFile
 
 THUMB_TOKENS = 96  # thumbnails pool longer patterns to this many tokens a side
 ABOVE = "#c2185b"  # sink cells above a "sink column excluded" scale, as in the dashboard
+CATEGORY_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                   "#bcbd22", "#17becf")  # Category10, as in the dashboard
 
 
 @dataclass
@@ -50,15 +62,39 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def heatmap(scores: np.ndarray, title: str, name: str) -> Figure:
+def heatmap(scores: np.ndarray, title: str, name: str, scale: str = "sequential",
+            categories: list[str] | None = None) -> Figure:
+    """A layer x head map: viridis for a sequential score, a red-blue scale centred on zero for
+    a signed one, one colour per category with a legend for a categorical one."""
+    from matplotlib import colormaps
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    from matplotlib.patches import Patch
+
     n_layers, n_heads = scores.shape
-    fig = _new(min(7.0, 2.6 + 0.16 * n_heads), min(5.5, 1.6 + 0.14 * n_layers))
+    fig = _new(min(7.0, 2.6 + 0.16 * n_heads) + (1.2 if scale == "categorical" else 0),
+               min(5.5, 1.6 + 0.14 * n_layers))
     ax = fig.add_subplot()
-    im = ax.imshow(np.ma.masked_invalid(scores), aspect="auto", cmap="viridis", interpolation="nearest")
+    data = np.ma.masked_invalid(scores)
+    if scale == "categorical":
+        names = list(categories or [])
+        colors = [CATEGORY_COLORS[i % len(CATEGORY_COLORS)] for i in range(max(1, len(names)))]
+        im = ax.imshow(data, aspect="auto", interpolation="nearest", cmap=ListedColormap(colors),
+                       norm=BoundaryNorm(np.arange(len(colors) + 1) - 0.5, len(colors)))
+        counts = [int(np.sum(scores == i)) for i in range(len(names))]
+        ax.legend(handles=[Patch(color=colors[i], label=f"{n} ({counts[i]})") for i, n in enumerate(names)],
+                  fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, title="category",
+                  title_fontsize=7)
+    elif scale == "signed":
+        finite = scores[np.isfinite(scores)]
+        m = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
+        im = ax.imshow(data, aspect="auto", interpolation="nearest", cmap=colormaps["RdBu"], vmin=-m, vmax=m)
+        fig.colorbar(im, ax=ax, fraction=0.05, label="< 0 red, 0 white, > 0 blue")
+    else:
+        im = ax.imshow(data, aspect="auto", cmap="viridis", interpolation="nearest")
+        fig.colorbar(im, ax=ax, fraction=0.05)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_title(title[:80], fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.05)
     fig.tight_layout()
     return Figure(name, _png(fig), f"{title} per layer and head")
 
@@ -118,27 +154,49 @@ def ablation(a: AblationResult, name: str) -> Figure:
 
 
 def circuit(c: Circuit, name: str) -> Figure:
+    """The circuit in the dashboard's layered layout: layer across, head index up, labelled
+    nodes with their scores (the strongest 40), q/k/v on the edges, a legend."""
+    from matplotlib.lines import Line2D
+
     pos, edges = circuit_layout(c)
-    edges = sorted(edges, key=lambda e: -abs(e[2]))[:400]
-    wmax = max((abs(s) for _, _, s, _ in edges), default=1.0) or 1.0
-    fig = _new(7.0, 4.2)
+    scores = node_scores(edges)
+    shown = edges[:MAX_EDGES_DRAWN]
+    wmax = max((abs(d.score) for d in shown), default=1.0) or 1.0
+    n_layers = n_layers_of(c)
+    top = max([n.head for n in pos if n.kind is NodeKind.HEAD] + [c.n_heads - 1, 0])
+    fig = _new(8.0, 4.8)
     ax = fig.add_subplot()
-    for sender, target, score, _ in edges:
-        (x0, y0), (x1, y1) = pos[sender], pos[target]
+    for d in shown:
+        (x0, y0), (x1, y1) = pos[d.sender], pos[d.target]
+        color = POSITIVE if d.score >= 0 else NEGATIVE
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                    arrowprops={"arrowstyle": "-|>", "lw": 0.5 + 3 * abs(score) / wmax, "alpha": 0.6,
-                                "color": "#3182bd" if score >= 0 else "#de2d26", "shrinkA": 5, "shrinkB": 5})
-    nodes = sorted(pos)
+                    arrowprops={"arrowstyle": "-|>", "lw": 0.5 + 3 * abs(d.score) / wmax, "alpha": 0.55,
+                                "color": color, "shrinkA": 5, "shrinkB": 5})
+        if d.letters:
+            ax.text(x0 + 0.55 * (x1 - x0), y0 + 0.55 * (y1 - y0), d.letters, fontsize=6, color=color,
+                    fontweight="bold")
+    touched = {d.sender for d in shown} | {d.target for d in shown}
+    nodes = sorted(n for n in pos if n in touched or n.kind in (NodeKind.EMBED, NodeKind.LOGITS))
     ax.scatter([pos[n][0] for n in nodes], [pos[n][1] for n in nodes], s=70 if len(nodes) <= 64 else 25,
                c=[KIND_COLORS[n.kind] for n in nodes], edgecolors="black", zorder=3)
-    if len(nodes) <= 40:
-        for n in nodes:
-            ax.annotate(str(n), pos[n], xytext=(4, 3), textcoords="offset points", fontsize=6)
-    n_layers = max((x for x, _ in pos.values()), default=1)
-    ax.set_xticks([-1, *range(0, int(n_layers), max(1, int(n_layers) // 12)), int(n_layers)],
-                  ["embed", *map(str, range(0, int(n_layers), max(1, int(n_layers) // 12))), "logits"], fontsize=7)
-    ax.set_yticks([])
+    for n in sorted(nodes, key=lambda n: -abs(scores.get(n, 0.0)))[:40]:
+        text = str(n) if n.kind in (NodeKind.EMBED, NodeKind.LOGITS) else f"{n} {scores.get(n, 0.0):+.2g}"
+        ax.annotate(text, pos[n], xytext=(5, -3), textcoords="offset points", fontsize=6, zorder=4)
+    step = max(1, n_layers // 12)
+    ax.set_xticks([-1, *range(0, n_layers, step), n_layers],
+                  ["embed", *map(str, range(0, n_layers, step)), "logits"], fontsize=7)
+    hstep = max(1, (top + 1) // 12)
+    ax.set_yticks([MLP_LANE, *range(0, top + 1, hstep)], ["MLP", *(f"H{h}" for h in range(0, top + 1, hstep))],
+                  fontsize=7)
+    ax.set_xlim(-1.6, n_layers + 0.9)
+    ax.set_ylim(MLP_LANE - 0.8, top + 0.8)
     ax.set_xlabel("layer")
+    handles = [Line2D([], [], marker="o", ls="", mfc=KIND_COLORS[k], mec="black", label=KIND_NAMES[k])
+               for k in (NodeKind.EMBED, NodeKind.HEAD, NodeKind.MLP, NodeKind.LOGITS)]
+    handles += [Line2D([], [], color=POSITIVE, lw=2.5, label="edge > 0 (helps)"),
+                Line2D([], [], color=NEGATIVE, lw=2.5, label="edge < 0 (hurts)")]
+    ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+              title="q/k/v on an edge:\nthe input it reaches", title_fontsize=6)
     ax.set_title(f"circuit {c.name}: {len(c.heads)} heads, {len(c.mlps)} MLPs, {len(c.edges)} edges"[:90], fontsize=9)
     fig.tight_layout()
     return Figure(name, _png(fig), f"circuit graph {c.name}")

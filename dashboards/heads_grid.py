@@ -17,7 +17,7 @@ import param
 from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper
 from bokeh.plotting import figure
 
-from dashboards._bokeh import ABOVE_COLOR, NAN_COLOR, PATTERN_PALETTE, on_click
+from dashboards._bokeh import ABOVE_COLOR, NAN_COLOR, PATTERN_PALETTE, add_sink_legend, on_click
 from dashboards.compute import ColorScale, color_range, downsample, head_label
 from dashboards.selection import ModelResults
 from formats import AttnlensError, CaptureFile, Site
@@ -116,6 +116,7 @@ class HeadsGrid(pn.viewable.Viewer):
         self._mark = ColumnDataSource({"x": [], "y": [], "n": []}, name="heads_grid_mark")
         p.rect("x", "y", s + 1, s + 1, source=self._mark, fill_alpha=0, line_color="#ff2d55", line_width=2)
         p.add_layout(ColorBar(color_mapper=mapper, width=10, title="weight / head's largest off the sink"), "right")
+        add_sink_legend(p)
         p.xaxis.ticker = [j * (s + 1) + s / 2 for j in range(0, len(heads), max(1, len(heads) // 16))]
         p.xaxis.major_label_overrides = {j * (s + 1) + s / 2: str(heads[j]) for j in range(len(heads))}
         p.yaxis.ticker = [i * (s + 1) + s / 2 for i in range(0, len(layers), max(1, len(layers) // 16))]

@@ -20,9 +20,9 @@ import param
 from bokeh.models import ColumnDataSource, HoverTool, Legend, LegendItem
 from bokeh.plotting import figure
 
-from dashboards._bokeh import categorical_colors, on_click
+from dashboards._bokeh import ABOVE_COLOR, categorical_colors, on_click
 from dashboards.compute import embed_2d, head_label, qk_points, token_label
-from dashboards.profiles import NO_TYPE, TYPICAL, HeadProfiles, head_profiles
+from dashboards.profiles import MIN_SCORES, NO_TYPE, SINK, TYPICAL, HeadProfiles, head_profiles
 from dashboards.selection import ModelResults
 from formats import AttnlensError, Site
 
@@ -75,6 +75,14 @@ class HeadMap(pn.viewable.Viewer):
         if not self.sel.results:
             self._area.objects = [pn.pane.HTML("<p>No head scores for this model: nothing to map.</p>")]
             return
+        prof = head_profiles(self.sel)
+        if len(prof.feature_names) < MIN_SCORES:
+            have = ", ".join(prof.feature_names) or "none"
+            self._area.objects = [pn.pane.HTML(
+                f"<p>The head map places heads by their profile over at least {MIN_SCORES} scores; this model has "
+                f"{len(prof.feature_names)} ({html.escape(have)}), and a map of fewer is an arc, not a grouping. "
+                "Run <code>lens scan</code> for its scores, or read the Heads tab.</p>", name="head_map_refused")]
+            return
         job, prof = embedding_job(self.sel, self.method)
         if job.done():
             self._area.objects = [self._plot(job, prof)]
@@ -110,8 +118,10 @@ class HeadMap(pn.viewable.Viewer):
             return pn.pane.HTML(f"<p>The head map could not be computed: {html.escape(type(err).__name__)}: "
                                 f"{html.escape(str(err))[:300]}</p>")
         names = [head_label(int(la), int(h)) for la, h in zip(prof.layers, prof.heads)]
-        colors = categorical_colors([t for t in prof.types if t not in (NO_TYPE, TYPICAL)])
+        colors = categorical_colors([t for t in prof.types if t not in (NO_TYPE, TYPICAL, SINK)])
         colors.update({t: "#c8c8c8" for t in (NO_TYPE, TYPICAL) if t in prof.types})  # the unremarkable stay grey
+        if SINK in prof.types:
+            colors[SINK] = ABOVE_COLOR  # the sink colour of the pattern views
         self._source = ColumnDataSource({"x": xy[:, 0], "y": xy[:, 1], "name": names, "type": prof.types,
                                          "layer": prof.layers.tolist(), "head": prof.heads.tolist(),
                                          "color": [colors[t] for t in prof.types]})

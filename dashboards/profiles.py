@@ -3,7 +3,9 @@
 A head's *type* comes from the taxonomy when the folder has its scores: the largest of its
 induction, duplicate-token and previous-token scores that reaches :data:`TYPE_THRESHOLD`,
 else "local" when its local score does (local mass counts the previous token too, so it is
-only the type of heads that are none of the others), else "none above threshold".
+only the type of heads that are none of the others), else "sink" when its sink score
+(taxonomy's, else the first-token mass) does, else "none above threshold".
+Categorical results (a head type code) are not features: a code is not an amount.
 Positional is left out: sinks and previous-token heads are positional too. Without taxonomy
 scores the map says what it colours by: the score each head stands out in most (largest |z|
 of at least :data:`STANDOUT_Z`).
@@ -22,6 +24,9 @@ TYPE_THRESHOLD = 0.4  # the taxonomy's own summary counts heads above 0.4 (analy
 STANDOUT_Z = 2.0
 TAXONOMY_TYPES = ("induction", "duplicate_token", "previous_token", "local")  # the specific ones first
 NO_TYPE = "none above threshold"
+SINK = "sink"
+SINK_SCORES = (("taxonomy", "sink"), ("sinks", "first_token_mass"), ("summary", "sink_mass"))  # first found is used
+MIN_SCORES = 3  # a map of heads placed by fewer scores than this is an arc or a line, not a map
 TYPICAL = "typical"
 
 
@@ -48,6 +53,8 @@ def head_profiles(sel: ModelResults) -> HeadProfiles:
     cols, names = [], []
     dup = Counter(r.name for r in sel.results.values())
     for label, r in sel.results.items():
+        if r.scale == "categorical":
+            continue
         v = r.scores.ravel().astype(np.float64)
         finite = v[np.isfinite(v)]
         if finite.size == 0:
@@ -60,7 +67,8 @@ def head_profiles(sel: ModelResults) -> HeadProfiles:
     types = taxonomy_types(sel)
     if types is not None:
         color_by = (f"taxonomy type: the largest of the induction, duplicate-token and previous-token scores "
-                    f"reaching {TYPE_THRESHOLD}, else local if its local score does")
+                    f"reaching {TYPE_THRESHOLD}, else local if its local score does, else sink if its sink score "
+                    "does")
     else:
         color_by = f"the score each head stands out in most (|z| >= {STANDOUT_Z:g}; else typical)"
         types = []
@@ -81,6 +89,8 @@ def taxonomy_types(sel: ModelResults) -> list[str] | None:
             grids.setdefault(r.metric, r.scores)
     if not grids:
         return None
+    sink = next((r.scores for a, m in SINK_SCORES for r in sel.results.values() if (r.analysis, r.metric) == (a, m)),
+                None)
     n = next(iter(grids.values())).size
     out = []
     for i in range(n):
@@ -90,6 +100,8 @@ def taxonomy_types(sel: ModelResults) -> list[str] | None:
             out.append(max(specific)[1].replace("_", "-"))
         elif "local" in grids and np.isfinite(grids["local"].flat[i]) and grids["local"].flat[i] >= TYPE_THRESHOLD:
             out.append("local")
+        elif sink is not None and sink.size == n and np.isfinite(sink.flat[i]) and sink.flat[i] >= TYPE_THRESHOLD:
+            out.append(SINK)  # after the others: in a sink-dominated model most heads also pass this
         else:
             out.append(NO_TYPE)
     return out

@@ -37,6 +37,7 @@ from dashboards import figures as figs
 from dashboards.audio import agreement_rows, is_audio, maps_for, speech_png, token_view
 from dashboards.compute import head_label, pattern_stats
 from dashboards.figures import Figure
+from dashboards.graph import curves_of, head_table
 from dashboards.overlay import default_query, overlay_png
 from dashboards.selection import ModelResults, describe, models_of
 from formats import (
@@ -49,6 +50,7 @@ from formats import (
     ResultsFolder,
     SelectionError,
     Site,
+    faithfulness_warning,
 )
 from formats._json import special_kind, write_bytes
 from formats.output import MARKER, locked, new_sibling, swap_in
@@ -94,6 +96,10 @@ class ResultSection:
     heatmap: Figure
     top: list[TopHead]
     provenance: dict[str, Any]
+    anchor: str = ""
+    scale: str = "sequential"
+    categories: list[tuple[str, int]] = field(default_factory=list)  # categorical: (name, heads) per category
+    finding: str = ""  # one sentence: the headline of this result
 
 
 @dataclass
@@ -103,6 +109,7 @@ class ModelSection:
     results: list[ResultSection]
     notes: list[str]  # maps that measure nearly the same thing
     missing: list[str]  # scan analyses of this model's modality without results here
+    anchor: str = ""
 
 
 @dataclass
@@ -122,6 +129,8 @@ class Report:
     sweeps: list[tuple[str, str]] = field(default_factory=list)  # unfinished sweeps: label, status
     problems: list[tuple[str, str]] = field(default_factory=list)
     provenance: list[dict[str, Any]] = field(default_factory=list)
+    findings: list[tuple[str, str, str]] = field(default_factory=list)  # anchor, what, one sentence
+    contents: list[tuple[str, str, int]] = field(default_factory=list)  # anchor, title, depth (0 or 1)
 
     def figures(self) -> list[Figure]:
         out = []
@@ -155,15 +164,24 @@ def summarize(v: Any, limit: int = MAX_ITEMS) -> str:
             a = np.asarray(nums, np.float64)
             return (f"{len(v)} numbers: min {np.nanmin(a):.4g}, mean {np.nanmean(a):.4g}, max {np.nanmax(a):.4g}"
                     if np.isfinite(a).any() else f"{len(v)} numbers, none finite")
+        if v and all(isinstance(x, dict) for x in v):  # records: their fields once, then the first few rows
+            fields = list(dict.fromkeys(str(k) for x in v for k in x))
+            rows = "; ".join(_record(x) for x in list(v)[:3])
+            more = f"; … ({len(v)} in all)" if len(v) > 3 else ""
+            return f"{len(v)} {'row' if len(v) == 1 else 'rows'} of {', '.join(fields[:6])}{', …' if len(fields) > 6 else ''}: {rows}{more}"
         parts = [summarize(x, 3) for x in list(v)[:limit]]
         more = f", … ({len(v)} in all)" if len(v) > limit else ""
         return "[" + ", ".join(parts) + more + "]"
     if isinstance(v, dict):
         items = list(v.items())
-        parts = [f"{k}: {summarize(x, 3)}" for k, x in items[:limit]]
-        more = f", … ({len(items)} fields)" if len(items) > limit else ""
-        return "{" + ", ".join(parts) + more + "}"
+        parts = [f"{k} {summarize(x, 3)}" for k, x in items[:limit]]
+        more = f", … ({len(items) - limit} more)" if len(items) > limit else ""
+        return ", ".join(parts) + more if parts else "none"
     return summarize(str(v))
+
+
+def _record(x: dict) -> str:
+    return ", ".join(f"{k} {summarize(val, 2)}" for k, val in list(x.items())[:4]) + (" …" if len(x) > 4 else "")
 
 
 def _pairs(d: dict[str, Any], skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
@@ -200,6 +218,36 @@ def _similar_notes(sel: ModelResults) -> list[str]:
     return notes
 
 
+# Counts of "sink heads" that results write into their summaries, and what each counts.
+SINK_COUNTS = (
+    ("summary.sink_mass", ("heads_above_0.5",), "mean attention mass on the first sink token(s) over every query of the "
+                                             "scan prompts above 0.5"),
+    ("sinks.first_token_mass", ("heads_above_0.5",), "attention to key 0, each prompt's mean over its queries, averaged "
+                                                  "over prompts, above 0.5"),
+    ("taxonomy.sink", ("heads_above_0.4",), "sink score on repeated random tokens above 0.4"),
+    ("taxonomy.head_type", ("counts", "sink"), "typed sink: sink is the largest of its type scores and reaches the type "
+                                          "threshold (a head typed otherwise is not counted, however sink-like)"),
+)
+
+
+def sink_counts_note(sel: ModelResults) -> str:
+    """One note putting side by side the different sink-head counts of a model ("" with fewer than two)."""
+    found = []
+    for name, key, what in SINK_COUNTS:
+        r = next((x for x in sel.results.values() if x.name == name), None)
+        if r is None:
+            continue
+        v: Any = r.summary
+        for part in key:
+            v = v.get(part) if isinstance(v, dict) else None
+        if isinstance(v, int) and not isinstance(v, bool):
+            found.append(f"{v} by {name} ({what})")
+    if len(found) < 2:
+        return ""
+    return ("Sink heads are counted in several ways here, and the counts differ because each measures something "
+            "else on other inputs: " + "; ".join(found) + ".")
+
+
 def _missing(folder: ResultsFolder, sel: ModelResults) -> list[str]:
     from analyses.registry import for_modality  # torch-free
 
@@ -211,10 +259,36 @@ def _missing(folder: ResultsFolder, sel: ModelResults) -> list[str]:
     return [a for a in expected if a not in have]
 
 
+def anchor(*parts: str) -> str:
+    """An HTML id from names: lower case letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-") or "section"
+
+
+def result_finding(r) -> str:
+    """One sentence with the headline numbers of a result (:class:`formats.HeadScores`)."""
+    finite = r.scores[np.isfinite(r.scores)]
+    if finite.size == 0:
+        return f"{r.name}: no head was scored."
+    if r.scale == "categorical":
+        counts = [(c, int((finite == i).sum())) for i, c in enumerate(r.categories)]
+        shown = ", ".join(f"{n} {c}" for c, n in sorted(counts, key=lambda t: -t[1]) if n)
+        return f"{r.name}: of {finite.size} heads, {shown}."
+    (layer, head, v), = r.top(1)
+    above = [(k, val) for k, val in r.summary.items() if k.startswith("heads_") and "above" in k
+             and isinstance(val, int) and not isinstance(val, bool)]
+    extra = "".join(f"; {val} of {finite.size} {k.removeprefix('heads_').replace('_', ' ')}" for k, val in above[:1])
+    if r.scale == "signed":
+        n_neg = int((finite < 0).sum())
+        return (f"{r.name}: strongest head {head_label(layer, head)} at {v:+.3g} (by |score|; {n_neg} of "
+                f"{finite.size} heads below zero){extra}.")
+    return (f"{r.name}: highest {head_label(layer, head)} at {v:.3g}, median {float(np.median(finite)):.3g} over "
+            f"{finite.size} heads{extra}.")
+
+
 def _result_section(sel: ModelResults, label: str) -> ResultSection:
     r = sel.results[label]
     top = []
-    for layer, head, score in r.top(TOP_K):
+    for layer, head, score in ([] if r.scale == "categorical" else r.top(TOP_K)):
         if not np.isfinite(score):
             continue
         thumb, stats, where = None, "", ""
@@ -232,10 +306,14 @@ def _result_section(sel: ModelResults, label: str) -> ResultSection:
                 stats = f"capture unreadable: {err}"[:200]
         top.append(TopHead(head_label(layer, head), f"{score:.4g}", stats, where, thumb))
     prov = r.provenance.to_json()
+    cats = [(c, int(np.sum(r.scores == i))) for i, c in enumerate(r.categories)] if r.scale == "categorical" else []
     return ResultSection(label=label, name=r.name, description=describe(sel, label) or "no description",
                          params=_pairs(r.params), summary=_pairs(r.summary),
-                         heatmap=figs.heatmap(r.scores, f"{sel.model}: {r.name}", f"{figs.slug(label)}_heatmap"),
-                         top=top, provenance={k: prov.get(k) for k in ("inputs_sha256", "code_version", "prompts")})
+                         heatmap=figs.heatmap(r.scores, f"{sel.model}: {r.name}", f"{figs.slug(label)}_heatmap",
+                                              r.scale, r.categories),
+                         top=top, provenance={k: prov.get(k) for k in ("inputs_sha256", "code_version", "prompts")},
+                         anchor=anchor("result", sel.model, label), scale=r.scale, categories=cats,
+                         finding=result_finding(r))
 
 
 def _captures(folder: ResultsFolder) -> tuple[list[dict[str, Any]], list[tuple[str, Figure]]]:
@@ -270,15 +348,18 @@ def build_report(folder: ResultsFolder | str | Path, command: str | None = None)
         sel = ModelResults.of(f, model)
         if not sel.results:
             continue
+        sink_note = sink_counts_note(sel)
         models.append(ModelSection(model=model, shape=sel.shape,
                                    results=[_result_section(sel, label) for label in sel.results],
-                                   notes=_similar_notes(sel), missing=_missing(f, sel)))
+                                   notes=_similar_notes(sel) + ([sink_note] if sink_note else []),
+                                   missing=_missing(f, sel), anchor=anchor("model", model)))
     # results of a model in a second shape (rare): their own section, so nothing is dropped
     shown = {r.label for m in models for r in m.results}
     for label, r in f.results.items():
         if label not in shown:
             sel = ModelResults(f, r.provenance.model, r.shape, {label: r}, {}, {})
-            models.append(ModelSection(r.provenance.model, r.shape, [_result_section(sel, label)], [], []))
+            models.append(ModelSection(r.provenance.model, r.shape, [_result_section(sel, label)], [], [],
+                                       anchor=anchor("model", r.provenance.model, label)))
     curves = [(label, curves_caption(c), figs.curves(c, f"curves_{i}_{figs.slug(label)}"))
               for i, (label, c) in enumerate(f.curves.items())]
     abl = [(label, _ablation_text(a), figs.ablation(a, f"ablation_{i}_{figs.slug(label)}"))
@@ -286,7 +367,11 @@ def build_report(folder: ResultsFolder | str | Path, command: str | None = None)
     circuits = []
     for i, (label, c) in enumerate(f.circuits.items()):
         edges = sorted(c.edges, key=lambda e: -abs(e.score))
-        circuits.append({"label": label, "description": c.description or f"task {c.task}, metric {c.metric}",
+        circuits.append({"label": label, "anchor": anchor("circuit", label),
+                         "warning": faithfulness_warning(c, curves_of(label, f.curves)),
+                         "heads": [(str(n), f"{sc:+.4g}", a, b) for n, sc, a, b in head_table(c)[:TOP_K * 2]],
+                         "faithful": c.faithfulness.get("faithfulness"),
+                         "description": c.description or f"task {c.task}, metric {c.metric}",
                          "method": c.method, "figure": figs.circuit(c, f"circuit_{i}_{figs.slug(label)}"),
                          "faithfulness": _pairs(c.faithfulness), "details": _pairs(c.details),
                          "edges": [(str(e.sender), str(e.receiver), f"{e.score:.4g}") for e in edges[:15]],
@@ -321,11 +406,65 @@ def build_report(folder: ResultsFolder | str | Path, command: str | None = None)
         "code_version": code_version(),
     }
     title_model = ", ".join(m.model for m in models[:3]) or ", ".join(models_of(f)[:3]) or "empty folder"
-    return Report(title=f"attnlens report: {title_model}", folder=str(f.path.resolve()), generated=generated,
-                  counts=f.counts(), models=models, curves=curves, ablations=abl, circuits=circuits,
-                  stats_runs=stats, captures=caps, overlays=overlays, speech=speech,
-                  sweeps=[(k, f"{v.get('status')}, {int(v.get('done', 0))} items done") for k, v in f.sweeps.items()],
-                  problems=list(f.problems.items()), provenance=f.provenances())
+    report = Report(title=f"attnlens report: {title_model}", folder=str(f.path.resolve()), generated=generated,
+                    counts=f.counts(), models=models, curves=curves, ablations=abl, circuits=circuits,
+                    stats_runs=stats, captures=caps, overlays=overlays, speech=speech,
+                    sweeps=[(k, f"{v.get('status')}, {int(v.get('done', 0))} items done") for k, v in f.sweeps.items()],
+                    problems=list(f.problems.items()), provenance=f.provenances())
+    report.findings = _findings(f, report)
+    report.contents = _contents(report)
+    return report
+
+
+def _findings(f: ResultsFolder, report: Report) -> list[tuple[str, str, str]]:
+    """The headline of each analysis: one sentence per analysis of each model (its first
+    result's, or its categorical result's), circuit, ablation and faithfulness curve."""
+    out = []
+    for m in report.models:
+        by_analysis: dict[str, ResultSection] = {}
+        for s in m.results:
+            key = s.name.split(".", 1)[0]
+            if key not in by_analysis or (s.scale == "categorical" and by_analysis[key].scale != "categorical"):
+                by_analysis[key] = s
+        for key, s in by_analysis.items():
+            out.append((s.anchor, f"{m.model} · {key}", s.finding))
+    for c in report.circuits:
+        fv = c["faithful"]
+        text = (f"{c['method']} circuit of {c['n_heads']} heads, {c['n_mlps']} MLPs and {c['n_edges']} edges; "
+                + (f"faithfulness {fv:.2f}" if isinstance(fv, (int, float)) else "faithfulness not measured")
+                + (f" — {c['warning']}" if c["warning"] else " (at least 0.8: it reproduces the task)")
+                + (f"; strongest head {c['heads'][0][0]} ({c['heads'][0][1]})" if c["heads"] else "") + ".")
+        out.append((c["anchor"], f"circuit {c['label']}", text))
+    for label, a in f.ablations.items():
+        share = a.share_of_random_with_larger_drop
+        out.append((anchor("ablation", label), f"ablation {label}",
+                    f"ablating {len(a.heads)} heads and {len(a.mlps)} MLPs changes {a.metric} by {a.effect:+.3g} "
+                    f"({a.baseline:.3g} -> {a.ablated:.3g})"
+                    + (f"; {share:.0%} of {len(a.random_effects)} random sets of the same size drop it at least as "
+                       "much" if np.isfinite(share) else "") + "."))
+    for label, c in f.curves.items():
+        reach = c.summary.get("smallest_reaching")
+        if isinstance(reach, dict):
+            sizes = ", ".join(f"{k} {'none' if v is None else int(v)}" for k, v in reach.items())
+            out.append((anchor("curves", label), f"curves {label}",
+                        f"smallest {c.x_label} reaching faithfulness {c.summary.get('threshold', 0.8)}: {sizes} "
+                        f"(sizes tried {', '.join(str(int(x)) for x in c.x)})."))
+    return out
+
+
+def _contents(report: Report) -> list[tuple[str, str, int]]:
+    out = [("findings", "Findings", 0), ("folder", "Contents of this folder", 0)]
+    for m in report.models:
+        out.append((m.anchor, f"{m.model}: head scores", 0))
+        out += [(s.anchor, s.label, 1) for s in m.results]
+    for present, key, title in ((report.curves, "curves", "Curves"),
+                                (report.ablations, "ablations", "Ablations against random sets"),
+                                (report.circuits, "circuits", "Circuits"), (report.stats_runs, "stats", "Stats runs"),
+                                (report.captures, "captures", "Captures"),
+                                (report.provenance, "provenance", "Provenance")):
+        if present:
+            out.append((key, title, 0))
+    return out
 
 
 def _ablation_text(a) -> str:
@@ -370,6 +509,7 @@ def _env(markdown: bool):
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=not markdown,
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined, **kw)
     env.filters["fmt"] = summarize
+    env.globals["anchor"] = anchor
     return env
 
 

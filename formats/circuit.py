@@ -11,6 +11,7 @@ query heads of a KV head share it), an MLP's input, or the logits.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ KIND = "circuit"
 FORMAT_VERSION = 2
 SUFFIX = ".circuit.json"
 MAX_EDGES = 200_000
+FAITHFUL = 0.8  # below this faithfulness a circuit gets a warning (the curves' default threshold too)
 
 
 class NodeKind(str, enum.Enum):
@@ -208,3 +210,33 @@ class Circuit:
             raise
         except CorruptFileError as err:
             raise ResultError(str(err)) from None
+
+
+def faithfulness_warning(circuit: Circuit, curves: Iterable[Any] = ()) -> str:
+    """One line saying that ``circuit`` reproduces less than :data:`FAITHFUL` of the task's
+    metric ("" when it reproduces enough or was not measured), with the smallest size that
+    reaches it when faithfulness curves (:class:`formats.Curves` of ``lens circuit --curve``)
+    of the same kind (edges for an edge circuit, heads otherwise) and method were run."""
+    f = circuit.faithfulness.get("faithfulness")
+    if not isinstance(f, (int, float)) or isinstance(f, bool) or f != f or f >= FAITHFUL:
+        return ""
+    unit = "edges" if circuit.edges else "heads"
+    size = circuit.faithfulness.get(f"n_{unit}", len(circuit.edges) if circuit.edges else len(circuit.heads))
+    line = (f"low faithfulness: this {size}-{unit[:-1]} circuit reproduces {f:.2f} of the full model's "
+            f"{circuit.metric or 'metric'} (under {FAITHFUL})")
+    for c in curves:
+        reach = (getattr(c, "summary", None) or {}).get("smallest_reaching")
+        if f"({unit})" not in getattr(c, "x_label", "") or not isinstance(reach, dict):
+            continue
+        mine = [v for k, v in reach.items() if str(k).lower() == circuit.method.lower()] or list(reach.values())[:1]
+        if not mine:
+            continue
+        sizes = [int(x) for x in getattr(c, "x", [])]
+        threshold = c.summary.get("threshold", FAITHFUL)
+        if mine[0] is None:
+            line += (f"; no size on the {circuit.method or 'method'} curve reaches {threshold} "
+                     f"(largest tried: {max(sizes) if sizes else '?'} {unit})")
+        else:
+            line += f"; the smallest {circuit.method or ''} circuit reaching {threshold} has {int(mine[0])} {unit}"
+        break
+    return line

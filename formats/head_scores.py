@@ -22,6 +22,8 @@ KIND = "head_scores"
 FORMAT_VERSION = 2
 READS = (1, 2)  # version 1: the same fields, NaN written as bare NaN
 MAX_LAYERS_HEADS = 100_000
+SCALES = ("sequential", "signed", "categorical")  # how the numbers read (see HeadScores.scale)
+LEGACY_SIGNED = ("circuit", "ablation")  # their files from before ``scale`` was written hold effects
 
 
 @dataclass
@@ -31,6 +33,10 @@ class HeadScores:
     ``scores`` is ``[n_layers, n_heads]`` float (NaN where a head was not scored);
     ``arrays`` holds further named arrays of any shape (per-layer curves, positions);
     ``params`` the settings; ``summary`` a few headline numbers for tables.
+    ``scale`` says how the numbers read, so views draw and rank them right: ``"sequential"``
+    (more is more), ``"signed"`` (an effect either way around zero: ranked by ``|score|``,
+    drawn on a scale centred on zero) or ``"categorical"`` (codes ``0..len(categories)-1``
+    naming ``categories``: not ranked, drawn with a legend).
     """
 
     analysis: str  # registry name, e.g. "sinks"
@@ -41,9 +47,17 @@ class HeadScores:
     params: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    scale: str = "sequential"
+    categories: list[str] = field(default_factory=list)  # categorical: the name of code i
 
     def __post_init__(self) -> None:
         self.scores = np.asarray(self.scores, dtype=np.float64)
+        if self.scale not in SCALES:
+            raise ResultError(f"scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
+        self.categories = [str(c) for c in self.categories]
+        if self.scale == "categorical" and not self.categories:
+            codes = self.scores[np.isfinite(self.scores)]
+            self.categories = [str(i) for i in range(int(codes.max()) + 1 if codes.size else 0)]
         if self.scores.ndim != 2:
             raise ResultError(f"scores must be [layer, head], got shape {self.scores.shape}")
         for part in (self.analysis, self.metric):
@@ -59,8 +73,10 @@ class HeadScores:
         return self.scores.shape  # type: ignore[return-value]
 
     def top(self, k: int = 10) -> list[tuple[int, int, float]]:
-        """The ``k`` highest-scoring heads as ``(layer, head, score)``, NaNs last."""
-        flat = np.where(np.isnan(self.scores), -np.inf, self.scores).ravel()
+        """The ``k`` highest-scoring heads as ``(layer, head, score)``, NaNs last; for a signed
+        scale the ``k`` largest ``|score|`` (the strongest negative heads too)."""
+        key = np.abs(self.scores) if self.scale == "signed" else self.scores
+        flat = np.where(np.isnan(key), -np.inf, key).ravel()
         order = np.argsort(-flat, kind="stable")[:k]
         n_heads = self.scores.shape[1]
         return [(int(i // n_heads), int(i % n_heads), float(self.scores.flat[i])) for i in order]
@@ -83,6 +99,7 @@ class HeadScores:
             "kind": KIND, "format_version": FORMAT_VERSION, "analysis": self.analysis, "metric": self.metric,
             "description": self.description, "shape": list(self.shape), "params": self.params,
             "summary": self.summary, "arrays": sorted(self.arrays), "provenance": self.provenance.to_json(),
+            "scale": self.scale, "categories": self.categories,
         }
         return _json.write_json(folder / f"{self.name}.json", doc)
 
@@ -106,11 +123,30 @@ class HeadScores:
             if list(scores.shape) != shape or len(shape) != 2:
                 raise CorruptFileError(f"{tensors.path}: scores have shape {list(scores.shape)}, the JSON says {shape}")
             arrays = {n: tensors.read(f"array.{n}") for n in names}
+            scale, categories = _scale_of(doc, json_path)
             return cls(analysis=analysis, metric=metric, scores=scores.astype(np.float64),
                        provenance=Provenance.from_json(doc.get("provenance"), str(json_path)),
                        description=str(doc.get("description") or ""), params=doc.get("params", {}),
-                       summary=doc.get("summary", {}), arrays=arrays)
+                       summary=doc.get("summary", {}), arrays=arrays, scale=scale, categories=categories)
         except ResultError:
             raise
         except CorruptFileError as err:
             raise ResultError(str(err)) from None
+
+
+def _scale_of(doc: dict, path: Path) -> tuple[str, list[str]]:
+    """``(scale, categories)`` of a file; files written before the field existed: taxonomy's
+    head types (their ``type_names`` param) are categorical, circuit and ablation effects
+    (written only by ``lens circuit`` and ``lens ablate``) signed, everything else sequential."""
+    scale = doc.get("scale")
+    categories = doc.get("categories", [])
+    if scale is None:
+        names = (doc.get("params") or {}).get("type_names")
+        if isinstance(names, list) and names:
+            return "categorical", [str(n) for n in names]
+        return ("signed" if doc.get("analysis") in LEGACY_SIGNED else "sequential"), []
+    if scale not in SCALES:
+        raise CorruptFileError(f"{path}: scale must be one of {', '.join(SCALES)}, got {scale!r}"[:200])
+    if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
+        raise CorruptFileError(f"{path}: categories must be a list of names")
+    return scale, categories

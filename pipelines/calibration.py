@@ -99,7 +99,7 @@ def run_calibration(lm, enc, *, task_name: str, heads: Mapping[int, Sequence[int
                             Provenance.for_model(f, prompts=f"{search_enc.n_examples} {task_name} prompts",
                                                  inputs=[b.clean.tolist() for b in search_enc.batches]),
                             description="change of the mean logit difference when only this head is ACT-calibrated",
-                            params={"beta": beta, "threshold": threshold, "first_layer": first_layer},
+                            params={"beta": beta, "threshold": threshold, "first_layer": first_layer}, scale="signed",
                             summary={"baseline_logit_diff": base, "heads_helping": int(np.nansum(effects > 0)),
                                      "selected": {str(k): v for k, v in heads.items()}})
     elif heads is None:

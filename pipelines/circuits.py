@@ -134,8 +134,13 @@ class CircuitStudy:
     head_scores: list[HeadScores] = field(default_factory=list)
     others: list[Circuit] = field(default_factory=list)  # the overlap task's circuit
     curves: list[Curves] = field(default_factory=list)  # faithfulness against circuit size
+    examples: list = field(default_factory=list)  # pipelines.examples.Example: the task's prompts, captured
 
     def save(self, folder) -> None:
+        from pathlib import Path
+
+        for ex in self.examples:
+            ex.capture.write_into(Path(folder) / ex.name)
         self.circuit.save(folder)
         for c in self.others:
             c.save(folder)
@@ -259,7 +264,7 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
     circ.details.update({"seconds": found.seconds, "mlp_scores": found.mlp_scores.tolist(),
                          "timings_note": "wall-clock on the machine named in the provenance"})
     circ.description = f"{method.value} circuit of {task_name} ({metric_name})"
-    out = CircuitStudy(circ)
+    out = CircuitStudy(circ, examples=task_examples(lm, enc))
     out.head_scores.append(_head_result(task_name, method.value, metric_name, found, prov, ig_steps))
     rankings = {method.value: found}
     if compare_patching and method is not CircuitMethod.PATCHING:
@@ -320,13 +325,34 @@ def load_patching(path, facts) -> Found:
         "seconds_all_items", float("nan")))))
 
 
+TASK_CAPTURES = "captures/task"  # the example captures of lens circuit: captures/task-000, -001
+
+
+def task_examples(lm, enc, n: int = 2) -> list:
+    """Every head's pattern on the first clean prompt of the first ``n`` batches (one template
+    each), stored as float16, so that a head of the circuit opens on the task's own prompts;
+    ``meta.extra["answer_row"]`` is the position the answer is read at (the last)."""
+    import torch
+
+    import lens
+    from pipelines.examples import Example
+
+    out = []
+    for i, b in enumerate(enc.batches[:n]):
+        cap = lens.run(lm, b.clean[:1], sites=[lens.Site.PATTERN], dtype=torch.float16).capture
+        cap.meta.extra.update({"answer_row": int(b.clean.shape[1]) - 1, "task_group": b.group})
+        out.append(Example(f"{TASK_CAPTURES}-{i:03d}", cap))
+    return out
+
+
 def _head_result(task_name, method, metric_name, found: Found, prov, ig_steps) -> HeadScores:
     what = ("change when the head's corrupted output is patched into the clean run" if method == "patching" else
             "estimate of the change when the head's corrupted output is patched in")
     return HeadScores("circuit", f"{task_name}_{method}_{metric_name}", found.head_scores, prov,
                       description=f"{method} {metric_name} {what}",
-                      params={"task": task_name, "ig_steps": ig_steps if method == "eap-ig" else 0},
-                      summary={"seconds": found.seconds}, arrays={"mlp_scores": found.mlp_scores})
+                      params={"task": task_name, "ig_steps": ig_steps if method == "eap-ig" else 0,
+                              "example_capture": TASK_CAPTURES},
+                      summary={"seconds": found.seconds}, arrays={"mlp_scores": found.mlp_scores}, scale="signed")
 
 
 def _overlap(lm, circ: Circuit, overlap_enc, overlap_name: str, method, metric, *, ig_steps, top_n, threshold,

@@ -197,7 +197,7 @@ def sweep(lm, enc, kind: SweepKind, *, out: str | Path, settings: dict, method, 
                     mlp[c[0].layer] = r["effect"]
             result = HeadScores("ablation", f"{m}_{me}", scores, prov, params=settings, summary=summary,
                                 description=f"{me} change when the head is {m}-ablated alone (negative: the head helps)",
-                                arrays={"mlp_effect": mlp} if np.isfinite(mlp).any() else {})
+                                arrays={"mlp_effect": mlp} if np.isfinite(mlp).any() else {}, scale="signed")
         else:
             effects = {n: r["effect"] for (n, _), r in zip(named, rows)}
             result = Curves("ablation", f"{m}_{me}_layers", x=np.arange(facts.n_layers),

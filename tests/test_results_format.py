@@ -45,3 +45,47 @@ def test_a_broken_file_never_hides_the_others(tmp_path):
 def test_scores_must_be_layer_by_head():
     with pytest.raises(ResultError, match=r"scores must be \[layer, head\]"):
         HeadScores("a", "m", np.zeros(3), Provenance(model="x"))
+
+
+def test_scale_round_trips_ranks_signed_by_abs_and_rejects_unknown(tmp_path):
+    r = scores(shape=(2, 2))
+    r.scores[:] = [[0.1, -2.6], [0.9, np.nan]]
+    r.scale = "signed"
+    back = HeadScores.load(r.save(tmp_path))
+    assert back.scale == "signed" and back.top(2) == [(0, 1, -2.6), (1, 0, 0.9)]  # the strongest negative head first
+    types = HeadScores("taxonomy", "head_type", np.array([[0.0, 2.0]]), Provenance(model="tiny"),
+                       scale="categorical", categories=["sink", "induction", "other"])
+    back = HeadScores.load(types.save(tmp_path))
+    assert back.scale == "categorical" and back.categories == ["sink", "induction", "other"]
+    with pytest.raises(ResultError, match="scale must be one of sequential, signed, categorical, got 'log'"):
+        HeadScores("a", "m", np.zeros((1, 1)), Provenance(model="tiny"), scale="log")
+    doc = json.loads((tmp_path / "a.m.json").read_text())
+    for key in ("scale", "categories"):  # a file written before the field: circuit/ablation effects read as signed
+        doc.pop(key)
+    (tmp_path / "circuit.m.json").write_text(json.dumps(doc | {"analysis": "circuit"}))
+    (tmp_path / "circuit.m.safetensors").write_bytes((tmp_path / "a.m.safetensors").read_bytes())
+    assert HeadScores.load(tmp_path / "circuit.m.json").scale == "signed"
+    (tmp_path / "a.m.json").write_text(json.dumps(doc))
+    assert HeadScores.load(tmp_path / "a.m.json").scale == "sequential"
+
+
+def test_faithfulness_warning_says_how_far_and_what_size_reaches_it():
+    from formats import Circuit, Curves, Edge, Input, Node, NodeKind, Receiver, faithfulness_warning
+
+    edges = [Edge(Node(NodeKind.HEAD, 0, i), Receiver(Input.LOGITS), 0.1) for i in range(3)]
+    c = Circuit(heads=[(0, 0), (0, 1), (0, 2)], mlps=[], edges=edges, method="eap", metric="logit-diff",
+                faithfulness={"faithfulness": 0.06, "n_edges": 3})
+    assert faithfulness_warning(c) == ("low faithfulness: this 3-edge circuit reproduces 0.06 of the full model's "
+                                       "logit-diff (under 0.8)")
+    curve = Curves("circuit", "T_faithfulness_edges", x=np.array([5.0, 50.0, 500.0]),
+                   series={"eap": [0.1, 0.5, 0.85], "eap-ig": [0.2, 0.9, 0.95]}, provenance=Provenance(model="tiny"),
+                   x_label="circuit size (edges)",
+                   summary={"threshold": 0.8, "smallest_reaching": {"eap": 500, "eap-ig": 50}})
+    heads = Curves("circuit", "T_faithfulness_heads", x=np.array([5.0]), series={"eap": [0.9]},
+                   provenance=Provenance(model="tiny"), x_label="circuit size (heads)",
+                   summary={"threshold": 0.8, "smallest_reaching": {"eap": 5}})
+    assert faithfulness_warning(c, [heads, curve]).endswith("; the smallest eap circuit reaching 0.8 has 500 edges")
+    c.faithfulness["faithfulness"] = 0.81
+    assert faithfulness_warning(c, [curve]) == ""
+    c.faithfulness = {}
+    assert faithfulness_warning(c) == ""  # not measured: nothing to warn about

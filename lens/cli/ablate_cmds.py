@@ -277,60 +277,69 @@ def ablate(
             f"share of random sets with an equal or larger drop: {rr['share_with_larger_drop']:.2f}")
 
 
+# `lens circuit --help` groups its options in these panels
+_P_TASK_AND_PROMPTS = "Task and prompts"
+_P_SCORING_AND_SELECTION = "Scoring and selection"
+_P_FAITHFULNESS = "Faithfulness"
+_P_COMPARISONS = "Comparisons"
+_P_BATCHING = "Batching"
+_P_OUTPUT = "Output"
+
+
 @app.command("circuit")
 def circuit(
     model: str = typer.Argument("smollm2-135m", help=MODEL_HELP),
-    task: str = typer.Option("ioi", "--task", "-t", help=TASK_HELP),
+    task: str = typer.Option("ioi", "--task", "-t", rich_help_panel=_P_TASK_AND_PROMPTS, help=TASK_HELP),
     method: CircuitMethodName = typer.Option(CircuitMethodName.EAP_IG, "--method", "-m",
-                                             help="Edge attribution (eap, eap-ig) or per-head activation patching."),
-    metric: MetricName = typer.Option(MetricName.LOGIT_DIFF, "--metric", help="Task metric (acc: patching only)."),
-    ig_steps: int = typer.Option(None, "--ig-steps", min=1, max=1000, help="Interpolation steps for eap-ig (default 5)."),
+                                             rich_help_panel=_P_SCORING_AND_SELECTION, help="Edge attribution (eap, eap-ig) or per-head activation patching."),
+    metric: MetricName = typer.Option(MetricName.LOGIT_DIFF, "--metric", rich_help_panel=_P_SCORING_AND_SELECTION, help="Task metric (acc: patching only)."),
+    ig_steps: int = typer.Option(None, "--ig-steps", min=1, max=1000, rich_help_panel=_P_SCORING_AND_SELECTION, help="Interpolation steps for eap-ig (default 5)."),
     top_n: int = typer.Option(None, "--top-n", min=1, max=10_000_000,
-                              help="Edges to keep (eap, eap-ig; default 100) or heads/MLPs (patching; default 20)."),
-    unit: UnitName = typer.Option(None, "--unit", help="eap, eap-ig: an edge circuit (top-n edges; the default) or a "
+                              rich_help_panel=_P_SCORING_AND_SELECTION, help="Edges to keep (eap, eap-ig; default 100) or heads/MLPs (patching; default 20)."),
+    unit: UnitName = typer.Option(None, "--unit", rich_help_panel=_P_SCORING_AND_SELECTION, help="eap, eap-ig: an edge circuit (top-n edges; the default) or a "
                                   "head circuit (top-n heads by node score, like patching)."),
-    threshold: float = typer.Option(None, "--threshold", help="Keep edges with |score| >= this instead of --top-n."),
-    compare_patching: bool = typer.Option(False, "--compare-patching", help="Also run the per-head patching loop on "
+    threshold: float = typer.Option(None, "--threshold", rich_help_panel=_P_SCORING_AND_SELECTION, help="Keep edges with |score| >= this instead of --top-n."),
+    compare_patching: bool = typer.Option(False, "--compare-patching", rich_help_panel=_P_COMPARISONS, help="Also run the per-head patching loop on "
                                           "the same prompts: Spearman correlation and time ratio."),
-    overlap_task: str = typer.Option(None, "--overlap-task", help="Find the circuit of this task too and report the "
+    overlap_task: str = typer.Option(None, "--overlap-task", rich_help_panel=_P_COMPARISONS, help="Find the circuit of this task too and report the "
                                      "overlap, against random circuits of the same size."),
-    level: LevelName = typer.Option(None, "--level", help="Faithfulness: ablate edges (each receiver reads its own "
+    level: LevelName = typer.Option(None, "--level", rich_help_panel=_P_FAITHFULNESS, help="Faithfulness: ablate edges (each receiver reads its own "
                                     "input) or nodes outside the circuit. Default: the published setting (edge circuits: "
                                     "edge, Hanna et al. 2024; head circuits: node, Wang et al. 2022)."),
-    replacement: ReplacementName = typer.Option(None, "--replacement", help="What replaces what is ablated: the paired "
+    replacement: ReplacementName = typer.Option(None, "--replacement", rich_help_panel=_P_FAITHFULNESS, help="What replaces what is ablated: the paired "
                                                 "corrupted activation or the mean over corrupted prompts. Default: "
                                                 "published (edge: corrupted; heads: mean)."),
-    ablate_what: AblatedName = typer.Option(None, "--ablate", help="What is ablated outside the circuit: heads only "
+    ablate_what: AblatedName = typer.Option(None, "--ablate", rich_help_panel=_P_FAITHFULNESS, help="What is ablated outside the circuit: heads only "
                                             "(MLPs kept, Wang et al.) or heads and MLPs (Hanna et al.). Default: "
                                             "published."),
-    mean_over: MeanOverName = typer.Option(None, "--mean-over", help="Mean references per template (default), per "
+    mean_over: MeanOverName = typer.Option(None, "--mean-over", rich_help_panel=_P_FAITHFULNESS, help="Mean references per template (default), per "
                                            "token length whatever the template (misaligned), or per encoded batch."),
-    curve: bool = typer.Option(False, "--curve", help="Faithfulness against circuit size for every ranking computed "
+    curve: bool = typer.Option(False, "--curve", rich_help_panel=_P_FAITHFULNESS, help="Faithfulness against circuit size for every ranking computed "
                                "(edges 50-5000, heads 5-60) and the smallest size reaching 0.8."),
-    edge_sizes: str = typer.Option(None, "--edge-sizes", help="Edge counts of the curve, e.g. '50,100,500'."),
-    head_sizes: str = typer.Option(None, "--head-sizes", help="Head counts of the curve, e.g. '5,10,30'."),
-    eval_prompts: int = typer.Option(0, "--eval-prompts", min=0, max=100_000, help="Measure faithfulness on this many "
+    edge_sizes: str = typer.Option(None, "--edge-sizes", rich_help_panel=_P_FAITHFULNESS, help="Edge counts of the curve, e.g. '50,100,500'."),
+    head_sizes: str = typer.Option(None, "--head-sizes", rich_help_panel=_P_FAITHFULNESS, help="Head counts of the curve, e.g. '5,10,30'."),
+    eval_prompts: int = typer.Option(0, "--eval-prompts", min=0, max=100_000, rich_help_panel=_P_TASK_AND_PROMPTS, help="Measure faithfulness on this many "
                                      "other prompts (seed + 1) instead of the prompts the circuit was found on."),
-    settings_table: bool = typer.Option(False, "--settings-table", help="Also report the circuit's faithfulness under "
+    settings_table: bool = typer.Option(False, "--settings-table", rich_help_panel=_P_FAITHFULNESS, help="Also report the circuit's faithfulness under "
                                         "each ablation setting."),
     random_circuits: int = typer.Option(None, "--random-circuits", min=1, max=1_000_000,
-                                        help="Random circuits of the same size for the --overlap-task baseline "
-                                        "(default 1000)."),
-    patch_mlps: bool = typer.Option(None, "--patch-mlps/--no-patch-mlps", help="Per-head patching also patches each "
-                                    "MLP (default: yes)."),
+                                        rich_help_panel=_P_COMPARISONS, help="Random circuits of the same size for the "
+                                        "--overlap-task baseline (default 1000)."),
+    patch_mlps: bool = typer.Option(None, "--patch-mlps/--no-patch-mlps", rich_help_panel=_P_SCORING_AND_SELECTION,
+                                    help="Per-head patching also patches each MLP (default: yes)."),
     patching_scores: Path = typer.Option(None, "--patching-scores", exists=True, dir_okay=False,
-                                         help="With --compare-patching: per-head patching scores of an earlier run on "
+                                         rich_help_panel=_P_COMPARISONS, help="With --compare-patching: per-head patching scores of an earlier run on "
                                          "the same prompts (circuit.TASK_patching_METRIC.json) instead of a new loop."),
-    n_prompts: int = typer.Option(32, "--n-prompts", "-n", min=1, max=100_000, help="Prompts generated (or read)."),
-    template: int = typer.Option(None, "--template", min=0, help="IOI only: use this one template (0-5); default "
+    n_prompts: int = typer.Option(32, "--n-prompts", "-n", min=1, max=100_000, rich_help_panel=_P_TASK_AND_PROMPTS, help="Prompts generated (or read)."),
+    template: int = typer.Option(None, "--template", min=0, rich_help_panel=_P_TASK_AND_PROMPTS, help="IOI only: use this one template (0-5); default "
                                  "templates 0-4 (5 is left out: SmolLM2 does not solve it)."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Prompt generation seed."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Prompts per forward."),
-    max_rows: int = typer.Option(64, "--max-rows", min=1, max=65_536, help="Rows per forward when batching patching runs."),
-    strict: bool = typer.Option(False, "--strict", help="Fail on a bad JSONL line instead of skipping it."),
-    out: Path = typer.Option(Path("results/circuit"), "--out", "-o", help="Results folder."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
-    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON on stdout."),
+    seed: int = typer.Option(0, "--seed", min=0, rich_help_panel=_P_TASK_AND_PROMPTS, help="Prompt generation seed."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, rich_help_panel=_P_BATCHING, help="Prompts per forward."),
+    max_rows: int = typer.Option(64, "--max-rows", min=1, max=65_536, rich_help_panel=_P_BATCHING, help="Rows per forward when batching patching runs."),
+    strict: bool = typer.Option(False, "--strict", rich_help_panel=_P_TASK_AND_PROMPTS, help="Fail on a bad JSONL line instead of skipping it."),
+    out: Path = typer.Option(Path("results/circuit"), "--out", "-o", rich_help_panel=_P_OUTPUT, help="Results folder."),
+    force: bool = typer.Option(False, "--force", rich_help_panel=_P_OUTPUT, help="Replace a non-empty --out folder (only once the new one is complete)."),
+    json_out: bool = typer.Option(False, "--json", rich_help_panel=_P_OUTPUT, help="Print machine-readable JSON on stdout."),
     ray: str = RAY_OPTION,
     workers: int = WORKERS_OPTION,
     cpus_per_worker: float = CPUS_PER_WORKER_OPTION,
@@ -423,8 +432,11 @@ def circuit(
                               progress=bar, executor=ex if ex.distributed else None)
         study.save(tmp)
     c = study.circuit
+    from formats import faithfulness_warning
+
+    warning = faithfulness_warning(c, study.curves)
     if json_out:
-        print_json(c.to_json() | {"out": str(out)})
+        print_json(c.to_json() | {"out": str(out), "warning": warning})
         return
     f = c.faithfulness
     say(f"{task}: full {met.value} {f['full']:.3f}; circuit ({f['n_heads']} heads, {f['n_mlps']} MLPs, "
@@ -436,6 +448,8 @@ def circuit(
         reach = ", ".join(f"{k} {'-' if v is None else int(v)}" for k, v in cv.summary["smallest_reaching"].items())
         say(f"{cv.x_label}: smallest reaching faithfulness {cv.summary['threshold']}: {reach} "
             f"(sizes {', '.join(str(int(x)) for x in cv.x)}; {cv.params.get('setting')})")
+    if warning:
+        say(f"warning: {warning}", "bold yellow")
     for row in c.details.get("settings", []):
         say(f"  setting {row['setting']:<30} faithfulness {row['faithfulness']:.2f} (normalized "
             f"{row['normalized_faithfulness']:.2f})")

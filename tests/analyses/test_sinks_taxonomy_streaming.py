@@ -144,6 +144,8 @@ def test_taxonomy_types_hand_built_heads():
     assert results["positional"].summary["sink_heads_above_0.4"] == 0
     assert results["content_independence"].summary["sink_heads_above_0.4"] == 1
     assert results["head_type"].summary["counts"]["positional"] == 2
+    assert results["head_type"].scale == "categorical" and results["head_type"].categories == names  # a code, not a rank
+    assert results["sink"].scale == "sequential"
 
 
 def test_positional_needs_the_same_offsets_in_every_condition():

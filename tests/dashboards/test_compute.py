@@ -19,7 +19,7 @@ from dashboards.compute import (
     thin_ticks,
     window_pattern,
 )
-from dashboards.graph import circuit_layout
+from dashboards.graph import circuit_layout, head_table
 from dashboards.profiles import head_profiles
 from dashboards.report import md_escape, summarize
 from dashboards.selection import ModelResults
@@ -101,7 +101,7 @@ def test_head_types_come_from_the_taxonomy_else_from_outlying_scores(synth):
     for i, t in enumerate(prof.types):
         layer, head = divmod(i, 6)
         want = head_kind(layer, head)
-        assert t == ("none above threshold" if want == "sink" else want)
+        assert t == want  # sink heads too, in the sink colour (not left grey)
     sel.results = {k: r for k, r in sel.results.items() if r.analysis != "taxonomy"}
     prof = head_profiles(sel)
     assert "stands out" in prof.color_by
@@ -138,28 +138,38 @@ def test_umap_embedding_is_cached_on_disk(tmp_path, monkeypatch):
     np.testing.assert_array_equal(embed_2d(x, "umap", cache=True), xy + 1)
 
 
-def test_circuit_layout_layers_nodes_and_fans_kv_receivers_out():
+def test_circuit_layout_is_layered_and_merges_qkv_edges():
     c = Circuit(heads=[(0, 1), (1, 0), (1, 3)], mlps=[0], n_layers=2, n_heads=4, group_size=2, edges=[
         Edge(Node(NodeKind.EMBED), Receiver(Input.Q, 0, 1), 0.3),
         Edge(Node(NodeKind.HEAD, 0, 1), Receiver(Input.V, 1, 1), -0.2),  # KV head 1 = query heads 2, 3
+        Edge(Node(NodeKind.HEAD, 0, 1), Receiver(Input.Q, 1, 3), 0.1),
+        Edge(Node(NodeKind.HEAD, 0, 1), Receiver(Input.K, 1, 1), 0.05),
         Edge(Node(NodeKind.MLP, 0), Receiver(Input.LOGITS), 0.5),
-        Edge(Node(NodeKind.HEAD, 1, 0), Receiver(Input.LOGITS), 0.9)])
+        Edge(Node(NodeKind.HEAD, 1, 0), Receiver(Input.LOGITS), 0.9),
+        Edge(Node(NodeKind.HEAD, 1, 3), Receiver(Input.LOGITS), -1.4)])
     pos, edges = circuit_layout(c)
     assert pos[Node(NodeKind.EMBED)][0] == -1 and pos[Node(NodeKind.LOGITS)][0] == 2
-    assert pos[Node(NodeKind.HEAD, 1, 0)][0] == 1 and 0 < pos[Node(NodeKind.MLP, 0)][0] < 1
-    kv = [(s, t) for s, t, _, r in edges if r == "L1KV1.v"]
-    assert {t for _, t in kv} == {Node(NodeKind.HEAD, 1, 2), Node(NodeKind.HEAD, 1, 3)}
-    assert Node(NodeKind.HEAD, 1, 2) in pos  # a receiving head outside the kept set is still drawn
+    assert pos[Node(NodeKind.HEAD, 1, 0)] == (1, 0) and pos[Node(NodeKind.HEAD, 1, 3)] == (1, 3)  # layer, head
+    assert 0 < pos[Node(NodeKind.MLP, 0)][0] < 1 and pos[Node(NodeKind.MLP, 0)][1] < 0  # the MLP lane
+    # q, k and v of one sender into one head: one edge carrying the letters and each part's score
+    into = [d for d in edges if d.sender == Node(NodeKind.HEAD, 0, 1)]
+    assert len(into) == 1 and into[0].target == Node(NodeKind.HEAD, 1, 3)  # the KV group's head in the circuit
+    assert into[0].letters == "qkv" and into[0].score == -0.2 and into[0].parts == {"q": 0.1, "k": 0.05, "v": -0.2}
+    assert Node(NodeKind.HEAD, 1, 2) not in pos  # not fanned out to the group's heads outside the circuit
     ys = [pos[n][1] for n in pos if pos[n][0] == 1]
     assert len(set(ys)) == len(ys)  # no two nodes of a layer on top of each other
+    rows = head_table(c, edges)
+    assert [str(n) for n, *_ in rows[:2]] == ["L1H3", "L1H0"]  # by |score|: the negative head first
+    assert rows[0][1] == -1.4 and rows[0][2:] == (1, 1)
 
 
 def test_summaries_are_short_whatever_the_value():
     assert summarize(list(range(5000))).startswith("5000 numbers: min 0, mean 2500, max 4999")
     long = summarize([{"item": f"L{i}H0", "effect": 0.1 * i} for i in range(100)])
     assert "(100 in all)" in long and len(long) < 400
+    assert long.startswith("100 rows of item, effect: item L0H0, effect 0;") and "{" not in long  # no record dumps
     assert summarize("x" * 10_000).endswith("(10000 characters)") and len(summarize("x" * 10_000)) < 350
-    assert summarize({f"k{i}": i for i in range(50)}).endswith("(50 fields)}")
+    assert summarize({f"k{i}": i for i in range(50)}) == "k0 0, k1 1, k2 2, k3 3, k4 4, k5 5, … (44 more)"
     assert summarize(float("nan")) == "nan" and summarize(0.123456) == "0.1235"
 
 

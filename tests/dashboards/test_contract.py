@@ -5,6 +5,7 @@ written by the previous format load or name the file and its format version."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -18,6 +19,7 @@ from dashboards.circuits import circuit_figure
 from dashboards.graph import circuit_layout
 from dashboards.report import build_report, write_report
 from formats import ResultsFolder, Site
+from tests.dashboards.contract import TASK_ROWS
 
 RESULTS = {"scan/summary.sink_mass", "scan/summary.entropy", "scan/sinks.first_token_mass", "scan/sinks.hidden_sinks",
            "scan/streaming.streaming_mass", "scan/taxonomy.induction", "scan/taxonomy.previous_token",
@@ -25,7 +27,7 @@ RESULTS = {"scan/summary.sink_mass", "scan/summary.entropy", "scan/sinks.first_t
            "circuit/circuit.T_patching_logit-diff"}
 CAPTURES = {"scan/captures/prose-000", "scan/captures/prose-001", "scan/captures/repeated-tokens", "image/000",
             "speech/captures/audio-000",
-            "bf16/000"}
+            "bf16/000", "circuit/captures/task-000"}
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +100,29 @@ def test_grid_maps_stats_ablations_circuits_and_vision_are_not_empty(dash, folde
     assert any(r.glyph.__class__.__name__ == "Quad" for r in abl.renderers)
     assert len(dash.ablations.heatmaps()) == 4  # the sweep, and EAP, EAP-IG and patching of the circuit
     c = folder.circuits["circuit/T_eap"]
-    (arrow,) = [x for x in circuit_figure(c).center if isinstance(x, Arrow)]
-    assert len(arrow.source.data["x0"]) == len(circuit_layout(c)[1]) >= len(c.edges) > 0
-    assert "faithfulness" in dash.circuits.plot().objects[1].object
+    fig = circuit_figure(c)
+    (arrow,) = [x for x in fig.center if isinstance(x, Arrow)]
+    assert len(arrow.source.data["x0"]) == len(circuit_layout(c)[1]) == len(c.edges) > 0  # one arrow per edge here
+    labels = fig.select_one({"name": "node_labels"}).source.data["text"]
+    assert {f"L{la}H{h}" for la, h in c.heads} <= {t.split()[0] for t in labels}
+    assert all(re.fullmatch(r"L\d+H\d+ [+-]\S+", t) for t in labels if t not in ("embed", "logits"))  # name, score
+    legend = {i.label.value for i in fig.select_one({"name": "circuit_legend"}).items}
+    assert {"attention head", "edge score > 0 (helps)", "edge score < 0 (hurts)"} <= legend
+    pane = dash.circuits.plot()
+    assert "low faithfulness: this 3-edge circuit reproduces 0.54" in pane.objects[0].object  # 0.54 < 0.8
+    assert "no size on the eap curve reaches 0.8" in pane.objects[0].object  # the curve was run
+    table = pane.objects[1].objects[1].object
+    assert [f"L{la}H{h}" for la, h in c.heads if f"L{la}H{h}" in table] and "by |score|" in table
+    assert "faithfulness" in pane.objects[-1].object
+    nodes = dash.circuits._fig.select_one({"name": "circuit_nodes"}).data
+    i = next(k for k, name in enumerate(nodes["id"]) if name.startswith("L"))
+    dash.atlas.metric = "scan/summary.sink_mass"
+    trigger_click(dash.circuits._fig, nodes["x"][i], nodes["y"][i])  # a head of the circuit: its pattern on the task
+    assert dash.selected == (nodes["layer"][i], nodes["head"][i]) and dash._tabs.active == 0
+    assert dash.atlas.metric == "circuit/circuit.T_eap_logit-diff" and dash.explorer.capture == "circuit/captures/task-000"
+    task = folder.captures["circuit/captures/task-000"]
+    assert task.meta.extra["answer_row"] == len(task.tokens) - 1
+    assert "".join(task.tokens[1:]) in {r["prompt"] for r in TASK_ROWS}  # one of the task's prompts, after <bos>
     dash.vision.capture = "image/000"
     overlay = dash.vision.plot()
     assert overlay.objects[1].object[:4] == b"\x89PNG" and "no image saved" not in overlay.objects[0].object
@@ -114,6 +136,26 @@ def test_grid_maps_stats_ablations_circuits_and_vision_are_not_empty(dash, folde
     assert view.saliency is not None and abs(view.saliency.sum() - 1) < 1e-6 and view.attention.size == 100
     dash.model = "tiny-dinov2"  # the ViT's captures in the explorer too
     assert dash.explorer.capture == "image/000" and dash.explorer.cells["x"]
+
+
+def test_signed_scores_are_drawn_diverging_and_categories_with_their_legend(dash, folder):
+    from dashboards._bokeh import DIVERGING_PALETTE
+
+    dash.model = "tiny-llama"  # an earlier test shows the ViT
+    dash.atlas.metric = "circuit/circuit.T_eap_logit-diff"
+    m = dash.atlas.grid.mapper
+    scores = folder.results["circuit/circuit.T_eap_logit-diff"].scores
+    assert list(m.palette) == list(DIVERGING_PALETTE) and m.low == -m.high == -np.nanmax(np.abs(scores))  # 0 mid
+    assert "signed" in dash.atlas.grid.bar.title and "ranked by |score|" in dash.atlas._info.object
+    dash.atlas.metric = "scan/taxonomy.head_type"
+    bar = dash.atlas.grid.bar
+    assert bar.major_label_overrides == dict(enumerate(["sink", "previous-token", "positional", "induction",
+                                                        "duplicate-token", "other"])) and bar.title == "category"
+    assert len(set(dash.atlas.grid.mapper.palette)) == 6 and (dash.atlas.grid.mapper.low, dash.atlas.grid.mapper.high) \
+        == (-0.5, 5.5)  # one colour per code
+    assert "of 16 heads)" in dash.atlas._info.object and " of 16)" not in dash.atlas._info.object  # not ranked
+    dash.atlas.metric = "scan/summary.sink_mass"
+    assert dash.atlas.grid.mapper.low > 0 and dash.atlas.grid.bar.title == "score"  # sequential: its own range
 
 
 def test_the_contribution_view_says_what_a_saved_capture_lacks(dash):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -57,8 +58,55 @@ def test_long_values_are_summarised_not_printed(report, tmp_path, contract):
 
 def test_nearly_identical_maps_get_a_note_saying_how_they_differ(report):
     notes = [n for m in report.models for n in m.notes]
-    (note,) = [n for n in notes if "summary.sink_mass" in n and "sinks.first_token_mass" in n]
-    assert "measure nearly the same thing" in note and "pools every query row" in note and "here r = " in note
+    (note,) = [n for n in notes if "measure nearly the same thing" in n]
+    assert "summary.sink_mass" in note and "pools every query row" in note and "here r = " in note
+    (counts,) = [n for n in notes if n.startswith("Sink heads are counted in several ways")]
+    for name, what in (("summary.sink_mass", "over every query of the scan prompts above 0.5"),
+                       ("sinks.first_token_mass", "averaged over prompts, above 0.5"),
+                       ("taxonomy.sink", "on repeated random tokens above 0.4"),
+                       ("taxonomy.head_type", "typed sink: sink is the largest of its type scores")):
+        assert f"by {name} (" in counts and what in counts, name  # each count says what it counts
+
+
+def test_the_report_opens_with_findings_and_anchored_contents(contract, tmp_path, report):
+    text = write_report(contract, "html", tmp_path / "r.html").read_text()
+    assert text.index('id="findings"') < text.index('<nav class="toc">') < text.index('id="folder"')
+    ids = set(re.findall(r'id="([^"]+)"', text))
+    links = re.findall(r'href="#([^"]+)"', text)
+    assert len(links) > 30 and set(links) <= ids  # every contents and findings link lands somewhere
+    whats = [w for _, w, _ in report.findings]
+    for what in ("tiny-llama · sinks", "tiny-llama · taxonomy", "tiny-llama · circuit", "circuit circuit/T_eap",
+                 "ablation ablation/ablation", "curves circuit/circuit.T_faithfulness_heads"):
+        assert what in whats, what
+    found = dict((w, t) for _, w, t in report.findings)
+    assert found["tiny-llama · taxonomy"].startswith("taxonomy.head_type: of 16 heads, ")  # categories, counted
+    assert "by |score|" in found["tiny-llama · ablation"]
+    assert "smallest circuit size (heads) reaching faithfulness 0.8" in found["curves circuit/circuit.T_faithfulness_heads"]
+    md = write_report(contract, "md", tmp_path / "r.md").read_text()
+    assert md.index("## Findings") < md.index("**Contents:**") < md.index("## Contents of this folder")
+    assert set(re.findall(r"\]\(#([^)]+)\)", md)) <= set(re.findall(r'<a id="([^"]+)"></a>', md))
+
+
+def test_signed_top_heads_by_abs_score_categorical_counted_and_no_raw_dumps(contract, tmp_path, report):
+    from formats import ResultsFolder
+
+    folder = ResultsFolder.load(contract)
+    sections = {r.label: r for m in report.models for r in m.results}
+    for label in ("circuit/circuit.T_eap_logit-diff", "sweep-heads/ablation.mean_logit-diff"):
+        scores = folder.results[label].scores
+        shown = [float(t.score) for t in sections[label].top]
+        expect = sorted(scores[np.isfinite(scores)].tolist(), key=lambda v: -abs(v))[:len(shown)]
+        np.testing.assert_allclose(shown, expect, rtol=1e-3)  # by |score|: the strongest negative heads appear
+        assert min(shown) < 0 and sections[label].scale == "signed"
+    types = sections["scan/taxonomy.head_type"]
+    assert types.top == [] and [c for c, _ in types.categories] == ["sink", "previous-token", "positional",
+                                                                    "induction", "duplicate-token", "other"]
+    assert sum(n for _, n in types.categories) == 16
+    text = write_report(contract, "html", tmp_path / "r.html").read_text()
+    assert "Heads per category" in text and "(4 fields)" not in text and "fields)" not in text
+    top = dict(sections["sweep-heads/ablation.mean_logit-diff"].summary)["top"]
+    assert top.startswith("10 rows of item, metric, effect") and "item L0H1" in top  # records: fields once
+    assert "No circuits in this folder" not in text and "No captures in this folder" not in text
 
 
 def test_provenance_has_the_inputs_hash_and_code_version(contract, tmp_path, report):
@@ -130,4 +178,4 @@ def test_report_of_a_damaged_folder_names_the_file_and_uses_the_rest(synth, tmp_
     assert "scan/summary.sink_mass.json" in text and "is missing" in text
     assert "scan/sinks.first_token_mass.json" in text
     assert "### scan/summary.entropy" in text and "## Circuits" in text and "### curves/" in text
-    assert "No captures in this folder" in text
+    assert "## Captures" not in text and "captures" not in text.split("**Contents:**")[1].split("\n")[0]  # no empty section

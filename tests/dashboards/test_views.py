@@ -3,13 +3,14 @@ testing style). Folders come from tests/dashboards/synthetic.py (through the for
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
 import panel as pn
 import pytest
 from bokeh import events
-from bokeh.models import Arrow, ColorBar, LabelSet, Legend
+from bokeh.models import Arrow, ColorBar, HoverTool, LabelSet, Legend
 
 from dashboards._bokeh import trigger_click
 from dashboards.ablations import AblationsView
@@ -224,14 +225,43 @@ def test_circuit_graph_readable_at_64_nodes(folder):
     assert len(c.nodes) >= 64
     fig = circuit_figure(c)
     (arrow,) = [x for x in fig.center if isinstance(x, Arrow)]
-    assert len(arrow.source.data["x0"]) >= len(c.edges)  # KV receivers fan out to their query heads
-    assert not [x for x in fig.center if isinstance(x, LabelSet)]  # too many nodes to print: hover names them
+    pairs = list(zip(arrow.source.data["x0"], arrow.source.data["y0"], arrow.source.data["x1"], arrow.source.data["y1"]))
+    assert len(pairs) == len(set(pairs)) > 60  # one arrow per sender and head, whatever inputs it reaches
+    assert set(arrow.source.data["letters"]) >= {"q", "k", "v"}  # the input written on the edge
     assert max(arrow.source.data["w"]) > 3 * min(arrow.source.data["w"])  # width follows the weight
-    xs = arrow.source.data["x0"]
-    assert min(xs) == -1  # the embeddings sit left of layer 0
-    assert "faithfulness" in CircuitView(folder.circuits).plot().objects[1].object
-    small = circuit_figure(next(iter(folder.circuits.values())))
-    assert [x for x in small.center if isinstance(x, LabelSet)]  # few nodes: labelled
+    assert min(arrow.source.data["x0"]) == -1  # the embeddings sit left of layer 0
+    labels = {x.name: x for x in fig.center if isinstance(x, LabelSet)}
+    shown = labels["node_labels"].source.data["text"]
+    assert len(shown) == 40 and all(" " in t or t in ("embed", "logits") for t in shown)  # strongest 40: name, score
+    legend = {i.label.value for x in fig.right if isinstance(x, Legend) for i in x.items}
+    assert {"attention head", "MLP", "embeddings", "logits", "edge score > 0 (helps)", "edge score < 0 (hurts)"} <= legend
+    view = CircuitView({"big": c})
+    hovers = [t for t in fig.tools if isinstance(t, HoverTool)]
+    assert sorted(h.name for h in hovers) == ["edge_hover", "node_hover"]  # edges hover at one point, not a line
+    view.min_score = 1.0  # the threshold keeps the strong edges only
+    strong = [x for x in view.figure().center if isinstance(x, Arrow)][0].source.data["label"]
+    assert 0 < len(strong) < len(pairs)
+    assert "faithfulness" in CircuitView(folder.circuits).plot().objects[-1].object
+    assert "low faithfulness: this" in view.plot().objects[0].object  # 0.78 < 0.8
+    table = view.plot().objects[1].objects[1].object
+    cells = [float(x) for x in re.findall(r"<td style='text-align:right;color:[^']*'>([^<]+)</td>", table)]
+    assert cells == sorted(cells, key=lambda v: -abs(v)) and min(cells) < 0  # by |score|, negatives included
+    trigger_click(view._fig, *[view._fig.select_one({"name": "circuit_nodes"}).data[k][5] for k in ("x", "y")])
+    node = view._fig.select_one({"name": "circuit_nodes"}).data
+    assert view.clicks == 1 and view.selected == (node["layer"][5], node["head"][5])
+
+
+def test_head_map_refuses_fewer_than_three_scores_and_colours_sink_heads(folder):
+    sel = ModelResults.of(folder)
+    two = dict(list(sel.results.items())[:2])
+    few = HeadMap(ModelResults(sel.folder, sel.model, sel.shape, two, {}, {}), method="pca")
+    few._show()
+    (msg,) = few._area.objects
+    assert msg.name == "head_map_refused" and "at least 3 scores" in msg.object and "this model has 2" in msg.object
+    from dashboards.profiles import SINK, taxonomy_types
+
+    types = taxonomy_types(sel)
+    assert types is not None and SINK in types  # the synthetic folder's sink heads are typed, not grey
 
 
 def test_vision_overlays_for_vit_and_vlm_layouts(folder, tmp_path):

@@ -161,3 +161,15 @@ def test_two_processes_racing_for_one_folder(tmp_path):
         assert any("is being written by another lens command" in e for _, e in results)
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "000"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])
+def test_a_results_folder_gets_the_permissions_of_a_plain_mkdir(tmp_path, mask):
+    old = os.umask(mask)
+    try:
+        with output_folder(tmp_path / "out") as tmp:
+            (tmp / "a.json").write_text("{}")
+        os.mkdir(tmp_path / "plain")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~mask == (tmp_path / "plain").stat().st_mode & 0o777

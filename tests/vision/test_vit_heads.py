@@ -88,6 +88,8 @@ def test_families_split_local_from_global_heads_deterministically():
     np.testing.assert_array_equal(fam.scores[1], fam.scores[0][::-1])
     assert fam.summary["sizes"] == [4, 4, 4]
     assert np.all(np.diff(fam.arrays["family_mean_distance"]) > 0)
+    assert fam.scale == "categorical" and fam.categories == ["family 0 (most local)", "family 1 (between)",
+                                                             "family 2 (most global)"]
     again = pattern_families(dist, k=3, seed=7)
     np.testing.assert_array_equal(again.scores, fam.scores)
 
