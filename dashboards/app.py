@@ -29,7 +29,7 @@ from dashboards.dla import ContributionView
 from dashboards.explorer import AttentionExplorer
 from dashboards.heads_grid import HeadsGrid
 from dashboards.maps import HeadMap, QKMap
-from dashboards.selection import ModelResults, models_of
+from dashboards.selection import ModelResults, models_of, task_metric
 from dashboards.speech import SpeechView
 from dashboards.stats_view import StatsRunView
 from dashboards.vision import VisionOverlay
@@ -83,7 +83,8 @@ class Dashboard(pn.viewable.Viewer):
     @param.depends("model", watch=True)
     def _build(self) -> None:
         self.sel = ModelResults.of(self.folder, self.model)
-        self.atlas = HeadAtlas(self.sel)
+        task = task_metric(self.sel)  # open on the task's score (retrieval, circuit, ablation) when there is one
+        self.atlas = HeadAtlas(self.sel, **({"metric": task} if task else {}))
         self.explorer = AttentionExplorer(self.sel)
         self.grid = HeadsGrid(self.sel)
         self.head_map = HeadMap(self.sel, method=self.map_method)
