@@ -259,7 +259,9 @@ class AttentionExplorer(pn.viewable.Viewer):
         self._fig.xaxis.major_label_overrides = {i: cols[i] for i in xs}
         self._fig.yaxis.ticker = FixedTicker(ticks=ys)
         self._fig.yaxis.major_label_overrides = {i: f"{w.q_start + i} {token_label(toks[w.q_start + i])}" for i in ys}
-        self._fig.title.text = f"{self.sel.model} {head_label(self.layer, self.head)}: attention pattern"
+        at = f" at step {self.step}" if self.step else ""
+        at += f", prompt {self.batch}" if self.batch else ""
+        self._fig.title.text = f"{self.sel.model} {head_label(self.layer, self.head)}: attention pattern{at}"
 
     def _set_mapper(self, low: float, high: float) -> None:
         if self._mapper_scale is not self.scale:
