@@ -21,6 +21,8 @@ from dashboards.selection import ModelResults
 from formats import CaptureFile, HeadScores, ResultsFolder, SelectionError, capture
 
 _LOADED = False
+LOAD_MIME = "application/vnd.holoviews_load.v0+json"
+ONE_BUNDLE_BYTES = 100_000  # a payload larger than this is the resource bundle: published once
 
 
 class View(str, enum.Enum):
@@ -31,12 +33,31 @@ class View(str, enum.Enum):
 
 
 def ensure_inline() -> None:
-    """Load Panel into the notebook with every resource inline (once per kernel)."""
+    """Load Panel into the notebook with every resource inline (once per kernel).
+
+    Panel publishes its ~3 MB JavaScript bundle under two MIME types at once
+    (``application/javascript`` and HoloViews' load type), which doubles the first output;
+    the notebook front ends render the HoloViews type (the ``@pyviz/jupyterlab_pyviz``
+    extension Panel installs), so large payloads keep only that one."""
     global _LOADED
     if _LOADED:
         return
+    import IPython.display
+
     pn.config.inline = True
-    pn.extension(inline=True)
+    publish = IPython.display.publish_display_data
+
+    def once(data, *args, **kwargs):
+        js = data.get("application/javascript") if isinstance(data, dict) else None
+        if js is not None and data.get(LOAD_MIME) == js and len(js) > ONE_BUNDLE_BYTES:
+            data = {k: v for k, v in data.items() if k != "application/javascript"}
+        return publish(data, *args, **kwargs)
+
+    IPython.display.publish_display_data = once
+    try:
+        pn.extension(inline=True)
+    finally:
+        IPython.display.publish_display_data = publish
     _LOADED = True
 
 
