@@ -99,7 +99,10 @@ class Dashboard(pn.viewable.Viewer):
                          ("Head map", self.head_map), ("Q/K map", self.qk_map), ("Stats", self.stats),
                          ("Ablations", self.ablations), ("Circuits", self.circuits), ("Vision", self.vision), ("Speech", self.speech),
                          ("Contributions", self.contributions)]
-        self._select(self.selected)
+        mine = [k for k, c in self.vision.captures.items() if c.model == self.model]
+        if mine and self.vision.capture not in mine:  # the Vision tab follows the model selector
+            self.vision.capture = mine[0]
+        self._select(self.selected, follow_vision=False)  # the overlay opens on its last layer, not the head's
 
     def _pick(self, sel: tuple[int, int]) -> None:
         if sel != self.selected:
@@ -109,7 +112,7 @@ class Dashboard(pn.viewable.Viewer):
     def _on_selected(self) -> None:
         self._select(self.selected)
 
-    def _select(self, sel: tuple[int, int]) -> None:
+    def _select(self, sel: tuple[int, int], follow_vision: bool = True) -> None:
         layer, head = sel
         with pn.io.hold():
             for view in (self.atlas, self.head_map, self.grid):
@@ -119,7 +122,7 @@ class Dashboard(pn.viewable.Viewer):
             self.explorer.use_capture_for(self.atlas.metric)
             self.qk_map.param.update(layer=layer, head=head)
             cap = self.vision._cap()
-            if cap is not None and layer in cap.layers:
+            if follow_vision and cap is not None and cap.model == self.model and layer in cap.layers:
                 self.vision.layer = layer
 
     # ---- header, problems, export ----------------------------------------------------------

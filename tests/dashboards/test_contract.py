@@ -226,3 +226,19 @@ def test_a_generation_capture_shows_each_step_and_prompt(dash, folder, contract)
         cap.pattern_through(1, 2, step=6)
     with pytest.raises(SelectionError, match="batch 2 is out of range: 000 holds batch rows 0-1"):
         cap.tokens_through(0, batch=2)
+
+
+def test_the_vision_tab_follows_the_model_opens_on_the_last_layer_and_can_share_one_scale(folder):
+    import io
+
+    from PIL import Image
+
+    dash = Dashboard(folder, map_method="pca", model="tiny-dinov2")
+    cap = folder.captures["image/000"]
+    assert dash.vision.capture == "image/000" and dash.vision.layer == cap.layers[-1]  # not the selected head's 0
+    dash.selected = (1, 2)  # a head picked by the user: the overlay follows its layer
+    assert dash.vision.layer == 1
+    own = Image.open(io.BytesIO(dash.vision.plot().objects[1].object))
+    dash.vision.shared_scale = True
+    shared = Image.open(io.BytesIO(dash.vision.plot().objects[1].object))
+    assert shared.width > own.width + 40  # the colour bar
