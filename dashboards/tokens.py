@@ -122,7 +122,7 @@ class TokenView(pn.custom.JSComponent):
     _stylesheets = ["""
     .attnlens-tokens .caption { font-size: 12px; color: #444; margin-bottom: 4px; min-height: 1.4em; }
     .attnlens-tokens .body { font-family: monospace; white-space: pre-wrap; line-height: 1.7; max-height: 200px;
-                             overflow-y: auto; border: 1px solid #ddd; padding: 4px; }
+                             overflow-y: auto; overflow-wrap: anywhere; border: 1px solid #ddd; padding: 4px; }
     .attnlens-tokens .tok { border-radius: 2px; cursor: pointer; }
     """]
 
