@@ -95,6 +95,10 @@ class AttentionExplorer(pn.viewable.Viewer):
         self._stats = pn.pane.HTML("", sizing_mode="stretch_width", name="head_stats")
         self._step_widget = pn.widgets.IntInput.from_param(self.param.step, name="step", width=60)
         self._batch_widget = pn.widgets.IntInput.from_param(self.param.batch, name="prompt", width=60)
+        self._boxes = {"step": self._step_widget, "batch": self._batch_widget,
+                       "query": pn.widgets.IntInput.from_param(self.param.query, width=60),
+                       "window_start": pn.widgets.IntInput.from_param(self.param.window_start, name="first row",
+                                                                      width=60)}
         self._step_bounds()
         self._refresh()
 
@@ -211,6 +215,13 @@ class AttentionExplorer(pn.viewable.Viewer):
         else:
             self._refresh_query()
         self._stats.object = self._stats_html(cap)
+        self._sync_widgets()
+
+    def _sync_widgets(self) -> None:
+        """Show in the boxes what was set without events (step, prompt, query and first row of a new view)."""
+        for name, widget in self._boxes.items():
+            if widget.value != getattr(self, name):
+                widget.value = getattr(self, name)  # the same value goes back to the parameter: no event
 
     def _focus_row(self, n_q: int) -> int | None:
         """The query row a fresh view opens on: a later step's own token (the last row), else the
@@ -380,8 +391,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         controls = pn.Row(pn.widgets.Select.from_param(self.param.capture, width=170),
                           self._step_widget, self._batch_widget,
                           pn.widgets.Select.from_param(self.param.scale, name="colour scale", width=140),
-                          pn.widgets.IntInput.from_param(self.param.query, width=60),
-                          pn.widgets.IntInput.from_param(self.param.window_start, name="first row", width=60),
+                          self._boxes["query"], self._boxes["window_start"],
                           pn.widgets.IntInput.from_param(self.param.window_size, name="rows", width=55))
         return pn.Column(controls, self._message, self._fig_pane, pn.Row(self._jump, self._top),
                          pn.pane.Markdown("**Token view**: hover a token; click a token or a pattern row to pin "

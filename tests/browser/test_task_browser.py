@@ -42,7 +42,7 @@ def test_step_3_of_a_generation_capture_in_the_dashboard(browser, contract, shot
         page = _open(browser, served.url)
         page.locator("select").filter(has=page.locator("option[value='generate/000']")).first.select_option(
             "generate/000")
-        step = page.locator(".bk-input-group").filter(has_text=re.compile(r"^\s*step\s*$")).locator("input").first
+        step = page.locator(".bk-input-group").filter(has_text=re.compile(r"^\s*step\s*$")).locator("input >> visible=true").first
         step.wait_for(state="visible", timeout=30_000)
         step.fill("3")
         step.press("Enter")
@@ -53,6 +53,15 @@ def test_step_3_of_a_generation_capture_in_the_dashboard(browser, contract, shot
         cap = ResultsFolder.load(contract).captures["generate/000"]
         assert n_rows == len(cap.tokens) + 3  # the prompt's rows and one row per generated token so far
         page.screenshot(path=str(shots / "explorer_generation_step3.png"))
+        # a ViT's patch tokens ("patch(r,c)", no spaces) wrap inside the token view instead of running off
+        page.locator("select").filter(has=page.locator("option[value='tiny-dinov2']")).first.select_option(
+            "tiny-dinov2")
+        page.wait_for_function(TITLE_JS, arg="tiny-dinov2", timeout=60_000)
+        body = page.locator(".attnlens-tokens .body").first
+        body.wait_for(timeout=30_000)
+        page.get_by_text("patch(0,0)").first.wait_for(timeout=30_000)
+        sw, cw = body.evaluate("e => [e.scrollWidth, e.clientWidth]")
+        assert sw <= cw + 1, (sw, cw)
         assert page.errors == [] and page.outside == [], page.outside[:5]
         page.close()
     finally:

@@ -213,7 +213,7 @@ def test_a_generation_capture_shows_each_step_and_prompt(dash, folder, contract)
         assert ex.query == n - 1  # the pin of the other capture (3) is gone: the last row, as on a first view
         ex._step_widget.value = 3  # what a user types into the step box
         assert ex.step == 3 and ex.tokens_shown == cap.tokens + cap.meta.generated_tokens[0][:3]
-        assert ex.query == n + 2  # the third new token's query row
+        assert ex.query == n + 2 and ex._boxes["query"].value == n + 2  # the third new token's query row, in its box
         row = cap.pattern(1, 2, step=3)[0]  # the step's own pattern, [1, n + 3] -> its one row
         np.testing.assert_allclose(ex._pattern[n + 2], row, rtol=0, atol=0)
         assert f"step 3 of 5: new token {cap.meta.generated_tokens[0][2]!r}"[:20] in ex._message.object.replace("&#x27;", "'")
@@ -222,6 +222,7 @@ def test_a_generation_capture_shows_each_step_and_prompt(dash, folder, contract)
         assert ex.tokens_shown[-3:] == cap.meta.generated_tokens[1][:3] and "prompt 1 of 2" in ex._message.object
     dash.explorer.capture = "bf16/000"  # another capture: back to step 0, prompt 0
     assert dash.explorer.step == 0 and dash.explorer.batch == 0 and not dash.explorer._step_widget.visible
+    assert dash.explorer._step_widget.value == 0 and dash.explorer._boxes["query"].value == dash.explorer.query
     with pytest.raises(SelectionError, match="step 6 is out of range: 000 holds steps 0-5"):
         cap.pattern_through(1, 2, step=6)
     with pytest.raises(SelectionError, match="batch 2 is out of range: 000 holds batch rows 0-1"):
