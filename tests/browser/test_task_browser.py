@@ -56,10 +56,9 @@ def test_step_3_of_a_generation_capture_in_the_dashboard(browser, contract, shot
         # a ViT's patch tokens ("patch(r,c)", no spaces) wrap inside the token view instead of running off
         page.locator("select").filter(has=page.locator("option[value='tiny-dinov2']")).first.select_option(
             "tiny-dinov2")
-        page.wait_for_function(TITLE_JS, arg="tiny-dinov2", timeout=60_000)
-        body = page.locator(".attnlens-tokens .body").first
+        body = page.locator(".attnlens-tokens .body").filter(has_text="patch(0,0)").first
         body.wait_for(timeout=30_000)
-        page.get_by_text("patch(0,0)").first.wait_for(timeout=30_000)
+        page.get_by_text("patch(0,0)").first.wait_for(timeout=60_000)
         sw, cw = body.evaluate("e => [e.scrollWidth, e.clientWidth]")
         assert sw <= cw + 1, (sw, cw)
         assert page.errors == [] and page.outside == [], page.outside[:5]
