@@ -29,7 +29,7 @@ from dashboards.dla import ContributionView
 from dashboards.explorer import AttentionExplorer
 from dashboards.heads_grid import HeadsGrid
 from dashboards.maps import HeadMap, QKMap
-from dashboards.selection import ModelResults, models_of
+from dashboards.selection import ModelResults, models_of, task_metric
 from dashboards.speech import SpeechView
 from dashboards.stats_view import StatsRunView
 from dashboards.vision import VisionOverlay
@@ -84,7 +84,8 @@ class Dashboard(pn.viewable.Viewer):
     @param.depends("model", watch=True)
     def _build(self) -> None:
         self.sel = ModelResults.of(self.folder, self.model)
-        self.atlas = HeadAtlas(self.sel)
+        task = task_metric(self.sel)  # open on the task's score (retrieval, circuit, ablation) when there is one
+        self.atlas = HeadAtlas(self.sel, **({"metric": task} if task else {}))
         self.explorer = AttentionExplorer(self.sel)
         self.grid = HeadsGrid(self.sel)
         self.head_map = HeadMap(self.sel, method=self.map_method)
@@ -99,7 +100,10 @@ class Dashboard(pn.viewable.Viewer):
                          ("Head map", self.head_map), ("Q/K map", self.qk_map), ("Stats", self.stats),
                          ("Ablations", self.ablations), ("Circuits", self.circuits), ("Vision", self.vision), ("Speech", self.speech),
                          ("Contributions", self.contributions)]
-        self._select(self.selected)
+        mine = [k for k, c in self.vision.captures.items() if c.model == self.model]
+        if mine and self.vision.capture not in mine:  # the Vision tab follows the model selector
+            self.vision.capture = mine[0]
+        self._select(self.selected, follow_vision=False)  # the overlay opens on its last layer, not the head's
 
     def _open_head(self, _clicks: int) -> None:
         """A head clicked in the circuit: show the circuit's head scores in the atlas (so the
@@ -121,7 +125,7 @@ class Dashboard(pn.viewable.Viewer):
     def _on_selected(self) -> None:
         self._select(self.selected)
 
-    def _select(self, sel: tuple[int, int]) -> None:
+    def _select(self, sel: tuple[int, int], follow_vision: bool = True) -> None:
         layer, head = sel
         with pn.io.hold():
             for view in (self.atlas, self.head_map, self.grid):
@@ -131,7 +135,7 @@ class Dashboard(pn.viewable.Viewer):
             self.explorer.use_capture_for(self.atlas.metric)
             self.qk_map.param.update(layer=layer, head=head)
             cap = self.vision._cap()
-            if cap is not None and layer in cap.layers:
+            if follow_vision and cap is not None and cap.model == self.model and layer in cap.layers:
                 self.vision.layer = layer
 
     # ---- header, problems, export ----------------------------------------------------------

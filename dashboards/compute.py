@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 
 MAX_WINDOW = 256  # query rows shown at once, whatever the user asks
 CONTEXT_BINS = 16  # keys outside the window are pooled into at most this many columns per side
+MAX_EXACT = 128  # keys a task is about (a needle) kept exact before the window, at most
 LOG_FLOOR = 1e-4  # the lowest weight a log scale distinguishes from zero
 
 
@@ -141,9 +143,13 @@ def _bins(lo: int, hi: int, n: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def window_pattern(pattern: np.ndarray, start: int, size: int) -> PatternWindow:
+def window_pattern(pattern: np.ndarray, start: int, size: int,
+                   exact: Sequence[tuple[int, int]] = ()) -> PatternWindow:
     """Cut ``pattern`` ``[q, k]`` to at most ``size`` (<= MAX_WINDOW) rows and
-    ``size + 2 * CONTEXT_BINS + 1`` columns; the first key stays exact (it is the usual sink)."""
+    ``size + 2 * CONTEXT_BINS + 1`` columns (+ at most :data:`MAX_EXACT` for ``exact``); the
+    first key stays exact (it is the usual sink), and so do the keys in the ``exact`` ranges
+    ``[lo, hi)`` (the first two) before the window (keys a task is about, e.g. a needle, or a
+    query's top key)."""
     n_q, n_k = pattern.shape
     size = int(max(1, min(size, MAX_WINDOW, n_q)))
     start = int(min(max(0, start), n_q - size))
@@ -152,7 +158,15 @@ def window_pattern(pattern: np.ndarray, start: int, size: int) -> PatternWindow:
     cols: list[tuple[int, int]] = []
     if k_lo > 0:
         cols.append((0, 1))
-        cols += _bins(1, k_lo, CONTEXT_BINS)
+        keep = sorted({k for lo, hi in exact[:2] for k in range(max(1, lo), min(k_lo, hi))})[:MAX_EXACT]
+        if not keep:
+            cols += _bins(1, k_lo, CONTEXT_BINS)
+        at = 1
+        for k in keep:
+            cols += _bins(at, k, max(1, CONTEXT_BINS // 2)) + [(k, k + 1)]
+            at = k + 1
+        if keep:
+            cols += _bins(at, k_lo, max(1, CONTEXT_BINS // 2))
     cols += [(k, k + 1) for k in range(k_lo, k_hi)]
     cols += _bins(k_hi, n_k, CONTEXT_BINS)
     rows = pattern[start:end]

@@ -11,6 +11,7 @@ machine without a network. In a live kernel the views stay interactive (clicks, 
 
 from __future__ import annotations
 
+import base64
 import enum
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from dashboards.selection import ModelResults
 from formats import CaptureFile, HeadScores, ResultsFolder, SelectionError, capture
 
 _LOADED = False
+LOAD_MIME = "application/vnd.holoviews_load.v0+json"
+ONE_BUNDLE_BYTES = 100_000  # a payload larger than this is the resource bundle: published once
 
 
 class View(str, enum.Enum):
@@ -31,13 +34,68 @@ class View(str, enum.Enum):
 
 
 def ensure_inline() -> None:
-    """Load Panel into the notebook with every resource inline (once per kernel)."""
+    """Load Panel into the notebook with every resource inline (once per kernel).
+
+    Panel publishes its ~3 MB JavaScript bundle under two MIME types at once
+    (``application/javascript`` and HoloViews' load type), which doubles the first output;
+    the notebook front ends render the HoloViews type (the ``@pyviz/jupyterlab_pyviz``
+    extension Panel installs), so large payloads keep only that one."""
     global _LOADED
     if _LOADED:
         return
+    import IPython.display
+
     pn.config.inline = True
-    pn.extension(inline=True)
+    publish = IPython.display.publish_display_data
+
+    def once(data, *args, **kwargs):
+        js = data.get("application/javascript") if isinstance(data, dict) else None
+        if js is not None and data.get(LOAD_MIME) == js and len(js) > ONE_BUNDLE_BYTES:
+            data = {k: v for k, v in data.items() if k != "application/javascript"}
+        return publish(data, *args, **kwargs)
+
+    IPython.display.publish_display_data = once
+    try:
+        pn.extension(inline=True)
+    finally:
+        IPython.display.publish_display_data = publish
+    _offline_stylesheets()
     _LOADED = True
+
+
+def _offline_stylesheets() -> None:
+    """Point every Panel stylesheet on the HoloViz CDN at its local copy (a ``data:`` URL) before
+    a notebook update is sent: views rendered after a click (a tab opened, a loading spinner)
+    otherwise link CSS from the CDN, which fails offline and reaches the network online.
+
+    Panel sends each update through ``panel.io.notebook.push``, which serialises the document's
+    held events with ``diff``; a new stylesheet model is serialised with the URL it has then."""
+    import panel.io.notebook as nb
+    from bokeh.models import ImportedStyleSheet
+    from panel.io.resources import CDN_DIST, DIST_DIR
+
+    if getattr(nb.diff, "attnlens_offline", False):
+        return
+    original = nb.diff
+    cache: dict[str, str] = {}
+
+    def local(url: str) -> str:
+        if url not in cache:
+            path = DIST_DIR / url[len(CDN_DIST):].split("?")[0]
+            cache[url] = url
+            if path.is_file():
+                css = base64.b64encode(path.read_bytes()).decode("ascii")
+                cache[url] = f"data:text/css;base64,{css}"
+        return cache[url]
+
+    def diff(doc, *args, **kwargs):
+        for model in list(doc.models):
+            if isinstance(model, ImportedStyleSheet) and model.url.startswith(CDN_DIST):
+                model.url = local(model.url)
+        return original(doc, *args, **kwargs)
+
+    diff.attnlens_offline = True
+    nb.diff = diff
 
 
 def _single(cap: CaptureFile) -> ModelResults:

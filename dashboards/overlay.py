@@ -69,9 +69,11 @@ def visual_sink_patches(result, layer: int, cap: CaptureFile, *, share: float = 
 
 
 def overlay_png(cap: CaptureFile, layer: int, heads: list[int], query: int, alpha: float = 0.6,
-                panel_px: int = 150, sinks: list[tuple[int, int]] = ()) -> bytes:
+                panel_px: int = 150, sinks: list[tuple[int, int]] = (), shared: bool = False) -> bytes:
     """PNG of one overlay per head in ``heads`` (small multiples, at most 6 per row); ``sinks``:
-    patches outlined in cyan (visual sinks)."""
+    patches outlined in cyan (visual sinks). Each head has its own colour scale (0 to its
+    largest weight), or with ``shared`` one scale for all (0 to the largest weight of any
+    head shown) with a colour bar, so that 1% and 99% image attention look different."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
@@ -80,21 +82,28 @@ def overlay_png(cap: CaptureFile, layer: int, heads: list[int], query: int, alph
     ncol = min(6, n)
     nrow = int(np.ceil(n / ncol))
     dpi = 100
-    fig = Figure(figsize=(ncol * panel_px / dpi, nrow * (panel_px + 18) / dpi), dpi=dpi)
-    for i, h in enumerate(heads):
+    atts = [patch_attention(cap, layer, h, query) for h in heads]
+    vmax = max(max(float(a.max()) for a in atts), 1e-9) if shared else None
+    fig = Figure(figsize=(ncol * panel_px / dpi + (0.8 if shared else 0), nrow * (panel_px + 18) / dpi), dpi=dpi)
+    axes, im = [], None
+    for i, (h, att) in enumerate(zip(heads, atts)):
         ax = fig.add_subplot(nrow, ncol, i + 1)
-        att = patch_attention(cap, layer, h, query)
+        axes.append(ax)
         rows, cols = att.shape
         if img is not None:
             ax.imshow(img, extent=(0, cols, rows, 0))
-        ax.imshow(att, extent=(0, cols, rows, 0), cmap="inferno", alpha=alpha if img is not None else 1.0,
-                  interpolation="nearest")
+        im = ax.imshow(att, extent=(0, cols, rows, 0), cmap="inferno", alpha=alpha if img is not None else 1.0,
+                       interpolation="nearest", vmin=0.0 if shared else None, vmax=vmax)
         for r, c in sinks:
             # inset, so that neighbouring sinks stay two boxes and a non-sink between them stays unmarked
             ax.add_patch(Rectangle((c + 0.1, r + 0.1), 0.8, 0.8, fill=False, edgecolor="#00e5ff", linewidth=1.4))
         ax.set_title(f"{head_label(layer, h)} (max {att.max():.2f}, sum {att.sum():.2f})", fontsize=7)
         ax.set_axis_off()
     fig.tight_layout(pad=0.3)
+    if shared and im is not None:
+        bar = fig.colorbar(im, ax=axes, fraction=0.04, pad=0.02)
+        bar.set_label("attention weight (one scale for all heads)", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.05)  # titles included
     return buf.getvalue()

@@ -86,6 +86,19 @@ class ModelResults:
         return self.folder.capture_for(layer, head, self.model, prefer=self.example_prefix(result))
 
 
+TASK_ANALYSES = ("retrieval", "circuit", "ablation")  # scores of a task a researcher asked about, in this order
+
+
+def task_metric(sel: ModelResults) -> str | None:
+    """The label of the first task score (retrieval, then circuit, then ablation), else None:
+    the head atlas opens on it rather than on a summary score."""
+    for analysis in TASK_ANALYSES:
+        for label, r in sel.results.items():
+            if r.analysis == analysis:
+                return label
+    return None
+
+
 def describe(sel: ModelResults, label: str) -> str:
     """The result's own description, else the registry's (torch-free), else ""."""
     r = sel.results.get(label)

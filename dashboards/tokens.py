@@ -4,7 +4,7 @@ both ways at once).
 Hovering a token shades, in blue, the earlier tokens it attends to (its row of the
 pattern) and, in orange, the later tokens that attend to it (its column), each scaled to
 its own largest weight; the hovered token is boxed. Without hover, the pinned ``query``
-(set by a click on a pattern row) is shown. Tokens are set as text (``textContent``),
+(set by a click on a pattern row, or on a token) is shown. Tokens are set as text (``textContent``),
 never as HTML, so a token holding markup is shown, not run.
 
 The pattern travels as base64 of uint16 (weight x 65535), at most :data:`MAX_TOKENS`
@@ -39,7 +39,7 @@ class TokenView(pn.custom.JSComponent):
     tokens = param.List(default=[], item_type=str, doc="The tokens shown (text, never HTML)")
     offset = param.Integer(default=0, doc="Position of the first token shown")
     weights = param.String(default="", doc="base64 uint16 [n, n] pattern block (see encode_weights)")
-    query = param.Integer(default=-1, doc="Pinned query position (-1: none)")
+    query = param.Integer(default=-1, doc="Pinned query position (-1: none; a click on a token sets it)")
     hovered = param.Integer(default=-1, doc="Token under the pointer (set by the browser)")
     note = param.String(default="", doc="One line shown above the tokens (text)")
 
@@ -106,6 +106,7 @@ class TokenView(pn.custom.JSComponent):
           s.textContent = t.replace(/\\n/g, "\\u21b5\\n");
           s.addEventListener("mouseenter", () => { paint(j, false); model.hovered = model.offset + j; });
           s.addEventListener("mouseleave", () => { paint(pinned(), true); model.hovered = -1; });
+          s.addEventListener("click", () => { model.query = model.offset + j; paint(j, true); });
           body.append(s);
           return s;
         });
@@ -121,8 +122,8 @@ class TokenView(pn.custom.JSComponent):
     _stylesheets = ["""
     .attnlens-tokens .caption { font-size: 12px; color: #444; margin-bottom: 4px; min-height: 1.4em; }
     .attnlens-tokens .body { font-family: monospace; white-space: pre-wrap; line-height: 1.7; max-height: 200px;
-                             overflow-y: auto; border: 1px solid #ddd; padding: 4px; }
-    .attnlens-tokens .tok { border-radius: 2px; cursor: default; }
+                             overflow-y: auto; overflow-wrap: anywhere; border: 1px solid #ddd; padding: 4px; }
+    .attnlens-tokens .tok { border-radius: 2px; cursor: pointer; }
     """]
 
     def show(self, tokens: list[str], pattern: np.ndarray, offset: int, query: int, note: str = "") -> None:

@@ -27,6 +27,7 @@ class VisionOverlay(pn.viewable.Viewer):
     head = param.Selector(default="all", objects=["all"], doc="One head, or all heads of the layer")
     query = param.Integer(default=-1, bounds=(-1, None), doc="Query token (-1: CLS for a ViT, the last token otherwise)")
     alpha = param.Number(default=0.6, bounds=(0.0, 1.0))
+    shared_scale = param.Boolean(default=False, doc="One colour scale (with a colour bar) for all heads shown")
 
     def __init__(self, folder_or_sel, **params):
         caps = folder_or_sel.captures
@@ -73,7 +74,7 @@ class VisionOverlay(pn.viewable.Viewer):
             return 0
         return default_query(cap) if self.query < 0 else min(self.query, len(cap.tokens) - 1)
 
-    @param.depends("capture", "layer", "head", "query", "alpha")
+    @param.depends("capture", "layer", "head", "query", "alpha", "shared_scale")
     def plot(self):
         cap = self._cap()
         if cap is None:
@@ -95,7 +96,7 @@ class VisionOverlay(pn.viewable.Viewer):
             note += (f"<p>Visual sinks (outlined; patches that are sinks in at least half the prompts of "
                      f"<code>{html.escape(label)}</code>): {where}</p>")
         try:
-            png = overlay_png(cap, self.layer, heads, q, self.alpha, sinks=sinks)
+            png = overlay_png(cap, self.layer, heads, q, self.alpha, sinks=sinks, shared=self.shared_scale)
         except AttnlensError as err:
             return pn.pane.HTML(f"<p>{html.escape(str(err))}</p>")
         return pn.Column(pn.pane.HTML(note), pn.pane.PNG(png, name="vision_overlay"))
@@ -105,5 +106,6 @@ class VisionOverlay(pn.viewable.Viewer):
                                 pn.widgets.IntInput.from_param(self.param.layer, width=80),
                                 pn.widgets.Select.from_param(self.param.head, width=80),
                                 pn.widgets.IntInput.from_param(self.param.query, width=90),
-                                pn.widgets.FloatSlider.from_param(self.param.alpha, width=150)),
+                                pn.widgets.FloatSlider.from_param(self.param.alpha, width=150),
+                                pn.widgets.Checkbox.from_param(self.param.shared_scale, name="one colour scale")),
                          pn.param.ParamMethod(self.plot, lazy=True, loading_indicator=True), name="Vision")

@@ -12,7 +12,7 @@ folders (:class:`ResultsFolder`). Output folders are written with :func:`output_
 """
 
 from formats.ablation import AblationResult
-from formats.capture import CaptureFile, CaptureMeta, TensorEntry, write_capture
+from formats.capture import CaptureFile, CaptureMeta, Focus, TensorEntry, set_focus, write_capture
 from formats.circuit import Circuit, Edge, Input, Node, NodeKind, Receiver, faithfulness_warning
 from formats.curves import Curves
 from formats.errors import *  # noqa: F403
@@ -32,5 +32,5 @@ __all__ = [
     "AblationResult", "AudioLayout", "CaptureFile", "CaptureMeta", "Circuit", "Curves", "Edge", "HeadScores", "ImageLayout", "Input",
     "Modality", "ModelFacts", "Node", "NodeKind", "Provenance", "Receiver", "ResultsFolder", "Site", "SiteKey",
     "StatsFile", "SweepLog", "TokenMaps", "TensorEntry", "inputs_digest", "open_sweep", "output_folder", "package_versions",
-    "faithfulness_warning", "write_capture", "write_stats", *_errors,
+    "faithfulness_warning", "write_capture", "Focus", "set_focus", "write_stats", *_errors,
 ]

@@ -49,7 +49,8 @@ class CaptureMeta:
     heads: list[int]
     kv_heads: list[int]
     backend: str = "torch"
-    generated: list[list[int]] = field(default_factory=list)
+    generated: list[list[int]] = field(default_factory=list)  # [batch][step - 1]: the token fed at each later step
+    generated_tokens: list[list[str]] = field(default_factory=list)  # the same tokens as text, [batch][step - 1]
     versions: dict[str, str] = field(default_factory=package_versions)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     layout: Layout | None = None  # where the positions sit in the input (image patches, audio frames)
@@ -59,6 +60,7 @@ class CaptureMeta:
         return {"facts": self.facts.to_json(), "token_ids": self.token_ids, "tokens": self.tokens, "text": self.text,
                 "sites": [s.value for s in self.sites], "layers": self.layers, "heads": self.heads,
                 "kv_heads": self.kv_heads, "backend": self.backend, "generated": self.generated,
+                "generated_tokens": self.generated_tokens,
                 "versions": self.versions, "created": self.created,
                 "layout": None if self.layout is None else self.layout.to_json(), "extra": self.extra}
 
@@ -101,6 +103,10 @@ class CaptureMeta:
         generated = d.get("generated") or []
         if not isinstance(generated, list):
             raise CorruptCaptureError(f"{where}: generated must be a list")
+        gen_tokens = d.get("generated_tokens") or []
+        if not isinstance(gen_tokens, list) or not all(
+                isinstance(row, list) and all(isinstance(t, str) for t in row) for row in gen_tokens):
+            raise CorruptCaptureError(f"{where}: generated_tokens must be a list of lists of strings")
         extra = d.get("extra") or {}
         if not isinstance(extra, dict):
             raise CorruptCaptureError(f"{where}: extra must be an object")
@@ -110,6 +116,7 @@ class CaptureMeta:
         versions = d.get("versions") or {}
         return cls(facts=facts, token_ids=ids, tokens=tokens, text=text, sites=sites, layers=layers, heads=heads,
                    kv_heads=kv_heads, backend=str(d.get("backend", "torch")), generated=generated,
+                   generated_tokens=gen_tokens,
                    versions={str(k): str(v) for k, v in versions.items()} if isinstance(versions, dict) else {},
                    created=str(d.get("created", "")), layout=layout_from_json(layout_doc, where), extra=extra)
 
@@ -130,6 +137,46 @@ class TensorEntry:
 
 def entry_name(step: int, key: SiteKey) -> str:
     return f"step{step}.{key.site.value}.{key.layer}"
+
+
+@dataclass(frozen=True)
+class Focus:
+    """The part of a capture its task is about: query rows ``rows`` (e.g. the answer's tokens)
+    and keys ``keys`` (e.g. the needle), half-open ``[start, end)`` token ranges, and ``why`` in a
+    few words. Written with :func:`set_focus`, read with :attr:`CaptureFile.focus`."""
+
+    rows: tuple[int, int]
+    keys: tuple[int, int] | None = None
+    why: str = ""
+
+
+def set_focus(meta: CaptureMeta, rows: tuple[int, int], keys: tuple[int, int] | None = None, why: str = "") -> None:
+    """Record in ``meta`` which rows (and keys) a view of this capture should open on."""
+    n = len(meta.tokens[0])
+    for name, r in (("rows", rows), ("keys", keys)):
+        if r is not None and not (len(r) == 2 and 0 <= int(r[0]) < int(r[1]) <= n):
+            raise SelectionError(f"focus {name} must be a token range [start, end) inside 0-{n}, got {tuple(r)!r}")
+    meta.extra["focus"] = {"rows": [int(rows[0]), int(rows[1])],
+                           "keys": None if keys is None else [int(keys[0]), int(keys[1])], "why": str(why)}
+
+
+def _focus_from(extra: dict[str, Any], n: int, where: str) -> Focus | None:
+    doc = extra.get("focus")
+    if doc is None and "answer_start" in extra:  # needle captures written before "focus"
+        doc = {"rows": [extra["answer_start"], n], "keys": extra.get("needle_span"), "why": "the answer; keys: the needle"}
+    if doc is None:
+        return None
+    ranges = []
+    for name in ("rows", "keys"):
+        r = doc.get(name) if isinstance(doc, dict) else None
+        if r is None and name == "keys":
+            ranges.append(None)
+            continue
+        if not (isinstance(r, list) and len(r) == 2 and all(isinstance(i, int) for i in r) and 0 <= r[0] < r[1] <= n):
+            raise CorruptCaptureError(f"{where}: focus {name} must be a token range [start, end) inside 0-{n}, "
+                                      f"got {r!r}")
+        ranges.append((r[0], r[1]))
+    return Focus(rows=ranges[0], keys=ranges[1], why=str(doc.get("why", "")))
 
 
 def write_capture(folder: str | Path, meta: CaptureMeta, steps: list[Mapping[SiteKey, np.ndarray]], *,
@@ -297,9 +344,64 @@ class CaptureFile:
             raise SelectionError(f"head {head} was not captured in {self.path.name}: heads {heads}")
         return heads.index(head)
 
+    @property
+    def focus(self) -> Focus | None:
+        """The rows (and keys) the capture's task is about, if its writer said (:func:`set_focus`)."""
+        return _focus_from(self.meta.extra, len(self.tokens), str(self.path / META_FILE))
+
+    @property
+    def n_batch(self) -> int:
+        """Prompts in the batch (rows of ``meta.tokens``)."""
+        return len(self.meta.tokens)
+
+    def check_batch(self, batch: int) -> int:
+        if not isinstance(batch, int) or not 0 <= batch < self.n_batch:
+            raise SelectionError(f"batch {batch!r} is out of range: {self.path.name} holds batch rows "
+                                 f"0-{self.n_batch - 1}")
+        return batch
+
+    def check_step(self, step: int) -> int:
+        if not isinstance(step, int) or not 0 <= step < max(self.n_steps, 1):
+            raise SelectionError(f"step {step!r} is out of range: {self.path.name} holds steps "
+                                 f"0-{max(self.n_steps, 1) - 1} (step 0 is the prompt, each later step one "
+                                 f"generated token)")
+        return step
+
+    def tokens_through(self, step: int = 0, batch: int = 0) -> list[str]:
+        """Tokens of batch row ``batch`` as seen at ``step``: the prompt, then the tokens fed at steps
+        1..``step`` (each generated token is the query of the next step). A generated token without
+        its text (captures from before ``generated_tokens``) is shown as ``<id N>``."""
+        self.check_batch(batch)
+        self.check_step(step)
+        toks = list(self.meta.tokens[batch])
+        ids = self.meta.generated[batch] if batch < len(self.meta.generated) else []
+        texts = self.meta.generated_tokens[batch] if batch < len(self.meta.generated_tokens) else []
+        for i in range(step):
+            toks.append(texts[i] if i < len(texts) else f"<id {ids[i]}>" if i < len(ids) else f"<step {i + 1}>")
+        return toks
+
     def pattern(self, layer: int, head: int, batch: int = 0, step: int = 0) -> np.ndarray:
-        """Attention probabilities of one head, ``[q, k]`` float32."""
+        """Attention probabilities of one head, ``[q, k]`` float32 (at a later step of generation,
+        ``q`` is that step's new token(s) only: see :meth:`pattern_through`)."""
         return self.read(Site.PATTERN, layer, step, (batch, self.head_index(head))).astype(np.float32)
+
+    def pattern_through(self, layer: int, head: int, batch: int = 0, step: int = 0) -> np.ndarray:
+        """One head's pattern as of generation step ``step``: the prompt's rows (step 0) and the query
+        rows of steps 1..``step`` stacked, ``[q, k]`` float32 with ``q == k ==`` prompt + ``step``
+        tokens (keys a row could not see are 0). ``step=0`` is :meth:`pattern`."""
+        self.check_batch(batch)
+        self.check_step(step)
+        rows = [self.pattern(layer, head, batch, s) for s in range(step + 1)]
+        n = rows[-1].shape[-1]
+        out = np.zeros((sum(r.shape[0] for r in rows), n), dtype=np.float32)
+        at = 0
+        for r in rows:
+            out[at:at + r.shape[0], :r.shape[1]] = r
+            at += r.shape[0]
+        if out.shape[0] != n:
+            raise CorruptCaptureError(f"{self.path.name}: steps 0-{step} of layer {layer} hold {out.shape[0]} query "
+                                      f"rows for {n} keys; a step should add one query and one key per token")
+        return out
 
     def queries(self, layer: int, head: int, batch: int = 0) -> np.ndarray:
         """``[q, d_head]`` queries of one head (site ``q``)."""

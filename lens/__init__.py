@@ -13,6 +13,7 @@ them (the CLI's ``--help`` and the errors never do).
 from __future__ import annotations
 
 import importlib
+import warnings
 
 from formats.errors import (
     AttnlensError,
@@ -29,6 +30,10 @@ from formats.errors import (
 from formats.facts import Modality, ModelFacts
 from formats.sites import Part, Site, SiteKey
 from lens.heads import HeadRef, MlpRef, ResidRef
+
+# tqdm.auto (imported by the model libraries) warns once in a notebook kernel without ipywidgets;
+# its progress bars then fall back to text, which is all attnlens needs
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 _LAZY = {
     "Backend": "lens.backends", "Capture": "lens.recording", "CaptureSpec": "lens.recording", "RunResult": "lens.recording",

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from formats import set_focus
+
 PROSE, REPEATED, NEEDLE, IMAGE, AUDIO = ("captures/prose", "captures/repeated-tokens", "captures/needle",
                                          "captures/image", "captures/audio")
 EXAMPLE_OF = {"summary": PROSE, "sinks": PROSE, "streaming": NEEDLE, "retrieval": NEEDLE, "taxonomy": REPEATED,
@@ -50,8 +52,9 @@ def needle_example(lm, trial, answer_ids: torch.Tensor) -> Example:
 
     ids = torch.cat([trial.input_ids.reshape(-1), answer_ids.reshape(-1)]).reshape(1, -1)
     cap = lens.run(lm, ids, sites=[lens.Site.PATTERN], dtype=torch.float16).capture
-    start, end = trial.needle_span
-    cap.meta.extra.update({"needle_span": [int(start), int(end)], "answer_start": int(trial.input_ids.numel())})
+    n_prompt = int(trial.input_ids.numel())
+    set_focus(cap.meta, rows=(n_prompt - 1, ids.shape[1]), keys=tuple(trial.needle_span),
+              why="the answer's rows (from the last prompt token); keys: the needle")
     return Example(NEEDLE, cap)
 
 

@@ -296,18 +296,21 @@ def stats(
                                 layers=list(selection.layers), backend=backend.value,
                                 on_layer=lambda layer: task.advance())
         result.write_into(tmp)
+    spans_run = [(int(a), int(b)) for a, b in result.spec.spans]
+    # a span's mass is averaged over the queries that can see it (from its first key on), as the dashboard does
     rows = [{"layer": layer, "entropy": float(s.entropy.mean()), "sink_mass": float(s.sink_mass.mean()),
-             "window_mass": float(s.window_mass.mean()), "max_weight": float(s.max_weight.mean())}
+             "window_mass": float(s.window_mass.mean()), "max_weight": float(s.max_weight.mean()),
+             "spans": {f"{a}:{b}": float(s.span_mass[:, :, a:, i].mean()) for i, (a, b) in enumerate(spans_run)}}
             for layer, s in sorted(result.stats.items())]
     if json_out:
         print_json({"model": model, "out": str(out), "tokens": ids.shape[1], "layers": rows})
         return
     table = Table(title=Text(printable(f"{lm.facts.name}: mean statistics over heads and queries "
                                             f"({ids.shape[1]} tokens)")))
-    for col in ("layer", "entropy", "sink mass", "window mass", "max weight"):
+    for col in ("layer", "entropy", "sink mass", "window mass", "max weight", *(f"span {a}:{b}" for a, b in spans_run)):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(str(r["layer"]), f"{r['entropy']:.3f}", f"{r['sink_mass']:.3f}", f"{r['window_mass']:.3f}",
-                      f"{r['max_weight']:.3f}")
+                      f"{r['max_weight']:.3f}", *(f"{v:.3f}" for v in r["spans"].values()))
     console.print(table)
     say(f"saved to {out}")

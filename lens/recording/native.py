@@ -232,6 +232,7 @@ def build_capture(lm: LoadedModel, spec: CaptureSpec, steps, input_ids: torch.Te
         sites=list(spec.sites), layers=list(spec.layers), heads=list(spec.heads),
         kv_heads=list(spec.kv_heads), backend=backend,
         generated=[] if generated is None else generated.tolist(),
+        generated_tokens=[] if generated is None else [lm.tokens(row) for row in generated],
     )
     return Capture(meta=meta, steps=steps)
 

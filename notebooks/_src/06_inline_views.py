@@ -6,7 +6,8 @@
 # hover a token to see what it attends to and what attends to it, click a pattern row to pin
 # a query, click a head in a grid to select it.
 #
-# - `lens.show(capture, layer=L, head=H)`: one head's pattern, colour bar, token view
+# - `lens.show(capture, layer=L, head=H)`: one head's pattern, colour bar, token view (a step
+#   selector for a capture across `generate()`; click a token to pin it as the query)
 # - `lens.show(capture)`: every head of the prompt as small multiples
 # - `lens.show(run, view="dla", model=lm)`: each head's direct logit attribution
 # - `lens.show("results/folder")`: the whole dashboard
@@ -64,6 +65,20 @@ lens.show(run.capture)
 ioi = lens.run(lm, "When Mary and John went to the store, John gave a drink to", sites=[lens.Site.Z])
 dla = lens.show(ioi, view="dla", model=lm, targets=[" Mary", " John"])
 dla
+
+# %% [markdown]
+# ## A capture across `generate()`, step by step
+# Each forward pass of `generate()` is one step: step 0 is the prompt, step k adds the k-th
+# new token as a query row. The step box (and, for a batch, the prompt box) picks what is shown;
+# the view opens on the step's own token.
+
+# %%
+prompt = lm.encode("The Eiffel Tower is in")
+with lens.capture(lm, sites=[lens.Site.PATTERN], layers=[layer]) as gen:
+    lm.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=5, do_sample=False,
+                      pad_token_id=lm.tokenizer.eos_token_id)
+print("generated:", gen.meta.generated_tokens[0])
+lens.show(gen, layer=layer, head=head)
 
 # %% [markdown]
 # ## A results folder, inline

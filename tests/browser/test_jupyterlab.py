@@ -85,5 +85,16 @@ def test_notebook_views_render_in_jupyterlab(browser, lab, shots):
         news.first.click()
     page.wait_for_timeout(300)
     page.screenshot(path=str(shots / "dashboard_jupyterlab.png"))
-    assert page.outside == [], page.outside[:5]  # offline: nothing fetched from elsewhere
+    # the generation capture's view: type step 3 into its step box (the only one in the notebook)
+    step = page.locator(".bk-input-group").filter(has_text=re.compile(r"^\s*step\s*$")).locator("input >> visible=true").first
+    step.scroll_into_view_if_needed()
+    step.fill("3")
+    step.evaluate("e => e.blur()")  # commits the value (Enter would go to JupyterLab's own shortcuts)
+    page.get_by_text("step 3 of 4: new token").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(shots / "generation_step3_jupyterlab.png"))
+    # clicks in the inline dashboard: other tabs load their views through the kernel, offline
+    for tab in ("Stats", "All heads", "Heads"):
+        page.locator(".bk-tab").filter(has_text=tab).last.click()
+        page.wait_for_timeout(1500)
+    assert page.outside == [], page.outside[:5]  # offline: nothing fetched from elsewhere, also after clicks
     page.close()

@@ -9,6 +9,8 @@
     lens capture tiny-llama --dtype bfloat16 --sites pattern,q,k,z -> bf16/000
     lens heads cross-attention tiny-whisper --audio -> speech/ (agreement head scores, saliency token maps,
                                                    captures/audio-000 with an audio layout and audio.wav)
+    lens.capture around generate() (no CLI command captures generation) -> generate/000 (tiny-llama,
+                                                   a batch of 2 prompts, 6 steps: the prompt and 5 new tokens)
 
 Built once per test session (about a minute on two CPU cores), through the real CLI entry point.
 """
@@ -16,6 +18,7 @@ Built once per test session (about a minute on two CPU cores), through the real 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -69,11 +72,32 @@ def build(root: Path) -> Path:
     t = np.arange(24_000) / 16_000
     save_wav(audio, (0.3 * np.sin(2 * np.pi * 440 * t) * (t < 1.0)).astype(np.float32), 16_000)
     _lens("heads", "cross-attention", "tiny-whisper", "--audio", audio, "--out", root / "speech")
+    write_generation_capture(root / "generate" / "000")
     return root
+
+
+GENERATE_PROMPTS = ["The cat sat on the mat", "A dog ran in the parks"]  # the same length in tiny-llama's tokens
+GENERATE_STEPS = 6
+
+
+def write_generation_capture(folder: Path) -> Path:
+    """A capture across ``generate()`` (one step per forward pass) of a batch of two prompts."""
+    import torch
+
+    import lens
+
+    lm = lens.load("tiny-llama")
+    ids = torch.cat([lm.encode(p) for p in GENERATE_PROMPTS])
+    with lens.capture(lm, sites=[lens.Site.PATTERN], layers=[0, 1]) as cap:
+        lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=GENERATE_STEPS,
+                          do_sample=False, pad_token_id=2)
+    assert len(cap.steps) == GENERATE_STEPS
+    return cap.save(folder)
 
 
 def contract_folder(tmp_path_factory) -> Path:
     """The session's contract folder (built on first use, shared by the Panel and browser tests)."""
     if "root" not in _BUILT:
-        _BUILT["root"] = build(tmp_path_factory.mktemp("contract") / "results")
+        reuse = os.environ.get("ATTNLENS_CONTRACT")  # a folder build() wrote before (for quick reruns)
+        _BUILT["root"] = Path(reuse) if reuse else build(tmp_path_factory.mktemp("contract") / "results")
     return _BUILT["root"]

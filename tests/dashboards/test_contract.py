@@ -18,7 +18,7 @@ from dashboards.app import Dashboard
 from dashboards.circuits import circuit_figure
 from dashboards.graph import circuit_layout
 from dashboards.report import build_report, write_report
-from formats import ResultsFolder, Site
+from formats import ResultsFolder, SelectionError, Site
 from tests.dashboards.contract import TASK_ROWS
 
 RESULTS = {"scan/summary.sink_mass", "scan/summary.entropy", "scan/sinks.first_token_mass", "scan/sinks.hidden_sinks",
@@ -27,7 +27,7 @@ RESULTS = {"scan/summary.sink_mass", "scan/summary.entropy", "scan/sinks.first_t
            "circuit/circuit.T_patching_logit-diff"}
 CAPTURES = {"scan/captures/prose-000", "scan/captures/prose-001", "scan/captures/repeated-tokens", "image/000",
             "speech/captures/audio-000",
-            "bf16/000", "circuit/captures/task-000"}
+            "bf16/000", "circuit/captures/task-000", "generate/000"}
 
 
 @pytest.fixture(scope="module")
@@ -234,3 +234,54 @@ def test_old_folders_load_or_name_the_file_and_format_version(contract, tmp_path
     for problem in dash.folder.problems.values():
         assert "\n" not in problem and len(problem) < 300  # one line each
     assert Site.PATTERN in dash.folder.captures["image/000"].sites
+
+
+def test_a_generation_capture_shows_each_step_and_prompt(dash, folder, contract):
+    from dashboards.inline import view_of
+    from tests.dashboards.contract import GENERATE_STEPS
+
+    cap = folder.captures["generate/000"]
+    assert (cap.n_steps, cap.n_batch) == (GENERATE_STEPS, 2) and len(cap.meta.generated_tokens[1]) == GENERATE_STEPS - 1
+    n = len(cap.tokens)
+    dash.model = "tiny-llama"
+    for ex in (dash.explorer, view_of(contract / "generate" / "000", layer=1, head=2)):  # dashboard and lens.show
+        if ex is dash.explorer:
+            ex.query = 3  # pinned on another capture: the step's own row replaces it
+            ex.capture = "generate/000"
+        assert ex.param.step.bounds == (0, GENERATE_STEPS - 1) and ex.param.batch.bounds == (0, 1)
+        assert ex._step_widget.visible and ex._batch_widget.visible
+        ex.param.update(layer=1, head=2)
+        assert ex.window.values.shape[0] == n and "step 0 of 5: the prompt" in ex._message.object
+        assert ex.query == n - 1  # the pin of the other capture (3) is gone: the last row, as on a first view
+        ex._step_widget.value = 3  # what a user types into the step box
+        assert ex.step == 3 and ex.tokens_shown == cap.tokens + cap.meta.generated_tokens[0][:3]
+        assert ex.query == n + 2 and ex._boxes["query"].value == n + 2  # the third new token's query row, in its box
+        row = cap.pattern(1, 2, step=3)[0]  # the step's own pattern, [1, n + 3] -> its one row
+        np.testing.assert_allclose(ex._pattern[n + 2], row, rtol=0, atol=0)
+        assert f"step 3 of 5: new token {cap.meta.generated_tokens[0][2]!r}"[:20] in ex._message.object.replace("&#x27;", "'")
+        ex.batch = 1
+        np.testing.assert_allclose(ex._pattern[n + 2], cap.pattern(1, 2, batch=1, step=3)[0])
+        assert ex.tokens_shown[-3:] == cap.meta.generated_tokens[1][:3] and "prompt 1 of 2" in ex._message.object
+    dash.explorer.capture = "bf16/000"  # another capture: back to step 0, prompt 0
+    assert dash.explorer.step == 0 and dash.explorer.batch == 0 and not dash.explorer._step_widget.visible
+    assert dash.explorer._step_widget.value == 0 and dash.explorer._boxes["query"].value == dash.explorer.query
+    with pytest.raises(SelectionError, match="step 6 is out of range: 000 holds steps 0-5"):
+        cap.pattern_through(1, 2, step=6)
+    with pytest.raises(SelectionError, match="batch 2 is out of range: 000 holds batch rows 0-1"):
+        cap.tokens_through(0, batch=2)
+
+
+def test_the_vision_tab_follows_the_model_opens_on_the_last_layer_and_can_share_one_scale(folder):
+    import io
+
+    from PIL import Image
+
+    dash = Dashboard(folder, map_method="pca", model="tiny-dinov2")
+    cap = folder.captures["image/000"]
+    assert dash.vision.capture == "image/000" and dash.vision.layer == cap.layers[-1]  # not the selected head's 0
+    dash.selected = (1, 2)  # a head picked by the user: the overlay follows its layer
+    assert dash.vision.layer == 1
+    own = Image.open(io.BytesIO(dash.vision.plot().objects[1].object))
+    dash.vision.shared_scale = True
+    shared = Image.open(io.BytesIO(dash.vision.plot().objects[1].object))
+    assert shared.width > own.width + 40  # the colour bar

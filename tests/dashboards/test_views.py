@@ -23,7 +23,7 @@ from dashboards.heads_grid import HeadsGrid
 from dashboards.maps import HeadMap, QKMap
 from dashboards.overlay import patch_attention
 from dashboards.selection import ModelResults
-from dashboards.stats_view import StatsRunView
+from dashboards.stats_view import StatsRunView, head_means
 from dashboards.tokens import decode_weights
 from dashboards.vision import VisionOverlay
 from formats import ResultsFolder
@@ -195,9 +195,12 @@ def test_stats_view_means_curves_and_received_mass(folder):
     run = folder.stats_runs["stats"]
     view = StatsRunView(folder.stats_runs)
     np.testing.assert_allclose(np.asarray(view._grid.source.data["value"]), run.head_means("entropy").ravel())
-    assert view.param.statistic.names["span 0 mass (keys 2-5)"] == "span_mass:0"
+    assert view.param.statistic.names["span 2:6 mass"] == "span_mass:0"  # named by its range, as --span takes it
     view.statistic = "span_mass:0"
     assert np.isfinite(view._grid.source.data["value"]).all()
+    span = run.read(2, "span_mass")[0, 4, :, 0]  # the mass is averaged over queries that see the span (q >= 2)
+    np.testing.assert_allclose(head_means(run, "span_mass:0")[2, 4], span[2:].mean(), rtol=1e-6)
+    assert head_means(run, "span_mass:0")[2, 4] > span[1:].mean()
     trigger_click(view._grid.figure, 4, 2)
     assert view.selected == (2, 4)
     curves, rec = (p.object for p in view._curves.objects)
@@ -205,6 +208,21 @@ def test_stats_view_means_curves_and_received_mass(folder):
     np.testing.assert_allclose(src["entropy"], run.read(2, "entropy")[0, 4], rtol=1e-6)
     assert src["top"][5].count("(") == 3  # the top-3 keys of query 5, with weights
     np.testing.assert_allclose(rec.renderers[0].data_source.data["sum"], run.read(2, "received_sum")[0, 4], rtol=1e-6)
+    shown = {r.glyph.y if isinstance(r.glyph.y, str) else r.glyph.y.field: r.visible for r in curves.renderers}
+    assert shown == {"sink_mass": True, "span0": True, "window_mass": False, "max_weight": False, "entropy": False}
+    assert np.isnan(src["span0"][:2]).all() and np.isfinite(src["span0"][2:]).all()  # no point before the span
+    view.series = [*view.series, "entropy (right axis)"]  # a toggle
+    curves = view._curves.objects[0].object
+    assert [r.visible for r in curves.renderers if r.glyph.y in ("entropy", {"field": "entropy"})] == [True]
+    view.keys = "without sink tokens"
+    rec = view._curves.objects[1].object
+    sink = run.settings["sink_tokens"]
+    assert rec.renderers[0].data_source.data["k"][0] == sink and "the sink left out" in rec.title.text
+    np.testing.assert_allclose(rec.renderers[0].data_source.data["sum"], run.read(2, "received_sum")[0, 4, sink:],
+                               rtol=1e-6)
+    view.keys = "log scale"
+    rec = view._curves.objects[1].object
+    assert rec.y_scale.__class__.__name__ == "LogScale" and min(rec.renderers[0].data_source.data["sum"]) > 0
 
 
 def test_ablations_view_curves_with_seed_spread_and_random_sets(folder):

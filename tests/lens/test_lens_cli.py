@@ -102,3 +102,18 @@ def test_every_command_docstring_dedents_so_its_help_keeps_its_paragraphs():
         later = cb.__doc__.split("\n")[1:]
         flush = [line for line in later if line.strip() and not line.startswith(" ")]
         assert not flush, f"{cb.__name__}: {flush[0]!r}"
+
+
+def test_stats_table_has_a_column_per_span_averaged_over_the_queries_that_see_it(cli, tmp_path):
+    from formats import StatsFile
+
+    args = ("stats", "tiny-llama", "--prompt", "The cat sat on the mat and the dog sat on the log.", "--span", "2:6",
+            "--span", "30:40")
+    code, out, err = cli(*args, "--out", tmp_path / "a")
+    assert code == 0 and "span 2:6" in out + err and "30:40" in out + err
+    code, out, _ = cli(*args, "--out", tmp_path / "b", "--json")
+    layers = json.loads(out)["layers"]
+    run = StatsFile.load(tmp_path / "b")
+    span = run.read(1, "span_mass")[..., 1].astype("float64")  # [batch, head, q]
+    assert layers[1]["spans"]["30:40"] == pytest.approx(span[:, :, 30:].mean(), rel=1e-5)
+    assert layers[1]["spans"]["30:40"] > span.mean()  # queries before 30 would dilute it

@@ -1,0 +1,96 @@
+"""The explorer in chromium on folders the real code wrote: a capture across generate() shows
+its step 3 after typing it into the step box; the top retrieval head opens the needle capture on
+an answer row whose top key lies inside the needle; a click on a token pins it as the query; and
+no request leaves this machine after the clicks."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from formats import ResultsFolder
+from tests.browser.conftest import FRAME_JS, has_model, new_page, point, serve, stop
+from tests.dashboards.contract import contract_folder
+from tests.dashboards.needle import needle_folder
+
+TITLE_JS = "(t) => Bokeh.documents[0].get_model_by_name('pattern_heatmap').title.text.includes(t)"
+
+
+@pytest.fixture(scope="module")
+def contract(tmp_path_factory):
+    return contract_folder(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def needle(tmp_path_factory):
+    return needle_folder(tmp_path_factory)
+
+
+def _open(browser, url):
+    page = new_page(browser, width=1600, height=1000)
+    page.goto(url)
+    page.wait_for_function(has_model("pattern_heatmap"), timeout=90_000)
+    page.evaluate(FRAME_JS)
+    return page
+
+
+def test_step_3_of_a_generation_capture_in_the_dashboard(browser, contract, shots):
+    served = serve(contract)
+    try:
+        page = _open(browser, served.url)
+        page.locator("select").filter(has=page.locator("option[value='generate/000']")).first.select_option(
+            "generate/000")
+        step = page.locator(".bk-input-group").filter(has_text=re.compile(r"^\s*step\s*$")).locator("input >> visible=true").first
+        step.wait_for(state="visible", timeout=30_000)
+        step.fill("3")
+        step.press("Enter")
+        page.wait_for_function(TITLE_JS, arg="at step 3", timeout=30_000)
+        page.get_by_text("step 3 of 5: new token").first.wait_for(timeout=30_000)
+        n_rows = page.evaluate("() => { const m = Bokeh.documents[0].get_model_by_name('pattern_heatmap');"
+                               " return Math.round(m.y_range.start + 0.5) }")
+        cap = ResultsFolder.load(contract).captures["generate/000"]
+        assert n_rows == len(cap.tokens) + 3  # the prompt's rows and one row per generated token so far
+        page.screenshot(path=str(shots / "explorer_generation_step3.png"))
+        # a ViT's patch tokens ("patch(r,c)", no spaces) wrap inside the token view instead of running off
+        page.locator("select").filter(has=page.locator("option[value='tiny-dinov2']")).first.select_option(
+            "tiny-dinov2")
+        body = page.locator(".attnlens-tokens .body").filter(has_text="patch(0,0)").first
+        body.wait_for(timeout=30_000)
+        page.get_by_text("patch(0,0)").first.wait_for(timeout=60_000)
+        sw, cw = body.evaluate("e => [e.scrollWidth, e.clientWidth]")
+        assert sw <= cw + 1, (sw, cw)
+        assert page.errors == [] and page.outside == [], page.outside[:5]
+        page.close()
+    finally:
+        stop(served)
+
+
+def test_the_top_retrieval_head_opens_on_the_answer_row_with_its_top_key_in_the_needle(browser, needle, shots):
+    folder = ResultsFolder.load(needle)
+    scores = folder.results["scan/retrieval.needle_top_key_share"].scores
+    layer, head = map(int, np.unravel_index(np.nanargmax(scores), scores.shape))
+    focus = folder.captures["scan/captures/needle"].focus
+    served = serve(needle)
+    try:
+        page = _open(browser, served.url)
+        page.wait_for_function(has_model("head_heatmap"), timeout=60_000)
+        x, y = point(page, "head_heatmap", head, layer)
+        page.mouse.click(x, y)
+        page.wait_for_function(TITLE_JS, arg=f"L{layer}H{head}:", timeout=30_000)
+        top = page.get_by_text(re.compile(r"top key of query \d+: \d+")).first
+        top.wait_for(timeout=30_000)
+        q, k = map(int, re.search(r"top key of query (\d+): (\d+)", top.inner_text()).groups())
+        assert focus.rows[0] <= q < focus.rows[1] and focus.keys[0] <= k < focus.keys[1], (q, k, focus)
+        page.get_by_text(f"task rows {focus.rows[0]}-{focus.rows[1] - 1}").first.wait_for(timeout=10_000)
+        page.screenshot(path=str(shots / "explorer_needle_answer_row.png"))
+        pos = focus.rows[0] - 20
+        tok = page.locator(f".attnlens-tokens .tok[data-pos='{pos}']")  # a click on a token pins it as the query
+        tok.scroll_into_view_if_needed()
+        tok.click()
+        page.get_by_text(re.compile(rf"top key of query {pos}: \d+")).first.wait_for(timeout=30_000)
+        assert page.errors == [] and page.outside == [], page.outside[:5]
+        page.close()
+    finally:
+        stop(served)
