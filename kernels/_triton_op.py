@@ -52,8 +52,8 @@ def _attention_with_stats_op(
     spans: list[int],
     topk: int,
     key_stats: bool,
-    softcap: float,
-    sinks: torch.Tensor | None,
+    softcap: float = 0.0,
+    sinks: torch.Tensor | None = None,
 ) -> _OutTuple:
     """Flat-tuple form of :func:`triton_attention_stats`; ``spans`` is flattened ``[s0, e0, s1, e1, ...]``;
     ``softcap`` 0 means none; ``sinks`` ``[H]`` float32 or None."""
@@ -101,7 +101,7 @@ def _attention_with_stats_op(
 
 
 @_attention_with_stats_op.register_fake
-def _(q, k, v, key_padding_mask, causal, scale, sink_tokens, window, spans, topk, key_stats, softcap, sinks):
+def _(q, k, v, key_padding_mask, causal, scale, sink_tokens, window, spans, topk, key_stats, softcap=0.0, sinks=None):
     return _alloc(q, k.shape[2], len(spans) // 2, topk, key_stats)
 
 

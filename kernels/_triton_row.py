@@ -27,7 +27,7 @@ from ._validate import triton_interpreting
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
-SINK_CLAMP2 = 80.0 * LOG2E  # exponent clamp of the sink's term, log2 units (see kernels._cpu_stats._SINK_CLAMP)
+SINK_CLAMP2 = tl.constexpr(80.0 * LOG2E)  # the sink term's exponent clamp, log2 units (kernels._cpu_stats)
 
 
 @triton.jit
