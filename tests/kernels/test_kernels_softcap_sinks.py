@@ -14,6 +14,7 @@ from kernels import KernelInputError, StatsSpec, _compiled, attention_with_stats
 from kernels._testing import TOLERANCES, assert_matches_oracle, make_qkv
 from kernels._validate import triton_importable
 from kernels.reference import chunked_attention_stats, naive_attention_stats
+from lens.attention import AttentionObserver, attention_mode
 from lens.recording.stats import stats_mode
 
 SPEC = StatsSpec(sink_tokens=2, window=5, spans=((3, 9), (0, 40)), topk=3)
@@ -206,3 +207,29 @@ def test_stats_mode_equals_the_models_eager_attention(build):
             g = got_span if name == "span_mass" else getattr(got, name)
             torch.testing.assert_close(g.double(), value, atol=2e-5, rtol=1e-4,
                                        msg=lambda m, n=name: f"layer {layer} {n}: {m}")
+
+
+class _KeepWeights(AttentionObserver):
+    """Wants the probabilities (as pattern capture does) and keeps them per layer."""
+
+    needs_weights = True
+
+    def __init__(self) -> None:
+        self.weights = {}
+
+    def on_outputs(self, module, layer, query, key, value, out, weights) -> None:
+        self.weights[layer] = weights
+
+
+@pytest.mark.parametrize("build", [_gemma2, _gpt_oss], ids=["gemma2-softcap", "gpt-oss-sinks"])
+def test_patterns_wanted_inside_stats_mode_are_the_models_own(build):
+    model = build()
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        eager = model(IDS, output_attentions=True)
+        with attention_mode(model, _KeepWeights()) as keep, stats_mode(model, SHORT, backend="torch") as rec:
+            logits = model(IDS).logits
+    torch.testing.assert_close(logits, eager.logits, atol=2e-5, rtol=0)
+    for layer, a in enumerate(eager.attentions):
+        torch.testing.assert_close(keep.weights[layer], a, atol=2e-6, rtol=0)
+        torch.testing.assert_close(rec[layer][0].max_weight, a.amax(-1), atol=2e-5, rtol=0)
