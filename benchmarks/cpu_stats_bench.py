@@ -87,17 +87,19 @@ def install_clock(lm, clock: AttnClock) -> Callable[[], None]:
 
     from lens import attention as stack
 
-    stack._register_once()  # stats mode runs through the attention stack's dispatcher
-    stats_fn = ALL_ATTENTION_FUNCTIONS[stack.SDPA]
+    stack._register_once()  # stats mode runs through the attention stack's dispatcher (under either of its names)
+    stack_fns = {name: ALL_ATTENTION_FUNCTIONS[name] for name in (stack.EAGER, stack.FAST)}
     model_module = sys.modules[type(lm.model).__module__]
     eager_fn = model_module.eager_attention_forward
     AttentionInterface.register("sdpa", clock.wrap(sdpa_attention_forward))
-    AttentionInterface.register(stack.SDPA, clock.wrap(stats_fn))
+    for name, fn in stack_fns.items():
+        AttentionInterface.register(name, clock.wrap(fn))
     model_module.eager_attention_forward = clock.wrap(eager_fn)
 
     def undo() -> None:
         AttentionInterface.register("sdpa", sdpa_attention_forward)
-        AttentionInterface.register(stack.SDPA, stats_fn)
+        for name, fn in stack_fns.items():
+            AttentionInterface.register(name, fn)
         model_module.eager_attention_forward = eager_fn
 
     return undo

@@ -10,7 +10,9 @@
 //   pass 1  m = max_j s_j, a = the first j holding m          (keys dropped by key_keep hold kMasked)
 //           (with top-k) the k largest s_j and their keys
 //   pass 2  c_j = max(s_j - m, kExpFloor), e_j = exp(c_j) (0 on dropped keys), l = sum e, d = sum e c
-// then sink, window and span sums of e over their own keys, and received[j] += e_j / max(l, 1).
+// then sink, window and span sums of e over their own keys, and received[j] += e_j / max(L, 1), where L = l, or with a
+// learned sink logit z_h (gpt-oss) L = l + exp(min(z_h - m, kSinkClamp)).  With soft-capping (Gemma 2) the scores are
+// first replaced by cap * tanh(s / cap), before the key-padding bias.
 // Outputs are the un-normalised sums; kernels/_cpu_stats.py's _finish divides by l as for the PyTorch path.
 
 #include <torch/extension.h>
@@ -29,6 +31,7 @@ using Vec = at::vec::Vectorized<float>;
 constexpr float kMasked = -1.0e30f;     // a dropped key's score (kernels/_cpu_stats.py: _MASKED)
 constexpr float kEmptyBelow = -1.0e29f; // a row whose max is below this saw no key
 constexpr float kExpFloor = -40.0f;     // exp is evaluated at max(s - m, kExpFloor) (see _cpu_stats._EXP_FLOOR)
+constexpr float kSinkClamp = 80.0f;     // exponent clamp of a sink's term (see _cpu_stats._SINK_CLAMP)
 
 struct Row {
   float max;
@@ -130,6 +133,18 @@ void top_k(const float* s, int64_t n, int64_t k, float* vals, int64_t* keys) {
   for (; j < n; ++j) insert(s[j], j);
 }
 
+// s = cap * tanh(s / cap) over s[0, n), with tanh(y) = sign(y) (1 - e) / (1 + e), e = exp(-2 |y|) by the fast
+// exp_u20 (|y| clamped at 20: e^-40 leaves tanh = 1 in float32).  Absolute error about cap * 1e-7, the float32
+// resolution of scores of that size; at::vec's tanh is twice as slow here.
+void soft_cap(float* s, int64_t n, float cap, float inv_cap) {
+  const Vec two_inv(2.0f * inv_cap), vcap(cap), one(1.0f), zero(0.0f), limit(40.0f);
+  at::vec::map<float>([&](Vec x) {
+    Vec e = (zero - at::vec::minimum(x.abs() * two_inv, limit)).exp_u20();
+    Vec t = (one - e) / (one + e) * vcap;
+    return Vec::blendv(t, zero - t, x < zero);
+  }, s, s, n);
+}
+
 float range_sum(const float* e, int64_t lo, int64_t hi) {
   if (hi <= lo) return 0.0f;
   return at::vec::reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, e + lo, hi - lo);
@@ -143,13 +158,14 @@ void add_scaled(float* received, const float* e, int64_t n, float w) {
 }  // namespace
 
 // qs [B, H, M, D] (already scaled), kt [B, Hkv, D, N], v [B, Hkv, N, D]: float32, contiguous.  key_keep: [B, N] bool
-// or an empty tensor.  spans: [S, 2] int64.  Returns out (P V before the division by l) [B, H, M, D]; row_max, l,
+// or an empty tensor.  spans: [S, 2] int64.  softcap: > 0 soft-caps the scores, 0 leaves them.  sinks: [H] float32
+// sink logits or an empty tensor (only the received mass needs them here; _finish applies them to the rest).  Returns out (P V before the division by l) [B, H, M, D]; row_max, l,
 // e_dot, sink, window [B, H, M]; argmax int64 [B, H, M]; span [B, H, M, S]; received [B, H, N or 0]; the top-k
 // scores [B, H, M, topk] (descending, -inf past the visible keys) and their keys (int64, -1 there).
 std::vector<at::Tensor> stats_forward(const at::Tensor& qs, const at::Tensor& kt, const at::Tensor& v,
                                       const at::Tensor& key_keep, bool causal, int64_t sink_tokens, int64_t window,
                                       const at::Tensor& spans, int64_t topk, bool key_stats,
-                                      int64_t block_rows) {
+                                      int64_t block_rows, double softcap, const at::Tensor& sinks) {
   TORCH_CHECK(qs.scalar_type() == at::kFloat && kt.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
               "stats_forward: float32 inputs");
   TORCH_CHECK(qs.is_contiguous() && kt.is_contiguous() && v.is_contiguous(), "stats_forward: contiguous inputs");
@@ -157,6 +173,11 @@ std::vector<at::Tensor> stats_forward(const at::Tensor& qs, const at::Tensor& kt
   const int64_t Hkv = kt.size(1), N = kt.size(3), G = H / Hkv, off = N - M;
   const int64_t S = spans.size(0);
   const bool has_keep = key_keep.numel() > 0;
+  const bool has_sinks = sinks.numel() > 0;
+  TORCH_CHECK(!has_sinks || (sinks.scalar_type() == at::kFloat && sinks.numel() == H), "stats_forward: sinks [H] float32");
+  auto sinks_c = has_sinks ? sinks.contiguous() : sinks;
+  const float* sink_logit = has_sinks ? sinks_c.data_ptr<float>() : nullptr;
+  const float cap = static_cast<float>(softcap), inv_cap = softcap > 0 ? 1.0f / cap : 0.0f;
   const int64_t R = std::max<int64_t>(1, std::min(block_rows, M));
   const auto f32 = qs.options();
 
@@ -204,6 +225,7 @@ std::vector<at::Tensor> stats_forward(const at::Tensor& qs, const at::Tensor& kt
             const int64_t i = r0 + r, pos = i + off;
             const int64_t k_vis = causal ? pos + 1 : N;
             float* s = s0 + (hl * c + r) * k_end;
+            if (softcap > 0) soft_cap(s, k_vis, cap, inv_cap);
             if (bias) at::vec::map2<float>([](Vec x, Vec y) { return x + y; }, s, s, bias, k_vis);
             const Row mx = max_and_first_argmax(s, k_vis);
             if (topk) {
@@ -221,7 +243,8 @@ std::vector<at::Tensor> stats_forward(const at::Tensor& qs, const at::Tensor& kt
                 window ? range_sum(s, std::max<int64_t>(0, pos - window + 1), std::min(pos + 1, k_vis)) : 0.0f;
             float* sp_out = span.data_ptr<float>() + (o + i) * S;
             for (int64_t t = 0; t < S; ++t) sp_out[t] = range_sum(s, sp[2 * t], std::min(sp[2 * t + 1], k_vis));
-            if (key_stats) add_scaled(lane_received + (b * H + h) * N, s, k_vis, 1.0f / std::max(l, 1.0f));
+            const float denom = sink_logit ? l + std::exp(std::min(sink_logit[h] - mx.max, kSinkClamp)) : l;
+            if (key_stats) add_scaled(lane_received + (b * H + h) * N, s, k_vis, 1.0f / std::max(denom, 1.0f));
           }
         }
         auto pv_blk = pv.narrow(0, 0, G * c);

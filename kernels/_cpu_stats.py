@@ -34,6 +34,9 @@ _SEG = 64  # keys per segment of the two-level max / argmax / top-k
 # visible key whose weight is below e^-40 ~ 4e-18 of the row's largest gets e^-40 instead: an absolute error below
 # 4e-18 per key, far under the float32 resolution of any statistic.  Masked keys get exactly 0.
 _EXP_FLOOR = -40.0
+# With a learned sink the denominator is l + exp(sink - row_max); the exponent is clamped here so that a sink that
+# outweighs every key by more than e^80 gives weights ~e^-80 (zero in float32) instead of an overflow to inf.
+_SINK_CLAMP = 80.0
 FUSED_MAX_KEYS = 1 << 24  # the compiled kernel tracks the argmax as a float32 index: exact below 2^24 keys
 
 
@@ -162,12 +165,16 @@ def chunked_stats(
     key_padding_mask: torch.Tensor | None,
     attn_mask: torch.Tensor | None,
     chunk_size: int,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> AttnOut:
     """Stats attention over query chunks of ``chunk_size``; inputs already validated (see ``chunked_attention_stats``).
 
     Args:
         q: ``[B, H, M, D]``; k, v: ``[B, Hkv, N, D]`` (GQA: query head ``h`` uses kv head ``h // (H // Hkv)``).
         key_padding_mask: ``[B, N]`` bool, True = keep.  attn_mask: ``[B or 1, H or 1, M, N]`` bool, True = keep.
+        softcap: scores become ``softcap * tanh(scores / softcap)`` before masking.  sinks: ``[H]`` float32 logits,
+            one extra softmax column per head that takes mass and gives no value (see :mod:`kernels.spec`).
     Returns:
         :class:`AttnOut`: ``out [B, H, M, D]`` in ``q.dtype``, float32 statistics, int64 indices.
     """
@@ -206,6 +213,8 @@ def chunked_stats(
         s = s_buf[: b * h * c * k_end].view(b, hkv, g * c, k_end)
         torch.matmul(qs[:, :, rows].reshape(b, hkv, g * c, d), k_t[..., :k_end], out=s)
         s = s.view(b, h, c, k_end)
+        if softcap is not None:
+            s.div_(softcap).tanh_().mul_(softcap)
         masks.apply_(s, r0, r0 + off, weights=False)
         if count is not None:
             count[:, :, :k_end] += (s > _EMPTY_BELOW).sum(-2, dtype=f32)
@@ -233,11 +242,19 @@ def chunked_stats(
                 torch.sum(e[..., s0: min(s1, k_end)], -1, out=span[:, :, rows, si])
         if key_stats:
             # received[j] += sum_i e[i, j] / l[i]: a matmul reads the block once and builds no normalised copy.
-            inv_l = l_sum[:, :, rows].clamp_min(1.0).reciprocal_()
+            inv_l = _denominator(l_sum[:, :, rows], mx, sinks).clamp_min(1.0).reciprocal_()
             received[:, :, :k_end] += torch.bmm(inv_l.view(b * h, 1, c), e.view(b * h, c, k_end)).view(b, h, k_end)
 
     return _finish(q.dtype, out, row_max, l_sum, e_dot, argmax, sink, win, span, top_vals, top_keys, received,
-                   count, m, n, causal, key_padding_mask)
+                   count, m, n, causal, key_padding_mask, sinks)
+
+
+def _denominator(l_sum: torch.Tensor, row_max: torch.Tensor, sinks: torch.Tensor | None) -> torch.Tensor:
+    """The softmax denominator relative to ``row_max`` (both ``[B, H, c]``): ``l``, plus ``exp(sink_h - row_max)``
+    with learned sinks ``[H]`` (exponent clamped at ``_SINK_CLAMP``)."""
+    if sinks is None:
+        return l_sum
+    return l_sum + torch.exp((sinks[None, :, None] - row_max).clamp_max(_SINK_CLAMP))
 
 
 def _weights(s: torch.Tensor, mx: torch.Tensor, e: torch.Tensor, masks: _Masks, r0: int,
@@ -253,7 +270,8 @@ def _weights(s: torch.Tensor, mx: torch.Tensor, e: torch.Tensor, masks: _Masks, 
 
 
 def fused_stats(ext, q, k, v, *, causal: bool, scale: float, spec: StatsSpec,
-                key_padding_mask: torch.Tensor | None) -> AttnOut:
+                key_padding_mask: torch.Tensor | None, softcap: float | None = None,
+                sinks: torch.Tensor | None = None) -> AttnOut:
     """:func:`chunked_stats` by the compiled kernel ``ext`` (see ``_cpu_fused.cpp``; no ``attn_mask``, fewer than
     ``FUSED_MAX_KEYS`` keys); the same :func:`_finish`."""
     b, h, m, _ = q.shape
@@ -263,23 +281,32 @@ def fused_stats(ext, q, k, v, *, causal: bool, scale: float, spec: StatsSpec,
     k_t = k.to(f32).transpose(-1, -2).contiguous()  # [B, Hkv, D, N]
     keep = torch.empty(0, dtype=torch.bool) if key_padding_mask is None else key_padding_mask.contiguous()
     spans = torch.tensor(spec.spans, dtype=torch.int64).view(-1, 2)
+    sink_logits = torch.empty(0, dtype=f32) if sinks is None else sinks
     out, row_max, l_sum, e_dot, argmax, sink, win, span, received, top_vals, top_keys = ext.stats_forward(
         qs, k_t, v.to(f32).contiguous(), keep, causal, min(spec.sink_tokens, n), min(spec.window, n), spans, spec.topk,
-        spec.key_stats, _compiled.block_rows(h // k.shape[1], n))
+        spec.key_stats, _compiled.block_rows(h // k.shape[1], n), 0.0 if softcap is None else softcap, sink_logits)
     return _finish(q.dtype, out, row_max, l_sum, e_dot, argmax, sink, win, span, top_vals, top_keys, received,
-                   None, m, n, causal, key_padding_mask)
+                   None, m, n, causal, key_padding_mask, sinks)
 
 
 def _finish(dtype, out, row_max, l_sum, e_dot, argmax, sink, win, span, top_vals, top_keys, received, count,
-            m, n, causal, key_padding_mask) -> AttnOut:
+            m, n, causal, key_padding_mask, sinks=None) -> AttnOut:
     """Turn the per-row sums into :class:`AttnOut` (all ``[B, H, M]``-sized work, done once)."""
     zero = torch.zeros((), device=out.device)
     empty = row_max < _EMPTY_BELOW
     l1 = l_sum.clamp_min(1.0)  # l >= 1 on a row with a key (e = 1 at its max); empty rows have l = 0 and sums 0
-    inv_l, log_l = l1.reciprocal(), l1.log()
-    lse = torch.where(empty, float("-inf"), log_l + row_max)
-    # H = -sum p log p = log(l) - sum_j e_j (s_j - max) / l
-    entropy = torch.where(empty, zero, log_l - e_dot * inv_l)
+    if sinks is None:
+        inv_l, log_l = l1.reciprocal(), l1.log()
+        lse = torch.where(empty, float("-inf"), log_l + row_max)
+        # H = -sum p log p = log(l) - sum_j e_j (s_j - max) / l
+        entropy = torch.where(empty, zero, log_l - e_dot * inv_l)
+    else:
+        # Denominator L = l + exp(sink - max); p_j = e_j / L over the real keys (not renormalised), so
+        # H = -sum_j p_j log p_j = (l / L) log(L) - sum_j e_j (s_j - max) / L.
+        big_l = _denominator(l1, row_max, sinks)
+        inv_l, log_big = big_l.reciprocal(), big_l.log()
+        lse = torch.where(empty, float("-inf"), torch.logaddexp(l1.log() + row_max, sinks[None, :, None]))
+        entropy = torch.where(empty, zero, l1 * inv_l * log_big - e_dot * inv_l)
     max_weight = torch.where(empty, zero, inv_l)
     argmax = torch.where(empty, -1, argmax)
     valid = top_vals > _EMPTY_BELOW

@@ -2,7 +2,8 @@
 
 One program owns ``BLOCK_N`` keys of one (batch, query head) and loops over the query blocks that can see them
 (causal: from the first query whose position reaches the block), recomputing ``p = 2^(s * scale * log2e - lse2)``
-and summing over queries in registers.  Every output element is written by exactly one program, in a fixed loop
+and summing over queries in registers (soft-capped like the row pass; a learned sink needs nothing here, since
+the row pass's ``lse`` already holds its term).  Every output element is written by exactly one program, in a fixed loop
 order: deterministic, no atomics.  Padded keys are zeroed at the end rather than masked in the loop.
 
 ``count[j]`` (queries that see key ``j``) is analytic: ``M - max(0, j - (N - M))`` when causal, else ``M``, and 0 for
@@ -14,6 +15,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._triton_row import _tanh
 from ._validate import triton_interpreting
 
 
@@ -21,8 +23,8 @@ from ._validate import triton_interpreting
 def _col_stats_kernel(
     Q, K, LSE, RSUM, RMEAN, PAD,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd,
-    H, GROUP, M, N, OFFSET, qk_scale, M_BUCKET, N_BUCKET,
-    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    H, GROUP, M, N, OFFSET, qk_scale, SOFTCAP2, M_BUCKET, N_BUCKET,
+    HAS_SOFTCAP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, IEEE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -65,6 +67,8 @@ def _col_stats_kernel(
         else:
             s = tl.dot(q, kt)
         s = s * qk_scale
+        if HAS_SOFTCAP:
+            s = SOFTCAP2 * _tanh(s / SOFTCAP2)
         if CAUSAL:
             if start_n + BLOCK_N - 1 > start_m + OFFSET:  # block crosses the diagonal
                 s = tl.where(offs_n[None, :] <= (offs_m + OFFSET)[:, None], s, float("-inf"))
@@ -92,6 +96,7 @@ _GPU_CONFIGS = [
 if triton_interpreting():
     col_stats_kernel = _col_stats_kernel
 else:
-    col_stats_kernel = triton.autotune(_GPU_CONFIGS, key=["M_BUCKET", "N_BUCKET", "D", "CAUSAL", "HAS_PAD", "IEEE"])(
+    col_stats_kernel = triton.autotune(_GPU_CONFIGS, key=["M_BUCKET", "N_BUCKET", "D", "CAUSAL", "HAS_PAD", "IEEE",
+                                                          "HAS_SOFTCAP"])(
         _col_stats_kernel
     )

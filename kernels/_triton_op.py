@@ -52,8 +52,11 @@ def _attention_with_stats_op(
     spans: list[int],
     topk: int,
     key_stats: bool,
+    softcap: float = 0.0,
+    sinks: torch.Tensor | None = None,
 ) -> _OutTuple:
-    """Flat-tuple form of :func:`triton_attention_stats`; ``spans`` is flattened ``[s0, e0, s1, e1, ...]``."""
+    """Flat-tuple form of :func:`triton_attention_stats`; ``spans`` is flattened ``[s0, e0, s1, e1, ...]``;
+    ``softcap`` 0 means none; ``sinks`` ``[H]`` float32 or None."""
     b, h, m, d = q.shape
     hkv, n = k.shape[1], k.shape[2]
     n_spans = len(spans) // 2
@@ -62,8 +65,11 @@ def _attention_with_stats_op(
     has_pad = key_padding_mask is not None
     pad = key_padding_mask.to(torch.int8).contiguous() if has_pad else torch.empty(1, dtype=torch.int8, device=q.device)
     spans_t = torch.tensor(spans if spans else [0, 0], dtype=torch.int32, device=q.device)
+    has_sinks = sinks is not None
+    sinks_t = sinks.contiguous() if has_sinks else torch.empty(1, dtype=torch.float32, device=q.device)
+    softcap2 = softcap * LOG2E
     common = dict(
-        D=d, BLOCK_D=triton.next_power_of_2(d), CAUSAL=causal, HAS_PAD=has_pad,
+        HAS_SOFTCAP=softcap > 0, D=d, BLOCK_D=triton.next_power_of_2(d), CAUSAL=causal, HAS_PAD=has_pad,
         IEEE=q.dtype == torch.float32, INTERPRET=_INTERPRET,
     )
     qk_scale = scale * LOG2E
@@ -74,9 +80,9 @@ def _attention_with_stats_op(
         return (triton.cdiv(m, meta["BLOCK_M"]), b * h)
 
     row_stats_kernel[row_grid](
-        q, k, v, o, lse, ent, maxw, arg, sink, win, span, topw, topi, pad, spans_t,
+        q, k, v, o, lse, ent, maxw, arg, sink, win, span, topw, topi, pad, spans_t, sinks_t,
         *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-        h, h // hkv, m, n, n - m, qk_scale, sink_tokens, window, *buckets,
+        h, h // hkv, m, n, n - m, qk_scale, softcap2, sink_tokens, window, *buckets, HAS_SINKS=has_sinks,
         N_SPANS=n_spans, SPAN_PAD=max(1, triton.next_power_of_2(max(n_spans, 1))),
         TOPK=topk, TOPK_PAD=max(1, triton.next_power_of_2(max(topk, 1))),
         **common, **row_blocks,
@@ -89,13 +95,13 @@ def _attention_with_stats_op(
 
         col_stats_kernel[col_grid](
             q, k, lse, rsum, rmean, pad, *q.stride(), *k.stride(),
-            h, h // hkv, m, n, n - m, qk_scale, *buckets, **common, **col_blocks,
+            h, h // hkv, m, n, n - m, qk_scale, softcap2, *buckets, **common, **col_blocks,
         )
     return outs
 
 
 @_attention_with_stats_op.register_fake
-def _(q, k, v, key_padding_mask, causal, scale, sink_tokens, window, spans, topk, key_stats):
+def _(q, k, v, key_padding_mask, causal, scale, sink_tokens, window, spans, topk, key_stats, softcap=0.0, sinks=None):
     return _alloc(q, k.shape[2], len(spans) // 2, topk, key_stats)
 
 
@@ -108,6 +114,8 @@ def triton_attention_stats(
     scale: float,
     spec: StatsSpec,
     key_padding_mask: torch.Tensor | None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> AttnOut:
     """Run the fused kernels on validated inputs (see :func:`kernels.attention_with_stats` for shapes).
 
@@ -116,6 +124,6 @@ def triton_attention_stats(
     spans = [x for pair in spec.spans for x in pair]
     o, *stats = _attention_with_stats_op(
         q, k, v, key_padding_mask, bool(causal), float(scale), spec.sink_tokens, spec.window, spans, spec.topk,
-        spec.key_stats,
+        spec.key_stats, 0.0 if softcap is None else float(softcap), sinks,
     )
     return AttnOut(o, AttnStats(*stats))

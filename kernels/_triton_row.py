@@ -9,6 +9,11 @@ Causal programs stop at the last key block their last query can see.  Sink/windo
 branch) on blocks that cannot contribute, so the steady-state loop costs one extra reduction (argmax) over plain
 flash attention.  Empty rows (no visible key) keep ``m = -inf``; ``m_use`` substitutes 0 so no NaN is formed.
 
+Soft-capping (``HAS_SOFTCAP``): scores in log2 units ``x`` become ``SOFTCAP2 * tanh(x / SOFTCAP2)`` with
+``SOFTCAP2 = softcap * log2(e)``, which is ``softcap * tanh(score / softcap)`` in natural units; applied before masking.
+Learned sinks (``HAS_SINKS``): the loop is unchanged; at the end the denominator becomes ``L = l + 2^(z_h - m)`` (the
+sink's extra softmax column, which has no value) and every weight is divided by ``L`` instead of ``l``.
+
 Under ``TRITON_INTERPRET=1`` (CPU tests) ``INTERPRET`` upcasts every load to float32, because the interpreter stores
 bfloat16 as raw uint16 bits and its ``tl.dot`` would multiply bit patterns.
 """
@@ -22,14 +27,23 @@ from ._validate import triton_interpreting
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
+SINK_CLAMP2 = tl.constexpr(80.0 * LOG2E)  # the sink term's exponent clamp, log2 units (kernels._cpu_stats)
+
+
+@triton.jit
+def _tanh(y):
+    """tanh from exp2 (no libdevice under the interpreter): sign(y) (1 - e) / (1 + e), e = exp(-2|y|) <= 1."""
+    e = tl.math.exp2(-2.8853900817779268 * tl.abs(y))  # 2 * log2(e)
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(y < 0.0, -t, t)
 
 
 @triton.jit
 def _row_stats_kernel(
-    Q, K, V, O, LSE, ENT, MAXW, ARGMAX, SINK, WIN, SPAN, TOPW, TOPI, PAD, SPANS,
+    Q, K, V, O, LSE, ENT, MAXW, ARGMAX, SINK, WIN, SPAN, TOPW, TOPI, PAD, SPANS, SINKS,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
-    H, GROUP, M, N, OFFSET, qk_scale, SINK_TOKENS, WINDOW, M_BUCKET, N_BUCKET,
-    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    H, GROUP, M, N, OFFSET, qk_scale, SOFTCAP2, SINK_TOKENS, WINDOW, M_BUCKET, N_BUCKET,
+    HAS_SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, N_SPANS: tl.constexpr, SPAN_PAD: tl.constexpr,
     TOPK: tl.constexpr, TOPK_PAD: tl.constexpr, IEEE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
@@ -85,6 +99,8 @@ def _row_stats_kernel(
         else:
             s = tl.dot(q, kt)
         s = s * qk_scale
+        if HAS_SOFTCAP:
+            s = SOFTCAP2 * _tanh(s / SOFTCAP2)
         # Masking only where needed: the ragged last block, padding, and blocks crossing the causal diagonal.
         if HAS_PAD:
             needs_mask = start_n >= 0
@@ -167,14 +183,26 @@ def _row_stats_kernel(
 
     has = l_i > 0.0
     l_safe = tl.where(has, l_i, 1.0)
-    inv_l = 1.0 / l_safe
+    if HAS_SINKS:
+        z2 = tl.load(SINKS + h) * 1.4426950408889634
+        m_fin = tl.where(has, m_i, 0.0)
+        denom = l_safe + tl.math.exp2(tl.minimum(z2 - m_fin, SINK_CLAMP2))
+        inv_l = 1.0 / denom
+        # lse = log2(2^(m + log2 l) + 2^z), taken around the larger term
+        a = m_fin + tl.math.log2(l_safe)
+        lse2 = tl.maximum(a, z2) + tl.math.log2(1.0 + tl.math.exp2(-tl.abs(a - z2)))
+        ent2 = l_safe * inv_l * tl.math.log2(denom) - t_i * inv_l
+    else:
+        inv_l = 1.0 / l_safe
+        log2_l = tl.math.log2(l_safe)
+        lse2 = m_i + log2_l
+        ent2 = log2_l - t_i * inv_l
     out = acc * inv_l[:, None]
     tl.store(O + b * sob + h64 * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
              out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     row = (b * H + h64) * M + offs_m
-    log2_l = tl.math.log2(l_safe)
-    tl.store(LSE + row, tl.where(has, (m_i + log2_l) * 0.6931471805599453, float("-inf")), mask=row_ok)
-    tl.store(ENT + row, tl.where(has, (log2_l - t_i * inv_l) * 0.6931471805599453, 0.0), mask=row_ok)
+    tl.store(LSE + row, tl.where(has, lse2 * 0.6931471805599453, float("-inf")), mask=row_ok)
+    tl.store(ENT + row, tl.where(has, ent2 * 0.6931471805599453, 0.0), mask=row_ok)
     tl.store(MAXW + row, tl.where(has, inv_l, 0.0), mask=row_ok)
     tl.store(ARGMAX + row, arg_i.to(tl.int64), mask=row_ok)
     tl.store(SINK + row, sink_i * inv_l, mask=row_ok)
@@ -205,5 +233,6 @@ if triton_interpreting():
     row_stats_kernel = _row_stats_kernel
 else:
     row_stats_kernel = triton.autotune(
-        _GPU_CONFIGS, key=["M_BUCKET", "N_BUCKET", "D", "CAUSAL", "HAS_PAD", "N_SPANS", "TOPK", "IEEE"]
+        _GPU_CONFIGS, key=["M_BUCKET", "N_BUCKET", "D", "CAUSAL", "HAS_PAD", "N_SPANS", "TOPK", "IEEE", "HAS_SOFTCAP",
+             "HAS_SINKS"]
     )(_row_stats_kernel)

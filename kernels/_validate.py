@@ -100,6 +100,33 @@ def validate_inputs(
     return float(scale)
 
 
+def check_logit_terms(softcap, sinks, q: torch.Tensor) -> tuple[float | None, torch.Tensor | None]:
+    """Check the two terms some models add to plain softmax attention; returns ``(softcap, sinks [H] float32)``.
+
+    ``softcap``: None or a finite float > 0 (scores become ``softcap * tanh(scores / softcap)``, Gemma 2).
+    ``sinks``: None or a finite ``[head]`` tensor of per-head logits (gpt-oss's ``module.sinks``) on ``q``'s device.
+    """
+    if softcap is not None:
+        if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not math.isfinite(softcap) \
+                or softcap <= 0:
+            raise KernelInputError(f"softcap={softcap!r} must be None or a finite positive float")
+        softcap = float(softcap)
+    if sinks is None:
+        return softcap, None
+    h = q.shape[1]
+    if not isinstance(sinks, torch.Tensor):
+        raise KernelInputError(f"sinks must be None or a [head] tensor of logits, got {type(sinks).__name__}")
+    if tuple(sinks.shape) != (h,):
+        raise KernelInputError(f"sinks shape {tuple(sinks.shape)} does not match [head] = [{h}]")
+    if not sinks.is_floating_point():
+        raise KernelInputError(f"sinks dtype {sinks.dtype} is not a floating point type")
+    if sinks.device != q.device:
+        raise KernelInputError(f"sinks is on {sinks.device} but q is on {q.device}")
+    if not bool(torch.isfinite(sinks).all()):
+        raise KernelInputError("sinks holds NaN or inf: a learned sink logit must be finite")
+    return softcap, sinks.detach().to(torch.float32).contiguous()
+
+
 def _all_finite(t: torch.Tensor) -> bool:
     """No NaN or inf in ``t``.  A NaN or inf element makes the sum NaN or inf, so a finite sum (one reduction, no
     ``[B, H, N, D]`` bool temporaries) proves it; only a non-finite sum, e.g. an overflow of large finite values, takes

@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 
-from ._validate import resolve_backend, validate_inputs
+from ._validate import check_logit_terms, resolve_backend, validate_inputs
 from .reference import chunked_validated, grad_through_sdpa, needs_grad
 from .spec import AttnOut, StatsSpec
 
@@ -22,6 +22,8 @@ def attention_with_stats(
     key_padding_mask: torch.Tensor | None = None,
     backend: Literal["auto", "triton", "torch"] = "auto",
     compile: bool | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> AttnOut:
     """Attention output plus per-head statistics, without materialising the ``[M, N]`` attention matrix.
 
@@ -39,6 +41,14 @@ def attention_with_stats(
             d_head is supported and triton imports, else torch.
         compile: torch backend on CPU only: run the compiled C++ kernel (``kernels/_cpu_fused.cpp``); ``None``
             decides by ``ATTNLENS_COMPILE`` or by size (see :mod:`kernels._compiled`).
+        softcap: logit soft-capping (Gemma 2's ``attn_logit_softcapping``): each score ``scale * q . k`` becomes
+            ``softcap * tanh(score / softcap)`` before masking and softmax.  None: plain scores.
+        sinks: ``[head]`` learned sink logits (gpt-oss's ``module.sinks``): one extra softmax column per query head
+            that takes probability mass and contributes no value.  None: no sink.
+
+    These two are call arguments, not :class:`StatsSpec` fields: like ``scale`` and ``causal`` they say which
+    attention is computed (a property of the model's layer, and ``sinks`` is a tensor), while the spec says what is
+    measured of it and is saved with every run.
 
     Returns:
         :class:`AttnOut`: ``out [batch, head, q_len, d_head]`` in the input dtype and :class:`AttnStats`
@@ -48,6 +58,7 @@ def attention_with_stats(
         KernelInputError: on bad shapes, dtypes, devices, spans, scale or backend, before any launch.
     """
     scale = validate_inputs(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask)
+    softcap, sinks = check_logit_terms(softcap, sinks, q)
     chosen = resolve_backend(backend, q)
     if chosen == "triton":
         from ._triton_op import (
@@ -56,10 +67,11 @@ def attention_with_stats(
 
         def run() -> AttnOut:
             return triton_attention_stats(q, k, v, causal=causal, scale=scale, spec=spec,
-                                          key_padding_mask=key_padding_mask)
+                                          key_padding_mask=key_padding_mask, softcap=softcap, sinks=sinks)
 
         if needs_grad(q, k, v):  # the Triton kernels have no backward
-            return grad_through_sdpa(run, q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask)
+            return grad_through_sdpa(run, q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask,
+                                     softcap=softcap, sinks=sinks)
         return run()
     return chunked_validated(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask,
-                             compile=compile)
+                             compile=compile, softcap=softcap, sinks=sinks)

@@ -15,7 +15,11 @@ that case ``window_mass`` still uses the query's position (``i + N - M``), indep
 Values of another width than queries and keys (MLA) are padded with zero columns (or queries and keys are), which
 changes no score; the output is cut back to the values' width.
 
-Outputs equal SDPA's to float32 tolerance, so logits are unchanged; rows that see no key at all (left padding
+Soft-capping and learned sinks come from the layer as its own eager attention takes them: ``softcap`` in the call's
+keyword arguments (Gemma 2 passes ``attn_logit_softcapping``), the sinks as ``s_aux`` (gpt-oss passes
+``module.sinks``) or, without it, the module's ``sinks`` parameter; both go to the kernel (see :mod:`kernels.spec`).
+
+Outputs equal the model's own attention to float32 tolerance, so logits are unchanged; rows that see no key at all (left padding
 under causal) output 0, which only affects padded positions.  ``dropout > 0`` (training) is rejected.
 """
 
@@ -68,6 +72,15 @@ def interpret_mask(
     return False, None, keep
 
 
+def layer_sinks(module: torch.nn.Module, kwargs: dict) -> torch.Tensor | None:
+    """A layer's learned sink logits ``[head]``: the ``s_aux`` its forward passes (gpt-oss), else its ``sinks``
+    parameter, else None."""
+    sinks = kwargs.get("s_aux")
+    if sinks is None:
+        sinks = getattr(module, "sinks", None)
+    return sinks if isinstance(sinks, torch.Tensor) else None
+
+
 def stats_attention_call(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -88,8 +101,11 @@ def stats_attention_call(
     """
     if dropout and dropout > 0.0:
         raise KernelInputError(f"dropout={dropout} is not supported by stats attention: call model.eval()")
-    if kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None:
-        raise KernelInputError("stats attention does not support softcap / position_bias")
+    if kwargs.get("position_bias") is not None:
+        raise KernelInputError(f"{type(module).__name__} adds a position_bias to its scores: stats attention does "
+                               "not support additive position biases")
+    softcap = kwargs.get("softcap")
+    sinks = layer_sinks(module, kwargs)
     is_causal = kwargs.get("is_causal")
     module_causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
     q_len, k_len = query.shape[2], key.shape[2]
@@ -110,7 +126,8 @@ def stats_attention_call(
             key = torch.nn.functional.pad(key, (0, d_v - d_qk))
     if explicit is None:
         res = attention_with_stats(query, key, value, causal=causal, scale=scaling, spec=spec,
-                                   key_padding_mask=kpm, backend=backend)
+                                   key_padding_mask=kpm, backend=backend, softcap=softcap, sinks=sinks)
     else:
-        res = chunked_attention_stats(query, key, value, causal=False, scale=scaling, spec=spec, attn_mask=explicit)
+        res = chunked_attention_stats(query, key, value, causal=False, scale=scaling, spec=spec, attn_mask=explicit,
+                                      softcap=softcap, sinks=sinks)
     return res.out[..., :d_v].transpose(1, 2).contiguous(), res.stats, explicit is not None

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from . import _compiled
 from ._compiled import use_compiled
 from ._cpu_stats import FUSED_MAX_KEYS, chunked_stats, fused_stats
-from ._validate import validate_inputs
+from ._validate import check_logit_terms, validate_inputs
 from .errors import KernelInputError
 from .spec import AttnOut, AttnStats, StatsSpec
 
@@ -84,14 +84,18 @@ def naive_attention_stats(
     spec: StatsSpec = StatsSpec(),
     key_padding_mask: torch.Tensor | None = None,
     attn_mask: torch.Tensor | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> AttnOut:
     """Oracle: float64, materialises ``A [B, H, M, N]``.  Returns ``out`` and every stat in float64 (indices int64).
 
     Shapes as in :func:`kernels.attention_with_stats`; memory is ``O(B * H * M * N)``: small inputs only.
+    ``softcap`` and ``sinks`` as there: written here straight from their definition in :mod:`kernels.spec`.
     """
     scale = validate_inputs(
         q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask, allow_float64=True
     )
+    softcap, sinks = check_logit_terms(softcap, sinks, q)
     b, h, m, _ = q.shape
     n = k.shape[2]
     _check_attn_mask(attn_mask, q, n)
@@ -99,17 +103,21 @@ def naive_attention_stats(
     kk = k.double().repeat_interleave(g, dim=1)
     vv = v.double().repeat_interleave(g, dim=1)
     s = q.double() @ kk.transpose(-1, -2) * scale
+    if softcap is not None:
+        s = softcap * torch.tanh(s / softcap)
     vis = _visible(torch.arange(m, device=q.device), n, m, causal, key_padding_mask, q.device)
     if attn_mask is not None:
         vis = vis & attn_mask
     vis = vis.expand(b, h, m, n)
     s = s.masked_fill(~vis, float("-inf"))
     has_any = vis.any(-1)
-    row_max = torch.where(has_any, s.amax(-1), torch.zeros((), dtype=s.dtype))
-    e = torch.exp(s - row_max[..., None])
-    denom = e.sum(-1)
-    p = torch.where(has_any[..., None], e / denom.clamp_min(1e-300)[..., None], torch.zeros((), dtype=s.dtype))
-    lse = torch.where(has_any, torch.log(denom.clamp_min(1e-300)) + row_max, torch.full_like(row_max, float("-inf")))
+    # lse = log(sum_j exp s_j [+ exp sink_h]); A = exp(s - lse): with a sink, the real keys' weights sum to
+    # 1 - exp(sink - lse).  Rows with no visible key: lse = -inf, A = 0.
+    lse = torch.logsumexp(s, -1)
+    if sinks is not None:
+        lse = torch.logaddexp(lse, sinks.double()[None, :, None].expand_as(lse))
+    lse = torch.where(has_any, lse, torch.full_like(lse, float("-inf")))
+    p = torch.where(vis, torch.exp(s - torch.where(has_any, lse, 0.0)[..., None]), torch.zeros((), dtype=s.dtype))
     entropy = -torch.special.xlogy(p, p).sum(-1)
     max_weight = p.amax(-1)
     argmax = torch.where(has_any, s.argmax(-1), torch.full_like(s[..., 0], -1, dtype=torch.int64))
@@ -144,6 +152,8 @@ def chunked_attention_stats(
     attn_mask: torch.Tensor | None = None,
     chunk_size: int | None = None,
     compile: bool | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> AttnOut:
     """Chunked float32 implementation: ``O(B * H * chunk * N)`` memory, same results as the oracle.
 
@@ -159,17 +169,21 @@ def chunked_attention_stats(
         compile: run the compiled C++ kernel (CPU only; not for ``attn_mask``), the same algorithm on cache-sized
             blocks.  ``None``: the ``ATTNLENS_COMPILE`` environment variable, else only for calls with at least
             ``MIN_SCORES`` visible scores and a C++ compiler and ninja there (see :mod:`kernels._compiled`).
+        softcap, sinks: as in :func:`kernels.attention_with_stats`.
     Returns:
         :class:`AttnOut` with ``out [B, H, M, D]`` in ``q.dtype`` and float32 stats.
     """
     scale = validate_inputs(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask)
+    softcap, sinks = check_logit_terms(softcap, sinks, q)
     return chunked_validated(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask,
-                             attn_mask=attn_mask, chunk_size=chunk_size, compile=compile)
+                             attn_mask=attn_mask, chunk_size=chunk_size, compile=compile, softcap=softcap, sinks=sinks)
 
 
 def chunked_validated(q, k, v, *, causal: bool, scale: float, spec: StatsSpec, key_padding_mask, attn_mask=None,
-                      chunk_size: int | None = None, compile: bool | None = None) -> AttnOut:
-    """:func:`chunked_attention_stats` for inputs :func:`validate_inputs` has passed (``scale`` resolved)."""
+                      chunk_size: int | None = None, compile: bool | None = None, softcap: float | None = None,
+                      sinks: torch.Tensor | None = None) -> AttnOut:
+    """:func:`chunked_attention_stats` for inputs :func:`validate_inputs` and :func:`check_logit_terms` have passed
+    (``scale`` resolved, ``sinks`` float32)."""
     b, h, m, _ = q.shape
     n = k.shape[2]
     _check_attn_mask(attn_mask, q, n)
@@ -183,13 +197,14 @@ def chunked_validated(q, k, v, *, causal: bool, scale: float, spec: StatsSpec, k
     def run() -> AttnOut:
         ext = _compiled.extension() if fused else None  # None too when building failed (warned once)
         if ext is not None:
-            return fused_stats(ext, q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask)
+            return fused_stats(ext, q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask,
+                               softcap=softcap, sinks=sinks)
         return chunked_stats(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask,
-                             attn_mask=attn_mask, chunk_size=chunk_size)
+                             attn_mask=attn_mask, chunk_size=chunk_size, softcap=softcap, sinks=sinks)
 
     if needs_grad(q, k, v):  # the one-pass path writes into preallocated buffers, which autograd cannot follow
         return grad_through_sdpa(run, q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask,
-                                 attn_mask=attn_mask)
+                                 attn_mask=attn_mask, softcap=softcap, sinks=sinks)
     return run()
 
 
@@ -204,15 +219,40 @@ def needs_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
 
 
 def grad_through_sdpa(stats_run: Callable[[], AttnOut], q, k, v, *, causal: bool, scale: float, key_padding_mask,
-                      attn_mask=None) -> AttnOut:
+                      attn_mask=None, softcap: float | None = None, sinks: torch.Tensor | None = None) -> AttnOut:
     """For a run that needs gradients: the statistics of ``stats_run()`` (a kernel without a
     backward; statistics are never differentiated) computed without grad, the output from SDPA
-    with the same masks, which carries the gradients."""
+    with the same masks, which carries the gradients (with soft-capping or sinks, which SDPA
+    lacks, from the materialised float32 softmax instead)."""
     with torch.no_grad():
         res = stats_run()
-    out = _differentiable_output(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask,
-                                 attn_mask=attn_mask)
+    if softcap is not None or sinks is not None:
+        out = _differentiable_capped(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask,
+                                     attn_mask=attn_mask, softcap=softcap, sinks=sinks)
+    else:
+        out = _differentiable_output(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask,
+                                     attn_mask=attn_mask)
     return AttnOut(out, res.stats)
+
+
+def _differentiable_capped(q, k, v, *, causal: bool, scale: float, key_padding_mask, attn_mask, softcap,
+                           sinks) -> torch.Tensor:
+    """``[B, H, M, D]``: soft-capped / sink attention written out in float32 (``O(M * N)`` memory), for gradients."""
+    m, n = q.shape[2], k.shape[2]
+    g = q.shape[1] // k.shape[1]
+    f32 = torch.float32
+    s = q.to(f32) @ k.to(f32).repeat_interleave(g, dim=1).transpose(-1, -2) * scale
+    if softcap is not None:
+        s = softcap * torch.tanh(s / softcap)
+    keep = _visible(torch.arange(m, device=q.device), n, m, causal, key_padding_mask, q.device)
+    if attn_mask is not None:
+        keep = keep & attn_mask
+    s = s.masked_fill(~keep, float("-inf"))
+    if sinks is not None:
+        s = torch.cat([s, sinks.to(f32)[None, :, None, None].expand(*s.shape[:-1], 1)], dim=-1)
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)[..., :n]  # a row with no key and no sink: NaN -> 0
+    out = p @ v.to(f32).repeat_interleave(g, dim=1)
+    return torch.where(keep.any(-1, keepdim=True), out, torch.zeros((), dtype=f32, device=q.device)).to(q.dtype)
 
 
 def _differentiable_output(q, k, v, *, causal: bool, scale: float, key_padding_mask, attn_mask) -> torch.Tensor:

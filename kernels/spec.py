@@ -6,8 +6,15 @@ Semantics shared by every backend (naive oracle, chunked torch, triton):
 * Query ``i`` sits at absolute key position ``pos(i) = i + k_len - q_len`` (queries are aligned to the *end* of the
   keys, as when decoding with a KV cache).  With ``causal=True`` query ``i`` sees keys ``j <= pos(i)``; without it,
   all keys.  A ``key_padding_mask`` (``[batch, k_len]``, True = keep) removes keys for every query.
-* ``A[i, j]`` is the softmax over the visible keys of ``scale * q_i . k_j`` (computed in float32).
-* A query row with no visible key (e.g. a left-padding position) has ``out = 0``, ``lse = -inf``, ``entropy = 0``,
+* ``A[i, j]`` is the softmax over the visible keys of the score ``s_ij = scale * q_i . k_j`` (computed in float32).
+  With ``softcap`` the score is ``softcap * tanh(scale * q_i . k_j / softcap)`` (Gemma 2), applied before masking.
+* With learned ``sinks`` (gpt-oss: one logit ``sink_h`` per query head) the softmax has one extra column per row
+  holding ``sink_h``; it takes probability mass and contributes no value.  ``lse = log(sum_j exp s_ij + exp sink_h)``
+  and ``A[i, j] = exp(s_ij - lse)``: the model's own probabilities over the real keys, *not renormalised*, so a row
+  sums to ``1 - exp(sink_h - lse)``.  Every statistic is of these weights: ``entropy = -sum_j A log A`` over the real
+  keys only, ``max_weight``, the masses and top-k weights are fractions of the whole softmax including the sink's
+  share; ``out = sum_j A[i, j] v_j`` equals the model's.
+* A query row with no visible key (e.g. a left-padding position; with a sink too) has ``out = 0``, ``lse = -inf``, ``entropy = 0``,
   ``max_weight = 0``, ``argmax = -1``, masses 0 and top-k weights 0 with index -1.
 """
 

@@ -173,6 +173,12 @@ def _own_attention(module, previous: str | None, query, key, value, attention_ma
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
+def model_attention(module, query, key, value, attention_mask, **kwargs) -> tuple[Tensor, Tensor]:
+    """``(out [batch, q, head, d_head], weights)`` from the module's own eager attention (soft-capping,
+    learned sinks and all), with masks as the stack receives them."""
+    return _own_attention(module, "eager", query, key, value, attention_mask, **kwargs)
+
+
 def _check_plain_softmax(module, kwargs) -> None:
     """Weight modifiers recompute attention as a plain softmax: refuse, in one line, what that would drop."""
     what = ("soft-capped logits" if kwargs.get("softcap") else

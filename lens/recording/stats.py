@@ -30,6 +30,7 @@ from lens.attention import (
     attention_mode,
     attention_modules,
     check_layers,
+    model_attention,
     weights_and_output,
 )
 from lens.loaded import LoadedModel
@@ -52,7 +53,7 @@ class StatsRecorder(AttentionCompute):
     name = "stats mode"
 
     def compute(self, module, layer, query, key, value, attention_mask, *, need_weights, modify, **kwargs):
-        from kernels.hf_attention import stats_attention_call
+        from kernels.hf_attention import layer_sinks, stats_attention_call
 
         if modify is not None:
             raise KernelInputError(f"stats mode cannot record layer {layer} while an intervention modifies its "
@@ -65,7 +66,11 @@ class StatsRecorder(AttentionCompute):
             self.on_layer(layer)
         weights = None
         if need_weights:  # an observer (pattern capture) wants probabilities as well: compute them too
-            _, weights = weights_and_output(module, query, key, value, attention_mask, scaling=kwargs.get("scaling"))
+            if kwargs.get("softcap") is not None or layer_sinks(module, kwargs) is not None:
+                _, weights = model_attention(module, query, key, value, attention_mask, **kwargs)  # keeps them
+            else:
+                _, weights = weights_and_output(module, query, key, value, attention_mask,
+                                                scaling=kwargs.get("scaling"))
         return out, weights
 
     def __getitem__(self, layer: int) -> list:
@@ -76,6 +81,10 @@ class StatsRecorder(AttentionCompute):
 def stats_mode(model_or_lm, spec, layers: Sequence[int] | None = None, *, backend: Backend = "auto",
                on_layer: Callable[[int], None] | None = None, part: Part = Part.SELF) -> Iterator[StatsRecorder]:
     """Record per-head ``kernels.AttnStats`` of every selected layer inside the block.
+
+    Soft-capped logits (Gemma 2) and learned attention sinks (gpt-oss) are computed as the
+    model's own eager attention does; with sinks the statistics are of the model's probabilities
+    over the real keys, which sum to less than 1 (see :mod:`kernels.spec`).
 
     ``model_or_lm``: a :class:`LoadedModel` or a transformers model whose attention goes
     through ``AttentionInterface``. ``part``: which attention (an encoder-decoder's encoder
@@ -101,7 +110,6 @@ def stats_mode(model_or_lm, spec, layers: Sequence[int] | None = None, *, backen
         chosen = check_layers(attention_modules(model), layers, part)
     except Exception as err:
         raise KernelInputError(str(err)) from None
-    _check_supported(model, part)
     rec = StatsRecorder(spec=spec, layers=chosen, backend=backend, on_layer=on_layer, part=part)
     calls = []
     handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
@@ -117,22 +125,6 @@ def stats_mode(model_or_lm, spec, layers: Sequence[int] | None = None, *, backen
 
         raise BackendError(f"{family(model)} ran but stats mode recorded nothing for layers {missing}: "
                            "their attention does not go through transformers' attention interface")
-
-
-def _check_supported(model, part: Part) -> None:
-    """A one-line :class:`KernelInputError` naming the family for attention the kernel does not compute:
-    logit soft-capping (Gemma 2) and learned attention sinks (gpt-oss's ``module.sinks``)."""
-    from lens.attention import family
-
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    if getattr(cfg, "attn_logit_softcapping", None):
-        raise KernelInputError(f"{family(model)} soft-caps its attention logits (attn_logit_softcapping="
-                               f"{cfg.attn_logit_softcapping}): stats mode does not compute soft-capping yet; "
-                               "capture patterns instead")
-    sinks = [layer for (p, layer), m in attention_modules(model).items() if p is part and hasattr(m, "sinks")]
-    if sinks:
-        raise KernelInputError(f"{family(model)} has learned attention sinks (module.sinks) in layers {sinks}: "
-                               "stats mode does not compute them yet; capture patterns instead")
 
 
 @dataclass

@@ -18,4 +18,4 @@ def test_kernels_compile_for_sm90():
     if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
         pytest.skip("triton's bundled ptxas is unavailable")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("ok:") == 3
+    assert proc.stdout.count("ok:") == 5  # three variants, plus soft-capping and sinks in the row and column kernels

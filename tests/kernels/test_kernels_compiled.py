@@ -274,5 +274,5 @@ def test_a_finished_build_is_loaded_without_torch_s_loader(tmp_path, monkeypatch
     module = _compiled.load_or_build(tmp_path)
     q, k, v = make_qkv(1, 2, 1, 20, 20, 8, torch.float32)
     args = (q.contiguous(), k.transpose(-1, -2).contiguous(), v.contiguous(), torch.empty(0, dtype=torch.bool), True,
-            1, 4, torch.empty(0, 2, dtype=torch.int64), 0, True, 8)
+            1, 4, torch.empty(0, 2, dtype=torch.int64), 0, True, 8, 0.0, torch.empty(0))
     assert len(module.stats_forward(*args)) == 11
