@@ -15,6 +15,7 @@ import enum
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,11 +26,15 @@ from formats.head_scores import HeadScores
 from formats.provenance import Provenance
 from pipelines.progress import SILENT, Progress
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
 
 class CircuitMethod(str, enum.Enum):
     EAP = "eap"
     EAP_IG = "eap-ig"
     PATCHING = "patching"
+    SAE = "sae"  # discrete sparse autoencoders on head outputs (O'Neill & Bui 2024): a head circuit
 
 
 class Unit(str, enum.Enum):
@@ -58,7 +63,7 @@ def resolve_setting(method: CircuitMethod, *, level=None, replacement=None, abla
              if v is not None}
     if not given:
         return None
-    base = WANG_2022 if method is CircuitMethod.PATCHING else HANNA_2024
+    base = WANG_2022 if method in (CircuitMethod.PATCHING, CircuitMethod.SAE) else HANNA_2024
     setting = dataclasses.replace(base, **{k: getattr(v, "value", v) for k, v in given.items()})
     same = all(getattr(setting, k) == getattr(base, k) for k in given)
     return base if same else EvalSetting(setting.level, setting.replacement, setting.ablated, setting.mean_over, "custom")
@@ -99,16 +104,68 @@ def patching_scores(lm, enc, metric, *, mlps: bool = True, max_rows: int = 64, t
     return values[:n].reshape(facts.n_layers, facts.n_heads), mlp, ctx.baseline, time.perf_counter() - t0
 
 
+def head_outputs(lm, enc, n_examples: int) -> tuple[Tensor, Tensor]:
+    """Every head's z at the last position of the first ``n_examples`` clean (positive) and
+    corrupted (negative) prompts of ``enc``: two ``[example, layer, head, d_head]`` tensors."""
+    import torch
+
+    from analyses.circuits._hooks import Parts, capture
+
+    parts = Parts(lm)
+    pos, neg = [], []
+    left = n_examples
+    for b in enc.batches:
+        if left <= 0:
+            break
+        k = min(left, b.size)
+        for ids, out in ((b.clean[:k], pos), (b.corrupted[:k], neg)):
+            z = capture(parts, ids).z  # per layer [batch, pos, head, d_head]
+            out.append(torch.stack([zl[:, -1].float().cpu() for zl in z], 1))
+        left -= k
+    return torch.cat(pos), torch.cat(neg)
+
+
+def sae_scores(lm, enc, *, n_examples: int = 10, config=None):
+    """The discrete-SAE scores (:func:`analyses.circuits.discrete_sae.discrete_sae_scores`) on
+    the first ``n_examples`` clean prompts of ``enc`` (positive) and their corrupted pairs
+    (negative); ``seconds`` counts the forward passes too."""
+    from analyses.circuits.discrete_sae import SAEConfig, discrete_sae_scores
+
+    if not isinstance(n_examples, int) or n_examples < 1:
+        raise SelectionError(f"sae examples must be an integer >= 1, got {n_examples!r}")
+    t0 = time.perf_counter()
+    pos, neg = head_outputs(lm, enc, n_examples)
+    scores = discrete_sae_scores(pos, neg, config or SAEConfig())
+    scores.seconds = time.perf_counter() - t0
+    return scores
+
+
 def find_circuit(lm, enc, method: CircuitMethod, metric, *, ig_steps: int = 5, top_n: int | None = None,
                  threshold: float | None = None, max_rows: int = 64, task_name: str = "", patch_mlps: bool = True,
-                 unit: Unit = Unit.EDGES, progress: Progress = SILENT, executor=None) -> Found:
+                 unit: Unit = Unit.EDGES, progress: Progress = SILENT, executor=None, sae_examples: int = 10,
+                 sae_config=None) -> Found:
     """Scores and circuit of one method on one task: ``top_n`` edges (EAP, EAP-IG; default 100)
-    or, for patching or with ``unit=Unit.HEADS``, heads (default 20; patching: and MLPs).
-    ``executor`` runs the patching loop (see :func:`patching_scores`); EAP runs here."""
+    or, for patching, the discrete-SAE method or with ``unit=Unit.HEADS``, heads (default 20;
+    patching: and MLPs). ``executor`` runs the patching loop (see :func:`patching_scores`); EAP
+    and the SAEs run here (``sae_examples`` positive and as many negative prompts)."""
     from analyses.circuits.circuit import select_edges, select_nodes
     from analyses.circuits.eap import edge_attribution
 
     facts = lm.facts
+    if method is CircuitMethod.SAE:
+        task = progress.task(f"discrete SAEs on {sae_examples} + {sae_examples} {task_name} prompts", total=1)
+        s = sae_scores(lm, enc, n_examples=sae_examples, config=sae_config)
+        task.advance()
+        circ = select_nodes(s.score, None, top_n=top_n or 20, facts=facts)
+        circ.method = "sae"
+        circ.params.update({"sae_examples": s.n_positive, "sae_n_codes": s.config.n_codes, "sae_l1": s.config.l1,
+                            "sae_steps": s.config.steps, "sae_lr": s.config.lr, "sae_seed": s.config.seed,
+                            "sae_input": "z at the last position"})
+        circ.details["sae"] = {"top_edges": s.top_edges(20), "unique_codes": s.unique.tolist(),
+                               "coverage": s.coverage.tolist(), "unexplained_variance": s.unexplained.tolist(),
+                               "score": "codes unique to positive examples + 0.999 x share of positive examples on "
+                                        "them (a tie-breaker below 1)"}
+        return Found(circ, s.score, np.full(facts.n_layers, np.nan), s.seconds)
     if method is CircuitMethod.PATCHING:
         heads, mlps, baseline, seconds = patching_scores(lm, enc, metric, mlps=patch_mlps, max_rows=max_rows,
                                                          task_name=task_name, progress=progress, executor=executor)
@@ -225,7 +282,8 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
                   setting=None, curves: bool = False, eval_enc=None, edge_sizes: Sequence[int] | None = None,
                   head_sizes: Sequence[int] | None = None, settings_table: bool = False, random_circuits: int = 1000,
                   patch_mlps: bool = True, patching: Found | None = None, unit: Unit = Unit.EDGES,
-                  progress: Progress = SILENT, executor=None) -> CircuitStudy:
+                  progress: Progress = SILENT, executor=None, sae_examples: int = 10,
+                  sae_config=None) -> CircuitStudy:
     """Find the circuit of a task, its faithfulness (``setting``; default the published one for
     the circuit's kind) on ``eval_enc`` (default: the same prompts), optionally faithfulness
     curves over size, the comparison with per-head patching and the other EAP variant on the
@@ -233,7 +291,10 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
     task's circuit against ``random_circuits`` random circuits of the same size. ``patching``:
     per-head patching scores computed before on the same prompts (:func:`load_patching`), used
     instead of running the loop again. ``executor``: where the patching loops' chunks run (see
-    :func:`patching_scores`)."""
+    :func:`patching_scores`). ``sae_examples``, ``sae_config``: the discrete-SAE method's
+    prompts (that many positive and negative) and hyperparameters. With ``compare_patching``
+    every other method runs on the same prompts too (timings side by side), and the circuit's
+    heads are compared with the same number of top heads of each ranking (precision, recall)."""
     from analyses.circuits.circuit import faithfulness
     from analyses.circuits.eap import edge_attribution
 
@@ -247,7 +308,7 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
                                 inputs=inputs)
     found = find_circuit(lm, enc, method, metric, ig_steps=ig_steps, top_n=top_n, threshold=threshold,
                          max_rows=max_rows, task_name=task_name, patch_mlps=patch_mlps, unit=unit, progress=progress,
-                         executor=executor)
+                         executor=executor, sae_examples=sae_examples, sae_config=sae_config)
     task = progress.task("faithfulness", total=1)
     circ = found.circuit
     circ.faithfulness = faithfulness(lm, eval_enc, circ, metric, setting=setting, max_rows=min(max_rows, 32))
@@ -255,7 +316,7 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
     metric_name = getattr(metric, "value", str(metric))
     circ.name, circ.task, circ.metric, circ.provenance = f"{task_name}_{method.value}", task_name, metric_name, prov
     circ.params.update({"ig_steps": ig_steps if method is CircuitMethod.EAP_IG else 0, "max_rows": max_rows,
-                        "unit": "heads" if method is CircuitMethod.PATCHING else Unit(unit).value,
+                        "unit": "heads" if method in (CircuitMethod.PATCHING, CircuitMethod.SAE) else Unit(unit).value,
                         "n_examples": enc.n_examples, "n_examples_eval": eval_enc.n_examples,
                         "eval_prompts": "same" if eval_enc is enc else "held out", "skipped": len(enc.skipped),
                         "task_notes": list(enc.notes),
@@ -270,27 +331,37 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
     if compare_patching and method is not CircuitMethod.PATCHING:
         from scipy.stats import pearsonr, spearmanr
 
+        from analyses.circuits.discrete_sae import precision_recall
+
         truth = patching or find_circuit(lm, enc, CircuitMethod.PATCHING, metric, top_n=20, max_rows=max_rows,
                                          task_name=task_name, patch_mlps=patch_mlps, progress=progress,
                                          executor=executor)
-        other = CircuitMethod.EAP if method is CircuitMethod.EAP_IG else CircuitMethod.EAP_IG
-        task = progress.task(f"{other.value} on the same prompts", total=1)
-        other_scores = edge_attribution(lm, enc, metric, ig_steps=ig_steps if other is CircuitMethod.EAP_IG else 0)
-        task.advance()
-        other_found = Found(Circuit([], []), other_scores.head_scores, other_scores.mlp_scores, other_scores.seconds,
-                            edge_scores=other_scores)
-        rankings.update({other.value: other_found, CircuitMethod.PATCHING.value: truth})
+        rankings[CircuitMethod.PATCHING.value] = truth
         b = truth.head_scores.ravel()
         vs = {"seconds_patching_loop": truth.seconds, "patching_from": "this run" if patching is None else
               patching.circuit.description}
-        for m, a, secs in ((method, found.head_scores.ravel(), found.seconds),
-                           (other, other_scores.head_scores.ravel(), other_scores.seconds)):
+        compared = [(method, found)]
+        for other in (m for m in (CircuitMethod.EAP, CircuitMethod.EAP_IG) if m is not method):
+            task = progress.task(f"{other.value} on the same prompts", total=1)
+            other_scores = edge_attribution(lm, enc, metric, ig_steps=ig_steps if other is CircuitMethod.EAP_IG else 0)
+            task.advance()
+            other_found = Found(Circuit([], []), other_scores.head_scores, other_scores.mlp_scores,
+                                other_scores.seconds, edge_scores=other_scores)
+            rankings[other.value] = other_found
+            compared.append((other, other_found))
+            out.head_scores.append(_head_result(task_name, other.value, metric_name, other_found, prov, ig_steps))
+        k = len(circ.heads)  # heads of the same count from each ranking, for precision / recall
+        top = {m.value: _top_heads(f.head_scores, k) for m, f in [*compared, (CircuitMethod.PATCHING, truth)]}
+        for m, f in compared:
+            a = f.head_scores.ravel()
             vs[m.value] = {"spearman": float(spearmanr(a, b).statistic), "pearson": float(pearsonr(a, b).statistic),
-                           "spearman_abs": float(spearmanr(np.abs(a), np.abs(b)).statistic), "seconds": secs,
-                           "speedup": truth.seconds / secs}
+                           "spearman_abs": float(spearmanr(np.abs(a), np.abs(b)).statistic), "seconds": f.seconds,
+                           "speedup": truth.seconds / f.seconds,
+                           f"top{k}_heads_vs_patching": precision_recall(top[m.value], top["patching"])}
+        if method is CircuitMethod.SAE:
+            vs["sae"]["heads_vs_eap-ig"] = precision_recall(circ.heads, top["eap-ig"])
         circ.details["vs_patching"] = vs
         out.head_scores.append(_head_result(task_name, "patching", metric_name, truth, prov, 0))
-        out.head_scores.append(_head_result(task_name, other.value, metric_name, other_found, prov, ig_steps))
     if curves:
         out.curves = faithfulness_curves(lm, eval_enc, rankings, metric=metric, task_name=task_name, provenance=prov,
                                          setting_edges=setting, setting_heads=setting, edge_sizes=edge_sizes, head_sizes=head_sizes, max_rows=min(max_rows, 32),
@@ -306,7 +377,8 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
         out.others.append(_overlap(lm, circ, overlap_enc, overlap_name, method, metric, ig_steps=ig_steps, top_n=top_n,
                                    threshold=threshold, max_rows=max_rows, seed=seed, setting=setting,
                                    random_circuits=random_circuits, patch_mlps=patch_mlps, unit=unit,
-                                   progress=progress, executor=executor))
+                                   progress=progress, executor=executor, sae_examples=sae_examples,
+                                   sae_config=sae_config))
     return out
 
 
@@ -345,24 +417,33 @@ def task_examples(lm, enc, n: int = 2) -> list:
     return out
 
 
+def _top_heads(scores: np.ndarray, k: int) -> list[tuple[int, int]]:
+    """The ``k`` heads with the largest ``|score|`` (NaN last), as ``(layer, head)``."""
+    flat = np.nan_to_num(np.abs(scores), nan=-1.0).ravel()
+    return [divmod(int(i), scores.shape[1]) for i in np.argsort(-flat, kind="stable")[:k]]
+
+
 def _head_result(task_name, method, metric_name, found: Found, prov, ig_steps) -> HeadScores:
-    what = ("change when the head's corrupted output is patched into the clean run" if method == "patching" else
-            "estimate of the change when the head's corrupted output is patched in")
+    what = {"patching": "change when the head's corrupted output is patched into the clean run",
+            "sae": "codes unique to positive (clean) prompts in the head's discrete SAE, ties broken by coverage"}.get(
+        method, "estimate of the change when the head's corrupted output is patched in")
     return HeadScores("circuit", f"{task_name}_{method}_{metric_name}", found.head_scores, prov,
                       description=f"{method} {metric_name} {what}",
                       params={"task": task_name, "ig_steps": ig_steps if method == "eap-ig" else 0,
                               "example_capture": TASK_CAPTURES},
-                      summary={"seconds": found.seconds}, arrays={"mlp_scores": found.mlp_scores}, scale="signed")
+                      summary={"seconds": found.seconds}, arrays={"mlp_scores": found.mlp_scores},
+                      scale="sequential" if method == "sae" else "signed")  # SAE scores count codes, never negative
 
 
 def _overlap(lm, circ: Circuit, overlap_enc, overlap_name: str, method, metric, *, ig_steps, top_n, threshold,
-             max_rows, seed, setting, random_circuits, patch_mlps, unit, progress, executor=None) -> Circuit:
+             max_rows, seed, setting, random_circuits, patch_mlps, unit, progress, executor=None, sae_examples=10,
+             sae_config=None) -> Circuit:
     from analyses.circuits.circuit import faithfulness, overlap
     from analyses.circuits.reuse import random_overlap
 
     found_b = find_circuit(lm, overlap_enc, method, metric, ig_steps=ig_steps, top_n=top_n, threshold=threshold,
                            max_rows=max_rows, task_name=overlap_name, patch_mlps=patch_mlps, unit=unit,
-                           progress=progress, executor=executor)
+                           progress=progress, executor=executor, sae_examples=sae_examples, sae_config=sae_config)
     circ_b = found_b.circuit
     task = progress.task(f"faithfulness on {overlap_name}", total=1)
     circ_b.faithfulness = faithfulness(lm, overlap_enc, circ_b, metric, setting=setting, max_rows=min(max_rows, 32))

@@ -59,6 +59,7 @@ class CircuitMethodName(str, enum.Enum):
     EAP = "eap"
     EAP_IG = "eap-ig"
     PATCHING = "patching"
+    SAE = "sae"
 
 
 class UnitName(str, enum.Enum):
@@ -291,7 +292,9 @@ def circuit(
     model: str = typer.Argument("smollm2-135m", help=MODEL_HELP),
     task: str = typer.Option("ioi", "--task", "-t", rich_help_panel=_P_TASK_AND_PROMPTS, help=TASK_HELP),
     method: CircuitMethodName = typer.Option(CircuitMethodName.EAP_IG, "--method", "-m",
-                                             rich_help_panel=_P_SCORING_AND_SELECTION, help="Edge attribution (eap, eap-ig) or per-head activation patching."),
+                                             rich_help_panel=_P_SCORING_AND_SELECTION,
+                                             help="Edge attribution (eap, eap-ig), per-head activation patching, or "
+                                             "discrete sparse autoencoders on head outputs (sae; O'Neill & Bui 2024)."),
     metric: MetricName = typer.Option(MetricName.LOGIT_DIFF, "--metric", rich_help_panel=_P_SCORING_AND_SELECTION, help="Task metric (acc: patching only)."),
     ig_steps: int = typer.Option(None, "--ig-steps", min=1, max=1000, rich_help_panel=_P_SCORING_AND_SELECTION, help="Interpolation steps for eap-ig (default 5)."),
     top_n: int = typer.Option(None, "--top-n", min=1, max=10_000_000,
@@ -330,6 +333,13 @@ def circuit(
     patching_scores: Path = typer.Option(None, "--patching-scores", exists=True, dir_okay=False,
                                          rich_help_panel=_P_COMPARISONS, help="With --compare-patching: per-head patching scores of an earlier run on "
                                          "the same prompts (circuit.TASK_patching_METRIC.json) instead of a new loop."),
+    sae_examples: int = typer.Option(None, "--sae-examples", min=1, max=10_000, rich_help_panel=_P_SCORING_AND_SELECTION,
+                                     help="sae: positive (clean) prompts, and as many negative (corrupted) ones, the "
+                                     "SAEs train on (default 10)."),
+    sae_codes: int = typer.Option(None, "--sae-codes", min=2, max=4096, rich_help_panel=_P_SCORING_AND_SELECTION,
+                                  help="sae: latents per head SAE (default 16)."),
+    sae_steps: int = typer.Option(None, "--sae-steps", min=1, max=100_000, rich_help_panel=_P_SCORING_AND_SELECTION,
+                                  help="sae: training steps (default 300)."),
     n_prompts: int = typer.Option(32, "--n-prompts", "-n", min=1, max=100_000, rich_help_panel=_P_TASK_AND_PROMPTS, help="Prompts generated (or read)."),
     template: int = typer.Option(None, "--template", min=0, rich_help_panel=_P_TASK_AND_PROMPTS, help="IOI only: use this one template (0-5); default "
                                  "templates 0-4 (5 is left out: SmolLM2 does not solve it)."),
@@ -357,6 +367,8 @@ def circuit(
       lens circuit smollm2-135m --task ioi --method eap --compare-patching -n 16
 
       lens circuit smollm2-135m --task ioi --overlap-task colored-objects --force
+
+      lens circuit smollm2-135m --task ioi --method sae --sae-examples 10 --top-n 30
     """
     from analyses.circuits.metrics import Metric
     from pipelines.circuits import CircuitMethod, Unit, circuit_study, resolve_setting
@@ -367,16 +379,21 @@ def circuit(
         raise SelectionError(f"--threshold must be a finite number >= 0, got {threshold}")
     if metric is MetricName.ACC and method is not CircuitMethodName.PATCHING:
         raise SelectionError("--metric acc is not differentiable: use it with --method patching only")
+    is_sae = method is CircuitMethodName.SAE
     patching_runs = method is CircuitMethodName.PATCHING or compare_patching
     unused = [
         ("--edge-sizes", edge_sizes is not None and not curve, "sets the sizes of the faithfulness curve: add --curve"),
         ("--head-sizes", head_sizes is not None and not curve, "sets the sizes of the faithfulness curve: add --curve"),
         ("--ig-steps", ig_steps is not None and method is not CircuitMethodName.EAP_IG and not compare_patching,
          "applies to --method eap-ig (or --compare-patching, which runs it too)"),
-        ("--threshold", threshold is not None and (method is CircuitMethodName.PATCHING or unit is UnitName.HEADS),
+        ("--threshold", threshold is not None and (method in (CircuitMethodName.PATCHING, CircuitMethodName.SAE)
+                                                   or unit is UnitName.HEADS),
          "selects edges by score: use it with --method eap or eap-ig and --unit edges (a head circuit takes --top-n)"),
-        ("--unit", unit is not None and method is CircuitMethodName.PATCHING,
-         "applies to eap and eap-ig: per-head patching always finds a head circuit"),
+        ("--unit", unit is not None and method in (CircuitMethodName.PATCHING, CircuitMethodName.SAE),
+         "applies to eap and eap-ig: per-head patching and sae always find a head circuit"),
+        ("--sae-examples", sae_examples is not None and not is_sae, "applies to --method sae"),
+        ("--sae-codes", sae_codes is not None and not is_sae, "applies to --method sae"),
+        ("--sae-steps", sae_steps is not None and not is_sae, "applies to --method sae"),
         ("--patching-scores", patching_scores is not None and not compare_patching,
          "replaces the patching loop of --compare-patching: add --compare-patching"),
         ("--random-circuits", random_circuits is not None and not overlap_task,
@@ -410,6 +427,12 @@ def circuit(
     e_sizes = int_list(edge_sizes, "edge-sizes", lo=1, max_count=64) if edge_sizes else None
     h_sizes = int_list(head_sizes, "head-sizes", lo=1, max_count=64) if head_sizes else None
     cmethod = CircuitMethod(method.value)
+    sae_config = None
+    if is_sae:
+        from analyses.circuits.discrete_sae import SAEConfig
+
+        defaults = SAEConfig()
+        sae_config = SAEConfig(n_codes=sae_codes or defaults.n_codes, steps=sae_steps or defaults.steps, seed=seed)
     setting = resolve_setting(cmethod, level=level, replacement=replacement, ablated=ablate_what, mean_over=mean_over)
     check_out(out, force)
     met = Metric(metric.value)
@@ -429,7 +452,8 @@ def circuit(
                               max_rows=max_rows, seed=seed, setting=setting, curves=curve, eval_enc=eval_enc,
                               edge_sizes=e_sizes, head_sizes=h_sizes, settings_table=settings_table,
                               random_circuits=random_circuits, patch_mlps=patch_mlps, unit=Unit(unit.value),
-                              progress=bar, executor=ex if ex.distributed else None)
+                              progress=bar, executor=ex if ex.distributed else None,
+                              sae_examples=sae_examples or 10, sae_config=sae_config)
         study.save(tmp)
     c = study.circuit
     from formats import faithfulness_warning
@@ -455,9 +479,14 @@ def circuit(
             f"{row['normalized_faithfulness']:.2f})")
     if "vs_patching" in c.details:
         v = c.details["vs_patching"]
-        for name in ("eap", "eap-ig"):
-            say(f"{name} vs per-head patching: Spearman {v[name]['spearman']:.2f}; patching loop "
-                f"{v['seconds_patching_loop']:.1f} s vs {v[name]['seconds']:.1f} s ({v[name]['speedup']:.0f}x)")
+        for name in (m.value for m in CircuitMethodName if m.value in v):
+            pr = next(x for k, x in v[name].items() if k.endswith("_heads_vs_patching"))
+            say(f"{name} vs per-head patching: Spearman {v[name]['spearman']:.2f}; top {pr['found']} heads: precision "
+                f"{pr['precision']:.2f}, recall {pr['recall']:.2f}; patching loop {v['seconds_patching_loop']:.1f} s vs "
+                f"{v[name]['seconds']:.1f} s ({v[name]['speedup']:.0f}x)")
+    if "sae" in c.details:
+        top = ", ".join(f"{e['sender']}->{e['receiver']} ({e['score']:.0f})" for e in c.details["sae"]["top_edges"][:5])
+        say(f"sae head pairs with the most unique positive code pairs: {top or 'none'}")
     if "overlap" in c.details:
         o = c.details["overlap"]
         say(f"overlap with {overlap_task}: {len(o['shared_heads'])} shared heads (Jaccard {o['heads_jaccard']:.2f}, "
