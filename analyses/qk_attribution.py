@@ -29,7 +29,6 @@ side (:func:`head_loadings`).
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,6 +37,8 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from analyses.circuits._hooks import Parts
+from formats.provenance import Provenance
+from formats.qk import Component, Kind, QKResult
 from lens.attention import AttentionObserver, attention_mode
 from lens.errors import BackendError, SelectionError
 
@@ -47,34 +48,6 @@ _REFUSED = {"gemma2": "it soft-caps scores and normalises head outputs before ad
             "gemma3": "it normalises head outputs before adding them (post-norms)",
             "gemma3_text": "it normalises head outputs before adding them (post-norms)"}
 _CHECK_RTOL = 2e-3
-
-
-class Kind(str, enum.Enum):
-    EMBED = "embed"  # token embedding (with any embedding scale the family applies)
-    POS = "pos"  # learned position embedding (GPT-2 style)
-    HEAD = "head"
-    MLP = "mlp"
-    OUT_BIAS = "b_O"  # the output projections' biases of all earlier layers
-    BIAS = "bias"  # the norm's bias and the q/k projection's bias of the attributed layer
-
-
-@dataclass(frozen=True)
-class Component:
-    """One part of the residual stream: a typed id, never a string parsed back."""
-
-    kind: Kind
-    layer: int = -1
-    head: int = -1
-
-    def label(self, token: str | None = None) -> str:
-        """``embed[Mary]``, ``pos[3]``, ``L17H3``, ``MLP5``, ``b_O``, ``bias``."""
-        if self.kind is Kind.HEAD:
-            return f"L{self.layer}H{self.head}"
-        if self.kind is Kind.MLP:
-            return f"MLP{self.layer}"
-        if self.kind in (Kind.EMBED, Kind.POS) and token is not None:
-            return f"{self.kind.value}[{token}]"
-        return self.kind.value
 
 
 @dataclass
@@ -103,10 +76,8 @@ class QKAttribution:
     ov: Float[Tensor, "answer k"]
 
     def names(self, pos: int) -> list[str]:
-        """Component labels at ``pos`` (``embed``/``pos`` name that position's token)."""
-        tok = self.tokens[pos]
-        return [c.label(tok if c.kind is Kind.EMBED else str(pos) if c.kind is Kind.POS else None)
-                for c in self.components]
+        """Component labels at ``pos`` (``embed[tok]`` and ``pos[p]`` name that position)."""
+        return [c.label(self.tokens[pos], pos) for c in self.components]
 
     def top(self, n: int = 10, key_pos: int | None = None) -> list[tuple[str, float]]:
         """The ``n`` largest terms by magnitude at ``key_pos`` as ``("L17H3 x embed[Mary]", value)``."""
@@ -116,6 +87,14 @@ class QKAttribution:
         qn, kn = self.names(self.query_pos), self.names(k)
         nk = t.shape[1]
         return [(f"{qn[int(i) // nk]} x {kn[int(i) % nk]}", float(t.flatten()[i])) for i in order]
+
+    def to_result(self, provenance: Provenance, name: str | None = None) -> QKResult:
+        """The torch-free result :mod:`formats.qk` writes and the views read."""
+        return QKResult(name=name or f"L{self.layer}H{self.head}.q{self.query_pos}", layer=self.layer, head=self.head,
+                        kv_head=self.kv_head, query_pos=self.query_pos, key_pos=self.key_pos, tokens=self.tokens,
+                        components=self.components, terms=self.terms.cpu().numpy(), scores=self.scores.cpu().numpy(),
+                        pattern=self.pattern.cpu().numpy(), provenance=provenance, scale=self.scale,
+                        answers=self.answers, ov=self.ov.cpu().numpy(), linearisation=LINEARISATION)
 
 
 # ---- collection ----------------------------------------------------------------------------
