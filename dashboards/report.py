@@ -38,6 +38,7 @@ from dashboards.audio import agreement_rows, is_audio, maps_for, speech_png, tok
 from dashboards.compute import head_label, pattern_stats
 from dashboards.figures import Figure
 from dashboards.overlay import default_query, overlay_png
+from dashboards.qk_report import qk_sections
 from dashboards.selection import ModelResults, describe, models_of
 from formats import (
     AttnlensError,
@@ -121,6 +122,7 @@ class Report:
     speech: list[dict[str, Any]] = field(default_factory=list)  # audio captures: spectrogram, attention, saliency
     sweeps: list[tuple[str, str]] = field(default_factory=list)  # unfinished sweeps: label, status
     problems: list[tuple[str, str]] = field(default_factory=list)
+    qk: list[dict[str, Any]] = field(default_factory=list)  # QK attributions (dashboards.qk_report)
     provenance: list[dict[str, Any]] = field(default_factory=list)
 
     def figures(self) -> list[Figure]:
@@ -132,7 +134,7 @@ class Report:
         out += [f for _, _, f in self.curves] + [f for _, _, f in self.ablations]
         out += [c["figure"] for c in self.circuits] + [s["figure"] for s in self.stats_runs]
         out += [f for _, f in self.overlays] + [s["figure"] for s in self.speech]
-        return out
+        return out + [s["figure"] for s in self.qk]
 
 
 # ---------------------------------------------------------------------------------------
@@ -325,7 +327,7 @@ def build_report(folder: ResultsFolder | str | Path, command: str | None = None)
                   counts=f.counts(), models=models, curves=curves, ablations=abl, circuits=circuits,
                   stats_runs=stats, captures=caps, overlays=overlays, speech=speech,
                   sweeps=[(k, f"{v.get('status')}, {int(v.get('done', 0))} items done") for k, v in f.sweeps.items()],
-                  problems=list(f.problems.items()), provenance=f.provenances())
+                  problems=list(f.problems.items()), provenance=f.provenances(), qk=qk_sections(f))
 
 
 def _ablation_text(a) -> str:

@@ -200,6 +200,7 @@ class ResultsFolder:
         items += [(label, c.provenance) for label, c in self.curves.items()]
         items += [(label, c.provenance) for label, c in self.circuits.items() if c.provenance is not None]
         items += [(label, a.provenance) for label, a in self.ablations.items()]
+        items += [(label, r.provenance) for label, r in self.qk.items()]
         for label, prov in items:
             d = prov.to_json()
             key = json.dumps({k: v for k, v in d.items() if k != "created"}, sort_keys=True, default=str)
