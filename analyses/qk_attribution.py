@@ -61,6 +61,7 @@ class QKAttribution:
     unembedding direction.
     """
 
+    model: str
     layer: int
     head: int
     kv_head: int
@@ -88,8 +89,9 @@ class QKAttribution:
         nk = t.shape[1]
         return [(f"{qn[int(i) // nk]} x {kn[int(i) % nk]}", float(t.flatten()[i])) for i in order]
 
-    def to_result(self, provenance: Provenance, name: str | None = None) -> QKResult:
+    def to_result(self, provenance: Provenance | None = None, name: str | None = None) -> QKResult:
         """The torch-free result :mod:`formats.qk` writes and the views read."""
+        provenance = provenance or Provenance(model=self.model)
         return QKResult(name=name or f"L{self.layer}H{self.head}.q{self.query_pos}", layer=self.layer, head=self.head,
                         kv_head=self.kv_head, query_pos=self.query_pos, key_pos=self.key_pos, tokens=self.tokens,
                         components=self.components, terms=self.terms.cpu().numpy(), scores=self.scores.cpu().numpy(),
@@ -272,7 +274,7 @@ def qk_attribution(lm, input_ids: Tensor, layer: int, head: int, *, query_pos: i
     scores = scale * key @ query
     k_sel = int(torch.argmax(pattern)) if key_pos is None else key_pos
     ov = _ov(lm, parts, got, layer, head, kv_head, q, pattern, answers)
-    return QKAttribution(layer=layer, head=head, kv_head=kv_head, query_pos=q, key_pos=k_sel,
+    return QKAttribution(model=f.name, layer=layer, head=head, kv_head=kv_head, query_pos=q, key_pos=k_sel,
                          tokens=lm.tokens(input_ids[0]), components=comps, terms=terms.float(), scores=scores.float(),
                          pattern=pattern.float(), scale=scale, answers=[lm.tokens(torch.tensor([a]))[0] for a in answers],
                          ov=ov.float())
