@@ -91,12 +91,12 @@ class QKView(pn.viewable.Viewer):
         self.param.result.objects = list(self.results)
         with param.discard_events(self):
             self.result = first
-        self._row_pane = pn.pane.Bokeh(sizing_mode="fixed", name="qk_row")
-        self._heat_pane = pn.pane.Bokeh(sizing_mode="fixed", name="qk_heatmap")
+        self._row_pane = pn.pane.Bokeh(sizing_mode="fixed")  # unnamed: the figure keeps its own name
+        self._heat_pane = pn.pane.Bokeh(sizing_mode="fixed")
         self._info = pn.pane.HTML("", name="qk_info", sizing_mode="stretch_width")
         self._top = pn.pane.HTML("", name="qk_top", sizing_mode="stretch_width")
-        self.row_figure = None
-        self.heat_figure = None
+        self.row_figure = self.heat_figure = None
+        self._drawn = None
         self._refresh()
 
     @property
@@ -121,19 +121,29 @@ class QKView(pn.viewable.Viewer):
                                  "--layer L --head H --prompt TEXT --out DIR</code>.</p>")
             return
         k = self.key()
-        self.row_figure = self._row(res, k)
-        self._row_pane.object = self.row_figure
-        self.heat_figure = self._heat(res, k)
-        self._heat_pane.object = self.heat_figure
+        if self._drawn != self.result:  # a new result: new figures; a new key: the same figures updated
+            self.row_figure = self._row(res, k)
+            self._row_pane.object = self.row_figure
+            self.heat_figure = self._heat(res, k)
+            self._heat_pane.object = self.heat_figure
+            self._drawn = self.result
+        else:
+            self._row_src.data = self._row_data(res, k)
+            self._update_heat(res, k)
         self._info.object = summary_html(res, k)
         self._top.object = top_terms_html(res, k, 10)
+
+    @staticmethod
+    def _row_data(res: QKResult, k: int) -> dict[str, list]:
+        n = res.query_pos + 1
+        return {"x": list(range(n)), "y": [0] * n, "p": res.pattern.tolist(), "score": res.scores.tolist(),
+                "token": [f"{i} {token_label(t)}" for i, t in enumerate(res.tokens[:n])],
+                "line": [3 if i == k else 0 for i in range(n)]}
 
     def _row(self, res: QKResult, k: int):
         n = res.query_pos + 1
         labels = [f"{i} {token_label(t)}" for i, t in enumerate(res.tokens[:n])]
-        src = ColumnDataSource({"x": list(range(n)), "y": [0] * n, "p": res.pattern.tolist(),
-                                "score": res.scores.tolist(), "token": labels,
-                                "line": [2 if i == k else 0 for i in range(n)]})
+        src = self._row_src = ColumnDataSource(self._row_data(res, k))
         fig = figure(width=min(1200, 80 + 28 * n), height=130, x_range=(-0.5, n - 0.5), y_range=(-0.5, 0.5),
                      tools="", toolbar_location=None, name="qk_row_figure",
                      title=f"attention of L{res.layer}H{res.head} from query {res.query_pos}: click a key")
@@ -154,24 +164,35 @@ class QKView(pn.viewable.Viewer):
         if res is not None and 0 <= col <= res.query_pos:
             self.key_pos = col
 
-    def _heat(self, res: QKResult, k: int):
+    def _heat_data(self, res: QKResult, k: int):
         rows, cols, m = qk_table(res, k, self.n_top)
-        xs, ys, vs, rn, cn = [], [], [], [], []
+        data: dict[str, list] = {"x": [], "y": [], "v": []}
         for i, r in enumerate(rows):
             for j, c in enumerate(cols):
-                xs.append(c)
-                ys.append(r)
-                vs.append(float(m[i, j]))
-                rn.append(r)
-                cn.append(c)
-        src = ColumnDataSource({"x": xs, "y": ys, "v": vs, "q": rn, "k": cn})
-        lim = max(1e-9, float(np.abs(m).max()))
+                data["x"].append(c)
+                data["y"].append(r)
+                data["v"].append(float(m[i, j]))
+        return rows, cols, max(1e-9, float(np.abs(m).max())), data
+
+    def _update_heat(self, res: QKResult, k: int) -> None:
+        rows, cols, lim, data = self._heat_data(res, k)
+        fig = self.heat_figure
+        fig.x_range.factors, fig.y_range.factors = cols, rows[::-1]
+        fig.width, fig.height = 140 + 44 * len(cols), 120 + 26 * len(rows)
+        self._heat_src.data = data
+        self._heat_mapper.update(low=-lim, high=lim)
+        fig.title.text = f"score terms at key {k}: query side (rows) x key side (columns)"
+
+    def _heat(self, res: QKResult, k: int):
+        rows, cols, lim, data = self._heat_data(res, k)
+        src = self._heat_src = ColumnDataSource(data)
+        self._heat_mapper = LinearColorMapper(palette=RdBu11[::-1], low=-lim, high=lim)
         fig = figure(width=140 + 44 * len(cols), height=120 + 26 * len(rows), x_range=cols, y_range=rows[::-1],
                      tools="", toolbar_location=None, name="qk_heatmap_figure",
                      title=f"score terms at key {k}: query side (rows) x key side (columns)")
         fig.rect("x", "y", 1, 1, source=src, line_color="white",
-                 fill_color={"field": "v", "transform": LinearColorMapper(palette=RdBu11[::-1], low=-lim, high=lim)})
-        fig.add_tools(HoverTool(tooltips=[("query side", "@q"), ("key side", "@k"), ("term", "@v{+0.0000}")]))
+                 fill_color={"field": "v", "transform": self._heat_mapper})
+        fig.add_tools(HoverTool(tooltips=[("query side", "@y"), ("key side", "@x"), ("term", "@v{+0.0000}")]))
         fig.xaxis.major_label_orientation = 0.9
         fig.xaxis.axis_label = "key side"
         fig.yaxis.axis_label = "query side"
