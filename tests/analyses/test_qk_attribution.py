@@ -201,3 +201,14 @@ def test_soft_capped_family_is_refused_in_one_line(tmp_path):
     with pytest.raises(BackendError, match="cannot decompose Gemma2ForCausalLM: it soft-caps scores") as info:
         qk_attribution(lm, lm.encode("abc"), 1, 0)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_smollm2_terms_sum_to_its_scores(smollm2):
+    """The real model (30 layers, 9 heads, 3 KV heads, rotary): up to 292 components a side."""
+    ids = smollm2.encode(PROMPT)
+    for layer, head in ((0, 0), (20, 0), (29, 8)):
+        a = qk_attribution(smollm2, ids, layer, head)
+        torch.testing.assert_close(a.terms.double().sum((1, 2)), a.scores.double(), atol=1e-4, rtol=0)
+        _log_pattern_check(a)
+        assert a.terms.shape[1] == 1 + layer * (smollm2.facts.n_heads + 1) + 1
