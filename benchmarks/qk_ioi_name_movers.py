@@ -87,7 +87,11 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--heads", default="", help="e.g. L29H1 (default: the three name movers)")
+    ap.add_argument("--argmax-only", action="store_true", help="only the second study (the argmax key)")
     args = ap.parse_args()
+    if args.heads:
+        NAME_MOVERS[:] = [tuple(int(x) for x in h[1:].split("H")) for h in args.heads.split(",")]
     lm = lens.load("smollm2-135m")
     parts = Parts(lm)
     f = lm.facts
@@ -106,7 +110,7 @@ def main() -> None:
     z_cor = _z_at(parts, corrupted)
     report = {"model": f.name, "n_prompts": len(rows), "k": args.k, "random_seeds": args.seeds,
               "example": task.examples[0].prompt, "heads": {}}
-    for layer, head in NAME_MOVERS:
+    for layer, head in ([] if args.argmax_only else NAME_MOVERS):
         t0 = time.perf_counter()
         io_over_s = torch.zeros(layer, f.n_heads, dtype=torch.float64)
         key_io = torch.zeros(layer, f.n_heads, dtype=torch.float64)
@@ -164,7 +168,7 @@ def main() -> None:
         print(json.dumps({f"L{layer}H{head}": report["heads"][f"L{layer}H{head}"]}, indent=1), flush=True)
     report["argmax_key"] = _argmax_study(lm, parts, rows, clean, corrupted, args)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "qk_ioi_name_movers.json").write_text(json.dumps(report, indent=1))
+    (args.out / f"qk_ioi_name_movers{'_' + args.heads if args.heads else ''}.json").write_text(json.dumps(report, indent=1))
 
 
 def _argmax_study(lm, parts, rows, clean, corrupted, args) -> dict:
