@@ -29,6 +29,7 @@ from dashboards.dla import ContributionView
 from dashboards.explorer import AttentionExplorer
 from dashboards.heads_grid import HeadsGrid
 from dashboards.maps import HeadMap, QKMap
+from dashboards.qk import QKView
 from dashboards.selection import ModelResults, models_of, task_metric
 from dashboards.speech import SpeechView
 from dashboards.stats_view import StatsRunView
@@ -92,6 +93,7 @@ class Dashboard(pn.viewable.Viewer):
         self.qk_map = QKMap(self.sel, method="pca")
         with_z = [c for c in self.sel.captures.values() if Site.Z in c.sites]
         self.contributions = ContributionView((with_z or list(self.sel.captures.values()) or [None])[0])
+        self.qk = QKView({k: r for k, r in self.folder.qk.items() if r.provenance.model == self.model})
         for view in (self.atlas, self.head_map, self.grid):
             view.param.watch(lambda e: self._pick(e.new), "selected")
         self.atlas.param.watch(lambda e: self.explorer.use_capture_for(e.new), "metric")
@@ -99,7 +101,7 @@ class Dashboard(pn.viewable.Viewer):
         self._tabs[:] = [("Heads", pn.Row(self.atlas, self.explorer)), ("All heads", self.grid),
                          ("Head map", self.head_map), ("Q/K map", self.qk_map), ("Stats", self.stats),
                          ("Ablations", self.ablations), ("Circuits", self.circuits), ("Vision", self.vision), ("Speech", self.speech),
-                         ("Contributions", self.contributions)]
+                         ("Contributions", self.contributions), ("QK attribution", self.qk)]
         mine = [k for k, c in self.vision.captures.items() if c.model == self.model]
         if mine and self.vision.capture not in mine:  # the Vision tab follows the model selector
             self.vision.capture = mine[0]

@@ -19,7 +19,7 @@ from typing import Any
 import panel as pn
 
 from dashboards.selection import ModelResults
-from formats import CaptureFile, HeadScores, ResultsFolder, SelectionError, capture
+from formats import CaptureFile, HeadScores, QKResult, ResultsFolder, SelectionError, capture, qk
 
 _LOADED = False
 LOAD_MIME = "application/vnd.holoviews_load.v0+json"
@@ -110,7 +110,14 @@ def view_of(obj: Any, *, layer: int | None = None, head: int | None = None, view
     view = View(view)
     if isinstance(obj, (str, Path)):
         p = Path(obj)
-        obj = CaptureFile.load(p) if (p / capture.META_FILE).is_file() else ResultsFolder.load(p)
+        if p.name.endswith(qk.SUFFIX) and p.is_file():
+            obj = QKResult.load(p)
+        else:
+            obj = CaptureFile.load(p) if (p / capture.META_FILE).is_file() else ResultsFolder.load(p)
+    if isinstance(obj, QKResult):
+        from dashboards.qk import QKView
+
+        return QKView({obj.name: obj}, **params)
     if isinstance(obj, ResultsFolder):
         from dashboards.app import Dashboard
 
@@ -121,7 +128,7 @@ def view_of(obj: Any, *, layer: int | None = None, head: int | None = None, view
         folder = ResultsFolder(path=Path("."), results={obj.name: obj})
         return HeadAtlas(ModelResults.of(folder), **params)
     if not isinstance(obj, CaptureFile):
-        raise SelectionError(f"show() takes a capture, a results folder, head scores or a path to one, got "
+        raise SelectionError(f"show() takes a capture, a results folder, head scores, a QK attribution or a path to one, got "
                              f"{type(obj).__name__}")
     sel = _single(obj)
     if view is View.DLA:
@@ -146,7 +153,7 @@ def show(obj: Any, *, layer: int | None = None, head: int | None = None, view: V
     """Display ``obj`` inline in Jupyter (offline); returns the view (a Panel ``Viewer``).
 
     ``obj``: a :class:`formats.CaptureFile`, a :class:`formats.ResultsFolder`, a
-    :class:`formats.HeadScores`, or a path to a capture or results folder (``lens.show``
+    :class:`formats.HeadScores`, a :class:`formats.QKResult`, or a path to a capture or results folder (``lens.show``
     also takes an in-memory ``lens.Capture`` or ``RunResult``).
     """
     ensure_inline()

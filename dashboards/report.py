@@ -39,6 +39,7 @@ from dashboards.compute import head_label, pattern_stats
 from dashboards.figures import Figure
 from dashboards.graph import curves_of, head_table
 from dashboards.overlay import default_query, overlay_png
+from dashboards.qk_report import qk_sections
 from dashboards.selection import ModelResults, describe, models_of
 from formats import (
     AttnlensError,
@@ -128,6 +129,7 @@ class Report:
     speech: list[dict[str, Any]] = field(default_factory=list)  # audio captures: spectrogram, attention, saliency
     sweeps: list[tuple[str, str]] = field(default_factory=list)  # unfinished sweeps: label, status
     problems: list[tuple[str, str]] = field(default_factory=list)
+    qk: list[dict[str, Any]] = field(default_factory=list)  # QK attributions (dashboards.qk_report)
     provenance: list[dict[str, Any]] = field(default_factory=list)
     findings: list[tuple[str, str, str]] = field(default_factory=list)  # anchor, what, one sentence
     contents: list[tuple[str, str, int]] = field(default_factory=list)  # anchor, title, depth (0 or 1)
@@ -141,7 +143,7 @@ class Report:
         out += [f for _, _, f in self.curves] + [f for _, _, f in self.ablations]
         out += [c["figure"] for c in self.circuits] + [s["figure"] for s in self.stats_runs]
         out += [f for _, f in self.overlays] + [s["figure"] for s in self.speech]
-        return out
+        return out + [s["figure"] for s in self.qk]
 
 
 # ---------------------------------------------------------------------------------------
@@ -410,7 +412,7 @@ def build_report(folder: ResultsFolder | str | Path, command: str | None = None)
                     counts=f.counts(), models=models, curves=curves, ablations=abl, circuits=circuits,
                     stats_runs=stats, captures=caps, overlays=overlays, speech=speech,
                     sweeps=[(k, f"{v.get('status')}, {int(v.get('done', 0))} items done") for k, v in f.sweeps.items()],
-                    problems=list(f.problems.items()), provenance=f.provenances())
+                    problems=list(f.problems.items()), provenance=f.provenances(), qk=qk_sections(f))
     report.findings = _findings(f, report)
     report.contents = _contents(report)
     return report
@@ -449,6 +451,7 @@ def _findings(f: ResultsFolder, report: Report) -> list[tuple[str, str, str]]:
             out.append((anchor("curves", label), f"curves {label}",
                         f"smallest {c.x_label} reaching faithfulness {c.summary.get('threshold', 0.8)}: {sizes} "
                         f"(sizes tried {', '.join(str(int(x)) for x in c.x)})."))
+    out += [("qk", f"QK attribution {s['label']}", f"{s['model']}: {s['headline']}.") for s in report.qk]
     return out
 
 
@@ -460,7 +463,7 @@ def _contents(report: Report) -> list[tuple[str, str, int]]:
     for present, key, title in ((report.curves, "curves", "Curves"),
                                 (report.ablations, "ablations", "Ablations against random sets"),
                                 (report.circuits, "circuits", "Circuits"), (report.stats_runs, "stats", "Stats runs"),
-                                (report.captures, "captures", "Captures"),
+                                (report.qk, "qk", "QK attribution"), (report.captures, "captures", "Captures"),
                                 (report.provenance, "provenance", "Provenance")):
         if present:
             out.append((key, title, 0))

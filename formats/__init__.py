@@ -6,7 +6,7 @@ read results without loading a model or a deep-learning framework.
 
 Kinds: :class:`HeadScores` (``*.json`` + ``*.safetensors``), :class:`Curves`
 (``*.curves.json``), :class:`Circuit` (``*.circuit.json``), :class:`AblationResult`
-(``ablation.json``), captures (:class:`CaptureFile`, :func:`write_capture`), stats runs
+(``ablation.json``), QK attributions (:class:`QKResult`, ``*.qk.json``), captures (:class:`CaptureFile`, :func:`write_capture`), stats runs
 (:class:`StatsFile`, :func:`write_stats`), sweep logs (:func:`open_sweep`), and whole
 folders (:class:`ResultsFolder`). Output folders are written with :func:`output_folder`.
 """
@@ -23,6 +23,7 @@ from formats.head_scores import HeadScores
 from formats.layouts import AudioLayout, ImageLayout
 from formats.output import output_folder
 from formats.provenance import Provenance, inputs_digest, package_versions
+from formats.qk import QKResult
 from formats.sites import Site, SiteKey
 from formats.stats_run import StatsFile, write_stats
 from formats.sweep import SweepLog, open_sweep
@@ -30,7 +31,7 @@ from formats.token_maps import TokenMaps
 
 __all__ = [
     "AblationResult", "AudioLayout", "CaptureFile", "CaptureMeta", "Circuit", "Curves", "Edge", "HeadScores", "ImageLayout", "Input",
-    "Modality", "ModelFacts", "Node", "NodeKind", "Provenance", "Receiver", "ResultsFolder", "Site", "SiteKey",
+    "Modality", "ModelFacts", "Node", "NodeKind", "Provenance", "QKResult", "Receiver", "ResultsFolder", "Site", "SiteKey",
     "StatsFile", "SweepLog", "TokenMaps", "TensorEntry", "inputs_digest", "open_sweep", "output_folder", "package_versions",
     "faithfulness_warning", "write_capture", "Focus", "set_focus", "write_stats", *_errors,
 ]

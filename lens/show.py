@@ -43,6 +43,8 @@ def as_capture_file(obj: Any):
 
     if isinstance(obj, RunResult):
         obj = obj.capture
+    if hasattr(obj, "to_result") and hasattr(obj, "terms"):  # an in-memory QK attribution
+        return obj.to_result()
     if not isinstance(obj, Capture):
         return obj
     tmp = tempfile.mkdtemp(prefix="attnlens-show-")
@@ -107,7 +109,8 @@ def readout_for(lm, capture, targets: Sequence[str | int] = (), *, top: int = 5)
 def show(obj: Any, *, layer: int | None = None, head: int | None = None, view: str = "auto", model=None,
          targets: Sequence[str | int] = (), **params):
     """Display ``obj`` inline in Jupyter, offline: a capture (``lens.Capture``, ``RunResult``,
-    saved capture or its path), a results folder (or its path) or head scores.
+    saved capture or its path), a results folder (or its path), head scores or a QK attribution
+    (``analyses.qk_attribution.qk_attribution``'s result or a saved ``*.qk.json``).
 
     ``layer`` and ``head`` pick one head of a capture (without them: all heads).
     ``view="dla"`` with ``model`` shows each head's direct logit attribution to ``targets``

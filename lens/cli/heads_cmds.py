@@ -492,3 +492,54 @@ def visual_sinks(
         say(f"sink dimensions: {s['sink_dims']['dims']}; visual sinks per prompt {s['visual_sinks_per_prompt']} "
             f"(layers {s['layers_with_visual_sinks'][:12]}); commonest: "
             + ", ".join(f"{t} x{n}" for t, n in s["most_frequent_sink_tokens"][:5]))
+
+
+@heads_app.command("qk")
+def qk(
+    model: str = typer.Argument("smollm2-135m", help=MODEL_HELP),
+    layer: int = typer.Option(..., "--layer", "-l", help="The head's layer."),
+    head: int = typer.Option(..., "--head", help="The head's index in its layer."),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="The prompt."),
+    out: Path = typer.Option(..., "--out", "-o", help="Results folder."),
+    query_pos: int = typer.Option(-1, "--query-pos", help="Query position (-1: the last token)."),
+    key_pos: int = typer.Option(None, "--key-pos", help="Key position to explain (default: the head's argmax key)."),
+    answer: list[str] = typer.Option(None, "--answer", "-a",
+                                     help="A one-token answer the head's OV output is projected on; repeat for several."),
+    top: int = typer.Option(10, min=1, max=200, help="Terms printed."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Why a head attends where it does: its pre-softmax score split into query-side x key-side terms
+    (embeddings, earlier heads, MLPs, biases; norm scales frozen at this input).
+
+    Example: lens heads qk smollm2-135m --layer 9 --head 5 --prompt "When Mary and John went to the store, John gave a drink to" --answer " Mary" --answer " John" --out results/qk
+
+    Example: lens heads qk tiny-llama --layer 3 --head 1 --prompt "abcabc" --query-pos 5 --key-pos 2 --out results/qk
+    """
+    from pipelines.qk import run_qk
+
+    check_out(out, force)
+    lm = load_model(model)
+    res = run_qk(lm, prompt, layer, head, query_pos=query_pos, key_pos=key_pos, answers=list(answer or []))
+    with writing(out, force) as tmp:
+        res.save(tmp)
+    k = res.key_pos
+    if json_out:
+        print_json({"model": model, "out": str(out), "name": res.name, "layer": layer, "head": head,
+                    "query_pos": res.query_pos, "key_pos": k, "score": float(res.scores[k]),
+                    "attention": float(res.pattern[k]), "top": res.top(top),
+                    "ov": {a: float(v) for a, v in zip(res.answers, res.ov.sum(1))}})
+        return
+    say(f"{lm.facts.name} L{layer}H{head}: query {res.query_pos} {res.tokens[res.query_pos]!r} -> key {k} "
+        f"{res.tokens[k]!r}: score {float(res.scores[k]):+.4f} (attention {float(res.pattern[k]):.3f}), "
+        f"terms sum to {float(res.terms[k].sum()):+.4f}")
+    table = Table(title=Text(f"top {top} terms"), title_justify="left")
+    table.add_column("query side x key side")
+    table.add_column("score", justify="right")
+    for name, v in res.top(top):
+        table.add_row(Text(printable(name)), f"{v:+.4f}")
+    console.print(table)
+    if res.answers:
+        say("OV (what the head writes at the query, on each answer's logit): "
+            + ", ".join(f"{a!r} {v:+.4f}" for a, v in zip(res.answers, res.ov.sum(1))))
+    say(f"results saved to {out.resolve()}")

@@ -1,0 +1,365 @@
+"""QK attribution: why a head attends where it does.
+
+For one head ``(layer, head)``, a query position ``q`` and a key position ``k``, the residual
+stream entering the layer is a sum of components (the embeddings, position embeddings where
+the family has them, every earlier head's output through its slice of the output projection,
+the earlier output-projection biases, every earlier MLP output). The head's pre-softmax score
+
+    score[q, k] = scale * rot_q(W_Q norm(x_q) + b_Q) . rot_k(W_K norm(x_k) + b_K)
+
+becomes a sum of bilinear terms ``terms[k, i, j]`` (query-side component ``i`` times key-side
+component ``j``) under **the standard linearisation**: each norm's scale (the RMS, or the
+standard deviation for LayerNorm) is frozen at its value on this input, so the norm is a
+linear map per position (LayerNorm's mean-centering is linear too and is folded in). The
+norm's and the projection's biases form one more component, ``bias``. Rotary is a linear map
+per position, so it distributes over the sum. The terms add up exactly to the score before
+any soft-capping (nothing here soft-caps; families that do are refused).
+
+Every step checks itself against the model's own forward: the components must sum to the
+residual stream, the frozen norm must reproduce the norm's output, and the per-component
+queries and keys must sum to the queries and keys the attention function received; a family
+where one of these fails is refused in one line naming it.
+
+**OV**: what the head writes at ``q``, split by the key position it reads, projected on the
+unembedding of answer tokens (the final norm's scale frozen the same way): summed over keys
+it is the head's direct logit attribution. **Head loadings**: over a prompt set, how much each
+earlier head's output contributes to the score through the query side and through the key
+side (:func:`head_loadings`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from analyses.circuits._hooks import Parts
+from formats.provenance import Provenance
+from formats.qk import Component, Kind, QKResult
+from lens.attention import AttentionObserver, attention_mode
+from lens.errors import BackendError, SelectionError
+
+LINEARISATION = ("norm scales frozen at their values on this input (standard linearisation); "
+                 "LayerNorm centering folded in; rotary applied per position")
+_REFUSED = {"gemma2": "it soft-caps scores and normalises head outputs before adding them (post-norms)",
+            "gemma3": "it normalises head outputs before adding them (post-norms)",
+            "gemma3_text": "it normalises head outputs before adding them (post-norms)"}
+_CHECK_RTOL = 2e-3
+
+
+@dataclass
+class QKAttribution:
+    """The decomposition of one head's scores from one query position to every key ``0..q``.
+
+    ``terms``: ``[k, comp_q, comp_k]``, query-side component x key-side component; summed
+    over the last two axes it is ``scores`` ``[k]`` (pre-softmax, scale included);
+    ``pattern``: ``[k]`` the head's attention probabilities from ``q``; ``ov``: ``[answer, k]``
+    (empty without answers) what the head writes at ``q`` through key ``k`` on each answer's
+    unembedding direction.
+    """
+
+    model: str
+    layer: int
+    head: int
+    kv_head: int
+    query_pos: int
+    key_pos: int  # the key this result is about (default: the head's argmax key)
+    tokens: list[str]
+    components: list[Component]
+    terms: Float[Tensor, "k comp_q comp_k"]
+    scores: Float[Tensor, " k"]
+    pattern: Float[Tensor, " k"]
+    scale: float
+    answers: list[str]
+    ov: Float[Tensor, "answer k"]
+
+    def names(self, pos: int) -> list[str]:
+        """Component labels at ``pos`` (``embed[tok]`` and ``pos[p]`` name that position)."""
+        return [c.label(self.tokens[pos], pos) for c in self.components]
+
+    def top(self, n: int = 10, key_pos: int | None = None) -> list[tuple[str, float]]:
+        """The ``n`` largest terms by magnitude at ``key_pos`` as ``("L17H3 x embed[Mary]", value)``."""
+        k = self.key_pos if key_pos is None else key_pos
+        t = self.terms[k]
+        order = torch.argsort(t.abs().flatten(), descending=True)[:n]
+        qn, kn = self.names(self.query_pos), self.names(k)
+        nk = t.shape[1]
+        return [(f"{qn[int(i) // nk]} x {kn[int(i) % nk]}", float(t.flatten()[i])) for i in order]
+
+    def to_result(self, provenance: Provenance | None = None, name: str | None = None) -> QKResult:
+        """The torch-free result :mod:`formats.qk` writes and the views read."""
+        provenance = provenance or Provenance(model=self.model)
+        return QKResult(name=name or f"L{self.layer}H{self.head}.q{self.query_pos}", layer=self.layer, head=self.head,
+                        kv_head=self.kv_head, query_pos=self.query_pos, key_pos=self.key_pos, tokens=self.tokens,
+                        components=self.components, terms=self.terms.cpu().numpy(), scores=self.scores.cpu().numpy(),
+                        pattern=self.pattern.cpu().numpy(), provenance=provenance, scale=self.scale,
+                        answers=self.answers, ov=self.ov.cpu().numpy(), linearisation=LINEARISATION)
+
+
+# ---- collection ----------------------------------------------------------------------------
+class _Grab(AttentionObserver):
+    needs_weights = True
+
+    def __init__(self, layer: int):
+        self.layers = frozenset({layer})
+        self.got: dict[str, Tensor] = {}
+
+    def on_outputs(self, module, layer, query, key, value, out, weights) -> None:
+        self.got.update(query=query.detach()[0].double(), key=key.detach()[0].double(),
+                        value=value.detach()[0].double(), weights=weights.detach()[0].double())
+
+
+def _weight_rows(proj: nn.Module, start: int, stop: int) -> tuple[Tensor, Tensor | None]:
+    """Rows ``start:stop`` of a projection's output as ``W [rows, d_in]`` and bias, for Linear and GPT-2's Conv1D."""
+    if isinstance(proj, nn.Linear):
+        w = proj.weight[start:stop]
+    elif type(proj).__name__ == "Conv1D":
+        w = proj.weight[:, start:stop].T
+    else:
+        raise BackendError(f"QK attribution cannot read projection {type(proj).__name__}: expected Linear or Conv1D")
+    b = proj.bias[start:stop] if getattr(proj, "bias", None) is not None else None
+    return w.detach().double(), None if b is None else b.detach().double()
+
+
+def _qk_weights(parts: Parts, layer: int, head: int, kv_head: int, d_head: int):
+    attn = parts.adapter.attention(layer)
+    if hasattr(attn, "q_proj"):
+        wq = _weight_rows(attn.q_proj, head * d_head, (head + 1) * d_head)
+        wk = _weight_rows(attn.k_proj, kv_head * d_head, (kv_head + 1) * d_head)
+    elif hasattr(attn, "c_attn"):  # GPT-2: q, k, v stacked in one Conv1D
+        d = parts.facts.n_heads * d_head
+        wq = _weight_rows(attn.c_attn, head * d_head, (head + 1) * d_head)
+        wk = _weight_rows(attn.c_attn, d + kv_head * d_head, d + (kv_head + 1) * d_head)
+    else:
+        raise BackendError(f"QK attribution cannot find the query and key projections of {type(attn).__name__}")
+    return wq, wk
+
+
+def _out_rows(proj: nn.Module, head: int, d_head: int) -> Tensor:
+    """``[d_head, d_model]``: a head's ``z`` times this is its share of the output projection."""
+    if isinstance(proj, nn.Linear):
+        return proj.weight[:, head * d_head:(head + 1) * d_head].detach().double().T
+    if type(proj).__name__ == "Conv1D":
+        return proj.weight[head * d_head:(head + 1) * d_head].detach().double()
+    raise BackendError(f"QK attribution cannot read output projection {type(proj).__name__}")
+
+
+@dataclass
+class _Norm:
+    """A norm with its scale frozen: ``y = (center(x) / sigma) * w + b`` per position."""
+
+    sigma: Tensor  # [pos]
+    w: Tensor  # [d_model]
+    b: Tensor | None
+    center: bool
+
+    def linear(self, c: Tensor) -> Tensor:
+        """The linear part on components ``[..., pos, d_model]``."""
+        if self.center:
+            c = c - c.mean(-1, keepdim=True)
+        return c / self.sigma[:, None] * self.w
+
+
+def _freeze(norm: nn.Module, x: Tensor, where: str) -> _Norm:
+    name = type(norm).__name__
+    if isinstance(norm, nn.LayerNorm):
+        sigma = torch.sqrt(x.var(-1, unbiased=False) + norm.eps)
+        b = None if norm.bias is None else norm.bias.detach().double()
+        return _Norm(sigma, norm.weight.detach().double(), b, True)
+    if name.endswith("RMSNorm"):
+        eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+        w = norm.weight.detach().double()
+        if name.startswith("Gemma"):  # Gemma's RMSNorm scales by (1 + weight)
+            w = 1.0 + w
+        return _Norm(torch.sqrt(x.pow(2).mean(-1) + eps), w, None, False)
+    raise BackendError(f"QK attribution cannot linearise the {where} {name}: expected LayerNorm or an RMSNorm")
+
+
+def _close(got: Tensor, want: Tensor) -> float:
+    """Largest error relative to the reference's largest magnitude."""
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
+
+
+def qk_attribution(lm, input_ids: Tensor, layer: int, head: int, *, query_pos: int = -1,
+                   key_pos: int | None = None, answers: Sequence[int] = ()) -> QKAttribution:
+    """Decompose head ``(layer, head)``'s scores from ``query_pos`` to every key ``0..query_pos``.
+
+    ``input_ids``: ``[1, pos]``; ``query_pos``: -1 for the last token; ``key_pos``: the key the
+    result is about (default: the head's argmax key); ``answers``: token ids whose unembedding
+    the OV side is projected on. Raises :class:`SelectionError` for a layer, head or position out of
+    range and :class:`BackendError` for a family that cannot be decomposed.
+    """
+    f = lm.facts
+    mt = getattr(lm.model.config, "model_type", "")
+    if mt in _REFUSED:
+        raise BackendError(f"QK attribution cannot decompose {f.architecture or mt}: {_REFUSED[mt]}")
+    if not 0 <= layer < f.n_layers:
+        raise SelectionError(f"layer {layer} is out of range: {f.name} has layers 0-{f.n_layers - 1}")
+    if not 0 <= head < f.n_heads:
+        raise SelectionError(f"head {head} is out of range: {f.name} has heads 0-{f.n_heads - 1} in each layer")
+    if input_ids.ndim != 2 or input_ids.shape[0] != 1:
+        raise SelectionError(f"input_ids must be one prompt [1, pos], got shape {list(input_ids.shape)}")
+    n = input_ids.shape[1]
+    q = n + query_pos if query_pos < 0 else query_pos
+    if not 0 <= q < n:
+        raise SelectionError(f"query position {query_pos} is out of range: the prompt has positions 0-{n - 1}")
+    if key_pos is not None and not 0 <= key_pos <= q:
+        raise SelectionError(f"key position {key_pos} is out of range: query {q} attends to keys 0-{q}")
+    parts = Parts(lm)
+    d_head = f.d_head
+    kv_head = head // (f.n_heads // f.n_kv_heads)
+    got = _collect(lm, parts, input_ids, layer)
+
+    # the residual stream entering the layer as a sum of components [comp, pos, d_model]
+    comps: list[Component] = [Component(Kind.EMBED)]
+    vecs = [got["resid0"] - got.get("wpe", 0)]
+    if "wpe" in got:
+        comps.append(Component(Kind.POS))
+        vecs.append(got["wpe"])
+    out_bias = None
+    for la in range(layer):
+        proj = parts.adapter.out_proj(la)
+        z = got[f"z{la}"].view(n, f.n_heads, d_head)
+        for h in range(f.n_heads):
+            comps.append(Component(Kind.HEAD, la, h))
+            vecs.append(z[:, h] @ _out_rows(proj, h, d_head))
+        if getattr(proj, "bias", None) is not None:
+            b = proj.bias.detach().double()
+            out_bias = b if out_bias is None else out_bias + b
+        comps.append(Component(Kind.MLP, la))
+        vecs.append(got[f"mlp{la}"])
+    if out_bias is not None:
+        comps.append(Component(Kind.OUT_BIAS))
+        vecs.append(out_bias.expand(n, -1))
+    C = torch.stack(vecs)  # [comp, pos, d_model]
+    resid = got["resid"]
+    err = _close(C.sum(0), resid)
+    if err > _CHECK_RTOL:
+        raise BackendError(f"QK attribution cannot decompose {f.architecture}: the residual stream entering layer "
+                           f"{layer} is not the sum of embeddings, head and MLP outputs (relative error {err:.2g})")
+    norm = _freeze(parts.attn_norm(layer), resid, f"attention norm of layer {layer}")
+    lin = norm.linear(C)  # [comp, pos, d_model]
+    const = (norm.b if norm.b is not None else torch.zeros_like(norm.w)).expand(n, -1)
+    err = _close(lin.sum(0) + const, got["normed"])
+    if err > _CHECK_RTOL:
+        raise BackendError(f"QK attribution cannot linearise {type(parts.attn_norm(layer)).__name__} in {f.architecture}"
+                           f" (relative error {err:.2g})")
+    (wq, bq), (wk, bk) = _qk_weights(parts, layer, head, kv_head, d_head)
+    qc = torch.cat([lin[:, q] @ wq.T, (const[q] @ wq.T + (0 if bq is None else bq))[None]])  # [comp+1, d_head]
+    kc = torch.cat([lin[:, :q + 1] @ wk.T, (const[:q + 1] @ wk.T + (0 if bk is None else bk))[None]])  # [comp+1, k, d]
+    if "cos" in got:
+        cos, sin = got["cos"], got["sin"]
+        if cos.shape[-1] != d_head:
+            raise BackendError(f"QK attribution cannot decompose {f.architecture}: partial rotary "
+                               f"({cos.shape[-1]} of {d_head} dims)")
+        qc = _rotate(qc, cos[q], sin[q])
+        kc = _rotate(kc, cos[:q + 1], sin[:q + 1])
+    query, key = got["query"][head, q], got["key"][kv_head, :q + 1]
+    err = max(_close(qc.sum(0), query), _close(kc.sum(0), key))
+    if err > _CHECK_RTOL:
+        raise BackendError(f"QK attribution cannot decompose {f.architecture}: its queries and keys are not the "
+                           f"linear image of the residual stream this module models (relative error {err:.2g})")
+    comps.append(Component(Kind.BIAS))
+    scale = float(getattr(parts.adapter.attention(layer), "scaling", d_head ** -0.5))
+    terms = scale * torch.einsum("id,jkd->kij", qc, kc)  # [k, comp_q, comp_k]
+    pattern = got["weights"][head, q, :q + 1]
+    scores = scale * key @ query
+    k_sel = int(torch.argmax(pattern)) if key_pos is None else key_pos
+    ov = _ov(lm, parts, got, layer, head, kv_head, q, pattern, answers)
+    return QKAttribution(model=f.name, layer=layer, head=head, kv_head=kv_head, query_pos=q, key_pos=k_sel,
+                         tokens=lm.tokens(input_ids[0]), components=comps, terms=terms.float(), scores=scores.float(),
+                         pattern=pattern.float(), scale=scale, answers=[lm.tokens(torch.tensor([a]))[0] for a in answers],
+                         ov=ov.float())
+
+
+def _collect(lm, parts: Parts, ids: Tensor, layer: int) -> dict[str, Tensor]:
+    """One forward recording what the decomposition needs (float64, batch axis dropped)."""
+    got: dict[str, Tensor] = {}
+
+    def keep(name, t):
+        got[name] = t.detach()[0].double()
+
+    hs = [parts.attn_norm(0).register_forward_pre_hook(lambda m, a: keep("resid0", a[0])),
+          parts.attn_norm(layer).register_forward_pre_hook(lambda m, a: keep("resid", a[0])),
+          parts.attn_norm(layer).register_forward_hook(lambda m, a, o: keep("normed", o)),
+          parts.adapter.out_proj(layer).register_forward_pre_hook(lambda m, a: keep(f"z{layer}", a[0])),
+          parts.final_norm().register_forward_pre_hook(lambda m, a: keep("final", a[0]))]
+    base = getattr(lm.model, "transformer", None)
+    if base is not None and isinstance(getattr(base, "wpe", None), nn.Embedding):
+        hs.append(base.wpe.register_forward_hook(lambda m, a, o: keep("wpe", o if o.ndim == 3 else o[None])))
+
+    def rope(m, args, kwargs):
+        pe = kwargs.get("position_embeddings")
+        if pe is not None:
+            keep("cos", pe[0])
+            keep("sin", pe[1])
+
+    hs.append(parts.adapter.attention(layer).register_forward_pre_hook(rope, with_kwargs=True))
+    for la in range(layer):
+        hs.append(parts.adapter.out_proj(la).register_forward_pre_hook(lambda m, a, la=la: keep(f"z{la}", a[0])))
+        hs.append(parts.adapter.mlp(la).register_forward_hook(
+            lambda m, a, o, la=la: keep(f"mlp{la}", o[0] if isinstance(o, tuple) else o)))
+    grab = _Grab(layer)
+    try:
+        with torch.no_grad(), attention_mode(lm, grab):
+            lm.model(input_ids=ids.to(lm.device))
+    finally:
+        for h in hs:
+            h.remove()
+    got.update(grab.got)
+    return got
+
+
+def _ov(lm, parts: Parts, got: dict, layer: int, head: int, kv_head: int, q: int, pattern: Tensor,
+        answers: Sequence[int]) -> Tensor:
+    """``[answer, k]``: pattern[q, k] * (v_k W_O) . u_answer / sigma_final(q)."""
+    if not answers:
+        return torch.zeros(0, q + 1, dtype=torch.float64)
+    U = lm.model.get_output_embeddings().weight.detach().double()
+    vocab = U.shape[0]
+    bad = [a for a in answers if not 0 <= int(a) < vocab]
+    if bad:
+        raise SelectionError(f"answer token ids {bad} are out of range: the vocabulary has ids 0-{vocab - 1}")
+    norm = _freeze(parts.final_norm(), got["final"], "final norm")
+    u = U[list(answers)]  # [answer, d_model]
+    dirs = u * norm.w
+    if norm.center:
+        dirs = dirs - dirs.mean(-1, keepdim=True)
+    w_o = _out_rows(parts.adapter.out_proj(layer), head, lm.facts.d_head)
+    writes = pattern[:, None] * (got["value"][kv_head, :q + 1] @ w_o)  # [k, d_model]
+    return dirs @ writes.T / norm.sigma[q]
+
+
+def head_loadings(lm, prompts: Sequence[Tensor], layer: int, head: int, *,
+                  key_positions: Sequence[int | None] | None = None) -> dict[str, Float[Tensor, "layer head"]]:
+    """Which earlier heads' outputs head ``(layer, head)`` reads most, over ``prompts`` (each ``[1, pos]``).
+
+    Per prompt, the query is the last token and the key ``key_positions[i]`` (default: the argmax key).
+    Returns ``{"query": [n_layers, n_heads], "key": [n_layers, n_heads]}``: the mean over prompts of
+    each earlier head's summed terms on the query side (row sums) and on the key side (column sums);
+    NaN for heads at or after ``layer``.
+    """
+    if not prompts:
+        raise SelectionError("head loadings need at least one prompt, got none")
+    if key_positions is not None and len(key_positions) != len(prompts):
+        raise SelectionError(f"key_positions has {len(key_positions)} entries, expected one per prompt ({len(prompts)})")
+    f = lm.facts
+    out = {s: torch.zeros(f.n_layers, f.n_heads, dtype=torch.float64) for s in ("query", "key")}
+    for i, ids in enumerate(prompts):
+        a = qk_attribution(lm, ids, layer, head, key_pos=None if key_positions is None else key_positions[i])
+        t = a.terms[a.key_pos].double()
+        for j, c in enumerate(a.components):
+            if c.kind is Kind.HEAD:
+                out["query"][c.layer, c.head] += t[j].sum() / len(prompts)
+                out["key"][c.layer, c.head] += t[:, j].sum() / len(prompts)
+    for g in out.values():
+        g[layer:] = float("nan")
+    return out
