@@ -21,8 +21,10 @@ def served(tmp_path_factory):
     stop(s)
 
 
+# Heads opens on the task score (the circuit's) and so on the circuit's own task prompt, saved by
+# lens circuit: 7 tokens of the contract's task file, 28 causal cells
 @pytest.mark.parametrize("tab,figure,field,least", [
-    ("Heads", "pattern_heatmap", "value", 100), ("All heads", "heads_grid", "image", 1),
+    ("Heads", "pattern_heatmap", "value", 28), ("All heads", "heads_grid", "image", 1),
     ("Head map", "head_map", "x", 16), ("Q/K map", "qk_map", "x", 40), ("Stats", "stats_curves", "entropy", 40),
     ("Ablations", "curves_plot_0", "y", 3), ("Circuits", "circuit_graph", "x0", 3)])
 def test_every_tab_shows_the_commands_output(browser, served, tab, figure, field, least):
