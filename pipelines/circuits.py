@@ -403,16 +403,20 @@ TASK_CAPTURES = "captures/task"  # the example captures of lens circuit: capture
 def task_examples(lm, enc, n: int = 2) -> list:
     """Every head's pattern on the first clean prompt of the first ``n`` batches (one template
     each), stored as float16, so that a head of the circuit opens on the task's own prompts;
-    ``meta.extra["answer_row"]`` is the position the answer is read at (the last)."""
+    their focus (:func:`formats.set_focus`) is the row the answer is read at (the last), so the
+    explorer opens there."""
     import torch
 
     import lens
+    from formats import set_focus
     from pipelines.examples import Example
 
     out = []
     for i, b in enumerate(enc.batches[:n]):
         cap = lens.run(lm, b.clean[:1], sites=[lens.Site.PATTERN], dtype=torch.float16).capture
-        cap.meta.extra.update({"answer_row": int(b.clean.shape[1]) - 1, "task_group": b.group})
+        end = int(b.clean.shape[1]) - 1
+        set_focus(cap.meta, rows=(end, end + 1), why="the answer is read at the last position")
+        cap.meta.extra["task_group"] = b.group
         out.append(Example(f"{TASK_CAPTURES}-{i:03d}", cap))
     return out
 

@@ -121,7 +121,7 @@ def test_grid_maps_stats_ablations_circuits_and_vision_are_not_empty(dash, folde
     assert dash.selected == (nodes["layer"][i], nodes["head"][i]) and dash._tabs.active == 0
     assert dash.atlas.metric == "circuit/circuit.T_eap_logit-diff" and dash.explorer.capture == "circuit/captures/task-000"
     task = folder.captures["circuit/captures/task-000"]
-    assert task.meta.extra["answer_row"] == len(task.tokens) - 1
+    assert task.focus.rows == (len(task.tokens) - 1, len(task.tokens))  # opens on the answer's row
     assert "".join(task.tokens[1:]) in {r["prompt"] for r in TASK_ROWS}  # one of the task's prompts, after <bos>
     dash.vision.capture = "image/000"
     overlay = dash.vision.plot()

@@ -78,7 +78,21 @@ def websocket(port: int, host: str, token: str) -> str:
         finally:
             ws.close()
 
-    return asyncio.run(go())
+    # a thread of its own: an earlier test (a notebook kernel, Panel) may leave a loop running in this one
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["value"] = asyncio.run(go())
+        except BaseException as err:  # re-raised in the test's thread
+            out["error"] = err
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(120)
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 # ---- DNS rebinding ------------------------------------------------------------------------------
