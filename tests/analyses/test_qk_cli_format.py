@@ -10,28 +10,13 @@ import pytest
 from formats import ResultError, ResultsFolder
 from formats.provenance import Provenance
 from formats.qk import Component, Kind, QKResult
-
-PROMPT = "When Mary and John went to the store, John gave a drink to"
+from tests.analyses.qk_folder import PROMPT, write_qk_folder
 
 
 @pytest.fixture(scope="module")
 def qk_folder(tmp_path_factory):
     """A folder written by the real command (also read by the view tests)."""
-    import sys
-
-    from lens.cli import main
-
-    out = tmp_path_factory.mktemp("qk") / "qk"
-    argv = sys.argv
-    sys.argv = ["lens", "heads", "qk", "tiny-llama", "--layer", "3", "--head", "1", "--prompt", PROMPT,
-                "--answer", "M", "--answer", "J", "--out", str(out), "--json"]
-    try:
-        with pytest.raises(SystemExit) as info:
-            main()
-    finally:
-        sys.argv = argv
-    assert (info.value.code or 0) == 0
-    return out
+    return write_qk_folder(tmp_path_factory.mktemp("qk"), head=1)
 
 
 def test_cli_writes_a_result_the_folder_finds(qk_folder, tiny_lm):

@@ -4,30 +4,16 @@ a click on a key of the head's attention row re-draws the decomposition for that
 from __future__ import annotations
 
 import re
-import sys
 
 import pytest
 
+from tests.analyses.qk_folder import write_qk_folder
 from tests.browser.conftest import FRAME_JS, has_model, new_page, open_tab, point, serve, stop
-
-PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
 @pytest.fixture(scope="module")
 def qk_folder(tmp_path_factory):
-    from lens.cli import main
-
-    out = tmp_path_factory.mktemp("qkb") / "qk"
-    argv = sys.argv
-    sys.argv = ["lens", "heads", "qk", "tiny-llama", "--layer", "3", "--head", "2", "--prompt", PROMPT,
-                "--answer", "M", "--answer", "J", "--out", str(out), "--json"]
-    try:
-        with pytest.raises(SystemExit) as info:
-            main()
-    finally:
-        sys.argv = argv
-    assert (info.value.code or 0) == 0
-    return out
+    return write_qk_folder(tmp_path_factory.mktemp("qkb"), head=2)
 
 
 def _title(page, name: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import sys
 
 import numpy as np
 import pytest
@@ -14,25 +13,12 @@ from dashboards.app import Dashboard
 from dashboards.qk import OTHER, QKView, qk_table
 from dashboards.report import build_report, render_html, render_markdown
 from formats import ResultsFolder
-
-PROMPT = "When Mary and John went to the store, John gave a drink to"
+from tests.analyses.qk_folder import PROMPT, write_qk_folder
 
 
 @pytest.fixture(scope="module")
 def qk_folder(tmp_path_factory):
-    from lens.cli import main
-
-    out = tmp_path_factory.mktemp("qkview") / "qk"
-    argv = sys.argv
-    sys.argv = ["lens", "heads", "qk", "tiny-llama", "--layer", "3", "--head", "2", "--prompt", PROMPT,
-                "--answer", "M", "--answer", "J", "--out", str(out), "--json"]
-    try:
-        with pytest.raises(SystemExit) as info:
-            main()
-    finally:
-        sys.argv = argv
-    assert (info.value.code or 0) == 0
-    return out
+    return write_qk_folder(tmp_path_factory.mktemp("qkview"), head=2)
 
 
 @pytest.fixture(scope="module")
