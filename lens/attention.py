@@ -272,15 +272,22 @@ def family(model: nn.Module) -> str:
     return f"{type(model).__name__} ({getattr(model.config, 'model_type', None) or 'no model_type'})"
 
 
+def uses_interface(model: nn.Module) -> bool:
+    """False for a model whose attention does not go through transformers' attention interface
+    (GPT-J, Falcon, BLOOM, MPT: they compute it in their own code and cannot switch implementation)."""
+    can_set = getattr(type(model), "_can_set_attn_implementation", None)
+    return can_set is None or bool(can_set())
+
+
 def check_interface(model: nn.Module) -> None:
     """Raise :class:`BackendError` for a model whose attention does not go through transformers'
-    attention interface (GPT-J, Falcon, BLOOM, MPT): nothing pushed on the stack would ever run,
-    so patterns, q/k/v and statistics would come back empty."""
-    can_set = getattr(type(model), "_can_set_attn_implementation", None)
-    if can_set is not None and not can_set():
+    attention interface (see :func:`uses_interface`): nothing pushed on the stack would ever run,
+    so q/k/v, edited weights and statistics would come back empty. (Their patterns are captured
+    from the attention modules' own returned weights, by :mod:`lens.recording.native`.)"""
+    if not uses_interface(model):
         raise BackendError(f"{family(model)} computes attention without transformers' attention interface: "
-                           "patterns, q/k/v and stats mode are not available for it (z, residual and MLP sites "
-                           "and head edits are)")
+                           "q/k/v, attention-weight edits and stats mode are not available for it (patterns, z, "
+                           "residual and MLP sites and head edits are)")
 
 
 @contextmanager

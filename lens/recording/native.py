@@ -3,7 +3,9 @@
 Queries, keys, values and patterns are taken inside transformers' attention interface,
 through an observer on the attention stack (:mod:`lens.attention`): it sees q and k after
 rotary embedding, k/v including the KV cache, and the probabilities of the layers whose
-pattern is captured (only those layers run eager attention). ``z`` (the input of the output
+pattern is captured (only those layers run eager attention). Families that compute attention in
+their own code (GPT-J, Falcon, BLOOM, MPT) give their pattern from the weights their attention
+modules return; q/k/v are refused for them in one line. ``z`` (the input of the output
 projection), the block's and MLP's outputs are taken by module hooks, after the edits of
 :mod:`lens.edits` (so a capture records what the edited model computed). Everything is
 undone on exit.
@@ -21,7 +23,7 @@ from formats.capture import CaptureMeta
 from formats.layouts import ImageLayout
 from lens import _exclusive
 from lens.adapters import ModelAdapter, adapter_for
-from lens.attention import AttentionObserver, attention_mode
+from lens.attention import AttentionObserver, attention_mode, uses_interface
 from lens.edits import Edit, editing
 from lens.errors import BackendError, MemoryBudgetError
 from lens.loaded import LoadedModel
@@ -124,8 +126,13 @@ def capture(lm: LoadedModel, spec: CaptureSpec, *, edits: Sequence[Edit] = (),
         stack.enter_context(editing(lm, edits, adapter=adapter))  # first: the recording hooks see edited values
         handles = [lm.model.register_forward_pre_hook(session.new_step, with_kwargs=True)]
         stack.callback(lambda: [h.remove() for h in handles])
-        if any(s.in_attention and s.part is Part.SELF for s in spec.sites):
-            stack.enter_context(attention_mode(lm.model, session))
+        in_attention = [s for s in spec.sites if s.in_attention and s.part is Part.SELF]
+        if in_attention == [Site.PATTERN] and not uses_interface(lm.model):
+            sdpa = getattr(lm.model.config, "_attn_implementation", None) == "sdpa"
+            for layer in spec.layers:
+                handles.extend(_own_pattern_hooks(session, adapter, layer, sdpa))
+        elif in_attention:
+            stack.enter_context(attention_mode(lm.model, session))  # refuses q/k/v where the interface is bypassed
         for site in spec.sites:
             if site.part is not Part.SELF:
                 stack.enter_context(attention_mode(lm.model, _PartPatterns(session, site)))
@@ -166,6 +173,40 @@ def _check_attention_layers(lm: LoadedModel, spec: CaptureSpec, adapter: ModelAd
 
 def _first(out):
     return out[0] if isinstance(out, tuple) else out
+
+
+def _own_pattern_hooks(session: _Session, adapter: ModelAdapter, layer: int, sdpa: bool):
+    """The pattern of a family that computes attention in its own code (GPT-J, Falcon, BLOOM, MPT):
+    its attention module returns ``(output, weights)``, weights ``[batch, head, q, k]`` after its own
+    position scheme (rotary, ALiBi) and mask. Asking it for them (``output_attentions=True``) keeps
+    Falcon off its SDPA branch for this layer only (the others compute them anyway); its eager branch
+    adds the mask to the scores, so under SDPA the boolean mask (True = attend) becomes the additive
+    one; with ALiBi, Falcon's SDPA mask already holds the bias that its eager branch adds again, so
+    only the mask's masked entries are kept (the pattern is the one the SDPA run computes, and the
+    logits do not move). MPT's eager code takes a boolean mask, True = masked: masks are left alone
+    outside SDPA."""
+    def ask(module, args, kwargs):
+        kwargs = {**kwargs, "output_attentions": True}
+        mask = kwargs.get("attention_mask")
+        if not sdpa or not isinstance(mask, torch.Tensor):
+            return args, kwargs
+        if mask.dtype == torch.bool:
+            dtype = args[0].dtype if args else kwargs["hidden_states"].dtype
+            kwargs["attention_mask"] = torch.zeros((), dtype=dtype, device=mask.device).masked_fill(
+                ~mask, torch.finfo(dtype).min)
+        elif kwargs.get("alibi") is not None:
+            low = torch.finfo(mask.dtype).min
+            kwargs["attention_mask"] = torch.zeros_like(mask).masked_fill(mask == low, low)
+        return args, kwargs
+
+    def take(module, args, kwargs, out):
+        weights = out[1] if isinstance(out, tuple) and len(out) > 1 else None
+        if isinstance(weights, torch.Tensor) and weights.ndim == 4:
+            session.store(Site.PATTERN, layer, weights)
+
+    attention = adapter.attention(layer)
+    return [attention.register_forward_pre_hook(ask, with_kwargs=True),
+            attention.register_forward_hook(take, with_kwargs=True)]
 
 
 def _layer_hooks(session: _Session, adapter: ModelAdapter, layer: int, n_heads: int):

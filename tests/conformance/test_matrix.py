@@ -68,7 +68,7 @@ class Family:
 
 
 _NO_INTERFACE = Refusal("BackendError", ("without transformers' attention interface",))
-_BYPASS = {"pattern": _NO_INTERFACE, "stats": _NO_INTERFACE, "sites": _NO_INTERFACE}
+_BYPASS = {"stats": _NO_INTERFACE, "sites": _NO_INTERFACE}  # patterns come from their own attention modules
 _MLA = dict(num_key_value_heads=4, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=12,
             n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, first_k_dense_replace=1)
 
@@ -225,11 +225,11 @@ def test_logits(request, built):
         plain = built.lm.model(IDS).logits
     _close(plain, built.logits, "logits of the loaded model")
 
-    # a family that refuses attention sites is checked with the sites it gives
-    sites = _OUTSIDE_SITES if isinstance(built.family.expect.get("pattern"), Refusal) else _SELF_SITES
+    # a family that refuses q/k/v is checked with the sites it gives
+    sites = (Site.PATTERN, *_OUTSIDE_SITES) if isinstance(built.family.expect.get("sites"), Refusal) else _SELF_SITES
 
     def run():
-        if sites is _SELF_SITES:
+        if not isinstance(built.family.expect.get("pattern"), Refusal):
             one = lens.run(built.lm, IDS, sites=[Site.PATTERN], layers=layers[:1])
             _close(one.logits, plain, f"logits while capturing layer {layers[0]}'s pattern")
         every = lens.run(built.lm, IDS, sites=list(sites), layers=layers)

@@ -1,8 +1,10 @@
 """Nothing silent: a capture or stats run that records nothing for a requested layer is an error.
 
-GPT-J computes attention itself, without transformers' attention interface. It is refused up front
-(library and CLI, one line naming the family); and the check after the forward pass, the safety
-net for any model that slips past that refusal, is exercised by switching the refusal off.
+GPT-J computes attention itself, without transformers' attention interface. Its pattern is taken
+from the weights its attention modules return (library and CLI, against its own eager
+``output_attentions``); q/k/v and stats are refused up front (one line naming the family). The
+check after the forward pass, the safety net for any model that slips past a refusal or whose
+attention returns no weights, is exercised by switching the refusal off and dropping the weights.
 """
 
 from __future__ import annotations
@@ -41,10 +43,23 @@ def gptj(gptj_folder):
     return lens.load(str(gptj_folder))
 
 
-def test_pattern_capture_is_refused_up_front(gptj):
+def test_qkv_capture_is_refused_up_front(gptj):
     with pytest.raises(BackendError, match=r"GPTJForCausalLM \(gptj\) computes attention without transformers' "
-                                           r"attention interface"):
-        lens.run(gptj, IDS, sites=[Site.PATTERN], layers=[0])
+                                           r"attention interface: q/k/v"):
+        lens.run(gptj, IDS, sites=[Site.PATTERN, Site.Q], layers=[0])
+
+
+def test_pattern_is_the_models_own_and_logits_do_not_move(gptj, gptj_folder):
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(gptj_folder, attn_implementation="eager").eval()
+    with torch.no_grad():
+        want = ref(IDS, output_attentions=True)
+        plain = gptj.model(IDS).logits
+    got = lens.run(gptj, IDS, sites=[Site.PATTERN], layers=[1], heads=[0, 2])
+    assert [k.layer for k in got.capture.steps[0]] == [1]  # the other layer's weights are dropped
+    assert torch.allclose(got.capture.pattern(1), want.attentions[1][:, [0, 2]], atol=1e-6)
+    assert torch.equal(got.logits, plain)
 
 
 def test_stats_are_refused_up_front(gptj):
@@ -62,8 +77,20 @@ def test_capture_that_records_nothing_raises(gptj, monkeypatch):
     """With the up-front refusal switched off, the forward pass runs and the attention stack never
     sees a call: the capture must not come back empty."""
     monkeypatch.setattr("lens.attention.check_interface", lambda model: None)
-    with pytest.raises(BackendError, match=r"ran but recorded nothing at pattern@0, pattern@1"):
-        lens.run(gptj, IDS, sites=[Site.PATTERN], layers=[0, 1])
+    with pytest.raises(BackendError, match=r"ran but recorded nothing at q@0, q@1"):
+        lens.run(gptj, IDS, sites=[Site.Q], layers=[0, 1])
+
+
+def test_attention_that_returns_no_weights_raises(gptj):
+    """A module that computes attention in its own code but returns no weights for layer 1: the
+    pattern capture must say so rather than come back without it."""
+    attention = gptj.model.transformer.h[1].attn
+    handle = attention.register_forward_hook(lambda m, a, out: (out[0], None))  # runs before the capture's hook
+    try:
+        with pytest.raises(BackendError, match=r"GPTJForCausalLM \(gptj\) ran but recorded nothing at pattern@1"):
+            lens.run(gptj, IDS, sites=[Site.PATTERN], layers=[0, 1])
+    finally:
+        handle.remove()
 
 
 def test_stats_that_record_nothing_raise(gptj, monkeypatch):
@@ -84,8 +111,25 @@ def _error_lines(err: str) -> list[str]:
             if line.strip() and not line.startswith(("Loading weights", "capturing", "stats over"))]
 
 
-def test_cli_capture_refuses_in_one_line(cli, gptj_folder, tmp_path):
+def test_cli_capture_writes_the_pattern(cli, gptj_folder, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from lens.recording.record import Capture
+
     code, out, err = cli("capture", gptj_folder, "--prompt", "hello", "--sites", "pattern", "--out", tmp_path / "c")
+    assert code == 0, err
+    cap = Capture.load(tmp_path / "c" / "000")
+    assert [(k.site, k.layer) for k in cap.steps[0]] == [(Site.PATTERN, 0), (Site.PATTERN, 1)]
+    ids = torch.tensor(cap.meta.token_ids)
+    ref = AutoModelForCausalLM.from_pretrained(gptj_folder, attn_implementation="eager").eval()
+    with torch.no_grad():
+        want = ref(ids, output_attentions=True).attentions
+    for layer in (0, 1):
+        assert torch.allclose(cap.pattern(layer), want[layer], atol=1e-6)
+
+
+def test_cli_capture_refuses_qkv_in_one_line(cli, gptj_folder, tmp_path):
+    code, out, err = cli("capture", gptj_folder, "--prompt", "hello", "--sites", "pattern,q", "--out", tmp_path / "c")
     assert code == 2, err
     lines = _error_lines(err)
     assert len(lines) == 1 and lines[0].startswith("error: "), err
@@ -155,3 +199,36 @@ def test_weight_interventions_refuse_learned_sinks(tmp_path):
                                            r"attention-weight interventions"):
         with torch.no_grad(), modifying_weights(lm, lambda layer, w: w, layers=[0]):
             lm.model(IDS)
+
+
+def test_falcon_alibi_pattern_is_the_one_its_run_computes(tmp_path):
+    """Falcon with ALiBi under SDPA: transformers 5.23's eager branch adds the bias a second time
+    (its SDPA mask already holds it), so its ``output_attentions`` disagree with its own logits.
+    The captured pattern is softmax((q k^T + alibi) / sqrt(d) + causal), written out here from the
+    layer's projections, and capturing it leaves the logits as they were."""
+    import math
+
+    from transformers import FalconConfig, FalconForCausalLM
+    from transformers.models.falcon.modeling_falcon import build_alibi_tensor
+
+    from lens.zoo import tiny
+
+    config = FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, alibi=True, vocab_size=259,
+                          bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    torch.manual_seed(0)
+    FalconForCausalLM(config).eval().save_pretrained(tmp_path)
+    tiny.build_byte_tokenizer(tmp_path)
+    lm = lens.load(str(tmp_path))
+    model, pos = lm.model, IDS.shape[1]
+    attention = model.transformer.h[0].self_attention
+    with torch.no_grad():
+        plain = model(IDS).logits
+        q, k, _ = attention._split_heads(attention.query_key_value(
+            model.transformer.h[0].input_layernorm(model.transformer.word_embeddings(IDS))))
+        scores = q.transpose(1, 2) @ k.transpose(1, 2).transpose(-1, -2)  # [1, head, q, k] (one shared k head)
+        alibi = build_alibi_tensor(torch.ones(1, pos, dtype=torch.long), 4, torch.float32).view(1, 4, 1, pos)
+        causal = torch.full((pos, pos), float("-inf")).triu(1)
+        want = torch.softmax((scores + alibi) / math.sqrt(8) + causal, dim=-1)
+    got = lens.run(lm, IDS, sites=[Site.PATTERN], layers=[0])
+    assert torch.allclose(got.capture.pattern(0), want, atol=1e-6)
+    assert torch.allclose(got.logits, plain, atol=1e-6)
