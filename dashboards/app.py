@@ -21,6 +21,7 @@ import panel as pn
 import param
 
 from dashboards._hosts import HostPolicy, guard, parse_allow_hosts
+from dashboards._local import keep_stylesheets_local
 from dashboards._quiet import quiet_closed_websockets
 from dashboards.ablations import AblationsView
 from dashboards.atlas import HeadAtlas
@@ -218,7 +219,9 @@ def serve(results_dir: str | Path, *, port: int = 0, address: str = "127.0.0.1",
     models = models_of(folder)
 
     def app():
-        return Dashboard(folder, map_method=map_method)
+        dashboard = Dashboard(folder, map_method=map_method)
+        keep_stylesheets_local(pn.state.curdoc, dashboard._tabs)  # never Panel's CDN, even for a hidden tab's view
+        return dashboard
 
     title = f"attnlens: {models[0] if models else folder.path}"
 
