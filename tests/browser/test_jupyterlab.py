@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.browser.conftest import new_page
 
@@ -88,9 +89,17 @@ def test_notebook_views_render_in_jupyterlab(browser, lab, shots):
     # the generation capture's view: type step 3 into its step box (the only one in the notebook)
     step = page.locator(".bk-input-group").filter(has_text=re.compile(r"^\s*step\s*$")).locator("input >> visible=true").first
     step.scroll_into_view_if_needed()
-    step.fill("3")
-    step.evaluate("e => e.blur()")  # commits the value (Enter would go to JupyterLab's own shortcuts)
-    page.get_by_text("step 3 of 4: new token").first.wait_for(timeout=30_000)
+    shown = page.get_by_text("step 3 of 4: new token").first
+    for attempt in range(3):  # a value typed while the kernel is still busy with the last cells can be lost
+        for value in (["2"] if attempt else []) + ["3"]:  # on a retry, change it away and back
+            step.fill(value)
+            step.evaluate("e => e.blur()")  # commits the value (Enter would go to JupyterLab's own shortcuts)
+        try:
+            shown.wait_for(timeout=30_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
     page.screenshot(path=str(shots / "generation_step3_jupyterlab.png"))
     # clicks in the inline dashboard: other tabs load their views through the kernel, offline
     for tab in ("Stats", "All heads", "Heads"):
