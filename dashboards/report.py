@@ -24,7 +24,6 @@ import shutil
 import socket
 import stat
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -51,6 +50,7 @@ from formats import (
     ResultsFolder,
     SelectionError,
     Site,
+    _json,
     faithfulness_warning,
 )
 from formats._json import special_kind, write_bytes
@@ -588,16 +588,7 @@ def write_report(results_dir: str | Path, fmt: str, out: str | Path | None = Non
 
 def _stage(out: Path, data: bytes) -> Path:
     """``data`` in a new temporary file beside ``out``, flushed to disk (renamed over ``out`` by the caller)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
+    return _json.stage_bytes(out, data)
 
 
 def _check_report_target(out: Path, fmt: str, force: bool) -> None:

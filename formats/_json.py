@@ -174,16 +174,27 @@ def write_json(path: str | Path, doc: Any) -> Path:
 
 
 def write_bytes(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` atomically: staged beside it (:func:`stage_bytes`), then renamed over it."""
+    tmp = stage_bytes(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def stage_bytes(path: Path, data: bytes) -> Path:
+    """``data`` in a new temporary file beside ``path``, flushed to disk; the caller renames it."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
 
 
 def need(doc: dict, key: str, types, path: Path, what: str = "") -> Any:
