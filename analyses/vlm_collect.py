@@ -152,8 +152,7 @@ def head_output_pairs(lm, items: Sequence[Item], *, steps: int = 2, batch_size: 
         fed = gen[:, batch.input_ids.shape[1]:][:, : steps - 1].cpu()
         z = {}
         for name, inputs in (("image", with_img), ("text", text)):
-            extended = [vlm.VlmInput(torch.cat([x.input_ids, fed[i:i + 1]], dim=1), x.pixel_values, x.spans)
-                        for i, x in enumerate(inputs)]
+            extended = [x.extended(fed[i:i + 1]) for i, x in enumerate(inputs)]
             eb = vlm.collate(extended, pad)
             with _record_head_outputs(lm.model, steps) as store:
                 lm.model(**eb.model_kwargs(lm.device, _dtype(lm)))

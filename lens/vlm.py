@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,9 @@ class ImageSpan:
     end: int
     grid: tuple[int, int]
     prefix: int
+    # False: the tokens do not form one patch grid over the image (tiles, newline tokens, a tile of
+    # a split image): ``grid`` is then (1, n) and overlays say the layout cannot be mapped
+    mappable: bool = True
 
     def __post_init__(self) -> None:
         rows, cols = self.grid
@@ -66,17 +69,23 @@ class ImageSpan:
     def labels(self) -> list[str]:
         """One label per token of the span: ``img0:CLS``, ``img0:reg0``..., then ``img0:patch(r,c)``."""
         rows, cols = self.grid
+        if not self.mappable:
+            return [f"img{self.image}:tok{i}" for i in range(self.n_tokens)]
         pre = (["CLS"] + [f"reg{i}" for i in range(self.prefix - 1)]) if self.prefix else []
         return [f"img{self.image}:{t}" for t in pre + [f"patch({r},{c})" for r in range(rows) for c in range(cols)]]
 
+    def shifted(self, by: int) -> ImageSpan:
+        return ImageSpan(self.image, self.start + by, self.end + by, self.grid, self.prefix, self.mappable)
+
     def to_json(self) -> dict[str, Any]:
-        return {"image": self.image, "start": self.start, "end": self.end, "grid": list(self.grid),
-                "prefix": self.prefix}
+        d = {"image": self.image, "start": self.start, "end": self.end, "grid": list(self.grid),
+             "prefix": self.prefix}
+        return d if self.mappable else {**d, "mappable": False}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ImageSpan:
         return cls(int(d["image"]), int(d["start"]), int(d["end"]), (int(d["grid"][0]), int(d["grid"][1])),
-                   int(d["prefix"]))
+                   int(d["prefix"]), bool(d.get("mappable", True)))
 
 
 @dataclass(frozen=True)
@@ -85,8 +94,12 @@ class VlmInput:
     (None for text only) and the image spans in ``input_ids``."""
 
     input_ids: Int[Tensor, "1 pos"]
-    pixel_values: Float[Tensor, "image 3 height width"] | None
+    pixel_values: Tensor | None  # [image, 3, H, W]; tiled and patchified families have their own shapes
     spans: tuple[ImageSpan, ...]
+    # every other keyword the family's processor returned (image_sizes, token_type_ids,
+    # pixel_attention_mask, aspect_ratio_ids, cross_attention_mask...), passed to the model as they are
+    extra: dict[str, Tensor] = field(default_factory=dict)
+    model_type: str = ""  # the model's config.model_type, for per-family rules (how fed tokens extend masks)
 
     @property
     def n_tokens(self) -> int:
@@ -111,11 +124,46 @@ class VlmInput:
         kw = {"input_ids": self.input_ids.to(device), "attention_mask": torch.ones_like(self.input_ids).to(device)}
         if self.pixel_values is not None:
             kw["pixel_values"] = self.pixel_values.to(device=device, dtype=dtype)
+        kw.update(_extra_to(self.extra, device, dtype))
         return kw
+
+    def extended(self, tokens: Int[Tensor, "1 new"]) -> VlmInput:
+        """The same input with ``tokens`` appended as text that follows the prompt (answer tokens fed
+        back): per-position keywords grow with them (see :func:`_extend_positions`)."""
+        extra = {k: _extend_positions(k, v, tokens.shape[-1], self.model_type) if k in PER_POSITION else v
+                 for k, v in self.extra.items()}
+        return VlmInput(torch.cat([self.input_ids, tokens.to(self.input_ids)], dim=1), self.pixel_values, self.spans,
+                        extra, self.model_type)
+
+
+# keywords with one entry per token position (dim 1), padded and extended with the ids
+PER_POSITION = ("token_type_ids", "mm_token_type_ids", "cross_attention_mask")
+
+
+def _extra_to(extra: dict[str, Tensor], device, dtype) -> dict[str, Tensor]:
+    return {k: v.to(device=device, dtype=dtype) if v.is_floating_point() and dtype is not None else v.to(device)
+            for k, v in extra.items()}
+
+
+def _extend_positions(key: str, value: Tensor, n: int, model_type: str) -> Tensor:
+    """``value [batch, pos, ...]`` grown by ``n`` positions of text after the prompt: PaliGemma marks the
+    answer as suffix (token type 1, attended causally), other families as plain text (type 0); a
+    cross-attention mask repeats its last row (the answer sees the images the prompt's end saw)."""
+    if key == "cross_attention_mask":
+        tail = value[:, -1:].expand(value.shape[0], n, *value.shape[2:])
+    else:
+        fill = 1 if (key == "token_type_ids" and model_type == "paligemma") else 0
+        tail = torch.full((value.shape[0], n, *value.shape[2:]), fill, dtype=value.dtype)
+    return torch.cat([value, tail.to(value)], dim=1)
 
 
 def placeholder(lm) -> str:
-    """The prompt text that marks an image for ``lm``."""
+    """The prompt text that marks an image for ``lm`` (Gemma 3's processor expands ``<start_of_image>``)."""
+    proc = lm.extras.get("processor") if hasattr(lm, "extras") else None
+    if proc is not None:
+        mark = getattr(proc, "boi_token", None) or getattr(proc, "image_token", None)
+        if mark:
+            return mark
     return getattr(lm.tokenizer, "image_token", None) or DEFAULT_PLACEHOLDER
 
 
@@ -182,6 +230,8 @@ def prepare(lm, prompt: str, images: Sequence[Any] | Any = (), *, chat: bool = F
         raise PromptError(f"{more} images than {mark} placeholders: {len(images)} image(s), "
                           f"{n_marks} placeholder(s) in the prompt")
     tok = lm.tokenizer
+    if lm.extras.get("processor") is not None:
+        return _prepare_processed(lm, prompt, images, chat=chat)
     if chat:
         if not getattr(tok, "chat_template", None):
             raise PromptError(f"chat formatting was asked for, but {lm.facts.name} has no chat template")
@@ -209,6 +259,53 @@ def prepare(lm, prompt: str, images: Sequence[Any] | Any = (), *, chat: bool = F
     return VlmInput(input_ids=input_ids, pixel_values=pixels, spans=tuple(spans))
 
 
+def _chat_text(lm, prompt: str) -> str:
+    if not getattr(lm.tokenizer, "chat_template", None):
+        raise PromptError(f"chat formatting was asked for, but {lm.facts.name} has no chat template")
+    from lens._chat import apply_chat_template
+
+    return apply_chat_template(lm.tokenizer, [{"role": "user", "content": prompt}], model=lm.facts.name,
+                               add_generation_prompt=True)
+
+
+def _prepare_processed(lm, prompt: str, images: list, *, chat: bool) -> VlmInput:
+    """:func:`prepare` through the family's processor (models loaded from a folder or hub id)."""
+    from lens import _processed
+
+    text = _chat_text(lm, prompt) if chat else prompt
+    model_type = getattr(lm.model.config, "model_type", "")
+    if not images:
+        ids, extra = _processed.text_only(lm, text)
+        return VlmInput(lm.check_length(ids), None, (), extra, model_type)
+    if model_type == "paligemma":  # its images come first, before the text
+        text = placeholder(lm) * len(images) + text.replace(placeholder(lm), "")
+    ids, pixels, extra = _processed.processed(lm, text, [read_image(i) for i in images])
+    lm.check_length(ids)
+    token = _processed.image_token_id(lm.model)
+    if token is None:
+        raise PromptError(f"{lm.facts.name}'s config names no image token id (image_token_id): its image "
+                          "tokens cannot be found")
+    # Mllama reads its images through cross-attention: no image tokens in the text sequence
+    spans = () if model_type == "mllama" else _processed.spans_from_ids(
+        ids[0].tolist(), token, len(images), max_prefix=_processed.max_prefix(lm.model),
+        base=_processed.base_tokens(lm.model), global_last=model_type in ("idefics3", "smolvlm"))
+    return VlmInput(ids, pixels, spans, extra, model_type)
+
+
+def overlay_grid(x: VlmInput) -> tuple[ImageSpan | None, Tensor | None]:
+    """The first image's patch grid and the pixels ``[1, 3, H, W]`` it lies on, or ``(None, None)`` when its
+    tokens cannot be mapped onto the image (only tiles, or tokens read through cross-attention)."""
+    span = next((s for s in x.spans if s.image == 0 and s.mappable), None)
+    pv = x.pixel_values
+    if span is None or pv is None:
+        return None, None
+    if pv.ndim == 4:
+        return span, pv[:1]
+    if pv.ndim == 5:  # tiles: LLaVA-NeXT puts the whole image first, Idefics3 last
+        return span, pv[:1, -1 if x.model_type in ("idefics3", "smolvlm") else 0]
+    return None, None
+
+
 def without_images(lm, prompt: str) -> str:
     """``prompt`` with its image placeholders removed: the same text, nothing to see."""
     return prompt.replace(placeholder(lm), "")
@@ -217,17 +314,20 @@ def without_images(lm, prompt: str) -> str:
 @dataclass(frozen=True)
 class Batch:
     """Left-padded prompts: ``input_ids``/``attention_mask [batch, pos]``, all images stacked
-    ``[image, 3, H, W]`` (None if none) and each row's spans shifted by its padding."""
+    ``[image, 3, H, W]`` (None if none), each row's spans shifted by its padding and the processors'
+    other keywords (per-position ones left-padded, the others concatenated over images)."""
 
     input_ids: Int[Tensor, "batch pos"]
     attention_mask: Int[Tensor, "batch pos"]
-    pixel_values: Float[Tensor, "image 3 height width"] | None
+    pixel_values: Tensor | None
     spans: tuple[tuple[ImageSpan, ...], ...]
+    extra: dict[str, Tensor] = field(default_factory=dict)
 
     def model_kwargs(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> dict[str, Tensor]:
         kw = {"input_ids": self.input_ids.to(device), "attention_mask": self.attention_mask.to(device)}
         if self.pixel_values is not None:
             kw["pixel_values"] = self.pixel_values.to(device=device, dtype=dtype)
+        kw.update(_extra_to(self.extra, device, dtype))
         return kw
 
 
@@ -243,14 +343,41 @@ def collate(inputs: Sequence[VlmInput], pad_id: int) -> Batch:
         pad = width - x.n_tokens
         ids[row, pad:] = x.input_ids[0]
         mask[row, pad:] = 1
-        spans.append(tuple(ImageSpan(s.image, s.start + pad, s.end + pad, s.grid, s.prefix) for s in x.spans))
+        spans.append(tuple(s.shifted(pad) for s in x.spans))
     pix = [x.pixel_values for x in inputs if x.pixel_values is not None]
-    return Batch(input_ids=ids, attention_mask=mask, pixel_values=torch.cat(pix) if pix else None,
-                 spans=tuple(spans))
+    return Batch(input_ids=ids, attention_mask=mask, pixel_values=_cat("pixel_values", pix) if pix else None,
+                 spans=tuple(spans), extra=_collate_extra(inputs, width))
 
 
-__all__ = ["Batch", "ImageSpan", "VlmInput", "collate", "image_token_count", "placeholder", "prepare",
-           "read_image", "without_images"]
+def _cat(key: str, values: list[Tensor]) -> Tensor:
+    try:
+        return torch.cat(values)
+    except RuntimeError:
+        shapes = sorted({tuple(v.shape[1:]) for v in values})
+        raise PromptError(f"the prompts of a batch give {key} of different shapes {shapes} (images of "
+                          "different sizes or tile counts): batch them one at a time") from None
+
+
+def _collate_extra(inputs: Sequence[VlmInput], width: int) -> dict[str, Tensor]:
+    keys = list(dict.fromkeys(k for x in inputs for k in x.extra))
+    out = {}
+    for key in keys:
+        have = [x for x in inputs if key in x.extra]
+        if key in PER_POSITION:
+            if len(have) != len(inputs):
+                raise PromptError(f"some prompts of a batch have {key} and some not: batch them one at a time")
+            first = inputs[0].extra[key]
+            value = torch.zeros((len(inputs), width, *first.shape[2:]), dtype=first.dtype)
+            for row, x in enumerate(inputs):
+                value[row, width - x.n_tokens:] = x.extra[key][0]
+            out[key] = value
+        else:
+            out[key] = _cat(key, [x.extra[key] for x in have])
+    return out
+
+
+__all__ = ["Batch", "ImageSpan", "VlmInput", "collate", "image_token_count", "overlay_grid", "placeholder",
+           "prepare", "read_image", "without_images"]
 
 
 @torch.no_grad()

@@ -191,13 +191,14 @@ def _run_image_text(lm: LoadedModel, prompt, image, *, sites, layers, heads, dty
         out = lm.model(**x.model_kwargs(lm.device, model_dtype))
     cap = native.build_capture(lm, spec, session.steps, x.input_ids, backend=backend.value)
     if x.spans:
+        cap = Capture(meta=replace(cap.meta, tokens=[x.labelled(cap.meta.tokens[0])]), steps=cap.steps)
+    span, pixels = vlm.overlay_grid(x)
+    if span is not None:
         # the image layout: token start + prefix + r * cols + c is patch (r, c)
-        span = x.spans[0]
-        height, width = int(x.pixel_values.shape[-2]), int(x.pixel_values.shape[-1])
+        height, width = int(pixels.shape[-2]), int(pixels.shape[-1])
         layout = ImageLayout(height, width, width // span.grid[1], prefix=span.prefix, start=span.start,
                              image_file="image.png")
-        cap = Capture(meta=replace(cap.meta, layout=layout, tokens=[x.labelled(cap.meta.tokens[0])]), steps=cap.steps,
-                      image_png=vision.input_png(lm, x.pixel_values))
+        cap = Capture(meta=replace(cap.meta, layout=layout), steps=cap.steps, image_png=vision.input_png(lm, pixels))
     return RunResult(logits=out.logits.detach(), capture=cap)
 
 

@@ -175,10 +175,10 @@ def _load_transformers(name_or_path, dtype, device, where: placement.Placement |
     if kind is not kinds.Kind.CAUSAL_LM and where is not None:
         raise SelectionError(f"{name_or_path}: device maps are for language models; load this {kind.value} "
                              "on one device")
-    if kind is kinds.Kind.IMAGE_TEXT:  # LLaVA-family: the image processor and the image-text model
-        from lens.zoo import tiny_vlm
+    if kind is kinds.Kind.IMAGE_TEXT:  # the family's own processor and image-text model
+        from lens.zoo import image_text
 
-        return tiny_vlm.load_llava(name_or_path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        return image_text.load(name_or_path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     kw = dict(dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     if kind is kinds.Kind.ENCODER:
         model, tokenizer, facts = hub.load_pretrained(name_or_path, **kw, loader=lambda n, local_only: kinds.load_encoder(

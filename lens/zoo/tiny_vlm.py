@@ -206,31 +206,3 @@ def tiny_llava(dtype: torch.dtype = torch.float32, device: str = "cpu") -> Loade
     facts = vlm_facts(model.config, name="tiny-llava", architecture=type(model).__name__)
     return LoadedModel(model=model.eval().to(dtype=dtype, device=device), tokenizer=tokenizer, facts=facts,
                        processor=processor)
-
-
-def load_llava(name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
-               trust_remote_code: bool = False) -> LoadedModel:
-    """Any LLaVA-family model from the hub or a local folder (``llava-hf/llava-1.5-7b-hf``...).
-
-    Raises :class:`ModelUnavailableError` with a one-line reason when it cannot be had
-    here (offline and not cached, say).
-    """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from lens.zoo.hub import hub_reachable
-
-    offline = not Path(name_or_path).is_dir() and not hub_reachable()  # only the cache: fail at once
-    try:
-        processor = AutoProcessor.from_pretrained(name_or_path, local_files_only=offline,
-                                                  trust_remote_code=trust_remote_code)
-        model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype, local_files_only=offline,
-                                                            trust_remote_code=trust_remote_code)
-    except OSError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelUnavailableError(
-            f"cannot load {str(name_or_path)!r} from the Hugging Face hub or its local cache "
-            f"(offline, or not a model id?): {first}"
-        ) from None
-    model = model.to(device).eval()
-    facts = vlm_facts(model.config, name=str(name_or_path), architecture=type(model).__name__)
-    return LoadedModel(model=model, tokenizer=processor.tokenizer, facts=facts, processor=processor.image_processor)

@@ -125,9 +125,13 @@ def test_errors_are_one_line(tiny_llava, tmp_path):
 
 def test_hub_llava_offline_is_one_line(monkeypatch):
     from lens.errors import ModelUnavailableError
-    from lens.zoo.tiny_vlm import load_llava
+    from lens.zoo import hub, image_text
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelUnavailableError, match=r"^cannot load 'llava-hf/llava-1.5-7b-hf' from the Hugging Face hub") as info:
-        load_llava("llava-hf/llava-1.5-7b-hf")
+    hub.hub_reachable.cache_clear()
+    try:
+        with pytest.raises(ModelUnavailableError, match=r"^cannot load 'llava-hf/llava-1.5-7b-hf' from the Hugging Face hub") as info:
+            image_text.load("llava-hf/llava-1.5-7b-hf")
+    finally:
+        hub.hub_reachable.cache_clear()
     assert "\n" not in str(info.value)
