@@ -156,6 +156,29 @@ class EncoderDecoderAdapter(DecoderAdapter):
         return out
 
 
+@dataclass
+class ImageCrossAdapter(DecoderAdapter):
+    """Cross-attention image-text models (Mllama): some language-model blocks hold ``cross_attn`` (the text
+    reading the image's states) instead of ``self_attn``; those are the ``Part.CROSS`` attention of their
+    layer, with their own output projection (head edits and VHD's head outputs reach them too)."""
+
+    def __post_init__(self) -> None:
+        self._list = _blocks(self.model, self.n_layers,
+                             lambda b: _child(b, _ATTENTION_NAMES + ("cross_attn",)) is not None)
+
+    def cross_layers(self) -> list[int]:
+        return [i for i, b in enumerate(self._list) if _child(b, ("cross_attn",)) is not None]
+
+    def out_proj(self, layer: int) -> nn.Linear:
+        cross = _child(self._list[layer], ("cross_attn",))
+        return cross.o_proj if cross is not None else super().out_proj(layer)
+
+    def attention_modules(self) -> dict[tuple[Part, int], nn.Module]:
+        out = super().attention_modules()
+        out.update({(Part.CROSS, layer): self._list[layer].cross_attn for layer in self.cross_layers()})
+        return out
+
+
 def adapter_for(model: nn.Module, n_layers: int | None = None) -> ModelAdapter:
     """The adapter of a transformers model (``n_layers``: its decoder or encoder layers; read from the
     config when not given)."""
@@ -168,6 +191,8 @@ def adapter_for(model: nn.Module, n_layers: int | None = None) -> ModelAdapter:
         return EncoderDecoderAdapter(model, n_layers)
     if hasattr(cfg, "vision_config") and hasattr(cfg, "text_config") and hasattr(model, "get_decoder"):
         # LLaVA-style: the language model's blocks, never the vision tower's (it may have as many layers)
+        if getattr(cfg.get_text_config(), "cross_attention_layers", None):
+            return ImageCrossAdapter(model.get_decoder(), n_layers)
         return DecoderAdapter(model.get_decoder(), n_layers)
     if getattr(cfg, "model_type", "") in ("bert", "roberta", "distilbert", "electra", "xlm-roberta"):
         return BertAdapter(model, n_layers)

@@ -159,14 +159,19 @@ def check_recorded(session: _Session, model) -> None:
 
 def _check_attention_layers(lm: LoadedModel, spec: CaptureSpec, adapter: ModelAdapter) -> None:
     """Attention sites only at layers that have attention (a hybrid's other blocks give residual and MLP sites)."""
+    from lens.errors import SelectionError
+
+    cross = {layer for part, layer in adapter.attention_modules() if part is Part.CROSS}
+    lacking = [layer for layer in spec.layers if layer not in cross]
+    if Site.CROSS_PATTERN in spec.sites and lacking:
+        raise SelectionError(f"layers {lacking} of {lm.facts.name} have no cross-attention: site cross_pattern "
+                             f"needs one of layers {sorted(cross)}")
     wanted = [s.value for s in spec.sites if s.part is Part.SELF and (s.in_attention or s in (Site.Z, Site.ATTN_OUT))]
     if not wanted:
         return
     have = {layer for part, layer in adapter.attention_modules() if part is Part.SELF}
     lacking = [layer for layer in spec.layers if layer not in have]
     if lacking:
-        from lens.errors import SelectionError
-
         raise SelectionError(f"layers {lacking} of {lm.facts.name} have no attention: sites {', '.join(wanted)} "
                              f"need one of layers {sorted(have)}")
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from lens.errors import SelectionError
-from lens.loaded import ModelFacts
+from lens.loaded import Modality, ModelFacts
 from lens.sites import Site
 
 DEFAULT_BUDGET_BYTES = 8 * 2**30  # capped at half the machine's memory, see default_budget()
@@ -62,7 +62,9 @@ class CaptureSpec:
             raise SelectionError("heads is empty")
         for layer in layers:
             facts.check_layer(int(layer))
-        other = [s.value for s in sites if s.part is not Site.PATTERN.part]
+        # image-text models may have cross-attention over the image (Mllama): the adapter finds its layers
+        other = [s.value for s in sites if s.part is not Site.PATTERN.part
+                 and not (s is Site.CROSS_PATTERN and facts.modality is Modality.VISION_TEXT)]
         if other and not facts.encoder_layers:
             raise SelectionError(f"sites {', '.join(other)} need an encoder-decoder: {facts.name} has no encoder")
         if Site.ENC_PATTERN in sites and max(layers) >= facts.encoder_layers:

@@ -194,6 +194,10 @@ def _mllama(dest: Path) -> Path:
                 eos_token_id=1, pad_token_id=2, max_position_embeddings=512)
     config = t.MllamaConfig(vision_config=vision, text_config=text, image_token_index=image_id)
     model = _seeded(lambda: t.MllamaForConditionalGeneration(config))
+    with torch.no_grad():  # the gates start closed (tanh 0): open them so that the image reaches the text
+        for name, p in model.named_parameters():
+            if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+                p.fill_(1.0)
     ip = t.MllamaImageProcessorPil(size={"height": 16, "width": 16}, max_image_tiles=2)
     return _save(dest, model, t.MllamaProcessor(image_processor=ip, tokenizer=tok))
 

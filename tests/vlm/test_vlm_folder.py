@@ -16,7 +16,9 @@ def test_a_saved_llava_folder_loads_as_vision_text_with_the_same_logits(tmp_path
 
     lm = lens.load("tiny-llava")
     lm.model.save_pretrained(tmp_path)
-    LlavaProcessor(image_processor=lm.processor, tokenizer=lm.tokenizer, patch_size=4).save_pretrained(tmp_path)
+    # the processor as llava-hf folders have it: it expands <image> into CLS + 4x4 patches
+    LlavaProcessor(image_processor=lm.processor, tokenizer=lm.tokenizer, patch_size=4,
+                   vision_feature_select_strategy="full", num_additional_image_tokens=1).save_pretrained(tmp_path)
     assert hub.is_image_text(tmp_path) and not hub.is_image_text(tmp_path / "missing")
     again = lens.load(str(tmp_path))
     assert again.facts.modality is lens.Modality.VISION_TEXT and again.facts.n_layers == lm.facts.n_layers
