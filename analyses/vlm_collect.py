@@ -156,7 +156,9 @@ def head_output_pairs(lm, items: Sequence[Item], *, steps: int = 2, batch_size: 
             eb = vlm.collate(extended, pad)
             with _record_head_outputs(lm.model, steps) as store:
                 lm.model(**eb.model_kwargs(lm.device, _dtype(lm)))
-            z[name] = torch.stack([store[i] for i in sorted(store)], dim=2)  # [batch, step, layer, head*d]
+            # a cross-attention layer over the image (Mllama) does not run without one: its heads output 0
+            blank = torch.zeros_like(next(iter(store.values())))
+            z[name] = torch.stack([store.get(i, blank) for i in range(lm.facts.n_layers)], dim=2)  # [batch, step, layer, head*d]
         for i, q in enumerate(chunk):
             zi, zt = (z[k][i].unflatten(-1, (n_heads, -1)) for k in ("image", "text"))
             out.append(HeadOutputPair(z_image=zi, z_text=zt, label=q.label))
@@ -202,6 +204,7 @@ class _QueryWeights(AttentionObserver):
 def var_inputs(lm, items: Sequence[Item], *, on_item: Callable[[], None] | None = None) -> list[VarInput]:
     """Per image and question (:data:`Item`) with the image: each layer's input hidden state and the
     attention of the text queries after the image (all keys)."""
+    check_image_tokens(lm)
     out = []
     for q in image_questions(items):
         x = vlm.prepare(lm, question_prompt(lm, q.text, with_image=True), [q.image], chat=True)
@@ -220,6 +223,20 @@ def var_inputs(lm, items: Sequence[Item], *, on_item: Callable[[], None] | None 
     return out
 
 
+def check_image_tokens(lm) -> None:
+    """Visual sinks live among the image's tokens in the language model's sequence: a one-line refusal
+    for a model that reads its images through cross-attention instead (Mllama)."""
+    from lens.adapters import adapter_for
+
+    cross = getattr(adapter_for(lm.model), "cross_layers", list)()
+    if cross:
+        from analyses.visual_sinks import VisualSinkError
+
+        raise VisualSinkError(f"{lm.facts.architecture} has no image tokens in its text sequence: it reads images "
+                              f"through cross-attention layers {cross}, so visual sinks and VAR (defined on image "
+                              "tokens) do not apply; VHD does")
+
+
 def var_edit(lm, dims: SinkDimensions, *, tau: float = 20.0, factor: float = 0.6,
              layers: Sequence[int] | None = None, random_heads_seed: int | None = None) -> BatchEdit:
     """A :data:`BatchEdit` applying VAR's redistribution: a clean forward of the batch finds each
@@ -229,6 +246,8 @@ def var_edit(lm, dims: SinkDimensions, *, tau: float = 20.0, factor: float = 0.6
     With ``random_heads_seed``, the random-head control: each layer's image-centric
     (head, query) pattern is moved onto a random permutation of the heads.
     """
+    check_image_tokens(lm)
+
     @contextmanager
     def edit(batch: vlm.Batch):
         image_mask = torch.zeros_like(batch.input_ids, dtype=torch.bool)

@@ -90,9 +90,10 @@ def run_visual_sinks(lm, items, *, sink_prompts: Sequence[str] | None = None, ta
     (``visual_sinks.image_centric``)."""
     from analyses.prompts import GENERAL_PROMPTS
     from analyses.visual_sinks import visual_sink_scores
-    from analyses.vlm_collect import base_lm_sink_dimensions, var_inputs
+    from analyses.vlm_collect import base_lm_sink_dimensions, check_image_tokens, var_inputs
 
     check_vision_text(lm)
+    check_image_tokens(lm)
     prompts = list(sink_prompts or GENERAL_PROMPTS)
     task = progress.task(f"sink dimensions: {len(prompts)} text prompts", total=1)
     dims = base_lm_sink_dimensions(lm, prompts)

@@ -18,6 +18,8 @@ import torch
 D_TEXT = 32  # hidden size of every tiny text model (4 heads of 8)
 _TEXT = dict(hidden_size=D_TEXT, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=512, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
 _VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 
 
@@ -32,6 +34,7 @@ def _tokenizer(specials: list[str], **named: str):
     folder, _ = _cache.cached_folder("byte-tokenizer-v1", tiny.build_byte_tokenizer)
     tok = AutoTokenizer.from_pretrained(folder, extra_special_tokens=dict(named))
     tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in specials], special_tokens=True)
+    tok.chat_template = CHAT_TEMPLATE
     return tok
 
 
