@@ -44,8 +44,9 @@ def load(name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, device
     name = str(name_or_path)
     offline = not Path(name_or_path).is_dir() and not hub_reachable()  # only the cache: fail at once
     kw = dict(local_files_only=offline, trust_remote_code=trust_remote_code)
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would break the CLI's one-line output
     try:
         try:
             processor = AutoProcessor.from_pretrained(name_or_path, **kw)
@@ -68,6 +69,8 @@ def load(name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, device
                                     f"(offline, or not a model id?): {first[:200]}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     model = model.to(device).eval()
     facts = vlm_facts(model.config, name=name, architecture=type(model).__name__)
     return LoadedModel(model=model, tokenizer=processor.tokenizer, facts=facts, processor=processor.image_processor,

@@ -120,3 +120,31 @@ def test_scan_runs_the_vision_text_analyses(name, cli, tmp_path):
     assert code == 0, err
     written = {r["name"] for r in json.loads(stdout)["results"]}
     assert {"vision_aware.vhd", "visual_sinks.image_centric", "taxonomy.induction"} <= written
+
+
+def _one_line(code, err):
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("loading")]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_cli_refusals_are_one_line(cli, capsys, tmp_path):
+    from analyses.scenes import make_scene
+
+    images = tmp_path / "images"
+    images.mkdir()
+    make_scene(1_000_000).image.save(images / "scene.png")
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:  # else Qwen2-VL loads
+        qwen = tiny_image_text.build("qwen2_vl", tmp_path / "qwen2_vl")
+        capsys.readouterr()  # the folder's writing progress is not the command's output
+        code, _, err = cli("heads", "vision-aware", str(qwen), "--images", images, "--out", tmp_path / "a")
+        line = _one_line(code, err)
+        assert "needs the package torchvision" in line and "pip install torchvision" in line
+    mllama = tiny_image_text.build("mllama", tmp_path / "mllama")
+    capsys.readouterr()
+    code, _, err = cli("heads", "visual-sinks", str(mllama), "--images", images, "--out", tmp_path / "b")
+    assert "reads images through cross-attention layers [1]" in _one_line(code, err)
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
