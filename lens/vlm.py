@@ -306,6 +306,18 @@ def overlay_grid(x: VlmInput) -> tuple[ImageSpan | None, Tensor | None]:
     return None, None
 
 
+def patch_pooling(lm, width: int, cols: int) -> tuple[int, int]:
+    """``(patch_size, pooled)`` of an image ``width`` pixels wide whose tokens form ``cols`` columns: the
+    vision tower's patch and how many patches per side one token merges (Gemma 3's pooling, Idefics3's
+    pixel shuffle), or one token per ``width // cols`` pixels when the patches do not divide evenly."""
+    vcfg = getattr(lm.model.config, "vision_config", None)
+    patch = getattr(vcfg, "patch_size", None)
+    patch = patch if isinstance(patch, int) else (patch[0] if patch else None)
+    if patch and width % patch == 0 and (width // patch) % cols == 0:
+        return patch, (width // patch) // cols
+    return width // cols, 1
+
+
 def without_images(lm, prompt: str) -> str:
     """``prompt`` with its image placeholders removed: the same text, nothing to see."""
     return prompt.replace(placeholder(lm), "")

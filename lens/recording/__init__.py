@@ -196,8 +196,9 @@ def _run_image_text(lm: LoadedModel, prompt, image, *, sites, layers, heads, dty
     if span is not None:
         # the image layout: token start + prefix + r * cols + c is patch (r, c)
         height, width = int(pixels.shape[-2]), int(pixels.shape[-1])
-        layout = ImageLayout(height, width, width // span.grid[1], prefix=span.prefix, start=span.start,
-                             image_file="image.png")
+        patch, pooled = vlm.patch_pooling(lm, width, span.grid[1])
+        layout = ImageLayout(height, width, patch, prefix=span.prefix, start=span.start, image_file="image.png",
+                             pooled=pooled)
         cap = Capture(meta=replace(cap.meta, layout=layout), steps=cap.steps, image_png=vision.input_png(lm, pixels))
     return RunResult(logits=out.logits.detach(), capture=cap)
 

@@ -31,13 +31,15 @@ class ImageFamily:
     self_layers: tuple[int, ...] = (0, 1)
     cross_layers: tuple[int, ...] = ()
     mapped: bool = True  # the first image's tokens form a patch grid over it (the overlay's layout)
+    pooled: int = 1  # patches per side merged into one of its tokens
 
 
 LOADABLE = [
     ImageFamily("llava_next", "<image>"),
-    ImageFamily("gemma3", "<start_of_image>"),
+    ImageFamily("gemma3", "<start_of_image>", pooled=2),  # 4 x 4 patches pooled to 2 x 2 tokens
     ImageFamily("paligemma", ""),  # its processor puts the image first by itself
-    ImageFamily("idefics3", "<image>", out_proj="model.text_model.layers.{layer}.self_attn.o_proj"),
+    ImageFamily("idefics3", "<image>", out_proj="model.text_model.layers.{layer}.self_attn.o_proj",
+                pooled=2),  # pixel shuffle, scale factor 2
     ImageFamily("mllama", "<|image|>", self_layers=(0, 2), cross_layers=(1,), mapped=False),
 ]
 NEEDS_TORCHVISION = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "smolvlm"]
@@ -136,8 +138,12 @@ def test_patterns_equal_the_eager_forward_and_capture_leaves_the_logits(built):
     _close(every.logits, plain, "logits while capturing every site")
     for layer in layers:
         _close(every.capture.get(Site.RESID_PRE, layer), built.hidden[layer], f"resid_pre of layer {layer}")
-    assert (built.family.mapped and res.capture.meta.layout is not None) or \
-        (not built.family.mapped and res.capture.meta.layout is None)
+    layout = res.capture.meta.layout
+    assert (layout is not None) == built.family.mapped
+    if layout is not None:  # the overlay's grid is the span's: pooled tokens cover several patches
+        span, _ = vlm.overlay_grid(built.x)
+        assert layout.grid == span.grid and layout.start == span.start and layout.prefix == span.prefix
+        assert layout.pooled == built.family.pooled
 
 
 def _image(built):
