@@ -362,6 +362,14 @@ def collate(inputs: Sequence[VlmInput], pad_id: int) -> Batch:
 
 
 def _cat(key: str, values: list[Tensor]) -> Tensor:
+    """``values`` concatenated over dim 0; tiled pixels (``[batch, tile, ...]``, LLaVA-NeXT, Idefics3) of
+    images with different tile counts are zero-padded to the most tiles, as the processors pad a batch
+    (the models drop all-zero tiles, or those past ``image_sizes``)."""
+    if key in ("pixel_values", "pixel_attention_mask") and len({v.shape[2:] for v in values}) == 1 \
+            and all(v.ndim >= 4 for v in values):
+        most = max(v.shape[1] for v in values)
+        values = [torch.cat([v, v.new_zeros((v.shape[0], most - v.shape[1], *v.shape[2:]))], dim=1)
+                  if v.shape[1] < most else v for v in values]
     try:
         return torch.cat(values)
     except RuntimeError:

@@ -148,3 +148,21 @@ def test_cli_refusals_are_one_line(cli, capsys, tmp_path):
     code, _, err = cli("heads", "visual-sinks", str(mllama), "--images", images, "--out", tmp_path / "b")
     assert "reads images through cross-attention layers [1]" in _one_line(code, err)
     assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
+
+
+@pytest.mark.parametrize("name", ["llava_next", "idefics3"])
+def test_a_batch_of_images_with_different_tile_counts_equals_single_runs(name, tmp_path):
+    """Tiled pixels are zero-padded to the most tiles in a batch, as the processors pad; each row's
+    last-position logits equal its own run."""
+    from PIL import Image
+
+    lm = lens.load(str(tiny_image_text.build(name, tmp_path / name)))
+    wide = Image.new("RGB", (64, 16), (200, 40, 40))
+    square = Image.new("RGB", (16, 16), (40, 40, 200))
+    xs = [vlm.prepare(lm, f"{vlm.placeholder(lm)}\nWhat?", [im]) for im in (wide, square)]
+    assert xs[0].pixel_values.shape[1] != xs[1].pixel_values.shape[1], "the two images should tile differently"
+    batch = vlm.collate(xs, 2)
+    with torch.no_grad():
+        both = lm.model(**batch.model_kwargs()).logits[:, -1]
+        for row, x in enumerate(xs):
+            torch.testing.assert_close(both[row], lm.model(**x.model_kwargs()).logits[0, -1], atol=1e-5, rtol=1e-5)
