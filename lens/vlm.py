@@ -8,6 +8,13 @@ records each image's :class:`ImageSpan`: the half-open positions ``[start, end)`
 its tokens, which hold ``prefix`` tokens (CLS and registers, kept by
 ``vision_feature_select_strategy="full"``) and then the patch grid in row-major order.
 
+Models loaded from a folder or hub id (``lens.load``) carry their family's processor
+(``lm.extras["processor"]``): :func:`prepare` then lets it expand the placeholders (pooled,
+pixel-shuffled, tiled, with the family's markers), passes every keyword it returns to the model
+(:attr:`VlmInput.extra`) and finds the spans as the runs of the image token id in the processed
+ids (:mod:`lens._processed`); a span that is not one patch grid over its image is
+``mappable=False``.
+
 Bad input fails with one-line :class:`~lens.errors.PromptError` messages: an image
 that cannot be decoded, images given to a text-only model, a prompt without a
 placeholder, more (or fewer) images than placeholders.

@@ -120,6 +120,13 @@ def test_scan_runs_the_vision_text_analyses(name, cli, tmp_path):
     assert code == 0, err
     written = {r["name"] for r in json.loads(stdout)["results"]}
     assert {"vision_aware.vhd", "visual_sinks.image_centric", "taxonomy.induction"} <= written
+    from dashboards.vision import VisionOverlay
+    from formats import ResultsFolder
+
+    folder = ResultsFolder.load(out)
+    cap = folder.captures["captures/image-000"]  # the Vision tab's capture: its tokens mapped onto the image
+    assert cap.layout is not None and cap.image_path().is_file()
+    assert [type(o).__name__ for o in VisionOverlay(folder).plot().objects] == ["HTML", "PNG"]
 
 
 def _one_line(code, err):
