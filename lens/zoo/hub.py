@@ -78,8 +78,9 @@ def _has_auto_map(config_json: Path) -> bool:
 
 
 def is_image_text(name_or_path: str | Path, *, trust_remote_code: bool = False) -> bool:
-    """Whether the model's config is a LLaVA-style vision-text one (a ``vision_config`` and a
-    ``text_config``); False when the config cannot be read (the loader then says why)."""
+    """Whether the model's config is an image-text one (a ``vision_config`` and a ``text_config``:
+    LLaVA, Gemma 3, PaliGemma, Idefics3, Mllama...); False when the config cannot be read (the loader
+    then says why)."""
     try:
         cfg = read_config(name_or_path, trust_remote_code=trust_remote_code)
     except ModelUnavailableError:

@@ -2,7 +2,8 @@
 
 The config's ``model_type`` and ``architectures`` decide: a causal LM, a bidirectional encoder
 (BERT, RoBERTa: ``causal=False``), a speech encoder-decoder (Whisper), a vision encoder (ViT;
-CLIP and SigLIP load their vision tower), a LLaVA-style image-text model, or a text
+CLIP and SigLIP load their vision tower), an image-text model (loaded through its family's own
+processor: :mod:`lens.zoo.image_text`), or a text
 encoder-decoder (T5, BART), which is refused in one line for now. Facts come from the model
 that was loaded, never assumed causal.
 """
