@@ -87,8 +87,9 @@ class VisionOverlay(pn.viewable.Viewer):
         q = self.query_position()
         lay = cap.layout
         rows, cols = lay.grid
+        pooled = f" ({lay.pooled}x{lay.pooled} patches pooled per token)" if lay.pooled > 1 else ""
         note = (f"<p>{html.escape(cap.model)} · query {q} {html.escape(repr(cap.tokens[q]))} · {rows}x{cols} patches "
-                f"of {lay.patch_size} px at positions {lay.patch_span[0]}-{lay.patch_span[1] - 1}"
+                f"of {lay.patch_size * lay.pooled} px{pooled} at positions {lay.patch_span[0]}-{lay.patch_span[1] - 1}"
                 + ("" if load_image(cap) is not None else " · no image saved: attention alone") + "</p>")
         label, sinks = self.sink_patches()
         if label:

@@ -173,3 +173,23 @@ def test_a_batch_of_images_with_different_tile_counts_equals_single_runs(name, t
         both = lm.model(**batch.model_kwargs()).logits[:, -1]
         for row, x in enumerate(xs):
             torch.testing.assert_close(both[row], lm.model(**x.model_kwargs()).logits[0, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_the_vision_tab_places_pooled_tokens_on_the_image(cli, capsys, tmp_path):
+    """Gemma 3 pools 4 x 4 patches of 4 px into 2 x 2 tokens: the capture's layout and the Vision tab say
+    so, and each token covers 8 px of the 16-px input."""
+    from analyses.scenes import make_scene
+    from dashboards.vision import VisionOverlay
+    from formats import ResultsFolder
+
+    folder = tiny_image_text.build("gemma3", tmp_path / "gemma3")
+    make_scene(1_000_000).image.save(tmp_path / "scene.png")
+    capsys.readouterr()
+    code, _, err = cli("capture", str(folder), "--image", tmp_path / "scene.png", "--prompt",
+                       "<start_of_image> what colour?", "--layers", "0", "--out", tmp_path / "cap")
+    assert code == 0, err
+    results = ResultsFolder.load(tmp_path / "cap")
+    [cap] = results.captures.values()
+    assert (cap.layout.grid, cap.layout.patch_size, cap.layout.pooled) == ((2, 2), 4, 2)
+    note, png = VisionOverlay(results).plot().objects
+    assert "2x2 patches of 8 px (2x2 patches pooled per token)" in note.object and png.object
