@@ -63,9 +63,10 @@ def _save(dest: Path, model, processor) -> Path:
     return dest
 
 
-def _save_parts(dest: Path, model, image_processor, tokenizer, processor_class: str, **processor_kw) -> Path:
-    """A folder as the hub has it for a processor that also takes videos: its video processor needs
-    torchvision, so the processor itself cannot be built here; its parts and configs are written."""
+def _save_parts(dest: Path, model, image_processor, tokenizer, processor_class: str, *, video: bool = True,
+                **processor_kw) -> Path:
+    """A folder as the hub has it for a processor that needs torchvision (for its video processor, or
+    itself: Pixtral's), so that it cannot be built here: its parts and configs are written."""
     import json
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -73,9 +74,10 @@ def _save_parts(dest: Path, model, image_processor, tokenizer, processor_class: 
     image_processor.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
     (dest / "processor_config.json").write_text(json.dumps({"processor_class": processor_class, **processor_kw}))
-    (dest / "video_preprocessor_config.json").write_text(json.dumps(
-        {"video_processor_type": processor_class.replace("Processor", "VideoProcessor"),
-         "processor_class": processor_class}))
+    if video:
+        (dest / "video_preprocessor_config.json").write_text(json.dumps(
+            {"video_processor_type": processor_class.replace("Processor", "VideoProcessor"),
+             "processor_class": processor_class}))
     return dest
 
 
@@ -205,6 +207,20 @@ def _mllama(dest: Path) -> Path:
     return _save(dest, model, t.MllamaProcessor(image_processor=ip, tokenizer=tok))
 
 
+def _mistral3(dest: Path) -> Path:
+    import transformers as t
+
+    tok = _tokenizer(["[IMG_BREAK]", "[IMG_END]"], image_token="[IMG]")
+    vision = t.PixtralVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   image_size=16, patch_size=4, head_dim=8)
+    text = t.MistralConfig(**_TEXT, vocab_size=_vocab(tok), head_dim=8)
+    config = t.Mistral3Config(vision_config=vision, text_config=text, spatial_merge_size=2, vision_feature_layer=-1,
+                              image_token_index=tok.convert_tokens_to_ids("[IMG]"))
+    model = _seeded(lambda: t.Mistral3ForConditionalGeneration(config))
+    ip = t.PixtralImageProcessorPil(size={"longest_edge": 16}, patch_size=4)
+    return _save_parts(dest, model, ip, tok, "PixtralProcessor", video=False, patch_size=4, spatial_merge_size=2)
+
+
 FAMILIES: dict[str, Callable[[Path], Path]] = {
     "llava_next": _llava_next,
     "llava_onevision": lambda d: _llava_next(d, onevision=True),
@@ -215,6 +231,7 @@ FAMILIES: dict[str, Callable[[Path], Path]] = {
     "idefics3": _idefics3,
     "smolvlm": lambda d: _idefics3(d, smolvlm=True),
     "mllama": _mllama,
+    "mistral3": _mistral3,
 }
 
 

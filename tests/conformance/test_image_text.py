@@ -42,7 +42,7 @@ LOADABLE = [
                 pooled=2),  # pixel shuffle, scale factor 2
     ImageFamily("mllama", "<|image|>", self_layers=(0, 2), cross_layers=(1,), mapped=False),
 ]
-NEEDS_TORCHVISION = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "smolvlm"]
+NEEDS_TORCHVISION = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "smolvlm", "mistral3"]
 
 
 @pytest.fixture(scope="session")
