@@ -81,6 +81,25 @@ def _save_parts(dest: Path, model, image_processor, tokenizer, processor_class: 
     return dest
 
 
+def _llava(dest: Path, *, vip: bool = False) -> Path:
+    import transformers as t
+
+    tok = _tokenizer([], image_token="<image>")
+    vision = t.CLIPVisionConfig(**_VISION, image_size=16, patch_size=4)
+    text = t.LlamaConfig(**_TEXT, vocab_size=_vocab(tok))
+    kw = dict(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"))
+    if vip:  # ViP-LLaVA: features of several vision layers, CLS dropped
+        config = t.VipLlavaConfig(**kw, vision_feature_layers=[-2, -1])
+        model = _seeded(lambda: t.VipLlavaForConditionalGeneration(config))
+    else:  # CLS kept ("full"): 1 + 4 x 4 tokens
+        config = t.LlavaConfig(**kw, vision_feature_layer=-1, vision_feature_select_strategy="full")
+        model = _seeded(lambda: t.LlavaForConditionalGeneration(config))
+    ip = t.CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    proc = t.LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=4, num_additional_image_tokens=1,
+                            vision_feature_select_strategy="default" if vip else "full")
+    return _save(dest, model, proc)
+
+
 def _llava_next(dest: Path, *, onevision: bool = False) -> Path:
     import transformers as t
 
@@ -222,6 +241,8 @@ def _mistral3(dest: Path) -> Path:
 
 
 FAMILIES: dict[str, Callable[[Path], Path]] = {
+    "llava": _llava,
+    "vipllava": lambda d: _llava(d, vip=True),
     "llava_next": _llava_next,
     "llava_onevision": lambda d: _llava_next(d, onevision=True),
     "qwen2_vl": _qwen2_vl,

@@ -30,11 +30,14 @@ class ImageFamily:
     out_proj: str = "model.language_model.layers.{layer}.self_attn.o_proj"
     self_layers: tuple[int, ...] = (0, 1)
     cross_layers: tuple[int, ...] = ()
+    processor: str = ""  # the processor class's name, when not the family's own (ViP-LLaVA uses LLaVA's)
     mapped: bool = True  # the first image's tokens form a patch grid over it (the overlay's layout)
     pooled: int = 1  # patches per side merged into one of its tokens
 
 
 LOADABLE = [
+    ImageFamily("llava", "<image>"),  # CLS + 4 x 4 patches
+    ImageFamily("vipllava", "<image>", processor="LlavaProcessor"),
     ImageFamily("llava_next", "<image>"),
     ImageFamily("gemma3", "<start_of_image>", pooled=2),  # 4 x 4 patches pooled to 2 x 2 tokens
     ImageFamily("paligemma", ""),  # its processor puts the image first by itself
@@ -100,7 +103,8 @@ def test_the_family_loads_with_its_own_processor_and_model_class(built):
     lm, x = built.lm, built.x
     assert lm.facts.modality is lens.Modality.VISION_TEXT
     assert type(lm.model).__name__.lower().startswith(built.family.model_type.replace("_", ""))
-    assert type(lm.extras["processor"]).__name__.lower().startswith(built.family.model_type.replace("_", ""))
+    want = built.family.processor or built.family.model_type.replace("_", "")
+    assert type(lm.extras["processor"]).__name__.lower().startswith(want.lower())
     # the ids and every keyword are the processor's own
     assert torch.equal(x.input_ids, built.inputs["input_ids"])
     kw = x.model_kwargs()
