@@ -254,7 +254,9 @@ def run_args(lm, prompt, *, sites_, layers, heads, dtype, device_, budget_bytes,
         if not decoder_ids:
             raise PromptError("decoder_ids is empty: give at least one token id (or None for the transcript)")
     out["decoder_ids"] = decoder_ids
-    if facts.modality in (Modality.TEXT, Modality.VISION_TEXT):
+    from lens.inputs import ModelInput
+
+    if facts.modality in (Modality.TEXT, Modality.VISION_TEXT) and not isinstance(prompt, ModelInput):
         text_prompt(prompt)
     return out
 
