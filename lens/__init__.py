@@ -43,7 +43,7 @@ _LAZY = {
     "Edit": "lens.edits", "Zero": "lens.edits", "Replace": "lens.edits", "Scale": "lens.edits", "Over": "lens.edits",
     "Reference": "lens.edits", "editing": "lens.edits", "zero_ablation": "lens.edits", "mean_ablation": "lens.edits",
     "patch": "lens.edits", "resample_ablation": "lens.edits", "scale_heads": "lens.edits",
-    "attention_mode": "lens.attention", "show": "lens.show",
+    "attention_mode": "lens.attention", "show": "lens.show", "prepare": "lens.inputs", "ModelInput": "lens.inputs",
 }
 
 

@@ -254,7 +254,7 @@ def run_args(lm, prompt, *, sites_, layers, heads, dtype, device_, budget_bytes,
         if not decoder_ids:
             raise PromptError("decoder_ids is empty: give at least one token id (or None for the transcript)")
     out["decoder_ids"] = decoder_ids
-    if facts.modality in (Modality.TEXT, Modality.VISION_TEXT):
+    if facts.modality in (Modality.TEXT, Modality.VISION_TEXT) and not prepared(prompt):
         text_prompt(prompt)
     return out
 
@@ -305,3 +305,10 @@ def load_args(name, *, dtype, device_, device_map=None, max_memory=None, offload
             if not isinstance(size, str):  # sizes as text are parsed (and checked) by the placement
                 budget(size, f"max_memory[{key!r}]")
     return os.fspath(name)
+
+
+def prepared(prompt) -> bool:
+    """An input already prepared (:class:`lens.inputs.ModelInput` or :class:`lens.vlm.VlmInput`)."""
+    from lens.inputs import ModelInput
+
+    return isinstance(prompt, ModelInput) or type(prompt).__name__ == "VlmInput"

@@ -1,8 +1,7 @@
-"""Running speech encoder-decoders (Whisper): greedy transcription, and a captured forward pass
-over an utterance and its transcript.
+"""Speech encoder-decoders (Whisper): features, greedy transcription and the decoder's prompt.
 
-:func:`run_audio` is what ``lens.run(lm, audio)`` does for a speech model: transcribe the
-audio (or take the given decoder tokens), then run the decoder once over the prompt and the
+``lens.run(lm, audio)`` on a speech model (input prepared by :mod:`lens.inputs`) transcribes the
+audio (or takes the given decoder tokens), then runs the decoder once over the prompt and the
 transcript with the capture on, so ``pattern`` rows are the decoder's tokens,
 ``cross_pattern`` is ``[batch, head, token, frames]`` and ``enc_pattern`` the encoder's
 ``[batch, head, frames, frames]``. The capture's layout is an :class:`~formats.AudioLayout`
@@ -11,7 +10,6 @@ transcript with the capture on, so ``pattern`` rows are the decoder's tokens,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,9 +17,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from formats.capture import AUDIO_FILE, CaptureMeta
-from lens.audio import EncoderFacts, layout_for, load_audio, log_mel, require_speech, save_wav
-from lens.errors import MemoryBudgetError, PromptError
+from formats.capture import AUDIO_FILE
+from lens.audio import EncoderFacts, log_mel, require_speech, save_wav
 
 
 @dataclass(frozen=True)
@@ -98,57 +95,11 @@ def text_ids(lm, text: str) -> list[int]:
     return prompt_ids(lm) + list(lm.tokenizer(" " + text.strip(), add_special_tokens=False).input_ids)
 
 
-def _wav_bytes(samples: np.ndarray, rate: int) -> bytes:
+def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
+    """``samples`` as the bytes of a WAV file (saved beside a capture)."""
     import tempfile
     from pathlib import Path
 
     with tempfile.TemporaryDirectory() as tmp:
         path = save_wav(Path(tmp) / AUDIO_FILE, samples, rate)
         return path.read_bytes()
-
-
-def run_audio(lm, audio, *, sites, layers=None, heads=None, dtype=None, device="cpu", budget_bytes=None, edits=(),
-              backend=None, decoder_ids: Sequence[int] | None = None, max_new_tokens: int = 120):
-    """``lens.run`` for a speech model: ``audio`` is a WAV/FLAC path or 16 kHz samples (see
-    :func:`lens.audio.load_audio`); the decoder runs over the prompt and ``decoder_ids`` (default:
-    the greedy transcript)."""
-    from lens.backends import Backend
-    from lens.errors import BackendError
-    from lens.recording import RunResult, native
-    from lens.recording.record import Capture
-    from lens.recording.spec import CaptureSpec, format_bytes
-
-    if backend is not None and Backend(backend) is not Backend.TORCH:
-        raise BackendError(f"backend {Backend(backend).value!r} does not take audio: use backend 'torch' for {lm.facts.name}")
-    if isinstance(audio, str) and not audio.lower().endswith((".wav", ".flac", ".wave")):
-        raise PromptError(f"{lm.facts.name} is a speech model: give it audio (a .wav or .flac file or 16 kHz samples), "
-                          "not text")
-    samples = load_audio(audio)
-    enc = encoder_of(lm)
-    layout = layout_for(samples, enc)
-    spec = CaptureSpec.resolve(lm.facts, sites=sites, layers=layers, heads=heads, dtype=dtype, device=device,
-                               budget_bytes=budget_bytes)
-    ids = list(decoder_ids) if decoder_ids is not None else list(transcribe(lm, samples, max_new_tokens=max_new_tokens).ids)
-    if any(not 0 <= int(i) < lm.facts.vocab_size for i in ids):
-        raise PromptError(f"decoder ids must be in 0-{lm.facts.vocab_size - 1}")
-    input_ids = torch.tensor([ids], dtype=torch.long)
-    lm.check_length(input_ids)
-    model_dtype = next(lm.model.parameters()).dtype
-    estimate = spec.estimate_bytes(lm.facts, batch=1, q_len=len(ids), model_dtype=model_dtype, frames=enc.n_frames)
-    if estimate > spec.budget_bytes:
-        raise MemoryBudgetError(f"capture would need about {format_bytes(estimate)}, over the budget of "
-                                f"{format_bytes(spec.budget_bytes)}: select fewer layers, heads or sites")
-    with torch.no_grad(), native.capture(lm, spec, edits=edits) as session:
-        out = lm.model(input_features=features(lm, samples).to(model_dtype), decoder_input_ids=input_ids.to(lm.device),
-                       use_cache=False)
-    steps = [{k: v for s in session.steps for k, v in s.items()}]  # the encoder's and decoder's passes: one step
-    from dataclasses import replace
-
-    layout = replace(layout, audio_file=AUDIO_FILE)
-    meta = CaptureMeta(facts=lm.facts, token_ids=[ids], tokens=[lm.tokens(input_ids[0])],
-                       text=[lm.tokenizer.decode(ids[len(prompt_ids(lm)):], skip_special_tokens=True).strip()],
-                       sites=list(spec.sites), layers=list(spec.layers), heads=list(spec.heads),
-                       kv_heads=list(spec.kv_heads), backend="torch", layout=layout)
-    cap = Capture(meta=meta, steps=steps, audio_wav=_wav_bytes(samples, enc.sampling_rate))
-    return RunResult(logits=out.logits.detach(), capture=cap)
-

@@ -50,6 +50,24 @@ def _prompts(prompt: list[str] | None, file: Path | None) -> list[str]:
     return prompts
 
 
+
+# the library names its parameters; on the command line they are these flags
+_FLAGS = {"image=": "--image", "audio=": "--audio", "prompt=": "--prompt", "decoder_ids=": "decoder ids"}
+
+
+def prepared(lm, prompt=None, **kw):
+    """:func:`lens.prepare`, its one-line errors naming this command's flags."""
+    import re
+
+    import lens
+
+    try:
+        return lens.prepare(lm, prompt, **kw)
+    except PromptError as err:
+        text = re.sub("|".join(map(re.escape, _FLAGS)), lambda m: _FLAGS[m.group(0)], str(err))
+        raise PromptError(text) from None
+
+
 @app.command("capture")
 def capture(
     model: str = typer.Argument(..., help=MODEL_HELP),
@@ -119,35 +137,21 @@ def capture(
                                     dtype=dtype.torch() if dtype else None,
                                     budget_bytes=None if budget is None else int(budget * 1e9))
     if image_text:
-        from lens import vision, vlm
+        from lens import vision
 
-        if lm.facts.modality is not lens.Modality.VISION_TEXT:
-            raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model: --image with --prompt needs a "
-                              "vision-language model such as tiny-vlm")
-        picture = vision.load_image(images[0])
-        check_budget(lm, spec, vlm.prepare(lm, prompts[0], [picture], chat=chat).input_ids)  # placeholders, before writing
-        inputs = [(prompts[0], picture)]
+        inputs = [prepared(lm, prompts[0], image=vision.load_image(images[0]), chat=chat)]
     elif images:
         from lens import vision
 
-        inputs = [vision.load_image(p) for p in images]
-        if lm.facts.modality is lens.Modality.VISION_TEXT:
-            raise PromptError(f"{lm.facts.name} is a vision-language model: give --prompt with <image> where the "
-                              "image goes, together with --image")
-        if lm.facts.modality is not lens.Modality.VISION:
-            raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model: --image needs a vision model")
+        inputs = [prepared(lm, image=vision.load_image(p)) for p in images]
     elif audios:
         from lens.audio import load_audio
 
-        if lm.facts.modality is not lens.Modality.SPEECH:
-            raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model: --audio needs a speech model")
-        inputs = [load_audio(p) for p in audios]
+        inputs = [prepared(lm, audio=load_audio(p)) for p in audios]
     else:
-        if lm.facts.modality is lens.Modality.SPEECH:
-            raise PromptError(f"{lm.facts.name} is a speech model: give it --audio FILE, not text")
-        inputs = [lm.encode(p, chat=chat) for p in prompts]  # validated before anything is written
-        for ids in inputs:
-            check_budget(lm, spec, ids)
+        inputs = [prepared(lm, p, chat=chat) for p in prompts]
+    for x in inputs:  # validated before anything is written
+        check_budget(lm, spec, x)
     if backend is not BackendName.TORCH and not images and not audios:
         from lens.backends import check_backend_sites
 
@@ -160,10 +164,8 @@ def capture(
     with writing(out, force) as tmp, progress() as bar:
         task = bar.task("capturing", total=len(inputs))
         for i, x in enumerate(inputs):
-            text, picture = x if image_text else (x, None)
-            result = lens.run(lm, text, sites=spec.sites, layers=spec.layers, heads=spec.heads, dtype=spec.dtype,
-                              budget_bytes=spec.budget_bytes, backend=backend.value, remote=remote,
-                              **({"image": picture, "chat": chat} if image_text else {}))
+            result = lens.run(lm, x, sites=spec.sites, layers=spec.layers, heads=spec.heads, dtype=spec.dtype,
+                              budget_bytes=spec.budget_bytes, backend=backend.value, remote=remote)
             result.capture.write_into(tmp / f"{i:03d}")
             n_tok = len(result.capture.meta.tokens[0])
             written.append({"folder": str(out / f"{i:03d}"), "tokens": n_tok, "bytes": result.capture.n_bytes})
@@ -276,23 +278,22 @@ def stats(
     load_kw = _c.placement(device_map, max_memory, offload_folder)
     check_out(out, force)
     lm = load_model(model, **load_kw)
-    prepared = None
     if image is not None:
         from lens import vlm
 
-        prepared = vlm.prepare(lm, text, [vlm.read_image(image)], chat=chat)  # one-line errors: text models, placeholders
-        ids = prepared.input_ids
+        x = prepared(lm, text, image=vlm.read_image(image), chat=chat)  # one-line errors: text models, placeholders
     else:
-        ids = lm.encode(text, chat=chat)
+        x = prepared(lm, text, chat=chat)
+    n_tokens = x.n_positions
     for s in span or []:
-        _span(s, ids.shape[1])
+        _span(s, n_tokens)
     selection = lens.CaptureSpec.resolve(lm.facts, layers=layer_list)
     import torch
 
     resolve_backend(backend.value, torch.empty(1, 1, 1, lm.facts.d_head, device=lm.device))  # a one-line error for triton without a GPU
     with writing(out, force) as tmp, progress() as bar:
-        task = bar.task(f"stats over {ids.shape[1]} tokens, layer by layer", total=len(selection.layers))
-        result = lens.run_stats(lm, prepared if prepared is not None else ids, spec=spec,
+        task = bar.task(f"stats over {n_tokens} tokens, layer by layer", total=len(selection.layers))
+        result = lens.run_stats(lm, x, spec=spec,
                                 layers=list(selection.layers), backend=backend.value,
                                 on_layer=lambda layer: task.advance())
         result.write_into(tmp)
@@ -303,10 +304,10 @@ def stats(
              "spans": {f"{a}:{b}": float(s.span_mass[:, :, a:, i].mean()) for i, (a, b) in enumerate(spans_run)}}
             for layer, s in sorted(result.stats.items())]
     if json_out:
-        print_json({"model": model, "out": str(out), "tokens": ids.shape[1], "layers": rows})
+        print_json({"model": model, "out": str(out), "tokens": n_tokens, "layers": rows})
         return
     table = Table(title=Text(printable(f"{lm.facts.name}: mean statistics over heads and queries "
-                                            f"({ids.shape[1]} tokens)")))
+                                            f"({n_tokens} tokens)")))
     for col in ("layer", "entropy", "sink mass", "window mass", "max weight", *(f"span {a}:{b}" for a, b in spans_run)):
         table.add_column(col, justify="right")
     for r in rows:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
-from formats.layouts import ImageLayout
 from lens import _checks
 from lens.backends import Backend
 from lens.edits import Edit
-from lens.errors import AttnlensError, BackendError, MemoryBudgetError, PromptError
-from lens.loaded import LoadedModel, Modality
+from lens.errors import AttnlensError, BackendError, MemoryBudgetError
+from lens.inputs import ModelInput, encode_batch, prepare
+from lens.loaded import LoadedModel
 from lens.recording import native
 from lens.recording.record import Capture, CaptureMeta
 from lens.recording.spec import CaptureSpec, format_bytes
@@ -77,6 +77,7 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
     placeholder and ``image`` the image (path, PIL image or array; see :mod:`lens.vlm`): the
     capture's layout says where the image tokens sit (``start``, ``prefix``, patch grid) and
     its tokens label them ``img0:patch(r,c)`` (torch backend only).
+    ``prompt`` may also be a :class:`lens.inputs.ModelInput` already prepared (:func:`lens.prepare`).
 
     The capture's size is estimated first; over ``budget_bytes`` it raises
     :class:`~lens.errors.MemoryBudgetError` before anything runs. ``remote`` (nnsight backend
@@ -85,50 +86,36 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
     a = _checks.run_args(lm, prompt, sites_=sites, layers=layers, heads=heads, dtype=dtype, device_=device,
                          budget_bytes=budget_bytes, edits_=edits, backend_=backend, chat=chat,
                          decoder_ids=decoder_ids, remote=remote)
-    sites, layers, heads, dtype, device = a["sites"], a["layers"], a["heads"], a["dtype"], a["device"]
-    budget_bytes, edits, backend, chat, remote = a["budget_bytes"], a["edits"], a["backend"], a["chat"], a["remote"]
-    decoder_ids = a["decoder_ids"]
+    backend, edits, remote = a["backend"], a["edits"], a["remote"]
     if remote and backend is not Backend.NNSIGHT:
-        raise BackendError(f"--remote runs through nnsight: use backend nnsight, not {backend.value}")
-    if lm.facts.modality is Modality.SPEECH:
-        from lens import speech
-
-        return speech.run_audio(lm, prompt, sites=sites, layers=layers, heads=heads, dtype=dtype, device=device,
-                                budget_bytes=budget_bytes, edits=edits, backend=backend, decoder_ids=decoder_ids)
-    if lm.facts.modality is Modality.VISION_TEXT and (image is not None or isinstance(prompt, str)):
-        # text prompts go through the image-text input (placeholders expanded); token ids
-        # without an image are the language model's own input and take the text path below
-        return _run_image_text(lm, prompt, image, sites=sites, layers=layers, heads=heads, dtype=dtype,
-                               device=device, budget_bytes=budget_bytes, edits=edits, backend=backend, chat=chat)
-    if image is not None:
-        raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model: it takes no image= "
-                          "(use a vision-text model such as tiny-vlm)")
-    if lm.facts.modality is Modality.VISION:
-        return _run_image(lm, prompt, sites=sites, layers=layers, heads=heads, dtype=dtype, device=device,
-                          budget_bytes=budget_bytes, edits=edits, backend=backend)
-    input_ids = encode_batch(lm, prompt, chat=chat)
-    spec = CaptureSpec.resolve(lm.facts, sites=sites, layers=layers, heads=heads, dtype=dtype,
-                               device=device, budget_bytes=budget_bytes)
-    check_budget(lm, spec, input_ids)
+        raise BackendError(f"remote=True runs through nnsight: use backend nnsight, not {backend.value}")
+    x = prompt if isinstance(prompt, ModelInput) else prepare(lm, prompt, image=image, chat=a["chat"],
+                                                                decoder_ids=a["decoder_ids"])
+    if backend is not Backend.TORCH and not x.text_only:
+        what = "audio" if x.modality == "speech" else "images"
+        raise BackendError(f"backend {backend.value!r} does not take {what}: use backend 'torch' for {lm.facts.name}")
+    spec = CaptureSpec.resolve(lm.facts, sites=a["sites"], layers=a["layers"], heads=a["heads"], dtype=a["dtype"],
+                               device=a["device"], budget_bytes=a["budget_bytes"])
+    check_budget(lm, spec, x)
     from lens.backends import backend_failure, check_backend_model
 
     check_backend_model(backend.value, lm.facts)
     hidden = None
     if backend is Backend.TORCH:
         with torch.no_grad(), native.capture(lm, spec, edits=edits) as session:
-            out = lm.model(input_ids.to(lm.device))
+            out = lm.model(**x.model_kwargs(lm))
         steps = session.steps
         logits = getattr(out, "logits", None)
-        if logits is None:  # an encoder without a head (BERT-style): its hidden states are the output
+        if logits is None:  # an encoder without a head (BERT-style, a ViT): its hidden states are the output
             hidden = out.last_hidden_state.detach()
     elif backend is Backend.TRANSFORMER_LENS:
         from lens.backends import transformer_lens
 
         if getattr(lm.model, "hf_device_map", None):
             raise BackendError("backend transformer_lens builds its own copy of the model on one device: use backend "
-                               "torch or nnsight with --device-map")
+                               "torch or nnsight with device_map")
         try:
-            logits, steps = transformer_lens.run(lm, input_ids, spec, edits)
+            logits, steps = transformer_lens.run(lm, x.input_ids, spec, edits)
         except (AttnlensError, MemoryError, KeyboardInterrupt):
             raise
         except Exception as err:  # the bridge's own failures on this family: one line naming it
@@ -137,78 +124,24 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
         from lens.backends import nnsight_backend
 
         try:
-            logits, steps = nnsight_backend.run(lm, input_ids, spec, edits, remote=remote)
+            logits, steps = nnsight_backend.run(lm, x.input_ids, spec, edits, remote=remote)
         except (AttnlensError, MemoryError, KeyboardInterrupt):
             raise
         except Exception as err:
             raise backend_failure(backend.value, lm.facts, err) from err
-    cap = native.build_capture(lm, spec, steps, input_ids, backend=backend.value)
+    cap = native.build_capture(lm, spec, steps, x, backend=backend.value)
     return RunResult(logits=None if logits is None else logits.detach(), capture=cap, last_hidden_state=hidden)
 
 
-def _run_image(lm: LoadedModel, image, *, sites, layers, heads, dtype, device, budget_bytes, edits,
-               backend: Backend) -> RunResult:
-    from lens import vision
-
-    if backend is not Backend.TORCH:
-        raise BackendError(f"backend {backend.value!r} does not take images: use backend 'torch' for {lm.facts.name}")
-    if not vision.is_image(image):
-        raise PromptError(f"{lm.facts.name} is a vision model: give an image (PIL, numpy [H, W, 3] or pixel "
-                          f"values [batch, 3, H, W]), got {type(image).__name__}")
-    pixels = vision.pixel_values(lm, image)
-    layout = vision.layout_for(lm.model.config, pixels)
-    spec = CaptureSpec.resolve(lm.facts, sites=sites, layers=layers, heads=heads, dtype=dtype,
-                               device=device, budget_bytes=budget_bytes)
-    check_budget(lm, spec, torch.empty(pixels.shape[0], layout.n_tokens, device="meta"))
+def check_budget(lm: LoadedModel, spec: CaptureSpec, x: ModelInput | torch.Tensor) -> int:
+    """The estimated bytes of capturing ``spec`` over ``x`` (a prepared input, or token ids of which
+    only the shape ``[batch, pos]`` counts); raises if over budget. The one budget check of capture."""
     model_dtype = next(lm.model.parameters()).dtype
-    with torch.no_grad(), native.capture(lm, spec, edits=edits) as session:
-        out = lm.model(pixel_values=pixels.to(device=lm.device, dtype=model_dtype))
-    cap = native.build_capture(lm, spec, session.steps, None, backend=backend.value,
-                               pixel_shape=tuple(pixels.shape), image_png=vision.input_png(lm, pixels))
-    logits = getattr(out, "logits", None)
-    return RunResult(logits=None if logits is None else logits.detach(), capture=cap,
-                     last_hidden_state=out.last_hidden_state.detach() if hasattr(out, "last_hidden_state") else None)
-
-
-def _run_image_text(lm: LoadedModel, prompt, image, *, sites, layers, heads, dtype, device, budget_bytes, edits,
-                    backend: Backend, chat: bool) -> RunResult:
-    from lens import vision, vlm
-
-    if backend is not Backend.TORCH:
-        raise BackendError(f"backend {backend.value!r} does not take images: use backend 'torch' for {lm.facts.name}")
-    if not isinstance(prompt, str):
-        raise PromptError(f"{lm.facts.name} is a vision-language model: give the prompt as text with "
-                          f"{vlm.placeholder(lm)} where the image goes, got {type(prompt).__name__}")
-    images = [] if image is None else (list(image) if isinstance(image, (list, tuple)) else [image])
-    if len(images) > 1:
-        raise PromptError(f"a capture takes one image, got {len(images)}")
-    x = vlm.prepare(lm, prompt, images, chat=chat)
-    spec = CaptureSpec.resolve(lm.facts, sites=sites, layers=layers, heads=heads, dtype=dtype,
-                               device=device, budget_bytes=budget_bytes)
-    check_budget(lm, spec, x.input_ids)
-    model_dtype = next(lm.model.parameters()).dtype
-    with torch.no_grad(), native.capture(lm, spec, edits=edits) as session:
-        out = lm.model(**x.model_kwargs(lm.device, model_dtype))
-    cap = native.build_capture(lm, spec, session.steps, x.input_ids, backend=backend.value)
-    if x.spans:
-        cap = Capture(meta=replace(cap.meta, tokens=[x.labelled(cap.meta.tokens[0])]), steps=cap.steps)
-    span, pixels = vlm.overlay_grid(x)
-    if span is not None:
-        # the image layout: token start + prefix + r * cols + c is patch (r, c)
-        height, width = int(pixels.shape[-2]), int(pixels.shape[-1])
-        patch, pooled = vlm.patch_pooling(lm, width, span.grid[1])
-        layout = ImageLayout(height, width, patch, prefix=span.prefix, start=span.start, image_file="image.png",
-                             pooled=pooled)
-        cap = Capture(meta=replace(cap.meta, layout=layout), steps=cap.steps, image_png=vision.input_png(lm, pixels))
-    return RunResult(logits=out.logits.detach(), capture=cap)
-
-
-def check_budget(lm: LoadedModel, spec: CaptureSpec, input_ids: torch.Tensor) -> int:
-    """The estimated bytes of capturing ``spec`` over ``input_ids`` (only its shape
-    ``[batch, pos]`` counts); raises if over budget."""
-    model_dtype = next(lm.model.parameters()).dtype
-    estimate = spec.estimate_bytes(lm.facts, batch=input_ids.shape[0], q_len=input_ids.shape[1],
-                                   model_dtype=model_dtype)
+    if isinstance(x, ModelInput):
+        batch, q_len, frames = x.batch, x.n_positions, x.frames
+    else:
+        batch, q_len, frames = x.shape[0], x.shape[1], None
+    estimate = spec.estimate_bytes(lm.facts, batch=batch, q_len=q_len, model_dtype=model_dtype, frames=frames or 0)
     if estimate > spec.budget_bytes:
         raise MemoryBudgetError(
             f"capture would need about {format_bytes(estimate)}, over the budget of "
@@ -218,30 +151,5 @@ def check_budget(lm: LoadedModel, spec: CaptureSpec, input_ids: torch.Tensor) ->
     return estimate
 
 
-def encode_batch(lm: LoadedModel, prompt, *, chat: bool = False) -> torch.Tensor:
-    """Token ids ``[batch, pos]``; several texts must tokenize to the same length."""
-    from lens import vision
-
-    if lm.tokenizer is None:
-        raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model without a tokenizer: give it "
-                          "its own input (an image), not text or token ids")
-    if isinstance(prompt, torch.Tensor) and not prompt.is_floating_point():
-        ids = _checks.token_ids(prompt)
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= lm.facts.vocab_size):
-            raise PromptError(f"token ids must be in 0-{lm.facts.vocab_size - 1} (the vocabulary of "
-                              f"{lm.facts.name}), got {int(ids.min())}-{int(ids.max())}")
-        return lm.check_length(ids.long())
-    if vision.is_image(prompt):
-        raise PromptError(f"{lm.facts.name} is a text model: give it text or token ids, not an image")
-    if isinstance(prompt, str):
-        return lm.encode(prompt, chat=chat)
-    rows = [lm.encode(p, chat=chat) for p in prompt]
-    if not rows:
-        raise PromptError("no prompts given")
-    lengths = {r.shape[-1] for r in rows}
-    if len(lengths) > 1:
-        raise PromptError(f"prompts tokenize to different lengths {sorted(lengths)}: run them one by one or give ids")
-    return torch.cat(rows, dim=0)
-
-
-__all__ = ["Capture", "CaptureMeta", "CaptureSpec", "RunResult", "capture", "check_budget", "encode_batch", "run"]
+__all__ = ["Capture", "CaptureMeta", "CaptureSpec", "ModelInput", "RunResult", "capture", "check_budget", "encode_batch",
+           "prepare", "run"]

@@ -26,6 +26,7 @@ from lens.adapters import ModelAdapter, adapter_for
 from lens.attention import AttentionObserver, attention_mode, uses_interface
 from lens.edits import Edit, editing
 from lens.errors import BackendError, MemoryBudgetError
+from lens.inputs import ModelInput
 from lens.loaded import LoadedModel
 from lens.recording.record import Capture
 from lens.recording.spec import CaptureSpec, format_bytes
@@ -263,11 +264,21 @@ def finish(session: _Session, lm: LoadedModel, *, backend: str = "torch") -> Cap
     return build_capture(lm, session.spec, session.steps, input_ids, backend=backend, generated=generated)
 
 
-def build_capture(lm: LoadedModel, spec: CaptureSpec, steps, input_ids: torch.Tensor | None, *,
+def build_capture(lm: LoadedModel, spec: CaptureSpec, steps, input_ids, *,
                   backend: str, generated: torch.Tensor | None = None,
                   pixel_shape: tuple[int, ...] | None = None, image_png: bytes | None = None) -> Capture:
-    """The capture of ``steps``; an image run gives ``pixel_shape`` ``(batch, 3, H, W)`` instead
-    of ids, and gets tokens "CLS", "patch(r,c)" and its image layout."""
+    """The capture of ``steps`` over ``input_ids`` (token ids, or a prepared :class:`lens.inputs.ModelInput`
+    whose labels, layout and media it keeps); a vision model run inside :func:`lens.capture` gives
+    ``pixel_shape`` ``(batch, 3, H, W)`` instead of ids, and gets tokens "CLS", "patch(r,c)" and its
+    image layout."""
+    if isinstance(input_ids, ModelInput):
+        x = input_ids
+        if x.one_step:  # several passes (a speech model's encoder and decoder) make one step
+            steps = [{k: v for s in steps for k, v in s.items()}]
+        meta = CaptureMeta(facts=lm.facts, token_ids=x.token_ids, tokens=x.tokens, text=x.text,
+                           sites=list(spec.sites), layers=list(spec.layers), heads=list(spec.heads),
+                           kv_heads=list(spec.kv_heads), backend=backend, layout=x.layout)
+        return Capture(meta=meta, steps=steps, image_png=x.image_png, audio_wav=x.audio_wav)
     if pixel_shape is not None:
         return _image_capture(lm, spec, steps, pixel_shape, backend=backend, image_png=image_png)
     meta = CaptureMeta(

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 
 from formats.capture import CaptureMeta
-from formats.errors import BackendError, KernelInputError, PromptError
+from formats.errors import BackendError, KernelInputError
 from formats.facts import Modality
 from formats.output import output_folder
 from formats.sites import Part
@@ -164,17 +164,16 @@ def run_stats(lm: LoadedModel, prompt, *, spec=None, layers=None, backend: Backe
               image=None, on_layer: Callable[[int], None] | None = None) -> StatsRun:
     """One forward pass of ``lm`` over ``prompt`` recording kernel statistics at ``layers`` (all by default).
 
-    ``image``: for a vision-text model, the image of the prompt's ``<image>`` placeholder (or give
-    ``prompt`` as a :class:`lens.vlm.VlmInput` already prepared); the image's token span is
-    appended to ``spec.spans`` (the mass each query puts on the image) and its tokens are
-    labelled ``img0:CLS``, ``img0:patch(r,c)``.
+    ``prompt`` is what :func:`lens.run` takes (or a :class:`lens.inputs.ModelInput` already
+    prepared). ``image``: for a vision-text model, the image of the prompt's ``<image>``
+    placeholder; the image's token span is appended to ``spec.spans`` (the mass each query puts
+    on the image) and its tokens are labelled ``img0:CLS``, ``img0:patch(r,c)``.
     ``on_layer(layer)`` is called as each layer's statistics are done (for a progress bar).
     """
     from dataclasses import replace
 
     from kernels import StatsSpec
-    from lens import vlm
-    from lens.recording import encode_batch
+    from lens.inputs import ModelInput, prepare
     from lens.recording.native import build_capture
     from lens.recording.spec import CaptureSpec
 
@@ -183,32 +182,19 @@ def run_stats(lm: LoadedModel, prompt, *, spec=None, layers=None, backend: Backe
         raise KernelInputError(f"spec must be a StatsSpec or None, got {type(spec).__name__}")
     _checks.stats_backend(backend)
     _checks.flag(chat, "chat")
-    if lm.facts.modality is Modality.TEXT or (lm.facts.modality is Modality.VISION_TEXT
-                                              and not isinstance(prompt, vlm.VlmInput)):
+    if lm.facts.modality in (Modality.TEXT, Modality.VISION_TEXT) and not _checks.prepared(prompt):
         _checks.text_prompt(prompt)
     spec = spec or StatsSpec()
     layers = _checks.index_list(layers, "layers")
     if layers is None:  # every layer with attention (a hybrid's other blocks have none)
         layers = sorted(layer for part, layer in attention_modules(lm.model) if part is Part.SELF)
     selection = CaptureSpec.resolve(lm.facts, layers=layers)  # validates the layers
-
-    x = prompt if isinstance(prompt, vlm.VlmInput) else None
-    if image is not None and x is None:
-        if lm.facts.modality is not Modality.VISION_TEXT:
-            raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model: it takes no image; "
-                              "use a vision-text model such as tiny-vlm")
-        x = vlm.prepare(lm, prompt, [image], chat=chat)
-    if x is not None:
-        input_ids, kwargs = x.input_ids, x.model_kwargs(lm.device, next(lm.model.parameters()).dtype)
-        spec = replace(spec, spans=(*spec.spans, *((sp.start, sp.end) for sp in x.spans)))
-    else:
-        input_ids = encode_batch(lm, prompt, chat=chat)
-        kwargs = {"input_ids": input_ids.to(lm.device)}
+    x = prompt if isinstance(prompt, ModelInput) else prepare(lm, prompt, image=image, chat=chat)
+    if x.spans:
+        spec = replace(spec, spans=(*spec.spans, *x.spans))
     with torch.no_grad(), stats_mode(lm, spec, layers=selection.layers, backend=backend, on_layer=on_layer) as rec:
-        logits = lm.model(**kwargs).logits
+        logits = getattr(lm.model(**x.model_kwargs(lm)), "logits", None)
     stats = {layer: calls[0] for layer, calls in rec.stats.items()}
-    meta = build_capture(lm, selection, [], input_ids, backend=f"stats-{backend}").meta
-    meta.sites = []
-    if x is not None:
-        meta = replace(meta, tokens=[x.labelled(meta.tokens[0])])
+    meta = replace(build_capture(lm, selection, [], x, backend=f"stats-{backend}").meta, sites=[], layout=None)
     return StatsRun(logits=logits, stats=stats, spec=spec, meta=meta)
+

@@ -38,7 +38,7 @@ CASES = [
     (["capture", "nobody/no-such-model-xyz", "--prompt", "hi"], "cannot load 'nobody/no-such-model-xyz'"),
     (["capture", "a b c", "--prompt", "hi"], "unknown model 'a b c'"),
     # inputs a model cannot take
-    (["capture", "tiny-dinov2", "--prompt", "a text for a vision model"], "without a tokenizer"),
+    (["capture", "tiny-dinov2", "--prompt", "a text for a vision model"], "tiny-dinov2 is a vision model: give an image"),
     (["generate", "tiny-dinov2", "--prompt", "hello"], "without a tokenizer"),
     (["stats", "tiny-llama", "--prompt", "hello", "--backend", "triton"], "triton"),  # on CPU: needs CUDA; under the interpreter (tests): d_head 16 unsupported
     # options that contradict each other or do nothing

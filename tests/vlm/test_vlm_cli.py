@@ -148,7 +148,7 @@ def test_capture_bad_image_inputs(cli, tmp_path, pngs, args, message):
     assert message in line and not out.exists()
     line = _one_line(*cli("capture", "tiny-llama", "--image", pngs / "scene0.png", "--prompt", "<image> hi", "--out",
                           out)[::2])
-    assert "tiny-llama is a text model: --image with --prompt needs a vision-language model" in line
+    assert "tiny-llama is a text model: it takes no images (--image with --prompt needs a vision-language model" in line
     assert not out.exists()
 
 
