@@ -1,13 +1,21 @@
-"""Where things are inside a model: the one place that knows module names.
+"""Where things are inside a model: the site table, the one place that knows module names.
 
-An adapter maps a loaded transformers module onto the parts capture and interventions
-hook: the list of blocks, each block's attention module (the one that calls the attention
-function), its output projection (whose input is the per-head output ``z``) and its MLP
-output, and, per attention part (:class:`~formats.sites.Part`), the attention modules of
-every layer. :func:`adapter_for` picks the adapter for a model: decoders and ViTs
-(:class:`DecoderAdapter`), BERT-style encoders (:class:`BertAdapter`) and speech
-encoder-decoders (:class:`EncoderDecoderAdapter`). New architectures slot in by
-implementing :class:`ModelAdapter`.
+An adapter maps a loaded transformers module onto the parts capture, edits and circuits
+hook (through :mod:`lens.hooks`, the one hook engine). Per layer: the block, its attention
+module (the one that calls the attention function), the query/key/value projections, the
+output projection (whose input is the per-head output ``z``), the MLP, the norm before
+attention and the norm before the MLP; per model: the token (and learned position)
+embeddings, the final norm and the unembedding; which blocks have attention at all
+(hybrids); and, per attention part (:class:`~formats.sites.Part`), the attention modules of
+every layer.
+
+Generic rules come first: the names transformers uses (:data:`NAMES`). A family that differs
+gets a small explicit entry in :data:`FAMILY_NAMES` (its own names for a part, tried before
+the generic ones) or :data:`PARALLEL` (one norm feeds attention and MLP). A part a model does
+not have raises a one-line :class:`BackendError` naming the family and the part.
+:func:`adapter_for` picks the adapter: decoders and ViTs (:class:`DecoderAdapter`), BERT-style
+encoders (:class:`BertAdapter`) and speech encoder-decoders (:class:`EncoderDecoderAdapter`).
+New architectures slot in by implementing :class:`ModelAdapter`.
 """
 
 from __future__ import annotations
@@ -23,6 +31,26 @@ from lens.errors import BackendError, SelectionError
 _ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
 _OUT_PROJ_NAMES = ("o_proj", "out_proj", "dense", "c_proj")
 _MLP_NAMES = ("mlp", "feed_forward", "ffn")
+
+#: part -> the child names transformers uses for it, tried in order (q/k/v inside the attention
+#: module, the norms inside the block, the final norm next to the block list)
+NAMES: dict[str, tuple[str, ...]] = {
+    "query projection": ("q_proj", "query", "q"),
+    "key projection": ("k_proj", "key", "k"),
+    "value projection": ("v_proj", "value", "v"),
+    # Gemma 2/3 norm the attention's output with post_attention_layernorm: their MLP's norm comes first
+    "attention norm": ("input_layernorm", "ln_1", "attention_norm", "ln1", "self_attn_layer_norm"),
+    "MLP norm": ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2", "ffn_norm", "ln2",
+                 "final_layer_norm"),
+    "final norm": ("norm", "ln_f", "final_layernorm", "final_norm", "final_layer_norm", "norm_f",
+                   "layer_norm"),
+}
+#: model_type -> {part: names}: a family's own names, tried before the generic ones
+FAMILY_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
+    "jamba": {"attention norm": ("input_layernorm",), "MLP norm": ("pre_ff_layernorm",)},
+}
+#: families whose blocks run attention and MLP side by side on one norm's output
+PARALLEL = frozenset({"gptj", "phi", "cohere", "codegen"})
 
 
 class ModelAdapter(Protocol):
@@ -40,6 +68,26 @@ class ModelAdapter(Protocol):
 
     def attention_modules(self) -> dict[tuple[Part, int], nn.Module]: ...
 
+    def attention_layers(self) -> list[int]: ...
+
+    def q(self, layer: int) -> nn.Linear: ...
+
+    def k(self, layer: int) -> nn.Linear: ...
+
+    def v(self, layer: int) -> nn.Linear: ...
+
+    def attn_norm(self, layer: int) -> nn.Module: ...
+
+    def mlp_norm(self, layer: int) -> nn.Module: ...
+
+    def final_norm(self) -> nn.Module: ...
+
+    def embed(self) -> nn.Module: ...
+
+    def position_embed(self) -> nn.Embedding | None: ...
+
+    def unembed(self) -> nn.Module: ...
+
 
 def _child(module: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
     for name in names:
@@ -47,6 +95,22 @@ def _child(module: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
         if isinstance(child, nn.Module):
             return child
     return None
+
+
+def _family(model: nn.Module) -> str:
+    cfg = getattr(model, "config", None)
+    return f"{type(model).__name__} ({getattr(cfg, 'model_type', '?')})"
+
+
+def _named(model: nn.Module, module: nn.Module, part: str, where: str) -> nn.Module:
+    """``module``'s child for ``part`` by the family's names, then the generic ones, or a one-line refusal."""
+    own = FAMILY_NAMES.get(getattr(getattr(model, "config", None), "model_type", ""), {}).get(part, ())
+    names = own + tuple(n for n in NAMES[part] if n not in own)
+    child = _child(module, names)
+    if child is None:
+        raise BackendError(f"{_family(model)} has no {part} ({', '.join(names)}) in {where}: "
+                           f"this needs an entry in lens/adapters.py's site table")
+    return child
 
 
 def _blocks(model: nn.Module, n_layers: int, has_attention=lambda b: _child(b, _ATTENTION_NAMES) is not None
@@ -107,6 +171,55 @@ class DecoderAdapter:
     def attention_modules(self) -> dict[tuple[Part, int], nn.Module]:
         return {(Part.SELF, layer): self.attention(layer) for layer in self.attention_layers()}
 
+    # ---- the rest of the site table ------------------------------------------------------
+    def _part(self, module: nn.Module, part: str, where: str) -> nn.Module:
+        return _named(self.model, module, part, where)
+
+    def q(self, layer: int) -> nn.Linear:
+        """The query projection: its output is ``[batch, pos, head * d_head]`` before rotary."""
+        return self._part(self.attention(layer), "query projection", f"layer {layer}'s attention")
+
+    def k(self, layer: int) -> nn.Linear:
+        return self._part(self.attention(layer), "key projection", f"layer {layer}'s attention")
+
+    def v(self, layer: int) -> nn.Linear:
+        return self._part(self.attention(layer), "value projection", f"layer {layer}'s attention")
+
+    def attn_norm(self, layer: int) -> nn.Module:
+        """The norm whose input is the residual stream entering the block's attention."""
+        return self._part(self._list[layer], "attention norm", f"block {layer}")
+
+    def mlp_norm(self, layer: int) -> nn.Module:
+        """The norm whose output the MLP reads (the attention norm in parallel blocks)."""
+        if getattr(self.model.config, "model_type", "") in PARALLEL:
+            return self.attn_norm(layer)
+        return self._part(self._list[layer], "MLP norm", f"block {layer}")
+
+    def final_norm(self) -> nn.Module:
+        """The norm between the last block and the unembedding: a sibling of the block list."""
+        parent = next((m for m in self.model.modules() if any(c is self._list for c in m.children())), self.model)
+        return self._part(parent, "final norm", type(parent).__name__)
+
+    def embed(self) -> nn.Module:
+        """The token embeddings (output ``[batch, pos, d_model]``)."""
+        emb = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        if emb is None:
+            raise BackendError(f"{_family(self.model)} has no input embeddings")
+        return emb
+
+    def position_embed(self) -> nn.Embedding | None:
+        """Learned absolute position embeddings added to the tokens' (GPT-2's ``wpe``), or None."""
+        parent = next((m for m in self.model.modules() if any(c is self._list for c in m.children())), self.model)
+        wpe = getattr(parent, "wpe", None)
+        return wpe if isinstance(wpe, nn.Embedding) else None
+
+    def unembed(self) -> nn.Module:
+        """The unembedding (``lm_head``): its weight is ``[vocab, d_model]``."""
+        out = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        if out is None:
+            raise BackendError(f"{_family(self.model)} has no unembedding (output embeddings)")
+        return out
+
 
 @dataclass
 class BertAdapter(DecoderAdapter):
@@ -123,6 +236,17 @@ class BertAdapter(DecoderAdapter):
 
     def out_proj(self, layer: int) -> nn.Linear:
         return self._list[layer].attention.output.dense
+
+    def attn_norm(self, layer: int) -> nn.Module:
+        raise BackendError(f"{_family(self.model)} is post-norm (its norms follow attention and MLP): it has no "
+                           "attention norm whose input is the residual stream (use resid_pre / resid_post)")
+
+    def mlp_norm(self, layer: int) -> nn.Module:
+        raise BackendError(f"{_family(self.model)} is post-norm (its norms follow attention and MLP): it has no "
+                           "MLP norm whose input is the residual stream (use resid_pre / resid_post)")
+
+    def final_norm(self) -> nn.Module:
+        raise BackendError(f"{_family(self.model)} is post-norm: it has no final norm before an unembedding")
 
     def mlp(self, layer: int) -> nn.Module:
         raise BackendError("BERT-style blocks add and normalise inside their MLP output module: "
