@@ -49,6 +49,8 @@ NAMES: dict[str, tuple[str, ...]] = {
 FAMILY_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
     "jamba": {"attention norm": ("input_layernorm",), "MLP norm": ("pre_ff_layernorm",)},
 }
+#: model_type -> the one projection computing [q of every head | k | v] side by side (no q/k/v of their own)
+FUSED_QKV: dict[str, str] = {"gpt2": "c_attn", "gpt_bigcode": "c_attn"}
 #: families whose blocks run attention and MLP side by side on one norm's output
 PARALLEL = frozenset({"gptj", "phi", "cohere", "codegen"})
 
@@ -185,15 +187,41 @@ class DecoderAdapter:
     def v(self, layer: int) -> nn.Linear:
         return self._part(self.attention(layer), "value projection", f"layer {layer}'s attention")
 
+    def fused_qkv(self, layer: int) -> nn.Module:
+        """The projection whose output is ``[q of every head | k of every KV head | v ...]`` in families
+        that compute q, k and v in one (GPT-2's ``c_attn``)."""
+        name = FUSED_QKV.get(getattr(self.model.config, "model_type", ""))
+        module = getattr(self.attention(layer), name, None) if name else None
+        if not isinstance(module, nn.Module):
+            raise BackendError(f"{_family(self.model)} has no fused q/k/v projection in layer {layer}'s attention")
+        return module
+
     def attn_norm(self, layer: int) -> nn.Module:
         """The norm whose input is the residual stream entering the block's attention."""
         return self._part(self._list[layer], "attention norm", f"block {layer}")
 
+    @property
+    def parallel(self) -> bool:
+        """Whether attention and MLP read the block's input side by side (GPT-J, Phi, Cohere on one norm;
+        GPT-NeoX and Falcon with their parallel-residual settings)."""
+        cfg = self.model.config
+        return (getattr(cfg, "model_type", "") in PARALLEL or bool(getattr(cfg, "use_parallel_residual", False))
+                or bool(getattr(cfg, "parallel_attn", False)))
+
     def mlp_norm(self, layer: int) -> nn.Module:
-        """The norm whose output the MLP reads (the attention norm in parallel blocks)."""
+        """The norm whose output the MLP reads (the attention norm in blocks with one norm)."""
         if getattr(self.model.config, "model_type", "") in PARALLEL:
             return self.attn_norm(layer)
         return self._part(self._list[layer], "MLP norm", f"block {layer}")
+
+    def output_norm(self, layer: int) -> str | None:
+        """The name of a norm applied to the attention's or MLP's output before it joins the residual
+        stream (Gemma 2/3, OLMo2), or None where the block adds its outputs as they are."""
+        block = self._list[layer]
+        for name in ("post_feedforward_layernorm", "post_attention_norm", "post_ffw_norm"):
+            if isinstance(getattr(block, name, None), nn.Module):
+                return name
+        return None
 
     def final_norm(self) -> nn.Module:
         """The norm between the last block and the unembedding: a sibling of the block list."""

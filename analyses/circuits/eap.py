@@ -30,6 +30,9 @@ from analyses.circuits._hooks import Parts, capture
 from analyses.circuits.metrics import Metric, per_row
 from analyses.circuits.tasks import EncodedTask, TaskError
 from formats.circuit import Edge, Input, Node, NodeKind, Receiver
+from formats.sites import HeadRef, MlpRef
+from lens.errors import BackendError
+from lens.hooks import Point, Where
 
 
 @dataclass
@@ -60,7 +63,7 @@ def graph_names(facts) -> tuple[list[Node], np.ndarray, list[Receiver], np.ndarr
     senders, s_order = [Node(NodeKind.EMBED)], [0]
     receivers, r_order = [], []
     for layer in range(facts.n_layers):
-        senders += [Node(NodeKind.HEAD, layer, h) for h in range(facts.n_heads)] + [Node(NodeKind.MLP, layer)]
+        senders += [Node.of(HeadRef(layer, h)) for h in range(facts.n_heads)] + [Node.of(MlpRef(layer))]
         s_order += [2 * layer + 1] * facts.n_heads + [2 * layer + 2]
         receivers += [Receiver(Input.Q, layer, h) for h in range(facts.n_heads)]
         receivers += [Receiver(Input.K, layer, j) for j in range(facts.n_kv_heads)]
@@ -90,40 +93,52 @@ def _norm_vjp(norm, x: Tensor, g: Tensor) -> Tensor:
     return out
 
 
+_KEPT = (("z", Where.Z), ("q", Where.Q), ("k", Where.K), ("v", Where.V), ("pre", Where.RESID_PRE),
+         ("mid", Where.RESID_MID), ("mlp_in", Where.MLP_IN), ("mlp_out", Where.MLP_OUT))
+
+
+def _check_graph(parts: Parts) -> None:
+    """EAP's linear graph holds here, or a one-line refusal naming the family and what breaks it."""
+    family = f"{type(parts.lm.model).__name__} ({getattr(parts.lm.model.config, 'model_type', '?')})"
+    lacking = sorted(set(range(parts.facts.n_layers)) - set(parts.adapter.attention_layers()))
+    if lacking:
+        raise BackendError(f"EAP cannot score {family}: blocks {lacking} have no attention, and the edge graph "
+                           "has heads in every layer")
+    if parts.adapter.parallel:
+        raise BackendError(f"EAP cannot score {family}: its blocks run attention and MLP side by side on one "
+                           "norm, and the edge graph has each MLP read its layer's heads")
+    for layer in range(parts.facts.n_layers):
+        norm = parts.adapter.output_norm(layer)
+        if norm is not None:
+            raise BackendError(f"EAP cannot score {family}: it normalises block outputs ({norm}) before adding them "
+                               "to the residual stream, so a sender's write is not linear in its output")
+        q, k, v = parts.q(layer), parts.k(layer), parts.v(layer)  # refuses fused projections in one line
+        if not all(isinstance(p, torch.nn.Linear) for p in (q, k, v)):
+            raise BackendError(f"EAP cannot score {family}: layer {layer}'s q/k/v projections are not linear layers")
+
+
 def _grad_pass(parts: Parts, emb: Tensor, batch, metric: Metric):
     """Gradients of the summed metric at every receiver (``[N, pos, receiver, D]``) and at z / MLP outputs."""
     L, H, KV, dh = parts.facts.n_layers, parts.facts.n_heads, parts.facts.n_kv_heads, parts.facts.d_head
     t: dict[str, list] = {k: [None] * L for k in ("z", "q", "k", "v", "pre", "mid", "mlp_in", "mlp_out")}
     final: list = [None]
-    handles = []
 
-    def keep(key, layer, from_output):
-        if from_output:
-            return lambda m, a, out: t[key].__setitem__(layer, out)
-        return lambda m, args: t[key].__setitem__(layer, args[0])
+    def keep(table, index):
+        def fn(x):  # handed back as the replacement, so the tensor kept is the one the forward uses
+            table[index] = x
+            return x
+        return fn
 
+    points = [(Point(Where.BLOCK_OUT, L - 1), keep(final, 0))]
     for layer in range(L):
-        handles += [parts.adapter.out_proj(layer).register_forward_pre_hook(keep("z", layer, False)),
-                    parts.q(layer).register_forward_hook(keep("q", layer, True)),
-                    parts.k(layer).register_forward_hook(keep("k", layer, True)),
-                    parts.v(layer).register_forward_hook(keep("v", layer, True)),
-                    parts.attn_norm(layer).register_forward_pre_hook(keep("pre", layer, False)),
-                    parts.mlp_norm(layer).register_forward_pre_hook(keep("mid", layer, False)),
-                    parts.adapter.mlp(layer).register_forward_pre_hook(keep("mlp_in", layer, False)),
-                    parts.adapter.mlp(layer).register_forward_hook(keep("mlp_out", layer, True))]
-    handles.append(parts.adapter.block(L - 1).register_forward_hook(
-        lambda m, a, out: final.__setitem__(0, out[0] if isinstance(out, tuple) else out)))
-    try:
-        with torch.enable_grad():
-            emb = emb.detach().requires_grad_(True)
-            logits = parts.lm.model(inputs_embeds=emb, logits_to_keep=1).logits[:, -1]
-            m = per_row(metric, logits, batch.answer, batch.distractor).sum()
-            keys = ("z", "q", "k", "v", "mlp_in", "mlp_out")
-            flat = [x for k in keys for x in t[k]] + [final[0]]
-            grads = torch.autograd.grad(m, flat)
-    finally:
-        for h in handles:
-            h.remove()
+        points += [(Point(where, layer), keep(t[key], layer)) for key, where in _KEPT]
+    with parts.hooked(points), torch.enable_grad():
+        emb = emb.detach().requires_grad_(True)
+        logits = parts.lm.model(inputs_embeds=emb, logits_to_keep=1).logits[:, -1]
+        m = per_row(metric, logits, batch.answer, batch.distractor).sum()
+        keys = ("z", "q", "k", "v", "mlp_in", "mlp_out")
+        flat = [x for k in keys for x in t[k]] + [final[0]]
+        grads = torch.autograd.grad(m, flat)
     g = {k: grads[i * L:(i + 1) * L] for i, k in enumerate(keys)}
     receivers = []
     for layer in range(L):
@@ -135,9 +150,12 @@ def _grad_pass(parts: Parts, emb: Tensor, batch, metric: Metric):
                             torch.einsum("nphe,hed->nphd", g["k"][layer].view(n, p, KV, dh), wk),
                             torch.einsum("nphe,hed->nphd", g["v"][layer].view(n, p, KV, dh), wv)], dim=2)
         receivers.append(_norm_vjp(parts.attn_norm(layer), t["pre"][layer], attn_g))
+        if g["mlp_in"][layer].shape[-1] != t["mid"][layer].shape[-1]:
+            raise BackendError(f"EAP cannot score {type(parts.lm.model).__name__}: its MLP's input in layer {layer} is "
+                               "not the output of the MLP norm (its MLP lives in the block)")
         receivers.append(_norm_vjp(parts.mlp_norm(layer), t["mid"][layer], g["mlp_in"][layer].unsqueeze(2)))
     receivers.append(grads[-1].unsqueeze(2))
-    gz = [x.view(*x.shape[:2], H, dh) for x in g["z"]]
+    gz = list(g["z"])  # [N, pos, head, d_head]
     return torch.cat(receivers, dim=2), gz, list(g["mlp_out"])
 
 
@@ -150,6 +168,7 @@ def edge_attribution(lm, enc: EncodedTask, metric: Metric | str = Metric.LOGIT_D
         raise TaskError(f"--ig-steps must be >= 0, got {ig_steps}")
     t0 = time.perf_counter()
     parts = Parts(lm)
+    _check_graph(parts)
     facts = parts.facts
     senders, s_order, receivers, r_order = graph_names(facts)
     scores = torch.zeros(len(senders), len(receivers), dtype=torch.float64)
