@@ -113,32 +113,20 @@ class _Grab(AttentionObserver):
                         value=value.detach()[0].double(), weights=weights.detach()[0].double())
 
 
-def _weight_rows(proj: nn.Module, start: int, stop: int) -> tuple[Tensor, Tensor | None]:
-    """Rows ``start:stop`` of a projection's output as ``W [rows, d_in]`` and bias, for Linear and GPT-2's Conv1D."""
-    if isinstance(proj, nn.Linear):
-        w = proj.weight[start:stop]
-    elif type(proj).__name__ == "Conv1D":
-        w = proj.weight[:, start:stop].T
-    else:
-        raise BackendError(f"QK attribution cannot read projection {type(proj).__name__}: expected Linear or Conv1D")
-    b = proj.bias[start:stop] if getattr(proj, "bias", None) is not None else None
-    return w.detach().double(), None if b is None else b.detach().double()
-
-
 def _qk_weights(parts: Parts, layer: int, head: int, kv_head: int, d_head: int):
-    try:
-        q, k = parts.q(layer), parts.k(layer)
-    except BackendError:
-        q = k = None
-    if q is not None:
-        wq = _weight_rows(q, head * d_head, (head + 1) * d_head)
-        wk = _weight_rows(k, kv_head * d_head, (kv_head + 1) * d_head)
-    else:  # GPT-2: q, k, v stacked in one Conv1D (or a refusal naming the family)
-        qkv = parts.adapter.fused_qkv(layer)
-        d = parts.facts.n_heads * d_head
-        wq = _weight_rows(qkv, head * d_head, (head + 1) * d_head)
-        wk = _weight_rows(qkv, d + kv_head * d_head, d + (kv_head + 1) * d_head)
-    return wq, wk
+    f = parts.facts
+    proj = parts.adapter.projections(layer, f.n_heads, f.n_kv_heads, d_head)  # separate or fused, by the table
+
+    def rows(which: str, h: int):
+        p = proj[which]
+        if type(p.module).__name__ not in ("Linear", "Conv1D"):
+            raise BackendError(f"QK attribution cannot read projection {type(p.module).__name__}: expected Linear "
+                               "or Conv1D")
+        w, b = p.weight()[h * d_head:(h + 1) * d_head], p.bias()
+        b = None if b is None else b[h * d_head:(h + 1) * d_head]
+        return w.detach().double(), None if b is None else b.detach().double()
+
+    return rows("q", head), rows("k", kv_head)
 
 
 def _out_rows(proj: nn.Module, head: int, d_head: int) -> Tensor:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import torch
 from torch import nn
 
 from formats.sites import Part
@@ -39,18 +40,58 @@ NAMES: dict[str, tuple[str, ...]] = {
     "key projection": ("k_proj", "key", "k"),
     "value projection": ("v_proj", "value", "v"),
     # Gemma 2/3 norm the attention's output with post_attention_layernorm: their MLP's norm comes first
-    "attention norm": ("input_layernorm", "ln_1", "attention_norm", "ln1", "self_attn_layer_norm"),
+    "attention norm": ("input_layernorm", "ln_1", "attention_norm", "ln1", "self_attn_layer_norm", "ln_attn"),
     "MLP norm": ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2", "ffn_norm", "ln2",
-                 "final_layer_norm"),
+                 "final_layer_norm", "ln_mlp"),
     "final norm": ("norm", "ln_f", "final_layernorm", "final_norm", "final_layer_norm", "norm_f",
                    "layer_norm"),
 }
 #: model_type -> {part: names}: a family's own names, tried before the generic ones
 FAMILY_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
     "jamba": {"attention norm": ("input_layernorm",), "MLP norm": ("pre_ff_layernorm",)},
+    "mpt": {"attention norm": ("norm_1",), "MLP norm": ("norm_2",)},
 }
-#: model_type -> the one projection computing [q of every head | k | v] side by side (no q/k/v of their own)
-FUSED_QKV: dict[str, str] = {"gpt2": "c_attn", "gpt_bigcode": "c_attn"}
+def _qkv_layout(cfg) -> tuple[str, str] | None:
+    """(module name, layout) of a family's fused q/k/v projection: ``stacked`` ``[q heads | k heads | v heads]``,
+    ``per_head`` ``[q_0 k_0 v_0 | q_1 k_1 v_1 | ...]``, ``grouped`` ``[q of group 0's heads, k_0, v_0 | ...]``."""
+    mt = getattr(cfg, "model_type", "")
+    if mt in ("gpt2", "phi3", "mpt"):
+        return {"gpt2": "c_attn", "phi3": "qkv_proj", "mpt": "Wqkv"}[mt], "stacked"
+    if mt == "gpt_bigcode":
+        return "c_attn", "stacked" if getattr(cfg, "multi_query", True) else "per_head"
+    if mt in ("gpt_neox", "bloom"):
+        return "query_key_value", "per_head"
+    if mt == "falcon":
+        if getattr(cfg, "new_decoder_architecture", False):
+            return "query_key_value", "grouped"
+        return "query_key_value", "stacked" if getattr(cfg, "multi_query", True) else "per_head"
+    return None
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """A linear layer's weight as ``[d_out, d_in]`` (nn.Linear's layout; GPT-2's Conv1D stores it transposed)."""
+    w = module.weight
+    return w.T if type(module).__name__ == "Conv1D" else w
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Where one of q, k, v comes out for every head: output features ``index`` of ``module``
+    (head-major: head ``h`` is ``index[h * d_head:(h + 1) * d_head]``); ``fused``: the module
+    computes the other two as well."""
+
+    module: nn.Module
+    index: torch.Tensor  # [heads * d_head] long
+    fused: bool
+
+    def weight(self) -> torch.Tensor:
+        """``[heads * d_head, d_in]``."""
+        w = linear_weight(self.module)
+        return w.index_select(0, self.index.to(w.device))
+
+    def bias(self) -> torch.Tensor | None:
+        b = getattr(self.module, "bias", None)
+        return None if b is None else b.index_select(0, self.index.to(b.device))
 #: families whose blocks run attention and MLP side by side on one norm's output
 PARALLEL = frozenset({"gptj", "phi", "cohere", "codegen"})
 
@@ -188,13 +229,47 @@ class DecoderAdapter:
         return self._part(self.attention(layer), "value projection", f"layer {layer}'s attention")
 
     def fused_qkv(self, layer: int) -> nn.Module:
-        """The projection whose output is ``[q of every head | k of every KV head | v ...]`` in families
-        that compute q, k and v in one (GPT-2's ``c_attn``)."""
-        name = FUSED_QKV.get(getattr(self.model.config, "model_type", ""))
-        module = getattr(self.attention(layer), name, None) if name else None
+        """The one projection computing q, k and v of every head in families that have it (GPT-2's
+        ``c_attn``, GPT-NeoX's ``query_key_value``, ...; :meth:`projections` says which output is which)."""
+        layout = _qkv_layout(self.model.config)
+        module = getattr(self.attention(layer), layout[0], None) if layout else None
         if not isinstance(module, nn.Module):
             raise BackendError(f"{_family(self.model)} has no fused q/k/v projection in layer {layer}'s attention")
         return module
+
+    def projections(self, layer: int, n_heads: int, n_kv_heads: int, d_head: int) -> dict[str, Projection]:
+        """Where q, k and v of every head come out in ``layer``: ``{"q": ..., "k": ..., "v": ...}``, from
+        q/k/v projections of their own or a fused one (GPT-2, GPT-NeoX, BLOOM, Falcon, MPT, Phi-3)."""
+        attn = self.attention(layer)
+        layout = _qkv_layout(self.model.config)
+        if layout is None or not isinstance(getattr(attn, layout[0], None), nn.Module):
+            q, k, v = self.q(layer), self.k(layer), self.v(layer)  # refuses in one line where they are missing
+            return {"q": Projection(q, torch.arange(n_heads * d_head), False),
+                    "k": Projection(k, torch.arange(n_kv_heads * d_head), False),
+                    "v": Projection(v, torch.arange(n_kv_heads * d_head), False)}
+        name, kind = layout
+        module = getattr(attn, name)
+        H, KV, d = n_heads, n_kv_heads, d_head
+        per = torch.arange(d)
+        if kind == "stacked":
+            q = torch.arange(H * d)
+            k = H * d + torch.arange(KV * d)
+            v = (H + KV) * d + torch.arange(KV * d)
+        elif kind == "per_head":  # one KV head per query head
+            q = torch.cat([h * 3 * d + per for h in range(H)])
+            k = torch.cat([h * 3 * d + d + per for h in range(H)])
+            v = torch.cat([h * 3 * d + 2 * d + per for h in range(H)])
+        else:  # grouped: per KV group, its query heads then its k and v
+            r = H // KV
+            q = torch.cat([(g * (r + 2) + j) * d + per for g in range(KV) for j in range(r)])
+            k = torch.cat([(g * (r + 2) + r) * d + per for g in range(KV)])
+            v = torch.cat([(g * (r + 2) + r + 1) * d + per for g in range(KV)])
+        width = int(torch.cat([q, k, v]).max()) + 1
+        out_features = getattr(module, "out_features", None) or module.weight.shape[-1]
+        if width != out_features:
+            raise BackendError(f"{_family(self.model)}'s fused {name} in layer {layer} has {out_features} outputs, "
+                               f"its {kind} q/k/v layout for {H} heads, {KV} KV heads of {d} needs {width}")
+        return {"q": Projection(module, q, True), "k": Projection(module, k, True), "v": Projection(module, v, True)}
 
     def attn_norm(self, layer: int) -> nn.Module:
         """The norm whose input is the residual stream entering the block's attention."""
@@ -206,13 +281,18 @@ class DecoderAdapter:
         GPT-NeoX and Falcon with their parallel-residual settings)."""
         cfg = self.model.config
         return (getattr(cfg, "model_type", "") in PARALLEL or bool(getattr(cfg, "use_parallel_residual", False))
-                or bool(getattr(cfg, "parallel_attn", False)))
+                or bool(getattr(cfg, "parallel_attn", False)) or bool(getattr(cfg, "new_decoder_architecture", False)))
 
     def mlp_norm(self, layer: int) -> nn.Module:
-        """The norm whose output the MLP reads (the attention norm in blocks with one norm)."""
+        """The norm whose output the MLP reads (the attention norm in parallel blocks with one norm)."""
         if getattr(self.model.config, "model_type", "") in PARALLEL:
             return self.attn_norm(layer)
-        return self._part(self._list[layer], "MLP norm", f"block {layer}")
+        try:
+            return self._part(self._list[layer], "MLP norm", f"block {layer}")
+        except BackendError:
+            if self.parallel:  # Falcon with parallel_attn: one input_layernorm for both
+                return self.attn_norm(layer)
+            raise
 
     def output_norm(self, layer: int) -> str | None:
         """The name of a norm applied to the attention's or MLP's output before it joins the residual
@@ -220,6 +300,15 @@ class DecoderAdapter:
         block = self._list[layer]
         for name in ("post_feedforward_layernorm", "post_attention_norm", "post_ffw_norm"):
             if isinstance(getattr(block, name, None), nn.Module):
+                return name
+        return None
+
+    def embed_norm(self) -> str | None:
+        """The name of a norm applied to the embeddings before the first block (BLOOM's
+        ``word_embeddings_layernorm``), or None."""
+        parent = next((m for m in self.model.modules() if any(c is self._list for c in m.children())), self.model)
+        for name in ("word_embeddings_layernorm", "embed_layer_norm", "emb_ln"):
+            if isinstance(getattr(parent, name, None), nn.Module):
                 return name
         return None
 

@@ -6,7 +6,7 @@
 A :class:`Point` is a :class:`Where` plus a layer (model-level places take none). Each
 function gets the activation in the shape :class:`Where` documents and returns ``None``
 (read only) or a tensor of the same shape that replaces it for the rest of the forward
-pass. Where each point lives in a given model is the site table's business
+pass. Rows a model flattens inside a block (OPT's ``[batch * pos, d]``) come as ``[batch, pos, d]``. Where each point lives in a given model is the site table's business
 (:mod:`lens.adapters`); this module is the one place that installs hooks on it and removes
 them, on exit and on error. Capture, edits, circuits, DLA and VLM head outputs all go
 through here; hooks run in the order they were installed (an outer ``hooked`` block's
@@ -39,12 +39,13 @@ class Where(enum.Enum):
     Q = "q"  #: query projection's output, before rotary  [batch, pos, head * d_head]
     K = "k"  #: key projection's output, before rotary  [batch, pos, kv_head * d_head]
     V = "v"  #: value projection's output  [batch, pos, kv_head * d_head]
+    QKV = "qkv"  #: a fused q/k/v projection's output (GPT-2, GPT-NeoX, ...)  [batch, pos, features]
     Z = "z"  #: per-head attention output, the output projection's input  [batch, pos, head, d_head]
     ATTN_OUT = "attn_out"  #: attention module's output (after the output projection)  [batch, pos, d_model]
     RESID_MID = "resid_mid"  #: input of the MLP norm (parallel blocks: the attention norm)  [batch, pos, d_model]
     MLP_NORMED = "mlp_normed"  #: output of the MLP norm  [batch, pos, d_model]
     MLP_IN = "mlp_in"  #: the MLP's input  [batch, pos, d]
-    MLP_OUT = "mlp_out"  #: the MLP's output  [batch, pos, d_model] (flattened rows, OPT's fc2, restored)
+    MLP_OUT = "mlp_out"  #: the MLP's output  [batch, pos, d_model]
     BLOCK_OUT = "block_out"  #: residual stream leaving the block  [batch, pos, d_model]
     FINAL = "final"  #: input of the final norm  [batch, pos, d_model] (no layer)
 
@@ -81,6 +82,7 @@ HookFn = Callable[[Tensor], "Tensor | None"]
 _TABLE: dict[Where, tuple[str, bool]] = {
     Where.EMBED: ("embed", False), Where.BLOCK_IN: ("block", True), Where.RESID_PRE: ("attn_norm", True),
     Where.ATTN_NORMED: ("attn_norm", False), Where.Q: ("q", False), Where.K: ("k", False), Where.V: ("v", False),
+    Where.QKV: ("fused_qkv", False),
     Where.Z: ("out_proj", True), Where.ATTN_OUT: ("attention", False), Where.RESID_MID: ("mlp_norm", True),
     Where.MLP_NORMED: ("mlp_norm", False), Where.MLP_IN: ("mlp", True), Where.MLP_OUT: ("mlp", False),
     Where.BLOCK_OUT: ("block", False), Where.FINAL: ("final_norm", True),
@@ -121,7 +123,7 @@ def _replaced(point: Point, old: Tensor, new, view_shape=None) -> Tensor | None:
     want = view_shape or old.shape
     if tuple(new.shape) != tuple(want):
         raise BackendError(f"the hook at {point} returned shape {tuple(new.shape)}, expected {tuple(want)}")
-    return new.reshape(old.shape)
+    return new if new.shape == old.shape else new.reshape(old.shape)
 
 
 @contextmanager
@@ -147,7 +149,8 @@ def hooked(lm, points: Mapping[Point, HookFn | list[HookFn]] | Iterable[tuple[Po
                 continue
             if adapter is None:
                 adapter = adapter_for(model, facts.n_layers if facts is not None else None)
-            if point.where in (Where.MLP_IN, Where.MLP_OUT) and point.layer not in shapes:
+            if point.where not in (Where.BLOCK_IN, Where.BLOCK_OUT, Where.ROTARY) and point.where.per_layer \
+                    and point.layer not in shapes:
                 shapes[point.layer] = torch.Size()
                 handles.append(adapter.block(point.layer).register_forward_pre_hook(
                     _shape_keeper(shapes, point.layer), with_kwargs=True))
@@ -196,8 +199,9 @@ def _install(module: nn.Module, point: Point, fn, n_heads: int, shapes) -> list:
         if where is Where.Z:
             v = x.view(*x.shape[:-1], n_heads, x.shape[-1] // n_heads)
             return v, tuple(v.shape)
-        if where in (Where.MLP_IN, Where.MLP_OUT) and x.ndim == 2 and len(shapes.get(point.layer, ())) == 3:
-            v = x.view(*shapes[point.layer][:-1], x.shape[-1])
+        block = shapes.get(point.layer, ())
+        if x.ndim == 2 and len(block) == 3 and x.shape[0] == block[0] * block[1]:  # OPT's rows, flattened
+            v = x.view(*block[:-1], x.shape[-1])
             return v, tuple(v.shape)
         return x, None
 

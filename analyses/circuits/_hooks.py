@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from lens.adapters import adapter_for
+from lens.adapters import adapter_for, linear_weight
 from lens.edits import EditGroups, Reference, editing
 from lens.heads import MlpRef  # noqa: F401  (re-exported: circuits name MLPs with it)
 from lens.hooks import Point, Where, hooked
@@ -83,8 +83,8 @@ class Parts:
         return hooked(self.lm, points, adapter=self.adapter)
 
     def w_o(self, layer: int) -> Float[Tensor, "head d_model d_head"]:
-        w = self.adapter.out_proj(layer).weight  # [d_model, head * d_head]
-        return w.detach().view(w.shape[0], self.facts.n_heads, self.facts.d_head).permute(1, 0, 2)
+        w = linear_weight(self.adapter.out_proj(layer))  # [d_model, head * d_head]
+        return w.detach().reshape(w.shape[0], self.facts.n_heads, -1).permute(1, 0, 2)
 
 
 def last_logits(parts: Parts, ids: Tensor, groups: EditGroups = ((),), *,

@@ -273,6 +273,10 @@ def edge_level_logits(ctx: Context, batch: int, masks: np.ndarray | Tensor, *, m
     if ref is None or ref.resid_pre is None:
         raise TaskError("edge-level evaluation needs reference residuals: prepare(..., residuals=True) with "
                         "method patch or mean")
+    if ctx.parts.adapter.parallel:
+        raise TaskError(f"edge-level evaluation cannot run on {ctx.parts.facts.architecture}: its blocks run attention "
+                        "and MLP side by side, and edge patching has each MLP read its layer's heads (evaluate "
+                        "the circuit's nodes instead)")
     masks = torch.as_tensor(np.asarray(masks), dtype=torch.bool)
     b = ctx.enc.batches[batch]
     n = b.size
