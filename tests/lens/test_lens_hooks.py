@@ -25,7 +25,7 @@ def test_reading_every_point_changes_nothing_and_leaves_no_hook(tiny_lm):
     plain = _logits(tiny_lm)
     seen = {}
     points = {Point(w, None if not w.per_layer else 1): (lambda t, w=w: seen.__setitem__(w, t))
-              for w in Where if w not in (Where.CALL, Where.POS_EMBED, Where.ROTARY)}
+              for w in Where if w not in (Where.CALL, Where.POS_EMBED, Where.ROTARY, Where.QKV)}
     with lens.hooked(tiny_lm, points):
         got = _logits(tiny_lm)
     assert torch.equal(got, plain)
@@ -135,3 +135,30 @@ def test_flattened_mlp_rows_come_in_the_documented_shape(tmp_path):
     finally:
         handle.remove()
     assert torch.equal(zeroed, want)
+
+
+def test_a_point_the_model_lacks_is_refused_in_one_line(tiny_lm):
+    with pytest.raises(BackendError, match=r"LlamaForCausalLM \(llama\) has no fused q/k/v projection in layer 1"):
+        with lens.hooked(tiny_lm, {Point(Where.QKV, 1): lambda t: None}):
+            pass
+    assert _hook_count(tiny_lm.model) == 0
+
+
+def test_fused_projections_give_each_heads_rows():
+    """The table's q/k/v rows of GPT-NeoX's fused projection (per head [q k v]) are what its attention uses."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lens.adapters import adapter_for
+
+    cfg = AutoConfig.for_model("gpt_neox", hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                               intermediate_size=64, vocab_size=64)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    x = torch.randn(1, 5, 32)
+    attn = model.gpt_neox.layers[0].attention
+    qkv = attn.query_key_value(x).view(1, 5, 4, 3 * 8)
+    proj = adapter_for(model).projections(0, 4, 4, 8)
+    for i, which in enumerate("qkv"):
+        want = qkv[..., i * 8:(i + 1) * 8].reshape(1, 5, 32)  # head-major, as the model splits it
+        got = x @ proj[which].weight().T + proj[which].bias()
+        assert torch.allclose(got, want, atol=1e-6), which
