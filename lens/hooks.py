@@ -55,6 +55,8 @@ class Where(enum.Enum):
 
 
 _MODEL_LEVEL = frozenset({Where.CALL, Where.EMBED, Where.POS_EMBED, Where.FINAL})
+# points whose rows a block may flatten to [batch * pos, d] (OPT, after attention): given back as [batch, pos, d]
+_FLATTENED = frozenset({Where.RESID_MID, Where.MLP_NORMED, Where.MLP_IN, Where.MLP_OUT})
 
 
 @dataclass(frozen=True)
@@ -149,8 +151,7 @@ def hooked(lm, points: Mapping[Point, HookFn | list[HookFn]] | Iterable[tuple[Po
                 continue
             if adapter is None:
                 adapter = adapter_for(model, facts.n_layers if facts is not None else None)
-            if point.where not in (Where.BLOCK_IN, Where.BLOCK_OUT, Where.ROTARY) and point.where.per_layer \
-                    and point.layer not in shapes:
+            if point.where in _FLATTENED and point.layer not in shapes:
                 shapes[point.layer] = torch.Size()
                 handles.append(adapter.block(point.layer).register_forward_pre_hook(
                     _shape_keeper(shapes, point.layer), with_kwargs=True))
