@@ -151,6 +151,9 @@ def hooked(lm, points: Mapping[Point, HookFn | list[HookFn]] | Iterable[tuple[Po
                 continue
             if adapter is None:
                 adapter = adapter_for(model, facts.n_layers if facts is not None else None)
+            if point.layer is not None and point.layer >= adapter.n_layers:
+                raise SelectionError(f"hook point {point} is out of range: {type(model).__name__} has layers "
+                                     f"0-{adapter.n_layers - 1}")
             if point.where in _FLATTENED and point.layer not in shapes:
                 shapes[point.layer] = torch.Size()
                 handles.append(adapter.block(point.layer).register_forward_pre_hook(

@@ -162,3 +162,10 @@ def test_fused_projections_give_each_heads_rows():
         want = qkv[..., i * 8:(i + 1) * 8].reshape(1, 5, 32)  # head-major, as the model splits it
         got = x @ proj[which].weight().T + proj[which].bias()
         assert torch.allclose(got, want, atol=1e-6), which
+
+
+def test_a_layer_out_of_range_is_refused_in_one_line(tiny_lm):
+    with pytest.raises(SelectionError, match=r"hook point z@9 is out of range: LlamaForCausalLM has layers 0-3"):
+        with lens.hooked(tiny_lm, {Point(Where.Z, 9): lambda t: None}):
+            pass
+    assert _hook_count(tiny_lm.model) == 0
