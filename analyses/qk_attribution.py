@@ -41,6 +41,7 @@ from formats.provenance import Provenance
 from formats.qk import Component, Kind, QKResult
 from lens.attention import AttentionObserver, attention_mode
 from lens.errors import BackendError, SelectionError
+from lens.hooks import Point, Where
 
 LINEARISATION = ("norm scales frozen at their values on this input (standard linearisation); "
                  "LayerNorm centering folded in; rotary applied per position")
@@ -112,30 +113,20 @@ class _Grab(AttentionObserver):
                         value=value.detach()[0].double(), weights=weights.detach()[0].double())
 
 
-def _weight_rows(proj: nn.Module, start: int, stop: int) -> tuple[Tensor, Tensor | None]:
-    """Rows ``start:stop`` of a projection's output as ``W [rows, d_in]`` and bias, for Linear and GPT-2's Conv1D."""
-    if isinstance(proj, nn.Linear):
-        w = proj.weight[start:stop]
-    elif type(proj).__name__ == "Conv1D":
-        w = proj.weight[:, start:stop].T
-    else:
-        raise BackendError(f"QK attribution cannot read projection {type(proj).__name__}: expected Linear or Conv1D")
-    b = proj.bias[start:stop] if getattr(proj, "bias", None) is not None else None
-    return w.detach().double(), None if b is None else b.detach().double()
-
-
 def _qk_weights(parts: Parts, layer: int, head: int, kv_head: int, d_head: int):
-    attn = parts.adapter.attention(layer)
-    if hasattr(attn, "q_proj"):
-        wq = _weight_rows(attn.q_proj, head * d_head, (head + 1) * d_head)
-        wk = _weight_rows(attn.k_proj, kv_head * d_head, (kv_head + 1) * d_head)
-    elif hasattr(attn, "c_attn"):  # GPT-2: q, k, v stacked in one Conv1D
-        d = parts.facts.n_heads * d_head
-        wq = _weight_rows(attn.c_attn, head * d_head, (head + 1) * d_head)
-        wk = _weight_rows(attn.c_attn, d + kv_head * d_head, d + (kv_head + 1) * d_head)
-    else:
-        raise BackendError(f"QK attribution cannot find the query and key projections of {type(attn).__name__}")
-    return wq, wk
+    f = parts.facts
+    proj = parts.adapter.projections(layer, f.n_heads, f.n_kv_heads, d_head)  # separate or fused, by the table
+
+    def rows(which: str, h: int):
+        p = proj[which]
+        if type(p.module).__name__ not in ("Linear", "Conv1D"):
+            raise BackendError(f"QK attribution cannot read projection {type(p.module).__name__}: expected Linear "
+                               "or Conv1D")
+        w, b = p.weight()[h * d_head:(h + 1) * d_head], p.bias()
+        b = None if b is None else b[h * d_head:(h + 1) * d_head]
+        return w.detach().double(), None if b is None else b.detach().double()
+
+    return rows("q", head), rows("k", kv_head)
 
 
 def _out_rows(proj: nn.Module, head: int, d_head: int) -> Tensor:
@@ -287,33 +278,25 @@ def _collect(lm, parts: Parts, ids: Tensor, layer: int) -> dict[str, Tensor]:
     def keep(name, t):
         got[name] = t.detach()[0].double()
 
-    hs = [parts.attn_norm(0).register_forward_pre_hook(lambda m, a: keep("resid0", a[0])),
-          parts.attn_norm(layer).register_forward_pre_hook(lambda m, a: keep("resid", a[0])),
-          parts.attn_norm(layer).register_forward_hook(lambda m, a, o: keep("normed", o)),
-          parts.adapter.out_proj(layer).register_forward_pre_hook(lambda m, a: keep(f"z{layer}", a[0])),
-          parts.final_norm().register_forward_pre_hook(lambda m, a: keep("final", a[0]))]
-    base = getattr(lm.model, "transformer", None)
-    if base is not None and isinstance(getattr(base, "wpe", None), nn.Embedding):
-        hs.append(base.wpe.register_forward_hook(lambda m, a, o: keep("wpe", o if o.ndim == 3 else o[None])))
+    points = [(Point(Where.RESID_PRE, 0), lambda t: keep("resid0", t)),
+              (Point(Where.RESID_PRE, layer), lambda t: keep("resid", t)),
+              (Point(Where.ATTN_NORMED, layer), lambda t: keep("normed", t)),
+              (Point(Where.Z, layer), lambda t: keep(f"z{layer}", t)),
+              (Point(Where.FINAL), lambda t: keep("final", t))]
+    if parts.adapter.position_embed() is not None:
+        points.append((Point(Where.POS_EMBED), lambda t: keep("wpe", t if t.ndim == 3 else t[None])))
 
-    def rope(m, args, kwargs):
-        pe = kwargs.get("position_embeddings")
-        if pe is not None:
-            keep("cos", pe[0])
-            keep("sin", pe[1])
+    def rope(pe):
+        keep("cos", pe[0])
+        keep("sin", pe[1])
 
-    hs.append(parts.adapter.attention(layer).register_forward_pre_hook(rope, with_kwargs=True))
+    points.append((Point(Where.ROTARY, layer), rope))
     for la in range(layer):
-        hs.append(parts.adapter.out_proj(la).register_forward_pre_hook(lambda m, a, la=la: keep(f"z{la}", a[0])))
-        hs.append(parts.adapter.mlp(la).register_forward_hook(
-            lambda m, a, o, la=la: keep(f"mlp{la}", o[0] if isinstance(o, tuple) else o)))
+        points.append((Point(Where.Z, la), lambda t, la=la: keep(f"z{la}", t)))
+        points.append((Point(Where.MLP_OUT, la), lambda t, la=la: keep(f"mlp{la}", t)))
     grab = _Grab(layer)
-    try:
-        with torch.no_grad(), attention_mode(lm, grab):
-            lm.model(input_ids=ids.to(lm.device))
-    finally:
-        for h in hs:
-            h.remove()
+    with torch.no_grad(), parts.hooked(points), attention_mode(lm, grab):
+        lm.model(input_ids=ids.to(lm.device))
     got.update(grab.got)
     return got
 
@@ -323,7 +306,7 @@ def _ov(lm, parts: Parts, got: dict, layer: int, head: int, kv_head: int, q: int
     """``[answer, k]``: pattern[q, k] * (v_k W_O) . u_answer / sigma_final(q)."""
     if not answers:
         return torch.zeros(0, q + 1, dtype=torch.float64)
-    U = lm.model.get_output_embeddings().weight.detach().double()
+    U = parts.adapter.unembed().weight.detach().double()
     vocab = U.shape[0]
     bad = [a for a in answers if not 0 <= int(a) < vocab]
     if bad:

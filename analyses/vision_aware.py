@@ -97,7 +97,7 @@ def vision_aware_scores(pairs: Sequence[HeadOutputPair], *, provenance: Provenan
     per_layer = total.mean(1)
     return HeadScores(
         analysis="vision_aware", metric="vhd", scores=total, provenance=provenance,
-        description="mean Euclidean distance between each head's output (o_proj input) with and without the "
+        description="mean Euclidean distance between each head's output (the output projection's input) with and without the "
                     "image, same text; high = vision-aware",
         params={"k": k, "first_step_only": first_step_only, "n_prompts": len(pairs)},
         summary={"top_heads": top, "mean_vhd": float(total.mean()), "max_vhd": float(total.max()),

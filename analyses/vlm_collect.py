@@ -28,6 +28,7 @@ from lens import vlm
 from lens.adapters import adapter_for
 from lens.attention import AttentionObserver, attention_mode, modifying_weights
 from lens.edits import editing
+from lens.hooks import Point, Where, hooked
 
 # An edit for one batch: given the batch about to run, a context manager active while it runs.
 BatchEdit = Callable[[vlm.Batch], AbstractContextManager]
@@ -112,20 +113,17 @@ def _pad_id(lm) -> int:
 
 @contextmanager
 def _record_head_outputs(model, last: int) -> Iterator[dict[int, Tensor]]:
-    """Layer -> the o_proj input of the last ``last`` positions ``[batch, last, head * d_head]``."""
+    """Layer -> the output projection's input (z) of the last ``last`` positions ``[batch, last, head * d_head]``."""
     adapter = adapter_for(model)
     store: dict[int, Tensor] = {}
-    handles = []
-    for i in range(adapter.n_layers):
-        def hook(module, args, i=i):
-            store[i] = args[0][:, -last:].detach().float().cpu()
 
-        handles.append(adapter.out_proj(i).register_forward_pre_hook(hook))
-    try:
+    def keep(i):
+        def fn(z):  # [batch, pos, head, d_head]
+            store[i] = z[:, -last:].flatten(-2).detach().float().cpu()
+        return fn
+
+    with hooked(model, {Point(Where.Z, i): keep(i) for i in range(adapter.n_layers)}, adapter=adapter):
         yield store
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @torch.no_grad()

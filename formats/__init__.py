@@ -24,14 +24,14 @@ from formats.layouts import AudioLayout, ImageLayout
 from formats.output import output_folder
 from formats.provenance import Provenance, inputs_digest, package_versions
 from formats.qk import QKResult
-from formats.sites import Site, SiteKey
+from formats.sites import HeadRef, MlpRef, ResidRef, Site, SiteKey
 from formats.stats_run import StatsFile, write_stats
 from formats.sweep import SweepLog, open_sweep
 from formats.token_maps import TokenMaps
 
 __all__ = [
     "AblationResult", "AudioLayout", "CaptureFile", "CaptureMeta", "Circuit", "Curves", "Edge", "HeadScores", "ImageLayout", "Input",
-    "Modality", "ModelFacts", "Node", "NodeKind", "Provenance", "QKResult", "Receiver", "ResultsFolder", "Site", "SiteKey",
+    "HeadRef", "MlpRef", "ResidRef", "Modality", "ModelFacts", "Node", "NodeKind", "Provenance", "QKResult", "Receiver", "ResultsFolder", "Site", "SiteKey",
     "StatsFile", "SweepLog", "TokenMaps", "TensorEntry", "inputs_digest", "open_sweep", "output_folder", "package_versions",
     "faithfulness_warning", "write_capture", "Focus", "set_focus", "write_stats", *_errors,
 ]

@@ -19,6 +19,7 @@ from typing import Any
 from formats import _json
 from formats.errors import CorruptFileError, ResultError
 from formats.provenance import Provenance
+from formats.sites import HeadRef, MlpRef
 
 KIND = "circuit"
 FORMAT_VERSION = 2
@@ -48,6 +49,24 @@ class Node:
         if self.kind is NodeKind.MLP:
             return f"L{self.layer}.mlp"
         return self.kind.value
+
+    @classmethod
+    def of(cls, component: HeadRef | MlpRef) -> Node:
+        """The node of a head or an MLP."""
+        if isinstance(component, HeadRef):
+            return cls(NodeKind.HEAD, component.layer, component.head)
+        if isinstance(component, MlpRef):
+            return cls(NodeKind.MLP, component.layer)
+        raise ResultError(f"a node is made of a HeadRef or an MlpRef, got {component!r}"[:200])
+
+    @property
+    def component(self) -> HeadRef | MlpRef | None:
+        """The head (:class:`HeadRef`) or MLP (:class:`MlpRef`) this node is; None for embeddings and logits."""
+        if self.kind is NodeKind.HEAD:
+            return HeadRef(self.layer, self.head)
+        if self.kind is NodeKind.MLP:
+            return MlpRef(self.layer)
+        return None
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind.value, "layer": self.layer, "head": self.head}
@@ -88,12 +107,12 @@ class Receiver:
     def nodes(self, group_size: int) -> list[Node]:
         """The nodes whose input this is (a KV head's: every query head of its group)."""
         if self.input is Input.Q:
-            return [Node(NodeKind.HEAD, self.layer, self.index)]
+            return [Node.of(HeadRef(self.layer, self.index))]
         if self.input in (Input.K, Input.V):
-            return [Node(NodeKind.HEAD, self.layer, h) for h in range(self.index * group_size,
-                                                                      (self.index + 1) * group_size)]
+            return [Node.of(HeadRef(self.layer, h)) for h in range(self.index * group_size,
+                                                                   (self.index + 1) * group_size)]
         if self.input is Input.MLP:
-            return [Node(NodeKind.MLP, self.layer)]
+            return [Node.of(MlpRef(self.layer))]
         return [Node(NodeKind.LOGITS)]
 
     def to_json(self) -> dict[str, Any]:
@@ -144,10 +163,19 @@ class Circuit:
     description: str = ""
 
     @property
+    def head_refs(self) -> list[HeadRef]:
+        """The kept heads as :class:`HeadRef` (``heads`` holds them as ``(layer, head)`` pairs, as on disk)."""
+        return [HeadRef(la, h) for la, h in sorted(self.heads)]
+
+    @property
+    def mlp_refs(self) -> list[MlpRef]:
+        return [MlpRef(la) for la in sorted(self.mlps)]
+
+    @property
     def nodes(self) -> list[Node]:
         """Every node of the circuit: embeddings, kept heads and MLPs, logits."""
-        return ([Node(NodeKind.EMBED)] + [Node(NodeKind.HEAD, la, h) for la, h in sorted(self.heads)]
-                + [Node(NodeKind.MLP, la) for la in sorted(self.mlps)] + [Node(NodeKind.LOGITS)])
+        return ([Node(NodeKind.EMBED)] + [Node.of(c) for c in (*self.head_refs, *self.mlp_refs)]
+                + [Node(NodeKind.LOGITS)])
 
     def __repr__(self) -> str:
         f = self.faithfulness.get("faithfulness")

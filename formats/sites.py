@@ -82,3 +82,62 @@ class SiteKey:
     @property
     def sort_key(self) -> tuple[int, str]:
         return (self.layer, self.site.value)
+
+
+# ---- components: the one identity of a head, an MLP and a residual stream ------------------
+@dataclass(frozen=True, order=True)
+class HeadRef:
+    """One attention head: query head ``head`` of layer ``layer`` (the one head identity: edits, circuit
+    nodes and results name heads with it)."""
+
+    layer: int
+    head: int
+
+    def __post_init__(self) -> None:
+        _set_index(self, "layer")
+        _set_index(self, "head")
+
+    def __str__(self) -> str:
+        return f"L{self.layer}H{self.head}"
+
+
+@dataclass(frozen=True, order=True)
+class MlpRef:
+    """The MLP of layer ``layer``."""
+
+    layer: int
+
+    def __post_init__(self) -> None:
+        _set_index(self, "layer")
+
+    def __str__(self) -> str:
+        return f"L{self.layer}.mlp"
+
+
+@dataclass(frozen=True, order=True)
+class ResidRef:
+    """The residual stream leaving block ``layer``."""
+
+    layer: int
+
+    def __post_init__(self) -> None:
+        _set_index(self, "layer")
+
+    def __str__(self) -> str:
+        return f"L{self.layer}.resid"
+
+
+Component = HeadRef | MlpRef | ResidRef
+
+
+def _set_index(ref, name: str) -> None:
+    """``ref.<name>`` as a plain non-negative int (numpy and 0-d tensor integers too; never bool,
+    float or text: ``HeadRef("3", 1)`` is refused, not read as layer 3)."""
+    value = getattr(ref, name)
+    kind = type(ref).__name__
+    if isinstance(value, (bool, str, bytes)) or not hasattr(value, "__index__"):
+        raise SelectionError(f"{kind} {name} must be an integer >= 0, got {type(value).__name__} {value!r}"[:200])
+    index = value.__index__()
+    if index < 0:
+        raise SelectionError(f"{kind} {name} must be an integer >= 0, got {index}")
+    object.__setattr__(ref, name, int(index))

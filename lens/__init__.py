@@ -44,6 +44,7 @@ _LAZY = {
     "Reference": "lens.edits", "editing": "lens.edits", "zero_ablation": "lens.edits", "mean_ablation": "lens.edits",
     "patch": "lens.edits", "resample_ablation": "lens.edits", "scale_heads": "lens.edits",
     "attention_mode": "lens.attention", "show": "lens.show", "prepare": "lens.inputs", "ModelInput": "lens.inputs",
+    "hooked": "lens.hooks", "Point": "lens.hooks", "Where": "lens.hooks",
 }
 
 

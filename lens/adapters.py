@@ -1,13 +1,21 @@
-"""Where things are inside a model: the one place that knows module names.
+"""Where things are inside a model: the site table, the one place that knows module names.
 
-An adapter maps a loaded transformers module onto the parts capture and interventions
-hook: the list of blocks, each block's attention module (the one that calls the attention
-function), its output projection (whose input is the per-head output ``z``) and its MLP
-output, and, per attention part (:class:`~formats.sites.Part`), the attention modules of
-every layer. :func:`adapter_for` picks the adapter for a model: decoders and ViTs
-(:class:`DecoderAdapter`), BERT-style encoders (:class:`BertAdapter`) and speech
-encoder-decoders (:class:`EncoderDecoderAdapter`). New architectures slot in by
-implementing :class:`ModelAdapter`.
+An adapter maps a loaded transformers module onto the parts capture, edits and circuits
+hook (through :mod:`lens.hooks`, the one hook engine). Per layer: the block, its attention
+module (the one that calls the attention function), the query/key/value projections, the
+output projection (whose input is the per-head output ``z``), the MLP, the norm before
+attention and the norm before the MLP; per model: the token (and learned position)
+embeddings, the final norm and the unembedding; which blocks have attention at all
+(hybrids); and, per attention part (:class:`~formats.sites.Part`), the attention modules of
+every layer.
+
+Generic rules come first: the names transformers uses (:data:`NAMES`). A family that differs
+gets a small explicit entry in :data:`FAMILY_NAMES` (its own names for a part, tried before
+the generic ones) or :data:`PARALLEL` (one norm feeds attention and MLP). A part a model does
+not have raises a one-line :class:`BackendError` naming the family and the part.
+:func:`adapter_for` picks the adapter: decoders and ViTs (:class:`DecoderAdapter`), BERT-style
+encoders (:class:`BertAdapter`) and speech encoder-decoders (:class:`EncoderDecoderAdapter`).
+New architectures slot in by implementing :class:`ModelAdapter`.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import torch
 from torch import nn
 
 from formats.sites import Part
@@ -23,6 +32,68 @@ from lens.errors import BackendError, SelectionError
 _ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
 _OUT_PROJ_NAMES = ("o_proj", "out_proj", "dense", "c_proj")
 _MLP_NAMES = ("mlp", "feed_forward", "ffn")
+
+#: part -> the child names transformers uses for it, tried in order (q/k/v inside the attention
+#: module, the norms inside the block, the final norm next to the block list)
+NAMES: dict[str, tuple[str, ...]] = {
+    "query projection": ("q_proj", "query", "q"),
+    "key projection": ("k_proj", "key", "k"),
+    "value projection": ("v_proj", "value", "v"),
+    # Gemma 2/3 norm the attention's output with post_attention_layernorm: their MLP's norm comes first
+    "attention norm": ("input_layernorm", "ln_1", "attention_norm", "ln1", "self_attn_layer_norm", "ln_attn"),
+    "MLP norm": ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2", "ffn_norm", "ln2",
+                 "final_layer_norm", "ln_mlp"),
+    "final norm": ("norm", "ln_f", "final_layernorm", "final_norm", "final_layer_norm", "norm_f",
+                   "layer_norm"),
+}
+#: model_type -> {part: names}: a family's own names, tried before the generic ones
+FAMILY_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
+    "jamba": {"attention norm": ("input_layernorm",), "MLP norm": ("pre_ff_layernorm",)},
+    "mpt": {"attention norm": ("norm_1",), "MLP norm": ("norm_2",)},
+}
+def _qkv_layout(cfg) -> tuple[str, str] | None:
+    """(module name, layout) of a family's fused q/k/v projection: ``stacked`` ``[q heads | k heads | v heads]``,
+    ``per_head`` ``[q_0 k_0 v_0 | q_1 k_1 v_1 | ...]``, ``grouped`` ``[q of group 0's heads, k_0, v_0 | ...]``."""
+    mt = getattr(cfg, "model_type", "")
+    if mt in ("gpt2", "phi3", "mpt"):
+        return {"gpt2": "c_attn", "phi3": "qkv_proj", "mpt": "Wqkv"}[mt], "stacked"
+    if mt == "gpt_bigcode":
+        return "c_attn", "stacked" if getattr(cfg, "multi_query", True) else "per_head"
+    if mt in ("gpt_neox", "bloom"):
+        return "query_key_value", "per_head"
+    if mt == "falcon":
+        if getattr(cfg, "new_decoder_architecture", False):
+            return "query_key_value", "grouped"
+        return "query_key_value", "stacked" if getattr(cfg, "multi_query", True) else "per_head"
+    return None
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """A linear layer's weight as ``[d_out, d_in]`` (nn.Linear's layout; GPT-2's Conv1D stores it transposed)."""
+    w = module.weight
+    return w.T if type(module).__name__ == "Conv1D" else w
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Where one of q, k, v comes out for every head: output features ``index`` of ``module``
+    (head-major: head ``h`` is ``index[h * d_head:(h + 1) * d_head]``); ``fused``: the module
+    computes the other two as well."""
+
+    module: nn.Module
+    index: torch.Tensor  # [heads * d_head] long
+    fused: bool
+
+    def weight(self) -> torch.Tensor:
+        """``[heads * d_head, d_in]``."""
+        w = linear_weight(self.module)
+        return w.index_select(0, self.index.to(w.device))
+
+    def bias(self) -> torch.Tensor | None:
+        b = getattr(self.module, "bias", None)
+        return None if b is None else b.index_select(0, self.index.to(b.device))
+#: families whose blocks run attention and MLP side by side on one norm's output
+PARALLEL = frozenset({"gptj", "phi", "cohere", "codegen"})
 
 
 class ModelAdapter(Protocol):
@@ -40,6 +111,26 @@ class ModelAdapter(Protocol):
 
     def attention_modules(self) -> dict[tuple[Part, int], nn.Module]: ...
 
+    def attention_layers(self) -> list[int]: ...
+
+    def q(self, layer: int) -> nn.Linear: ...
+
+    def k(self, layer: int) -> nn.Linear: ...
+
+    def v(self, layer: int) -> nn.Linear: ...
+
+    def attn_norm(self, layer: int) -> nn.Module: ...
+
+    def mlp_norm(self, layer: int) -> nn.Module: ...
+
+    def final_norm(self) -> nn.Module: ...
+
+    def embed(self) -> nn.Module: ...
+
+    def position_embed(self) -> nn.Embedding | None: ...
+
+    def unembed(self) -> nn.Module: ...
+
 
 def _child(module: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
     for name in names:
@@ -47,6 +138,22 @@ def _child(module: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
         if isinstance(child, nn.Module):
             return child
     return None
+
+
+def _family(model: nn.Module) -> str:
+    cfg = getattr(model, "config", None)
+    return f"{type(model).__name__} ({getattr(cfg, 'model_type', '?')})"
+
+
+def _named(model: nn.Module, module: nn.Module, part: str, where: str) -> nn.Module:
+    """``module``'s child for ``part`` by the family's names, then the generic ones, or a one-line refusal."""
+    own = FAMILY_NAMES.get(getattr(getattr(model, "config", None), "model_type", ""), {}).get(part, ())
+    names = own + tuple(n for n in NAMES[part] if n not in own)
+    child = _child(module, names)
+    if child is None:
+        raise BackendError(f"{_family(model)} has no {part} ({', '.join(names)}) in {where}: "
+                           f"this needs an entry in lens/adapters.py's site table")
+    return child
 
 
 def _blocks(model: nn.Module, n_layers: int, has_attention=lambda b: _child(b, _ATTENTION_NAMES) is not None
@@ -107,6 +214,129 @@ class DecoderAdapter:
     def attention_modules(self) -> dict[tuple[Part, int], nn.Module]:
         return {(Part.SELF, layer): self.attention(layer) for layer in self.attention_layers()}
 
+    # ---- the rest of the site table ------------------------------------------------------
+    def _part(self, module: nn.Module, part: str, where: str) -> nn.Module:
+        return _named(self.model, module, part, where)
+
+    def q(self, layer: int) -> nn.Linear:
+        """The query projection: its output is ``[batch, pos, head * d_head]`` before rotary."""
+        return self._part(self.attention(layer), "query projection", f"layer {layer}'s attention")
+
+    def k(self, layer: int) -> nn.Linear:
+        return self._part(self.attention(layer), "key projection", f"layer {layer}'s attention")
+
+    def v(self, layer: int) -> nn.Linear:
+        return self._part(self.attention(layer), "value projection", f"layer {layer}'s attention")
+
+    def fused_qkv(self, layer: int) -> nn.Module:
+        """The one projection computing q, k and v of every head in families that have it (GPT-2's
+        ``c_attn``, GPT-NeoX's ``query_key_value``, ...; :meth:`projections` says which output is which)."""
+        layout = _qkv_layout(self.model.config)
+        module = getattr(self.attention(layer), layout[0], None) if layout else None
+        if not isinstance(module, nn.Module):
+            raise BackendError(f"{_family(self.model)} has no fused q/k/v projection in layer {layer}'s attention")
+        return module
+
+    def projections(self, layer: int, n_heads: int, n_kv_heads: int, d_head: int) -> dict[str, Projection]:
+        """Where q, k and v of every head come out in ``layer``: ``{"q": ..., "k": ..., "v": ...}``, from
+        q/k/v projections of their own or a fused one (GPT-2, GPT-NeoX, BLOOM, Falcon, MPT, Phi-3)."""
+        attn = self.attention(layer)
+        layout = _qkv_layout(self.model.config)
+        if layout is None or not isinstance(getattr(attn, layout[0], None), nn.Module):
+            q, k, v = self.q(layer), self.k(layer), self.v(layer)  # refuses in one line where they are missing
+            return {"q": Projection(q, torch.arange(n_heads * d_head), False),
+                    "k": Projection(k, torch.arange(n_kv_heads * d_head), False),
+                    "v": Projection(v, torch.arange(n_kv_heads * d_head), False)}
+        name, kind = layout
+        module = getattr(attn, name)
+        H, KV, d = n_heads, n_kv_heads, d_head
+        per = torch.arange(d)
+        if kind == "stacked":
+            q = torch.arange(H * d)
+            k = H * d + torch.arange(KV * d)
+            v = (H + KV) * d + torch.arange(KV * d)
+        elif kind == "per_head":  # one KV head per query head
+            q = torch.cat([h * 3 * d + per for h in range(H)])
+            k = torch.cat([h * 3 * d + d + per for h in range(H)])
+            v = torch.cat([h * 3 * d + 2 * d + per for h in range(H)])
+        else:  # grouped: per KV group, its query heads then its k and v
+            r = H // KV
+            q = torch.cat([(g * (r + 2) + j) * d + per for g in range(KV) for j in range(r)])
+            k = torch.cat([(g * (r + 2) + r) * d + per for g in range(KV)])
+            v = torch.cat([(g * (r + 2) + r + 1) * d + per for g in range(KV)])
+        width = int(torch.cat([q, k, v]).max()) + 1
+        out_features = getattr(module, "out_features", None) or module.weight.shape[-1]
+        if width != out_features:
+            raise BackendError(f"{_family(self.model)}'s fused {name} in layer {layer} has {out_features} outputs, "
+                               f"its {kind} q/k/v layout for {H} heads, {KV} KV heads of {d} needs {width}")
+        return {"q": Projection(module, q, True), "k": Projection(module, k, True), "v": Projection(module, v, True)}
+
+    def attn_norm(self, layer: int) -> nn.Module:
+        """The norm whose input is the residual stream entering the block's attention."""
+        return self._part(self._list[layer], "attention norm", f"block {layer}")
+
+    @property
+    def parallel(self) -> bool:
+        """Whether attention and MLP read the block's input side by side (GPT-J, Phi, Cohere on one norm;
+        GPT-NeoX and Falcon with their parallel-residual settings)."""
+        cfg = self.model.config
+        return (getattr(cfg, "model_type", "") in PARALLEL or bool(getattr(cfg, "use_parallel_residual", False))
+                or bool(getattr(cfg, "parallel_attn", False)) or bool(getattr(cfg, "new_decoder_architecture", False)))
+
+    def mlp_norm(self, layer: int) -> nn.Module:
+        """The norm whose output the MLP reads (the attention norm in parallel blocks with one norm)."""
+        if getattr(self.model.config, "model_type", "") in PARALLEL:
+            return self.attn_norm(layer)
+        try:
+            return self._part(self._list[layer], "MLP norm", f"block {layer}")
+        except BackendError:
+            if self.parallel:  # Falcon with parallel_attn: one input_layernorm for both
+                return self.attn_norm(layer)
+            raise
+
+    def output_norm(self, layer: int) -> str | None:
+        """The name of a norm applied to the attention's or MLP's output before it joins the residual
+        stream (Gemma 2/3, OLMo2), or None where the block adds its outputs as they are."""
+        block = self._list[layer]
+        for name in ("post_feedforward_layernorm", "post_attention_norm", "post_ffw_norm"):
+            if isinstance(getattr(block, name, None), nn.Module):
+                return name
+        return None
+
+    def embed_norm(self) -> str | None:
+        """The name of a norm applied to the embeddings before the first block (BLOOM's
+        ``word_embeddings_layernorm``), or None."""
+        parent = next((m for m in self.model.modules() if any(c is self._list for c in m.children())), self.model)
+        for name in ("word_embeddings_layernorm", "embed_layer_norm", "emb_ln"):
+            if isinstance(getattr(parent, name, None), nn.Module):
+                return name
+        return None
+
+    def final_norm(self) -> nn.Module:
+        """The norm between the last block and the unembedding: a sibling of the block list."""
+        parent = next((m for m in self.model.modules() if any(c is self._list for c in m.children())), self.model)
+        return self._part(parent, "final norm", type(parent).__name__)
+
+    def embed(self) -> nn.Module:
+        """The token embeddings (output ``[batch, pos, d_model]``)."""
+        emb = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        if emb is None:
+            raise BackendError(f"{_family(self.model)} has no input embeddings")
+        return emb
+
+    def position_embed(self) -> nn.Embedding | None:
+        """Learned absolute position embeddings added to the tokens' (GPT-2's ``wpe``), or None."""
+        parent = next((m for m in self.model.modules() if any(c is self._list for c in m.children())), self.model)
+        wpe = getattr(parent, "wpe", None)
+        return wpe if isinstance(wpe, nn.Embedding) else None
+
+    def unembed(self) -> nn.Module:
+        """The unembedding (``lm_head``): its weight is ``[vocab, d_model]``."""
+        out = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        if out is None:
+            raise BackendError(f"{_family(self.model)} has no unembedding (output embeddings)")
+        return out
+
 
 @dataclass
 class BertAdapter(DecoderAdapter):
@@ -123,6 +353,17 @@ class BertAdapter(DecoderAdapter):
 
     def out_proj(self, layer: int) -> nn.Linear:
         return self._list[layer].attention.output.dense
+
+    def attn_norm(self, layer: int) -> nn.Module:
+        raise BackendError(f"{_family(self.model)} is post-norm (its norms follow attention and MLP): it has no "
+                           "attention norm whose input is the residual stream (use resid_pre / resid_post)")
+
+    def mlp_norm(self, layer: int) -> nn.Module:
+        raise BackendError(f"{_family(self.model)} is post-norm (its norms follow attention and MLP): it has no "
+                           "MLP norm whose input is the residual stream (use resid_pre / resid_post)")
+
+    def final_norm(self) -> nn.Module:
+        raise BackendError(f"{_family(self.model)} is post-norm: it has no final norm before an unembedding")
 
     def mlp(self, layer: int) -> nn.Module:
         raise BackendError("BERT-style blocks add and normalise inside their MLP output module: "

@@ -214,7 +214,7 @@ def editing(lm, edits: Sequence[Edit] | EditGroups = (), *, groups: bool = False
     :func:`apply_edits`). Hooks are removed on exit, also on error.
     """
     from lens import _checks
-    from lens.adapters import adapter_for
+    from lens.hooks import Point, Where, hooked
 
     _checks.model(lm)
     if groups:
@@ -224,31 +224,17 @@ def editing(lm, edits: Sequence[Edit] | EditGroups = (), *, groups: bool = False
     else:
         edit_groups = [list(_checks.edits(edits))]
     check_edits(lm.facts, (e for g in edit_groups for e in g))
-    adapter = adapter or adapter_for(lm.model, lm.facts.n_layers)
     n_groups, n_heads = len(edit_groups), lm.facts.n_heads
-    handles = []
-    try:
-        for (layer, kind), (es, gs) in by_layer(edit_groups).items():
-            if kind is HeadRef:
-                def z_hook(m, args, es=es, gs=gs):
-                    x, *rest = args
-                    b, p, w = x.shape
-                    z = apply_edits(x.view(b, p, n_heads, w // n_heads), es, n_heads=n_heads, n_groups=n_groups,
-                                    group_of=gs)
-                    return (z.reshape(b, p, w), *rest)
-                handles.append(adapter.out_proj(layer).register_forward_pre_hook(z_hook))
-            else:
-                module = adapter.mlp(layer) if kind is MlpRef else adapter.block(layer)
-
-                def out_hook(m, a, out, es=es, gs=gs):
-                    if isinstance(out, tuple):
-                        return (apply_edits(out[0], es, n_groups=n_groups, group_of=gs), *out[1:])
-                    return apply_edits(out, es, n_groups=n_groups, group_of=gs)
-                handles.append(module.register_forward_hook(out_hook))
+    where = {HeadRef: Where.Z, MlpRef: Where.MLP_OUT, ResidRef: Where.BLOCK_OUT}
+    points = []
+    for (layer, kind), (es, gs) in by_layer(edit_groups).items():
+        # z comes as [batch, pos, head, d_head]; MLP and residual edits see [batch, pos, d]
+        heads = n_heads if kind is HeadRef else None
+        points.append((Point(where[kind], layer),
+                       lambda t, es=es, gs=gs, heads=heads: apply_edits(t, es, n_heads=heads, n_groups=n_groups,
+                                                                        group_of=gs)))
+    with hooked(lm, points, adapter=adapter):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 # ---- building edits -------------------------------------------------------------------------

@@ -13,8 +13,8 @@ nothing else escapes (the parser is fuzzed).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
+from formats.sites import Component, HeadRef, MlpRef, ResidRef  # noqa: F401  (the one head identity)
 from lens.errors import SelectionError
 
 _ITEM = re.compile(r"^l(\*|\d+(?:-\d+)?)h(\*|\d+(?:-\d+)?)$")
@@ -23,63 +23,6 @@ _MAX_DIGITS = 6  # anything longer is out of range for every model; keeps int() 
 
 class HeadSpecError(SelectionError):
     """A head selection string that does not parse or names heads the model lacks."""
-
-
-@dataclass(frozen=True, order=True)
-class HeadRef:
-    """One attention head: query head ``head`` of layer ``layer``."""
-
-    layer: int
-    head: int
-
-    def __post_init__(self) -> None:
-        _set_index(self, "layer")
-        _set_index(self, "head")
-
-    def __str__(self) -> str:
-        return f"L{self.layer}H{self.head}"
-
-
-@dataclass(frozen=True, order=True)
-class MlpRef:
-    """The MLP of layer ``layer``."""
-
-    layer: int
-
-    def __post_init__(self) -> None:
-        _set_index(self, "layer")
-
-    def __str__(self) -> str:
-        return f"L{self.layer}.mlp"
-
-
-@dataclass(frozen=True, order=True)
-class ResidRef:
-    """The residual stream leaving block ``layer``."""
-
-    layer: int
-
-    def __post_init__(self) -> None:
-        _set_index(self, "layer")
-
-    def __str__(self) -> str:
-        return f"L{self.layer}.resid"
-
-
-Component = HeadRef | MlpRef | ResidRef
-
-
-def _set_index(ref, name: str) -> None:
-    """``ref.<name>`` as a plain non-negative int (numpy and 0-d tensor integers too; never bool,
-    float or text: ``HeadRef("3", 1)`` is refused, not read as layer 3)."""
-    value = getattr(ref, name)
-    kind = type(ref).__name__
-    if isinstance(value, (bool, str, bytes)) or not hasattr(value, "__index__"):
-        raise SelectionError(f"{kind} {name} must be an integer >= 0, got {type(value).__name__} {value!r}"[:200])
-    index = value.__index__()
-    if index < 0:
-        raise SelectionError(f"{kind} {name} must be an integer >= 0, got {index}")
-    object.__setattr__(ref, name, int(index))
 
 
 def parse_head_spec(text: str, facts) -> list[HeadRef]:

@@ -99,7 +99,7 @@ def lm_loss(model, feats, ids, attn, image_mask, labels):
     x = x.masked_scatter(image_mask.unsqueeze(-1), proj.to(x.dtype))
     hidden = inner.language_model(inputs_embeds=x, attention_mask=attn.long()).last_hidden_state
     keep = labels != -100
-    logits = model.lm_head(hidden[keep])  # the LM head only where there is a target: most of the cost saved
+    logits = model.get_output_embeddings()(hidden[keep])  # the LM head only where there is a target: most of the cost saved
     return F.cross_entropy(logits.float(), labels[keep]), (logits.argmax(-1) == labels[keep]).float().mean()
 
 

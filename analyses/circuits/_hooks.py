@@ -1,4 +1,4 @@
-"""Forward passes with per-group edits and activation capture, through :class:`lens.adapters.DecoderAdapter`.
+"""Forward passes with per-group edits and activation capture, through the hook engine (:mod:`lens.hooks`).
 
 Circuit methods run many variants of the same prompts at once: ``G`` groups of the same
 ``N`` prompts stacked into one batch of ``G * N`` rows, each group with its own edits
@@ -14,15 +14,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from lens.adapters import adapter_for
+from lens.adapters import adapter_for, linear_weight
 from lens.edits import EditGroups, Reference, editing
-from lens.errors import BackendError
 from lens.heads import MlpRef  # noqa: F401  (re-exported: circuits name MLPs with it)
-
-_Q, _K, _V = ("q_proj", "query", "q"), ("k_proj", "key", "k"), ("v_proj", "value", "v")
-_ATTN_NORM = ("input_layernorm", "ln_1", "attention_norm", "ln1")
-_MLP_NORM = ("post_attention_layernorm", "ln_2", "ffn_norm", "ln2")
-_FINAL_NORM = ("norm", "ln_f", "final_layernorm", "final_norm")
+from lens.hooks import Point, Where, hooked
 
 
 @dataclass
@@ -65,36 +60,31 @@ class Acts:
         return Reference(z=dict(enumerate(self.z)), mlp=dict(enumerate(self.mlp)))
 
 
-def _child(module: nn.Module, names: tuple[str, ...], what: str, layer: int) -> nn.Module:
-    for name in names:
-        child = getattr(module, name, None)
-        if isinstance(child, nn.Module):
-            return child
-    raise BackendError(f"no {what} ({', '.join(names)}) in layer {layer}: circuits need a Llama-style block")
-
-
 class Parts:
-    """The modules circuit methods hook, found by the adapter plus a few usual names."""
+    """The model circuit methods run on, and its site table (:mod:`lens.adapters`)."""
 
     def __init__(self, lm):
         self.lm = lm
         self.facts = lm.facts
         self.adapter = adapter_for(lm.model, lm.facts.n_layers)
 
-    def q(self, layer): return _child(self.adapter.attention(layer), _Q, "query projection", layer)
-    def k(self, layer): return _child(self.adapter.attention(layer), _K, "key projection", layer)
-    def v(self, layer): return _child(self.adapter.attention(layer), _V, "value projection", layer)
-    def attn_norm(self, layer): return _child(self.adapter.block(layer), _ATTN_NORM, "attention input norm", layer)
-    def mlp_norm(self, layer): return _child(self.adapter.block(layer), _MLP_NORM, "MLP input norm", layer)
+    def q(self, layer): return self.adapter.q(layer)
+    def k(self, layer): return self.adapter.k(layer)
+    def v(self, layer): return self.adapter.v(layer)
+    def attn_norm(self, layer): return self.adapter.attn_norm(layer)
+    def mlp_norm(self, layer): return self.adapter.mlp_norm(layer)
 
     def final_norm(self) -> nn.Module:
         """The norm between the last block and the unembedding."""
-        base = getattr(self.lm.model, "model", None) or getattr(self.lm.model, "transformer", None) or self.lm.model
-        return _child(base, _FINAL_NORM, "final norm", self.facts.n_layers)
+        return self.adapter.final_norm()
+
+    def hooked(self, points):
+        """:func:`lens.hooks.hooked` on this model with this site table."""
+        return hooked(self.lm, points, adapter=self.adapter)
 
     def w_o(self, layer: int) -> Float[Tensor, "head d_model d_head"]:
-        w = self.adapter.out_proj(layer).weight  # [d_model, head * d_head]
-        return w.detach().view(w.shape[0], self.facts.n_heads, self.facts.d_head).permute(1, 0, 2)
+        w = linear_weight(self.adapter.out_proj(layer))  # [d_model, head * d_head]
+        return w.detach().reshape(w.shape[0], self.facts.n_heads, -1).permute(1, 0, 2)
 
 
 def last_logits(parts: Parts, ids: Tensor, groups: EditGroups = ((),), *,
@@ -122,31 +112,22 @@ def capture(parts: Parts, ids: Tensor, *, residuals: bool = False) -> Acts:
     pre: list = [None] * L
     mid: list = [None] * L
     store: dict = {}
-    handles = [parts.lm.model.get_input_embeddings().register_forward_hook(
-        lambda m, a, out: store.__setitem__("embed", out.detach().clone()))]
-    H = parts.facts.n_heads
+
+    def keep(table, index):
+        def fn(t):
+            table[index] = t.detach().clone()
+        return fn
+
+    points = [(Point(Where.EMBED), keep(store, "embed"))]
     for layer in range(L):
-        def zh(m, args, layer=layer):
-            x = args[0]
-            z[layer] = x.detach().view(*x.shape[:2], H, -1).clone()
-        def mh(m, a, out, layer=layer):
-            mlp[layer] = out.detach().clone()
-        handles.append(parts.adapter.out_proj(layer).register_forward_pre_hook(zh))
-        handles.append(parts.adapter.mlp(layer).register_forward_hook(mh))
+        points += [(Point(Where.Z, layer), keep(z, layer)), (Point(Where.MLP_OUT, layer), keep(mlp, layer))]
         if residuals:
-            handles.append(parts.attn_norm(layer).register_forward_pre_hook(
-                lambda m, args, layer=layer: pre.__setitem__(layer, args[0].detach().clone())))
-            handles.append(parts.mlp_norm(layer).register_forward_pre_hook(
-                lambda m, args, layer=layer: mid.__setitem__(layer, args[0].detach().clone())))
+            points += [(Point(Where.RESID_PRE, layer), keep(pre, layer)),
+                       (Point(Where.RESID_MID, layer), keep(mid, layer))]
     if residuals:
-        handles.append(parts.final_norm().register_forward_pre_hook(
-            lambda m, args: store.__setitem__("final", args[0].detach().clone())))
-    try:
-        with torch.no_grad():
-            logits = parts.lm.model(input_ids=ids.to(parts.lm.device), logits_to_keep=1).logits[:, -1].float()
-    finally:
-        for h in handles:
-            h.remove()
+        points.append((Point(Where.FINAL), keep(store, "final")))
+    with torch.no_grad(), parts.hooked(points):
+        logits = parts.lm.model(input_ids=ids.to(parts.lm.device), logits_to_keep=1).logits[:, -1].float()
     if not residuals:
         return Acts(z=z, mlp=mlp, embed=store["embed"], logits=logits)
     return Acts(z=z, mlp=mlp, embed=store["embed"], logits=logits, resid_pre=pre, resid_mid=mid, final=store["final"])

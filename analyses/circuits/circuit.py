@@ -50,8 +50,8 @@ def select_edges(scores: EdgeScores, facts, *, top_n: int | None = None, thresho
         if live:
             active.add(sender)
             kept.extend(live)
-    heads = sorted((n.layer, n.head) for n in active if n.kind is NodeKind.HEAD)
-    mlps = sorted(n.layer for n in active if n.kind is NodeKind.MLP)
+    heads = sorted((c.layer, c.head) for c in (n.component for n in active) if isinstance(c, HeadRef))
+    mlps = sorted(c.layer for c in (n.component for n in active) if isinstance(c, MlpRef))
     return Circuit(heads, mlps, sorted(kept, key=lambda e: -abs(e.score)), method=scores.method, metric=scores.metric,
                    n_layers=facts.n_layers, n_heads=facts.n_heads, group_size=facts.group_size,
                    params={"top_n": top_n, "threshold": threshold, "n_edges_scored": scores.n_edges})

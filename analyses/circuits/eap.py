@@ -30,6 +30,9 @@ from analyses.circuits._hooks import Parts, capture
 from analyses.circuits.metrics import Metric, per_row
 from analyses.circuits.tasks import EncodedTask, TaskError
 from formats.circuit import Edge, Input, Node, NodeKind, Receiver
+from formats.sites import HeadRef, MlpRef
+from lens.errors import BackendError
+from lens.hooks import Point, Where
 
 
 @dataclass
@@ -55,18 +58,20 @@ class EdgeScores:
         return int(np.count_nonzero(~np.isnan(self.scores)))
 
 
-def graph_names(facts) -> tuple[list[Node], np.ndarray, list[Receiver], np.ndarray]:
-    """Senders and their order, receivers and their order (an edge iff sender order < receiver order)."""
+def graph_names(facts, *, parallel: bool = False) -> tuple[list[Node], np.ndarray, list[Receiver], np.ndarray]:
+    """Senders and their order, receivers and their order (an edge iff sender order < receiver order).
+    ``parallel``: blocks whose MLP reads the block's input beside attention (GPT-J, Phi, GPT-NeoX), so a
+    layer's heads do not reach its MLP."""
     senders, s_order = [Node(NodeKind.EMBED)], [0]
     receivers, r_order = [], []
     for layer in range(facts.n_layers):
-        senders += [Node(NodeKind.HEAD, layer, h) for h in range(facts.n_heads)] + [Node(NodeKind.MLP, layer)]
+        senders += [Node.of(HeadRef(layer, h)) for h in range(facts.n_heads)] + [Node.of(MlpRef(layer))]
         s_order += [2 * layer + 1] * facts.n_heads + [2 * layer + 2]
         receivers += [Receiver(Input.Q, layer, h) for h in range(facts.n_heads)]
         receivers += [Receiver(Input.K, layer, j) for j in range(facts.n_kv_heads)]
         receivers += [Receiver(Input.V, layer, j) for j in range(facts.n_kv_heads)]
         receivers.append(Receiver(Input.MLP, layer))
-        r_order += [2 * layer + 1] * (facts.n_heads + 2 * facts.n_kv_heads) + [2 * layer + 2]
+        r_order += [2 * layer + 1] * (facts.n_heads + 2 * facts.n_kv_heads) + [2 * layer + 1 + (not parallel)]
     receivers.append(Receiver(Input.LOGITS))
     r_order.append(2 * facts.n_layers + 1)
     return senders, np.array(s_order), receivers, np.array(r_order)
@@ -90,54 +95,85 @@ def _norm_vjp(norm, x: Tensor, g: Tensor) -> Tensor:
     return out
 
 
+def _check_graph(parts: Parts) -> None:
+    """EAP's linear graph holds here, or a one-line refusal naming the family and what breaks it."""
+    family = f"{type(parts.lm.model).__name__} ({getattr(parts.lm.model.config, 'model_type', '?')})"
+    lacking = sorted(set(range(parts.facts.n_layers)) - set(parts.adapter.attention_layers()))
+    if lacking:
+        raise BackendError(f"EAP cannot score {family}: blocks {lacking} have no attention (another mixer, such as "
+                           "a state-space layer), and the edge graph has no nodes for them")
+    if getattr(parts.facts, "d_value", parts.facts.d_head) != parts.facts.d_head \
+            or getattr(parts.lm.model.config, "kv_lora_rank", None):
+        raise BackendError(f"EAP cannot score {family}: multi-head latent attention computes keys and values from a "
+                           "normalised shared latent, so its key and value inputs are not linear in the residual stream")
+    f = parts.facts
+    for layer in range(f.n_layers):
+        norm = parts.adapter.output_norm(layer)
+        if norm is not None:
+            raise BackendError(f"EAP cannot score {family}: it normalises block outputs ({norm}) before adding them "
+                               "to the residual stream, so a sender's write is not linear in its output")
+        for which, p in parts.adapter.projections(layer, f.n_heads, f.n_kv_heads, f.d_head).items():
+            if not isinstance(p.module, torch.nn.Linear) and type(p.module).__name__ != "Conv1D":
+                raise BackendError(f"EAP cannot score {family}: layer {layer}'s {which} projection is a "
+                                   f"{type(p.module).__name__}, not a linear layer")
+        parts.attn_norm(layer), parts.mlp_norm(layer)  # noqa: B018  (refuse in one line where a norm is missing)
+    embed_norm = parts.adapter.embed_norm()
+    if embed_norm is not None:
+        raise BackendError(f"EAP cannot score {family}: it normalises its embeddings ({embed_norm}) before the first "
+                           "block, so the embeddings' write is not linear in them")
+
+
 def _grad_pass(parts: Parts, emb: Tensor, batch, metric: Metric):
     """Gradients of the summed metric at every receiver (``[N, pos, receiver, D]``) and at z / MLP outputs."""
     L, H, KV, dh = parts.facts.n_layers, parts.facts.n_heads, parts.facts.n_kv_heads, parts.facts.d_head
     t: dict[str, list] = {k: [None] * L for k in ("z", "q", "k", "v", "pre", "mid", "mlp_in", "mlp_out")}
     final: list = [None]
-    handles = []
 
-    def keep(key, layer, from_output):
-        if from_output:
-            return lambda m, a, out: t[key].__setitem__(layer, out)
-        return lambda m, args: t[key].__setitem__(layer, args[0])
+    def keep(table, index):
+        def fn(x):
+            # a view of its own, handed back as the replacement: its gradient is this reader's alone, even where
+            # the same tensor feeds another module too (one norm's output read by attention and MLP)
+            y = x.view_as(x)
+            table[index] = y
+            return y
+        return fn
 
+    proj = [parts.adapter.projections(layer, H, KV, dh) for layer in range(L)]
+    points = [(Point(Where.BLOCK_OUT, L - 1), keep(final, 0))]
     for layer in range(L):
-        handles += [parts.adapter.out_proj(layer).register_forward_pre_hook(keep("z", layer, False)),
-                    parts.q(layer).register_forward_hook(keep("q", layer, True)),
-                    parts.k(layer).register_forward_hook(keep("k", layer, True)),
-                    parts.v(layer).register_forward_hook(keep("v", layer, True)),
-                    parts.attn_norm(layer).register_forward_pre_hook(keep("pre", layer, False)),
-                    parts.mlp_norm(layer).register_forward_pre_hook(keep("mid", layer, False)),
-                    parts.adapter.mlp(layer).register_forward_pre_hook(keep("mlp_in", layer, False)),
-                    parts.adapter.mlp(layer).register_forward_hook(keep("mlp_out", layer, True))]
-    handles.append(parts.adapter.block(L - 1).register_forward_hook(
-        lambda m, a, out: final.__setitem__(0, out[0] if isinstance(out, tuple) else out)))
-    try:
-        with torch.enable_grad():
-            emb = emb.detach().requires_grad_(True)
-            logits = parts.lm.model(inputs_embeds=emb, logits_to_keep=1).logits[:, -1]
-            m = per_row(metric, logits, batch.answer, batch.distractor).sum()
-            keys = ("z", "q", "k", "v", "mlp_in", "mlp_out")
-            flat = [x for k in keys for x in t[k]] + [final[0]]
-            grads = torch.autograd.grad(m, flat)
-    finally:
-        for h in handles:
-            h.remove()
-    g = {k: grads[i * L:(i + 1) * L] for i, k in enumerate(keys)}
+        # the MLP's input: its norm's output, or the MLP's own input where one norm feeds attention and MLP
+        one_norm = parts.mlp_norm(layer) is parts.attn_norm(layer)
+        points += [(Point(Where.Z, layer), keep(t["z"], layer)), (Point(Where.RESID_PRE, layer), keep(t["pre"], layer)),
+                   (Point(Where.RESID_MID, layer), keep(t["mid"], layer)),
+                   (Point(Where.MLP_IN if one_norm else Where.MLP_NORMED, layer), keep(t["mlp_in"], layer)),
+                   (Point(Where.MLP_OUT, layer), keep(t["mlp_out"], layer))]
+        if proj[layer]["q"].fused:
+            points.append((Point(Where.QKV, layer), keep(t["q"], layer)))
+        else:
+            points += [(Point(w, layer), keep(t[k], layer)) for k, w in (("q", Where.Q), ("k", Where.K), ("v", Where.V))]
+    with parts.hooked(points), torch.enable_grad():
+        emb = emb.detach().requires_grad_(True)
+        logits = parts.lm.model(inputs_embeds=emb, logits_to_keep=1).logits[:, -1]
+        m = per_row(metric, logits, batch.answer, batch.distractor).sum()
+        keys = ("z", "q", "k", "v", "mlp_in", "mlp_out")
+        flat = [x for k in keys for x in t[k] if x is not None] + [final[0]]
+        grads = iter(torch.autograd.grad(m, flat))
+    g = {k: [None if x is None else next(grads) for x in t[k]] for k in keys}
+    g_final = next(grads)
     receivers = []
     for layer in range(L):
         n, p = emb.shape[:2]
-        wq = parts.q(layer).weight.detach().view(H, dh, -1)
-        wk = parts.k(layer).weight.detach().view(KV, dh, -1)
-        wv = parts.v(layer).weight.detach().view(KV, dh, -1)
-        attn_g = torch.cat([torch.einsum("nphe,hed->nphd", g["q"][layer].view(n, p, H, dh), wq),
-                            torch.einsum("nphe,hed->nphd", g["k"][layer].view(n, p, KV, dh), wk),
-                            torch.einsum("nphe,hed->nphd", g["v"][layer].view(n, p, KV, dh), wv)], dim=2)
-        receivers.append(_norm_vjp(parts.attn_norm(layer), t["pre"][layer], attn_g))
+        per = []
+        for which, heads in (("q", H), ("k", KV), ("v", KV)):
+            pr = proj[layer][which]
+            out = g["q" if pr.fused else which][layer]  # [N, pos, features]: a fused projection's whole output
+            gh = out.index_select(-1, pr.index.to(out.device)).view(n, p, heads, dh)
+            w = pr.weight().detach().to(gh.dtype).view(heads, dh, -1)
+            per.append(torch.einsum("nphe,hed->nphd", gh, w))
+        receivers.append(_norm_vjp(parts.attn_norm(layer), t["pre"][layer], torch.cat(per, dim=2)))
         receivers.append(_norm_vjp(parts.mlp_norm(layer), t["mid"][layer], g["mlp_in"][layer].unsqueeze(2)))
-    receivers.append(grads[-1].unsqueeze(2))
-    gz = [x.view(*x.shape[:2], H, dh) for x in g["z"]]
+    receivers.append(g_final.unsqueeze(2))
+    gz = list(g["z"])  # [N, pos, head, d_head]
     return torch.cat(receivers, dim=2), gz, list(g["mlp_out"])
 
 
@@ -150,8 +186,9 @@ def edge_attribution(lm, enc: EncodedTask, metric: Metric | str = Metric.LOGIT_D
         raise TaskError(f"--ig-steps must be >= 0, got {ig_steps}")
     t0 = time.perf_counter()
     parts = Parts(lm)
+    _check_graph(parts)
     facts = parts.facts
-    senders, s_order, receivers, r_order = graph_names(facts)
+    senders, s_order, receivers, r_order = graph_names(facts, parallel=parts.adapter.parallel)
     scores = torch.zeros(len(senders), len(receivers), dtype=torch.float64)
     head = torch.zeros(facts.n_layers, facts.n_heads, dtype=torch.float64)
     mlp = torch.zeros(facts.n_layers, dtype=torch.float64)

@@ -47,7 +47,8 @@ from analyses.circuits.eap import graph_names
 from analyses.circuits.metrics import Metric, per_row
 from analyses.circuits.tasks import EncodedTask, TaskError
 from formats.circuit import Circuit, Input, Node, NodeKind
-from lens.heads import HeadRef, MlpRef
+from lens.heads import MlpRef
+from lens.hooks import Point, Where
 
 
 class Level(str, Enum):
@@ -147,8 +148,7 @@ def kept_edges(circuit: Circuit, graph: Graph, ablated: Ablated) -> np.ndarray:
                 raise TaskError(f"edge {e} is not in this model's graph")
             kept[s_idx[e.sender], r_idx[e.receiver]] = True
     else:
-        rows = [Node(NodeKind.EMBED)] + [Node(NodeKind.HEAD, la, h) for la, h in circuit.heads] + \
-               [Node(NodeKind.MLP, la) for la in circuit.mlps]
+        rows = [Node(NodeKind.EMBED)] + [Node.of(c) for c in (*circuit.head_refs, *circuit.mlp_refs)]
         for n in rows:
             if n not in s_idx:
                 raise TaskError(f"node {n} is not in this model's graph")
@@ -204,21 +204,21 @@ class _EdgeRun:
 
     @contextmanager
     def hooks(self):
-        p, handles = self.parts, []
+        p = self.parts
         H, KV, dh = self.H, self.KV, self.dh
         n_senders = 1 + self.L * (H + 1)
 
-        def embed_hook(m, a, out):
+        def embed_hook(out):
             e = self._split(out.float())  # [G, N, P, D]
             self.deltas = torch.zeros(self.G, n_senders, *e.shape[1:], dtype=torch.float32, device=e.device)
             self.deltas[:, 0] = e - self.ref.embed.float()
-        handles.append(p.lm.model.get_input_embeddings().register_forward_hook(embed_hook))
+        points = [(Point(Where.EMBED), embed_hook)]
         for layer in range(self.L):
-            def attn_norm_hook(m, a, out, layer=layer):
+            def attn_norm_hook(out, layer=layer):
                 r0 = self._recv(layer)
                 x = self._gather(self.ref.resid_pre[layer], self.masks[:, :, r0:r0 + H + 2 * KV],
                                  self._head_start(layer))  # [G, R, N, P, D]
-                nx = m.forward(x)
+                nx = p.attn_norm(layer).forward(x)
                 g, _, n, pos, _ = nx.shape
 
                 def project(proj, idx: slice, k: int, name: str):
@@ -228,41 +228,39 @@ class _EdgeRun:
                 project(p.q(layer), slice(0, H), H, "q")
                 project(p.k(layer), slice(H, H + KV), KV, "k")
                 project(p.v(layer), slice(H + KV, H + 2 * KV), KV, "v")
-                return out
-            handles.append(p.attn_norm(layer).register_forward_hook(attn_norm_hook))
-            for name in ("q", "k", "v"):
-                def proj_hook(m, a, out, key=f"{name}{layer}"):
+            points.append((Point(Where.ATTN_NORMED, layer), attn_norm_hook))
+            for where, name in ((Where.Q, "q"), (Where.K, "k"), (Where.V, "v")):
+                def proj_hook(out, key=f"{name}{layer}"):
                     return self.stash.pop(key).to(out.dtype)
-                handles.append(getattr(p, name)(layer).register_forward_hook(proj_hook))
+                points.append((Point(where, layer), proj_hook))
 
-            def z_hook(m, args, layer=layer):
-                z = self._split(args[0].float()).view(self.G, -1, args[0].shape[1], H, dh)
+            def z_hook(z, layer=layer):  # [G * N, P, head, d_head]
+                z = self._split(z.float())
                 start = self._head_start(layer)
                 self.deltas[:, start:start + H] = (torch.einsum("gnphe,hde->ghnpd", z, self.w_o[layer])
                                                    - self.ref_heads[layer])
-            handles.append(p.adapter.out_proj(layer).register_forward_pre_hook(z_hook))
+            points.append((Point(Where.Z, layer), z_hook))
 
-            def mlp_norm_hook(m, a, out, layer=layer):
+            def mlp_norm_hook(out, layer=layer):
                 col = self.masks[:, :, self._recv(layer) + H + 2 * KV].unsqueeze(-1)
                 x = self._gather(self.ref.resid_mid[layer], col, self._head_start(layer) + H)[:, 0]
-                return m.forward(x).reshape(out.shape).to(out.dtype)
-            handles.append(p.mlp_norm(layer).register_forward_hook(mlp_norm_hook))
+                return p.mlp_norm(layer).forward(x).reshape(out.shape).to(out.dtype)
+            points.append((Point(Where.MLP_NORMED, layer), mlp_norm_hook))
 
-            def mlp_hook(m, a, out, layer=layer):
+            def mlp_hook(out, layer=layer):
                 self.deltas[:, self._head_start(layer) + H] = self._split(out.float()) - self.ref.mlp[layer].float()
-            handles.append(p.adapter.mlp(layer).register_forward_hook(mlp_hook))
+            points.append((Point(Where.MLP_OUT, layer), mlp_hook))
 
-        def final_hook(m, args):
+        def final_hook(x_in):
             x = self._gather(self.ref.final, self.masks[:, :, -1:], n_senders, last_only=True)[:, 0]  # [G, N, 1, D]
-            out = args[0].clone()
+            out = x_in.clone()
             out[:, -1:] = x.reshape(-1, 1, x.shape[-1]).to(out.dtype)
-            return (out, *args[1:])
-        handles.append(p.final_norm().register_forward_pre_hook(final_hook))
+            return out
+        points.append((Point(Where.FINAL), final_hook))
         try:
-            yield
+            with p.hooked(points):
+                yield
         finally:
-            for h in handles:
-                h.remove()
             self.stash.clear()
             self.deltas = None
 
@@ -275,6 +273,10 @@ def edge_level_logits(ctx: Context, batch: int, masks: np.ndarray | Tensor, *, m
     if ref is None or ref.resid_pre is None:
         raise TaskError("edge-level evaluation needs reference residuals: prepare(..., residuals=True) with "
                         "method patch or mean")
+    if ctx.parts.adapter.parallel:
+        raise TaskError(f"edge-level evaluation cannot run on {ctx.parts.facts.architecture}: its blocks run attention "
+                        "and MLP side by side, and edge patching has each MLP read its layer's heads (evaluate "
+                        "the circuit's nodes instead)")
     masks = torch.as_tensor(np.asarray(masks), dtype=torch.bool)
     b = ctx.enc.batches[batch]
     n = b.size
@@ -328,7 +330,7 @@ def circuit_metrics(ctx: Context, circuits: Sequence[Circuit], setting: EvalSett
 
 
 def _outside_nodes(circuit: Circuit, facts, ablated: Ablated) -> list:
-    inside = {HeadRef(la, h) for la, h in circuit.heads}
+    inside = set(circuit.head_refs)
     out: list = [h for h in all_heads(facts) if h not in inside]
     if ablated is Ablated.HEADS_AND_MLPS:
         out += [MlpRef(la) for la in range(facts.n_layers) if la not in circuit.mlps]

@@ -21,6 +21,7 @@ from analyses.circuits._hooks import Parts, capture
 from analyses.circuits.metrics import Metric, per_row
 from analyses.circuits.tasks import EncodedTask, TaskError
 from lens.heads import HeadRef
+from lens.hooks import Point, Where
 
 
 @contextmanager
@@ -29,31 +30,29 @@ def _receiver_hooks(parts: Parts, deltas: torch.Tensor, receivers: Sequence[Head
     G = deltas.shape[0]
     dh = parts.facts.d_head
     resid: dict[int, torch.Tensor] = {}
-    handles = []
     by_layer: dict[int, set[int]] = {}
     for r in receivers:
         idx = r.head if which == "q" else parts.facts.kv_head_of(r.head)
         by_layer.setdefault(r.layer, set()).add(idx)
-    try:
-        for layer, idxs in by_layer.items():
-            norm, proj = parts.attn_norm(layer), getattr(parts, which)(layer)
-            handles.append(norm.register_forward_pre_hook(lambda m, args, layer=layer: resid.__setitem__(layer, args[0])))
+    where = {"q": Where.Q, "k": Where.K, "v": Where.V}[which]
+    points = []
+    for layer, idxs in by_layer.items():
+        norm, proj = parts.attn_norm(layer), getattr(parts, which)(layer)
+        points.append((Point(Where.RESID_PRE, layer), lambda x, layer=layer: resid.__setitem__(layer, x)))
 
-            def hook(m, a, out, layer=layer, idxs=idxs, norm=norm):
-                x = resid[layer]
-                n_rows, pos, d = x.shape
-                moved = norm((x.view(G, n_rows // G, pos, d) + deltas.to(x.dtype)).view(n_rows, pos, d))
-                new = F.linear(moved, m.weight, m.bias)
-                out = out.clone()
-                for i in idxs:
-                    out[..., i * dh:(i + 1) * dh] = new[..., i * dh:(i + 1) * dh]
-                return out
+        def hook(out, layer=layer, idxs=idxs, norm=norm, proj=proj):
+            x = resid[layer]
+            n_rows, pos, d = x.shape
+            moved = norm((x.view(G, n_rows // G, pos, d) + deltas.to(x.dtype)).view(n_rows, pos, d))
+            new = F.linear(moved, proj.weight, proj.bias)
+            out = out.clone()
+            for i in idxs:
+                out[..., i * dh:(i + 1) * dh] = new[..., i * dh:(i + 1) * dh]
+            return out
 
-            handles.append(proj.register_forward_hook(hook))
+        points.append((Point(where, layer), hook))
+    with parts.hooked(points):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def path_patch(lm, enc: EncodedTask, senders: Sequence[HeadRef], receivers: Sequence[HeadRef], *,

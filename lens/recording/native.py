@@ -26,6 +26,7 @@ from lens.adapters import ModelAdapter, adapter_for
 from lens.attention import AttentionObserver, attention_mode, uses_interface
 from lens.edits import Edit, editing
 from lens.errors import BackendError, MemoryBudgetError
+from lens.hooks import Point, Where, hooked
 from lens.inputs import ModelInput
 from lens.loaded import LoadedModel
 from lens.recording.record import Capture
@@ -53,7 +54,7 @@ class _Session(AttentionObserver):
         self.pixel_shapes: list[tuple[int, ...]] = []  # the pixel values' shapes, for vision models
         self.thread = threading.get_ident()  # passes run by other threads are theirs, not this capture's
 
-    def new_step(self, module, args, kwargs) -> None:
+    def new_step(self, args, kwargs) -> None:
         if threading.get_ident() != self.thread:
             return
         first = args[0] if args else None
@@ -125,8 +126,9 @@ def capture(lm: LoadedModel, spec: CaptureSpec, *, edits: Sequence[Edit] = (),
     with ExitStack() as stack:
         stack.enter_context(_exclusive.recording(lm.model))  # another thread's capture would mix into this one
         stack.enter_context(editing(lm, edits, adapter=adapter))  # first: the recording hooks see edited values
-        handles = [lm.model.register_forward_pre_hook(session.new_step, with_kwargs=True)]
+        handles: list = []
         stack.callback(lambda: [h.remove() for h in handles])
+        points = [(Point(Where.CALL), session.new_step)]
         in_attention = [s for s in spec.sites if s.in_attention and s.part is Part.SELF]
         if in_attention == [Site.PATTERN] and not uses_interface(lm.model):
             sdpa = getattr(lm.model.config, "_attn_implementation", None) == "sdpa"
@@ -138,7 +140,8 @@ def capture(lm: LoadedModel, spec: CaptureSpec, *, edits: Sequence[Edit] = (),
             if site.part is not Part.SELF:
                 stack.enter_context(attention_mode(lm.model, _PartPatterns(session, site)))
         for layer in spec.layers:
-            handles.extend(_layer_hooks(session, adapter, layer, lm.facts.n_heads))
+            points.extend(_layer_points(session, layer))
+        stack.enter_context(hooked(lm, points, adapter=adapter))
         yield session
         check_recorded(session, lm.model)
 
@@ -177,10 +180,6 @@ def _check_attention_layers(lm: LoadedModel, spec: CaptureSpec, adapter: ModelAd
                              f"need one of layers {sorted(have)}")
 
 
-def _first(out):
-    return out[0] if isinstance(out, tuple) else out
-
-
 def _own_pattern_hooks(session: _Session, adapter: ModelAdapter, layer: int, sdpa: bool):
     """The pattern of a family that computes attention in its own code (GPT-J, Falcon, BLOOM, MPT):
     its attention module returns ``(output, weights)``, weights ``[batch, head, q, k]`` after its own
@@ -215,42 +214,17 @@ def _own_pattern_hooks(session: _Session, adapter: ModelAdapter, layer: int, sdp
             attention.register_forward_hook(take, with_kwargs=True)]
 
 
-def _layer_hooks(session: _Session, adapter: ModelAdapter, layer: int, n_heads: int):
+def _layer_points(session: _Session, layer: int) -> list:
+    """The hook points of ``layer``'s sites outside attention (z, attention and MLP outputs, residuals)."""
     wanted = set(session.spec.sites)
-    handles = []
-    if Site.Z in wanted:
-        def z_hook(module, args):
-            x = args[0]
-            batch, pos, width = x.shape
-            session.store(Site.Z, layer, x.view(batch, pos, n_heads, width // n_heads).transpose(1, 2))
-        handles.append(adapter.out_proj(layer).register_forward_pre_hook(z_hook))
-    if Site.ATTN_OUT in wanted:
-        handles.append(adapter.attention(layer).register_forward_hook(
-            lambda m, a, out: session.store(Site.ATTN_OUT, layer, _first(out))))
-    if Site.MLP_OUT in wanted:
-        entering: dict[str, torch.Size] = {}  # the block input's shape: OPT's fc2 sees [batch * pos, d]
-
-        def block_shape(module, args, kwargs):
-            x = args[0] if args else kwargs.get("hidden_states")
-            if isinstance(x, torch.Tensor):
-                entering["shape"] = x.shape
-
-        def mlp_hook(module, args, out):
-            t = _first(out)
-            if t.ndim == 2 and "shape" in entering:
-                t = t.reshape(*entering["shape"][:-1], t.shape[-1])
-            session.store(Site.MLP_OUT, layer, t)
-
-        handles.append(adapter.block(layer).register_forward_pre_hook(block_shape, with_kwargs=True))
-        handles.append(adapter.mlp(layer).register_forward_hook(mlp_hook))
-    if Site.RESID_PRE in wanted:
-        handles.append(adapter.block(layer).register_forward_pre_hook(
-            lambda m, args, kwargs: session.store(Site.RESID_PRE, layer, args[0] if args else kwargs["hidden_states"]),
-            with_kwargs=True))
-    if Site.RESID_POST in wanted:
-        handles.append(adapter.block(layer).register_forward_hook(
-            lambda m, a, out: session.store(Site.RESID_POST, layer, _first(out))))
-    return handles
+    store = session.store
+    # the engine gives z as [batch, pos, head, d_head]; the site is [batch, head, pos, d_head]
+    table = [(Site.Z, Where.Z, lambda t: store(Site.Z, layer, t.transpose(1, 2))),
+             (Site.ATTN_OUT, Where.ATTN_OUT, lambda t: store(Site.ATTN_OUT, layer, t)),
+             (Site.MLP_OUT, Where.MLP_OUT, lambda t: store(Site.MLP_OUT, layer, t)),
+             (Site.RESID_PRE, Where.BLOCK_IN, lambda t: store(Site.RESID_PRE, layer, t)),
+             (Site.RESID_POST, Where.BLOCK_OUT, lambda t: store(Site.RESID_POST, layer, t))]
+    return [(Point(where, layer), fn) for site, where, fn in table if site in wanted]
 
 
 def finish(session: _Session, lm: LoadedModel, *, backend: str = "torch") -> Capture:

@@ -33,6 +33,7 @@ from lens.attention import (
     model_attention,
     weights_and_output,
 )
+from lens.hooks import Point, Where, hooked
 from lens.loaded import LoadedModel
 
 Backend = Literal["auto", "triton", "torch"]
@@ -112,12 +113,9 @@ def stats_mode(model_or_lm, spec, layers: Sequence[int] | None = None, *, backen
         raise KernelInputError(str(err)) from None
     rec = StatsRecorder(spec=spec, layers=chosen, backend=backend, on_layer=on_layer, part=part)
     calls = []
-    handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
-    try:
-        with _exclusive.recording(model, "stats mode"), attention_mode(model, rec):
-            yield rec
-    finally:
-        handle.remove()
+    with hooked(model, {Point(Where.CALL): lambda args, kwargs: calls.append(1)}), \
+            _exclusive.recording(model, "stats mode"), attention_mode(model, rec):
+        yield rec
     wanted = chosen if chosen is not None else {layer for p, layer in attention_modules(model) if p is part}
     missing = sorted(set(wanted) - set(rec.stats))
     if calls and missing:  # the model ran, and some layer never reached the statistics kernel

@@ -4,15 +4,16 @@ against an independent reference.
 A tiny random model of each family (2 layers, seed 0) is saved with ``save_pretrained`` next to
 the byte tokenizer and loaded with ``lens.load(folder)``. References come from a second copy of
 the folder loaded by transformers itself with ``attn_implementation="eager"``: its
-``output_attentions`` patterns, ``output_hidden_states`` and logits, and a head zeroed by a
-pre-hook on the output projection written out in the family table. A cell passes against its
+``output_attentions`` patterns, ``output_hidden_states`` and logits, a head zeroed by a
+pre-hook on the output projection written out in the family table, and EAP's attributions
+computed by hand: autograd through hand-written hooks on that projection and the embeddings. A cell passes against its
 reference, or asserts the one-line refusal the table names; nothing may come back empty.
 
 The table:
 Every config has 2 layers, hidden size 32 (4 heads of 8 unless a family needs other sizes), a
 259-token vocabulary (the byte tokenizer of :mod:`lens.zoo.tiny`) and special tokens 0/1/2.
 ``out_proj`` is the module whose input is the per-head output ``z``, written out per family as
-the reference for head edits (the project finds it through :mod:`lens.adapters`; the test must not).
+the reference for head edits and EAP (the project finds it through :mod:`lens.adapters`; the test must not).
 ``expect`` maps a capability to a :class:`Refusal` (a one-line error of the project's own type
 whose message contains ``words``) or a :class:`Known` failure (an xfail with its reason, strict:
 it must fail); capabilities not named must pass.
@@ -33,7 +34,7 @@ from lens import Edit, HeadRef, Site, Zero
 COMMON = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
               vocab_size=259, max_position_embeddings=128, bos_token_id=0, eos_token_id=1, pad_token_id=2)
 
-CAPABILITIES = ("pattern", "logits", "sites", "stats", "head_edit")
+CAPABILITIES = ("pattern", "logits", "sites", "stats", "head_edit", "eap")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ class Family:
 
 _NO_INTERFACE = Refusal("BackendError", ("without transformers' attention interface",))
 _BYPASS = {"stats": _NO_INTERFACE, "sites": _NO_INTERFACE}  # patterns come from their own attention modules
+# EAP's graph is linear in the senders' outputs: families that break that refuse in one line
+_EAP_OUTPUT_NORMS = Refusal("BackendError", ("EAP cannot score", "normalises block outputs"))
+_EAP_MLA = Refusal("BackendError", ("EAP cannot score", "multi-head latent attention"))
+_EAP_HYBRID = Refusal("BackendError", ("EAP cannot score", "have no attention"))
 _MLA = dict(num_key_value_heads=4, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=12,
             n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, first_k_dense_replace=1)
 
@@ -78,12 +83,12 @@ FAMILIES = [
     Family("Qwen2", "qwen2"),
     Family("Qwen3", "qwen3", dict(head_dim=8)),
     Family("Gemma", "gemma", dict(head_dim=8)),
-    Family("Gemma 2", "gemma2", dict(head_dim=8), window=(4096, (0,))),
+    Family("Gemma 2", "gemma2", dict(head_dim=8), window=(4096, (0,)), expect={"eap": _EAP_OUTPUT_NORMS}),
     Family("Gemma 3", "gemma3_text", dict(head_dim=8, sliding_window=4, layer_types=["sliding_attention", "full_attention"]),
-           window=(4, (0,))),
+           window=(4, (0,)), expect={"eap": _EAP_OUTPUT_NORMS}),
     Family("Phi", "phi", out_proj="model.layers.{layer}.self_attn.dense"),
     Family("Phi-3", "phi3"),
-    Family("OLMo2", "olmo2"),
+    Family("OLMo2", "olmo2", expect={"eap": _EAP_OUTPUT_NORMS}),
     Family("GPT-2", "gpt2", out_proj="transformer.h.{layer}.attn.c_proj"),
     Family("GPT-NeoX", "gpt_neox", out_proj="gpt_neox.layers.{layer}.attention.dense"),
     Family("Mixtral", "mixtral", dict(num_local_experts=4, num_experts_per_tok=2)),
@@ -96,15 +101,18 @@ FAMILIES = [
     Family("GPT-BigCode", "gpt_bigcode", out_proj="transformer.h.{layer}.attn.c_proj"),
     Family("GPT-J", "gptj", dict(rotary_dim=4), out_proj="transformer.h.{layer}.attn.out_proj", expect=_BYPASS),
     Family("Falcon", "falcon", out_proj="transformer.h.{layer}.self_attention.dense", expect=_BYPASS),
-    Family("BLOOM", "bloom", out_proj="transformer.h.{layer}.self_attention.dense", expect=_BYPASS),
+    Family("BLOOM", "bloom", out_proj="transformer.h.{layer}.self_attention.dense",
+           expect={**_BYPASS, "eap": Refusal("BackendError", ("EAP cannot score", "normalises its embeddings"))}),
     Family("MPT", "mpt", out_proj="transformer.blocks.{layer}.attn.out_proj", expect=_BYPASS),
     Family("gpt-oss", "gpt_oss", dict(num_local_experts=4, num_experts_per_tok=2, head_dim=8), window=(128, (0,))),
-    Family("DeepSeek-V2", "deepseek_v2", dict(_MLA, q_lora_rank=None)),
-    Family("DeepSeek-V3", "deepseek_v3", dict(_MLA, q_lora_rank=16, n_group=1, topk_group=1)),
+    Family("DeepSeek-V2", "deepseek_v2", dict(_MLA, q_lora_rank=None), expect={"eap": _EAP_MLA}),
+    Family("DeepSeek-V3", "deepseek_v3", dict(_MLA, q_lora_rank=16, n_group=1, topk_group=1), expect={"eap": _EAP_MLA}),
     Family("Jamba", "jamba", dict(num_experts=2, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
-                                   expert_layer_offset=1, mamba_d_state=8, mamba_dt_rank=4), attention_layers=(1,)),
+                                   expert_layer_offset=1, mamba_d_state=8, mamba_dt_rank=4), attention_layers=(1,),
+           expect={"eap": _EAP_HYBRID}),
     Family("Bamba", "bamba", dict(attn_layer_indices=[1], mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8,
-                                   mamba_n_groups=1, mamba_chunk_size=8), attention_layers=(1,)),
+                                   mamba_n_groups=1, mamba_chunk_size=8), attention_layers=(1,),
+           expect={"eap": _EAP_HYBRID}),
     Family("OPT", "opt", dict(ffn_dim=64, word_embed_proj_dim=32), out_proj="model.decoder.layers.{layer}.self_attn.out_proj"),
 ]
 
@@ -284,8 +292,9 @@ def test_stats(request, built):
 
 
 def test_head_edit(request, built):
-    """Zeroing a head with ``Edit(HeadRef, Zero())`` equals zeroing its slice of the output projection's
-    input with a hand-written pre-hook on the reference model; and it does change the logits."""
+    """Zeroing a head with ``Edit(HeadRef, Zero())``, and through the hook engine at ``Where.Z``, equals
+    zeroing its slice of the output projection's input with a hand-written pre-hook on the reference model;
+    and it does change the logits."""
     layer = built.family.attention_layers[-1]
     head = 1
 
@@ -303,9 +312,94 @@ def test_head_edit(request, built):
         handle.remove()
     assert (want - built.logits).abs().max() > 1e-4, "the reference edit changes nothing: a test that cannot fail"
 
+    def zero(z):  # [batch, pos, head, d_head], as the hook engine hands z over
+        z = z.clone()
+        z[:, :, head] = 0
+        return z
+
     def run():
         got = lens.run(built.lm, IDS, sites=[Site.RESID_POST], layers=[layer],
                        edits=[Edit(HeadRef(layer, head), Zero())])
         _close(got.logits, want, f"logits with L{layer}H{head} zeroed")
+        with torch.no_grad(), lens.hooked(built.lm, {lens.Point(lens.Where.Z, layer): zero}):
+            engine = built.lm.model(IDS).logits
+        _close(engine, want, f"logits with L{layer}H{head} zeroed through lens.hooked")
 
     _cell(request, built, "head_edit", run)
+
+
+def _eap_reference(built: Built, corrupted: torch.Tensor, answer: int, distractor: int):
+    """By hand on the eager reference: per attention layer ``[head]`` the first-order effect
+    sum_pos (z_corrupted - z_clean) . d metric / d z (metric: logit(answer) - logit(distractor) at the
+    last position, gradient on the clean run), and the same for the embeddings' output."""
+    model, layers = built.ref_model, built.family.attention_layers
+    n_heads = built.lm.facts.n_heads
+    runs: dict[str, dict] = {"clean": {}, "corrupted": {}}
+
+    def keep(run: dict, key):
+        def hook(module, args, out=None):
+            t = args[0] if out is None else out
+            if t.requires_grad:
+                t.retain_grad()
+            run[key] = t
+        return hook
+
+    for name, ids in (("clean", IDS), ("corrupted", corrupted)):
+        run = runs[name]
+        handles = [built.out_proj(layer).register_forward_pre_hook(keep(run, layer)) for layer in layers]
+        handles.append(model.get_input_embeddings().register_forward_hook(keep(run, "embed")))
+        try:
+            with torch.enable_grad():
+                logits = model(ids).logits[0, -1]
+                if name == "clean":
+                    (logits[answer] - logits[distractor]).backward()
+        finally:
+            for h in handles:
+                h.remove()
+            model.zero_grad(set_to_none=True)
+    clean, corr = runs["clean"], runs["corrupted"]
+    heads = {}
+    for layer in layers:
+        per = ((corr[layer] - clean[layer]).detach() * clean[layer].grad)  # [1, pos, head * d_head]
+        heads[layer] = per.view(*per.shape[:2], n_heads, -1).sum((0, 1, 3))
+    embed = ((corr["embed"] - clean["embed"]).detach() * clean["embed"].grad).sum()
+    return heads, embed
+
+
+def _close_rel(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    got, want = torch.as_tensor(got, dtype=torch.float64), torch.as_tensor(want, dtype=torch.float64)
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)}, reference {tuple(want.shape)}"
+    scale = max(1.0, want.abs().max().item())
+    diff = (got - want).abs().max().item()
+    assert diff < 1e-4 * scale, f"{what}: off by {diff:.2e} from the reference (scale {scale:.2g})"
+
+
+def test_eap(request, built):
+    """EAP on a toy metric (the logit difference of two fixed tokens at the last position, one token of the
+    prompt corrupted): every head's node score equals the hand-computed gradient . (corrupted - clean) at
+    its output projection's input; the embeddings' edges add up to the same estimate at the embeddings, and
+    each head's outgoing edges add up to its node score (its write to the residual stream is linear)."""
+    import numpy as np
+
+    from analyses.circuits.eap import edge_attribution
+    from analyses.circuits.tasks import EncodedTask, TaskBatch
+    from formats.circuit import Node, NodeKind
+
+    corrupted = IDS.clone()
+    corrupted[0, 3] = 120
+    answer, distractor = 40, 77
+    heads, embed = _eap_reference(built, corrupted, answer, distractor)
+    assert max(h.abs().max().item() for h in heads.values()) > 1e-5, "the reference attributes nothing"
+
+    def run():
+        batch = TaskBatch(IDS, corrupted, torch.tensor([answer]), torch.tensor([distractor]), [])
+        got = edge_attribution(built.lm, EncodedTask("toy", [batch], []), "logit-diff")
+        rows = {n: i for i, n in enumerate(got.senders)}
+        for layer in built.family.attention_layers:
+            _close_rel(got.head_scores[layer], heads[layer], f"EAP head scores of layer {layer}")
+            for h in range(built.lm.facts.n_heads):
+                edges = np.nansum(got.scores[rows[Node.of(HeadRef(layer, h))]])
+                _close_rel(edges, got.head_scores[layer, h], f"L{layer}H{h}'s outgoing edges against its node score")
+        _close_rel(np.nansum(got.scores[rows[Node(NodeKind.EMBED)]]), embed, "the embeddings' edges")
+
+    _cell(request, built, "eap", run)

@@ -232,3 +232,22 @@ def test_falcon_alibi_pattern_is_the_one_its_run_computes(tmp_path):
     got = lens.run(lm, IDS, sites=[Site.PATTERN], layers=[0])
     assert torch.allclose(got.capture.pattern(0), want, atol=1e-6)
     assert torch.allclose(got.logits, plain, atol=1e-6)
+
+
+def test_edge_level_evaluation_refuses_parallel_blocks(gptj):
+    """GPT-J runs attention and MLP side by side: EAP scores it (the matrix checks it), but edge patching,
+    which has each MLP read its layer's heads, refuses in one line instead of patching the wrong stream."""
+    import numpy as np
+
+    from analyses.circuits.ablation import prepare
+    from analyses.circuits.evaluation import edge_level_logits
+    from analyses.circuits.tasks import EncodedTask, TaskBatch, TaskError
+
+    corrupted = IDS.clone()
+    corrupted[0, 2] = 120
+    enc = EncodedTask("toy", [TaskBatch(IDS, corrupted, torch.tensor([40]), torch.tensor([77]), [])], [])
+    ctx = prepare(gptj, enc, "patch", "logit-diff", residuals=True)
+    with pytest.raises(TaskError, match="edge-level evaluation cannot run on GPTJForCausalLM: its blocks run "
+                                        "attention and MLP side by side") as info:
+        edge_level_logits(ctx, 0, np.ones((1, 11, 27), dtype=bool))
+    assert "\n" not in str(info.value)
