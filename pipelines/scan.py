@@ -18,6 +18,7 @@ import numpy as np
 
 from formats.errors import AnalysisError, SelectionError
 from formats.facts import Modality
+from formats.vocab import Source
 from pipelines import examples, heads
 from pipelines.executors import CALLS, Executor, call
 from pipelines.progress import SILENT, Progress
@@ -37,8 +38,7 @@ class ScanSettings:
     gate_steps: int | None = None  # DuoAttention gate steps at most (default 0: not run; thorough 300, early stop)
 
     def __post_init__(self) -> None:
-        if self.source not in ("pattern", "kernel"):
-            raise SelectionError(f"source {self.source!r} is not one of pattern, kernel")
+        Source(self.source)  # `source` 'x' is not one of pattern, kernel
         for k in self.ablate or ():
             if k < 1:
                 raise SelectionError(f"ablate sizes must be >= 1, got {k}")

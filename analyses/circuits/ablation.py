@@ -21,7 +21,6 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 
 import numpy as np
 import torch
@@ -29,32 +28,11 @@ import torch
 from analyses.circuits._hooks import Acts, Parts, capture, last_logits
 from analyses.circuits.metrics import Metric, per_row
 from analyses.circuits.tasks import EncodedTask, TaskError
+from formats.vocab import MeanOver, Method
 from lens.edits import Edit, Over, Zero, mean_ablation, patch, resample_ablation
 from lens.heads import HeadRef, MlpRef
 
 Component = HeadRef | MlpRef
-
-
-class MeanOver(str, Enum):
-    """Which corrupted prompts a mean reference averages over (per position)."""
-
-    TEMPLATE = "template"  # every corrupted prompt of the same template (position class) and length
-    LENGTH = "length"  # every corrupted prompt of the same token length, whatever its template (misaligned)
-    BATCH = "batch"  # the corrupted prompts of the same encoded batch only
-
-
-class Method(str, Enum):
-    ZERO = "zero"
-    MEAN = "mean"
-    RESAMPLE = "resample"
-    PATCH = "patch"
-
-    @classmethod
-    def parse(cls, text: str) -> Method:
-        try:
-            return cls(text)
-        except ValueError:
-            raise TaskError(f"--method {text!r} is not one of {', '.join(m.value for m in cls)}") from None
 
 
 @dataclass

@@ -147,7 +147,7 @@ def edge_attribution(lm, enc: EncodedTask, metric: Metric | str = Metric.LOGIT_D
     if metric is Metric.ACC:
         raise TaskError("EAP needs a differentiable metric: use logit-diff, prob or loss, not acc")
     if ig_steps < 0:
-        raise TaskError(f"--ig-steps must be >= 0, got {ig_steps}")
+        raise TaskError(f"`ig_steps` must be >= 0, got {ig_steps}")
     t0 = time.perf_counter()
     parts = Parts(lm)
     facts = parts.facts

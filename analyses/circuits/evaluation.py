@@ -35,7 +35,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 import torch
@@ -47,22 +46,8 @@ from analyses.circuits.eap import graph_names
 from analyses.circuits.metrics import Metric, per_row
 from analyses.circuits.tasks import EncodedTask, TaskError
 from formats.circuit import Circuit, Input, Node, NodeKind
+from formats.vocab import Ablated, Level, Replacement
 from lens.heads import HeadRef, MlpRef
-
-
-class Level(str, Enum):
-    NODE = "node"  # components outside the circuit are replaced
-    EDGE = "edge"  # edges outside the circuit are replaced, per receiver
-
-
-class Replacement(str, Enum):
-    CORRUPTED = "corrupted"  # the paired corrupted prompt's activation
-    MEAN = "mean"  # the per-position mean over corrupted prompts
-
-
-class Ablated(str, Enum):
-    HEADS = "heads"  # only attention heads outside the circuit (MLPs and embeddings always kept)
-    HEADS_AND_MLPS = "heads+mlps"  # every node outside the circuit, embeddings included
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
     budget_bytes, edits, backend, chat, remote = a["budget_bytes"], a["edits"], a["backend"], a["chat"], a["remote"]
     decoder_ids = a["decoder_ids"]
     if remote and backend is not Backend.NNSIGHT:
-        raise BackendError(f"--remote runs through nnsight: use backend nnsight, not {backend.value}")
+        raise BackendError(f"`remote=True` runs through nnsight: use `backend='nnsight'`, not {backend.value}")
     if lm.facts.modality is Modality.SPEECH:
         from lens import speech
 
@@ -126,7 +126,7 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
 
         if getattr(lm.model, "hf_device_map", None):
             raise BackendError("backend transformer_lens builds its own copy of the model on one device: use backend "
-                               "torch or nnsight with --device-map")
+                               "torch or nnsight with `device_map`")
         try:
             logits, steps = transformer_lens.run(lm, input_ids, spec, edits)
         except (AttnlensError, MemoryError, KeyboardInterrupt):
