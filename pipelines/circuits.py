@@ -97,9 +97,9 @@ def head_outputs(lm, enc, n_examples: int) -> tuple[Tensor, Tensor]:
     corrupted (negative) prompts of ``enc``: two ``[example, layer, head, d_head]`` tensors."""
     import torch
 
-    from analyses.circuits._hooks import Parts, capture
+    from analyses.circuits._hooks import CircuitModules, capture
 
-    parts = Parts(lm)
+    parts = CircuitModules(lm)
     pos, neg = [], []
     left = n_examples
     for b in enc.batches:

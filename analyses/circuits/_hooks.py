@@ -73,7 +73,7 @@ def _child(module: nn.Module, names: tuple[str, ...], what: str, layer: int) -> 
     raise BackendError(f"no {what} ({', '.join(names)}) in layer {layer}: circuits need a Llama-style block")
 
 
-class Parts:
+class CircuitModules:
     """The modules circuit methods hook, found by the adapter plus a few usual names."""
 
     def __init__(self, lm):
@@ -81,9 +81,9 @@ class Parts:
         self.facts = lm.facts
         self.adapter = adapter_for(lm.model, lm.facts.n_layers)
 
-    def q(self, layer): return _child(self.adapter.attention(layer), _Q, "query projection", layer)
-    def k(self, layer): return _child(self.adapter.attention(layer), _K, "key projection", layer)
-    def v(self, layer): return _child(self.adapter.attention(layer), _V, "value projection", layer)
+    def q_proj(self, layer): return _child(self.adapter.attention(layer), _Q, "query projection", layer)
+    def k_proj(self, layer): return _child(self.adapter.attention(layer), _K, "key projection", layer)
+    def v_proj(self, layer): return _child(self.adapter.attention(layer), _V, "value projection", layer)
     def attn_norm(self, layer): return _child(self.adapter.block(layer), _ATTN_NORM, "attention input norm", layer)
     def mlp_norm(self, layer): return _child(self.adapter.block(layer), _MLP_NORM, "MLP input norm", layer)
 
@@ -97,7 +97,7 @@ class Parts:
         return w.detach().view(w.shape[0], self.facts.n_heads, self.facts.d_head).permute(1, 0, 2)
 
 
-def last_logits(parts: Parts, ids: Tensor, groups: EditGroups = ((),), *,
+def last_logits(parts: CircuitModules, ids: Tensor, groups: EditGroups = ((),), *,
                 max_rows: int = 64) -> Float[Tensor, "group batch vocab"]:
     """Last-position logits of ``ids [N, pos]`` under each group of edits (chunked by ``max_rows``)."""
     n = ids.shape[0]
@@ -113,7 +113,7 @@ def last_logits(parts: Parts, ids: Tensor, groups: EditGroups = ((),), *,
     return torch.cat(out)
 
 
-def capture(parts: Parts, ids: Tensor, *, residuals: bool = False) -> Acts:
+def capture(parts: CircuitModules, ids: Tensor, *, residuals: bool = False) -> Acts:
     """One plain forward over ``ids [N, pos]`` recording z, MLP outputs and embeddings (and,
     with ``residuals``, the residual stream at every norm's input)."""
     L = parts.facts.n_layers

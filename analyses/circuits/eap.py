@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from analyses.circuits._hooks import Parts, capture
+from analyses.circuits._hooks import CircuitModules, capture
 from analyses.circuits.metrics import Metric, per_row
 from analyses.circuits.tasks import EncodedTask, TaskError
 from formats.circuit import Edge, Input, Node, NodeKind, Receiver
@@ -72,7 +72,7 @@ def graph_names(facts) -> tuple[list[Node], np.ndarray, list[Receiver], np.ndarr
     return senders, np.array(s_order), receivers, np.array(r_order)
 
 
-def _sender_deltas(parts: Parts, clean, corr) -> Tensor:
+def _sender_deltas(parts: CircuitModules, clean, corr) -> Tensor:
     """``[batch, pos, sender, d_model]``: corrupted minus clean output of every sender."""
     cols = [(corr.embed - clean.embed).float().unsqueeze(2)]
     for layer in range(parts.facts.n_layers):
@@ -90,10 +90,10 @@ def _norm_vjp(norm, x: Tensor, g: Tensor) -> Tensor:
     return out
 
 
-def _grad_pass(parts: Parts, emb: Tensor, batch, metric: Metric):
+def _grad_pass(parts: CircuitModules, emb: Tensor, batch, metric: Metric):
     """Gradients of the summed metric at every receiver (``[N, pos, receiver, D]``) and at z / MLP outputs."""
     L, H, KV, dh = parts.facts.n_layers, parts.facts.n_heads, parts.facts.n_kv_heads, parts.facts.d_head
-    t: dict[str, list] = {k: [None] * L for k in ("z", "q", "k", "v", "pre", "mid", "mlp_in", "mlp_out")}
+    t: dict[str, list] = {k: [None] * L for k in ("z", "q_proj", "k_proj", "v_proj", "pre", "mid", "mlp_in", "mlp_out")}
     final: list = [None]
     handles = []
 
@@ -104,9 +104,9 @@ def _grad_pass(parts: Parts, emb: Tensor, batch, metric: Metric):
 
     for layer in range(L):
         handles += [parts.adapter.out_proj(layer).register_forward_pre_hook(keep("z", layer, False)),
-                    parts.q(layer).register_forward_hook(keep("q", layer, True)),
-                    parts.k(layer).register_forward_hook(keep("k", layer, True)),
-                    parts.v(layer).register_forward_hook(keep("v", layer, True)),
+                    parts.q_proj(layer).register_forward_hook(keep("q_proj", layer, True)),
+                    parts.k_proj(layer).register_forward_hook(keep("k_proj", layer, True)),
+                    parts.v_proj(layer).register_forward_hook(keep("v_proj", layer, True)),
                     parts.attn_norm(layer).register_forward_pre_hook(keep("pre", layer, False)),
                     parts.mlp_norm(layer).register_forward_pre_hook(keep("mid", layer, False)),
                     parts.adapter.mlp(layer).register_forward_pre_hook(keep("mlp_in", layer, False)),
@@ -118,7 +118,7 @@ def _grad_pass(parts: Parts, emb: Tensor, batch, metric: Metric):
             emb = emb.detach().requires_grad_(True)
             logits = parts.lm.model(inputs_embeds=emb, logits_to_keep=1).logits[:, -1]
             m = per_row(metric, logits, batch.answer, batch.distractor).sum()
-            keys = ("z", "q", "k", "v", "mlp_in", "mlp_out")
+            keys = ("z", "q_proj", "k_proj", "v_proj", "mlp_in", "mlp_out")
             flat = [x for k in keys for x in t[k]] + [final[0]]
             grads = torch.autograd.grad(m, flat)
     finally:
@@ -128,12 +128,12 @@ def _grad_pass(parts: Parts, emb: Tensor, batch, metric: Metric):
     receivers = []
     for layer in range(L):
         n, p = emb.shape[:2]
-        wq = parts.q(layer).weight.detach().view(H, dh, -1)
-        wk = parts.k(layer).weight.detach().view(KV, dh, -1)
-        wv = parts.v(layer).weight.detach().view(KV, dh, -1)
-        attn_g = torch.cat([torch.einsum("nphe,hed->nphd", g["q"][layer].view(n, p, H, dh), wq),
-                            torch.einsum("nphe,hed->nphd", g["k"][layer].view(n, p, KV, dh), wk),
-                            torch.einsum("nphe,hed->nphd", g["v"][layer].view(n, p, KV, dh), wv)], dim=2)
+        wq = parts.q_proj(layer).weight.detach().view(H, dh, -1)
+        wk = parts.k_proj(layer).weight.detach().view(KV, dh, -1)
+        wv = parts.v_proj(layer).weight.detach().view(KV, dh, -1)
+        attn_g = torch.cat([torch.einsum("nphe,hed->nphd", g["q_proj"][layer].view(n, p, H, dh), wq),
+                            torch.einsum("nphe,hed->nphd", g["k_proj"][layer].view(n, p, KV, dh), wk),
+                            torch.einsum("nphe,hed->nphd", g["v_proj"][layer].view(n, p, KV, dh), wv)], dim=2)
         receivers.append(_norm_vjp(parts.attn_norm(layer), t["pre"][layer], attn_g))
         receivers.append(_norm_vjp(parts.mlp_norm(layer), t["mid"][layer], g["mlp_in"][layer].unsqueeze(2)))
     receivers.append(grads[-1].unsqueeze(2))
@@ -149,7 +149,7 @@ def edge_attribution(lm, enc: EncodedTask, metric: Metric | str = Metric.LOGIT_D
     if ig_steps < 0:
         raise TaskError(f"`ig_steps` must be >= 0, got {ig_steps}")
     t0 = time.perf_counter()
-    parts = Parts(lm)
+    parts = CircuitModules(lm)
     facts = parts.facts
     senders, s_order, receivers, r_order = graph_names(facts)
     scores = torch.zeros(len(senders), len(receivers), dtype=torch.float64)
@@ -172,7 +172,7 @@ def edge_attribution(lm, enc: EncodedTask, metric: Metric | str = Metric.LOGIT_D
                       (mlp / n).numpy(), n, time.perf_counter() - t0, {"ig_steps": ig_steps})
 
 
-def _accumulate(parts: Parts, enc: EncodedTask, metric: Metric, ig_steps: int, steps: int,
+def _accumulate(parts: CircuitModules, enc: EncodedTask, metric: Metric, ig_steps: int, steps: int,
                 scores: Tensor, head: Tensor, mlp: Tensor) -> None:
     facts = parts.facts
     for b in enc.batches:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from analyses.circuits._hooks import Parts
+from analyses.circuits._hooks import CircuitModules
 from analyses.circuits.ablation import Context, MeanOver, Method, all_heads, prepare, score_sets
 from analyses.circuits.eap import graph_names
 from analyses.circuits.metrics import Metric, per_row
@@ -156,7 +156,7 @@ class _EdgeRun:
     residual.
     """
 
-    def __init__(self, parts: Parts, ref, masks: Tensor):
+    def __init__(self, parts: CircuitModules, ref, masks: Tensor):
         f = parts.facts
         self.parts, self.ref, self.G = parts, ref, masks.shape[0]
         self.L, self.H, self.KV, self.dh = f.n_layers, f.n_heads, f.n_kv_heads, f.d_head
@@ -210,12 +210,12 @@ class _EdgeRun:
                     w = proj.weight.float().view(k, dh, -1)
                     y = torch.einsum("ghnpd,hed->gnphe", nx[:, idx], w).reshape(g * n, pos, k * dh)
                     self.stash[f"{name}{layer}"] = y if proj.bias is None else y + proj.bias.float()
-                project(p.q(layer), slice(0, H), H, "q")
-                project(p.k(layer), slice(H, H + KV), KV, "k")
-                project(p.v(layer), slice(H + KV, H + 2 * KV), KV, "v")
+                project(p.q_proj(layer), slice(0, H), H, "q_proj")
+                project(p.k_proj(layer), slice(H, H + KV), KV, "k_proj")
+                project(p.v_proj(layer), slice(H + KV, H + 2 * KV), KV, "v_proj")
                 return out
             handles.append(p.attn_norm(layer).register_forward_hook(attn_norm_hook))
-            for name in ("q", "k", "v"):
+            for name in ("q_proj", "k_proj", "v_proj"):
                 def proj_hook(m, a, out, key=f"{name}{layer}"):
                     return self.stash.pop(key).to(out.dtype)
                 handles.append(getattr(p, name)(layer).register_forward_hook(proj_hook))

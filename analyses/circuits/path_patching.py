@@ -17,14 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from analyses.circuits._hooks import Parts, capture
+from analyses.circuits._hooks import CircuitModules, capture
 from analyses.circuits.metrics import Metric, per_row
 from analyses.circuits.tasks import EncodedTask, TaskError
 from lens.heads import HeadRef
 
 
 @contextmanager
-def _receiver_hooks(parts: Parts, deltas: torch.Tensor, receivers: Sequence[HeadRef], which: str):
+def _receiver_hooks(parts: CircuitModules, deltas: torch.Tensor, receivers: Sequence[HeadRef], which: str):
     """``deltas [G, N, pos, D]``: group g's receivers read resid_pre + deltas[g]."""
     G = deltas.shape[0]
     dh = parts.facts.d_head
@@ -36,7 +36,7 @@ def _receiver_hooks(parts: Parts, deltas: torch.Tensor, receivers: Sequence[Head
         by_layer.setdefault(r.layer, set()).add(idx)
     try:
         for layer, idxs in by_layer.items():
-            norm, proj = parts.attn_norm(layer), getattr(parts, which)(layer)
+            norm, proj = parts.attn_norm(layer), getattr(parts, f"{which}_proj")(layer)
             handles.append(norm.register_forward_pre_hook(lambda m, args, layer=layer: resid.__setitem__(layer, args[0])))
 
             def hook(m, a, out, layer=layer, idxs=idxs, norm=norm):
@@ -65,7 +65,7 @@ def path_patch(lm, enc: EncodedTask, senders: Sequence[HeadRef], receivers: Sequ
     if not receivers:
         raise TaskError("path patching needs at least one receiver head")
     metric = Metric(metric)
-    parts = Parts(lm)
+    parts = CircuitModules(lm)
     first = min(r.layer for r in receivers)
     valid = [s for s in senders if s.layer < first]
     total = torch.zeros(len(valid), dtype=torch.float64)
