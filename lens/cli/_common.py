@@ -19,7 +19,6 @@ from rich.text import Text
 
 from formats.errors import PromptError, SelectionError
 from formats.output import check_target, output_folder
-from formats.vocab import DType, Source  # noqa: F401 (re-exported for the command modules)
 from lens.cli._terminal import printable
 
 console = Console(stderr=True, highlight=False)  # progress and tables on stderr; --json output alone on stdout

@@ -9,11 +9,10 @@ from rich.table import Table
 from rich.text import Text
 
 from formats.errors import PromptError, SelectionError
-from formats.vocab import Backend, KernelBackend
+from formats.vocab import Backend, DType, KernelBackend
 from lens.cli import app
 from lens.cli._common import (
     MODEL_HELP,
-    DType,
     check_out,
     check_prompt,
     console,

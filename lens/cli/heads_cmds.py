@@ -12,12 +12,11 @@ from rich.table import Table
 from rich.text import Text
 
 from formats.errors import SelectionError
-from formats.vocab import Objective
+from formats.vocab import Objective, Source
 from lens.cli import _common as _c
 from lens.cli import app
 from lens.cli._common import (
     MODEL_HELP,
-    Source,
     check_out,
     check_prompt,
     check_text,

@@ -9,10 +9,10 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from formats.vocab import Source
 from lens.cli import app
 from lens.cli._common import (
     MODEL_HELP,
-    Source,
     check_out,
     console,
     executor,
