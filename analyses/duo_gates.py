@@ -34,7 +34,6 @@ import random
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 import torch.nn.functional as F
@@ -42,12 +41,8 @@ from torch import Tensor
 
 from analyses.niah import make_trial
 from formats.errors import AnalysisError
+from formats.vocab import Objective
 from lens.attention import AttentionCompute, attention_mode, repeat_kv
-
-
-class Objective(str, Enum):
-    DECODE = "decode"  # context from the full model (cached); the answer tokens run mixed attention
-    PREFILL = "prefill"  # DuoAttention's: every position runs mixed attention
 
 
 @dataclass(frozen=True)

@@ -101,15 +101,14 @@ def _template_parts(tokenizer, chat: bool) -> tuple[list[int], list[int]]:
         if not getattr(tokenizer, "chat_template", None):
             name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
             raise NiahError(f"chat=True was asked for, but the tokenizer of {name} has no chat template: "
-                            "pass chat=False (--no-chat)")
+                            "pass `chat=False`")
         from lens._chat import apply_chat_template
 
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
         text = apply_chat_template(tokenizer, [{"role": "user", "content": _PLACEHOLDER}], model=name,
                                    add_generation_prompt=True)
         if text.count(_PLACEHOLDER) != 1:
-            raise NiahError(f"the chat template of {name} does not keep the user's message once: pass chat=False "
-                            "(--no-chat)")
+            raise NiahError(f"the chat template of {name} does not keep the user's message once: pass `chat=False`")
         before, after = text.split(_PLACEHOLDER)
         enc = lambda s: tokenizer(s, add_special_tokens=False).input_ids if s else []  # noqa: E731
         return enc(before), enc(after)

@@ -36,9 +36,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from analyses.circuits._hooks import Parts
+from analyses.circuits._hooks import CircuitModules
 from formats.provenance import Provenance
-from formats.qk import Component, Kind, QKResult
+from formats.qk import Contributor, Kind, QKResult
 from lens.attention import AttentionObserver, attention_mode
 from lens.errors import BackendError, SelectionError
 from lens.hooks import Point, Where
@@ -69,7 +69,7 @@ class QKAttribution:
     query_pos: int
     key_pos: int  # the key this result is about (default: the head's argmax key)
     tokens: list[str]
-    components: list[Component]
+    components: list[Contributor]
     terms: Float[Tensor, "k comp_q comp_k"]
     scores: Float[Tensor, " k"]
     pattern: Float[Tensor, " k"]
@@ -78,7 +78,7 @@ class QKAttribution:
     ov: Float[Tensor, "answer k"]
 
     def names(self, pos: int) -> list[str]:
-        """Component labels at ``pos`` (``embed[tok]`` and ``pos[p]`` name that position)."""
+        """Contributor labels at ``pos`` (``embed[tok]`` and ``pos[p]`` name that position)."""
         return [c.label(self.tokens[pos], pos) for c in self.components]
 
     def top(self, n: int = 10, key_pos: int | None = None) -> list[tuple[str, float]]:
@@ -113,7 +113,7 @@ class _Grab(AttentionObserver):
                         value=value.detach()[0].double(), weights=weights.detach()[0].double())
 
 
-def _qk_weights(parts: Parts, layer: int, head: int, kv_head: int, d_head: int):
+def _qk_weights(parts: CircuitModules, layer: int, head: int, kv_head: int, d_head: int):
     f = parts.facts
     proj = parts.adapter.projections(layer, f.n_heads, f.n_kv_heads, d_head)  # separate or fused, by the table
 
@@ -204,31 +204,31 @@ def qk_attribution(lm, input_ids: Tensor, layer: int, head: int, *, query_pos: i
         raise SelectionError(f"query position {query_pos} is out of range: the prompt has positions 0-{n - 1}")
     if key_pos is not None and not 0 <= key_pos <= q:
         raise SelectionError(f"key position {key_pos} is out of range: query {q} attends to keys 0-{q}")
-    parts = Parts(lm)
+    parts = CircuitModules(lm)
     d_head = f.d_head
     kv_head = head // (f.n_heads // f.n_kv_heads)
     got = _collect(lm, parts, input_ids, layer)
 
     # the residual stream entering the layer as a sum of components [comp, pos, d_model]
-    comps: list[Component] = [Component(Kind.EMBED)]
+    comps: list[Contributor] = [Contributor(Kind.EMBED)]
     vecs = [got["resid0"] - got.get("wpe", 0)]
     if "wpe" in got:
-        comps.append(Component(Kind.POS))
+        comps.append(Contributor(Kind.POS))
         vecs.append(got["wpe"])
     out_bias = None
     for la in range(layer):
         proj = parts.adapter.out_proj(la)
         z = got[f"z{la}"].view(n, f.n_heads, d_head)
         for h in range(f.n_heads):
-            comps.append(Component(Kind.HEAD, la, h))
+            comps.append(Contributor(Kind.HEAD, la, h))
             vecs.append(z[:, h] @ _out_rows(proj, h, d_head))
         if getattr(proj, "bias", None) is not None:
             b = proj.bias.detach().double()
             out_bias = b if out_bias is None else out_bias + b
-        comps.append(Component(Kind.MLP, la))
+        comps.append(Contributor(Kind.MLP, la))
         vecs.append(got[f"mlp{la}"])
     if out_bias is not None:
-        comps.append(Component(Kind.OUT_BIAS))
+        comps.append(Contributor(Kind.OUT_BIAS))
         vecs.append(out_bias.expand(n, -1))
     C = torch.stack(vecs)  # [comp, pos, d_model]
     resid = got["resid"]
@@ -258,7 +258,7 @@ def qk_attribution(lm, input_ids: Tensor, layer: int, head: int, *, query_pos: i
     if err > _CHECK_RTOL:
         raise BackendError(f"QK attribution cannot decompose {f.architecture}: its queries and keys are not the "
                            f"linear image of the residual stream this module models (relative error {err:.2g})")
-    comps.append(Component(Kind.BIAS))
+    comps.append(Contributor(Kind.BIAS))
     scale = float(getattr(parts.adapter.attention(layer), "scaling", d_head ** -0.5))
     terms = scale * torch.einsum("id,jkd->kij", qc, kc)  # [k, comp_q, comp_k]
     pattern = got["weights"][head, q, :q + 1]
@@ -271,7 +271,7 @@ def qk_attribution(lm, input_ids: Tensor, layer: int, head: int, *, query_pos: i
                          ov=ov.float())
 
 
-def _collect(lm, parts: Parts, ids: Tensor, layer: int) -> dict[str, Tensor]:
+def _collect(lm, parts: CircuitModules, ids: Tensor, layer: int) -> dict[str, Tensor]:
     """One forward recording what the decomposition needs (float64, batch axis dropped)."""
     got: dict[str, Tensor] = {}
 
@@ -301,7 +301,7 @@ def _collect(lm, parts: Parts, ids: Tensor, layer: int) -> dict[str, Tensor]:
     return got
 
 
-def _ov(lm, parts: Parts, got: dict, layer: int, head: int, kv_head: int, q: int, pattern: Tensor,
+def _ov(lm, parts: CircuitModules, got: dict, layer: int, head: int, kv_head: int, q: int, pattern: Tensor,
         answers: Sequence[int]) -> Tensor:
     """``[answer, k]``: pattern[q, k] * (v_k W_O) . u_answer / sigma_final(q)."""
     if not answers:

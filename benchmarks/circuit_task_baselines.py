@@ -13,7 +13,7 @@ import torch
 
 import lens
 from analyses.circuits import encode_task, ioi, per_row
-from analyses.circuits._hooks import Parts, last_logits
+from analyses.circuits._hooks import CircuitModules, last_logits
 from analyses.circuits.tasks import IOI_TEMPLATES, colored_objects, greater_than
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     lm = lens.load("smollm2-135m")
-    tok, parts = lm.tokenizer, Parts(lm)
+    tok, parts = lm.tokenizer, CircuitModules(lm)
     digits = [tok(str(d), add_special_tokens=False).input_ids[0] for d in range(10)]
     out, t0 = {}, time.time()
     for k in range(len(IOI_TEMPLATES)):

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import lens
-from analyses.circuits._hooks import Parts
+from analyses.circuits._hooks import CircuitModules
 from analyses.circuits.tasks import ioi
 from analyses.qk_attribution import Kind, qk_attribution
 from lens.attention import AttentionObserver, attention_mode
@@ -93,7 +93,7 @@ def main() -> None:
     if args.heads:
         NAME_MOVERS[:] = [tuple(int(x) for x in h[1:].split("H")) for h in args.heads.split(",")]
     lm = lens.load("smollm2-135m")
-    parts = Parts(lm)
+    parts = CircuitModules(lm)
     f = lm.facts
     task = ioi(lm.tokenizer, n=args.n, templates=[0])  # one template: one token length, one batch
     rows = []

@@ -56,8 +56,9 @@ from formats import (
 from formats._json import special_kind, write_bytes
 from formats.output import MARKER, locked, new_sibling, swap_in
 from formats.provenance import code_version
+from formats.vocab import ReportFormat
 
-FORMATS: tuple[str, ...] = ("html", "md", "pdf")
+FORMATS: tuple[str, ...] = tuple(f.value for f in ReportFormat)
 TOP_K = 8
 MAX_ITEMS = 6  # list items and object fields printed before "... (N in all)"
 MAX_TEXT = 300

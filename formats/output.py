@@ -125,7 +125,7 @@ def check_target(path: Path, force: bool) -> None:
         return
     if not stat.S_ISDIR(mode):
         raise OutputExistsError(f"{path} already exists and is {_describe(mode)}, not a folder: lens writes folders "
-                                "and never replaces anything else, even with --force; choose another --out")
+                                "and never replaces anything else, even with `force=True`; choose another `out`")
     try:
         empty = not any(os.scandir(path))
     except OSError as err:
@@ -133,10 +133,10 @@ def check_target(path: Path, force: bool) -> None:
     if empty:
         return
     if not force:
-        raise OutputExistsError(f"{path} already exists and is not empty: pass --force to overwrite it")
+        raise OutputExistsError(f"{path} already exists and is not empty: pass `force=True` to overwrite it")
     if not holds_lens_output(path):
-        raise OutputExistsError(f"{path} holds files lens did not write: --force replaces only a folder of lens "
-                                "output (or an empty one); choose another --out")
+        raise OutputExistsError(f"{path} holds files lens did not write: `force=True` replaces only a folder of lens "
+                                "output (or an empty one); choose another `out`")
 
 
 def _alive(pid: int) -> bool:

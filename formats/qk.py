@@ -4,7 +4,7 @@
 One result is one head, one query position and every key ``0..q``: ``terms[k, i, j]`` is the
 part of the pre-softmax score from query-side component ``i`` times key-side component ``j``
 (see :mod:`analyses.qk_attribution` for the linearisation). Components are small typed ids
-(:class:`Component`), never strings parsed back; their labels (``L17H3``, ``embed[Mary]``)
+(:class:`Contributor`), never strings parsed back; their labels (``L17H3``, ``embed[Mary]``)
 are made when shown. The JSON is written last, so a result whose JSON exists is complete.
 """
 
@@ -38,8 +38,8 @@ class Kind(str, enum.Enum):
 
 
 @dataclass(frozen=True)
-class Component:
-    """One part of the residual stream entering the attributed layer."""
+class Contributor:
+    """One contributor to the residual stream entering the attributed layer (a head, an MLP, the embedding, ...)."""
 
     kind: Kind
     layer: int = -1
@@ -77,7 +77,7 @@ class QKResult:
     query_pos: int
     key_pos: int
     tokens: list[str]
-    components: list[Component]
+    components: list[Contributor]
     terms: np.ndarray
     scores: np.ndarray
     pattern: np.ndarray
@@ -106,7 +106,7 @@ class QKResult:
         self.ov = np.asarray(self.ov, np.float32).reshape(len(self.answers), n_k) if self.answers else np.zeros((0, n_k), np.float32)
 
     def names(self, pos: int) -> list[str]:
-        """Component labels at position ``pos``."""
+        """Contributor labels at position ``pos``."""
         return [c.label(self.tokens[pos], pos) for c in self.components]
 
     def top(self, n: int = 10, key_pos: int | None = None) -> list[tuple[str, float]]:
@@ -170,7 +170,7 @@ def _strings(value: Any, path: Path, what: str) -> list[str]:
     return list(value)
 
 
-def _components(value: list, path: Path) -> list[Component]:
+def _components(value: list, path: Path) -> list[Contributor]:
     if len(value) > MAX_COMPONENTS:
         raise CorruptFileError(f"{path}: {len(value)} components, more than {MAX_COMPONENTS}")
     kinds = {k.value: k for k in Kind}
@@ -180,5 +180,5 @@ def _components(value: list, path: Path) -> list[Component]:
                 or not all(isinstance(x, int) and not isinstance(x, bool) for x in c[1:])):
             raise CorruptFileError(f"{path}: components[{i}] must be [kind, layer, head] with kind one of "
                                    f"{', '.join(kinds)}, got {str(c)[:60]}")
-        out.append(Component(kinds[c[0]], c[1], c[2]))
+        out.append(Contributor(kinds[c[0]], c[1], c[2]))
     return out

@@ -121,7 +121,7 @@ def _open(target: Path, settings: dict, force: bool) -> SweepLog:
             else:
                 why = "is not empty"
             changed = "" if same or state is None else f" (changed: {settings_diff(state['settings'], settings)})"
-            raise OutputExistsError(f"{target} {why}: pass --force to overwrite it, or choose another --out{changed}")
+            raise OutputExistsError(f"{target} {why}: pass `force=True` to overwrite it, or choose another `out`{changed}")
         check_target(target, force)  # only a folder of lens output is replaced
         work = new_sibling(target, KIND)
     else:

@@ -7,12 +7,14 @@ import os
 
 import torch
 
+from formats.vocab import KernelBackend
+
 from .errors import KernelInputError
 from .spec import StatsSpec
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TRITON_D_HEADS = (64, 80, 96, 128)
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = tuple(b.value for b in KernelBackend)
 
 
 def triton_interpreting() -> bool:

@@ -177,7 +177,9 @@ def backend(value):
 
 
 def stats_backend(value) -> str:
-    choices = ("auto", "triton", "torch")
+    from formats.vocab import KernelBackend
+
+    choices = tuple(b.value for b in KernelBackend)
     if not isinstance(value, str) or value not in choices:
         raise KernelInputError(f"backend must be one of {', '.join(choices)}, got {_shown(value)}")
     return value

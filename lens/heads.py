@@ -31,7 +31,7 @@ def parse_head_spec(text: str, facts) -> list[HeadRef]:
     ``facts`` needs ``n_layers``, ``n_heads`` and ``name`` (a :class:`lens.ModelFacts`).
     """
     if not isinstance(text, str) or not text.strip():
-        raise HeadSpecError("--heads is empty: give heads like 'L3H4,L5H*' (or 'all')")
+        raise HeadSpecError("`heads` is empty: give heads like 'L3H4,L5H*' (or 'all')")
     out: set[HeadRef] = set()
     for raw in text.split(","):
         item = "".join(raw.split()).lower()
@@ -46,14 +46,14 @@ def parse_head_spec(text: str, facts) -> list[HeadRef]:
         heads = _range(m.group(2), facts.n_heads, "head", raw, facts.name)
         out.update(HeadRef(layer, head) for layer in layers for head in heads)
     if not out:
-        raise HeadSpecError(f"--heads {text!r} names no heads: give heads like 'L3H4,L5H*'")
+        raise HeadSpecError(f"`heads` {text!r} names no heads: give heads like 'L3H4,L5H*'")
     return sorted(out)
 
 
 def parse_layer_list(text: str, facts, what: str = "mlps") -> list[int]:
     """``"3,5-7"``, ``"*"`` or ``"all"`` -> layer indices checked against ``facts``."""
     if not isinstance(text, str) or not text.strip():
-        raise HeadSpecError(f"--{what} is empty: give layers like '3,5-7' (or 'all')")
+        raise HeadSpecError(f"`{what}` is empty: give layers like '3,5-7' (or 'all')")
     out: set[int] = set()
     for raw in text.split(","):
         item = "".join(raw.split()).lower()
@@ -62,10 +62,10 @@ def parse_layer_list(text: str, facts, what: str = "mlps") -> list[int]:
         if item == "all":
             item = "*"
         if not re.fullmatch(r"\*|\d+(?:-\d+)?", item):
-            raise HeadSpecError(f"--{what} item {raw.strip()!r} is not a layer like 3, 5-7 or *")
+            raise HeadSpecError(f"`{what}` item {raw.strip()!r} is not a layer like 3, 5-7 or *")
         out.update(_range(item, facts.n_layers, "layer", raw, facts.name))
     if not out:
-        raise HeadSpecError(f"--{what} {text!r} names no layers")
+        raise HeadSpecError(f"`{what}` {text!r} names no layers")
     return sorted(out)
 
 

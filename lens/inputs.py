@@ -91,16 +91,16 @@ def prepare(lm: LoadedModel, prompt: Any = None, *, image: Any = None, audio: An
     """
     modality = lm.facts.modality
     if audio is not None and modality is not Modality.SPEECH:
-        raise PromptError(f"{lm.facts.name} is a {modality.value} model: it takes no audio (audio= needs a speech "
+        raise PromptError(f"{lm.facts.name} is a {modality.value} model: it takes no audio (`audio` needs a speech "
                           "model)")
     if modality is Modality.SPEECH:
         if image is not None:
-            raise PromptError(f"{lm.facts.name} is a speech model: it takes no images (image= needs a vision model)")
+            raise PromptError(f"{lm.facts.name} is a speech model: it takes no images (`image` needs a vision model)")
         if audio is not None and prompt is not None:
-            raise PromptError("give the audio once: as prompt or as audio=, not both")
+            raise PromptError("give the audio once: as `prompt` or as `audio`, not both")
         return _audio_input(lm, audio if audio is not None else prompt, decoder_ids)
     if decoder_ids is not None:
-        raise PromptError(f"decoder_ids= is for speech models; {lm.facts.name} is a {modality.value} model")
+        raise PromptError(f"`decoder_ids` is for speech models; {lm.facts.name} is a {modality.value} model")
     if modality is Modality.VISION_TEXT:
         from lens.vlm import VlmInput
 
@@ -110,12 +110,12 @@ def prepare(lm: LoadedModel, prompt: Any = None, *, image: Any = None, audio: An
         # token ids without an image are the language model's own input: the text path below
         return _image_text_input(lm, prompt, image, chat=chat)
     if image is not None and modality is not Modality.VISION:
-        why = ("image= with prompt= needs a vision-language model such as tiny-vlm" if prompt is not None else
-               "image= needs a vision model, or a vision-language model with prompt=")
+        why = ("`image` with `prompt` needs a vision-language model such as tiny-vlm" if prompt is not None else
+               "`image` needs a vision model, or a vision-language model with `prompt`")
         raise PromptError(f"{lm.facts.name} is a {modality.value} model: it takes no images ({why})")
     if modality is Modality.VISION:
         if image is not None and prompt is not None:
-            raise PromptError("give the image once: as prompt or as image=, not both")
+            raise PromptError("give the image once: as `prompt` or as `image`, not both")
         return _image_input(lm, image if image is not None else prompt)
     return text_input(lm, encode_batch(lm, prompt, chat=chat))
 
@@ -175,14 +175,14 @@ def _image_text_input(lm: LoadedModel, prompt, image, *, chat: bool) -> ModelInp
     from lens import vlm
 
     if prompt is None:
-        raise PromptError(f"{lm.facts.name} is a vision-language model: give prompt= with {vlm.placeholder(lm)} "
-                          "where the image goes, together with image=")
+        raise PromptError(f"{lm.facts.name} is a vision-language model: give `prompt` with {vlm.placeholder(lm)} "
+                          "where the image goes, together with `image`")
     if not isinstance(prompt, str):
         raise PromptError(f"{lm.facts.name} is a vision-language model: give the prompt as text with "
                           f"{vlm.placeholder(lm)} where the image goes, got {type(prompt).__name__}")
     images = [] if image is None else (list(image) if isinstance(image, (list, tuple)) else [image])
     if len(images) > 1:
-        raise PromptError(f"image= takes one image, got {len(images)}")
+        raise PromptError(f"`image` takes one image, got {len(images)}")
     return from_vlm(lm, vlm.prepare(lm, prompt, images, chat=chat))
 
 
@@ -211,7 +211,7 @@ def _audio_input(lm: LoadedModel, audio, decoder_ids) -> ModelInput:
     from lens.audio import layout_for, load_audio
 
     if audio is None or (isinstance(audio, str) and not audio.lower().endswith((".wav", ".flac", ".wave"))):
-        raise PromptError(f"{lm.facts.name} is a speech model: give it audio= (a .wav or .flac file or 16 kHz "
+        raise PromptError(f"{lm.facts.name} is a speech model: give it `audio` (a .wav or .flac file or 16 kHz "
                           f"samples), not {'text' if isinstance(audio, str) else 'nothing'}")
     samples = load_audio(audio)
     enc = speech.encoder_of(lm)
@@ -220,7 +220,7 @@ def _audio_input(lm: LoadedModel, audio, decoder_ids) -> ModelInput:
     else:
         ids = list(decoder_ids)
     if any(not 0 <= int(i) < lm.facts.vocab_size for i in ids):
-        raise PromptError(f"decoder_ids must be in 0-{lm.facts.vocab_size - 1}")
+        raise PromptError(f"`decoder_ids` must be in 0-{lm.facts.vocab_size - 1}")
     input_ids = lm.check_length(torch.tensor([ids], dtype=torch.long))
     n_prompt = len(speech.prompt_ids(lm))
     return ModelInput(

@@ -11,7 +11,6 @@ settings), :class:`formats.HeadScores` (the per-head estimates) and :class:`form
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,22 +23,11 @@ from formats.curves import Curves
 from formats.errors import SelectionError
 from formats.head_scores import HeadScores
 from formats.provenance import Provenance
+from formats.vocab import CircuitMethod, Unit
 from pipelines.progress import SILENT, Progress
 
 if TYPE_CHECKING:
     from torch import Tensor
-
-
-class CircuitMethod(str, enum.Enum):
-    EAP = "eap"
-    EAP_IG = "eap-ig"
-    PATCHING = "patching"
-    SAE = "sae"  # discrete sparse autoencoders on head outputs (O'Neill & Bui 2024): a head circuit
-
-
-class Unit(str, enum.Enum):
-    EDGES = "edges"  # an edge circuit: the top-n edges (EAP, EAP-IG)
-    HEADS = "heads"  # a head circuit: the top-n heads by node score (any method)
 
 
 @dataclass
@@ -109,9 +97,9 @@ def head_outputs(lm, enc, n_examples: int) -> tuple[Tensor, Tensor]:
     corrupted (negative) prompts of ``enc``: two ``[example, layer, head, d_head]`` tensors."""
     import torch
 
-    from analyses.circuits._hooks import Parts, capture
+    from analyses.circuits._hooks import CircuitModules, capture
 
-    parts = Parts(lm)
+    parts = CircuitModules(lm)
     pos, neg = [], []
     left = n_examples
     for b in enc.batches:

@@ -166,14 +166,14 @@ class RayOptions:
 
     def __post_init__(self) -> None:
         if not isinstance(self.address, str) or not self.address.strip():
-            raise SelectionError("--ray is empty: give 'auto' or a cluster address like ray://head:10001")
+            raise SelectionError("`ray` is empty: give 'auto' or a cluster address like ray://head:10001")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or not 1 <= self.workers <= 4096:
-            raise SelectionError(f"--workers must be 1-4096, got {self.workers!r}")
-        for name, v, hi in (("cpus-per-worker", self.cpus_per_worker, 1024), ("gpus-per-worker", self.gpus_per_worker, 64)):
+            raise SelectionError(f"`workers` must be 1-4096, got {self.workers!r}")
+        for name, v, hi in (("cpus_per_worker", self.cpus_per_worker, 1024), ("gpus_per_worker", self.gpus_per_worker, 64)):
             if not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= hi:
-                raise SelectionError(f"--{name} must be a number in [0, {hi}], got {v!r}")
+                raise SelectionError(f"`{name}` must be a number in [0, {hi}], got {v!r}")
         if self.cpus_per_worker == 0 and self.gpus_per_worker == 0:
-            raise SelectionError("--cpus-per-worker and --gpus-per-worker are both 0: a worker needs some resource")
+            raise SelectionError("`cpus_per_worker` and `gpus_per_worker` are both 0: a worker needs some resource")
         if not isinstance(self.max_restarts, int) or not 0 <= self.max_restarts <= 100:
             raise SelectionError(f"max_restarts must be 0-100, got {self.max_restarts!r}")
 
@@ -183,7 +183,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise DistributedError(f"--ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+        raise DistributedError(f"`ray` needs Ray, which is not installed: {INSTALL_HINT}") from None
     return ray
 
 
@@ -200,14 +200,14 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     host, sep, port_s = rest.rstrip("/").rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port_s.isascii() or not port_s.isdigit() or not 0 < int(port_s) < 65536:
-        raise DistributedError(f"--ray {address!r} is not 'auto' or a cluster address like ray://head:10001 or "
+        raise DistributedError(f"`ray` {address!r} is not 'auto' or a cluster address like ray://head:10001 or "
                                "head:6379 (host and port)")
     try:
         with socket.create_connection((host, int(port_s)), timeout=timeout):
             pass
     except OSError as err:
         why = f"no answer within {timeout:g} s" if isinstance(err, TimeoutError) else (err.strerror or type(err).__name__)
-        raise DistributedError(f"--ray {address}: cannot connect to a Ray cluster: nothing accepts connections at "
+        raise DistributedError(f"`ray` {address}: cannot connect to a Ray cluster: nothing accepts connections at "
                                f"{host}:{port_s} ({why}); start one with `ray start --head` or check the "
                                "address") from None
 
@@ -281,7 +281,7 @@ class RayExecutor(Executor):
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
                      configure_logging=True, log_to_driver=True)
         except (ConnectionError, ValueError, RuntimeError) as err:
-            raise DistributedError(f"--ray {self.options.address}: cannot connect to a Ray cluster: "
+            raise DistributedError(f"`ray` {self.options.address}: cannot connect to a Ray cluster: "
                                    f"{_first_line(err)}") from None
         self._owns_connection = True
         return ray
@@ -294,10 +294,10 @@ class RayExecutor(Executor):
         t0 = time.perf_counter()
         # refuse what cannot be placed now rather than wait for it forever
         total, free = ray.cluster_resources(), ray.available_resources()
-        for res, per in (("CPU", o.cpus_per_worker), ("GPU", o.gpus_per_worker)):
+        for res, name, per in (("CPU", "cpus_per_worker", o.cpus_per_worker), ("GPU", "gpus_per_worker", o.gpus_per_worker)):
             need = per * o.workers
             if need > free.get(res, 0) + 1e-9:
-                raise DistributedError(f"--workers {o.workers} x --{res.lower()}s-per-worker {per:g} needs {need:g} "
+                raise DistributedError(f"`workers` {o.workers} x `{name}` {per:g} needs {need:g} "
                                        f"{res}s; the Ray cluster has {total.get(res, 0):g}, {free.get(res, 0):g} free")
         actor_cls = ray.remote(_Worker).options(num_cpus=o.cpus_per_worker, num_gpus=o.gpus_per_worker,
                                                 max_restarts=o.max_restarts, max_task_retries=o.max_restarts,

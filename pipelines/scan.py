@@ -1,8 +1,10 @@
 """``lens scan``: every registered analysis that applies to the model, with sensible defaults.
 
-The analyses come from the registry (:func:`analyses.registry.for_modality`); each has a
-unit here (``(lm, plan, ...) -> Part``) that collects its inputs and calls its workflow in
-:mod:`pipelines.heads`. Units run in this process, or on Ray workers through an executor
+The registry drives it: the analyses come from :func:`analyses.registry.for_modality`, and
+each entry names its runner (``(lm, plan, progress, **needed) -> ScanPart``, the built-in ones
+here, each collecting its inputs and calling its workflow in :mod:`pipelines.heads`) and the
+analyses whose output that runner takes (``needs``: streaming takes the retrieval ranking).
+Runners run in this process, or on Ray workers through an executor
 (:mod:`pipelines.executors`); this process assembles the parts in registry order.
 :func:`scan` returns a :class:`ScanResult`; :meth:`ScanResult.save` writes it (results,
 example captures of each analysis' inputs) into a folder.
@@ -10,7 +12,6 @@ example captures of each analysis' inputs) into a folder.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from formats.errors import AnalysisError, SelectionError
 from formats.facts import Modality
+from formats.vocab import Source
 from pipelines import examples, heads
 from pipelines.executors import CALLS, Executor, call
 from pipelines.progress import SILENT, Progress
@@ -37,8 +39,7 @@ class ScanSettings:
     gate_steps: int | None = None  # DuoAttention gate steps at most (default 0: not run; thorough 300, early stop)
 
     def __post_init__(self) -> None:
-        if self.source not in ("pattern", "kernel"):
-            raise SelectionError(f"source {self.source!r} is not one of pattern, kernel")
+        Source(self.source)  # `source` 'x' is not one of pattern, kernel
         for k in self.ablate or ():
             if k < 1:
                 raise SelectionError(f"ablate sizes must be >= 1, got {k}")
@@ -86,15 +87,17 @@ class ScanResult:
 
 
 @dataclass
-class Part:
-    """What one scan unit adds: results, example captures, notes, and (retrieval) the ranking."""
+class ScanPart:
+    """What one scan runner adds: results, example captures, notes, token maps, and the output
+    the analyses that need this one take (retrieval: the ranking)."""
 
     results: list = field(default_factory=list)
     examples: list = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    retrieval: np.ndarray | None = None
+    maps: list = field(default_factory=list)  # formats.TokenMaps (speech: saliency per token)
+    output: object = None
 
-    def add(self, analysis: str, results) -> Part:
+    def add(self, analysis: str, results) -> ScanPart:
         for r in results:
             r.params.setdefault("example_capture", examples.EXAMPLE_OF.get(analysis, examples.PROSE))
         self.results.extend(results)
@@ -115,6 +118,8 @@ class Plan:
 
     @classmethod
     def for_model(cls, lm, settings: ScanSettings) -> Plan:
+        if lm.facts.modality not in (Modality.TEXT, Modality.VISION_TEXT):  # ViT and speech runners need none of it
+            return cls(settings, (), False, [])
         chat = settings.chat
         chat = bool(getattr(lm.tokenizer, "chat_template", None)) if chat is None else chat
         lengths = settings.niah_lengths
@@ -131,47 +136,47 @@ class Plan:
         return cls(settings, lengths, chat, trials, scenes)
 
 
-# ---- units: (lm, plan, ..., progress) -> Part; each runs wherever the executor puts it ------
-def _summary(lm, plan: Plan, progress: Progress = SILENT) -> Part:
+# ---- runners: (lm, plan, progress, **needed) -> ScanPart; each runs wherever the executor puts it
+def scan_summary(lm, plan: Plan, progress: Progress = SILENT) -> ScanPart:
     from analyses.prompts import GENERAL_PROMPTS
 
-    part = Part().add("summary", heads.run_summary(lm, list(GENERAL_PROMPTS), progress=progress))
+    part = ScanPart().add("summary", heads.run_summary(lm, list(GENERAL_PROMPTS), progress=progress))
     part.examples += examples.prose_examples(lm, list(GENERAL_PROMPTS), plan.settings.captures)
     return part
 
 
-def _sinks(lm, plan: Plan, progress: Progress = SILENT) -> Part:
+def scan_sinks(lm, plan: Plan, progress: Progress = SILENT) -> ScanPart:
     from analyses.prompts import GENERAL_PROMPTS
 
-    return Part().add("sinks", heads.run_sinks(lm, list(GENERAL_PROMPTS), source=plan.settings.source,
+    return ScanPart().add("sinks", heads.run_sinks(lm, list(GENERAL_PROMPTS), source=plan.settings.source,
                                                progress=progress))
 
 
-def _taxonomy(lm, plan: Plan, progress: Progress = SILENT) -> Part:
+def scan_taxonomy(lm, plan: Plan, progress: Progress = SILENT) -> ScanPart:
     s = plan.settings
     repeat_len = min(100 if s.thorough else 50, (lm.facts.context_length - 1) // 2)
-    part = Part().add("taxonomy", heads.run_taxonomy(lm, repeat_len=repeat_len, batch=8 if s.thorough else 4,
+    part = ScanPart().add("taxonomy", heads.run_taxonomy(lm, repeat_len=repeat_len, batch=8 if s.thorough else 4,
                                                      progress=progress))
     part.examples.append(examples.repeated_example(lm, repeat_len=min(40, repeat_len)))
     return part
 
 
-def _retrieval(lm, plan: Plan, progress: Progress = SILENT, executor: Executor | None = None) -> Part:
+def scan_retrieval(lm, plan: Plan, progress: Progress = SILENT, executor: Executor | None = None) -> ScanPart:
     """Retrieval scores; the trials are decoded on ``executor`` (one item per trial) when given."""
     try:
         results = heads.run_retrieval(lm, plan.trials, source=plan.settings.source, progress=progress,
                                       executor=executor)
     except AnalysisError as err:
-        return Part(notes=[f"retrieval skipped: {err}"])
-    part = Part(retrieval=results[0].scores)
+        return ScanPart(notes=[f"retrieval skipped: {err}"])
+    part = ScanPart(output=results[0].scores)
     return part.add("retrieval", results)
 
 
-def _retrieval_followups(lm, plan: Plan, retrieval: np.ndarray, progress: Progress = SILENT) -> Part:
+def retrieval_followups(lm, plan: Plan, progress: Progress = SILENT, *, retrieval: np.ndarray) -> ScanPart:
     """The needle example capture and (``ablate`` sizes) the causal ablation of the top retrieval heads."""
     from analyses.decode import greedy_decode
 
-    s, part = plan.settings, Part()
+    s, part = plan.settings, ScanPart()
     short = heads.niah_trials(lm, lengths=[min(200, plan.lengths[0])], depths=[0.5], seeds=[0], chat=plan.chat)[0]
     answer, _ = greedy_decode(lm, short.input_ids, max_new_tokens=24, source="none")
     part.examples.append(examples.needle_example(lm, short, answer))
@@ -182,8 +187,8 @@ def _retrieval_followups(lm, plan: Plan, retrieval: np.ndarray, progress: Progre
     return part
 
 
-def _streaming(lm, plan: Plan, retrieval: np.ndarray | None, progress: Progress = SILENT) -> Part:
-    s, part = plan.settings, Part()
+def scan_streaming(lm, plan: Plan, progress: Progress = SILENT, *, retrieval: np.ndarray | None = None) -> ScanPart:
+    s, part = plan.settings, ScanPart()
     part.add("streaming", heads.run_streaming(lm, length=max(plan.lengths), n_prompts=2 if s.thorough else 1,
                                               source=s.source, retrieval=retrieval, chat=plan.chat,
                                               progress=progress))
@@ -194,48 +199,36 @@ def _streaming(lm, plan: Plan, retrieval: np.ndarray | None, progress: Progress 
     return part
 
 
-def _vision_aware(lm, plan: Plan, progress: Progress = SILENT) -> Part:
+def scan_vision_aware(lm, plan: Plan, progress: Progress = SILENT) -> ScanPart:
     from pipelines import vlm
 
     items = plan.scenes
     k = min(20, lm.facts.n_layers * lm.facts.n_heads)  # T-VHD over the top-k heads (the paper's 20)
-    part = Part().add("vision_aware", vlm.run_vision_aware(lm, items, k=k, what=f"{len(items)} questions on held-out "
+    part = ScanPart().add("vision_aware", vlm.run_vision_aware(lm, items, k=k, what=f"{len(items)} questions on held-out "
                                                            "synthetic scenes", progress=progress))
     scene, question = items[0]
     part.examples += examples.image_question_examples(lm, [(scene.image, question.text)])
     return part
 
 
-def _visual_sinks(lm, plan: Plan, progress: Progress = SILENT) -> Part:
+def scan_visual_sinks(lm, plan: Plan, progress: Progress = SILENT) -> ScanPart:
     from pipelines import vlm
 
     items = plan.scenes
-    return Part().add("visual_sinks", vlm.run_visual_sinks(lm, items, what=f"{len(items)} questions on held-out "
+    return ScanPart().add("visual_sinks", vlm.run_visual_sinks(lm, items, what=f"{len(items)} questions on held-out "
                                                            "synthetic scenes", progress=progress))
 
 
-class _Scan:
-    """The state the vision and speech runners share (one pass over their inputs)."""
-
-    def __init__(self, lm, settings: ScanSettings, progress: Progress):
-        self.lm, self.s, self.progress = lm, settings, progress
-        self.out = ScanResult(model=lm.facts.name)
-
-    def add(self, analysis: str, results) -> None:
-        for r in results:
-            r.params.setdefault("example_capture", examples.EXAMPLE_OF.get(analysis, examples.PROSE))
-        self.out.results.extend(results)
-
-
-def _vision(sc: _Scan) -> None:
+def scan_vit(lm, plan: Plan, progress: Progress = SILENT) -> ScanPart:
+    """Every ViT analysis from one pass over three synthetic images."""
     from analyses.vit_heads import pruned_cls_embeddings, pruning_importance, vit_head_scores
     from formats.provenance import Provenance
     from lens import vision
 
-    lm, f = sc.lm, sc.lm.facts
+    f, part = lm.facts, ScanPart()
     images = [vision.synthetic_image(224, shape=shape, center=c, seed=i)
               for i, (shape, c) in enumerate([("disc", (0.4, 0.6)), ("square", (0.6, 0.3)), ("disc", (0.3, 0.3))])]
-    task = sc.progress.task("ViT heads: synthetic images", total=len(images) + 1)
+    task = progress.task("ViT heads: synthetic images", total=len(images) + 1)
     import lens
 
     patterns: dict[int, list] = {}
@@ -256,35 +249,42 @@ def _vision(sc: _Scan) -> None:
     results.append(pruning_importance(clean, pruned, n_layers=f.n_layers, n_heads=f.n_heads, provenance=prov))
     task.advance()
     for r in results:
-        sc.add(r.analysis, [r])
-    sc.out.examples += examples.image_examples(lm, images[:1])
+        part.add(r.analysis, [r])
+    part.examples += examples.image_examples(lm, images[:1])
+    return part
 
 
-def _speech(sc: _Scan) -> None:
+def scan_speech(lm, plan: Plan, progress: Progress = SILENT) -> ScanPart:
+    """Cross-attention agreement and alignment heads from one set of espeak-ng utterances."""
     from lens.speech import encoder_of
     from pipelines import speech
 
-    utterances = speech.espeak_utterances(speech.SENTENCES[: (3 if sc.s.thorough else 2)],
-                                          max_seconds=encoder_of(sc.lm).chunk_seconds)
-    study = speech.run_cross_attention(sc.lm, utterances, progress=sc.progress)
+    utterances = speech.espeak_utterances(speech.SENTENCES[: (3 if plan.settings.thorough else 2)],
+                                          max_seconds=encoder_of(lm).chunk_seconds)
+    study = speech.run_cross_attention(lm, utterances, progress=progress)
+    part = ScanPart(maps=list(study.maps), examples=[examples.Example(name, cap) for name, cap in study.examples])
     for r in study.results:
-        sc.add(r.analysis, [r])
-    sc.out.maps += study.maps
-    sc.out.examples += [examples.Example(name, cap) for name, cap in study.examples]
+        part.add(r.analysis, [r])
+    return part
 
 
-INDEPENDENT: dict[str, Callable[..., Part]] = {"summary": _summary, "sinks": _sinks, "taxonomy": _taxonomy,
-                                               "vision_aware": _vision_aware, "visual_sinks": _visual_sinks}
-NEEDS_RETRIEVAL: dict[str, Callable[..., Part]] = {"streaming": _streaming}  # they take the retrieval ranking
-RUNNERS = {**INDEPENDENT, "retrieval": _retrieval, **NEEDS_RETRIEVAL}  # text and vision-text models
-VISION_RUNNER = _vision  # the four vit_* analyses share one pass over the images
-SPEECH_RUNNER = _speech  # cross-attention agreement and alignment heads share the utterances
+def _as_part(out, entry) -> ScanPart:
+    """A runner's return: a :class:`ScanPart`, or a list of results of ``entry`` (a third-party runner)."""
+    return out if isinstance(out, ScanPart) else ScanPart().add(entry.name, list(out))
 
 
-def _modal_scan(lm, settings: ScanSettings, progress: Progress = SILENT) -> ScanResult:
-    sc = _Scan(lm, settings, progress)
-    (VISION_RUNNER if lm.facts.modality is Modality.VISION else SPEECH_RUNNER)(sc)
-    return sc.out
+def _stages(entries) -> tuple[list, list, list, list[str]]:
+    """The entries whose runners the scan runs, one per distinct runner, in registry order, in three
+    stages: those that need nothing; those that spread their own items over the executor
+    (retrieval); those that need another's output. Also the notes for entries without a runner."""
+    first, own, later, notes, seen = [], [], [], [], set()
+    for e in entries:
+        if e.runner is None:
+            notes.append(f"{e.name}: no scan runner for this analysis")
+        elif e.runner not in seen:
+            seen.add(e.runner)
+            (later if e.needs else own if e.distributes else first).append(e)
+    return first, own, later, notes
 
 
 def scan(lm, settings: ScanSettings = ScanSettings(), *, progress: Progress = SILENT,
@@ -292,10 +292,11 @@ def scan(lm, settings: ScanSettings = ScanSettings(), *, progress: Progress = SI
     """Run every scan analysis of the registry that applies to ``lm``'s modality.
 
     With a distributed ``executor`` (Ray) the work is split three ways, in stages: the
-    independent analyses (summary, sinks, taxonomy) one item each; then the retrieval
-    trials, one item per NIAH trial (length x depth x seed); then what needs the retrieval
-    ranking (the needle example and causal ablation, the streaming profile). The results are
-    the same as a serial scan's; this process assembles and returns them.
+    runners that need nothing (summary, sinks, taxonomy; the ViT or speech pass) one item
+    each; then the runners that spread their own items (retrieval: one item per NIAH trial,
+    length x depth x seed); then what needs their output (the retrieval followups: needle
+    example and causal ablation; the streaming profile). The results are the same as a
+    serial scan's; this process assembles and returns them in registry order.
     """
     from analyses.registry import for_modality
 
@@ -303,45 +304,41 @@ def scan(lm, settings: ScanSettings = ScanSettings(), *, progress: Progress = SI
     if not entries:
         raise AnalysisError(f"no scan analyses apply to {lm.facts.name} ({lm.facts.modality.value} model)")
     remote = executor is not None and executor.distributed
-    if lm.facts.modality in (Modality.VISION, Modality.SPEECH):  # vision-text models take the text path
-        if remote:  # one shared pass over the inputs: one item
-            return executor.map_ordered(CALLS, [call(_modal_scan, settings)])[0]
-        return _modal_scan(lm, settings, progress)
     plan = Plan.for_model(lm, settings)
-    names = [e.name for e in entries]
-    parts: dict[str, Part] = {}
-    notes = [f"{n}: no scan runner for this analysis" for n in names if n not in RUNNERS]
-    if remote:
-        first = [n for n in names if n in INDEPENDENT]
-        task = progress.task(f"scan: {', '.join(first)} on {executor.workers} Ray workers", total=len(first))
-        done = executor.map_ordered(CALLS, [call(INDEPENDENT[n], plan) for n in first], on_result=lambda i: task.advance())
-        parts.update(zip(first, done))
-    else:
-        for n in names:
-            if n in INDEPENDENT:
-                parts[n] = INDEPENDENT[n](lm, plan, progress)
-    retrieval = None
-    if "retrieval" in names:
-        parts["retrieval"] = _retrieval(lm, plan, progress, executor=executor if remote else None)
-        retrieval = parts["retrieval"].retrieval
-    later = []  # (name, fn, args): the units that take the ranking
-    if retrieval is not None:
-        later.append(("retrieval+", _retrieval_followups, (plan, retrieval)))
-    later += [(n, NEEDS_RETRIEVAL[n], (plan, retrieval)) for n in names if n in NEEDS_RETRIEVAL]
-    if remote and later:
-        task = progress.task(f"scan: {', '.join(n for n, _, _ in later)} on {executor.workers} Ray workers",
-                             total=len(later))
-        done = executor.map_ordered(CALLS, [call(fn, *args) for _, fn, args in later],
+    first, own, later, notes = _stages(entries)
+    parts: dict[str, ScanPart] = {}
+    if remote and first:
+        task = progress.task(f"scan: {', '.join(e.name for e in first)} on {executor.workers} Ray workers",
+                             total=len(first))
+        done = executor.map_ordered(CALLS, [call(e.load_runner(), plan) for e in first],
                                     on_result=lambda i: task.advance())
-        parts.update((n, p) for (n, _, _), p in zip(later, done))
+        parts.update((e.name, _as_part(p, e)) for e, p in zip(first, done))
     else:
-        for n, fn, args in later:
-            parts[n] = fn(lm, *args, progress)
+        for e in first:
+            parts[e.name] = _as_part(e.load_runner()(lm, plan, progress), e)
+    for e in own:
+        parts[e.name] = _as_part(e.load_runner()(lm, plan, progress, executor=executor if remote else None), e)
+    outputs = {name: p.output for name, p in parts.items()}
+    runners = [(f"{e.name}+", e.load_followup(), {e.name: outputs[e.name]}, e) for e in own
+               if e.followup is not None and outputs[e.name] is not None]
+    runners += [(e.name, e.load_runner(), {n: outputs.get(n) for n in e.needs}, e) for e in later]
+    if remote and runners:
+        task = progress.task(f"scan: {', '.join(key for key, *_ in runners)} on {executor.workers} Ray workers",
+                             total=len(runners))
+        done = executor.map_ordered(CALLS, [call(fn, plan, **needed) for _, fn, needed, _ in runners],
+                                    on_result=lambda i: task.advance())
+        parts.update((key, _as_part(p, e)) for (key, _, _, e), p in zip(runners, done))
+    else:
+        for key, fn, needed, e in runners:
+            parts[key] = _as_part(fn(lm, plan, progress, **needed), e)
     out = ScanResult(model=lm.facts.name)
-    for n in [x for name in names for x in ((name, "retrieval+") if name == "retrieval" else (name,))]:
-        if n in parts:
-            out.results += parts[n].results
-            out.examples += parts[n].examples
-            out.notes += parts[n].notes
+    for key in [k for e in entries for k in (e.name, f"{e.name}+")]:
+        if key in parts:
+            p = parts[key]
+            out.results += p.results
+            out.examples += p.examples
+            out.notes += p.notes
+            out.maps += p.maps
     out.notes += notes
     return out
+

@@ -10,7 +10,6 @@ swapped in only when complete) and ends with its result files there: per-head ef
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,14 +23,10 @@ from formats.errors import SelectionError
 from formats.head_scores import HeadScores
 from formats.provenance import Provenance, inputs_digest
 from formats.sweep import open_sweep
+from formats.vocab import SweepKind
 from lens.heads import HeadRef, MlpRef
 from pipelines.executors import Executor, Job, SerialExecutor
 from pipelines.progress import SILENT, Progress
-
-
-class SweepKind(str, enum.Enum):
-    HEADS = "heads"  # every head (or the given components) ablated alone
-    LAYERS = "layers"  # each layer's attention heads together, and its MLP
 
 
 def _split(components) -> tuple[list[tuple[int, int]], list[int]]:

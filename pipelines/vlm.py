@@ -26,12 +26,12 @@ def image_files(folder: Path) -> list[Path]:
     """The image files directly in ``folder`` (by suffix, sorted); a one-line error when there are none."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise PromptError(f"--images {folder} is not a folder")
+        raise PromptError(f"`images` {folder} is not a folder")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise PromptError(f"--images {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+        raise PromptError(f"`images` {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
     if len(files) > MAX_IMAGES:
-        raise PromptError(f"--images {folder} holds {len(files)} images: at most {MAX_IMAGES}")
+        raise PromptError(f"`images` {folder} holds {len(files)} images: at most {MAX_IMAGES}")
     return files
 
 

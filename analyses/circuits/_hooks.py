@@ -60,7 +60,7 @@ class Acts:
         return Reference(z=dict(enumerate(self.z)), mlp=dict(enumerate(self.mlp)))
 
 
-class Parts:
+class CircuitModules:
     """The model circuit methods run on, and its site table (:mod:`lens.adapters`)."""
 
     def __init__(self, lm):
@@ -68,9 +68,9 @@ class Parts:
         self.facts = lm.facts
         self.adapter = adapter_for(lm.model, lm.facts.n_layers)
 
-    def q(self, layer): return self.adapter.q(layer)
-    def k(self, layer): return self.adapter.k(layer)
-    def v(self, layer): return self.adapter.v(layer)
+    def q_projection(self, layer): return self.adapter.q(layer)
+    def k_projection(self, layer): return self.adapter.k(layer)
+    def v_projection(self, layer): return self.adapter.v(layer)
     def attn_norm(self, layer): return self.adapter.attn_norm(layer)
     def mlp_norm(self, layer): return self.adapter.mlp_norm(layer)
 
@@ -87,7 +87,7 @@ class Parts:
         return w.detach().reshape(w.shape[0], self.facts.n_heads, -1).permute(1, 0, 2)
 
 
-def last_logits(parts: Parts, ids: Tensor, groups: EditGroups = ((),), *,
+def last_logits(parts: CircuitModules, ids: Tensor, groups: EditGroups = ((),), *,
                 max_rows: int = 64) -> Float[Tensor, "group batch vocab"]:
     """Last-position logits of ``ids [N, pos]`` under each group of edits (chunked by ``max_rows``)."""
     n = ids.shape[0]
@@ -103,7 +103,7 @@ def last_logits(parts: Parts, ids: Tensor, groups: EditGroups = ((),), *,
     return torch.cat(out)
 
 
-def capture(parts: Parts, ids: Tensor, *, residuals: bool = False) -> Acts:
+def capture(parts: CircuitModules, ids: Tensor, *, residuals: bool = False) -> Acts:
     """One plain forward over ``ids [N, pos]`` recording z, MLP outputs and embeddings (and,
     with ``residuals``, the residual stream at every norm's input)."""
     L = parts.facts.n_layers

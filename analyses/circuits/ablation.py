@@ -21,47 +21,25 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 
 import numpy as np
 import torch
 
-from analyses.circuits._hooks import Acts, Parts, capture, last_logits
+from analyses.circuits._hooks import Acts, CircuitModules, capture, last_logits
 from analyses.circuits.metrics import Metric, per_row
 from analyses.circuits.tasks import EncodedTask, TaskError
+from formats.vocab import MeanOver, Method
 from lens.edits import Edit, Over, Zero, mean_ablation, patch, resample_ablation
 from lens.heads import HeadRef, MlpRef
 
-Component = HeadRef | MlpRef
-
-
-class MeanOver(str, Enum):
-    """Which corrupted prompts a mean reference averages over (per position)."""
-
-    TEMPLATE = "template"  # every corrupted prompt of the same template (position class) and length
-    LENGTH = "length"  # every corrupted prompt of the same token length, whatever its template (misaligned)
-    BATCH = "batch"  # the corrupted prompts of the same encoded batch only
-
-
-class Method(str, Enum):
-    ZERO = "zero"
-    MEAN = "mean"
-    RESAMPLE = "resample"
-    PATCH = "patch"
-
-    @classmethod
-    def parse(cls, text: str) -> Method:
-        try:
-            return cls(text)
-        except ValueError:
-            raise TaskError(f"--method {text!r} is not one of {', '.join(m.value for m in cls)}") from None
+HeadOrMlp = HeadRef | MlpRef  # what ablation and patching replace (lens.heads.Component adds the residual)
 
 
 @dataclass
 class Context:
     """A task ready for ablation: reference activations per batch and the clean baseline."""
 
-    parts: Parts
+    parts: CircuitModules
     enc: EncodedTask
     method: Method
     metric: Metric
@@ -95,7 +73,7 @@ def prepare(lm, enc: EncodedTask, method: Method | str, metric: Metric | str, *,
     residual streams (edge-level evaluation needs them).
     """
     method, metric, mean_over = Method(method), Metric(metric), MeanOver(mean_over)
-    parts = Parts(lm)
+    parts = CircuitModules(lm)
     refs, clean_rows, perms, corr_rows = [], [], [], []
     g = torch.Generator().manual_seed(seed)
     for b in enc.batches:
@@ -127,7 +105,7 @@ def _class_means(enc: EncodedTask, refs: list[Acts], mean_over: MeanOver) -> lis
     return out
 
 
-def edits_for(ctx: Context, batch: int, components: Sequence[Component], pos: int | None = None) -> list[Edit]:
+def edits_for(ctx: Context, batch: int, components: Sequence[HeadOrMlp], pos: int | None = None) -> list[Edit]:
     """The edits that apply ``ctx.method`` to ``components`` on task batch ``batch``."""
     if ctx.method is Method.ZERO:
         return [Edit(c, Zero(), pos) for c in components]
@@ -140,7 +118,7 @@ def edits_for(ctx: Context, batch: int, components: Sequence[Component], pos: in
     return patch(ref, components, position=pos)
 
 
-def score_sets(ctx: Context, sets: Sequence[Sequence[Component]], *, pos: int | None = None,
+def score_sets(ctx: Context, sets: Sequence[Sequence[HeadOrMlp]], *, pos: int | None = None,
                max_rows: int = 64) -> np.ndarray:
     """The task metric (mean over all examples) with each set of components ablated: ``[len(sets)]``."""
     total = torch.zeros(len(sets), dtype=torch.float64)
@@ -156,7 +134,7 @@ def all_heads(facts) -> list[HeadRef]:
     return [HeadRef(layer, h) for layer in range(facts.n_layers) for h in range(facts.n_heads)]
 
 
-def random_sets(pool: Sequence[Component], size: int, k: int, seed: int) -> list[list[Component]]:
+def random_sets(pool: Sequence[HeadOrMlp], size: int, k: int, seed: int) -> list[list[HeadOrMlp]]:
     """``k`` random sets of ``size`` components from ``pool`` (seeded, without replacement within a set)."""
     if not 0 < size <= len(pool):
         raise TaskError(f"cannot draw random sets of {size} components from {len(pool)}")
@@ -164,7 +142,7 @@ def random_sets(pool: Sequence[Component], size: int, k: int, seed: int) -> list
     return [sorted(rng.sample(list(pool), size), key=str) for _ in range(k)]
 
 
-def per_position_effects(ctx: Context, components: Sequence[Component], *, max_rows: int = 64) -> np.ndarray:
+def per_position_effects(ctx: Context, components: Sequence[HeadOrMlp], *, max_rows: int = 64) -> np.ndarray:
     """``[component, pos]``: metric change when one component is replaced at one position.
 
     Needs prompts of one token length (one template); uses the task's first batch length.

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from analyses.circuits._hooks import Parts, capture
+from analyses.circuits._hooks import CircuitModules, capture
 from analyses.circuits.metrics import Metric, per_row
 from analyses.circuits.tasks import EncodedTask, TaskError
 from formats.circuit import Edge, Input, Node, NodeKind, Receiver
@@ -77,7 +77,7 @@ def graph_names(facts, *, parallel: bool = False) -> tuple[list[Node], np.ndarra
     return senders, np.array(s_order), receivers, np.array(r_order)
 
 
-def _sender_deltas(parts: Parts, clean, corr) -> Tensor:
+def _sender_deltas(parts: CircuitModules, clean, corr) -> Tensor:
     """``[batch, pos, sender, d_model]``: corrupted minus clean output of every sender."""
     cols = [(corr.embed - clean.embed).float().unsqueeze(2)]
     for layer in range(parts.facts.n_layers):
@@ -95,7 +95,7 @@ def _norm_vjp(norm, x: Tensor, g: Tensor) -> Tensor:
     return out
 
 
-def _check_graph(parts: Parts) -> None:
+def _check_graph(parts: CircuitModules) -> None:
     """EAP's linear graph holds here, or a one-line refusal naming the family and what breaks it."""
     family = f"{type(parts.lm.model).__name__} ({getattr(parts.lm.model.config, 'model_type', '?')})"
     lacking = sorted(set(range(parts.facts.n_layers)) - set(parts.adapter.attention_layers()))
@@ -123,7 +123,7 @@ def _check_graph(parts: Parts) -> None:
                            "block, so the embeddings' write is not linear in them")
 
 
-def _grad_pass(parts: Parts, emb: Tensor, batch, metric: Metric):
+def _grad_pass(parts: CircuitModules, emb: Tensor, batch, metric: Metric):
     """Gradients of the summed metric at every receiver (``[N, pos, receiver, D]``) and at z / MLP outputs."""
     L, H, KV, dh = parts.facts.n_layers, parts.facts.n_heads, parts.facts.n_kv_heads, parts.facts.d_head
     t: dict[str, list] = {k: [None] * L for k in ("z", "q", "k", "v", "pre", "mid", "mlp_in", "mlp_out")}
@@ -183,9 +183,9 @@ def edge_attribution(lm, enc: EncodedTask, metric: Metric | str = Metric.LOGIT_D
     if metric is Metric.ACC:
         raise TaskError("EAP needs a differentiable metric: use logit-diff, prob or loss, not acc")
     if ig_steps < 0:
-        raise TaskError(f"--ig-steps must be >= 0, got {ig_steps}")
+        raise TaskError(f"`ig_steps` must be >= 0, got {ig_steps}")
     t0 = time.perf_counter()
-    parts = Parts(lm)
+    parts = CircuitModules(lm)
     _check_graph(parts)
     facts = parts.facts
     senders, s_order, receivers, r_order = graph_names(facts, parallel=parts.adapter.parallel)
@@ -209,7 +209,7 @@ def edge_attribution(lm, enc: EncodedTask, metric: Metric | str = Metric.LOGIT_D
                       (mlp / n).numpy(), n, time.perf_counter() - t0, {"ig_steps": ig_steps})
 
 
-def _accumulate(parts: Parts, enc: EncodedTask, metric: Metric, ig_steps: int, steps: int,
+def _accumulate(parts: CircuitModules, enc: EncodedTask, metric: Metric, ig_steps: int, steps: int,
                 scores: Tensor, head: Tensor, mlp: Tensor) -> None:
     facts = parts.facts
     for b in enc.batches:

@@ -35,35 +35,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from analyses.circuits._hooks import Parts
+from analyses.circuits._hooks import CircuitModules
 from analyses.circuits.ablation import Context, MeanOver, Method, all_heads, prepare, score_sets
 from analyses.circuits.eap import graph_names
 from analyses.circuits.metrics import Metric, per_row
 from analyses.circuits.tasks import EncodedTask, TaskError
 from formats.circuit import Circuit, Input, Node, NodeKind
+from formats.vocab import Ablated, Level, Replacement
 from lens.heads import MlpRef
 from lens.hooks import Point, Where
-
-
-class Level(str, Enum):
-    NODE = "node"  # components outside the circuit are replaced
-    EDGE = "edge"  # edges outside the circuit are replaced, per receiver
-
-
-class Replacement(str, Enum):
-    CORRUPTED = "corrupted"  # the paired corrupted prompt's activation
-    MEAN = "mean"  # the per-position mean over corrupted prompts
-
-
-class Ablated(str, Enum):
-    HEADS = "heads"  # only attention heads outside the circuit (MLPs and embeddings always kept)
-    HEADS_AND_MLPS = "heads+mlps"  # every node outside the circuit, embeddings included
 
 
 @dataclass(frozen=True)
@@ -171,7 +156,7 @@ class _EdgeRun:
     residual.
     """
 
-    def __init__(self, parts: Parts, ref, masks: Tensor):
+    def __init__(self, parts: CircuitModules, ref, masks: Tensor):
         f = parts.facts
         self.parts, self.ref, self.G = parts, ref, masks.shape[0]
         self.L, self.H, self.KV, self.dh = f.n_layers, f.n_heads, f.n_kv_heads, f.d_head
@@ -225,11 +210,11 @@ class _EdgeRun:
                     w = proj.weight.float().view(k, dh, -1)
                     y = torch.einsum("ghnpd,hed->gnphe", nx[:, idx], w).reshape(g * n, pos, k * dh)
                     self.stash[f"{name}{layer}"] = y if proj.bias is None else y + proj.bias.float()
-                project(p.q(layer), slice(0, H), H, "q")
-                project(p.k(layer), slice(H, H + KV), KV, "k")
-                project(p.v(layer), slice(H + KV, H + 2 * KV), KV, "v")
+                project(p.q_projection(layer), slice(0, H), H, "q_projection")
+                project(p.k_projection(layer), slice(H, H + KV), KV, "k_projection")
+                project(p.v_projection(layer), slice(H + KV, H + 2 * KV), KV, "v_projection")
             points.append((Point(Where.ATTN_NORMED, layer), attn_norm_hook))
-            for where, name in ((Where.Q, "q"), (Where.K, "k"), (Where.V, "v")):
+            for where, name in ((Where.Q, "q_projection"), (Where.K, "k_projection"), (Where.V, "v_projection")):
                 def proj_hook(out, key=f"{name}{layer}"):
                     return self.stash.pop(key).to(out.dtype)
                 points.append((Point(where, layer), proj_hook))

@@ -8,26 +8,12 @@ one value per row; the task's value is the mean over rows. Higher is better for 
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import Enum
 
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from analyses.circuits.tasks import TaskError
-
-
-class Metric(str, Enum):
-    LOGIT_DIFF = "logit-diff"  # logit(answer) - logit(distractor)
-    PROB = "prob"  # softmax probability of the answer
-    ACC = "acc"  # 1 where the answer is the argmax
-    LOSS = "loss"  # -log p(answer)
-
-    @classmethod
-    def parse(cls, text: str) -> Metric:
-        try:
-            return cls(text)
-        except ValueError:
-            raise TaskError(f"--metric {text!r} is not one of {', '.join(m.value for m in cls)}") from None
+from formats.vocab import Metric
 
 
 def per_row(metric: Metric, logits: Float[Tensor, "batch vocab"], answer: Int[Tensor, " batch"],
@@ -39,7 +25,7 @@ def per_row(metric: Metric, logits: Float[Tensor, "batch vocab"], answer: Int[Te
     if metric is Metric.LOGIT_DIFF:
         if bool((distractor < 0).any()):
             raise TaskError("logit-diff needs a distractor for every example: add \"distractor\" to each line "
-                            "or use --metric prob, acc or loss")
+                            "or use `metric` prob, acc or loss")
         return (logits.gather(-1, a) - logits.gather(-1, distractor.to(logits.device).unsqueeze(-1))).squeeze(-1)
     if metric is Metric.PROB:
         return logits.softmax(-1).gather(-1, a).squeeze(-1)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from analyses.circuits._hooks import Parts, capture
+from analyses.circuits._hooks import CircuitModules, capture
 from analyses.circuits.metrics import Metric, per_row
 from analyses.circuits.tasks import EncodedTask, TaskError
 from lens.heads import HeadRef
@@ -25,7 +25,7 @@ from lens.hooks import Point, Where
 
 
 @contextmanager
-def _receiver_hooks(parts: Parts, deltas: torch.Tensor, receivers: Sequence[HeadRef], which: str):
+def _receiver_hooks(parts: CircuitModules, deltas: torch.Tensor, receivers: Sequence[HeadRef], which: str):
     """``deltas [G, N, pos, D]``: group g's receivers read resid_pre + deltas[g]."""
     G = deltas.shape[0]
     dh = parts.facts.d_head
@@ -37,7 +37,7 @@ def _receiver_hooks(parts: Parts, deltas: torch.Tensor, receivers: Sequence[Head
     where = {"q": Where.Q, "k": Where.K, "v": Where.V}[which]
     points = []
     for layer, idxs in by_layer.items():
-        norm, proj = parts.attn_norm(layer), getattr(parts, which)(layer)
+        norm, proj = parts.attn_norm(layer), getattr(parts, f"{which}_projection")(layer)
         points.append((Point(Where.RESID_PRE, layer), lambda x, layer=layer: resid.__setitem__(layer, x)))
 
         def hook(out, layer=layer, idxs=idxs, norm=norm, proj=proj):
@@ -64,7 +64,7 @@ def path_patch(lm, enc: EncodedTask, senders: Sequence[HeadRef], receivers: Sequ
     if not receivers:
         raise TaskError("path patching needs at least one receiver head")
     metric = Metric(metric)
-    parts = Parts(lm)
+    parts = CircuitModules(lm)
     first = min(r.layer for r in receivers)
     valid = [s for s in senders if s.layer < first]
     total = torch.zeros(len(valid), dtype=torch.float64)

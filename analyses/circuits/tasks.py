@@ -187,7 +187,7 @@ def ioi(tokenizer=None, n: int = 200, *, seed: int = 0, order: str = "both", tem
     chosen = [template] if template is not None else list(IOI_DEFAULT_TEMPLATES if templates is None else templates)
     bad = [k for k in chosen if not isinstance(k, int) or not 0 <= k < len(IOI_TEMPLATES)]
     if bad or not chosen:
-        raise TaskError(f"--template {bad[0] if bad else 'list'} is out of range: IOI has templates "
+        raise TaskError(f"`template` {bad[0] if bad else 'list'} is out of range: IOI has templates "
                         f"0-{len(IOI_TEMPLATES) - 1}")
     if order not in ("ABBA", "BABA", "both"):
         raise TaskError(f"order must be ABBA, BABA or both, got {order!r}")
@@ -354,11 +354,11 @@ def load_task(name: str, tokenizer=None, *, n: int = 200, seed: int = 0, strict:
     builders = {"ioi": ioi, "colored-objects": colored_objects, "greater-than": greater_than, "niah": niah}
     if name in builders:
         if n < 1:
-            raise TaskError(f"--n-prompts must be >= 1, got {n}")
+            raise TaskError(f"`n` (prompts) must be >= 1, got {n}")
         if name == "ioi":
             return ioi(tokenizer, n, seed=seed, template=template, templates=templates)
         if template is not None or templates is not None:
-            raise TaskError(f"--template applies to the ioi task only, not {name!r}")
+            raise TaskError(f"`template` applies to the ioi task only, not {name!r}")
         return builders[name](tokenizer, n, seed=seed)
     if name.endswith(".jsonl") or Path(name).exists():
         if not Path(name).exists():

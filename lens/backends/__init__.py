@@ -8,13 +8,9 @@ with the same head edits and returns logits plus the same per-step records.
 
 from __future__ import annotations
 
-import enum
+from formats.vocab import Backend
 
-
-class Backend(enum.Enum):
-    TORCH = "torch"
-    TRANSFORMER_LENS = "transformer_lens"
-    NNSIGHT = "nnsight"
+__all__ = ["Backend", "check_backend_model", "check_backend_sites"]
 
 
 def check_backend_sites(backend: str, sites) -> None:

@@ -30,8 +30,6 @@ from lens.loaded import LoadedModel
 from lens.recording.spec import CaptureSpec
 from lens.sites import Site, SiteKey
 
-_UNSUPPORTED = (Site.Q, Site.K, Site.V)
-
 
 def wrapped(lm: LoadedModel):
     if "nnsight" not in lm.extras:
@@ -68,20 +66,20 @@ def check_remote(lm: LoadedModel, *, timeout: float = 3.0) -> str:
     try:
         from nnsight import CONFIG
     except ImportError as err:
-        raise BackendError(f"--remote needs nnsight: {err}") from None
+        raise BackendError(f"`remote=True` needs nnsight: {err}") from None
     key = os.environ.get("NDIF_API_KEY") or CONFIG.API.APIKEY
     if not key:
-        raise BackendError("--remote runs the trace on NDIF and needs an API key: set NDIF_API_KEY "
+        raise BackendError("`remote=True` runs the trace on NDIF and needs an API key: set NDIF_API_KEY "
                            "(get one at https://login.ndif.us); this project has not tested remote runs")
     if "/" not in lm.facts.name or lm.facts.name.startswith(("/", ".", "~")):
-        raise BackendError(f"--remote runs models NDIF hosts, named by hub id (org/name); {lm.facts.name!r} is not one")
+        raise BackendError(f"`remote=True` runs models NDIF hosts, named by hub id (org/name); {lm.facts.name!r} is not one")
     url = urlparse(CONFIG.API.HOST if "://" in CONFIG.API.HOST else f"https://{CONFIG.API.HOST}")
     try:
         with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
             pass
     except OSError as err:
-        raise BackendError(f"--remote: NDIF at {CONFIG.API.HOST} cannot be reached from here "
-                           f"({err.strerror or err}); run without --remote") from None
+        raise BackendError(f"`remote=True`: NDIF at {CONFIG.API.HOST} cannot be reached from here "
+                           f"({err.strerror or err}); run without `remote=True`") from None
     return key
 
 
@@ -102,7 +100,7 @@ def run(lm: LoadedModel, input_ids: torch.Tensor, spec: CaptureSpec, edits: Sequ
     check_edits(lm.facts, edits)
     if remote:
         if Site.PATTERN in spec.sites:
-            raise BackendError("--remote cannot capture patterns: NDIF runs the model with its own attention "
+            raise BackendError("`remote=True` cannot capture patterns: NDIF runs the model with its own attention "
                                "implementation; capture z, resid_pre/post, attn_out or mlp_out remotely")
         check_remote(lm)
     # a remote LanguageModel of the same hub id has the same module names as lm.model

@@ -76,8 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("ATTNLENS_DEBUG") == "1"
     try:
         code = app(args=args, prog_name="lens", standalone_mode=False)
-    except AttnlensError as err:
-        sys.stderr.write(f"error: {_line(err)}\n")
+    except AttnlensError as err:  # the library names its arguments; the user typed flags
+        from lens.cli._flags import as_flags
+
+        sys.stderr.write(f"error: {_line(as_flags(str(err)))}\n")
         sys.exit(2)
     except usage_errors as err:
         where = f" (see `{err.ctx.command_path} --help`)" if getattr(err, "ctx", None) is not None else ""

@@ -6,7 +6,6 @@ Rich markup (a prompt or model name with ``[/]`` in it prints as it is).
 
 from __future__ import annotations
 
-import enum
 import math
 import re
 import sys
@@ -15,7 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import typer
 from rich.console import Console
 from rich.text import Text
 
@@ -28,22 +26,6 @@ console = Console(stderr=True, highlight=False)  # progress and tables on stderr
 MAX_RANGE = 100_000  # no integer option expands to more values than this
 MAX_TEXT_BYTES = 32 * 2**20  # prompt and text files read at most this much
 MODEL_HELP = "Zoo name (lens models), local folder or Hugging Face id."
-
-
-class DType(str, enum.Enum):
-    FLOAT32 = "float32"
-    FLOAT16 = "float16"
-    BFLOAT16 = "bfloat16"
-
-    def torch(self):
-        import torch
-
-        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[self.value]
-
-
-class Source(str, enum.Enum):
-    PATTERN = "pattern"
-    KERNEL = "kernel"
 
 
 def say(text: str, style: str | None = None) -> None:
@@ -200,79 +182,14 @@ TRUST_REMOTE_CODE = False  # `lens --trust-remote-code ...`
 
 def load_model(name: str, **load_kwargs):
     """The model, with a spinner (and a one-line error for anything that is not a model).
-    ``load_kwargs``: what :func:`placement` returns (a model split with accelerate)."""
+    ``load_kwargs``: what :meth:`lens.cli._options.PlacementGroup.load_kwargs` returns (a model split with accelerate)."""
     import lens
 
     with status(f"loading {name}"):
         return lens.load(name, trust_remote_code=TRUST_REMOTE_CODE, **load_kwargs)
 
 
-# ---- big models and distributed runs: options shared by the commands that take them ----------
-class DeviceMap(str, enum.Enum):
-    AUTO = "auto"
-    BALANCED = "balanced"
-    BALANCED_LOW_0 = "balanced_low_0"
-    SEQUENTIAL = "sequential"
-
-
-DEVICE_MAP_OPTION = typer.Option(None, "--device-map", help="Split the model over GPUs, CPU memory and disk with "
-                                 "accelerate (auto: fill GPUs, then CPU, then disk). See docs/distributed.md.")
-MAX_MEMORY_OPTION = typer.Option(None, "--max-memory", help="Per-device budget with --device-map, e.g. "
-                                 "'0=20GiB,1=20GiB,cpu=64GiB,disk=500GiB' (GPU index, cpu, mps or disk).")
-OFFLOAD_FOLDER_OPTION = typer.Option(None, "--offload-folder", help="Where disk-offloaded weights go "
-                                     "(default: a temporary folder removed at exit).")
-RAY_OPTION = typer.Option(None, "--ray", help="Run the items on Ray workers: 'auto' (join this machine's cluster or "
-                          "start one) or a cluster address (ray://head:10001, head:6379). Needs "
-                          "pip install 'attnlens[distributed]'.")
-WORKERS_OPTION = typer.Option(None, "--workers", min=1, max=4096, help="Ray workers, each holding one copy of the "
-                              "model (default 2; with --ray).")
-CPUS_PER_WORKER_OPTION = typer.Option(None, "--cpus-per-worker", min=0.0, max=1024.0,
-                                      help="CPUs Ray reserves per worker, also its torch threads (default 1).")
-GPUS_PER_WORKER_OPTION = typer.Option(None, "--gpus-per-worker", min=0.0, max=64.0,
-                                      help="GPUs per worker (default 0; >0 puts the model on the worker's GPU, "
-                                      "or splits it over its GPUs with --device-map).")
-REMOTE_OPTION = typer.Option(False, "--remote", help="With --backend nnsight: run the trace on NDIF (needs "
-                             "NDIF_API_KEY and a model NDIF hosts; untested here).")
-
-
-def placement(device_map: DeviceMap | None, max_memory: str | None, offload_folder: Path | None) -> dict[str, Any]:
-    """``lens.load`` keywords for ``--device-map/--max-memory/--offload-folder`` (validated; {} without them)."""
-    if device_map is None:
-        if max_memory or offload_folder:
-            raise SelectionError("--max-memory and --offload-folder need --device-map (e.g. --device-map auto)")
-        return {}
-    from lens.zoo.placement import check_devices, parse_max_memory
-
-    kw: dict[str, Any] = {"device_map": device_map.value}
-    mem = parse_max_memory(max_memory)
-    check_devices(mem, "--max-memory")
-    if mem:
-        kw["max_memory"] = mem
-    if offload_folder is not None:
-        kw["offload_folder"] = str(offload_folder)
-    return kw
-
-
-def ray_options(ray: str | None, workers: int | None, cpus_per_worker: float | None,
-                gpus_per_worker: float | None):
-    """A :class:`pipelines.executors.RayOptions` for ``--ray`` (None without it); a one-line
-    error when Ray is not installed, before any model loads."""
-    if ray is None:
-        given = [n for n, v in (("--workers", workers), ("--cpus-per-worker", cpus_per_worker),
-                                ("--gpus-per-worker", gpus_per_worker)) if v is not None]
-        if given:
-            raise SelectionError(f"{', '.join(given)} apply to Ray runs: add --ray auto (or a cluster address)")
-        return None
-    from pipelines.executors import RayOptions, check_address, import_ray
-
-    options = RayOptions(address=ray.strip(), workers=2 if workers is None else workers,
-                         cpus_per_worker=1.0 if cpus_per_worker is None else cpus_per_worker,
-                         gpus_per_worker=0.0 if gpus_per_worker is None else gpus_per_worker)
-    import_ray()
-    check_address(options.address)  # seconds, not minutes of Ray's retries, and before any model loads
-    return options
-
-
+# ---- distributed runs (the options: lens.cli._options.RayGroup) ----------------------------------
 @contextmanager
 def executor(lm, model: str, options, load_kwargs: dict[str, Any] | None = None) -> Iterator[Any]:
     """Where a command's items run: this process (``options`` None) or Ray workers that load

@@ -3,89 +3,38 @@ the workflows are :mod:`pipelines.sweeps` and :mod:`pipelines.circuits`."""
 
 from __future__ import annotations
 
-import enum
 import math
 from pathlib import Path
 
 import typer
 
 from formats.errors import SelectionError
+from formats.vocab import (
+    Ablated,
+    CircuitMethod,
+    Level,
+    MeanOver,
+    Method,
+    Metric,
+    Replacement,
+    SweepKind,
+    Unit,
+)
 from lens.cli import app
 from lens.cli._common import (
-    CPUS_PER_WORKER_OPTION,
-    DEVICE_MAP_OPTION,
-    GPUS_PER_WORKER_OPTION,
-    MAX_MEMORY_OPTION,
     MODEL_HELP,
-    OFFLOAD_FOLDER_OPTION,
-    RAY_OPTION,
-    WORKERS_OPTION,
-    DeviceMap,
     check_out,
     executor,
     int_list,
     load_model,
-    placement,
     print_json,
     progress,
-    ray_options,
     say,
     writing,
 )
+from lens.cli._options import PlacementGroup, RayGroup, placement_options, ray_options
 
 TASK_HELP = "ioi, colored-objects, greater-than, niah, or a UTF-8 .jsonl file (prompt, answer, corrupted, distractor)."
-
-
-class AblationMethod(str, enum.Enum):
-    ZERO = "zero"
-    MEAN = "mean"
-    RESAMPLE = "resample"
-    PATCH = "patch"
-
-
-class MetricName(str, enum.Enum):
-    LOGIT_DIFF = "logit-diff"
-    PROB = "prob"
-    ACC = "acc"
-    LOSS = "loss"
-
-
-class Sweep(str, enum.Enum):
-    HEADS = "heads"
-    LAYERS = "layers"
-
-
-class CircuitMethodName(str, enum.Enum):
-    EAP = "eap"
-    EAP_IG = "eap-ig"
-    PATCHING = "patching"
-    SAE = "sae"
-
-
-class UnitName(str, enum.Enum):
-    EDGES = "edges"
-    HEADS = "heads"
-
-
-class LevelName(str, enum.Enum):
-    EDGE = "edge"
-    NODE = "node"
-
-
-class ReplacementName(str, enum.Enum):
-    CORRUPTED = "corrupted"
-    MEAN = "mean"
-
-
-class AblatedName(str, enum.Enum):
-    HEADS = "heads"
-    HEADS_AND_MLPS = "heads+mlps"
-
-
-class MeanOverName(str, enum.Enum):
-    TEMPLATE = "template"
-    LENGTH = "length"
-    BATCH = "batch"
 
 
 def _task(lm, task: str, n_prompts: int, seed: int, batch_size: int, strict: bool, template=None, templates=None):
@@ -160,15 +109,17 @@ def _task_digest(task: str) -> str | None:
 
 
 @app.command("ablate")
+@ray_options
+@placement_options
 def ablate(
     model: str = typer.Argument("smollm2-135m", help=MODEL_HELP),
     task: str = typer.Option("ioi", "--task", "-t", help=TASK_HELP),
     heads: str = typer.Option(None, "--heads", help="Heads to ablate: 'L3H4,L5H*', 'L*H0', 'L2-4H0-1', 'all'."),
     mlps: str = typer.Option(None, "--mlps", help="MLP layers to ablate: '3,5-7'."),
-    method: AblationMethod = typer.Option(AblationMethod.MEAN, "--method", "-m",
+    method: Method = typer.Option(Method.MEAN, "--method", "-m",
                                           help="What replaces a component (patch: its corrupted-prompt activation)."),
-    metric: MetricName = typer.Option(MetricName.LOGIT_DIFF, "--metric", help="Task metric read at the last position."),
-    sweep: Sweep = typer.Option(None, "--sweep", help="heads: every head (or --heads) one at a time; layers: each "
+    metric: Metric = typer.Option(Metric.LOGIT_DIFF, "--metric", help="Task metric read at the last position."),
+    sweep: SweepKind = typer.Option(None, "--sweep", help="heads: every head (or --heads) one at a time; layers: each "
                                 "layer's heads together and its MLP."),
     compare_random: int = typer.Option(0, "--compare-random", min=0, max=10_000,
                                        help="Also ablate K random head sets of the same size."),
@@ -183,13 +134,8 @@ def ablate(
     force: bool = typer.Option(False, "--force", help="Replace --out (only once the new run is complete); without it a "
                                "finished or different run is refused and an unfinished sweep with the same settings resumes."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON on stdout."),
-    ray: str = RAY_OPTION,
-    workers: int = WORKERS_OPTION,
-    cpus_per_worker: float = CPUS_PER_WORKER_OPTION,
-    gpus_per_worker: float = GPUS_PER_WORKER_OPTION,
-    device_map: DeviceMap = DEVICE_MAP_OPTION,
-    max_memory: str = MAX_MEMORY_OPTION,
-    offload_folder: Path = OFFLOAD_FOLDER_OPTION,
+    cluster: RayGroup = None,
+    place: PlacementGroup = None,
 ) -> None:
     """Ablate heads (and MLPs) of MODEL on a task and report the metric change.
 
@@ -206,8 +152,6 @@ def ablate(
 
       lens ablate smollm2-135m --task ioi --sweep heads --ray auto --workers 2 --out results/ioi-sweep
     """
-    from analyses.circuits.ablation import Method
-    from analyses.circuits.metrics import Metric
     from pipelines import sweeps
 
     seed_list = int_list(seeds, "seeds", max_count=1000, default=[0])
@@ -222,9 +166,8 @@ def ablate(
                              "than one (random sets per seed): give one seed, or add --compare-random K")
     _check_task_file(task, template=template, strict=strict)
     _check_strict(strict, task)
-    meth, met = Method(method.value), Metric(metric.value)
-    load_kw = placement(device_map, max_memory, offload_folder)
-    ray_opts = ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
+    load_kw = place.load_kwargs()
+    ray_opts = cluster.options()
     if ray_opts is not None and sweep is None:
         raise SelectionError("--ray runs the items of a --sweep: add --sweep heads|layers")
     if sweep is None and out is not None:
@@ -234,13 +177,13 @@ def ablate(
     comps = _components(lm, heads, mlps)
     enc = _task(lm, task, n_prompts, seed_list[0], batch_size, strict, template)
     if sweep is not None:
-        settings = dict(model=model, task=task, method=meth.value, metric=met.value, sweep=sweep.value, heads=heads,
+        settings = dict(model=model, task=task, method=method.value, metric=metric.value, sweep=sweep.value, heads=heads,
                         mlps=mlps, n_prompts=n_prompts, seed=seed_list[0], template=template, n_examples=enc.n_examples,
                         task_sha256=task_sha256)
         target = out or Path(f"results/ablate-{Path(task).stem}-{sweep.value}")
         with executor(lm, model, ray_opts, load_kw) as ex, progress() as bar:
-            outcome = sweeps.sweep(lm, enc, sweeps.SweepKind(sweep.value), out=target, settings=settings, method=meth,
-                                   metric=met, components=comps, seed=seed_list[0], max_rows=max_rows, force=force,
+            outcome = sweeps.sweep(lm, enc, sweep, out=target, settings=settings, method=method,
+                                   metric=metric, components=comps, seed=seed_list[0], max_rows=max_rows, force=force,
                                    progress=bar, executor=ex)
         summary = outcome.result.summary
         if json_out:
@@ -248,17 +191,17 @@ def ablate(
             return
         if outcome.resumed_from:
             say(f"resumed {target}: {outcome.resumed_from} item(s) were already done")
-        say(f"baseline {met.value} {summary['baseline']:.3f}; largest drops: "
+        say(f"baseline {metric.value} {summary['baseline']:.3f}; largest drops: "
             + ", ".join(f"{r['item']} {r['effect']:+.3f}" for r in summary["top"][:5]))
         say(f"{outcome.computed} item(s) in {outcome.seconds:.1f} s; results in {outcome.folder.resolve()}")
         return
     with progress() as bar:
-        result = sweeps.ablate_set(lm, enc, comps, method=meth, metric=met, seeds=seed_list,
+        result = sweeps.ablate_set(lm, enc, comps, method=method, metric=metric, seeds=seed_list,
                                    compare_random=compare_random, max_rows=max_rows, task_name=task, progress=bar)
     if out is not None:
         with writing(out, force) as tmp:
             result.save(tmp)
-    doc = {"model": model, "task": task, "method": meth.value, "metric": met.value, "n_examples": enc.n_examples,
+    doc = {"model": model, "task": task, "method": method.value, "metric": metric.value, "n_examples": enc.n_examples,
            "skipped": len(enc.skipped), "components": [str(c) for c in comps], "baseline": result.baseline,
            "ablated": result.ablated, "effect": result.effect, "seconds": result.seconds}
     if compare_random:
@@ -270,8 +213,8 @@ def ablate(
     if json_out:
         print_json(doc)
         return
-    say(f"{task} on {model} ({enc.n_examples} prompts), {met.value}: baseline {result.baseline:.3f}, "
-        f"{meth.value}-ablating {len(comps)} component(s): {result.ablated:.3f} (effect {result.effect:+.3f})")
+    say(f"{task} on {model} ({enc.n_examples} prompts), {metric.value}: baseline {result.baseline:.3f}, "
+        f"{method.value}-ablating {len(comps)} component(s): {result.ablated:.3f} (effect {result.effect:+.3f})")
     if "random" in doc:
         rr = doc["random"]
         say(f"random sets of the same size (k={rr['k']}): effect {rr['effect_mean']:+.3f} ± {rr['effect_std']:.3f}; "
@@ -288,34 +231,36 @@ _P_OUTPUT = "Output"
 
 
 @app.command("circuit")
+@ray_options
+@placement_options
 def circuit(
     model: str = typer.Argument("smollm2-135m", help=MODEL_HELP),
     task: str = typer.Option("ioi", "--task", "-t", rich_help_panel=_P_TASK_AND_PROMPTS, help=TASK_HELP),
-    method: CircuitMethodName = typer.Option(CircuitMethodName.EAP_IG, "--method", "-m",
+    method: CircuitMethod = typer.Option(CircuitMethod.EAP_IG, "--method", "-m",
                                              rich_help_panel=_P_SCORING_AND_SELECTION,
                                              help="Edge attribution (eap, eap-ig), per-head activation patching, or "
                                              "discrete sparse autoencoders on head outputs (sae; O'Neill & Bui 2024)."),
-    metric: MetricName = typer.Option(MetricName.LOGIT_DIFF, "--metric", rich_help_panel=_P_SCORING_AND_SELECTION, help="Task metric (acc: patching only)."),
+    metric: Metric = typer.Option(Metric.LOGIT_DIFF, "--metric", rich_help_panel=_P_SCORING_AND_SELECTION, help="Task metric (acc: patching only)."),
     ig_steps: int = typer.Option(None, "--ig-steps", min=1, max=1000, rich_help_panel=_P_SCORING_AND_SELECTION, help="Interpolation steps for eap-ig (default 5)."),
     top_n: int = typer.Option(None, "--top-n", min=1, max=10_000_000,
                               rich_help_panel=_P_SCORING_AND_SELECTION, help="Edges to keep (eap, eap-ig; default 100) or heads/MLPs (patching; default 20)."),
-    unit: UnitName = typer.Option(None, "--unit", rich_help_panel=_P_SCORING_AND_SELECTION, help="eap, eap-ig: an edge circuit (top-n edges; the default) or a "
+    unit: Unit = typer.Option(None, "--unit", rich_help_panel=_P_SCORING_AND_SELECTION, help="eap, eap-ig: an edge circuit (top-n edges; the default) or a "
                                   "head circuit (top-n heads by node score, like patching)."),
     threshold: float = typer.Option(None, "--threshold", rich_help_panel=_P_SCORING_AND_SELECTION, help="Keep edges with |score| >= this instead of --top-n."),
     compare_patching: bool = typer.Option(False, "--compare-patching", rich_help_panel=_P_COMPARISONS, help="Also run the per-head patching loop on "
                                           "the same prompts: Spearman correlation and time ratio."),
     overlap_task: str = typer.Option(None, "--overlap-task", rich_help_panel=_P_COMPARISONS, help="Find the circuit of this task too and report the "
                                      "overlap, against random circuits of the same size."),
-    level: LevelName = typer.Option(None, "--level", rich_help_panel=_P_FAITHFULNESS, help="Faithfulness: ablate edges (each receiver reads its own "
+    level: Level = typer.Option(None, "--level", rich_help_panel=_P_FAITHFULNESS, help="Faithfulness: ablate edges (each receiver reads its own "
                                     "input) or nodes outside the circuit. Default: the published setting (edge circuits: "
                                     "edge, Hanna et al. 2024; head circuits: node, Wang et al. 2022)."),
-    replacement: ReplacementName = typer.Option(None, "--replacement", rich_help_panel=_P_FAITHFULNESS, help="What replaces what is ablated: the paired "
+    replacement: Replacement = typer.Option(None, "--replacement", rich_help_panel=_P_FAITHFULNESS, help="What replaces what is ablated: the paired "
                                                 "corrupted activation or the mean over corrupted prompts. Default: "
                                                 "published (edge: corrupted; heads: mean)."),
-    ablate_what: AblatedName = typer.Option(None, "--ablate", rich_help_panel=_P_FAITHFULNESS, help="What is ablated outside the circuit: heads only "
+    ablate_what: Ablated = typer.Option(None, "--ablate", rich_help_panel=_P_FAITHFULNESS, help="What is ablated outside the circuit: heads only "
                                             "(MLPs kept, Wang et al.) or heads and MLPs (Hanna et al.). Default: "
                                             "published."),
-    mean_over: MeanOverName = typer.Option(None, "--mean-over", rich_help_panel=_P_FAITHFULNESS, help="Mean references per template (default), per "
+    mean_over: MeanOver = typer.Option(None, "--mean-over", rich_help_panel=_P_FAITHFULNESS, help="Mean references per template (default), per "
                                            "token length whatever the template (misaligned), or per encoded batch."),
     curve: bool = typer.Option(False, "--curve", rich_help_panel=_P_FAITHFULNESS, help="Faithfulness against circuit size for every ranking computed "
                                "(edges 50-5000, heads 5-60) and the smallest size reaching 0.8."),
@@ -350,13 +295,8 @@ def circuit(
     out: Path = typer.Option(Path("results/circuit"), "--out", "-o", rich_help_panel=_P_OUTPUT, help="Results folder."),
     force: bool = typer.Option(False, "--force", rich_help_panel=_P_OUTPUT, help="Replace a non-empty --out folder (only once the new one is complete)."),
     json_out: bool = typer.Option(False, "--json", rich_help_panel=_P_OUTPUT, help="Print machine-readable JSON on stdout."),
-    ray: str = RAY_OPTION,
-    workers: int = WORKERS_OPTION,
-    cpus_per_worker: float = CPUS_PER_WORKER_OPTION,
-    gpus_per_worker: float = GPUS_PER_WORKER_OPTION,
-    device_map: DeviceMap = DEVICE_MAP_OPTION,
-    max_memory: str = MAX_MEMORY_OPTION,
-    offload_folder: Path = OFFLOAD_FOLDER_OPTION,
+    cluster: RayGroup = None,
+    place: PlacementGroup = None,
 ) -> None:
     """Find the circuit of a task on MODEL: score edges (EAP, EAP-IG) or heads (patching), select, check faithfulness.
 
@@ -370,26 +310,25 @@ def circuit(
 
       lens circuit smollm2-135m --task ioi --method sae --sae-examples 10 --top-n 30
     """
-    from analyses.circuits.metrics import Metric
-    from pipelines.circuits import CircuitMethod, Unit, circuit_study, resolve_setting
+    from pipelines.circuits import circuit_study, resolve_setting
 
     if top_n is not None and threshold is not None:
         raise SelectionError("give one of --top-n and --threshold, not both")
     if threshold is not None and (not math.isfinite(threshold) or threshold < 0):
         raise SelectionError(f"--threshold must be a finite number >= 0, got {threshold}")
-    if metric is MetricName.ACC and method is not CircuitMethodName.PATCHING:
+    if metric is Metric.ACC and method is not CircuitMethod.PATCHING:
         raise SelectionError("--metric acc is not differentiable: use it with --method patching only")
-    is_sae = method is CircuitMethodName.SAE
-    patching_runs = method is CircuitMethodName.PATCHING or compare_patching
+    is_sae = method is CircuitMethod.SAE
+    patching_runs = method is CircuitMethod.PATCHING or compare_patching
     unused = [
         ("--edge-sizes", edge_sizes is not None and not curve, "sets the sizes of the faithfulness curve: add --curve"),
         ("--head-sizes", head_sizes is not None and not curve, "sets the sizes of the faithfulness curve: add --curve"),
-        ("--ig-steps", ig_steps is not None and method is not CircuitMethodName.EAP_IG and not compare_patching,
+        ("--ig-steps", ig_steps is not None and method is not CircuitMethod.EAP_IG and not compare_patching,
          "applies to --method eap-ig (or --compare-patching, which runs it too)"),
-        ("--threshold", threshold is not None and (method in (CircuitMethodName.PATCHING, CircuitMethodName.SAE)
-                                                   or unit is UnitName.HEADS),
+        ("--threshold", threshold is not None and (method in (CircuitMethod.PATCHING, CircuitMethod.SAE)
+                                                   or unit is Unit.HEADS),
          "selects edges by score: use it with --method eap or eap-ig and --unit edges (a head circuit takes --top-n)"),
-        ("--unit", unit is not None and method in (CircuitMethodName.PATCHING, CircuitMethodName.SAE),
+        ("--unit", unit is not None and method in (CircuitMethod.PATCHING, CircuitMethod.SAE),
          "applies to eap and eap-ig: per-head patching and sae always find a head circuit"),
         ("--sae-examples", sae_examples is not None and not is_sae, "applies to --method sae"),
         ("--sae-codes", sae_codes is not None and not is_sae, "applies to --method sae"),
@@ -412,30 +351,28 @@ def circuit(
         raise SelectionError(f"--eval-prompts draws other prompts with seed + 1, which the task file {task!r} cannot: "
                              "its first lines would come back, the very prompts the circuit was found on")
     ig_steps = 5 if ig_steps is None else ig_steps
-    unit = unit or UnitName.EDGES
+    unit = unit or Unit.EDGES
     random_circuits = 1000 if random_circuits is None else random_circuits
     patch_mlps = True if patch_mlps is None else patch_mlps
-    load_kw = placement(device_map, max_memory, offload_folder)
-    ray_opts = ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
-    if load_kw and (method is not CircuitMethodName.PATCHING or compare_patching or curve or settings_table):
+    load_kw = place.load_kwargs()
+    ray_opts = cluster.options()
+    if load_kw and (method is not CircuitMethod.PATCHING or compare_patching or curve or settings_table):
         raise SelectionError("--device-map works with --method patching only, without --curve and --settings-table: "
                              "EAP, EAP-IG and edge-level evaluation read the projection weights directly, which a "
                              "split model keeps on disk or other devices")
-    if ray_opts is not None and method is not CircuitMethodName.PATCHING and not compare_patching:
+    if ray_opts is not None and method is not CircuitMethod.PATCHING and not compare_patching:
         raise SelectionError("--ray runs the per-component patching loop: use it with --method patching or "
                              "--compare-patching")
     e_sizes = int_list(edge_sizes, "edge-sizes", lo=1, max_count=64) if edge_sizes else None
     h_sizes = int_list(head_sizes, "head-sizes", lo=1, max_count=64) if head_sizes else None
-    cmethod = CircuitMethod(method.value)
     sae_config = None
     if is_sae:
         from analyses.circuits.discrete_sae import SAEConfig
 
         defaults = SAEConfig()
         sae_config = SAEConfig(n_codes=sae_codes or defaults.n_codes, steps=sae_steps or defaults.steps, seed=seed)
-    setting = resolve_setting(cmethod, level=level, replacement=replacement, ablated=ablate_what, mean_over=mean_over)
+    setting = resolve_setting(method, level=level, replacement=replacement, ablated=ablate_what, mean_over=mean_over)
     check_out(out, force)
-    met = Metric(metric.value)
     lm = load_model(model, **load_kw)
     enc = _task(lm, task, n_prompts, seed, batch_size, strict, template)
     eval_enc = _task(lm, task, eval_prompts, seed + 1, batch_size, strict, template) if eval_prompts else None
@@ -446,12 +383,12 @@ def circuit(
 
         patching = load_patching(patching_scores, lm.facts)
     with executor(lm, model, ray_opts, load_kw) as ex, writing(out, force) as tmp, progress() as bar:
-        study = circuit_study(lm, enc, task_name=Path(task).stem, method=cmethod, metric=met, patching=patching,
+        study = circuit_study(lm, enc, task_name=Path(task).stem, method=method, metric=metric, patching=patching,
                               ig_steps=ig_steps, top_n=top_n, threshold=threshold, compare_patching=compare_patching,
                               overlap_enc=other, overlap_name=Path(overlap_task).stem if overlap_task else "",
                               max_rows=max_rows, seed=seed, setting=setting, curves=curve, eval_enc=eval_enc,
                               edge_sizes=e_sizes, head_sizes=h_sizes, settings_table=settings_table,
-                              random_circuits=random_circuits, patch_mlps=patch_mlps, unit=Unit(unit.value),
+                              random_circuits=random_circuits, patch_mlps=patch_mlps, unit=unit,
                               progress=bar, executor=ex if ex.distributed else None,
                               sae_examples=sae_examples or 10, sae_config=sae_config)
         study.save(tmp)
@@ -463,7 +400,7 @@ def circuit(
         print_json(c.to_json() | {"out": str(out), "warning": warning})
         return
     f = c.faithfulness
-    say(f"{task}: full {met.value} {f['full']:.3f}; circuit ({f['n_heads']} heads, {f['n_mlps']} MLPs, "
+    say(f"{task}: full {metric.value} {f['full']:.3f}; circuit ({f['n_heads']} heads, {f['n_mlps']} MLPs, "
         f"{f['n_edges']} edges) {f['circuit']:.3f} -> faithfulness {f['faithfulness']:.2f} "
         f"(normalized {f['normalized_faithfulness']:.2f}, all ablated: {f['empty']:.3f}; setting {f['setting']}: "
         f"{f['level']}-level, {f['replacement']}, ablating {f['ablated']}); {method.value} took "
@@ -479,7 +416,7 @@ def circuit(
             f"{row['normalized_faithfulness']:.2f})")
     if "vs_patching" in c.details:
         v = c.details["vs_patching"]
-        for name in (m.value for m in CircuitMethodName if m.value in v):
+        for name in (m.value for m in CircuitMethod if m.value in v):
             pr = next(x for k, x in v[name].items() if k.endswith("_heads_vs_patching"))
             say(f"{name} vs per-head patching: Spearman {v[name]['spearman']:.2f}; top {pr['found']} heads: precision "
                 f"{pr['precision']:.2f}, recall {pr['recall']:.2f}; patching loop {v['seconds_patching_loop']:.1f} s vs "

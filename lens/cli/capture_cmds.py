@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 
 import typer
@@ -10,11 +9,10 @@ from rich.table import Table
 from rich.text import Text
 
 from formats.errors import PromptError, SelectionError
-from lens.cli import _common as _c
+from formats.vocab import Backend, DType, KernelBackend
 from lens.cli import app
 from lens.cli._common import (
     MODEL_HELP,
-    DType,
     check_out,
     check_prompt,
     console,
@@ -28,19 +26,14 @@ from lens.cli._common import (
     say,
     writing,
 )
+from lens.cli._options import (
+    FORCE_OPTION,
+    JSON_OPTION,
+    REMOTE_OPTION,
+    PlacementGroup,
+    placement_options,
+)
 from lens.cli._terminal import printable
-
-
-class BackendName(str, enum.Enum):
-    TORCH = "torch"
-    TRANSFORMER_LENS = "transformer_lens"
-    NNSIGHT = "nnsight"
-
-
-class StatsBackend(str, enum.Enum):
-    AUTO = "auto"
-    TRITON = "triton"
-    TORCH = "torch"
 
 
 def _prompts(prompt: list[str] | None, file: Path | None) -> list[str]:
@@ -51,24 +44,9 @@ def _prompts(prompt: list[str] | None, file: Path | None) -> list[str]:
 
 
 
-# the library names its parameters; on the command line they are these flags
-_FLAGS = {"image=": "--image", "audio=": "--audio", "prompt=": "--prompt", "decoder_ids=": "decoder ids"}
-
-
-def prepared(lm, prompt=None, **kw):
-    """:func:`lens.prepare`, its one-line errors naming this command's flags."""
-    import re
-
-    import lens
-
-    try:
-        return lens.prepare(lm, prompt, **kw)
-    except PromptError as err:
-        text = re.sub("|".join(map(re.escape, _FLAGS)), lambda m: _FLAGS[m.group(0)], str(err))
-        raise PromptError(text) from None
-
 
 @app.command("capture")
+@placement_options
 def capture(
     model: str = typer.Argument(..., help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the captures to (OUT/000, OUT/001, ...)."),
@@ -82,16 +60,14 @@ def capture(
     sites: str = typer.Option("pattern", help="Comma-separated sites: pattern,q,k,v,z,resid_pre,resid_post,attn_out,mlp_out."),
     layers: str = typer.Option(None, help="Layers, e.g. '3', '0,2,5' or '4-7' (default: all)."),
     heads: str = typer.Option(None, help="Query heads to keep, same syntax (default: all)."),
-    backend: BackendName = typer.Option(BackendName.TORCH, help="Capture backend."),
+    backend: Backend = typer.Option(Backend.TORCH, help="Capture backend."),
     dtype: DType = typer.Option(None, help="Storage dtype (default: the model's)."),
     budget_gb: float = typer.Option(None, help="Memory budget for the capture in GB (default: 8, or half of RAM)."),
     chat: bool = typer.Option(False, help="Format prompts with the model's chat template."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
-    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
-    remote: bool = _c.REMOTE_OPTION,
-    device_map: _c.DeviceMap = _c.DEVICE_MAP_OPTION,
-    max_memory: str = _c.MAX_MEMORY_OPTION,
-    offload_folder: Path = _c.OFFLOAD_FOLDER_OPTION,
+    force: bool = FORCE_OPTION,
+    json_out: bool = JSON_OPTION,
+    remote: bool = REMOTE_OPTION,
+    place: PlacementGroup = None,
 ) -> None:
     """Run MODEL on prompts (or images, or audio) and save the attention and activations at the chosen sites.
 
@@ -125,11 +101,11 @@ def capture(
         raise SelectionError(f"--heads does nothing here: it keeps heads of the per-head sites (pattern, q, k, v, z), "
                              f"and --sites {sites!r} has none")
     budget = positive_float(budget_gb, "budget-gb", hi=1e6)
-    load_kw = _c.placement(device_map, max_memory, offload_folder)
-    if load_kw and backend is BackendName.TRANSFORMER_LENS:
+    load_kw = place.load_kwargs()
+    if load_kw and backend is Backend.TRANSFORMER_LENS:
         raise SelectionError("backend transformer_lens builds its own copy of the model on one device: use backend "
                              "torch or nnsight with --device-map")
-    if remote and backend is not BackendName.NNSIGHT:
+    if remote and backend is not Backend.NNSIGHT:
         raise SelectionError(f"--remote runs through nnsight: add --backend nnsight (got {backend.value})")
     check_out(out, force)
     lm = load_model(model, **load_kw)
@@ -139,20 +115,20 @@ def capture(
     if image_text:
         from lens import vision
 
-        inputs = [prepared(lm, prompts[0], image=vision.load_image(images[0]), chat=chat)]
+        inputs = [lens.prepare(lm, prompts[0], image=vision.load_image(images[0]), chat=chat)]
     elif images:
         from lens import vision
 
-        inputs = [prepared(lm, image=vision.load_image(p)) for p in images]
+        inputs = [lens.prepare(lm, image=vision.load_image(p)) for p in images]
     elif audios:
         from lens.audio import load_audio
 
-        inputs = [prepared(lm, audio=load_audio(p)) for p in audios]
+        inputs = [lens.prepare(lm, audio=load_audio(p)) for p in audios]
     else:
-        inputs = [prepared(lm, p, chat=chat) for p in prompts]
+        inputs = [lens.prepare(lm, p, chat=chat) for p in prompts]
     for x in inputs:  # validated before anything is written
         check_budget(lm, spec, x)
-    if backend is not BackendName.TORCH and not images and not audios:
+    if backend is not Backend.TORCH and not images and not audios:
         from lens.backends import check_backend_sites
 
         check_backend_sites(backend.value, spec.sites)
@@ -179,7 +155,7 @@ def capture(
 @app.command("info")
 def info(
     capture_dir: Path = typer.Argument(..., help="A folder written by `lens capture` (one capture)."),
-    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    json_out: bool = JSON_OPTION,
 ) -> None:
     """Describe a saved capture: model, tokens, sites, layers, heads and tensor shapes (reads no tensor data).
 
@@ -228,6 +204,7 @@ def _span(text: str, n_keys: int | None = None) -> tuple[int, int]:
 
 
 @app.command("stats")
+@placement_options
 def stats(
     model: str = typer.Argument(..., help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the statistics to."),
@@ -242,12 +219,10 @@ def stats(
     image: Path = typer.Option(None, "--image", help="Vision-text models: the image of the prompt's <image> "
                                "placeholder; its token span is added to the spans.", exists=True, dir_okay=False),
     chat: bool = typer.Option(False, "--chat", help="Format the prompt with the model's chat template."),
-    backend: StatsBackend = typer.Option(StatsBackend.AUTO, help="auto (Triton on a GPU, else PyTorch), triton or torch."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
-    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
-    device_map: _c.DeviceMap = _c.DEVICE_MAP_OPTION,
-    max_memory: str = _c.MAX_MEMORY_OPTION,
-    offload_folder: Path = _c.OFFLOAD_FOLDER_OPTION,
+    backend: KernelBackend = typer.Option(KernelBackend.AUTO, help="auto (Triton on a GPU, else PyTorch), triton or torch."),
+    force: bool = FORCE_OPTION,
+    json_out: bool = JSON_OPTION,
+    place: PlacementGroup = None,
 ) -> None:
     """Per-head attention statistics from the fused kernel, without building attention patterns.
 
@@ -275,15 +250,15 @@ def stats(
     spans = [_span(s) for s in span or []]
     spec = StatsSpec(sink_tokens=sink_tokens, window=window, spans=tuple(spans), topk=topk)
     layer_list = int_list(layers, "layers")
-    load_kw = _c.placement(device_map, max_memory, offload_folder)
+    load_kw = place.load_kwargs()
     check_out(out, force)
     lm = load_model(model, **load_kw)
     if image is not None:
         from lens import vlm
 
-        x = prepared(lm, text, image=vlm.read_image(image), chat=chat)  # one-line errors: text models, placeholders
+        x = lens.prepare(lm, text, image=vlm.read_image(image), chat=chat)  # one-line errors: text models, placeholders
     else:
-        x = prepared(lm, text, chat=chat)
+        x = lens.prepare(lm, text, chat=chat)
     n_tokens = x.n_positions
     for s in span or []:
         _span(s, n_tokens)

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 
 import typer
 
+from formats.vocab import MapMethod, ReportFormat
 from lens.cli import app
 from lens.cli._common import say, status
-
-
-class MapMethod(str, enum.Enum):
-    UMAP = "umap"
-    PCA = "pca"
-
-
-class ReportFormat(str, enum.Enum):
-    HTML = "html"
-    MD = "md"
-    PDF = "pdf"
 
 
 @app.command("dashboard")

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import enum
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +12,11 @@ from rich.table import Table
 from rich.text import Text
 
 from formats.errors import SelectionError
+from formats.vocab import Objective, Source
 from lens.cli import _common as _c
 from lens.cli import app
 from lens.cli._common import (
     MODEL_HELP,
-    Source,
     check_out,
     check_prompt,
     check_text,
@@ -30,13 +30,17 @@ from lens.cli._common import (
     say,
     writing,
 )
+from lens.cli._options import (
+    FORCE_OPTION,
+    JSON_OPTION,
+    PlacementGroup,
+    RayGroup,
+    group,
+    option_field,
+    placement_options,
+    ray_options,
+)
 from lens.cli._terminal import printable
-
-
-class GateObjective(str, enum.Enum):
-    DECODE = "decode"
-    PREFILL = "prefill"
-
 
 heads_app = typer.Typer(name="heads", no_args_is_help=True, rich_markup_mode="rich",
                         help="Head analyses: retrieval, streaming, sinks, taxonomy, calibration (language models); "
@@ -119,6 +123,8 @@ def _check_ablation_sizes(ks: list[int] | None, facts) -> None:
 
 # ---- commands ----------------------------------------------------------------------------
 @heads_app.command("retrieval")
+@ray_options
+@placement_options
 def retrieval(
     model: str = typer.Argument("smollm2-135m", help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Results folder."),
@@ -131,15 +137,10 @@ def retrieval(
     source: Source = typer.Option(Source.PATTERN, help="Top-1 keys from captured rows (pattern) or the kernel's argmax."),
     ablate: str = typer.Option(None, help="Also ablate the top-k retrieval heads vs k random heads, e.g. 5,10,20."),
     ablate_seeds: str = typer.Option(None, help="Seeds of the random-head baseline of --ablate (default 0,1,2)."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
-    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
-    ray: str = _c.RAY_OPTION,
-    workers: int = _c.WORKERS_OPTION,
-    cpus_per_worker: float = _c.CPUS_PER_WORKER_OPTION,
-    gpus_per_worker: float = _c.GPUS_PER_WORKER_OPTION,
-    device_map: _c.DeviceMap = _c.DEVICE_MAP_OPTION,
-    max_memory: str = _c.MAX_MEMORY_OPTION,
-    offload_folder: Path = _c.OFFLOAD_FOLDER_OPTION,
+    force: bool = FORCE_OPTION,
+    json_out: bool = JSON_OPTION,
+    cluster: RayGroup = None,
+    place: PlacementGroup = None,
 ) -> None:
     """Retrieval score of every head (Wu et al. 2024) from greedy needle-in-a-haystack decoding.
 
@@ -156,8 +157,8 @@ def retrieval(
                              "--ablate K")
     a_seeds = int_list(ablate_seeds, "ablate-seeds", max_count=100, default=[0, 1, 2])
     grid = _niah_grid(lengths, depths, seeds)
-    load_kw = _c.placement(device_map, max_memory, offload_folder)
-    ray_opts = _c.ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
+    load_kw = place.load_kwargs()
+    ray_opts = cluster.options()
     check_out(out, force)
     lm = load_model(model, **load_kw)
     _check_ablation_sizes(ks, lm.facts)
@@ -181,8 +182,8 @@ def sinks(
                               exists=True, dir_okay=False, readable=True),
     source: Source = typer.Option(Source.PATTERN, help="Captured patterns, or the stats kernel (no N x N matrix)."),
     min_queries: int = typer.Option(10, min=1, max=1_000_000, help="Hidden sinks: ignore keys seen by fewer queries (1 = bare ACT)."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
-    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    force: bool = FORCE_OPTION,
+    json_out: bool = JSON_OPTION,
 ) -> None:
     """First-token sinks, hidden sinks (ACT: s_j > 0.1, j > 0) and massive activations.
 
@@ -226,8 +227,8 @@ def taxonomy(
     repeat_len: int = typer.Option(50, min=2, max=100_000, help="Length of the random sequence that is repeated once."),
     batch: int = typer.Option(4, min=1, max=64, help="Random sequences (>= 2 for the positional score)."),
     seed: int = typer.Option(0, min=0, help="Seed of the random tokens."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
-    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    force: bool = FORCE_OPTION,
+    json_out: bool = JSON_OPTION,
 ) -> None:
     """Sink, previous-token, positional, duplicate-token, induction and local scores and a type per head.
 
@@ -267,11 +268,11 @@ def streaming(
     gate_length: int = typer.Option(None, min=64, max=1_000_000, help="Tokens per synthetic passkey prompt for the "
                                     "gates (default 256)."),
     gate_prompts: int = typer.Option(None, min=1, max=1000, help="Passkey prompts for the gates (default 1)."),
-    gate_objective: GateObjective = typer.Option(None, help="decode (the default): the context from the full model, "
+    gate_objective: Objective = typer.Option(None, help="decode (the default): the context from the full model, "
                                                  "only the answer tokens run the mixed attention (minutes on a CPU); "
                                                  "prefill: every position does (DuoAttention's objective, much slower)."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
-    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    force: bool = FORCE_OPTION,
+    json_out: bool = JSON_OPTION,
 ) -> None:
     """Streaming vs retrieval heads (DuoAttention): attention mass on sink + recent keys per head,
     and gates alpha per KV head optimised on synthetic passkeys (alpha * full + (1 - alpha) * streaming).
@@ -293,7 +294,7 @@ def streaming(
     gate_steps = 100 if gate_steps is None else gate_steps
     gate_length = 256 if gate_length is None else gate_length
     gate_prompts = 1 if gate_prompts is None else gate_prompts
-    gate_objective = gate_objective or GateObjective.DECODE
+    gate_objective = gate_objective or Objective.DECODE
     retr_scores = HeadScores.load(retrieval_file) if retrieval_file else None
     check_out(out, force)
     lm = load_model(model)
@@ -341,8 +342,8 @@ def calibration(
     seed: int = typer.Option(0, "--seed", min=0, help="Prompt generation seed."),
     templates: str = typer.Option(None, "--templates", help="IOI only: the templates, e.g. '0-5' (default 0-4)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Prompts per forward."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
-    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    force: bool = FORCE_OPTION,
+    json_out: bool = JSON_OPTION,
 ) -> None:
     """ACT attention calibration (Yu et al. 2024): sink columns x beta, the freed mass to the other
     keys, on the chosen heads; accuracy with and without it, and with random columns instead.
@@ -395,52 +396,75 @@ def calibration(
 
 
 # ---- vision-language models --------------------------------------------------------------
-IMAGE_OPTION = typer.Option(None, "--image", "-i", help="An image file; repeat for several.", dir_okay=False)
-IMAGES_OPTION = typer.Option(None, "--images", help="A folder: every image file directly in it.", file_okay=False)
-SCENES_OPTION = typer.Option(None, "--scenes", min=1, max=10_000,
-                             help="N held-out synthetic scenes (seeds 1000+, never trained on) with their questions.")
-QUESTION_OPTION = typer.Option(None, "--question", "-q",
-                               help="A question put with each image; repeat for several (default: "
-                                    "'What colour is the shape?'). Not with --scenes.")
+@dataclasses.dataclass(frozen=True)
+class ImageInputs:
+    """``--image/--images/--scenes/--question``: the images and questions of a vision-language analysis."""
+
+    image: list[Path] | None = option_field(None, "--image", "-i", help="An image file; repeat for several.",
+                                            dir_okay=False)
+    images: Path | None = option_field(None, "--images", help="A folder: every image file directly in it.",
+                                       file_okay=False)
+    scenes: int | None = option_field(None, "--scenes", min=1, max=10_000, help="N held-out synthetic scenes "
+                                      "(seeds 1000+, never trained on) with their questions.")
+    question: list[str] | None = option_field(None, "--question", "-q", help="A question put with each image; "
+                                              "repeat for several (default: 'What colour is the shape?'). Not "
+                                              "with --scenes.")
+
+    def items(self):
+        """``(items, what)`` from exactly one of --image/--images/--scenes; every image decoded now,
+        so a bad file fails before the model loads and nothing is written."""
+        from lens.vlm import DEFAULT_PLACEHOLDER
+        from pipelines import vlm as vp
+
+        given = [n for n, v in (("--image", self.image), ("--images", self.images), ("--scenes", self.scenes)) if v]
+        if len(given) != 1:
+            raise SelectionError("give exactly one of --image FILE, --images FOLDER or --scenes N"
+                                 + (f" (got {', '.join(given)})" if given else ""))
+        if self.scenes:
+            if self.question:
+                raise SelectionError("--question goes with --image/--images; --scenes asks each scene its own questions")
+            return vp.scene_items(self.scenes), f"{self.scenes} held-out synthetic scenes"
+        files = list(self.image) if self.image else vp.image_files(self.images)
+        questions = [check_text(q, "question") for q in (self.question or [vp.DEFAULT_QUESTION]) if q.strip()]
+        if not questions:
+            raise SelectionError("--question is empty: give the text to ask about each image")
+        marked = [q for q in questions if DEFAULT_PLACEHOLDER in q]
+        if marked:
+            raise SelectionError(f"--question {marked[0]!r} holds {DEFAULT_PLACEHOLDER}: give the question only, "
+                                 "the image goes before it")
+        return vp.file_items(files, questions), f"{len(files)} image file(s) x {len(questions)} question(s)"
 
 
-def _image_items(image: list[Path] | None, images: Path | None, scenes: int | None, question: list[str] | None):
-    """``(items, what)`` from exactly one of --image/--images/--scenes; every image decoded now,
-    so a bad file fails before the model loads and nothing is written."""
-    from lens.vlm import DEFAULT_PLACEHOLDER
+image_inputs = group(ImageInputs, "inputs")
+VLM_MODEL_ARGUMENT = typer.Argument("tiny-vlm", help=MODEL_HELP + " A vision-language (LLaVA-style) model.")
+
+
+def _vlm_heads(model: str, out: Path, inputs: ImageInputs, force: bool, json_out: bool, run, title: str) -> list:
+    """The body of every vision-language head analysis: inputs checked, the model loaded and
+    checked, ``run(lm, items, what, progress)`` scored and saved into ``out``, the table printed."""
     from pipelines import vlm as vp
 
-    given = [n for n, v in (("--image", image), ("--images", images), ("--scenes", scenes)) if v]
-    if len(given) != 1:
-        raise SelectionError("give exactly one of --image FILE, --images FOLDER or --scenes N"
-                             + (f" (got {', '.join(given)})" if given else ""))
-    if scenes:
-        if question:
-            raise SelectionError("--question goes with --image/--images; --scenes asks each scene its own questions")
-        return vp.scene_items(scenes), f"{scenes} held-out synthetic scenes"
-    files = list(image) if image else vp.image_files(images)
-    questions = [check_text(q, "question") for q in (question or [vp.DEFAULT_QUESTION]) if q.strip()]
-    if not questions:
-        raise SelectionError("--question is empty: give the text to ask about each image")
-    marked = [q for q in questions if DEFAULT_PLACEHOLDER in q]
-    if marked:
-        raise SelectionError(f"--question {marked[0]!r} holds {DEFAULT_PLACEHOLDER}: give the question only, "
-                             "the image goes before it")
-    return vp.file_items(files, questions), f"{len(files)} image file(s) x {len(questions)} question(s)"
+    items, what = inputs.items()
+    check_out(out, force)
+    lm = load_model(model)
+    vp.check_vision_text(lm)
+    with writing(out, force) as tmp, progress() as bar:
+        results = run(lm, items, what, bar)
+        save_into(results, tmp)
+    finish(results, out, model, json_out, f"{lm.facts.name}: {title}")
+    return results
 
 
 @heads_app.command("vision-aware")
+@image_inputs
 def vision_aware(
-    model: str = typer.Argument("tiny-vlm", help=MODEL_HELP + " A vision-language (LLaVA-style) model."),
+    model: str = VLM_MODEL_ARGUMENT,
     out: Path = typer.Option(..., "--out", "-o", help="Results folder."),
-    image: list[Path] = IMAGE_OPTION,
-    images: Path = IMAGES_OPTION,
-    scenes: int = SCENES_OPTION,
-    question: list[str] = QUESTION_OPTION,
+    inputs: ImageInputs = None,
     steps: int = typer.Option(2, min=1, max=32, help="Positions compared: the prompt's last, then each greedy token."),
     k: int = typer.Option(20, min=1, max=10_000, help="T-VHD: mean of the top-k head VHDs per position."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
-    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    force: bool = FORCE_OPTION,
+    json_out: bool = JSON_OPTION,
 ) -> None:
     """Vision-aware heads (VHD, He et al. 2025): per head, the distance between its output with and
     without the image for the same text; T-VHD per position; the ranking.
@@ -449,27 +473,20 @@ def vision_aware(
     """
     from pipelines import vlm as vp
 
-    items, what = _image_items(image, images, scenes, question)
-    check_out(out, force)
-    lm = load_model(model)
-    vp.check_vision_text(lm)
-    with writing(out, force) as tmp, progress() as bar:
-        results = vp.run_vision_aware(lm, items, steps=steps, k=k, what=what, progress=bar)
-        save_into(results, tmp)
-    finish(results, out, model, json_out, f"{lm.facts.name}: vision-aware heads (VHD)")
+    _vlm_heads(model, out, inputs, force, json_out, title="vision-aware heads (VHD)",
+               run=lambda lm, items, what, bar: vp.run_vision_aware(lm, items, steps=steps, k=k, what=what,
+                                                                    progress=bar))
 
 
 @heads_app.command("visual-sinks")
+@image_inputs
 def visual_sinks(
-    model: str = typer.Argument("tiny-vlm", help=MODEL_HELP + " A vision-language (LLaVA-style) model."),
+    model: str = VLM_MODEL_ARGUMENT,
     out: Path = typer.Option(..., "--out", "-o", help="Results folder."),
-    image: list[Path] = IMAGE_OPTION,
-    images: Path = IMAGES_OPTION,
-    scenes: int = SCENES_OPTION,
-    question: list[str] = QUESTION_OPTION,
+    inputs: ImageInputs = None,
     tau: float = typer.Option(20.0, min=0.0, max=1e6, help="Visual sink: RMS-normalised |h| above tau on a sink dimension."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
-    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    force: bool = FORCE_OPTION,
+    json_out: bool = JSON_OPTION,
 ) -> None:
     """Visual sinks and image-centric heads (VAR, Kang et al. 2025): the base LM's sink dimensions from
     its massive activations on text, the image tokens that are sinks, and per head the share of text
@@ -479,14 +496,9 @@ def visual_sinks(
     """
     from pipelines import vlm as vp
 
-    items, what = _image_items(image, images, scenes, question)
-    check_out(out, force)
-    lm = load_model(model)
-    vp.check_vision_text(lm)
-    with writing(out, force) as tmp, progress() as bar:
-        results = vp.run_visual_sinks(lm, items, tau=tau, what=what, progress=bar)
-        save_into(results, tmp)
-    finish(results, out, model, json_out, f"{lm.facts.name}: visual sinks and image-centric heads (VAR)")
+    results = _vlm_heads(model, out, inputs, force, json_out, title="visual sinks and image-centric heads (VAR)",
+                         run=lambda lm, items, what, bar: vp.run_visual_sinks(lm, items, tau=tau, what=what,
+                                                                              progress=bar))
     if not json_out:
         s = results[0].summary
         say(f"sink dimensions: {s['sink_dims']['dims']}; visual sinks per prompt {s['visual_sinks_per_prompt']} "
@@ -506,8 +518,8 @@ def qk(
     answer: list[str] = typer.Option(None, "--answer", "-a",
                                      help="A one-token answer the head's OV output is projected on; repeat for several."),
     top: int = typer.Option(10, min=1, max=200, help="Terms printed."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
-    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    force: bool = FORCE_OPTION,
+    json_out: bool = JSON_OPTION,
 ) -> None:
     """Why a head attends where it does: its pre-softmax score split into query-side x key-side terms
     (embeddings, earlier heads, MLPs, biases; norm scales frozen at this input).

@@ -11,6 +11,7 @@ from rich.table import Table
 from formats.errors import PromptError
 from lens.cli import app
 from lens.cli._common import MODEL_HELP, check_prompt, console, load_model, print_json, status
+from lens.cli._options import JSON_OPTION
 from lens.cli._terminal import printable
 
 
@@ -77,7 +78,7 @@ def generate(
                                exists=True, dir_okay=False, readable=True),
     max_new_tokens: int = typer.Option(32, min=1, max=4096, help="Tokens to generate (greedy)."),
     chat: bool = typer.Option(True, help="Format with the model's chat template when it has one."),
-    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    json_out: bool = JSON_OPTION,
 ) -> None:
     """Greedy answer of MODEL to a prompt (or the transcript of an audio file, for a speech model).
 

@@ -9,35 +9,35 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from formats.vocab import Source
 from lens.cli import app
 from lens.cli._common import (
-    CPUS_PER_WORKER_OPTION,
-    DEVICE_MAP_OPTION,
-    GPUS_PER_WORKER_OPTION,
-    MAX_MEMORY_OPTION,
     MODEL_HELP,
-    OFFLOAD_FOLDER_OPTION,
-    RAY_OPTION,
-    WORKERS_OPTION,
-    DeviceMap,
-    Source,
     check_out,
     console,
     executor,
     float_list,
     int_list,
     load_model,
-    placement,
     print_json,
     progress,
-    ray_options,
     say,
     writing,
+)
+from lens.cli._options import (
+    FORCE_OPTION,
+    JSON_OPTION,
+    PlacementGroup,
+    RayGroup,
+    placement_options,
+    ray_options,
 )
 from lens.cli._terminal import printable
 
 
 @app.command("scan")
+@ray_options
+@placement_options
 def scan(
     model: str = typer.Argument("smollm2-135m", help=MODEL_HELP),
     out: Path = typer.Option(Path("results/scan"), "--out", "-o", help="Results folder."),
@@ -53,15 +53,10 @@ def scan(
                                      help="Chat-format NIAH prompts (default: when the model has a chat template)."),
     captures: int = typer.Option(2, min=0, max=16, help="Prose example captures (patterns, q, k) for the dashboard; "
                                  "each analysis' own inputs are captured too."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
-    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
-    ray: str = RAY_OPTION,
-    workers: int = WORKERS_OPTION,
-    cpus_per_worker: float = CPUS_PER_WORKER_OPTION,
-    gpus_per_worker: float = GPUS_PER_WORKER_OPTION,
-    device_map: DeviceMap = DEVICE_MAP_OPTION,
-    max_memory: str = MAX_MEMORY_OPTION,
-    offload_folder: Path = OFFLOAD_FOLDER_OPTION,
+    force: bool = FORCE_OPTION,
+    json_out: bool = JSON_OPTION,
+    cluster: RayGroup = None,
+    place: PlacementGroup = None,
 ) -> None:
     """Run every head analysis that applies to MODEL with default settings and save every result to OUT.
 
@@ -89,8 +84,8 @@ def scan(
         depths=tuple(float_list(depths, "depths", lo=0, hi=1, max_count=64)) if depths else None,
         ablate=tuple(int_list(ablate, "ablate", lo=1, max_count=32)) if ablate else None,
         source=source.value, chat=chat, captures=captures, gate_steps=gate_steps)
-    load_kw = placement(device_map, max_memory, offload_folder)
-    ray_opts = ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
+    load_kw = place.load_kwargs()
+    ray_opts = cluster.options()
     check_out(out, force)
     lm = load_model(model, **load_kw)
     with executor(lm, model, ray_opts, load_kw) as ex, writing(out, force) as tmp, progress() as bar:

@@ -9,6 +9,7 @@ import typer
 
 from formats.errors import PromptError
 from lens.cli._common import MODEL_HELP, check_out, load_model, progress, writing
+from lens.cli._options import FORCE_OPTION, JSON_OPTION
 from lens.cli.heads_cmds import finish, heads_app
 
 
@@ -22,8 +23,8 @@ def cross_attention(
                                    file_okay=False),
     espeak: int = typer.Option(0, "--espeak", min=0, max=6, help="Also speak this many built-in sentences with "
                                "espeak-ng (word timings included: alignment heads)."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
-    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    force: bool = FORCE_OPTION,
+    json_out: bool = JSON_OPTION,
 ) -> None:
     """Cross-attention over encoder frames against gradient x input saliency, per decoder head, layer and
     aggregated (Pearson, Spearman, the share of saliency where attention is); with timed words (--espeak)

@@ -88,7 +88,7 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
                          decoder_ids=decoder_ids, remote=remote)
     backend, edits, remote = a["backend"], a["edits"], a["remote"]
     if remote and backend is not Backend.NNSIGHT:
-        raise BackendError(f"remote=True runs through nnsight: use backend nnsight, not {backend.value}")
+        raise BackendError(f"`remote=True` runs through nnsight: use `backend='nnsight'`, not {backend.value}")
     x = prompt if isinstance(prompt, ModelInput) else prepare(lm, prompt, image=image, chat=a["chat"],
                                                                 decoder_ids=a["decoder_ids"])
     if backend is not Backend.TORCH and not x.text_only:
@@ -113,7 +113,7 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
 
         if getattr(lm.model, "hf_device_map", None):
             raise BackendError("backend transformer_lens builds its own copy of the model on one device: use backend "
-                               "torch or nnsight with device_map")
+                               "torch or nnsight with `device_map`")
         try:
             logits, steps = transformer_lens.run(lm, x.input_ids, spec, edits)
         except (AttnlensError, MemoryError, KeyboardInterrupt):

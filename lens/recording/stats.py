@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
@@ -24,6 +23,7 @@ from formats.facts import Modality
 from formats.output import output_folder
 from formats.sites import Part
 from formats.stats_run import StatsFile, write_stats
+from formats.vocab import KernelBackend
 from lens import _checks, _exclusive
 from lens.attention import (
     AttentionCompute,
@@ -36,8 +36,6 @@ from lens.attention import (
 from lens.hooks import Point, Where, hooked
 from lens.loaded import LoadedModel
 
-Backend = Literal["auto", "triton", "torch"]
-
 
 @dataclass
 class StatsRecorder(AttentionCompute):
@@ -46,7 +44,7 @@ class StatsRecorder(AttentionCompute):
 
     spec: object  # kernels.StatsSpec
     layers: frozenset[int] | None = None
-    backend: Backend = "auto"
+    backend: KernelBackend | str = "auto"
     stats: dict[int, list] = field(default_factory=dict)
     fallback_calls: int = 0  # calls that used the explicit-mask chunked path (mask not causal + padding)
     on_layer: Callable[[int], None] | None = None  # called after each recorded layer (progress bars)
@@ -79,7 +77,7 @@ class StatsRecorder(AttentionCompute):
 
 
 @contextmanager
-def stats_mode(model_or_lm, spec, layers: Sequence[int] | None = None, *, backend: Backend = "auto",
+def stats_mode(model_or_lm, spec, layers: Sequence[int] | None = None, *, backend: KernelBackend | str = "auto",
                on_layer: Callable[[int], None] | None = None, part: Part = Part.SELF) -> Iterator[StatsRecorder]:
     """Record per-head ``kernels.AttnStats`` of every selected layer inside the block.
 
@@ -158,7 +156,7 @@ class StatsRun:
         return cls(logits=None, stats=stats, spec=StatsSpec(**f.settings), meta=f.meta)
 
 
-def run_stats(lm: LoadedModel, prompt, *, spec=None, layers=None, backend: Backend = "auto", chat: bool = False,
+def run_stats(lm: LoadedModel, prompt, *, spec=None, layers=None, backend: KernelBackend | str = "auto", chat: bool = False,
               image=None, on_layer: Callable[[int], None] | None = None) -> StatsRun:
     """One forward pass of ``lm`` over ``prompt`` recording kernel statistics at ``layers`` (all by default).
 

@@ -20,22 +20,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from formats.vocab import DeviceMap
 from lens.errors import SelectionError
 
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+DEVICE_MAPS = tuple(m.value for m in DeviceMap)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
-def parse_size(text: str, what: str = "max-memory") -> int:
+def parse_size(text: str, what: str = "max_memory") -> int:
     """``'20GiB'``, ``'512MB'``, ``'1000000'`` as bytes (> 0)."""
     m = _SIZE.match(str(text))
     if not m:
-        raise SelectionError(f"--{what}: {text!r} is not a size like 20GiB, 512MB or 1000000 (bytes)")
+        raise SelectionError(f"`{what}` {text!r} is not a size like 20GiB, 512MB or 1000000 (bytes)")
     n = float(m.group(1)) * _UNITS[(m.group(2) or "B").lower()]
     if not 0 < n < 2**60:
-        raise SelectionError(f"--{what}: {text!r} must be a positive size below 1 EiB")
+        raise SelectionError(f"`{what}` {text!r} must be a positive size below 1 EiB")
     return int(n)
 
 
@@ -51,15 +52,15 @@ def parse_max_memory(text: str | None) -> dict[int | str, int] | None:
         key, sep, size = part.partition("=")
         key = key.strip().lower()
         if not sep:
-            raise SelectionError(f"--max-memory {text!r}: write DEVICE=SIZE pairs like 0=20GiB,cpu=64GiB,disk=500GiB")
+            raise SelectionError(f"`max_memory` {text!r}: write DEVICE=SIZE pairs like 0=20GiB,cpu=64GiB,disk=500GiB")
         if key.isdigit() and len(key) <= 3:
             dev: int | str = int(key)
         elif key in ("cpu", "mps", "disk"):
             dev = key
         else:
-            raise SelectionError(f"--max-memory: device {key!r} is not a GPU index, cpu, mps or disk")
+            raise SelectionError(f"`max_memory`: device {key!r} is not a GPU index, cpu, mps or disk")
         if dev in out:
-            raise SelectionError(f"--max-memory names {key} twice")
+            raise SelectionError(f"`max_memory` names {key} twice")
         out[dev] = parse_size(size)
     return out
 
@@ -76,10 +77,10 @@ def check_devices(max_memory: Mapping | None, what: str = "max_memory") -> None:
     for dev in max_memory:
         if isinstance(dev, int) and not isinstance(dev, bool) and dev >= n_gpus:
             have = f"GPUs 0-{n_gpus - 1}" if n_gpus else "no CUDA GPU"
-            raise SelectionError(f"{what} names GPU {dev}, but this machine has {have}: give cpu, disk or an "
+            raise SelectionError(f"`{what}` names GPU {dev}, but this machine has {have}: give cpu, disk or an "
                                  "existing GPU index")
         if dev == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise SelectionError(f"{what} names mps, but this machine has no Apple GPU (mps): give cpu, disk or a "
+            raise SelectionError(f"`{what}` names mps, but this machine has no Apple GPU (mps): give cpu, disk or a "
                                  "GPU index")
 
 
@@ -95,7 +96,7 @@ class Placement:
 
     def __post_init__(self) -> None:
         if isinstance(self.device_map, str) and self.device_map not in DEVICE_MAPS:
-            raise SelectionError(f"--device-map {self.device_map!r} is not one of {', '.join(DEVICE_MAPS)}")
+            raise SelectionError(f"`device_map` {self.device_map!r} is not one of {', '.join(DEVICE_MAPS)}")
 
     @classmethod
     def make(cls, device_map: str | Mapping | None, max_memory: Mapping | None = None,
@@ -103,7 +104,7 @@ class Placement:
         """A placement, or None when nothing is asked for; ``max_memory`` alone is refused."""
         if device_map is None:
             if max_memory or offload_folder:
-                raise SelectionError("--max-memory and --offload-folder need --device-map (e.g. --device-map auto)")
+                raise SelectionError("`max_memory` and `offload_folder` need `device_map` (e.g. `device_map='auto'`)")
             return None
         dm = device_map if isinstance(device_map, str) else tuple(dict(device_map).items())
         mem = tuple((k, parse_size(v) if isinstance(v, str) else int(v)) for k, v in (max_memory or {}).items())
@@ -156,7 +157,7 @@ def dispatch(model, placement: Placement, dtype=None):
         dm = infer_auto_device_map(model, max_memory=mem, no_split_module_classes=no_split, dtype=dtype)
     devices = set(dm.values())
     if devices == {"disk"}:
-        raise SelectionError("--max-memory leaves no room in memory for any layer: everything would be on disk; "
+        raise SelectionError("`max_memory` leaves no room in memory for any layer: everything would be on disk; "
                              "raise the cpu (or a GPU) budget")
     offload = placement.folder() if "disk" in devices else None
     model = dispatch_model(model, device_map=dm, offload_dir=offload)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lens
-from analyses.qk_attribution import Component, Kind, head_loadings, qk_attribution
+from analyses.qk_attribution import Contributor, Kind, head_loadings, qk_attribution
 from lens.errors import BackendError, SelectionError
 from lens.zoo.tiny import TINY_VOCAB, build_byte_tokenizer
 
@@ -109,7 +109,7 @@ def test_hand_built_model_only_embeddings_contribute_in_closed_form(tmp_path):
     lm = _saved(m, tmp_path)
     ids = lm.encode("abcdef")
     a = qk_attribution(lm, ids, 1, 1, query_pos=4, key_pos=4)
-    embed = a.components.index(Component(Kind.EMBED))
+    embed = a.components.index(Contributor(Kind.EMBED))
     t = a.terms[4].double()
     assert t[embed, embed] == pytest.approx(float(t.sum()), abs=1e-6)
     assert float(t.abs().sum() - t[embed, embed].abs()) < 1e-6
@@ -135,7 +135,7 @@ def test_hand_built_model_one_head_feeds_the_query(tmp_path):
         m.model.layers[0].mlp.down_proj.weight.zero_()
     lm = _saved(m, tmp_path)
     a = qk_attribution(lm, lm.encode("abcabc"), 1, 0)
-    live = [a.components.index(Component(Kind.EMBED)), a.components.index(Component(Kind.HEAD, 0, 0))]
+    live = [a.components.index(Contributor(Kind.EMBED)), a.components.index(Contributor(Kind.HEAD, 0, 0))]
     t = a.terms[a.key_pos].double()
     mask = torch.zeros_like(t, dtype=torch.bool)
     mask[torch.tensor(live)[:, None], torch.tensor(live)[None]] = True
@@ -146,12 +146,12 @@ def test_hand_built_model_one_head_feeds_the_query(tmp_path):
 
 def test_ov_sums_to_the_heads_direct_logit_attribution(tiny_lm):
     """Summed over keys, OV is the head's output at q (z W_O) on the answer direction over the final norm's scale."""
-    from analyses.circuits._hooks import Parts, capture
+    from analyses.circuits._hooks import CircuitModules, capture
 
     ids = tiny_lm.encode(PROMPT)
     answers = [ord("M") - 29, ord("J") - 29]
     a = qk_attribution(tiny_lm, ids, 3, 2, answers=answers)
-    parts = Parts(tiny_lm)
+    parts = CircuitModules(tiny_lm)
     acts = capture(parts, ids, residuals=True)
     z = acts.z[3][0, -1, 2].double()
     out = z @ parts.w_o(3)[2].double().T
@@ -168,7 +168,7 @@ def test_head_loadings_are_the_mean_row_and_column_sums(tiny_lm):
     assert torch.isnan(load["query"][2:]).all() and torch.isfinite(load["query"][:2]).all()
     a = qk_attribution(tiny_lm, prompts[0], 2, 1, key_pos=5)
     b = qk_attribution(tiny_lm, prompts[1], 2, 1, key_pos=7)
-    j = a.components.index(Component(Kind.HEAD, 1, 3))
+    j = a.components.index(Contributor(Kind.HEAD, 1, 3))
     want_q = (a.terms[5, j].sum() + b.terms[7, j].sum()) / 2
     want_k = (a.terms[5, :, j].sum() + b.terms[7, :, j].sum()) / 2
     assert float(load["query"][1, 3]) == pytest.approx(float(want_q), abs=1e-6)

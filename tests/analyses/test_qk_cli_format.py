@@ -9,7 +9,7 @@ import pytest
 
 from formats import ResultError, ResultsFolder
 from formats.provenance import Provenance
-from formats.qk import Component, Kind, QKResult
+from formats.qk import Contributor, Kind, QKResult
 from tests.analyses.qk_folder import PROMPT, write_qk_folder
 
 
@@ -67,7 +67,7 @@ def test_cli_bad_input_is_one_line(cli, tmp_path, args, message):
 
 
 def _result(**kw) -> QKResult:
-    comps = [Component(Kind.EMBED), Component(Kind.HEAD, 0, 1), Component(Kind.BIAS)]
+    comps = [Contributor(Kind.EMBED), Contributor(Kind.HEAD, 0, 1), Contributor(Kind.BIAS)]
     base = dict(name="L1H0.q2", layer=1, head=0, kv_head=0, query_pos=2, key_pos=1, tokens=["<bos>", "Mary", "to"],
                 components=comps, terms=np.arange(27, dtype=np.float32).reshape(3, 3, 3) / 10,
                 scores=np.arange(3) * 0.9 + 3.6, pattern=np.array([0.2, 0.5, 0.3]), provenance=Provenance(model="m"),

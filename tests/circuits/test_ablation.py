@@ -4,7 +4,7 @@ import torch
 
 import lens
 from analyses.circuits import Example, MlpRef, Task, encode_task, prepare, score_sets
-from analyses.circuits._hooks import Parts, last_logits
+from analyses.circuits._hooks import CircuitModules, last_logits
 from analyses.circuits.ablation import all_heads, edits_for, per_position_effects, random_sets
 from analyses.circuits.path_patching import path_patch
 from lens.heads import HeadRef
@@ -29,7 +29,7 @@ def test_zero_ablation_matches_lens_interventions(tiny_lm, tiny_task):
     b = tiny_task.batches[0]
     heads = [HeadRef(1, 2), HeadRef(3, 0)]
     edits = edits_for(prepare(tiny_lm, tiny_task, "zero", "logit-diff"), 0, heads)
-    ours = last_logits(Parts(tiny_lm), b.clean, [[], edits])
+    ours = last_logits(CircuitModules(tiny_lm), b.clean, [[], edits])
     ref = lens.run(tiny_lm, b.clean, sites=[lens.Site.Z], layers=[0],
                    edits=lens.zero_ablation([(h.layer, h.head) for h in heads])).logits[:, -1]
     torch.testing.assert_close(ours[1], ref.float(), atol=1e-5, rtol=1e-5)

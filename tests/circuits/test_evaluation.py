@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from analyses.circuits import Example, Task, TaskError, encode_task
-from analyses.circuits._hooks import Parts, capture
+from analyses.circuits._hooks import CircuitModules, capture
 from analyses.circuits.ablation import MeanOver, prepare
 from analyses.circuits.curves import (
     edge_circuits,
@@ -112,7 +112,7 @@ def test_settings_record_their_choices():
         p["mean_over"] == "template" and "Wang" in p["paper"]
     assert "mean_over" not in HANNA_2024.params()
     assert EvalSetting("node", "mean", "heads").level is Level.NODE
-    with pytest.raises(TaskError, match="level must be one of node, edge, got 'path'"):
+    with pytest.raises(TaskError, match="level must be one of edge, node, got 'path'"):
         EvalSetting("path")
 
 
@@ -122,7 +122,7 @@ def test_mean_reference_is_per_template_pooled_over_batches(tiny_lm):
     exs += [Example(f"x{a}{c}", "q", f"y{d}{c}", "z", group="t1") for a, c, d in zip("ab", "hg", "mn")]
     enc = encode_task(Task("two", exs), tiny_lm.tokenizer, max_batch=2)
     assert [(b.group, b.size) for b in enc.batches] == [("t0", 2), ("t0", 1), ("t1", 2)]
-    parts = Parts(tiny_lm)
+    parts = CircuitModules(tiny_lm)
     corrupted_t0 = torch.cat([b.corrupted for b in enc.batches if b.group == "t0"])
     expected = capture(parts, corrupted_t0).z[2].mean(0)
     ctx = prepare(tiny_lm, enc, "mean", "logit-diff", mean_over=MeanOver.TEMPLATE)
@@ -194,7 +194,7 @@ def test_mean_over_length_mixes_templates(tiny_lm):
     exs = [Example(f"{a}b{c}", "q", f"{d}b{c}", "z", group="t0") for a, c, d in zip("abc", "hgf", "mno")]
     exs += [Example(f"x{a}{c}", "q", f"y{d}{c}", "z", group="t1") for a, c, d in zip("ab", "hg", "mn")]
     enc = encode_task(Task("two", exs), tiny_lm.tokenizer, max_batch=8)
-    parts = Parts(tiny_lm)
+    parts = CircuitModules(tiny_lm)
     everything = capture(parts, torch.cat([b.corrupted for b in enc.batches])).z[1].mean(0)
     ctx = prepare(tiny_lm, enc, "mean", "logit-diff", mean_over=MeanOver.LENGTH)
     for ref in ctx.refs:

@@ -32,7 +32,7 @@ def test_parses_items_ranges_and_wildcards():
     ("L30H0", "layer 30 in 'L30H0' is out of range: SmolLM2-135M has layers 0-29"),
     ("L3", "is not like L3H4"),
     ("L5-2H0", "is empty: write it low-high"),
-    ("", "--heads is empty"),
+    ("", "`heads` is empty"),
     (",", "names no heads"),
     ("L99999999999H0", "out of range"),
 ])

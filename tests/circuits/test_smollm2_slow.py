@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from analyses.circuits import encode_task, ioi, per_row
-from analyses.circuits._hooks import Parts, last_logits
+from analyses.circuits._hooks import CircuitModules, last_logits
 from analyses.circuits.tasks import colored_objects, greater_than, niah
 
 pytestmark = pytest.mark.slow
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 def test_ioi_accuracy_is_high(smollm2):
     enc = encode_task(ioi(smollm2.tokenizer, 36, seed=3), smollm2.tokenizer)
-    parts = Parts(smollm2)
+    parts = CircuitModules(smollm2)
     acc, ld = [], []
     for b in enc.batches:
         logits = last_logits(parts, b.clean)[0]

@@ -18,7 +18,7 @@ def test_sweep_folder_semantics(tmp_path):
         assert again.resumed and set(again.done) == {"L0H0", "L0H1"}
         assert (out / "sweep.jsonl").read_text().endswith("}\n")  # the torn line is cut off before appending
         again.append([{"item": "L0H2", "effect": 3.0}])
-    with pytest.raises(OutputExistsError, match="holds a sweep with other settings: pass --force"):
+    with pytest.raises(OutputExistsError, match="holds a sweep with other settings: pass `force=True`"):
         open_sweep(out, {**SETTINGS, "method": "zero"})
     with open_sweep(out, SETTINGS) as again:
         assert set(again.done) == {"L0H0", "L0H1", "L0H2"}

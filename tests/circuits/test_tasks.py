@@ -105,7 +105,7 @@ def test_ioi_weak_template_left_out_with_its_reason():
     assert all("Friends" not in e.prompt for e in task.examples)
     assert task.notes and "template 5 left out" in task.notes[0] and "logit diff" in task.notes[0]
     assert not ioi(None, 3, template=5).notes and "Friends" in ioi(None, 3, template=5).examples[0].prompt
-    with pytest.raises(TaskError, match="--template 6 is out of range: IOI has templates 0-5"):
+    with pytest.raises(TaskError, match="`template` 6 is out of range: IOI has templates 0-5"):
         ioi(None, 3, template=6)
 
 

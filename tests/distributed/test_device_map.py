@@ -120,7 +120,7 @@ def test_placement_validation():
                                                                        "cpu": 64 * 2**30, "disk": 1000}
     assert parse_size("1.5kB") == 1500 and parse_max_memory("") is None
     assert Placement.make(None) is None
-    with pytest.raises(SelectionError, match="need --device-map"):
+    with pytest.raises(SelectionError, match="need `device_map`"):
         Placement.make(None, {"cpu": "1GB"})
 
 
@@ -150,7 +150,7 @@ def test_remote_without_a_key_or_a_route_is_one_line(cli, monkeypatch, tmp_path)
     code, _, err = cli("capture", "tiny-llama", "-p", PROMPT, "--sites", "z", "--backend", "nnsight", "--remote",
                        "--out", tmp_path / "x")
     assert code == 2 and "runs models NDIF hosts, named by hub id" in err
-    with pytest.raises(BackendError, match="--remote cannot capture patterns"):
+    with pytest.raises(BackendError, match="`remote=True` cannot capture patterns"):
         lens.run(lens.load("tiny-llama"), PROMPT, sites=[lens.Site.PATTERN], backend="nnsight", remote=True)
 
 

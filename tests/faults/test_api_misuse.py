@@ -203,7 +203,7 @@ if not torch.cuda.is_available():
         ("load device cuda", lambda lm: lens.load("tiny-llama", device="cuda"), lens.SelectionError,
          "this machine has no CUDA GPU"),
         ("load max_memory GPU 9", lambda lm: lens.load("tiny-llama", device_map="auto", max_memory={9: "1GiB"}),
-         lens.SelectionError, "max_memory names GPU 9, but this machine has no CUDA GPU"),
+         lens.SelectionError, "`max_memory` names GPU 9, but this machine has no CUDA GPU"),
     ]
 
 

@@ -172,7 +172,7 @@ def test_library_max_memory_for_a_missing_gpu_names_the_parameter():
     import lens
     from formats.errors import SelectionError
 
-    with pytest.raises(SelectionError, match="max_memory names GPU 999, but this machine has"):
+    with pytest.raises(SelectionError, match="^`max_memory` names GPU 999, but this machine has"):
         lens.load("tiny-llama", device_map="auto", max_memory={999: 2**30})
 
 
