@@ -17,7 +17,8 @@ import param
 from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper
 from bokeh.plotting import figure
 
-from dashboards._bokeh import ABOVE_COLOR, NAN_COLOR, PATTERN_PALETTE, add_sink_legend, on_click
+from dashboards._bokeh import ABOVE_COLOR, NAN_COLOR, PATTERN_PALETTE, add_sink_legend
+from dashboards._pick import HeadPicker
 from dashboards.compute import ColorScale, color_range, downsample, head_label
 from dashboards.selection import ModelResults
 from formats import AttnlensError, CaptureFile, Site
@@ -47,13 +48,11 @@ def grid_image(cap: CaptureFile, layers: list[int], heads: list[int], cell: int)
     return img, s
 
 
-class HeadsGrid(pn.viewable.Viewer):
+class HeadsGrid(HeadPicker, pn.viewable.Viewer):
     """Every head of one capture (all layers, or one) as small patterns; a click sets ``selected``."""
 
     capture = param.Selector(objects=[], doc="Saved capture (its label in the folder)")
     layers = param.Selector(default="all", objects=["all"], doc="All layers, or one")
-    selected = param.Tuple(default=(0, 0), length=2)
-    clicks = param.Integer(default=0)
 
     def __init__(self, sel: ModelResults, **params):
         self.sel = sel
@@ -123,9 +122,9 @@ class HeadsGrid(pn.viewable.Viewer):
         p.yaxis.major_label_overrides = {i * (s + 1) + s / 2: str(layers[i]) for i in range(len(layers))}
         p.xaxis.axis_label, p.yaxis.axis_label = "head", "layer"
         p.grid.visible = False
-        on_click(p, self._on_click)
+        self.listen(p)
         self._figure = p
-        self._show_mark()
+        self.mark_selected()
         return pn.pane.Bokeh(p)
 
     def head_at(self, x: float, y: float) -> tuple[int, int] | None:
@@ -137,18 +136,8 @@ class HeadsGrid(pn.viewable.Viewer):
             return layers[i], heads[j]
         return None
 
-    def _on_click(self, x: float, y: float) -> None:
-        hit = self.head_at(x, y)
-        if hit is None:
-            return
-        self.clicks += 1
-        if hit != self.selected:
-            self.selected = hit
-        else:
-            self._show_mark()
-
     @param.depends("selected", watch=True)
-    def _show_mark(self) -> None:
+    def mark_selected(self) -> None:
         layers, heads, s = self._layout
         if not s or not hasattr(self, "_mark"):
             return

@@ -370,3 +370,36 @@ def test_serve_binds_a_real_port_and_allows_only_this_machine(synth):
         assert server._tornado.websocket_origins == {f"127.0.0.1:{server.port}", f"localhost:{server.port}"}
     finally:
         server.stop(wait=False)
+
+
+def test_the_head_views_share_one_click_to_select_handler(folder, sel):
+    """Atlas, all-heads grid, head map and stats view: a click on a head selects it and counts,
+    a re-click of the selected head marks it again, a click on no head changes nothing."""
+    from dashboards._pick import HeadPicker
+
+    grid = HeadsGrid(sel)
+    grid_fig = grid.plot().object
+    s = grid.layout()[2]
+    hmap = HeadMap(sel, method="pca")
+    hmap.embedding(timeout=60)
+    hmap._show()
+    i = 3 * N_HEADS + 2  # L3H2's point
+    stats = StatsRunView(folder.stats_runs)
+    atlas = HeadAtlas(sel)
+    cases = [(atlas, atlas.grid.figure, (2, 3), (40, 2), lambda: atlas.grid.mark.data["n"]),
+             (grid, grid_fig, (2 * (s + 1) + 1, 3 * (s + 1) + 1), (-5, -5), lambda: grid._mark.data["n"]),
+             (hmap, hmap._area.objects[0].object, (hmap._source.data["x"][i], hmap._source.data["y"][i]), None,
+              lambda: hmap._mark.data["n"]),
+             (stats, stats._grid.figure, (2, 3), (40, 2), lambda: stats._grid.mark.data["n"])]
+    for view, fig, (x, y), off, marks in cases:
+        assert isinstance(view, HeadPicker)
+        seen = []
+        view.param.watch(lambda e: seen.append(e.new), "selected")
+        trigger_click(fig, x, y)
+        assert view.selected == (3, 2) and view.clicks == 1 and seen == [(3, 2)], type(view).__name__
+        assert marks() == [1]
+        trigger_click(fig, x, y, events.DoubleTap)  # the re-click: answered (marked again), not re-selected
+        assert view.clicks == 2 and seen == [(3, 2)] and marks() == [2], type(view).__name__
+        if off is not None:
+            trigger_click(fig, *off)
+            assert view.clicks == 2 and view.selected == (3, 2), type(view).__name__
