@@ -286,9 +286,27 @@ def test_vision_overlays_for_vit_and_vlm_layouts(folder, tmp_path):
     view = VisionOverlay(folder)
     assert view.capture == "image/000" and view.param.head.objects == ["all", 0, 1, 2, 3, 4, 5]
     pane = view.plot()
-    assert pane.objects[1].object[:4] == b"\x89PNG" and "query 0 &#x27;CLS&#x27;" in pane.objects[0].object
+    assert pane.objects[1][0].object[:4] == b"\x89PNG" and "query 0 &#x27;CLS&#x27;" in pane.objects[0].object
     att = patch_attention(view._cap(), layer=0, head=1, query=0)  # head 1 of layer 0 looks at patch (2, 4)
     assert np.unravel_index(att.argmax(), att.shape) == (2, 4)
+    # the patch map beside the overlays: a click on patch (3, 5) makes it the query, outlined there
+    view.param.update(layer=0, head=1)
+    fig = view.plot().objects[1][1].object
+    assert fig.name == "vision_patches" and "click a patch" in fig.title.text
+    cells = fig.select_one({"name": "vision_patch_cells"}).data
+    np.testing.assert_allclose(np.reshape(cells["w"], att.shape), att)  # query 0 on head 1's patches
+    lay = view._cap().layout
+    rows, cols = lay.grid
+    trigger_click(fig, 5.5, 3.2)
+    assert view.query == lay.patch_span[0] + 3 * cols + 5
+    fig = view.plot().objects[1][1].object
+    assert f"query {view.query} " in fig.title.text
+    (mark,) = [r for r in fig.renderers if r.name == "vision_query"]
+    assert (mark.data_source.data["x"][0], mark.data_source.data["y"][0]) == (5.5, 3.5)
+    np.testing.assert_allclose(np.reshape(fig.select_one({"name": "vision_patch_cells"}).data["w"], att.shape),
+                               patch_attention(view._cap(), 0, 1, view.query))
+    trigger_click(fig, cols + 2, 1)  # off the image: the query stays
+    assert view.query == lay.patch_span[0] + 3 * cols + 5
     vision_capture(tmp_path / "vlm", start=5, text_before=3)
     f = ResultsFolder.load(tmp_path)
     vlm = VisionOverlay(f)
