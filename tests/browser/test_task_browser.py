@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from formats import ResultsFolder
-from tests.browser.conftest import FRAME_JS, has_model, new_page, point, serve, stop
+from tests.browser.conftest import FRAME_JS, has_model, new_page, open_tab, point, serve, stop
 from tests.dashboards.contract import contract_folder
 from tests.dashboards.needle import needle_folder
 
@@ -61,6 +61,36 @@ def test_step_3_of_a_generation_capture_in_the_dashboard(browser, contract, shot
         page.get_by_text("patch(0,0)").first.wait_for(timeout=60_000)
         sw, cw = body.evaluate("e => [e.scrollWidth, e.clientWidth]")
         assert sw <= cw + 1, (sw, cw)
+        assert page.errors == [] and page.outside == [], page.outside[:5]
+        page.close()
+    finally:
+        stop(served)
+
+
+# the grid is redrawn as a new figure; the one shown is the newest of that name
+GRID_JS = "() => [...Bokeh.documents[0].all_models].filter(m => m.name === 'heads_grid').map(m => m.title.text)"
+GRID_TITLE_JS = f"(t) => ({GRID_JS})().some(x => x.includes(t))"
+
+
+def test_step_3_of_a_generation_capture_in_the_all_heads_grid(browser, contract, shots):
+    served = serve(contract)
+    try:
+        page = _open(browser, served.url)
+        open_tab(page, "All heads")
+        page.wait_for_function(has_model("heads_grid"), timeout=60_000)
+        pick = page.locator("select >> visible=true").filter(has=page.locator("option[value='generate/000']")).first
+        pick.select_option("generate/000")
+        page.wait_for_function(GRID_TITLE_JS, arg="step 0 of 5: the prompt", timeout=30_000)
+        step = page.locator(".bk-input-group >> visible=true").filter(has_text=re.compile(r"^\s*step\s*$")).locator(
+            "input").first
+        step.fill("3")
+        step.press("Enter")
+        page.wait_for_function(GRID_TITLE_JS, arg="step 3 of 5: new token", timeout=30_000)
+        cap = ResultsFolder.load(contract).captures["generate/000"]
+        (title,) = [t for t in page.evaluate(GRID_JS) if "step 3 of 5" in t]
+        assert title.endswith(f"({len(cap.tokens) + 3} tokens)"), title
+        page.evaluate(FRAME_JS)
+        page.screenshot(path=str(shots / "heads_grid_generation_step3.png"))
         assert page.errors == [] and page.outside == [], page.outside[:5]
         page.close()
     finally:
