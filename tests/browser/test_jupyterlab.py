@@ -20,8 +20,9 @@ from tests.browser.conftest import new_page
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "06_inline_views.ipynb"
-GRID_AT_STEP_3 = """() => Bokeh.documents.some(d => { const m = d.get_model_by_name('heads_grid');
-    return m !== null && m.title.text.includes('step 3 of 4: new token') })"""
+# a grid redrawn is a new figure of the same name: any of them (the old ones show other steps)
+GRID_AT_STEP_3 = """() => Bokeh.documents.some(d => [...d.all_models].some(m => m.name === 'heads_grid'
+    && m.title.text.includes('step 3 of 4: new token')))"""
 
 
 @pytest.fixture(scope="module")
