@@ -393,11 +393,13 @@ class AttentionExplorer(pn.viewable.Viewer):
                 f"<table class='head-stats'><tr><th>score</th><th>value</th><th>rank</th></tr>{body}</table>")
 
     def __panel__(self):
-        controls = pn.Row(pn.widgets.Select.from_param(self.param.capture, width=170),
-                          self._step_widget, self._batch_widget,
-                          pn.widgets.Select.from_param(self.param.scale, name="colour scale", width=140),
-                          self._boxes["query"], self._boxes["window_start"],
-                          pn.widgets.IntInput.from_param(self.param.window_size, name="rows", width=55))
+        # a wrapping row: capture labels ("ioi-circuit/captures/task-000") and scale names shown whole
+        controls = pn.FlexBox(pn.widgets.Select.from_param(self.param.capture, width=270),
+                              pn.widgets.Select.from_param(self.param.scale, name="colour scale", width=200),
+                              self._step_widget, self._batch_widget,
+                              self._boxes["query"], self._boxes["window_start"],
+                              pn.widgets.IntInput.from_param(self.param.window_size, name="rows", width=55),
+                              width=WIDTH + 30)
         return pn.Column(controls, self._message, self._fig_pane, pn.Row(self._jump, self._top),
                          pn.pane.Markdown("**Token view**: hover a token; click a token or a pattern row to pin "
                                           "a query."),
