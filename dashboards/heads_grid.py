@@ -153,7 +153,7 @@ class HeadsGrid(HeadPicker, pn.viewable.Viewer):
         p.add_tools(HoverTool(renderers=[r], tooltips=[("head", "@name")]))
         self._mark = ColumnDataSource({"x": [], "y": [], "n": []}, name="heads_grid_mark")
         p.rect("x", "y", s + 1, s + 1, source=self._mark, fill_alpha=0, line_color="#ff2d55", line_width=2)
-        p.add_layout(ColorBar(color_mapper=mapper, width=10, title="weight / head's largest off the sink"), "right")
+        p.add_layout(ColorBar(color_mapper=mapper, width=10, title="weight / own max"), "right")
         add_sink_legend(p)
         p.xaxis.ticker = [j * (s + 1) + s / 2 for j in range(0, len(heads), max(1, len(heads) // 16))]
         p.xaxis.major_label_overrides = {j * (s + 1) + s / 2: str(heads[j]) for j in range(len(heads))}
