@@ -27,8 +27,8 @@ from formats import AttnlensError, CaptureFile, Site
 
 MAX_PIXELS = 400_000
 MAX_CELL = 32
-THUMB_PX = 110  # thumbnail side on screen, when the grid fits MAX_WIDTH x MAX_HEIGHT
-MAX_WIDTH, MAX_HEIGHT = 1300, 860
+THUMB_PX = 80  # thumbnail side on screen at least (CircuitsVis draws ~80-100 px), where MAX_WIDTH allows
+MAX_WIDTH, MAX_HEIGHT = 1300, 2400  # a tall grid scrolls with the page (30 layers: about 2,400 px)
 
 
 def grid_image(cap: CaptureFile, layers: list[int], heads: list[int], cell: int, *, step: int = 0,
@@ -138,7 +138,7 @@ class HeadsGrid(HeadPicker, pn.viewable.Viewer):
             return pn.pane.HTML(f"<p>{html.escape(str(err))}</p>")
         self._layout = (layers, heads, s)
         h_px, w_px = img.shape
-        # thumbnails of at least THUMB_PX a side where the screen allows (CircuitsVis draws ~100 px)
+        # thumbnails of at least THUMB_PX a side where MAX_WIDTH x MAX_HEIGHT allows
         unit = min(max(2.2, THUMB_PX / (s + 1)), MAX_WIDTH / max(w_px, 1), MAX_HEIGHT / max(h_px, 1))
         n_tok = len(cap.tokens_through(self.step, self.batch))
         p = figure(frame_width=int(w_px * unit), frame_height=int(h_px * unit), x_range=(0, w_px), y_range=(h_px, 0),

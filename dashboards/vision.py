@@ -106,7 +106,7 @@ class VisionOverlay(pn.viewable.Viewer):
         what = "mean of the heads shown" if len(heads) > 1 else f"head {heads[0]}"
         p = figure(width=side + 60, height=int(side * rows / max(cols, rows)) + 40, x_range=(0, cols),
                    y_range=(rows, 0), tools="reset,save", toolbar_location="above", name="vision_patches",
-                   title=f"query {q} on the patches ({what}): click a patch to make it the query")
+                   title=f"query {q} on the patches ({what})")
         img = load_image(cap)
         if img is not None:
             rgba = np.asarray(img, dtype=np.float64)
@@ -151,7 +151,8 @@ class VisionOverlay(pn.viewable.Viewer):
         rows, cols = lay.grid
         note = (f"<p>{html.escape(cap.model)} · query {q} {html.escape(repr(cap.tokens[q]))} · {rows}x{cols} patches "
                 f"of {lay.patch_size} px at positions {lay.patch_span[0]}-{lay.patch_span[1] - 1}"
-                + ("" if load_image(cap) is not None else " · no image saved: attention alone") + "</p>")
+                + ("" if load_image(cap) is not None else " · no image saved: attention alone")
+                + " · click a patch on the map to make it the query</p>")
         label, sinks = self.sink_patches()
         if label:
             where = ", ".join(f"({r},{c})" for r, c in sinks) or "none at this layer"

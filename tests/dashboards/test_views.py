@@ -291,8 +291,9 @@ def test_vision_overlays_for_vit_and_vlm_layouts(folder, tmp_path):
     assert np.unravel_index(att.argmax(), att.shape) == (2, 4)
     # the patch map beside the overlays: a click on patch (3, 5) makes it the query, outlined there
     view.param.update(layer=0, head=1)
-    fig = view.plot().objects[1][1].object
-    assert fig.name == "vision_patches" and "click a patch" in fig.title.text
+    pane = view.plot()
+    fig = pane.objects[1][1].object
+    assert fig.name == "vision_patches" and "click a patch on the map to make it the query" in pane.objects[0].object
     cells = fig.select_one({"name": "vision_patch_cells"}).data
     np.testing.assert_allclose(np.reshape(cells["w"], att.shape), att)  # query 0 on head 1's patches
     lay = view._cap().layout
