@@ -200,12 +200,13 @@ def test_thumbnails_of_task_captures_show_the_task_rows(contract, tmp_path, repo
         layer, head = (int(x) for x in t.label[1:].split("H"))
         assert t.thumb.data.shape == (r1 - r0, r1)  # the task rows, on the keys up to the last of them
         np.testing.assert_allclose(t.thumb.data, cap.pattern(layer, head)[r0:r1, :r1], rtol=1e-6)
-        assert f"rows {r0}-{r1 - 1} (the answer is read at the last position)" in t.capture
+        span = f"row {r0}" if r1 - r0 == 1 else f"rows {r0}-{r1 - 1}"
+        assert f"{span} (the answer is read at the last position)" in t.capture
     prose = [t for t in sections["scan/summary.entropy"].top if t.thumb is not None]
-    assert prose and all("rows" not in t.capture for t in prose)
+    assert prose and all(" row" not in t.capture for t in prose)
     pcap = folder.captures[prose[0].capture]
     layer, head = (int(x) for x in prose[0].label[1:].split("H"))
     np.testing.assert_allclose(prose[0].thumb.data, downsample(pcap.pattern(layer, head), THUMB_TOKENS), rtol=1e-6)
     for fmt, name in (("html", "r.html"), ("md", "r.md")):
         text = write_report(contract, fmt, tmp_path / name).read_text().replace("\\(", "(").replace("\\)", ")")
-        assert f"task-000 rows {r0}-{r1 - 1} (the answer is read at the last position)" in text, fmt
+        assert f"task-000 {span} (the answer is read at the last position)" in text, fmt
