@@ -28,7 +28,7 @@ from formats import AttnlensError, CaptureFile, Site
 MAX_PIXELS = 400_000
 MAX_CELL = 32
 THUMB_PX = 80  # thumbnail side on screen at least (CircuitsVis draws ~80-100 px), where MAX_WIDTH allows
-MAX_WIDTH, MAX_HEIGHT = 1300, 2400  # a tall grid scrolls with the page (30 layers: about 2,400 px)
+MAX_WIDTH, MAX_HEIGHT = 900, 2400  # fits a 1,024 px window; a tall grid scrolls with the page
 
 
 def grid_image(cap: CaptureFile, layers: list[int], heads: list[int], cell: int, *, step: int = 0,

@@ -103,10 +103,10 @@ class VisionOverlay(pn.viewable.Viewer):
         rows, cols = cap.layout.grid
         att = np.mean([patch_attention(cap, self.layer, h, q) for h in heads], axis=0)
         side = int(min(420, max(240, 36 * max(rows, cols))))
-        what = "mean of the heads shown" if len(heads) > 1 else f"head {heads[0]}"
+        what = "mean of the heads" if len(heads) > 1 else f"head {heads[0]}"
         p = figure(width=side + 60, height=int(side * rows / max(cols, rows)) + 40, x_range=(0, cols),
                    y_range=(rows, 0), tools="reset,save", toolbar_location="above", name="vision_patches",
-                   title=f"query {q} on the patches ({what})")
+                   title=f"query {q} on the patches")
         img = load_image(cap)
         if img is not None:
             rgba = np.asarray(img, dtype=np.float64)
@@ -127,7 +127,7 @@ class VisionOverlay(pn.viewable.Viewer):
                    fill_alpha=self.alpha if img is not None else 1.0, line_color=None)
         p.add_tools(HoverTool(renderers=[r], tooltips=[("patch", "@patch"), ("token", "@pos"),
                                                        ("weight", "@w{0.0000}")]))
-        add_color_bar(p, mapper, "weight")
+        add_color_bar(p, mapper, f"weight ({what})")
         if start <= q < start + rows * cols:
             qr, qc = divmod(q - start, cols)
             p.rect([qc + 0.5], [qr + 0.5], 1, 1, fill_alpha=0, line_color="#00e5ff", line_width=3, name="vision_query")
@@ -162,8 +162,9 @@ class VisionOverlay(pn.viewable.Viewer):
             png = overlay_png(cap, self.layer, heads, q, self.alpha, sinks=sinks, shared=self.shared_scale)
         except AttnlensError as err:
             return pn.pane.HTML(f"<p>{html.escape(str(err))}</p>")
-        return pn.Column(pn.pane.HTML(note), pn.Row(pn.pane.PNG(png, name="vision_overlay"),
-                                                    pn.pane.Bokeh(self.patch_map(cap, heads, q))))
+        # the overlays and the patch map side by side where the window is wide enough, else one below the other
+        return pn.Column(pn.pane.HTML(note), pn.FlexBox(pn.pane.PNG(png, name="vision_overlay"),
+                                                        pn.pane.Bokeh(self.patch_map(cap, heads, q))))
 
     def __panel__(self):
         return pn.Column(pn.Row(pn.widgets.Select.from_param(self.param.capture, width=200),
