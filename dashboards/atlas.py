@@ -9,14 +9,15 @@ import numpy as np
 import panel as pn
 import param
 
-from dashboards._bokeh import HeadGrid, cell_at, on_click
+from dashboards._bokeh import HeadGrid, cell_at
+from dashboards._pick import HeadPicker
 from dashboards.compute import head_label, score_rank
 from dashboards.selection import ModelResults, describe
 
 PREFERRED = ("summary.sink_mass", "summary.entropy")  # shown first when present
 
 
-class HeadAtlas(pn.viewable.Viewer):
+class HeadAtlas(HeadPicker, pn.viewable.Viewer):
     """Heatmap of one result's scores ``[layer, head]``; a click on a cell sets ``selected``.
 
     Inputs: a :class:`ModelResults` (one model's results). Parameters: ``metric`` (a result
@@ -25,8 +26,6 @@ class HeadAtlas(pn.viewable.Viewer):
     """
 
     metric = param.Selector(objects=[], doc="Result shown (its label in the folder)")
-    selected = param.Tuple(default=(0, 0), length=2, doc="(layer, head) picked by a click")
-    clicks = param.Integer(default=0, doc="Clicks answered so far")
 
     def __init__(self, sel: ModelResults, **params):
         self.sel = sel
@@ -39,10 +38,10 @@ class HeadAtlas(pn.viewable.Viewer):
         with param.discard_events(self):
             self.metric = metric
         self.grid = HeadGrid(self._scores(), self._title(), name="head_heatmap", **self._scale())
-        on_click(self.grid.figure, self._on_click)
+        self.listen(self.grid.figure)
         self._pane = pn.pane.Bokeh(self.grid.figure, sizing_mode="fixed")
         self._info = pn.pane.HTML("", sizing_mode="stretch_width", name="atlas_info")
-        self._mark_selected()
+        self.mark_selected()
 
     # ---- state -----------------------------------------------------------------------
     def _scores(self) -> np.ndarray:
@@ -60,15 +59,8 @@ class HeadAtlas(pn.viewable.Viewer):
         r = self.sel.results.get(self.metric)
         return f"{self.sel.model}: {r.name}" if r else f"{self.sel.model}: no head scores"
 
-    def _on_click(self, x: float, y: float) -> None:
-        cell = cell_at(x, y, *self.grid.shape[::-1])
-        if cell is None:
-            return
-        self.clicks += 1
-        if self.selected != cell:
-            self.selected = cell  # the watchers mark it and the other views follow
-        else:  # a re-click of the selected cell: nothing else changes, but it is answered
-            self._mark_selected()
+    def head_at(self, x: float, y: float) -> tuple[int, int] | None:
+        return cell_at(x, y, *self.grid.shape[::-1])
 
     @param.depends("metric", watch=True)
     def _update_metric(self) -> None:
@@ -76,7 +68,7 @@ class HeadAtlas(pn.viewable.Viewer):
         self._info.object = self._info_html()
 
     @param.depends("selected", watch=True)
-    def _mark_selected(self) -> None:
+    def mark_selected(self) -> None:
         layer, head = self.selected
         self.grid.mark_cell(layer, head, self.clicks)
         self._info.object = self._info_html()

@@ -78,6 +78,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         self._key_shown: int | None = None  # a key kept exact by "top key" (it may lie in the pooled context)
         self._first_draw = "query" not in params
         self._shown: tuple | None = None  # (capture, step, batch) drawn last
+        self._head_shown: tuple | None = None  # (layer, head) drawn last
         self._source = ColumnDataSource(_empty_cells())
         self._qmark = ColumnDataSource({"y": [], "w": [], "n": []}, name="pattern_query_mark")
         self._kmark = ColumnDataSource({"x": [], "h": []}, name="pattern_key_mark")
@@ -158,7 +159,11 @@ class AttentionExplorer(pn.viewable.Viewer):
                 key = (self.capture, self.step, self.batch)
         if key != self._shown:
             self._key_shown = None
-        self._shown = key
+        head, f = (self.layer, self.head), self._focus
+        if (key == self._shown and head != self._head_shown and f is not None and f.keys is not None
+                and self.step == 0 and f.rows[0] <= self.query < f.rows[1]):
+            self._first_draw = True  # on the task's rows, the row that matters is the new head's own
+        self._shown, self._head_shown = key, head
         self._pattern, self._window, self._tokens, self._focus = None, None, [], None
         where = html.escape(self.capture or "")
         if cap is None:
@@ -388,11 +393,13 @@ class AttentionExplorer(pn.viewable.Viewer):
                 f"<table class='head-stats'><tr><th>score</th><th>value</th><th>rank</th></tr>{body}</table>")
 
     def __panel__(self):
-        controls = pn.Row(pn.widgets.Select.from_param(self.param.capture, width=170),
-                          self._step_widget, self._batch_widget,
-                          pn.widgets.Select.from_param(self.param.scale, name="colour scale", width=140),
-                          self._boxes["query"], self._boxes["window_start"],
-                          pn.widgets.IntInput.from_param(self.param.window_size, name="rows", width=55))
+        # a wrapping row: capture labels ("ioi-circuit/captures/task-000") and scale names shown whole
+        controls = pn.FlexBox(pn.widgets.Select.from_param(self.param.capture, width=270),
+                              pn.widgets.Select.from_param(self.param.scale, name="colour scale", width=200),
+                              self._step_widget, self._batch_widget,
+                              self._boxes["query"], self._boxes["window_start"],
+                              pn.widgets.IntInput.from_param(self.param.window_size, name="rows", width=55),
+                              width=WIDTH + 30)
         return pn.Column(controls, self._message, self._fig_pane, pn.Row(self._jump, self._top),
                          pn.pane.Markdown("**Token view**: hover a token; click a token or a pattern row to pin "
                                           "a query."),

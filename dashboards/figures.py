@@ -99,19 +99,32 @@ def heatmap(scores: np.ndarray, title: str, name: str, scale: str = "sequential"
     return Figure(name, _png(fig), f"{title} per layer and head")
 
 
-def pattern_thumb(pattern: np.ndarray, name: str, alt: str) -> Figure:
+def task_rows(pattern: np.ndarray, rows: tuple[int, int]) -> np.ndarray:
+    """The query rows ``[start, end)`` of ``pattern`` a task is about, with the keys they can see
+    (a causal pattern's rows see no key after ``end - 1``): ``[end - start, k]``."""
+    r0, r1 = rows
+    crop = np.asarray(pattern)[r0:r1]
+    visible = r1 if not np.any(crop[:, r1:]) else crop.shape[1]
+    return crop[:, :visible]
+
+
+def pattern_thumb(pattern: np.ndarray, name: str, alt: str, rows: tuple[int, int] | None = None) -> Figure:
     """The pattern (pooled to THUMB_TOKENS) scaled to its largest weight off the sink column;
-    sink cells above that are drawn in the above-scale colour, as in the dashboard."""
+    sink cells above that are drawn in the above-scale colour, as in the dashboard. With
+    ``rows`` (a capture's task rows, :attr:`formats.CaptureFile.focus`), only those query rows
+    and the keys they see, each row a band of the thumbnail (a needle's answer rows on its keys,
+    the IOI end position on its names), instead of the whole prompt where they are a few pixels."""
     from matplotlib import colormaps
 
-    p = downsample(pattern, THUMB_TOKENS)
+    shown = task_rows(pattern, rows) if rows is not None else pattern
+    p = downsample(shown, THUMB_TOKENS)
     mask = np.zeros(p.shape, bool)
     mask[:, 0] = True
     _, vmax = color_range(p, ColorScale.NO_SINK, mask)
     cmap = colormaps["Blues"].with_extremes(over=ABOVE)
     fig = _new(1.0, 1.0, dpi=96)
     ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(p, cmap=cmap, interpolation="nearest", vmin=0, vmax=vmax)
+    ax.imshow(p, cmap=cmap, interpolation="nearest", vmin=0, vmax=vmax, aspect="auto")
     ax.set_axis_off()
     return Figure(name, _png(fig), alt, data=p, vmax=vmax)
 

@@ -20,7 +20,8 @@ import param
 from bokeh.models import ColumnDataSource, HoverTool, Legend, LegendItem
 from bokeh.plotting import figure
 
-from dashboards._bokeh import ABOVE_COLOR, categorical_colors, on_click
+from dashboards._bokeh import ABOVE_COLOR, categorical_colors
+from dashboards._pick import HeadPicker
 from dashboards.compute import embed_2d, head_label, qk_points, token_label
 from dashboards.profiles import MIN_SCORES, NO_TYPE, SINK, TYPICAL, HeadProfiles, head_profiles
 from dashboards.selection import ModelResults
@@ -42,13 +43,11 @@ def embedding_job(sel: ModelResults, method: str) -> tuple[Future, HeadProfiles]
     return job, prof
 
 
-class HeadMap(pn.viewable.Viewer):
+class HeadMap(HeadPicker, pn.viewable.Viewer):
     """Heads embedded in 2-D from their z-scored profiles over every result of the model; a
     click on a point sets ``selected`` ``(layer, head)``."""
 
     method = param.Selector(default="umap", objects=["umap", "pca"])
-    selected = param.Tuple(default=(0, 0), length=2)
-    clicks = param.Integer(default=0)
 
     def __init__(self, sel: ModelResults, **params):
         self.sel = sel
@@ -144,8 +143,8 @@ class HeadMap(pn.viewable.Viewer):
         p.add_layout(legend, "right")
         self._colour_note.object = f"<p>Colour: {html.escape(prof.color_by)}.</p>"
         p.xaxis.axis_label, p.yaxis.axis_label = f"{self.method.upper()} 1", f"{self.method.upper()} 2"
-        on_click(p, self._on_click)
-        self._show_mark()
+        self.listen(p)
+        self.mark_selected()
         return pn.pane.Bokeh(p)
 
     def head_at(self, x: float, y: float) -> tuple[int, int] | None:
@@ -158,18 +157,8 @@ class HeadMap(pn.viewable.Viewer):
         i = int(np.argmin((xs - x) ** 2 + (ys - y) ** 2))
         return int(self._source.data["layer"][i]), int(self._source.data["head"][i])
 
-    def _on_click(self, x: float, y: float) -> None:
-        hit = self.head_at(x, y)
-        if hit is None:
-            return
-        self.clicks += 1
-        if hit != self.selected:
-            self.selected = hit
-        else:
-            self._show_mark()
-
     @param.depends("selected", watch=True)
-    def _show_mark(self) -> None:
+    def mark_selected(self) -> None:
         if self._source is None:
             return
         layer, head = self.selected

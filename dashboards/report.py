@@ -300,8 +300,13 @@ def _result_section(sel: ModelResults, label: str) -> ResultSection:
             where, cap = found
             try:
                 pat = cap.pattern(layer, head)
+                focus = cap.focus  # the task's rows (the answer, the IOI end position): the thumbnail shows them
+                rows = focus.rows if focus is not None else None
+                span = "" if not rows else f"row {rows[0]}" if rows[1] - rows[0] == 1 else f"rows {rows[0]}-{rows[1] - 1}"
+                on = f" {span} ({focus.why or 'the task rows'})" if rows else ""
                 thumb = figs.pattern_thumb(pat, f"{figs.slug(label)}_{head_label(layer, head)}",
-                                           f"{head_label(layer, head)} on {where}")
+                                           f"{head_label(layer, head)} on {where}{on}", rows=rows)
+                where += on
                 s = pattern_stats(pat)
                 stats = (f"entropy {s['entropy']:.2f}, first-token {s['first_token_mass']:.2f}, "
                          f"prev-token {s['prev_token_mass']:.2f}")

@@ -21,7 +21,8 @@ from bokeh.models import ColumnDataSource, HoverTool, Legend, LinearAxis, Range1
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
-from dashboards._bokeh import HeadGrid, cell_at, on_click
+from dashboards._bokeh import HeadGrid, cell_at
+from dashboards._pick import HeadPicker
 from dashboards.compute import head_label, token_label
 from formats import AttnlensError, StatsFile
 
@@ -107,13 +108,11 @@ def series_names(run: StatsFile) -> dict[str, str]:
     return out
 
 
-class StatsRunView(pn.viewable.Viewer):
+class StatsRunView(HeadPicker, pn.viewable.Viewer):
     """One stats run: head means, the selected head's per-query curves and received mass per key."""
 
     run = param.Selector(objects=[], doc="Stats run (its label in the folder)")
     statistic = param.Selector(objects=[], doc="Statistic of the heatmap")
-    selected = param.Tuple(default=(0, 0), length=2)
-    clicks = param.Integer(default=0)
     series = param.ListSelector(default=[], objects=[], doc="Series of the per-query plot")
     keys = param.Selector(default=RECEIVED[0], objects=list(RECEIVED), doc="Keys of the received-mass plot")
 
@@ -154,7 +153,7 @@ class StatsRunView(pn.viewable.Viewer):
                 self.selected = (s.layers[0] if s.layers else 0, 0)
         self._grid = HeadGrid(self._means(), self._title(), name="stats_heatmap", width=420, height=380,
                               value_name="mean")
-        on_click(self._grid.figure, self._on_click)
+        self.listen(self._grid.figure)
         self._grid_pane.object = self._grid.figure
         self._show_head()
 
@@ -172,17 +171,11 @@ class StatsRunView(pn.viewable.Viewer):
         if self._grid is not None:
             self._grid.update(self._means(), self._title())
 
-    def _on_click(self, x: float, y: float) -> None:
-        if self._grid is None:
-            return
-        cell = cell_at(x, y, *self._grid.shape[::-1])
-        if cell is None:
-            return
-        self.clicks += 1
-        if cell != self.selected:
-            self.selected = cell
-        else:
-            self._show_head()
+    def head_at(self, x: float, y: float) -> tuple[int, int] | None:
+        return None if self._grid is None else cell_at(x, y, *self._grid.shape[::-1])
+
+    def mark_selected(self) -> None:
+        self._show_head()
 
     @param.depends("selected", "series", "keys", watch=True)
     def _show_head(self) -> None:

@@ -81,6 +81,12 @@ print("generated:", gen.meta.generated_tokens[0])
 lens.show(gen, layer=layer, head=head)
 
 # %% [markdown]
+# Without a head, the same capture as the grid of every head, with its own step box.
+
+# %%
+lens.show(gen)
+
+# %% [markdown]
 # ## A results folder, inline
 # The taxonomy scores and the capture, saved through the results format, shown as the dashboard.
 

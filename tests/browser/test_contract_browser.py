@@ -43,7 +43,7 @@ def test_every_tab_shows_the_commands_output(browser, served, tab, figure, field
     page.close()
 
 
-def test_vision_tab_overlays_the_dinov2_capture(browser, served):
+def test_vision_tab_overlays_the_dinov2_capture(browser, served, tmp_path_factory):
     page = new_page(browser)
     page.goto(served.url)
     page.wait_for_function(has_model("head_heatmap"), timeout=90_000)
@@ -52,6 +52,19 @@ def test_vision_tab_overlays_the_dinov2_capture(browser, served):
     img.wait_for(timeout=60_000)
     assert img.evaluate("i => i.naturalWidth") > 100
     page.get_by_text("tiny-dinov2 · query 0").first.wait_for(timeout=10_000)  # the ViT, on its CLS query
+    # a click on a patch of the patch map makes it the query: patch (r, c) is token start + r * cols + c
+    from formats import ResultsFolder
+
+    lay = ResultsFolder.load(contract_folder(tmp_path_factory)).captures["image/000"].layout
+    rows, cols = lay.grid
+    r, c = rows - 1, cols // 2
+    page.wait_for_function(has_model("vision_patches"), timeout=60_000)
+    page.mouse.click(*point(page, "vision_patches", c + 0.5, r + 0.5))
+    want = lay.patch_span[0] + r * cols + c
+    page.get_by_text(f"tiny-dinov2 · query {want} 'patch({r},{c})'").first.wait_for(timeout=30_000)
+    page.wait_for_function("(t) => [...Bokeh.documents[0].all_models].some(m => m.name === 'vision_patches'"
+                           " && m.title.text.startsWith(t))", arg=f"query {want} ", timeout=30_000)  # redrawn there
+    assert page.errors == [] and page.outside == [], page.outside[:5]
     page.close()
 
 

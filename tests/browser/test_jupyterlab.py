@@ -20,6 +20,9 @@ from tests.browser.conftest import new_page
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "06_inline_views.ipynb"
+# a grid redrawn is a new figure of the same name: any of them (the old ones show other steps)
+GRID_AT_STEP_3 = """() => Bokeh.documents.some(d => [...d.all_models].some(m => m.name === 'heads_grid'
+    && m.title.text.includes('step 3 of 4: new token')))"""
 
 
 @pytest.fixture(scope="module")
@@ -86,21 +89,27 @@ def test_notebook_views_render_in_jupyterlab(browser, lab, shots):
         news.first.click()
     page.wait_for_timeout(300)
     page.screenshot(path=str(shots / "dashboard_jupyterlab.png"))
-    # the generation capture's view: type step 3 into its step box (the only one in the notebook)
-    step = page.locator(".bk-input-group").filter(has_text=re.compile(r"^\s*step\s*$")).locator("input >> visible=true").first
-    step.scroll_into_view_if_needed()
-    shown = page.get_by_text("step 3 of 4: new token").first
-    for attempt in range(3):  # a value typed while the kernel is still busy with the last cells can be lost
-        for value in (["2"] if attempt else []) + ["3"]:  # on a retry, change it away and back
-            step.fill(value)
-            step.evaluate("e => e.blur()")  # commits the value (Enter would go to JupyterLab's own shortcuts)
-        try:
-            shown.wait_for(timeout=30_000)
-            break
-        except PlaywrightTimeout:
-            if attempt == 2:
-                raise
-    page.screenshot(path=str(shots / "generation_step3_jupyterlab.png"))
+    # the generation capture's head view, then its all-heads grid: type step 3 into each one's step box
+    # (the only two in the notebook, in that order)
+    boxes = page.locator(".bk-input-group").filter(has_text=re.compile(r"^\s*step\s*$")).locator("input >> visible=true")
+    for nth, shown in ((0, page.get_by_text("step 3 of 4: new token").first), (1, None)):
+        step = boxes.nth(nth)
+        step.scroll_into_view_if_needed()
+        for attempt in range(3):  # a value typed while the kernel is still busy with the last cells can be lost
+            for value in (["2"] if attempt else []) + ["3"]:  # on a retry, change it away and back
+                step.fill(value)
+                step.evaluate("e => e.blur()")  # commits the value (Enter would go to JupyterLab's own shortcuts)
+            try:
+                if shown is not None:
+                    shown.wait_for(timeout=30_000)
+                else:  # the grid's title names the step and its new token
+                    page.wait_for_function(GRID_AT_STEP_3, timeout=30_000)
+                break
+            except PlaywrightTimeout:
+                if attempt == 2:
+                    raise
+        page.screenshot(path=str(shots / ("generation_step3_jupyterlab.png" if nth == 0
+                                          else "generation_grid_step3_jupyterlab.png")))
     # clicks in the inline dashboard: other tabs load their views through the kernel, offline
     for tab in ("Stats", "All heads", "Heads"):
         page.locator(".bk-tab").filter(has_text=tab).last.click()

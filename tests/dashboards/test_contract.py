@@ -125,7 +125,7 @@ def test_grid_maps_stats_ablations_circuits_and_vision_are_not_empty(dash, folde
     assert "".join(task.tokens[1:]) in {r["prompt"] for r in TASK_ROWS}  # one of the task's prompts, after <bos>
     dash.vision.capture = "image/000"
     overlay = dash.vision.plot()
-    assert overlay.objects[1].object[:4] == b"\x89PNG" and "no image saved" not in overlay.objects[0].object
+    assert overlay.objects[1][0].object[:4] == b"\x89PNG" and "no image saved" not in overlay.objects[0].object
     speech = dash.speech
     assert speech.capture == "speech/captures/audio-000"
     png = speech.figure_png()
@@ -281,7 +281,45 @@ def test_the_vision_tab_follows_the_model_opens_on_the_last_layer_and_can_share_
     assert dash.vision.capture == "image/000" and dash.vision.layer == cap.layers[-1]  # not the selected head's 0
     dash.selected = (1, 2)  # a head picked by the user: the overlay follows its layer
     assert dash.vision.layer == 1
-    own = Image.open(io.BytesIO(dash.vision.plot().objects[1].object))
+    own = Image.open(io.BytesIO(dash.vision.plot().objects[1][0].object))
     dash.vision.shared_scale = True
-    shared = Image.open(io.BytesIO(dash.vision.plot().objects[1].object))
+    shared = Image.open(io.BytesIO(dash.vision.plot().objects[1][0].object))
     assert shared.width > own.width + 40  # the colour bar
+
+
+def test_the_all_heads_grid_shows_a_generation_step_and_prompt(dash, folder, contract):
+    from dashboards.heads_grid import HeadsGrid
+    from dashboards.inline import view_of
+    from tests.dashboards.contract import GENERATE_STEPS
+
+    cap = folder.captures["generate/000"]
+    n = len(cap.tokens)
+    dash.model = "tiny-llama"
+    for grid in (dash.grid, view_of(contract / "generate" / "000")):  # dashboard and lens.show(cap)
+        assert isinstance(grid, HeadsGrid)
+        if grid is dash.grid:
+            grid.capture = "generate/000"
+        assert grid.param.step.bounds == (0, GENERATE_STEPS - 1) and grid.param.batch.bounds == (0, 1)
+        assert grid._step_widget.visible and grid._batch_widget.visible
+        fig = grid.plot().object
+        assert "step 0 of 5: the prompt" in fig.title.text and f"({n} tokens" in fig.title.text
+        grid._step_widget.value = 3  # what a user types into the step box
+        fig = grid.plot().object
+        layers, heads, s = grid._layout  # as drawn: s, the thumbnail side in tokens
+        assert grid.step == 3 and "step 3 of 5: new token" in fig.title.text and f"({n + 3} tokens" in fig.title.text
+        img = fig.renderers[0].data_source.data["image"][0]
+        assert s == n + 3  # the prompt and the 3 new tokens, one pixel each (below the largest cell side)
+        i, j = layers.index(1), heads.index(2)
+        block = img[i * (s + 1):i * (s + 1) + s, j * (s + 1):j * (s + 1) + s]
+        assert block.shape == (n + 3, n + 3)  # below the cell size: one pixel per token, the step's rows last
+        want = cap.pattern(1, 2, step=3)[0]  # the step's own row
+        shown = np.nan_to_num(block[n + 2])
+        assert np.argmax(shown) == np.argmax(want) and np.isfinite(block[n + 2, n + 2])
+        grid.batch = 1
+        assert "prompt 1 of 2" in grid.plot().object.title.text
+        want1 = cap.pattern(1, 2, batch=1, step=3)[0]
+        assert np.argmax(np.nan_to_num(grid.plot().object.renderers[0].data_source.data["image"][0][
+            i * (s + 1) + n + 2, j * (s + 1):j * (s + 1) + s])) == np.argmax(want1)
+    dash.grid.capture = "bf16/000"  # another capture: back to step 0, the step box hidden
+    assert dash.grid.step == 0 and dash.grid.batch == 0 and not dash.grid._step_widget.visible
+    assert "step" not in dash.grid.plot().object.title.text

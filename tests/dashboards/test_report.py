@@ -179,3 +179,34 @@ def test_report_of_a_damaged_folder_names_the_file_and_uses_the_rest(synth, tmp_
     assert "scan/sinks.first_token_mass.json" in text
     assert "### scan/summary.entropy" in text and "## Circuits" in text and "### curves/" in text
     assert "## Captures" not in text and "captures" not in text.split("**Contents:**")[1].split("\n")[0]  # no empty section
+
+
+def test_thumbnails_of_task_captures_show_the_task_rows(contract, tmp_path, report):
+    """A head on a capture with task rows (the circuit's prompt: the answer is read at the last
+    position) is drawn on those rows and the keys they see, and the report says so; a capture
+    without task rows keeps the whole pattern."""
+    from dashboards.compute import downsample
+    from dashboards.figures import THUMB_TOKENS
+    from formats import ResultsFolder
+
+    folder = ResultsFolder.load(contract)
+    cap = folder.captures["circuit/captures/task-000"]
+    r0, r1 = cap.focus.rows
+    assert r1 - r0 < len(cap.tokens)  # a crop, not the whole prompt
+    sections = {r.label: r for m in report.models for r in m.results}
+    tops = [t for t in sections["circuit/circuit.T_eap_logit-diff"].top if t.thumb is not None]
+    assert tops
+    for t in tops:
+        layer, head = (int(x) for x in t.label[1:].split("H"))
+        assert t.thumb.data.shape == (r1 - r0, r1)  # the task rows, on the keys up to the last of them
+        np.testing.assert_allclose(t.thumb.data, cap.pattern(layer, head)[r0:r1, :r1], rtol=1e-6)
+        span = f"row {r0}" if r1 - r0 == 1 else f"rows {r0}-{r1 - 1}"
+        assert f"{span} (the answer is read at the last position)" in t.capture
+    prose = [t for t in sections["scan/summary.entropy"].top if t.thumb is not None]
+    assert prose and all(" row" not in t.capture for t in prose)
+    pcap = folder.captures[prose[0].capture]
+    layer, head = (int(x) for x in prose[0].label[1:].split("H"))
+    np.testing.assert_allclose(prose[0].thumb.data, downsample(pcap.pattern(layer, head), THUMB_TOKENS), rtol=1e-6)
+    for fmt, name in (("html", "r.html"), ("md", "r.md")):
+        text = write_report(contract, fmt, tmp_path / name).read_text().replace("\\(", "(").replace("\\)", ")")
+        assert f"task-000 {span} (the answer is read at the last position)" in text, fmt

@@ -82,6 +82,30 @@ def test_a_token_click_pins_the_query(dash):
     assert ex.query == 20
 
 
+def test_on_the_task_rows_each_head_opens_on_its_own_row_and_a_pin_elsewhere_stays(dash, folder):
+    cap = folder.captures[NEEDLE]
+    f = cap.focus
+    ex = dash.explorer
+    ex.capture = NEEDLE
+
+    def best(layer, head):  # the row that matters for this head: its top key in the needle, the most mass there
+        rows = cap.pattern(layer, head)[f.rows[0]:f.rows[1]]
+        top = rows.argmax(1)
+        inside = (top >= f.keys[0]) & (top < f.keys[1])
+        return f.rows[0] + int(np.argmax(inside * 2.0 + rows[:, f.keys[0]:f.keys[1]].sum(1)))
+
+    heads = [(la, h) for la in cap.layers for h in cap.heads]
+    differ = [(a, b) for a in heads for b in heads if best(*a) != best(*b)]
+    assert differ, "every head of the needle capture has the same best row"
+    a, b = differ[0]
+    for want in (a, b, a):  # clicks in the atlas: the query follows each head's own row
+        dash.selected = want
+        assert (ex.layer, ex.head) == want and ex.query == best(*want), (want, ex.query)
+    ex.tokens.query = 20  # pinned by the user outside the task rows: a new head keeps it
+    dash.selected = b
+    assert ex.query == 20
+
+
 def test_focus_is_validated_where_written_and_where_read(folder, tmp_path):
     cap = folder.captures[NEEDLE]
     n = len(cap.tokens)

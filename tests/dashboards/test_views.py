@@ -286,9 +286,28 @@ def test_vision_overlays_for_vit_and_vlm_layouts(folder, tmp_path):
     view = VisionOverlay(folder)
     assert view.capture == "image/000" and view.param.head.objects == ["all", 0, 1, 2, 3, 4, 5]
     pane = view.plot()
-    assert pane.objects[1].object[:4] == b"\x89PNG" and "query 0 &#x27;CLS&#x27;" in pane.objects[0].object
+    assert pane.objects[1][0].object[:4] == b"\x89PNG" and "query 0 &#x27;CLS&#x27;" in pane.objects[0].object
     att = patch_attention(view._cap(), layer=0, head=1, query=0)  # head 1 of layer 0 looks at patch (2, 4)
     assert np.unravel_index(att.argmax(), att.shape) == (2, 4)
+    # the patch map beside the overlays: a click on patch (3, 5) makes it the query, outlined there
+    view.param.update(layer=0, head=1)
+    pane = view.plot()
+    fig = pane.objects[1][1].object
+    assert fig.name == "vision_patches" and "click a patch on the map to make it the query" in pane.objects[0].object
+    cells = fig.select_one({"name": "vision_patch_cells"}).data
+    np.testing.assert_allclose(np.reshape(cells["w"], att.shape), att)  # query 0 on head 1's patches
+    lay = view._cap().layout
+    rows, cols = lay.grid
+    trigger_click(fig, 5.5, 3.2)
+    assert view.query == lay.patch_span[0] + 3 * cols + 5
+    fig = view.plot().objects[1][1].object
+    assert f"query {view.query} " in fig.title.text
+    (mark,) = [r for r in fig.renderers if r.name == "vision_query"]
+    assert (mark.data_source.data["x"][0], mark.data_source.data["y"][0]) == (5.5, 3.5)
+    np.testing.assert_allclose(np.reshape(fig.select_one({"name": "vision_patch_cells"}).data["w"], att.shape),
+                               patch_attention(view._cap(), 0, 1, view.query))
+    trigger_click(fig, cols + 2, 1)  # off the image: the query stays
+    assert view.query == lay.patch_span[0] + 3 * cols + 5
     vision_capture(tmp_path / "vlm", start=5, text_before=3)
     f = ResultsFolder.load(tmp_path)
     vlm = VisionOverlay(f)
@@ -370,3 +389,36 @@ def test_serve_binds_a_real_port_and_allows_only_this_machine(synth):
         assert server._tornado.websocket_origins == {f"127.0.0.1:{server.port}", f"localhost:{server.port}"}
     finally:
         server.stop(wait=False)
+
+
+def test_the_head_views_share_one_click_to_select_handler(folder, sel):
+    """Atlas, all-heads grid, head map and stats view: a click on a head selects it and counts,
+    a re-click of the selected head marks it again, a click on no head changes nothing."""
+    from dashboards._pick import HeadPicker
+
+    grid = HeadsGrid(sel)
+    grid_fig = grid.plot().object
+    s = grid.layout()[2]
+    hmap = HeadMap(sel, method="pca")
+    hmap.embedding(timeout=60)
+    hmap._show()
+    i = 3 * N_HEADS + 2  # L3H2's point
+    stats = StatsRunView(folder.stats_runs)
+    atlas = HeadAtlas(sel)
+    cases = [(atlas, atlas.grid.figure, (2, 3), (40, 2), lambda: atlas.grid.mark.data["n"]),
+             (grid, grid_fig, (2 * (s + 1) + 1, 3 * (s + 1) + 1), (-5, -5), lambda: grid._mark.data["n"]),
+             (hmap, hmap._area.objects[0].object, (hmap._source.data["x"][i], hmap._source.data["y"][i]), None,
+              lambda: hmap._mark.data["n"]),
+             (stats, stats._grid.figure, (2, 3), (40, 2), lambda: stats._grid.mark.data["n"])]
+    for view, fig, (x, y), off, marks in cases:
+        assert isinstance(view, HeadPicker)
+        seen = []
+        view.param.watch(lambda e: seen.append(e.new), "selected")
+        trigger_click(fig, x, y)
+        assert view.selected == (3, 2) and view.clicks == 1 and seen == [(3, 2)], type(view).__name__
+        assert marks() == [1]
+        trigger_click(fig, x, y, events.DoubleTap)  # the re-click: answered (marked again), not re-selected
+        assert view.clicks == 2 and seen == [(3, 2)] and marks() == [2], type(view).__name__
+        if off is not None:
+            trigger_click(fig, *off)
+            assert view.clicks == 2 and view.selected == (3, 2), type(view).__name__
