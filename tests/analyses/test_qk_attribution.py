@@ -6,58 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import lens
 from analyses.qk_attribution import Component, Kind, head_loadings, qk_attribution
 from lens.errors import BackendError, SelectionError
-from lens.zoo.tiny import TINY_VOCAB, build_byte_tokenizer
+from lens.zoo.tiny import TINY_VOCAB
+from tests.analyses.families import init as _init
+from tests.analyses.families import saved as _saved
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
-
-
-def _saved(model, tmp_path) -> lens.LoadedModel:
-    torch.manual_seed(0)
-    model.save_pretrained(tmp_path)
-    build_byte_tokenizer(tmp_path)
-    return lens.load(str(tmp_path))
-
-
-def _init(cls, config, seed=0):
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return cls(config).eval()
-    finally:
-        torch.random.set_rng_state(state)
-
-
-@pytest.fixture(scope="module")
-def tiny_gpt2(tmp_path_factory):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(n_layer=3, n_head=4, n_embd=32, vocab_size=TINY_VOCAB, n_positions=128, bos_token_id=0,
-                     eos_token_id=1, scale_attn_by_inverse_layer_idx=True)
-    m = _init(GPT2LMHeadModel, cfg)
-    with torch.no_grad():  # LayerNorms away from (1, 0), so the centering and the bias terms matter
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.LayerNorm):
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.normal_(0, 0.2)
-    return _saved(m, tmp_path_factory.mktemp("gpt2"))
-
-
-@pytest.fixture(scope="module")
-def tiny_qwen2(tmp_path_factory):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    cfg = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=TINY_VOCAB, max_position_embeddings=256, bos_token_id=0,
-                      eos_token_id=1, tie_word_embeddings=False)
-    m = _init(Qwen2ForCausalLM, cfg)
-    with torch.no_grad():  # Qwen2 has q/k/v biases: make them large enough to matter
-        for layer in m.model.layers:
-            for p in (layer.self_attn.q_proj.bias, layer.self_attn.k_proj.bias):
-                p.normal_(0, 0.5)
-    return _saved(m, tmp_path_factory.mktemp("qwen2"))
 
 
 def _log_pattern_check(a) -> None:
