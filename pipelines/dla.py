@@ -11,16 +11,23 @@ import torch
 from formats.dla import DLAResult
 from formats.provenance import Provenance
 from lens.errors import PromptError
-from pipelines.qk import answer_ids
 
 
 def target_ids(lm, targets: Sequence[str | int]) -> list[int]:
     """One token id per target: an id as is, a string as the one token the tokenizer makes of it."""
-    texts = [t for t in targets if not isinstance(t, int) or isinstance(t, bool)]
-    if any(not isinstance(t, str) for t in texts):
-        raise PromptError(f"a target must be a one-token string or a token id, got {texts[0]!r}")
-    by_text = dict(zip(texts, answer_ids(lm, texts)))
-    return [int(t) if isinstance(t, int) and not isinstance(t, bool) else by_text[t] for t in targets]
+    out = []
+    for t in targets:
+        if isinstance(t, int) and not isinstance(t, bool):
+            out.append(int(t))
+            continue
+        if not isinstance(t, str) or not t:
+            raise PromptError(f"a target must be a one-token string or a token id, got {t!r}")
+        ids = lm.tokenizer(t, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            raise PromptError(f"target {t!r} is {len(ids)} tokens for this tokenizer, expected one "
+                              "(try it with a leading space, e.g. ' Mary')")
+        out.append(int(ids[0]))
+    return out
 
 
 def run_dla(lm, prompt: str, targets: Sequence[str | int] = (), *, positions: Sequence[int] = (-1,), top: int = 5,

@@ -115,7 +115,7 @@ def test_bad_selections_are_one_line_errors(tiny_lm):
         direct_logit_attribution(tiny_lm, ids, [99999])
     with pytest.raises(SelectionError, match="positions must name at least one position"):
         direct_logit_attribution(tiny_lm, ids, positions=[])
-    with pytest.raises(PromptError, match="answer 'ab' is 2 tokens"):
+    with pytest.raises(PromptError, match="target 'ab' is 2 tokens"):
         run_dla(tiny_lm, "abc", ["ab"])
     with pytest.raises(PromptError, match="prompt must be non-empty text"):
         run_dla(tiny_lm, "", ["a"])
@@ -161,3 +161,15 @@ def test_smollm2_parts_sum_to_its_logits(smollm2):
     res = run_dla(smollm2, PROMPT, [" Mary", " John"], positions=[-1, 6])
     np.testing.assert_allclose(res.totals(), res.logits, atol=1e-4, rtol=0)
     assert res.tied and res.heads.shape[2:] == (30, 9)
+
+
+def test_cli_writes_a_result_the_folder_finds(tmp_path, cli):
+    from tests.analyses.dla_folder import write_dla_folder
+
+    code, out, err = cli("heads", "dla", "tiny-llama", "--prompt", "abcabc", "--target", "a", "--out", tmp_path / "o")
+    assert code == 0, err
+    assert "parts sum" in out and "'a'" in out and "frozen" in out
+    folder = ResultsFolder.load(write_dla_folder(tmp_path))
+    (label, res), = folder.dla.items()
+    assert label == "dla" and res.targets[:2] == ["M", "J"] and res.positions == [58, 5]
+    np.testing.assert_allclose(res.totals(), res.logits, atol=1e-4)
