@@ -168,7 +168,7 @@ def test_cli_writes_a_result_the_folder_finds(tmp_path, cli):
 
     code, out, err = cli("heads", "dla", "tiny-llama", "--prompt", "abcabc", "--target", "a", "--out", tmp_path / "o")
     assert code == 0, err
-    assert "parts sum" in out and "'a'" in out and "frozen" in out
+    assert "parts sum" in err and "'a'" in err and "frozen" in err  # the table goes to stderr (stdout: --json)
     folder = ResultsFolder.load(write_dla_folder(tmp_path))
     (label, res), = folder.dla.items()
     assert label == "dla" and res.targets[:2] == ["M", "J"] and res.positions == [58, 5]
