@@ -12,8 +12,11 @@ component ``j``) under **the standard linearisation**: each norm's scale (the RM
 standard deviation for LayerNorm) is frozen at its value on this input, so the norm is a
 linear map per position (LayerNorm's mean-centering is linear too and is folded in). The
 norm's and the projection's biases form one more component, ``bias``. Rotary is a linear map
-per position, so it distributes over the sum. The terms add up exactly to the score before
-any soft-capping (nothing here soft-caps; families that do are refused).
+per position, so it distributes over the sum. Families with post-norms (Gemma 2: each head's
+and MLP's output is normalised before it is added) get the same treatment: the post-norm's
+scale is frozen too, so each head's share passes through it linearly. The terms add up
+exactly to the score before any soft-capping; a soft-capping family (Gemma 2) applies
+``cap * tanh(score / cap)`` after, which the result's linearisation note says.
 
 Every step checks itself against the model's own forward: the components must sum to the
 residual stream, the frozen norm must reproduce the norm's output, and the per-component
@@ -44,9 +47,8 @@ from lens.errors import BackendError, SelectionError
 
 LINEARISATION = ("norm scales frozen at their values on this input (standard linearisation); "
                  "LayerNorm centering folded in; rotary applied per position")
-_REFUSED = {"gemma2": "it soft-caps scores and normalises head outputs before adding them (post-norms)",
-            "gemma3": "it normalises head outputs before adding them (post-norms)",
-            "gemma3_text": "it normalises head outputs before adding them (post-norms)"}
+_REFUSED = {"gemma3": "it normalises each head's queries and keys (q_norm, k_norm) before the scores",
+            "gemma3_text": "it normalises each head's queries and keys (q_norm, k_norm) before the scores"}
 _CHECK_RTOL = 2e-3
 
 
@@ -75,6 +77,7 @@ class QKAttribution:
     scale: float
     answers: list[str]
     ov: Float[Tensor, "answer k"]
+    linearisation: str = LINEARISATION
 
     def names(self, pos: int) -> list[str]:
         """Component labels at ``pos`` (``embed[tok]`` and ``pos[p]`` name that position)."""
@@ -96,7 +99,7 @@ class QKAttribution:
                         kv_head=self.kv_head, query_pos=self.query_pos, key_pos=self.key_pos, tokens=self.tokens,
                         components=self.components, terms=self.terms.cpu().numpy(), scores=self.scores.cpu().numpy(),
                         pattern=self.pattern.cpu().numpy(), provenance=provenance, scale=self.scale,
-                        answers=self.answers, ov=self.ov.cpu().numpy(), linearisation=LINEARISATION)
+                        answers=self.answers, ov=self.ov.cpu().numpy(), linearisation=self.linearisation)
 
 
 # ---- collection ----------------------------------------------------------------------------
@@ -178,6 +181,16 @@ def _freeze(norm: nn.Module, x: Tensor, where: str) -> _Norm:
     raise BackendError(f"QK attribution cannot linearise the {where} {name}: expected LayerNorm or an RMSNorm")
 
 
+def _post_norms(block: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """Gemma 2's post-norms ``(after attention, after the MLP)``, or None for a pre-norm block. (In
+    Llama ``post_attention_layernorm`` is the MLP's input norm: the pair with ``pre_feedforward_layernorm``
+    is what marks post-norms.)"""
+    if all(isinstance(getattr(block, n, None), nn.Module) for n in ("pre_feedforward_layernorm",
+                                                                      "post_feedforward_layernorm")):
+        return block.post_attention_layernorm, block.post_feedforward_layernorm
+    return None
+
+
 def _close(got: Tensor, want: Tensor) -> float:
     """Largest error relative to the reference's largest magnitude."""
     return float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
@@ -228,17 +241,21 @@ def qk_attribution(lm, input_ids: Tensor, layer: int, head: int, *, query_pos: i
     for la in range(layer):
         proj = parts.adapter.out_proj(la)
         z = got[f"z{la}"].view(n, f.n_heads, d_head)
+        post = _post_norms(parts.adapter.block(la))
+        # a post-norm with its scale frozen at the attention output's is linear per position
+        through = (_freeze(post[0], got[f"post{la}"], f"post-attention norm of layer {la}").linear
+                   if post is not None else (lambda c: c))
         for h in range(f.n_heads):
             comps.append(Component(Kind.HEAD, la, h))
-            vecs.append(z[:, h] @ _out_rows(proj, h, d_head))
+            vecs.append(through(z[:, h] @ _out_rows(proj, h, d_head)))
         if getattr(proj, "bias", None) is not None:
-            b = proj.bias.detach().double()
+            b = through(proj.bias.detach().double().expand(n, -1))
             out_bias = b if out_bias is None else out_bias + b
         comps.append(Component(Kind.MLP, la))
-        vecs.append(got[f"mlp{la}"])
+        vecs.append(got[f"mlp{la}"])  # after the MLP's post-norm where there is one
     if out_bias is not None:
         comps.append(Component(Kind.OUT_BIAS))
-        vecs.append(out_bias.expand(n, -1))
+        vecs.append(out_bias)
     C = torch.stack(vecs)  # [comp, pos, d_model]
     resid = got["resid"]
     err = _close(C.sum(0), resid)
@@ -274,10 +291,13 @@ def qk_attribution(lm, input_ids: Tensor, layer: int, head: int, *, query_pos: i
     scores = scale * key @ query
     k_sel = int(torch.argmax(pattern)) if key_pos is None else key_pos
     ov = _ov(lm, parts, got, layer, head, kv_head, q, pattern, answers)
+    cap = getattr(lm.model.config, "attn_logit_softcapping", None)
+    note = LINEARISATION + (f"; scores before soft-capping (the model applies {cap:g} * tanh(score / {cap:g}))"
+                            if cap else "")
     return QKAttribution(model=f.name, layer=layer, head=head, kv_head=kv_head, query_pos=q, key_pos=k_sel,
                          tokens=lm.tokens(input_ids[0]), components=comps, terms=terms.float(), scores=scores.float(),
                          pattern=pattern.float(), scale=scale, answers=[lm.tokens(torch.tensor([a]))[0] for a in answers],
-                         ov=ov.float())
+                         ov=ov.float(), linearisation=note)
 
 
 def _collect(lm, parts: Parts, ids: Tensor, layer: int) -> dict[str, Tensor]:
@@ -305,8 +325,12 @@ def _collect(lm, parts: Parts, ids: Tensor, layer: int) -> dict[str, Tensor]:
     hs.append(parts.adapter.attention(layer).register_forward_pre_hook(rope, with_kwargs=True))
     for la in range(layer):
         hs.append(parts.adapter.out_proj(la).register_forward_pre_hook(lambda m, a, la=la: keep(f"z{la}", a[0])))
-        hs.append(parts.adapter.mlp(la).register_forward_hook(
+        post = _post_norms(parts.adapter.block(la))
+        mlp_out = parts.adapter.mlp(la) if post is None else post[1]  # what the block adds to the residual
+        hs.append(mlp_out.register_forward_hook(
             lambda m, a, o, la=la: keep(f"mlp{la}", o[0] if isinstance(o, tuple) else o)))
+        if post is not None:
+            hs.append(post[0].register_forward_pre_hook(lambda m, a, la=la: keep(f"post{la}", a[0])))
     grab = _Grab(layer)
     try:
         with torch.no_grad(), attention_mode(lm, grab):

@@ -73,4 +73,7 @@ def tiny_gemma2(tmp_path_factory):
         for mod in m.modules():
             if type(mod).__name__.endswith("RMSNorm"):
                 mod.weight.uniform_(-0.5, 0.5)
+        for layer in m.model.layers:  # scores large enough for the cap to bind (Gemma's init gives ~0.003)
+            layer.self_attn.q_proj.weight.normal_(0, 0.5)
+            layer.self_attn.k_proj.weight.normal_(0, 0.5)
     return saved(m, tmp_path_factory.mktemp("gemma2"))

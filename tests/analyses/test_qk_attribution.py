@@ -146,14 +146,35 @@ def test_bad_selections_are_one_line_errors(tiny_lm):
         head_loadings(tiny_lm, [], 1, 0)
 
 
-def test_soft_capped_family_is_refused_in_one_line(tmp_path):
-    from transformers import Gemma2Config, Gemma2ForCausalLM
+def test_soft_capped_post_norm_family_sums_to_its_scores(tiny_gemma2):
+    """Gemma 2: soft-capped scores, post-norms, GQA, sliding windows. The terms sum to the score before
+    the cap, and the model's probabilities follow the capped score: log p_k - log p_j = c(s_k) - c(s_j)."""
+    lm, cap = tiny_gemma2, 0.5
+    ids = lm.encode("abcdefabcdef")
+    windowed, biggest = False, 0.0
+    for layer in range(lm.facts.n_layers):
+        for head in (0, lm.facts.n_heads - 1):
+            a = qk_attribution(lm, ids, layer, head)
+            raw = a.terms.double().sum((1, 2))
+            torch.testing.assert_close(raw, a.scores.double(), atol=1e-4, rtol=0)
+            capped = cap * torch.tanh(raw / cap)
+            seen = a.pattern > 0  # keys outside the sliding window (alternate layers) get no attention
+            logp, c, k = a.pattern.double()[seen].log(), capped[seen], a.key_pos
+            torch.testing.assert_close(c - capped[k], logp - torch.log(a.pattern.double()[k]), atol=1e-4, rtol=0)
+            windowed, biggest = windowed or bool((~seen).any()), max(biggest, float(raw.abs().max()))
+    assert biggest > 2 * cap  # the cap binds on this model: the check above tells capped from raw
+    assert windowed  # and a sliding-window layer was among those checked
+    assert "before soft-capping" in a.linearisation and "0.5 * tanh" in a.to_result().linearisation
 
-    cfg = Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                       num_key_value_heads=1, head_dim=16, vocab_size=TINY_VOCAB, bos_token_id=0, eos_token_id=1,
-                       pad_token_id=2)
-    lm = _saved(_init(Gemma2ForCausalLM, cfg), tmp_path)
-    with pytest.raises(BackendError, match="cannot decompose Gemma2ForCausalLM: it soft-caps scores") as info:
+
+def test_query_key_norm_family_is_refused_in_one_line(tmp_path):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           num_key_value_heads=1, head_dim=16, vocab_size=TINY_VOCAB, bos_token_id=0, eos_token_id=1,
+                           pad_token_id=2)
+    lm = _saved(_init(Gemma3ForCausalLM, cfg), tmp_path)
+    with pytest.raises(BackendError, match="cannot decompose Gemma3ForCausalLM: it normalises each head's queries") as info:
         qk_attribution(lm, lm.encode("abc"), 1, 0)
     assert "\n" not in str(info.value)
 
