@@ -12,6 +12,12 @@ directions), and the logit of token ``t`` splits exactly into::
     d_t  = center(W_U[t] * w_norm)          (w_norm: 1 + weight for Gemma's RMSNorm)
     bias = W_U[t] . b_norm + b_U[t]         (LayerNorm's bias, the unembedding's bias)
 
+Families with post-norms (Gemma 2) normalise each head's and MLP's output before adding it:
+those norms' scales are frozen too, so each head's share passes through its layer's post-norm
+linearly. A family that soft-caps its logits (Gemma 2: ``cap * tanh(logit / cap)``) is
+attributed before the cap, and the result's ``logits`` are the model's logits before the cap
+(checked: capping them gives the model's own); its linearisation note says so.
+
 Tied and untied unembeddings are the same here (the unembedding is read from the model's
 output embeddings). GQA changes nothing: heads are split at ``z``, after the values are
 shared. Every step checks itself against the model's own forward: the components must sum
@@ -33,6 +39,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from analyses.qk_attribution import _post_norms
 from formats.dla import LINEARISATION, DLAResult
 from formats.provenance import Provenance
 from lens.adapters import ModelAdapter, adapter_for
@@ -124,14 +131,19 @@ def _collect(lm, parts: ReadoutParts, ids: Tensor) -> dict[str, Tensor]:
         keep("resid0", args[0] if args else kwargs["hidden_states"])
 
     hs = [parts.adapter.block(0).register_forward_pre_hook(first, with_kwargs=True),
-          parts.final_norm.register_forward_pre_hook(lambda m, a: keep("final", a[0]))]
+          parts.final_norm.register_forward_pre_hook(lambda m, a: keep("final", a[0])),
+          parts.final_norm.register_forward_hook(lambda m, a, o: keep("normed", o))]
     base = getattr(lm.model, "transformer", None)
     if base is not None and isinstance(getattr(base, "wpe", None), nn.Embedding):
         hs.append(base.wpe.register_forward_hook(lambda m, a, o: keep("wpe", o if o.ndim == 3 else o[None])))
     try:
         for la in range(n_layers):
             hs.append(parts.adapter.out_proj(la).register_forward_pre_hook(lambda m, a, la=la: keep(f"z{la}", a[0])))
-            hs.append(parts.adapter.mlp(la).register_forward_hook(lambda m, a, o, la=la: keep(f"mlp{la}", o)))
+            post = _post_norms(parts.adapter.block(la))
+            mlp_out = parts.adapter.mlp(la) if post is None else post[1]  # what the block adds to the residual
+            hs.append(mlp_out.register_forward_hook(lambda m, a, o, la=la: keep(f"mlp{la}", o)))
+            if post is not None:
+                hs.append(post[0].register_forward_pre_hook(lambda m, a, la=la: keep(f"post{la}", a[0])))
         with torch.no_grad():
             out = lm.model(input_ids=ids.to(lm.device))
     except SelectionError as err:  # a hybrid's block without attention
@@ -186,9 +198,21 @@ def direct_logit_attribution(lm, input_ids: Tensor, targets: Sequence[int] = (),
     for la in range(f.n_layers):
         proj = parts.adapter.out_proj(la)
         z = got[f"z{la}"][P].view(len(pos), f.n_heads, f.d_head)
-        heads.append(torch.einsum("phd,hdm->phm", z, _w_o(proj, f.n_heads, f.d_head)))
+        post = _post_norms(parts.adapter.block(la))
+        if post is not None:  # the post-norm with its scale frozen at the attention output's: linear
+            pn = _freeze(post[0], got[f"post{la}"], f.architecture)
+            if pn.kind != "RMSNorm":
+                raise BackendError(f"direct logit attribution cannot decompose {f.architecture}: its post-norm "
+                                   f"{type(post[0]).__name__} is not an RMSNorm")
+
+            def through(c, pn=pn):
+                return c / pn.sigma[P].view(-1, *([1] * (c.ndim - 1))) * pn.w
+        else:
+            def through(c):
+                return c
+        heads.append(through(torch.einsum("phd,hdm->phm", z, _w_o(proj, f.n_heads, f.d_head))))
         if getattr(proj, "bias", None) is not None:
-            out_bias = out_bias + proj.bias.detach().double().cpu()
+            out_bias = out_bias + through(proj.bias.detach().double().cpu().expand(len(pos), -1))
         mlps.append(got[f"mlp{la}"][P])
     H = torch.stack(heads, 1)  # [pos, layer, head, d_model]
     M = torch.stack(mlps, 1)  # [pos, layer, d_model]
@@ -200,6 +224,18 @@ def direct_logit_attribution(lm, input_ids: Tensor, targets: Sequence[int] = (),
                            f"the final norm is not the sum of embeddings, head and MLP outputs (relative error {err:.2g})")
 
     logits = got["logits"][P]  # [pos, vocab]
+    cap = getattr(lm.model.config, "final_logit_softcapping", None)
+    note = LINEARISATION
+    if cap:  # attribute the logits before the cap: the final norm's output through the unembedding
+        raw = got["normed"][P] @ U.T
+        if parts.unembed.bias is not None:
+            raw = raw + parts.unembed.bias.detach().double().cpu()
+        err = _close(cap * torch.tanh(raw / cap), logits)
+        if err > _CHECK_RTOL:
+            raise BackendError(f"direct logit attribution cannot decompose {f.architecture}: capping its logits "
+                               f"before the cap does not give its logits (relative error {err:.2g})")
+        logits = raw
+        note += f"; logits before soft-capping (the model applies {cap:g} * tanh(logit / {cap:g}))"
     ids = [int(t) for t in targets]
     n_given = len(ids)
     for row in logits:
@@ -225,7 +261,7 @@ def direct_logit_attribution(lm, input_ids: Tensor, targets: Sequence[int] = (),
         pos_embed=on(pos_embed).numpy(), out_bias=on(out_bias).numpy(),
         bias=const.expand(len(pos), -1).numpy(), logits=logits[:, ids].numpy(), sigma=sigma.numpy(),
         final_norm=norm.kind, tied=parts.unembed.weight is lm.model.get_input_embeddings().weight,
-        provenance=provenance or Provenance(model=f.name), linearisation=LINEARISATION)
+        provenance=provenance or Provenance(model=f.name), linearisation=note)
     err = float(np.abs(res.totals() - res.logits).max() / max(1e-6, float(np.abs(res.logits).max())))
     if err > _CHECK_RTOL:
         raise BackendError(f"direct logit attribution cannot decompose {f.architecture}: its logits are not the final "

@@ -99,9 +99,27 @@ def test_hand_built_model_only_the_embedding_and_one_head_write(tmp_path):
     np.testing.assert_allclose(res.embed[0] + res.heads[0, :, 1, 0], res.logits[0], atol=1e-5)
 
 
-def test_post_norm_family_is_refused_in_one_line(tiny_gemma2):
-    with pytest.raises(BackendError, match="direct logit attribution cannot decompose Gemma2ForCausalLM") as info:
-        run_dla(tiny_gemma2, "abcdef")
+def test_post_norm_soft_capped_family_sums_to_its_logits_before_the_cap(tiny_gemma2):
+    """Gemma 2: post-norms (frozen like the final norm), tied unembedding, Gemma's (1 + w) norms and
+    final logit soft-capping: the parts sum to the logits before the cap, and capping those gives the
+    model's own logits."""
+    res = run_dla(tiny_gemma2, "abcdefabcdef", ["a"], positions=[-1, 3])
+    np.testing.assert_allclose(res.totals(), res.logits, atol=1e-4, rtol=0)
+    with torch.no_grad():
+        want = tiny_gemma2.model(input_ids=tiny_gemma2.encode("abcdefabcdef")).logits[0].double()
+    cap = 3.0
+    np.testing.assert_allclose(cap * np.tanh(res.logits.astype(np.float64) / cap),
+                               want[res.positions][:, res.target_ids].numpy(), atol=1e-5)
+    assert res.tied and "before soft-capping" in res.linearisation and "3 * tanh" in res.linearisation
+    assert np.abs(res.heads).max() > 1e-3 and np.abs(res.mlps).max() > 1e-3
+
+
+def test_a_logit_transform_it_does_not_model_is_refused_in_one_line(tiny_gpt2, monkeypatch):
+    """A logit transform the decomposition does not model is caught by the check against the model's logits."""
+    head = tiny_gpt2.model.lm_head
+    monkeypatch.setattr(head, "forward", lambda x: torch.nn.functional.linear(x, head.weight) * 2.0)
+    with pytest.raises(BackendError, match="its logits are not the final norm's linear image") as info:
+        run_dla(tiny_gpt2, "abcdef")
     assert "\n" not in str(info.value)
 
 
