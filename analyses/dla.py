@@ -57,6 +57,7 @@ class ReadoutParts:
     adapter: ModelAdapter
     final_norm: nn.Module
     unembed: nn.Module
+    logit_scale: float = 1.0  # what the head multiplies its output by (Cohere's logit_scale, Granite's 1/logits_scaling)
 
 
 def readout_parts(lm) -> ReadoutParts:
@@ -74,7 +75,10 @@ def readout_parts(lm) -> ReadoutParts:
     if not norms:
         raise BackendError(f"direct logit attribution cannot find the final norm of {f.architecture} "
                            f"(a module named {', '.join(_FINAL_NORM_NAMES)} after the blocks)")
-    return ReadoutParts(adapter, norms[-1], unembed)
+    scale = float(getattr(lm.model, "logit_scale", None) or 1.0)
+    if str(getattr(lm.model.config, "model_type", "")).startswith("granite"):
+        scale /= float(getattr(lm.model.config, "logits_scaling", 1.0) or 1.0)
+    return ReadoutParts(adapter, norms[-1], unembed, scale)
 
 
 @dataclass
@@ -90,8 +94,9 @@ class _FrozenNorm:
 def _freeze(norm: nn.Module, x: Float[Tensor, "pos d_model"], family: str) -> _FrozenNorm:
     name = type(norm).__name__
     w = getattr(norm, "weight", None)
-    if isinstance(norm, nn.LayerNorm):
-        eps = float(norm.eps)
+    if isinstance(norm, nn.LayerNorm) or (name.endswith("LayerNorm") and hasattr(norm, "variance_epsilon")):
+        # nn.LayerNorm, or one written out by the family (Cohere's: mean-centred, no bias)
+        eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-5)))
         sigma = torch.sqrt(x.var(-1, unbiased=False) + eps)
         wv = torch.ones(x.shape[-1], dtype=x.dtype) if w is None else w.detach().double()
         b = getattr(norm, "bias", None)
@@ -118,10 +123,18 @@ def _close(got: Tensor, want: Tensor) -> float:
     return float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
 
 
+def _mlp_added(m: nn.Module, args: tuple, out, n: int) -> Tensor:
+    """``[1, pos, d_model]``: what an MLP module adds to the residual stream."""
+    out = out[0] if isinstance(out, tuple) else out
+    if type(m).__name__ in ("BloomMLP", "MptMLP"):  # they add the residual (their second argument) themselves
+        out = out - args[1]
+    return out.reshape(1, n, -1)  # OPT's fc2 sees [batch * pos, d_model]
+
+
 def _collect(lm, parts: ReadoutParts, ids: Tensor) -> dict[str, Tensor]:
     """One forward recording the residual stream's components (float64, batch axis dropped)."""
     got: dict[str, Tensor] = {}
-    n_layers = lm.facts.n_layers
+    n_layers, n = lm.facts.n_layers, int(ids.shape[1])
 
     def keep(name, t):
         t = t[0] if isinstance(t, tuple) else t
@@ -141,7 +154,7 @@ def _collect(lm, parts: ReadoutParts, ids: Tensor) -> dict[str, Tensor]:
             hs.append(parts.adapter.out_proj(la).register_forward_pre_hook(lambda m, a, la=la: keep(f"z{la}", a[0])))
             post = _post_norms(parts.adapter.block(la))
             mlp_out = parts.adapter.mlp(la) if post is None else post[1]  # what the block adds to the residual
-            hs.append(mlp_out.register_forward_hook(lambda m, a, o, la=la: keep(f"mlp{la}", o)))
+            hs.append(mlp_out.register_forward_hook(lambda m, a, o, la=la: keep(f"mlp{la}", _mlp_added(m, a, o, n))))
             if post is not None:
                 hs.append(post[0].register_forward_pre_hook(lambda m, a, la=la: keep(f"post{la}", a[0])))
         with torch.no_grad():
@@ -197,7 +210,8 @@ def direct_logit_attribution(lm, input_ids: Tensor, targets: Sequence[int] = (),
     heads, mlps, out_bias = [], [], torch.zeros_like(embed)
     for la in range(f.n_layers):
         proj = parts.adapter.out_proj(la)
-        z = got[f"z{la}"][P].view(len(pos), f.n_heads, f.d_head)
+        d_value = getattr(f, "d_value", None) or f.d_head  # DeepSeek's MLA: values narrower than queries
+        z = got[f"z{la}"][P].view(len(pos), f.n_heads, d_value)
         post = _post_norms(parts.adapter.block(la))
         if post is not None:  # the post-norm with its scale frozen at the attention output's: linear
             pn = _freeze(post[0], got[f"post{la}"], f.architecture)
@@ -210,7 +224,7 @@ def direct_logit_attribution(lm, input_ids: Tensor, targets: Sequence[int] = (),
         else:
             def through(c):
                 return c
-        heads.append(through(torch.einsum("phd,hdm->phm", z, _w_o(proj, f.n_heads, f.d_head))))
+        heads.append(through(torch.einsum("phd,hdm->phm", z, _w_o(proj, f.n_heads, d_value))))
         if getattr(proj, "bias", None) is not None:
             out_bias = out_bias + through(proj.bias.detach().double().cpu().expand(len(pos), -1))
         mlps.append(got[f"mlp{la}"][P])
@@ -227,9 +241,9 @@ def direct_logit_attribution(lm, input_ids: Tensor, targets: Sequence[int] = (),
     cap = getattr(lm.model.config, "final_logit_softcapping", None)
     note = LINEARISATION
     if cap:  # attribute the logits before the cap: the final norm's output through the unembedding
-        raw = got["normed"][P] @ U.T
+        raw = got["normed"][P] @ U.T * parts.logit_scale
         if parts.unembed.bias is not None:
-            raw = raw + parts.unembed.bias.detach().double().cpu()
+            raw = raw + parts.unembed.bias.detach().double().cpu() * parts.logit_scale
         err = _close(cap * torch.tanh(raw / cap), logits)
         if err > _CHECK_RTOL:
             raise BackendError(f"direct logit attribution cannot decompose {f.architecture}: capping its logits "
@@ -241,7 +255,7 @@ def direct_logit_attribution(lm, input_ids: Tensor, targets: Sequence[int] = (),
     for row in logits:
         ids += [i for i in torch.topk(row, min(top, vocab)).indices.tolist() if i not in ids]
     norm = _freeze(parts.final_norm, got["final"], f.architecture)
-    d = U[ids] * norm.w  # [target, d_model]
+    d = U[ids] * norm.w * parts.logit_scale  # [target, d_model]
     if norm.kind == "LayerNorm":
         d = d - d.mean(-1, keepdim=True)
     sigma = norm.sigma[P]  # [pos]
@@ -250,6 +264,7 @@ def direct_logit_attribution(lm, input_ids: Tensor, targets: Sequence[int] = (),
         const = const + U[ids] @ norm.b
     if parts.unembed.bias is not None:
         const = const + parts.unembed.bias.detach().double().cpu()[ids]
+    const = const * parts.logit_scale
 
     def on(x: Tensor) -> Tensor:  # [pos, ..., d_model] -> [pos, target, ...]
         y = torch.einsum("p...m,tm->pt...", x, d)

@@ -182,11 +182,10 @@ def _freeze(norm: nn.Module, x: Tensor, where: str) -> _Norm:
 
 
 def _post_norms(block: nn.Module) -> tuple[nn.Module, nn.Module] | None:
-    """Gemma 2's post-norms ``(after attention, after the MLP)``, or None for a pre-norm block. (In
-    Llama ``post_attention_layernorm`` is the MLP's input norm: the pair with ``pre_feedforward_layernorm``
-    is what marks post-norms.)"""
-    if all(isinstance(getattr(block, n, None), nn.Module) for n in ("pre_feedforward_layernorm",
-                                                                      "post_feedforward_layernorm")):
+    """Post-norms ``(after attention, after the MLP)`` (Gemma 2 and 3, OLMo2), or None for a pre-norm block.
+    (In Llama ``post_attention_layernorm`` is the MLP's input norm: ``post_feedforward_layernorm`` is what
+    marks post-norms.)"""
+    if isinstance(getattr(block, "post_feedforward_layernorm", None), nn.Module):  # Gemma 2/3, OLMo2
         return block.post_attention_layernorm, block.post_feedforward_layernorm
     return None
 
