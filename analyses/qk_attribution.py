@@ -42,13 +42,13 @@ from torch import Tensor, nn
 from analyses.circuits._hooks import Parts
 from formats.provenance import Provenance
 from formats.qk import Component, Kind, QKResult
+from lens.adapters import adapter_for
 from lens.attention import AttentionObserver, attention_mode
 from lens.errors import BackendError, SelectionError
 
 LINEARISATION = ("norm scales frozen at their values on this input (standard linearisation); "
                  "LayerNorm centering folded in; rotary applied per position")
-_REFUSED = {"gemma3": "it normalises each head's queries and keys (q_norm, k_norm) before the scores",
-            "gemma3_text": "it normalises each head's queries and keys (q_norm, k_norm) before the scores"}
+_REFUSED: dict[str, str] = {}  # model_type -> why (checks on the modules themselves come first)
 _CHECK_RTOL = 2e-3
 
 
@@ -196,8 +196,11 @@ def _close(got: Tensor, want: Tensor) -> float:
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
+    """Rotary on the first ``cos.shape[-1]`` dims of ``x`` (all of them, or a partial rotary's share)."""
+    rot = cos.shape[-1]
+    x, rest = x[..., :rot], x[..., rot:]
+    half = rot // 2
+    return torch.cat((x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin, rest), -1)
 
 
 def qk_attribution(lm, input_ids: Tensor, layer: int, head: int, *, query_pos: int = -1,
@@ -213,6 +216,9 @@ def qk_attribution(lm, input_ids: Tensor, layer: int, head: int, *, query_pos: i
     mt = getattr(lm.model.config, "model_type", "")
     if mt in _REFUSED:
         raise BackendError(f"QK attribution cannot decompose {f.architecture or mt}: {_REFUSED[mt]}")
+    if getattr(lm.model.config, "kv_lora_rank", None):
+        raise BackendError(f"QK attribution cannot decompose {f.architecture or mt}: it computes keys and values "
+                           "through a low-rank latent (multi-head latent attention)")
     if not 0 <= layer < f.n_layers:
         raise SelectionError(f"layer {layer} is out of range: {f.name} has layers 0-{f.n_layers - 1}")
     if not 0 <= head < f.n_heads:
@@ -225,6 +231,27 @@ def qk_attribution(lm, input_ids: Tensor, layer: int, head: int, *, query_pos: i
         raise SelectionError(f"query position {query_pos} is out of range: the prompt has positions 0-{n - 1}")
     if key_pos is not None and not 0 <= key_pos <= q:
         raise SelectionError(f"key position {key_pos} is out of range: query {q} attends to keys 0-{q}")
+    vocab = f.vocab_size
+    bad = [int(a) for a in answers if not 0 <= int(a) < vocab]
+    if bad:
+        raise SelectionError(f"answer token ids {bad} are out of range: the vocabulary has ids 0-{vocab - 1}")
+    try:
+        return _decompose(lm, input_ids, layer, head, q, key_pos, answers)
+    except (BackendError, SelectionError) as err:  # a part this module cannot find or model: name the family
+        if isinstance(err, BackendError) and (f.architecture or mt) in str(err):
+            raise
+        why = str(err).removeprefix("QK attribution ")
+        raise BackendError(f"QK attribution cannot decompose {f.architecture or mt}: {why}") from None
+
+
+def _decompose(lm, input_ids: Tensor, layer: int, head: int, q: int, key_pos: int | None,
+               answers: Sequence[int]) -> QKAttribution:
+    f = lm.facts
+    n = input_ids.shape[1]
+    attn = adapter_for(lm.model, f.n_layers).attention(layer)
+    if isinstance(getattr(attn, "q_norm", None), nn.Module) or isinstance(getattr(attn, "k_norm", None), nn.Module):
+        raise BackendError(f"QK attribution cannot decompose {f.architecture}: it normalises each head's queries and "
+                           "keys (q_norm, k_norm) before the scores")
     parts = Parts(lm)
     d_head = f.d_head
     kv_head = head // (f.n_heads // f.n_kv_heads)
@@ -273,10 +300,10 @@ def qk_attribution(lm, input_ids: Tensor, layer: int, head: int, *, query_pos: i
     kc = torch.cat([lin[:, :q + 1] @ wk.T, (const[:q + 1] @ wk.T + (0 if bk is None else bk))[None]])  # [comp+1, k, d]
     if "cos" in got:
         cos, sin = got["cos"], got["sin"]
-        if cos.shape[-1] != d_head:
-            raise BackendError(f"QK attribution cannot decompose {f.architecture}: partial rotary "
-                               f"({cos.shape[-1]} of {d_head} dims)")
-        qc = _rotate(qc, cos[q], sin[q])
+        if cos.shape[-1] > d_head:
+            raise BackendError(f"QK attribution cannot decompose {f.architecture}: rotary over {cos.shape[-1]} "
+                               f"dims of {d_head}")
+        qc = _rotate(qc, cos[q], sin[q])  # partial rotary (Phi, StableLM): the first dims turn, the rest pass
         kc = _rotate(kc, cos[:q + 1], sin[:q + 1])
     query, key = got["query"][head, q], got["key"][kv_head, :q + 1]
     err = max(_close(qc.sum(0), query), _close(kc.sum(0), key))
