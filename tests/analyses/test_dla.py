@@ -191,3 +191,17 @@ def test_cli_writes_a_result_the_folder_finds(tmp_path, cli):
     (label, res), = folder.dla.items()
     assert label == "dla" and res.targets[:2] == ["M", "J"] and res.positions == [58, 5]
     np.testing.assert_allclose(res.totals(), res.logits, atol=1e-4)
+
+
+def test_a_result_without_its_tensors_or_of_another_version_is_named(tiny_lm, tmp_path):
+    path = run_dla(tiny_lm, "abcabc", ["a"], top=1).save(tmp_path)
+    doc = json.loads(path.read_text())
+    doc["format_version"] = 99
+    (tmp_path / "v.dla.json").write_text(json.dumps(doc))
+    with pytest.raises(ResultError, match="v.dla.json"):
+        DLAResult.load(tmp_path / "v.dla.json")
+    (tmp_path / "dla.dla.safetensors").unlink()
+    with pytest.raises(ResultError, match="dla.dla.safetensors"):
+        DLAResult.load(path)
+    problems = ResultsFolder.load(tmp_path).problems
+    assert "dla.dla.json" in problems and "v.dla.json" in problems
