@@ -12,8 +12,11 @@ component ``j``) under **the standard linearisation**: each norm's scale (the RM
 standard deviation for LayerNorm) is frozen at its value on this input, so the norm is a
 linear map per position (LayerNorm's mean-centering is linear too and is folded in). The
 norm's and the projection's biases form one more component, ``bias``. Rotary is a linear map
-per position, so it distributes over the sum. The terms add up exactly to the score before
-any soft-capping (nothing here soft-caps; families that do are refused).
+per position, so it distributes over the sum. Families with post-norms (Gemma 2: each head's
+and MLP's output is normalised before it is added) get the same treatment: the post-norm's
+scale is frozen too, so each head's share passes through it linearly. The terms add up
+exactly to the score before any soft-capping; a soft-capping family (Gemma 2) applies
+``cap * tanh(score / cap)`` after, which the result's linearisation note says.
 
 Every step checks itself against the model's own forward: the components must sum to the
 residual stream, the frozen norm must reproduce the norm's output, and the per-component
@@ -39,15 +42,14 @@ from torch import Tensor, nn
 from analyses.circuits._hooks import CircuitModules
 from formats.provenance import Provenance
 from formats.qk import Contributor, Kind, QKResult
+from lens.adapters import adapter_for
 from lens.attention import AttentionObserver, attention_mode
 from lens.errors import BackendError, SelectionError
 from lens.hooks import Point, Where
 
 LINEARISATION = ("norm scales frozen at their values on this input (standard linearisation); "
                  "LayerNorm centering folded in; rotary applied per position")
-_REFUSED = {"gemma2": "it soft-caps scores and normalises head outputs before adding them (post-norms)",
-            "gemma3": "it normalises head outputs before adding them (post-norms)",
-            "gemma3_text": "it normalises head outputs before adding them (post-norms)"}
+_REFUSED: dict[str, str] = {}  # model_type -> why (checks on the modules themselves come first)
 _CHECK_RTOL = 2e-3
 
 
@@ -76,6 +78,7 @@ class QKAttribution:
     scale: float
     answers: list[str]
     ov: Float[Tensor, "answer k"]
+    linearisation: str = LINEARISATION
 
     def names(self, pos: int) -> list[str]:
         """Contributor labels at ``pos`` (``embed[tok]`` and ``pos[p]`` name that position)."""
@@ -97,7 +100,7 @@ class QKAttribution:
                         kv_head=self.kv_head, query_pos=self.query_pos, key_pos=self.key_pos, tokens=self.tokens,
                         components=self.components, terms=self.terms.cpu().numpy(), scores=self.scores.cpu().numpy(),
                         pattern=self.pattern.cpu().numpy(), provenance=provenance, scale=self.scale,
-                        answers=self.answers, ov=self.ov.cpu().numpy(), linearisation=LINEARISATION)
+                        answers=self.answers, ov=self.ov.cpu().numpy(), linearisation=self.linearisation)
 
 
 # ---- collection ----------------------------------------------------------------------------
@@ -175,8 +178,11 @@ def _close(got: Tensor, want: Tensor) -> float:
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
+    """Rotary on the first ``cos.shape[-1]`` dims of ``x`` (all of them, or a partial rotary's share)."""
+    rot = cos.shape[-1]
+    x, rest = x[..., :rot], x[..., rot:]
+    half = rot // 2
+    return torch.cat((x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin, rest), -1)
 
 
 def qk_attribution(lm, input_ids: Tensor, layer: int, head: int, *, query_pos: int = -1,
@@ -192,6 +198,9 @@ def qk_attribution(lm, input_ids: Tensor, layer: int, head: int, *, query_pos: i
     mt = getattr(lm.model.config, "model_type", "")
     if mt in _REFUSED:
         raise BackendError(f"QK attribution cannot decompose {f.architecture or mt}: {_REFUSED[mt]}")
+    if getattr(lm.model.config, "kv_lora_rank", None):
+        raise BackendError(f"QK attribution cannot decompose {f.architecture or mt}: it computes keys and values "
+                           "through a low-rank latent (multi-head latent attention)")
     if not 0 <= layer < f.n_layers:
         raise SelectionError(f"layer {layer} is out of range: {f.name} has layers 0-{f.n_layers - 1}")
     if not 0 <= head < f.n_heads:
@@ -204,6 +213,27 @@ def qk_attribution(lm, input_ids: Tensor, layer: int, head: int, *, query_pos: i
         raise SelectionError(f"query position {query_pos} is out of range: the prompt has positions 0-{n - 1}")
     if key_pos is not None and not 0 <= key_pos <= q:
         raise SelectionError(f"key position {key_pos} is out of range: query {q} attends to keys 0-{q}")
+    vocab = f.vocab_size
+    bad = [int(a) for a in answers if not 0 <= int(a) < vocab]
+    if bad:
+        raise SelectionError(f"answer token ids {bad} are out of range: the vocabulary has ids 0-{vocab - 1}")
+    try:
+        return _decompose(lm, input_ids, layer, head, q, key_pos, answers)
+    except (BackendError, SelectionError) as err:  # a part this module cannot find or model: name the family
+        if isinstance(err, BackendError) and (f.architecture or mt) in str(err):
+            raise
+        why = str(err).removeprefix("QK attribution ")
+        raise BackendError(f"QK attribution cannot decompose {f.architecture or mt}: {why}") from None
+
+
+def _decompose(lm, input_ids: Tensor, layer: int, head: int, q: int, key_pos: int | None,
+               answers: Sequence[int]) -> QKAttribution:
+    f = lm.facts
+    n = input_ids.shape[1]
+    attn = adapter_for(lm.model, f.n_layers).attention(layer)
+    if isinstance(getattr(attn, "q_norm", None), nn.Module) or isinstance(getattr(attn, "k_norm", None), nn.Module):
+        raise BackendError(f"QK attribution cannot decompose {f.architecture}: it normalises each head's queries and "
+                           "keys (q_norm, k_norm) before the scores")
     parts = CircuitModules(lm)
     d_head = f.d_head
     kv_head = head // (f.n_heads // f.n_kv_heads)
@@ -219,17 +249,21 @@ def qk_attribution(lm, input_ids: Tensor, layer: int, head: int, *, query_pos: i
     for la in range(layer):
         proj = parts.adapter.out_proj(la)
         z = got[f"z{la}"].view(n, f.n_heads, d_head)
+        post = parts.adapter.post_norms(la)
+        # a post-norm with its scale frozen at the attention output's is linear per position
+        through = (_freeze(post[0], got[f"post{la}"], f"post-attention norm of layer {la}").linear
+                   if post is not None else (lambda c: c))
         for h in range(f.n_heads):
             comps.append(Contributor(Kind.HEAD, la, h))
-            vecs.append(z[:, h] @ _out_rows(proj, h, d_head))
+            vecs.append(through(z[:, h] @ _out_rows(proj, h, d_head)))
         if getattr(proj, "bias", None) is not None:
-            b = proj.bias.detach().double()
+            b = through(proj.bias.detach().double().expand(n, -1))
             out_bias = b if out_bias is None else out_bias + b
         comps.append(Contributor(Kind.MLP, la))
-        vecs.append(got[f"mlp{la}"])
+        vecs.append(got[f"mlp{la}"])  # after the MLP's post-norm where there is one
     if out_bias is not None:
         comps.append(Contributor(Kind.OUT_BIAS))
-        vecs.append(out_bias.expand(n, -1))
+        vecs.append(out_bias)
     C = torch.stack(vecs)  # [comp, pos, d_model]
     resid = got["resid"]
     err = _close(C.sum(0), resid)
@@ -248,10 +282,10 @@ def qk_attribution(lm, input_ids: Tensor, layer: int, head: int, *, query_pos: i
     kc = torch.cat([lin[:, :q + 1] @ wk.T, (const[:q + 1] @ wk.T + (0 if bk is None else bk))[None]])  # [comp+1, k, d]
     if "cos" in got:
         cos, sin = got["cos"], got["sin"]
-        if cos.shape[-1] != d_head:
-            raise BackendError(f"QK attribution cannot decompose {f.architecture}: partial rotary "
-                               f"({cos.shape[-1]} of {d_head} dims)")
-        qc = _rotate(qc, cos[q], sin[q])
+        if cos.shape[-1] > d_head:
+            raise BackendError(f"QK attribution cannot decompose {f.architecture}: rotary over {cos.shape[-1]} "
+                               f"dims of {d_head}")
+        qc = _rotate(qc, cos[q], sin[q])  # partial rotary (Phi, StableLM): the first dims turn, the rest pass
         kc = _rotate(kc, cos[:q + 1], sin[:q + 1])
     query, key = got["query"][head, q], got["key"][kv_head, :q + 1]
     err = max(_close(qc.sum(0), query), _close(kc.sum(0), key))
@@ -265,10 +299,13 @@ def qk_attribution(lm, input_ids: Tensor, layer: int, head: int, *, query_pos: i
     scores = scale * key @ query
     k_sel = int(torch.argmax(pattern)) if key_pos is None else key_pos
     ov = _ov(lm, parts, got, layer, head, kv_head, q, pattern, answers)
+    cap = getattr(lm.model.config, "attn_logit_softcapping", None)
+    note = LINEARISATION + (f"; scores before soft-capping (the model applies {cap:g} * tanh(score / {cap:g}))"
+                            if cap else "")
     return QKAttribution(model=f.name, layer=layer, head=head, kv_head=kv_head, query_pos=q, key_pos=k_sel,
                          tokens=lm.tokens(input_ids[0]), components=comps, terms=terms.float(), scores=scores.float(),
                          pattern=pattern.float(), scale=scale, answers=[lm.tokens(torch.tensor([a]))[0] for a in answers],
-                         ov=ov.float())
+                         ov=ov.float(), linearisation=note)
 
 
 def _collect(lm, parts: CircuitModules, ids: Tensor, layer: int) -> dict[str, Tensor]:
@@ -294,9 +331,16 @@ def _collect(lm, parts: CircuitModules, ids: Tensor, layer: int) -> dict[str, Te
     for la in range(layer):
         points.append((Point(Where.Z, la), lambda t, la=la: keep(f"z{la}", t)))
         points.append((Point(Where.MLP_OUT, la), lambda t, la=la: keep(f"mlp{la}", t)))
+        if parts.adapter.post_norms(la) is not None:  # the attention output: the post-attention norm's input
+            points.append((Point(Where.ATTN_OUT, la), lambda t, la=la: keep(f"post{la}", t)))
     grab = _Grab(layer)
     with torch.no_grad(), parts.hooked(points), attention_mode(lm, grab):
         lm.model(input_ids=ids.to(lm.device))
+        for la in range(layer):  # a post-norm block adds its MLP's output through the post-norm
+            post = parts.adapter.post_norms(la)
+            if post is not None:
+                out = post[1](got[f"mlp{la}"][None].to(next(post[1].parameters()).dtype))
+                got[f"mlp{la}"] = out[0].double()
     got.update(grab.got)
     return got
 

@@ -35,7 +35,7 @@ from dashboards.selection import ModelResults, models_of, task_metric
 from dashboards.speech import SpeechView
 from dashboards.stats_view import StatsRunView
 from dashboards.vision import VisionOverlay
-from formats import ResultsFolder, Site
+from formats import ResultsFolder
 from formats.errors import SelectionError
 
 MAX_PROBLEMS_SHOWN = 50
@@ -92,8 +92,7 @@ class Dashboard(pn.viewable.Viewer):
         self.grid = HeadsGrid(self.sel)
         self.head_map = HeadMap(self.sel, method=self.map_method)
         self.qk_map = QKMap(self.sel, method="pca")
-        with_z = [c for c in self.sel.captures.values() if Site.Z in c.sites]
-        self.contributions = ContributionView((with_z or list(self.sel.captures.values()) or [None])[0])
+        self.contributions = ContributionView({k: r for k, r in self.folder.dla.items() if r.provenance.model == self.model})
         self.qk = QKView({k: r for k, r in self.folder.qk.items() if r.provenance.model == self.model})
         for view in (self.atlas, self.head_map, self.grid):
             view.param.watch(lambda e: self._pick(e.new), "selected")

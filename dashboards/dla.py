@@ -1,26 +1,17 @@
-"""Direct logit attribution: per head, how much its output at one position adds to the logit
-of a chosen target token (what Meta's LLM Transparency Tool shows), over saved captures.
+"""Direct logit attribution view: each head's direct share of a target token's logit, from
+``lens heads dla`` results (:class:`formats.dla.DLAResult`; the arithmetic is in
+:mod:`analyses.dla`, this module only reads results).
 
-With the final norm's scale frozen at its value for that position, the logit of token ``t``
-is linear in the residual stream, and the residual stream is a sum of components, so each
-head's share is::
-
-    dla[layer, head] = (z[layer, head, q] @ W_O[layer, head]) . u_t / sigma_q
-
-``z`` is the head's attention output (site ``z``, ``[batch, head, q, d_head]``), ``W_O`` its
-slice of the output projection (``[head, d_head, d_model]``), ``u_t`` the target's
-unembedding row with the final norm's weight folded in (``[d_model]``) and ``sigma_q`` the
-final norm's divisor at ``q`` (RMS of the last residual stream, plus epsilon).
-
-A capture holds ``z`` (and ``resid_post`` for ``sigma``), but not the model's ``W_O`` and
-unembedding: they come in a :class:`Readout` (``lens.show(capture, model=lm, view="dla")``
-builds one from the model). A saved capture without them gets a message saying so.
+A layer x head heatmap per target and position on a diverging scale centred on zero (white: no
+contribution, red: raises the logit, blue: lowers it); a click on a cell gives that head's
+number next to the logit. Below: what the MLPs, the embeddings and the biases add, and the
+largest parts overall. ``lens.show(result)`` shows one result inline; ``lens.show(capture,
+view="dla", model=lm)`` attributes a capture's prompt first.
 """
 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass, field
 
 import numpy as np
 import panel as pn
@@ -28,126 +19,119 @@ import param
 
 from dashboards._bokeh import HeadGrid, cell_at, on_click
 from dashboards.compute import head_label, token_label
-from formats import AttnlensError, CaptureFile, SelectionError, Site
+from formats.dla import REST, REST_LABELS, DLAResult
 
 
-@dataclass(frozen=True)
-class Readout:
-    """What turns head outputs into logits, as numpy arrays.
-
-    ``w_o[layer]``: ``[n_heads, d_head, d_model]``; ``directions[name]``: ``[d_model]`` (a
-    target's unembedding row times the final norm weight); ``sigma``: ``[pos]`` the final
-    norm's divisor per position of the capture's first prompt; ``logits[name]``: ``[pos]``
-    the model's logit of that target, to check attributions against (optional).
-    """
-
-    w_o: dict[int, np.ndarray]
-    directions: dict[str, np.ndarray]
-    sigma: np.ndarray
-    logits: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.directions:
-            raise SelectionError("a readout needs at least one target direction, got none")
-        d = {v.shape[-1] for v in self.directions.values()} | {w.shape[-1] for w in self.w_o.values()}
-        if len(d) != 1:
-            raise SelectionError(f"readout arrays disagree on d_model: {sorted(d)}")
+def head_grid(res: DLAResult, position: int, target: str | int) -> np.ndarray:
+    """``[n_layers, n_heads]`` attributions of every head to ``target`` (its string or index) at token
+    ``position`` (float64)."""
+    i, j = res.index(position, target)
+    return res.heads[i, j].astype(np.float64)
 
 
-def head_outputs(z: np.ndarray, w_o: np.ndarray) -> np.ndarray:
-    """``z [head, d_head]`` (one position) and ``w_o [head, d_head, d_model]`` -> ``[head, d_model]``."""
-    return np.einsum("hd,hdm->hm", np.asarray(z, np.float64), np.asarray(w_o, np.float64))
+def target_names(res: DLAResult) -> dict[str, int]:
+    """Selector labels (``'M' (45)``: token and id, since several ids may print alike) -> target index."""
+    return {f"{t!r} ({i})" + ("" if j < res.n_given else " top"): j
+            for j, (t, i) in enumerate(zip(res.targets, res.target_ids))}
 
 
-def direct_logit_attribution(z: np.ndarray, w_o: np.ndarray, direction: np.ndarray, sigma: float) -> np.ndarray:
-    """``[head]`` direct logit attribution of each head at one position (see the module docstring)."""
-    return head_outputs(z, w_o) @ np.asarray(direction, np.float64) / float(sigma)
-
-
-def dla_grid(cap: CaptureFile, readout: Readout, target: str, position: int) -> np.ndarray:
-    """``[n_layers, n_heads]`` attribution of every captured head at ``position`` (NaN where not captured)."""
-    f = cap.facts
-    if target not in readout.directions:
-        raise SelectionError(f"target {target!r} has no readout direction: one of {', '.join(readout.directions)}")
-    if not 0 <= position < len(cap.tokens):
-        raise SelectionError(f"position {position} is out of range: the capture has positions 0-{len(cap.tokens) - 1}")
-    out = np.full((f.n_layers, f.n_heads), np.nan)
-    for layer in cap.layers:
-        if not cap.has(Site.Z, layer) or layer not in readout.w_o:
-            continue
-        z = cap.read(Site.Z, layer, 0, (0, slice(None), position)).astype(np.float64)  # [head, d_head]
-        w_o = readout.w_o[layer][cap.heads]
-        out[layer, cap.heads] = direct_logit_attribution(z, w_o, readout.directions[target], readout.sigma[position])
-    return out
+def summary_html(res: DLAResult, position: int, target: str | int) -> str:
+    """The logit, what heads, MLPs, embeddings and biases add (they sum to it) and the top parts."""
+    i, j = res.index(position, target)
+    target = res.targets[j]
+    heads, mlps = float(res.heads[i, j].astype(np.float64).sum()), float(res.mlps[i, j].astype(np.float64).sum())
+    rest = ", ".join(f"{REST_LABELS[k]} {float(getattr(res, k)[i, j]):+.4f}" for k in REST
+                     if k != "pos_embed" or float(res.pos_embed[i, j]) != 0.0)
+    tops = ", ".join(f"{html.escape(k)} {v:+.4f}" for k, v in res.top(6, position, j))
+    kind = "asked for" if j < res.n_given else "a top prediction"
+    mlp_row = " ".join(f"MLP{la} {v:+.3f}" for la, v in enumerate(res.mlps[i, j]))
+    return (f"<p><b>{html.escape(repr(target))}</b> ({kind}) at position {position} "
+            f"<code>{html.escape(token_label(res.tokens[position]))}</code>: the model's logit "
+            f"<b>{float(res.logits[i, j]):+.4f}</b> = heads {heads:+.4f} + MLPs {mlps:+.4f} + {html.escape(rest)} "
+            f"(parts sum to {float(res.totals()[i, j]):+.4f}).<br>largest parts: {tops}<br>"
+            f"<small>per MLP: {html.escape(mlp_row)}</small><br>"
+            f"<small>{html.escape(res.linearisation)}; final norm {html.escape(res.final_norm)}, "
+            f"{'tied' if res.tied else 'untied'} unembedding</small></p>")
 
 
 class ContributionView(pn.viewable.Viewer):
-    """Per head, its direct logit attribution to ``target`` at ``position``; a click selects a head."""
+    """One DLA result at a time: pick a target and a position; a click on a head gives its number."""
 
-    target = param.Selector(objects=[], doc="Target token")
-    position = param.Integer(default=-1, doc="Position whose next-token logit is attributed (-1: the last)")
+    result = param.Selector(objects=[], doc="Direct logit attribution result")
+    target = param.Selector(objects=[], doc="Target token (its index in the result's targets)")
+    position = param.Selector(objects=[], doc="Position whose next-token logit is attributed")
     selected = param.Tuple(default=(0, 0), length=2)
     clicks = param.Integer(default=0)
 
-    def __init__(self, capture: CaptureFile | None, readout: Readout | None = None, **params):
-        self.cap, self.readout = capture, readout
-        targets = list(readout.directions) if readout else []
-        target = params.pop("target", targets[0] if targets else None)
+    def __init__(self, results: dict[str, DLAResult], **params):
+        self.results = dict(results)
+        first = params.pop("result", next(iter(self.results), None))
+        target, position = params.pop("target", None), params.pop("position", None)
         super().__init__(**params)
-        self.param.target.objects = targets
-        with param.discard_events(self):
-            self.target = target
+        self.param.result.objects = list(self.results)
         self._grid: HeadGrid | None = None
         self._pane = pn.pane.Bokeh(sizing_mode="fixed")
         self._info = pn.pane.HTML("", name="dla_info", sizing_mode="stretch_width")
+        self._cell = pn.pane.HTML("", name="dla_cell", sizing_mode="stretch_width")
+        with param.discard_events(self):
+            self.result = first
+        self._choices(target, position)
         self._refresh()
 
-    def missing(self) -> str | None:
-        """Why this capture cannot be attributed (None when it can)."""
-        if self.cap is None:
-            return "No capture to attribute."
-        if not any(self.cap.has(Site.Z, la) for la in self.cap.layers):
-            return (f"Capture {html.escape(self.cap.name)} has no <code>z</code> (the heads' outputs): capture with "
-                    "<code>--sites pattern,z,resid_post</code>.")
-        if self.readout is None:
-            return ("Direct logit attribution needs the model's output projection and unembedding, which a saved "
-                    "capture does not hold. In a notebook: <code>lens.show(capture, model=lm, view=\"dla\", "
-                    "targets=[...])</code>.")
-        return None
+    @property
+    def current(self) -> DLAResult | None:
+        return self.results.get(self.result) if self.result is not None else None
+
+    def _choices(self, target=None, position=None) -> None:
+        res = self.current
+        names = target_names(res) if res else {}
+        positions = list(res.positions) if res else []
+        self.param.target.objects, self.param.position.objects = names, positions
+        if isinstance(target, str) and res and target in res.targets:
+            target = res.targets.index(target)
+        with param.discard_events(self):
+            self.target = target if target in names.values() else (0 if names else None)
+            self.position = position if position in positions else (positions[0] if positions else None)
+
+    @param.depends("result", watch=True)
+    def _new_result(self) -> None:
+        self._choices()
+        self._refresh()
 
     def grid(self) -> np.ndarray:
-        pos = len(self.cap.tokens) - 1 if self.position < 0 else self.position
-        return dla_grid(self.cap, self.readout, self.target, pos)
+        return head_grid(self.current, self.position, self.target)
 
     @param.depends("target", "position", watch=True)
     def _refresh(self) -> None:
-        why = self.missing()
-        if why is not None:
-            self._info.object = f"<p>{why}</p>"
+        res = self.current
+        if res is None:
+            self._info.object = ("<p>No direct logit attributions in this folder. Make one with <code>lens heads dla "
+                                 "MODEL --prompt TEXT --target TOKEN --out DIR</code>, or in a notebook "
+                                 "<code>lens.show(capture, view=\"dla\", model=lm, targets=[...])</code>.</p>")
             return
-        try:
-            g = self.grid()
-        except AttnlensError as err:
-            self._info.object = f"<p>{html.escape(str(err))}</p>"
-            return
-        pos = len(self.cap.tokens) - 1 if self.position < 0 else self.position
-        title = f"direct logit attribution to {self.target!r} at position {pos} ({token_label(self.cap.tokens[pos])})"
+        g = self.grid()
+        title = (f"direct logit attribution to {res.targets[self.target]!r} at position {self.position} "
+                 f"({token_label(res.tokens[self.position])})")
         if self._grid is None or self._grid.shape != g.shape:
-            self._grid = HeadGrid(g, title, name="dla_heatmap", value_name="logit", palette=_diverging())
+            self._grid = HeadGrid(g, title, name="dla_heatmap", value_name="logit", scale="signed")
             on_click(self._grid.figure, self._on_click)
             self._pane.object = self._grid.figure
         else:
-            self._grid.update(g, title)
-        m = float(np.nanmax(np.abs(g))) if np.isfinite(g).any() else 1.0
-        self._grid.mapper.update(low=-m, high=m)  # symmetric: white is no contribution
-        top = np.argsort(-np.nan_to_num(g, nan=0).ravel())[:5]
-        n_heads = g.shape[1]
-        tops = ", ".join(f"{head_label(int(i // n_heads), int(i % n_heads))} {g.flat[i]:+.3f}" for i in top)
-        total = float(np.nansum(g))
-        logit = self.readout.logits.get(self.target)
-        check = f"; the model's logit there is {float(logit[pos]):.3f}" if logit is not None else ""
-        self._info.object = (f"<p>top heads: {html.escape(tops)} · all captured heads together {total:+.3f}{check} "
-                             "(the rest comes from embeddings, MLPs and the heads not captured)</p>")
+            self._grid.update(g, title, scale="signed")
+        self._info.object = summary_html(res, self.position, self.target)
+        self._show_cell()
+
+    def _show_cell(self) -> None:
+        res = self.current
+        layer, head = self.selected
+        if res is None or not (0 <= layer < res.shape[0] and 0 <= head < res.shape[1]):
+            self._cell.object = ""
+            return
+        i, j = res.index(self.position, self.target)
+        v = float(res.heads[i, j, layer, head])
+        self._cell.object = (f"<p class='attnlens-dla-cell'><b>{head_label(layer, head)}</b> adds <b>{v:+.4f}</b> to "
+                             f"the logit of {html.escape(repr(res.targets[j]))} ({float(res.logits[i, j]):+.4f}) at "
+                             f"position {self.position}</p>")
 
     def _on_click(self, x: float, y: float) -> None:
         if self._grid is None:
@@ -158,14 +142,10 @@ class ContributionView(pn.viewable.Viewer):
         self.clicks += 1
         self.selected = cell
         self._grid.mark_cell(*cell, self.clicks)
+        self._show_cell()
 
     def __panel__(self):
-        return pn.Column(pn.Row(pn.widgets.Select.from_param(self.param.target, width=200),
-                                pn.widgets.IntInput.from_param(self.param.position, width=100)),
-                         self._pane, self._info, name="Contributions")
-
-
-def _diverging() -> list[str]:
-    from bokeh.palettes import RdBu11, interp_palette
-
-    return list(interp_palette(RdBu11[::-1], 255))
+        return pn.Column(pn.Row(pn.widgets.Select.from_param(self.param.result, width=220),
+                                pn.widgets.Select.from_param(self.param.target, width=200),
+                                pn.widgets.Select.from_param(self.param.position, width=100)),
+                         self._pane, self._cell, self._info, name="Contributions")

@@ -3,8 +3,8 @@
 ``show(capture, layer=3, head=2)`` is one head's pattern with the token view (CircuitsVis'
 ``attention_patterns``); ``show(capture)`` all heads of the prompt as a grid (``attention_heads``,
 BertViz' ``model_view``); ``show(results_folder)`` the whole dashboard inline;
-``show(head_scores)`` the head atlas; ``show(capture, view="dla", readout=...)`` the direct
-logit attribution. Panel's and Bokeh's JavaScript and CSS are put into the notebook itself
+``show(head_scores)`` the head atlas; ``show(dla_result)`` the direct logit attribution
+(``lens.show(capture, view="dla", model=lm)`` computes one first). Panel's and Bokeh's JavaScript and CSS are put into the notebook itself
 (``pn.extension(inline=True)``), so nothing is fetched from a CDN and the views render on a
 machine without a network. In a live kernel the views stay interactive (clicks, hover).
 """
@@ -19,7 +19,17 @@ from typing import Any
 import panel as pn
 
 from dashboards.selection import ModelResults
-from formats import CaptureFile, HeadScores, QKResult, ResultsFolder, SelectionError, capture, qk
+from formats import (
+    CaptureFile,
+    DLAResult,
+    HeadScores,
+    QKResult,
+    ResultsFolder,
+    SelectionError,
+    capture,
+    dla,
+    qk,
+)
 
 _LOADED = False
 LOAD_MIME = "application/vnd.holoviews_load.v0+json"
@@ -105,19 +115,25 @@ def _single(cap: CaptureFile) -> ModelResults:
 
 
 def view_of(obj: Any, *, layer: int | None = None, head: int | None = None, view: View | str = View.AUTO,
-            readout=None, map_method: str = "pca", **params):
+            map_method: str = "pca", **params):
     """The Panel viewable ``show`` displays (without loading the notebook extension)."""
     view = View(view)
     if isinstance(obj, (str, Path)):
         p = Path(obj)
         if p.name.endswith(qk.SUFFIX) and p.is_file():
             obj = QKResult.load(p)
+        elif p.name.endswith(dla.SUFFIX) and p.is_file():
+            obj = DLAResult.load(p)
         else:
             obj = CaptureFile.load(p) if (p / capture.META_FILE).is_file() else ResultsFolder.load(p)
     if isinstance(obj, QKResult):
         from dashboards.qk import QKView
 
         return QKView({obj.name: obj}, **params)
+    if isinstance(obj, DLAResult):
+        from dashboards.dla import ContributionView
+
+        return ContributionView({obj.name: obj}, **params)
     if isinstance(obj, ResultsFolder):
         from dashboards.app import Dashboard
 
@@ -128,13 +144,13 @@ def view_of(obj: Any, *, layer: int | None = None, head: int | None = None, view
         folder = ResultsFolder(path=Path("."), results={obj.name: obj})
         return HeadAtlas(ModelResults.of(folder), **params)
     if not isinstance(obj, CaptureFile):
-        raise SelectionError(f"show() takes a capture, a results folder, head scores, a QK attribution or a path to one, got "
+        raise SelectionError(f"show() takes a capture, a results folder, head scores, a QK or direct logit attribution or a "
+                             f"path to one, got "
                              f"{type(obj).__name__}")
     sel = _single(obj)
     if view is View.DLA:
-        from dashboards.dla import ContributionView
-
-        return ContributionView(obj, readout, **params)
+        raise SelectionError("view='dla' on a capture needs the model to attribute it: lens.show(capture, view='dla', "
+                             "model=lm, targets=[...]), or show a saved direct logit attribution (lens heads dla)")
     if view is View.HEADS or (view is View.AUTO and layer is None and head is None):
         from dashboards.heads_grid import HeadsGrid
 
@@ -148,13 +164,12 @@ def view_of(obj: Any, *, layer: int | None = None, head: int | None = None, view
     return AttentionExplorer(sel, layer=layer, head=head, **params)
 
 
-def show(obj: Any, *, layer: int | None = None, head: int | None = None, view: View | str = View.AUTO, readout=None,
-         **params):
+def show(obj: Any, *, layer: int | None = None, head: int | None = None, view: View | str = View.AUTO, **params):
     """Display ``obj`` inline in Jupyter (offline); returns the view (a Panel ``Viewer``).
 
     ``obj``: a :class:`formats.CaptureFile`, a :class:`formats.ResultsFolder`, a
-    :class:`formats.HeadScores`, a :class:`formats.QKResult`, or a path to a capture or results folder (``lens.show``
+    :class:`formats.HeadScores`, a :class:`formats.QKResult`, a :class:`formats.DLAResult`, or a path to a capture or results folder (``lens.show``
     also takes an in-memory ``lens.Capture`` or ``RunResult``).
     """
     ensure_inline()
-    return view_of(obj, layer=layer, head=head, view=view, readout=readout, **params)
+    return view_of(obj, layer=layer, head=head, view=view, **params)

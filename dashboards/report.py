@@ -35,6 +35,7 @@ from markupsafe import Markup
 from dashboards import figures as figs
 from dashboards.audio import agreement_rows, is_audio, maps_for, speech_png, token_view
 from dashboards.compute import head_label, pattern_stats
+from dashboards.dla_report import dla_sections
 from dashboards.figures import Figure
 from dashboards.graph import curves_of, head_table
 from dashboards.overlay import default_query, overlay_png
@@ -131,6 +132,7 @@ class Report:
     sweeps: list[tuple[str, str]] = field(default_factory=list)  # unfinished sweeps: label, status
     problems: list[tuple[str, str]] = field(default_factory=list)
     qk: list[dict[str, Any]] = field(default_factory=list)  # QK attributions (dashboards.qk_report)
+    dla: list[dict[str, Any]] = field(default_factory=list)  # direct logit attributions (dashboards.dla_report)
     provenance: list[dict[str, Any]] = field(default_factory=list)
     findings: list[tuple[str, str, str]] = field(default_factory=list)  # anchor, what, one sentence
     contents: list[tuple[str, str, int]] = field(default_factory=list)  # anchor, title, depth (0 or 1)
@@ -144,7 +146,7 @@ class Report:
         out += [f for _, _, f in self.curves] + [f for _, _, f in self.ablations]
         out += [c["figure"] for c in self.circuits] + [s["figure"] for s in self.stats_runs]
         out += [f for _, f in self.overlays] + [s["figure"] for s in self.speech]
-        return out + [s["figure"] for s in self.qk]
+        return out + [s["figure"] for s in self.qk] + [s["figure"] for s in self.dla]
 
 
 # ---------------------------------------------------------------------------------------
@@ -418,7 +420,8 @@ def build_report(folder: ResultsFolder | str | Path, command: str | None = None)
                     counts=f.counts(), models=models, curves=curves, ablations=abl, circuits=circuits,
                     stats_runs=stats, captures=caps, overlays=overlays, speech=speech,
                     sweeps=[(k, f"{v.get('status')}, {int(v.get('done', 0))} items done") for k, v in f.sweeps.items()],
-                    problems=list(f.problems.items()), provenance=f.provenances(), qk=qk_sections(f))
+                    problems=list(f.problems.items()), provenance=f.provenances(), qk=qk_sections(f),
+                    dla=dla_sections(f))
     report.findings = _findings(f, report)
     report.contents = _contents(report)
     return report
@@ -458,6 +461,7 @@ def _findings(f: ResultsFolder, report: Report) -> list[tuple[str, str, str]]:
                         f"smallest {c.x_label} reaching faithfulness {c.summary.get('threshold', 0.8)}: {sizes} "
                         f"(sizes tried {', '.join(str(int(x)) for x in c.x)})."))
     out += [("qk", f"QK attribution {s['label']}", f"{s['model']}: {s['headline']}.") for s in report.qk]
+    out += [("dla", f"direct logit attribution {s['label']}", f"{s['model']}: {s['headline']}.") for s in report.dla]
     return out
 
 
@@ -469,7 +473,8 @@ def _contents(report: Report) -> list[tuple[str, str, int]]:
     for present, key, title in ((report.curves, "curves", "Curves"),
                                 (report.ablations, "ablations", "Ablations against random sets"),
                                 (report.circuits, "circuits", "Circuits"), (report.stats_runs, "stats", "Stats runs"),
-                                (report.qk, "qk", "QK attribution"), (report.captures, "captures", "Captures"),
+                                (report.qk, "qk", "QK attribution"),
+                                (report.dla, "dla", "Direct logit attribution"), (report.captures, "captures", "Captures"),
                                 (report.provenance, "provenance", "Provenance")):
         if present:
             out.append((key, title, 0))

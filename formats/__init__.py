@@ -6,7 +6,8 @@ read results without loading a model or a deep-learning framework.
 
 Kinds: :class:`HeadScores` (``*.json`` + ``*.safetensors``), :class:`Curves`
 (``*.curves.json``), :class:`Circuit` (``*.circuit.json``), :class:`AblationResult`
-(``ablation.json``), QK attributions (:class:`QKResult`, ``*.qk.json``), captures (:class:`CaptureFile`, :func:`write_capture`), stats runs
+(``ablation.json``), QK attributions (:class:`QKResult`, ``*.qk.json``), direct logit attributions
+(:class:`DLAResult`, ``*.dla.json``), captures (:class:`CaptureFile`, :func:`write_capture`), stats runs
 (:class:`StatsFile`, :func:`write_stats`), sweep logs (:func:`open_sweep`), and whole
 folders (:class:`ResultsFolder`). Output folders are written with :func:`output_folder`.
 """
@@ -15,6 +16,7 @@ from formats.ablation import AblationResult
 from formats.capture import CaptureFile, CaptureMeta, Focus, TensorEntry, set_focus, write_capture
 from formats.circuit import Circuit, Edge, Input, Node, NodeKind, Receiver, faithfulness_warning
 from formats.curves import Curves
+from formats.dla import DLAResult
 from formats.errors import *  # noqa: F403
 from formats.errors import __all__ as _errors
 from formats.facts import Modality, ModelFacts
@@ -30,8 +32,9 @@ from formats.sweep import SweepLog, open_sweep
 from formats.token_maps import TokenMaps
 
 __all__ = [
-    "AblationResult", "AudioLayout", "CaptureFile", "CaptureMeta", "Circuit", "Curves", "Edge", "HeadScores", "ImageLayout", "Input",
-    "HeadRef", "MlpRef", "ResidRef", "Modality", "ModelFacts", "Node", "NodeKind", "Provenance", "QKResult", "Receiver", "ResultsFolder", "Site", "SiteKey",
+    "AblationResult", "AudioLayout", "CaptureFile", "CaptureMeta", "Circuit", "Curves", "DLAResult", "Edge", "HeadScores",
+    "ImageLayout", "Input", "HeadRef", "MlpRef", "ResidRef", "Modality", "ModelFacts", "Node", "NodeKind", "Provenance",
+    "QKResult", "Receiver", "ResultsFolder", "Site", "SiteKey",
     "StatsFile", "SweepLog", "TokenMaps", "TensorEntry", "inputs_digest", "open_sweep", "output_folder", "package_versions",
     "faithfulness_warning", "write_capture", "Focus", "set_focus", "write_stats", *_errors,
 ]

@@ -17,11 +17,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from formats import _json, capture, circuit, curves, head_scores, qk, stats_run, sweep, token_maps
+from formats import (
+    _json,
+    capture,
+    circuit,
+    curves,
+    dla,
+    head_scores,
+    qk,
+    stats_run,
+    sweep,
+    token_maps,
+)
 from formats.ablation import AblationResult
 from formats.capture import CaptureFile
 from formats.circuit import Circuit
 from formats.curves import Curves
+from formats.dla import DLAResult
 from formats.errors import CorruptFileError, ResultsFolderError
 from formats.head_scores import HeadScores
 from formats.qk import QKResult
@@ -52,6 +64,7 @@ class ResultsFolder:
     stats_runs: dict[str, StatsFile] = field(default_factory=dict)
     token_maps: dict[str, TokenMaps] = field(default_factory=dict)
     qk: dict[str, QKResult] = field(default_factory=dict)  # QK attributions (`lens heads qk`)
+    dla: dict[str, DLAResult] = field(default_factory=dict)  # direct logit attributions (`lens heads dla`)
     sweeps: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> progress of a sweep log
     problems: dict[str, str] = field(default_factory=dict)  # path relative to the folder -> why it did not load
 
@@ -130,7 +143,8 @@ class ResultsFolder:
         kind = doc.get("kind")
         loaders = {head_scores.KIND: (HeadScores.load, self.results), curves.KIND: (Curves.load, self.curves),
                    circuit.KIND: (Circuit.load, self.circuits), "ablation": (AblationResult.load, self.ablations),
-                   token_maps.KIND: (TokenMaps.load, self.token_maps), qk.KIND: (QKResult.load, self.qk)}
+                   token_maps.KIND: (TokenMaps.load, self.token_maps), qk.KIND: (QKResult.load, self.qk),
+                   dla.KIND: (DLAResult.load, self.dla)}
         if kind in loaders:
             load, into = loaders[kind]
             self._add(path, str(kind), into, lambda: load(path))
@@ -186,12 +200,13 @@ class ResultsFolder:
     @property
     def is_empty(self) -> bool:
         return not any((self.results, self.curves, self.circuits, self.ablations, self.captures, self.stats_runs,
-                        self.token_maps, self.qk))
+                        self.token_maps, self.qk, self.dla))
 
     def counts(self) -> dict[str, int]:
         return {"results": len(self.results), "curves": len(self.curves), "circuits": len(self.circuits),
                 "ablations": len(self.ablations), "captures": len(self.captures), "stats runs": len(self.stats_runs),
-                "token maps": len(self.token_maps), "QK attributions": len(self.qk)}
+                "token maps": len(self.token_maps), "QK attributions": len(self.qk),
+                "direct logit attributions": len(self.dla)}
 
     def provenances(self) -> list[dict[str, Any]]:
         """The distinct provenance records, with the results each one produced."""
@@ -201,6 +216,7 @@ class ResultsFolder:
         items += [(label, c.provenance) for label, c in self.circuits.items() if c.provenance is not None]
         items += [(label, a.provenance) for label, a in self.ablations.items()]
         items += [(label, r.provenance) for label, r in self.qk.items()]
+        items += [(label, r.provenance) for label, r in self.dla.items()]
         for label, prov in items:
             d = prov.to_json()
             key = json.dumps({k: v for k, v in d.items() if k != "created"}, sort_keys=True, default=str)

@@ -92,8 +92,11 @@ class Projection:
     def bias(self) -> torch.Tensor | None:
         b = getattr(self.module, "bias", None)
         return None if b is None else b.index_select(0, self.index.to(b.device))
+
 #: families whose blocks run attention and MLP side by side on one norm's output
 PARALLEL = frozenset({"gptj", "phi", "cohere", "codegen"})
+#: MLP classes that add the residual stream (their second argument) to their own output
+MLP_ADDS_RESIDUAL = frozenset({"BloomMLP", "MptMLP"})
 
 
 class ModelAdapter(Protocol):
@@ -301,6 +304,17 @@ class DecoderAdapter:
         for name in ("post_feedforward_layernorm", "post_attention_norm", "post_ffw_norm"):
             if isinstance(getattr(block, name, None), nn.Module):
                 return name
+        return None
+
+    def post_norms(self, layer: int) -> tuple[nn.Module, nn.Module] | None:
+        """The norms on the attention's and the MLP's outputs before they join the residual stream
+        ``(after attention, after the MLP)`` (Gemma 2 and 3, OLMo2), or None for a pre-norm block. (In
+        Llama ``post_attention_layernorm`` is the MLP's input norm: ``post_feedforward_layernorm`` is
+        what marks post-norms.)"""
+        block = self._list[layer]
+        after_mlp = getattr(block, "post_feedforward_layernorm", None)
+        if isinstance(after_mlp, nn.Module):
+            return block.post_attention_layernorm, after_mlp
         return None
 
     def embed_norm(self) -> str | None:

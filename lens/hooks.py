@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lens.adapters import MLP_ADDS_RESIDUAL
 from lens.errors import BackendError, SelectionError
 
 
@@ -224,13 +225,21 @@ def _install(module: nn.Module, point: Point, fn, n_heads: int, shapes) -> list:
             return (new, *args[1:]), kwargs
         return [module.register_forward_pre_hook(pre, with_kwargs=True)]
 
+    # BLOOM's and MPT's MLPs add the residual stream (their second argument) themselves: the point is
+    # the MLP's own output, and a replacement gets the residual added back
+    adds_residual = where is Where.MLP_OUT and type(module).__name__ in MLP_ADDS_RESIDUAL
+
     def post(m, args, out):
         x = _first(out)
         if not isinstance(x, Tensor):
             return None
-        v, vs = shaped(x)
-        new = _replaced(point, x, fn(v), vs)
+        residual = args[1] if adds_residual and len(args) > 1 and isinstance(args[1], Tensor) else None
+        own = x if residual is None else x - residual
+        v, vs = shaped(own)
+        new = _replaced(point, own, fn(v), vs)
         if new is None:
             return None
+        if residual is not None:
+            new = new + residual
         return (new, *out[1:]) if isinstance(out, tuple) else new
     return [module.register_forward_hook(post)]

@@ -5,12 +5,13 @@
 >>> lens.show(result.capture)                    # every head of the prompt
 >>> lens.show("results/demo")                    # the dashboard, inline
 >>> lens.show(result.capture, view="dla", model=lm)   # direct logit attribution per head
+>>> lens.show("results/dla/dla.dla.json")            # a saved one (`lens heads dla`)
 
 The views live in :mod:`dashboards` (imported here on first call: ``import lens`` stays
 cheap); an in-memory capture is written once to a temporary folder through :mod:`formats`
 and read back, so notebooks see exactly what a saved capture shows. For ``view="dla"`` the
-model gives the readout (output projections, unembedding, final norm), see
-:func:`readout_for`.
+model attributes the capture's prompt (:func:`pipelines.dla.dla_of_capture`, the arithmetic in
+:mod:`analyses.dla`) and the view shows the result, as it shows a saved one.
 """
 
 from __future__ import annotations
@@ -54,75 +55,29 @@ def as_capture_file(obj: Any):
     return CaptureFile.load(folder)
 
 
-def readout_for(lm, capture, targets: Sequence[str | int] = (), *, top: int = 5):
-    """The :class:`dashboards.dla.Readout` of ``lm`` for ``capture``'s first prompt.
-
-    Targets: the given tokens (strings, each one token, or ids) plus the model's ``top``
-    predictions at the last position. Supports Llama-style models (per-layer
-    ``self_attn.o_proj``, a final RMS norm ``model.norm``, ``lm_head``).
-    """
-    import numpy as np
-    import torch
-
-    import lens
-    from dashboards.dla import Readout
-
-    m = lm.model
-    try:
-        layers, norm, unembed = m.model.layers, m.model.norm, m.get_output_embeddings().weight
-    except AttributeError:
-        raise SelectionError(f"direct logit attribution supports Llama-style models (model.layers[i].self_attn."
-                             f"o_proj, model.norm, lm_head); {lm.facts.architecture} is not one") from None
-    f = lm.facts
-    ids = torch.tensor([capture.meta.token_ids[0]])
-    res = lens.run(lm, ids, sites=[lens.Site.RESID_POST], layers=[f.n_layers - 1])
-    resid = res.capture.get(lens.Site.RESID_POST, f.n_layers - 1)[0].double()  # [pos, d_model]
-    eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
-    sigma = torch.sqrt(resid.pow(2).mean(-1) + eps)  # [pos]
-    g = norm.weight.detach().double()
-    ids_wanted = []
-    for t in targets:
-        if isinstance(t, int):
-            ids_wanted.append(t)
-            continue
-        enc = lm.tokenizer(t, add_special_tokens=False).input_ids
-        if len(enc) != 1:
-            raise SelectionError(f"target {t!r} is {len(enc)} tokens for {f.name}: give one token (or its id)")
-        ids_wanted.append(enc[0])
-    logits = res.logits[0].double()  # [pos, vocab]
-    ids_wanted += [i for i in torch.topk(logits[-1], top).indices.tolist() if i not in ids_wanted]
-    names = {}
-    for i in ids_wanted:
-        name = lm.tokenizer.decode([i]) if lm.tokenizer is not None else str(i)
-        names[f"{name!r} ({i})"] = i
-    w_u = unembed.detach().double()
-    directions = {n: (w_u[i] * g).numpy() for n, i in names.items()}
-    n_heads, d_head = f.n_heads, f.d_head
-    w_o = {}
-    for layer in capture.layers:
-        w = layers[layer].self_attn.o_proj.weight.detach().double()  # [d_model, n_heads * d_head]
-        w_o[layer] = w.T.reshape(n_heads, d_head, f.d_model).numpy()
-    return Readout(w_o=w_o, directions=directions, sigma=sigma.numpy(),
-                   logits={n: logits[:, i].numpy().astype(np.float64) for n, i in names.items()})
-
-
 def show(obj: Any, *, layer: int | None = None, head: int | None = None, view: str = "auto", model=None,
          targets: Sequence[str | int] = (), **params):
     """Display ``obj`` inline in Jupyter, offline: a capture (``lens.Capture``, ``RunResult``,
-    saved capture or its path), a results folder (or its path), head scores or a QK attribution
-    (``analyses.qk_attribution.qk_attribution``'s result or a saved ``*.qk.json``).
+    saved capture or its path), a results folder (or its path), head scores, a QK attribution
+    (``analyses.qk_attribution.qk_attribution``'s result or a saved ``*.qk.json``) or a direct logit
+    attribution (:class:`formats.DLAResult` or a saved ``*.dla.json``).
 
     ``layer`` and ``head`` pick one head of a capture (without them: all heads).
     ``view="dla"`` with ``model`` shows each head's direct logit attribution to ``targets``
-    (and the model's top predictions). Returns the view.
+    (and the model's top predictions) at the capture's last position. Returns the view.
     """
     from dashboards.inline import show as show_inline
 
     cap = as_capture_file(obj)
-    readout = None
     if view == "dla":
+        from formats import CaptureFile
+
         if model is None:
-            raise SelectionError("view='dla' needs model=: the readout (output projections, unembedding) comes "
+            raise SelectionError("view='dla' needs model=: the final norm, unembedding and output projections come "
                                  "from the model")
-        readout = readout_for(model, cap, targets)
-    return show_inline(cap, layer=layer, head=head, view=view, readout=readout, **params)
+        if not isinstance(cap, CaptureFile):
+            raise SelectionError(f"view='dla' attributes a capture, got {type(cap).__name__}")
+        from pipelines.dla import dla_of_capture
+
+        return show_inline(dla_of_capture(model, cap, targets), **params)
+    return show_inline(cap, layer=layer, head=head, view=view, **params)

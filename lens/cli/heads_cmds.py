@@ -555,3 +555,50 @@ def qk(
         say("OV (what the head writes at the query, on each answer's logit): "
             + ", ".join(f"{a!r} {v:+.4f}" for a, v in zip(res.answers, res.ov.sum(1))))
     say(f"results saved to {out.resolve()}")
+
+
+@heads_app.command("dla")
+def dla(
+    model: str = typer.Argument("smollm2-135m", help=MODEL_HELP),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="The prompt."),
+    out: Path = typer.Option(..., "--out", "-o", help="Results folder."),
+    target: list[str] = typer.Option(None, "--target", "-t",
+                                     help="A one-token target whose logit is attributed; repeat for several."),
+    pos: list[int] = typer.Option(None, "--pos", help="A position to attribute (-1, the default: the last token); "
+                                                      "repeat for several."),
+    top: int = typer.Option(5, "--top", min=0, max=100, help="The model's top predictions attributed too."),
+    name: str = typer.Option("dla", "--name", help="The result's file name (NAME.dla.json)."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete)."),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Direct logit attribution: every head's, MLP's and embedding's direct share of a target's logit
+    (the final norm's scale frozen at this input), saved for the dashboard and the report.
+
+    Example: lens heads dla smollm2-135m --prompt "When Mary and John went to the store, John gave a drink to" --target " Mary" --target " John" --out results/dla
+
+    Example: lens heads dla tiny-llama --prompt "abcabc" --pos -1 --pos 2 --top 3 --out results/dla
+    """
+    from pipelines.dla import run_dla
+
+    check_out(out, force)
+    lm = load_model(model)
+    res = run_dla(lm, prompt, list(target or []), positions=list(pos or [-1]), top=top, name=name)
+    with writing(out, force) as tmp:
+        res.save(tmp)
+    if json_out:
+        print_json({"model": model, "out": str(out), "name": res.name, "positions": res.positions,
+                    "targets": res.targets, "logits": res.logits.tolist(),
+                    "top": {t: res.top(10, res.positions[0], j) for j, t in enumerate(res.targets)}})
+        return
+    p = res.positions[0]
+    table = Table(title=Text(printable(f"{lm.facts.name}: direct logit attribution at position {p} "
+                                       f"{res.tokens[p]!r}")), title_justify="left")
+    for col in ("target", "logit", "parts sum", "top parts"):
+        table.add_column(col, justify="right" if col in ("logit", "parts sum") else "left")
+    totals = res.totals()
+    for j, t in enumerate(res.targets):
+        tops = ", ".join(f"{k} {v:+.3f}" for k, v in res.top(4, p, j))
+        table.add_row(Text(printable(repr(t)) + ("" if j < res.n_given else " (top)")), f"{res.logits[0, j]:+.4f}",
+                      f"{totals[0, j]:+.4f}", Text(printable(tops)))
+    console.print(table)
+    say(f"{res.linearisation}; results saved to {out.resolve()}")

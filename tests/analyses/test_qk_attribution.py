@@ -6,58 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import lens
 from analyses.qk_attribution import Contributor, Kind, head_loadings, qk_attribution
 from lens.errors import BackendError, SelectionError
-from lens.zoo.tiny import TINY_VOCAB, build_byte_tokenizer
+from lens.zoo.tiny import TINY_VOCAB
+from tests.analyses.families import init as _init
+from tests.analyses.families import saved as _saved
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
-
-
-def _saved(model, tmp_path) -> lens.LoadedModel:
-    torch.manual_seed(0)
-    model.save_pretrained(tmp_path)
-    build_byte_tokenizer(tmp_path)
-    return lens.load(str(tmp_path))
-
-
-def _init(cls, config, seed=0):
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return cls(config).eval()
-    finally:
-        torch.random.set_rng_state(state)
-
-
-@pytest.fixture(scope="module")
-def tiny_gpt2(tmp_path_factory):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(n_layer=3, n_head=4, n_embd=32, vocab_size=TINY_VOCAB, n_positions=128, bos_token_id=0,
-                     eos_token_id=1, scale_attn_by_inverse_layer_idx=True)
-    m = _init(GPT2LMHeadModel, cfg)
-    with torch.no_grad():  # LayerNorms away from (1, 0), so the centering and the bias terms matter
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.LayerNorm):
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.normal_(0, 0.2)
-    return _saved(m, tmp_path_factory.mktemp("gpt2"))
-
-
-@pytest.fixture(scope="module")
-def tiny_qwen2(tmp_path_factory):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    cfg = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=TINY_VOCAB, max_position_embeddings=256, bos_token_id=0,
-                      eos_token_id=1, tie_word_embeddings=False)
-    m = _init(Qwen2ForCausalLM, cfg)
-    with torch.no_grad():  # Qwen2 has q/k/v biases: make them large enough to matter
-        for layer in m.model.layers:
-            for p in (layer.self_attn.q_proj.bias, layer.self_attn.k_proj.bias):
-                p.normal_(0, 0.5)
-    return _saved(m, tmp_path_factory.mktemp("qwen2"))
 
 
 def _log_pattern_check(a) -> None:
@@ -191,14 +146,35 @@ def test_bad_selections_are_one_line_errors(tiny_lm):
         head_loadings(tiny_lm, [], 1, 0)
 
 
-def test_soft_capped_family_is_refused_in_one_line(tmp_path):
-    from transformers import Gemma2Config, Gemma2ForCausalLM
+def test_soft_capped_post_norm_family_sums_to_its_scores(tiny_gemma2):
+    """Gemma 2: soft-capped scores, post-norms, GQA, sliding windows. The terms sum to the score before
+    the cap, and the model's probabilities follow the capped score: log p_k - log p_j = c(s_k) - c(s_j)."""
+    lm, cap = tiny_gemma2, 0.5
+    ids = lm.encode("abcdefabcdef")
+    windowed, biggest = False, 0.0
+    for layer in range(lm.facts.n_layers):
+        for head in (0, lm.facts.n_heads - 1):
+            a = qk_attribution(lm, ids, layer, head)
+            raw = a.terms.double().sum((1, 2))
+            torch.testing.assert_close(raw, a.scores.double(), atol=1e-4, rtol=0)
+            capped = cap * torch.tanh(raw / cap)
+            seen = a.pattern > 0  # keys outside the sliding window (alternate layers) get no attention
+            logp, c, k = a.pattern.double()[seen].log(), capped[seen], a.key_pos
+            torch.testing.assert_close(c - capped[k], logp - torch.log(a.pattern.double()[k]), atol=1e-4, rtol=0)
+            windowed, biggest = windowed or bool((~seen).any()), max(biggest, float(raw.abs().max()))
+    assert biggest > 2 * cap  # the cap binds on this model: the check above tells capped from raw
+    assert windowed  # and a sliding-window layer was among those checked
+    assert "before soft-capping" in a.linearisation and "0.5 * tanh" in a.to_result().linearisation
 
-    cfg = Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                       num_key_value_heads=1, head_dim=16, vocab_size=TINY_VOCAB, bos_token_id=0, eos_token_id=1,
-                       pad_token_id=2)
-    lm = _saved(_init(Gemma2ForCausalLM, cfg), tmp_path)
-    with pytest.raises(BackendError, match="cannot decompose Gemma2ForCausalLM: it soft-caps scores") as info:
+
+def test_query_key_norm_family_is_refused_in_one_line(tmp_path):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           num_key_value_heads=1, head_dim=16, vocab_size=TINY_VOCAB, bos_token_id=0, eos_token_id=1,
+                           pad_token_id=2)
+    lm = _saved(_init(Gemma3ForCausalLM, cfg), tmp_path)
+    with pytest.raises(BackendError, match="cannot decompose Gemma3ForCausalLM: it normalises each head's queries") as info:
         qk_attribution(lm, lm.encode("abc"), 1, 0)
     assert "\n" not in str(info.value)
 

@@ -158,11 +158,11 @@ def test_signed_scores_are_drawn_diverging_and_categories_with_their_legend(dash
     assert dash.atlas.grid.mapper.low > 0 and dash.atlas.grid.bar.title == "score"  # sequential: its own range
 
 
-def test_the_contribution_view_says_what_a_saved_capture_lacks(dash):
+def test_the_contribution_view_says_how_to_make_a_result_when_there_is_none(dash):
     from dashboards.dla import ContributionView
 
-    view = ContributionView(dash.folder.captures["bf16/000"])
-    assert "needs the model's output projection and unembedding" in view.missing()
+    view = ContributionView({})
+    assert view.current is None and "lens heads dla MODEL --prompt TEXT --target TOKEN" in view._info.object
 
 
 def test_every_report_format_shows_every_kind(contract, tmp_path):

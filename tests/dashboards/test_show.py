@@ -1,5 +1,5 @@
-"""`lens.show` on in-memory and saved captures of tiny-llama, the direct logit attribution checked
-against the model's own logits, and short reprs of what a notebook prints."""
+"""`lens.show` on in-memory and saved captures of tiny-llama, the direct logit attribution view
+(inline from a capture and a model, and from a saved result), and short reprs of what a notebook prints."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import lens
-from dashboards.dla import ContributionView, dla_grid, head_outputs
+from dashboards.dla import ContributionView, head_grid
 from dashboards.explorer import AttentionExplorer
 from dashboards.heads_grid import HeadsGrid
-from formats import CaptureFile, ResultsFolder, SelectionError, Site
+from formats import CaptureFile, PromptError, ResultsFolder, SelectionError, Site
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -58,34 +58,39 @@ def test_views_render_with_inline_resources(run, tmp_path):
     assert not re.findall(r"<link[^>]+stylesheet[^>]+href=[\"']https?://", text)  # nor a style sheet
 
 
-def test_direct_logit_attribution_adds_up_to_the_models_logits(tiny_lm, run):
-    from lens.show import as_capture_file, readout_for
+def test_direct_logit_attribution_inline_from_a_capture_and_from_a_file(tiny_lm, run, tmp_path):
+    from pipelines.dla import run_dla
 
-    cap = as_capture_file(run)
-    readout = readout_for(tiny_lm, cap, targets=[" "])
-    f = tiny_lm.facts
-    pos = len(cap.tokens) - 1
-    for layer in range(f.n_layers):
-        # the heads' outputs through their slices of o_proj add up to the attention block's output
-        z = cap.read(Site.Z, layer, 0, (0, slice(None), pos))
-        out = head_outputs(z, readout.w_o[layer]).sum(0)
-        np.testing.assert_allclose(out, cap.read(Site.ATTN_OUT, layer)[0, pos], rtol=1e-4, atol=1e-5)
-    resid = cap.read(Site.RESID_POST, f.n_layers - 1)[0].astype(np.float64)  # [pos, d_model]
-    for name, direction in readout.directions.items():
-        # with the final norm's scale frozen, the logit is the residual stream's projection
-        np.testing.assert_allclose(resid @ direction / readout.sigma, readout.logits[name], rtol=1e-4, atol=1e-4)
-    target = next(iter(readout.directions))
-    grid = dla_grid(cap, readout, target, pos)
-    assert grid.shape == (f.n_layers, f.n_heads) and np.isfinite(grid).all()
-    heads_total = sum(head_outputs(cap.read(Site.Z, la, 0, (0, slice(None), pos)), readout.w_o[la]).sum(0)
-                      for la in range(f.n_layers)) @ readout.directions[target] / readout.sigma[pos]
-    assert grid.sum() == pytest.approx(heads_total, rel=1e-6)
-    view = lens.show(run, view="dla", model=tiny_lm, targets=[" "])
-    assert isinstance(view, ContributionView) and view.missing() is None
-    np.testing.assert_allclose(np.asarray(view._grid.source.data["value"]).reshape(grid.shape), grid, rtol=1e-6)
-    assert "the model's logit there is" in view._info.object
-    with pytest.raises(SelectionError, match="give one token"):
-        readout_for(tiny_lm, cap, targets=["two tokens"])
+    view = lens.show(run, view="dla", model=tiny_lm, targets=["M", "J"])
+    assert isinstance(view, ContributionView)
+    res = view.current
+    np.testing.assert_allclose(res.totals(), res.logits, atol=1e-4)  # through analyses.dla
+    assert res.targets[:2] == ["M", "J"] and res.positions == [len(res.tokens) - 1]
+    want = run_dla(tiny_lm, PROMPT, ["M", "J"])
+    np.testing.assert_allclose(res.heads, want.heads, atol=1e-6)  # the capture's tokens are the prompt's
+    grid = head_grid(res, res.positions[0], "J")
+    view.target = 1
+    drawn = np.asarray(view._grid.source.data["value"], dtype=float).reshape(grid.shape)
+    np.testing.assert_allclose(drawn, grid, rtol=1e-6)
+    assert view._grid.mapper.low == -view._grid.mapper.high == -np.abs(grid).max()  # diverging, centred on zero
+    assert "the model's logit" in view._info.object and "parts sum to" in view._info.object
+    view._on_click(2.1, 3.2)  # head 2 of layer 3
+    assert view.selected == (3, 2) and f"L3H2</b> adds <b>{grid[3, 2]:+.4f}" in view._cell.object
+    path = want.save(tmp_path)
+    again = lens.show(path)  # a saved *.dla.json
+    assert isinstance(again, ContributionView) and again.current.targets == want.targets
+    with pytest.raises(PromptError, match="target 'two tokens' is 10 tokens"):
+        lens.show(run, view="dla", model=tiny_lm, targets=["two tokens"])
+    with pytest.raises(SelectionError, match="view='dla' on a capture needs the model"):
+        from dashboards.inline import view_of
+
+        view_of(as_capture(run), view="dla")
+
+
+def as_capture(run):
+    from lens.show import as_capture_file
+
+    return as_capture_file(run)
 
 
 def test_what_a_notebook_prints_is_short(run, synth, tmp_path):

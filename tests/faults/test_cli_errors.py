@@ -45,6 +45,10 @@ CASES = [
     (["capture", "tiny-llama", "--prompt", "hi", "--backend", "nnsight", "--sites", "q"], "nnsight backend cannot capture q"),
     (["scan", "tiny-llama", "--ablate=-3"], "--ablate: -3 is out of range"),
     (["heads", "streaming", "tiny-llama", "--length", "64", "--sink", "40", "--recent", "40"], "must be less than --length"),
+    # direct logit attribution: positions and targets the prompt or tokenizer does not have
+    (["heads", "dla", "tiny-llama", "--prompt", "abc", "--pos", "9"], "position 9 is out of range: the prompt has positions 0-3"),
+    (["heads", "dla", "tiny-llama", "--prompt", "abc", "--target", "ab"], "target 'ab' is 2 tokens"),
+    (["heads", "dla", "tiny-llama", "--prompt", "abc", "--top", "500"], "--top"),
 ]
 
 
