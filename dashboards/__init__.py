@@ -5,7 +5,7 @@ Views (each a ``param``-based Panel ``Viewer``): :class:`HeadAtlas`, :class:`Att
 :class:`HeadsGrid`, :class:`HeadMap`, :class:`QKMap`, :class:`StatsRunView`,
 :class:`AblationsView`, :class:`CircuitView`, :class:`VisionOverlay`, :class:`ContributionView`,
 all wired in :class:`Dashboard`. Reports: :func:`write_report` (``lens report``). Serving:
-:func:`serve` (``lens dashboard``). Jupyter: :func:`show` (what ``lens.show`` calls).
+:func:`serve` (``lens dashboard``). Jupyter: :func:`show` (``from dashboards import show``: captures, results, head scores, QK and DLA inline).
 """
 
 from formats import CaptureFile, ResultsFolder, ResultsFolderError

@@ -5,7 +5,7 @@
 A layer x head heatmap per target and position on a diverging scale centred on zero (white: no
 contribution, red: raises the logit, blue: lowers it); a click on a cell gives that head's
 number next to the logit. Below: what the MLPs, the embeddings and the biases add, and the
-largest parts overall. ``lens.show(result)`` shows one result inline; ``lens.show(capture,
+largest parts overall. ``dashboards.show(result)`` shows one result inline; ``dla_of_capture(lm, capture,
 view="dla", model=lm)`` attributes a capture's prompt first.
 """
 
@@ -107,7 +107,7 @@ class ContributionView(pn.viewable.Viewer):
         if res is None:
             self._info.object = ("<p>No direct logit attributions in this folder. Make one with <code>lens heads dla "
                                  "MODEL --prompt TEXT --target TOKEN --out DIR</code>, or in a notebook "
-                                 "<code>lens.show(capture, view=\"dla\", model=lm, targets=[...])</code>.</p>")
+                                 "<code>show(pipelines.dla.dla_of_capture(lm, capture, targets))</code>.</p>")
             return
         g = self.grid()
         title = (f"direct logit attribution to {res.targets[self.target]!r} at position {self.position} "

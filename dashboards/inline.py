@@ -1,18 +1,21 @@
-"""One-line views for Jupyter that render offline: :func:`show` (what ``lens.show`` calls).
+"""One-line views for Jupyter that render offline: :func:`show` (``from dashboards import show``).
 
 ``show(capture, layer=3, head=2)`` is one head's pattern with the token view (CircuitsVis'
 ``attention_patterns``); ``show(capture)`` all heads of the prompt as a grid (``attention_heads``,
 BertViz' ``model_view``); ``show(results_folder)`` the whole dashboard inline;
 ``show(head_scores)`` the head atlas; ``show(dla_result)`` the direct logit attribution
-(``lens.show(capture, view="dla", model=lm)`` computes one first). Panel's and Bokeh's JavaScript and CSS are put into the notebook itself
+(``pipelines.dla.dla_of_capture(lm, capture, targets)`` computes one from a capture). Panel's and Bokeh's JavaScript and CSS are put into the notebook itself
 (``pn.extension(inline=True)``), so nothing is fetched from a CDN and the views render on a
 machine without a network. In a live kernel the views stay interactive (clicks, hover).
 """
 
 from __future__ import annotations
 
+import atexit
 import base64
 import enum
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -149,8 +152,8 @@ def view_of(obj: Any, *, layer: int | None = None, head: int | None = None, view
                              f"{type(obj).__name__}")
     sel = _single(obj)
     if view is View.DLA:
-        raise SelectionError("view='dla' on a capture needs the model to attribute it: lens.show(capture, view='dla', "
-                             "model=lm, targets=[...]), or show a saved direct logit attribution (lens heads dla)")
+        raise SelectionError("view='dla' shows a direct logit attribution, which needs the model: show "
+                             "pipelines.dla.dla_of_capture(lm, capture, targets), or a saved one (lens heads dla)")
     if view is View.HEADS or (view is View.AUTO and layer is None and head is None):
         from dashboards.heads_grid import HeadsGrid
 
@@ -164,12 +167,52 @@ def view_of(obj: Any, *, layer: int | None = None, head: int | None = None, view
     return AttentionExplorer(sel, layer=layer, head=head, **params)
 
 
+_TEMP: list[str] = []
+
+
+def _cleanup() -> None:
+    for d in _TEMP:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+atexit.register(_cleanup)
+
+
+def as_saved(obj: Any) -> Any:
+    """What an in-memory result is as a saved one: a ``lens.Capture`` (or a ``RunResult``'s capture)
+    written once to a temporary folder (kept until the interpreter exits) and read back as a
+    :class:`formats.CaptureFile`, an in-memory QK attribution as its :class:`formats.QKResult`;
+    anything else as it is. Duck-typed: the dashboards import no model code."""
+    capture_of = getattr(obj, "capture", None)
+    if capture_of is not None and hasattr(capture_of, "write_into"):  # a lens.RunResult
+        obj = capture_of
+    if hasattr(obj, "to_result") and hasattr(obj, "terms"):  # an in-memory QK attribution
+        return obj.to_result()
+    if not (hasattr(obj, "write_into") and hasattr(obj, "steps")):  # not an in-memory lens.Capture
+        return obj
+    tmp = tempfile.mkdtemp(prefix="attnlens-show-")
+    _TEMP.append(tmp)
+    folder = Path(tmp) / "capture"
+    obj.write_into(folder)
+    return CaptureFile.load(folder)
+
+
 def show(obj: Any, *, layer: int | None = None, head: int | None = None, view: View | str = View.AUTO, **params):
     """Display ``obj`` inline in Jupyter (offline); returns the view (a Panel ``Viewer``).
 
-    ``obj``: a :class:`formats.CaptureFile`, a :class:`formats.ResultsFolder`, a
-    :class:`formats.HeadScores`, a :class:`formats.QKResult`, a :class:`formats.DLAResult`, or a path to a capture or results folder (``lens.show``
-    also takes an in-memory ``lens.Capture`` or ``RunResult``).
+    >>> from dashboards import show
+    >>> result = lens.run(lm, "When Mary and John went to the store, John gave a drink to")
+    >>> show(result.capture, layer=5, head=1)   # one head: pattern and token view
+    >>> show(result)                            # every head of the prompt
+    >>> show("results/demo")                    # the dashboard, inline
+    >>> show(pipelines.dla.dla_of_capture(lm, result.capture, [" Mary"]))   # direct logit attribution
+
+    ``obj``: an in-memory ``lens.Capture`` or ``RunResult`` (written once to a temporary folder and
+    read back, so a notebook sees exactly what a saved capture shows), a :class:`formats.CaptureFile`,
+    a :class:`formats.ResultsFolder`, a :class:`formats.HeadScores`, a QK attribution (in memory or a
+    :class:`formats.QKResult`), a :class:`formats.DLAResult`, or a path to a capture, a results folder,
+    a ``*.qk.json`` or a ``*.dla.json``. ``layer`` and ``head`` pick one head of a capture (without
+    them: all heads).
     """
     ensure_inline()
-    return view_of(obj, layer=layer, head=head, view=view, **params)
+    return view_of(as_saved(obj), layer=layer, head=head, view=view, **params)

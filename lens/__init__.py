@@ -43,13 +43,15 @@ _LAZY = {
     "Edit": "lens.edits", "Zero": "lens.edits", "Replace": "lens.edits", "Scale": "lens.edits", "Over": "lens.edits",
     "Reference": "lens.edits", "editing": "lens.edits", "zero_ablation": "lens.edits", "mean_ablation": "lens.edits",
     "patch": "lens.edits", "resample_ablation": "lens.edits", "scale_heads": "lens.edits",
-    "attention_mode": "lens.attention", "show": "lens.show", "prepare": "lens.inputs", "ModelInput": "lens.inputs",
+    "attention_mode": "lens.attention", "prepare": "lens.inputs", "ModelInput": "lens.inputs",
     "hooked": "lens.hooks", "Point": "lens.hooks", "Where": "lens.hooks",
 }
 
 
 def __getattr__(name: str):
     module = _LAZY.get(name)
+    if name == "show":
+        raise AttributeError("lens.show moved to the dashboards: from dashboards import show (lens imports no views)")
     if module is None:
         raise AttributeError(f"module 'lens' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)

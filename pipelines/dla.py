@@ -1,5 +1,5 @@
 """Direct logit attribution workflow: run :mod:`analyses.dla` on one prompt (``lens heads dla`` calls
-this, and so can a notebook) or on a capture's first prompt (``lens.show(capture, view="dla",
+this, and so can a notebook) or on a capture's first prompt (``show(dla_of_capture(lm, capture,
 model=lm)``) and return the torch-free result; nothing is written here."""
 
 from __future__ import annotations
@@ -46,10 +46,13 @@ def run_dla(lm, prompt: str, targets: Sequence[str | int] = (), *, positions: Se
 
 def dla_of_capture(lm, capture, targets: Sequence[str | int] = (), *, positions: Sequence[int] = (-1,),
                    top: int = 5) -> DLAResult:
-    """The attribution of ``capture``'s first prompt (its saved token ids) under ``lm``."""
+    """The attribution of ``capture``'s first prompt (its token ids) under ``lm``: a saved capture, an
+    in-memory ``lens.Capture`` or a ``RunResult``. Show it with ``dashboards.show``."""
     from analyses.dla import direct_logit_attribution
 
+    capture = getattr(capture, "capture", capture)  # a RunResult's capture
+    name = getattr(capture, "name", None) or "capture"
     ids = torch.tensor([capture.meta.token_ids[0]])
-    prov = Provenance.for_model(lm.facts, prompts=f"capture {capture.name}", inputs=[capture.meta.token_ids[0]])
+    prov = Provenance.for_model(lm.facts, prompts=f"capture {name}", inputs=[capture.meta.token_ids[0]])
     return direct_logit_attribution(lm, ids, target_ids(lm, targets), positions=positions, top=top,
-                                    name=f"{capture.name or 'capture'}.dla".replace("/", "_"), provenance=prov)
+                                    name=f"{name}.dla".replace("/", "_"), provenance=prov)

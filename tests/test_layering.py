@@ -18,7 +18,7 @@ PACKAGES = ("formats", "kernels", "lens", "analyses", "pipelines", "dashboards")
 ALLOWED = {
     "formats": set(),
     "kernels": {"formats"},
-    "lens": {"formats", "kernels"},  # lens.show reaches dashboards lazily (checked below)
+    "lens": {"formats", "kernels"},
     "analyses": {"formats", "kernels", "lens"},
     "pipelines": {"formats", "kernels", "lens", "analyses"},
     "dashboards": {"formats", "analyses.registry"},
@@ -43,8 +43,6 @@ def test_imports_point_one_way():
         for path in (ROOT / pkg).rglob("*.py"):
             rel = path.relative_to(ROOT).as_posix()
             allowed = CLI_ALLOWED if rel.startswith("lens/cli/") else ALLOWED[pkg]
-            if rel == "lens/show.py":  # the notebook's one-line entry: views lazily, and view="dla" runs
-                allowed = allowed | {"dashboards", "pipelines.dla"}  # the DLA workflow on the capture's prompt
             for mod in _imports(path):
                 top = mod.split(".")[0]
                 if top == pkg and not rel.startswith("lens/cli/"):
@@ -76,10 +74,10 @@ def test_cli_help_and_formats_load_no_torch():
 # (lens/recording/native.py), the one attention dispatch outside transformers' interface.
 HOOK_OWNERS = {"lens/hooks.py", "lens/adapters.py", "lens/recording/native.py"}
 # Module names live in the site table only. lens/zoo converts checkpoints (it names their tensors, never
-# hooks them); lens/show.py's direct logit attribution is still Llama-only (owned by the DLA work).
+# hooks them).
 MODULE_NAMES = ("o_proj", "self_attn", "q_proj", "k_proj", "v_proj", "c_attn", "query_key_value", "input_layernorm",
                 "post_attention_layernorm", "model.norm", "ln_f", ".wpe", "lm_head")
-NAME_OWNERS = ("lens/adapters.py", "lens/zoo/", "lens/show.py")
+NAME_OWNERS = ("lens/adapters.py", "lens/zoo/")
 
 
 def _names(name: str) -> re.Pattern:

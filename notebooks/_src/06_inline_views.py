@@ -1,16 +1,16 @@
 # %% [markdown]
-# # Looking at attention inline: `lens.show`
+# # Looking at attention inline: `show`
 #
 # One line shows a capture or a results folder in the notebook, with Panel's and Bokeh's
 # JavaScript inlined (no CDN: it works offline). In a live kernel the views stay interactive:
 # hover a token to see what it attends to and what attends to it, click a pattern row to pin
 # a query, click a head in a grid to select it.
 #
-# - `lens.show(capture, layer=L, head=H)`: one head's pattern, colour bar, token view (a step
+# - `show(capture, layer=L, head=H)`: one head's pattern, colour bar, token view (a step
 #   selector for a capture across `generate()`; click a token to pin it as the query)
-# - `lens.show(capture)`: every head of the prompt as small multiples
-# - `lens.show(run, view="dla", model=lm)`: each head's direct logit attribution
-# - `lens.show("results/folder")`: the whole dashboard
+# - `show(capture)`: every head of the prompt as small multiples
+# - `show(dla_of_capture(lm, run, targets))`: each head's direct logit attribution
+# - `show("results/folder")`: the whole dashboard
 
 # %%
 import tempfile
@@ -22,6 +22,8 @@ import torch
 import lens
 from analyses.collect import repeated_tokens
 from analyses.taxonomy import head_type_scores
+from dashboards import show
+from pipelines.dla import dla_of_capture
 
 torch.set_num_threads(2)
 lm = lens.load("smollm2-135m")
@@ -48,13 +50,13 @@ print(f"top induction head L{layer}H{head}: induction score {scores[layer, head]
 # that column out (drawn in magenta), so the induction stripe is visible.
 
 # %%
-lens.show(run.capture, layer=layer, head=head)
+show(run.capture, layer=layer, head=head)
 
 # %% [markdown]
 # ## Every head of the prompt
 
 # %%
-lens.show(run.capture)
+show(run.capture)
 
 # %% [markdown]
 # ## Direct logit attribution
@@ -63,7 +65,7 @@ lens.show(run.capture)
 
 # %%
 ioi = lens.run(lm, "When Mary and John went to the store, John gave a drink to", sites=[lens.Site.Z])
-dla = lens.show(ioi, view="dla", model=lm, targets=[" Mary", " John"])
+dla = show(dla_of_capture(lm, ioi, [" Mary", " John"]))
 dla
 
 # %% [markdown]
@@ -78,13 +80,13 @@ with lens.capture(lm, sites=[lens.Site.PATTERN], layers=[layer]) as gen:
     lm.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=5, do_sample=False,
                       pad_token_id=lm.tokenizer.eos_token_id)
 print("generated:", gen.meta.generated_tokens[0])
-lens.show(gen, layer=layer, head=head)
+show(gen, layer=layer, head=head)
 
 # %% [markdown]
 # Without a head, the same capture as the grid of every head, with its own step box.
 
 # %%
-lens.show(gen)
+show(gen)
 
 # %% [markdown]
 # ## A results folder, inline
@@ -98,4 +100,4 @@ for result in run_taxonomy(lm, repeat_len=40, batch=2):
     result.params["example_capture"] = "captures/repeated-tokens"
     result.save(folder / "scan")
 run.capture.write_into(folder / "scan" / "captures" / "repeated-tokens")
-lens.show(folder)
+show(folder)

@@ -23,6 +23,7 @@ import torch
 
 import lens
 from analyses.scenes import make_scene
+from dashboards import show
 from lens import vlm
 from pipelines import vlm as vlm_runs
 
@@ -94,4 +95,4 @@ run.capture.meta.layout
 
 # %%
 run.capture.write_into(folder / "vlm" / "captures" / "image-000")
-lens.show(folder)
+show(folder)

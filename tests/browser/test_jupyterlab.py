@@ -1,5 +1,5 @@
 """Notebook 06 opened in JupyterLab (the project's kernel, no network): after its cells run, the
-inline views (`lens.show`) render: the head's pattern with the token view, the all-heads grid,
+inline views (`dashboards.show`) render: the head's pattern with the token view, the all-heads grid,
 the contribution view and the dashboard."""
 
 from __future__ import annotations

@@ -244,7 +244,7 @@ def test_a_generation_capture_shows_each_step_and_prompt(dash, folder, contract)
     assert (cap.n_steps, cap.n_batch) == (GENERATE_STEPS, 2) and len(cap.meta.generated_tokens[1]) == GENERATE_STEPS - 1
     n = len(cap.tokens)
     dash.model = "tiny-llama"
-    for ex in (dash.explorer, view_of(contract / "generate" / "000", layer=1, head=2)):  # dashboard and lens.show
+    for ex in (dash.explorer, view_of(contract / "generate" / "000", layer=1, head=2)):  # dashboard and show
         if ex is dash.explorer:
             ex.query = 3  # pinned on another capture: the step's own row replaces it
             ex.capture = "generate/000"
@@ -295,7 +295,7 @@ def test_the_all_heads_grid_shows_a_generation_step_and_prompt(dash, folder, con
     cap = folder.captures["generate/000"]
     n = len(cap.tokens)
     dash.model = "tiny-llama"
-    for grid in (dash.grid, view_of(contract / "generate" / "000")):  # dashboard and lens.show(cap)
+    for grid in (dash.grid, view_of(contract / "generate" / "000")):  # dashboard and show(cap)
         assert isinstance(grid, HeadsGrid)
         if grid is dash.grid:
             grid.capture = "generate/000"

@@ -1,4 +1,4 @@
-"""The QK attribution view, report section and `lens.show`, on a folder the real `lens heads qk` wrote."""
+"""The QK attribution view, report section and `dashboards.show`, on a folder the real `lens heads qk` wrote."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import html
 import numpy as np
 import pytest
 
-import lens
+from dashboards import show
 from dashboards._bokeh import trigger_click
 from dashboards.app import Dashboard
 from dashboards.qk import OTHER, QKView, qk_table
@@ -80,9 +80,9 @@ def test_show_inline_from_memory_path_and_result(tiny_lm, qk_folder, res):
     from analyses.qk_attribution import qk_attribution
 
     a = qk_attribution(tiny_lm, tiny_lm.encode(PROMPT), 3, 2)
-    v = lens.show(a)
+    v = show(a)
     assert isinstance(v, QKView)
     np.testing.assert_allclose(v.current.terms, res.terms, atol=1e-6)
     assert v.current.provenance.model == "tiny-llama"
     path = next(qk_folder.glob("*.qk.json"))
-    assert isinstance(lens.show(path), QKView) and isinstance(lens.show(res), QKView)
+    assert isinstance(show(path), QKView) and isinstance(show(res), QKView)

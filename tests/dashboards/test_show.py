@@ -1,5 +1,6 @@
-"""`lens.show` on in-memory and saved captures of tiny-llama, the direct logit attribution view
-(inline from a capture and a model, and from a saved result), and short reprs of what a notebook prints."""
+"""`dashboards.show` on in-memory and saved captures of tiny-llama, the direct logit attribution view
+(inline from a capture attributed by pipelines.dla, and from a saved result), and short reprs of what a
+notebook prints."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 import lens
+from dashboards import show
 from dashboards.dla import ContributionView, head_grid
 from dashboards.explorer import AttentionExplorer
 from dashboards.heads_grid import HeadsGrid
@@ -21,24 +23,26 @@ def run(tiny_lm):
 
 
 def test_show_a_head_all_heads_and_a_folder(run, tmp_path, synth):
-    view = lens.show(run.capture, layer=2, head=1)
+    view = show(run.capture, layer=2, head=1)
     assert isinstance(view, AttentionExplorer) and (view.layer, view.head) == (2, 1)
     np.testing.assert_allclose(view.window.values, run.capture.pattern(2, 1)[0].numpy(), atol=1e-6)
     assert view.tokens.tokens == run.capture.meta.tokens[0]
-    grid = lens.show(run)  # a RunResult: its capture, every head
+    grid = show(run)  # a RunResult: its capture, every head
     assert isinstance(grid, HeadsGrid) and grid.layout()[:2] == ([0, 1, 2, 3], [0, 1, 2, 3])
     run.capture.write_into(tmp_path / "cap")
-    assert isinstance(lens.show(tmp_path / "cap", layer=0, head=3), AttentionExplorer)  # a saved capture's path
-    dash = lens.show(str(synth))
+    assert isinstance(show(tmp_path / "cap", layer=0, head=3), AttentionExplorer)  # a saved capture's path
+    dash = show(str(synth))
     assert dash.__class__.__name__ == "Dashboard" and dash.sel.results
-    atlas = lens.show(ResultsFolder.load(synth).results["scan/summary.entropy"])
+    atlas = show(ResultsFolder.load(synth).results["scan/summary.entropy"])
     assert atlas.__class__.__name__ == "HeadAtlas"
     with pytest.raises(SelectionError, match="head 9 is out of range"):
-        lens.show(run.capture, layer=0, head=9)
+        show(run.capture, layer=0, head=9)
     with pytest.raises(SelectionError, match="show\\(\\) takes a capture"):
-        lens.show(42)
-    with pytest.raises(SelectionError, match="view='dla' needs model="):
-        lens.show(run, view="dla")
+        show(42)
+    with pytest.raises(SelectionError, match="view='dla' shows a direct logit attribution"):
+        show(run, view="dla")
+    with pytest.raises(AttributeError, match="from dashboards import show"):
+        lens.show  # noqa: B018  (moved: lens imports no views)
 
 
 def test_views_render_with_inline_resources(run, tmp_path):
@@ -51,7 +55,7 @@ def test_views_render_with_inline_resources(run, tmp_path):
     ensure_inline()
     assert pn.config.inline
     out = tmp_path / "view.html"
-    pn.panel(lens.show(run.capture, layer=1, head=0)).save(out, resources="inline")
+    pn.panel(show(run.capture, layer=1, head=0)).save(out, resources="inline")
     text = out.read_text()
     assert len(text) > 1_000_000  # Bokeh and Panel themselves are in the page
     assert not re.findall(r"<script[^>]+src=[\"']https?://", text)  # no script from a CDN
@@ -59,9 +63,9 @@ def test_views_render_with_inline_resources(run, tmp_path):
 
 
 def test_direct_logit_attribution_inline_from_a_capture_and_from_a_file(tiny_lm, run, tmp_path):
-    from pipelines.dla import run_dla
+    from pipelines.dla import dla_of_capture, run_dla
 
-    view = lens.show(run, view="dla", model=tiny_lm, targets=["M", "J"])
+    view = show(dla_of_capture(tiny_lm, run, ["M", "J"]))
     assert isinstance(view, ContributionView)
     res = view.current
     np.testing.assert_allclose(res.totals(), res.logits, atol=1e-4)  # through analyses.dla
@@ -77,20 +81,14 @@ def test_direct_logit_attribution_inline_from_a_capture_and_from_a_file(tiny_lm,
     view._on_click(2.1, 3.2)  # head 2 of layer 3
     assert view.selected == (3, 2) and f"L3H2</b> adds <b>{grid[3, 2]:+.4f}" in view._cell.object
     path = want.save(tmp_path)
-    again = lens.show(path)  # a saved *.dla.json
+    again = show(path)  # a saved *.dla.json
     assert isinstance(again, ContributionView) and again.current.targets == want.targets
     with pytest.raises(PromptError, match="target 'two tokens' is 10 tokens"):
-        lens.show(run, view="dla", model=tiny_lm, targets=["two tokens"])
-    with pytest.raises(SelectionError, match="view='dla' on a capture needs the model"):
-        from dashboards.inline import view_of
+        dla_of_capture(tiny_lm, run, ["two tokens"])
+    with pytest.raises(SelectionError, match="view='dla' shows a direct logit attribution"):
+        from dashboards.inline import as_saved, view_of
 
-        view_of(as_capture(run), view="dla")
-
-
-def as_capture(run):
-    from lens.show import as_capture_file
-
-    return as_capture_file(run)
+        view_of(as_saved(run), view="dla")
 
 
 def test_what_a_notebook_prints_is_short(run, synth, tmp_path):

@@ -1,4 +1,4 @@
-"""What the first ``lens.show`` puts into a notebook: Panel's bundle once (not under two MIME
+"""What the first ``dashboards.show`` puts into a notebook: Panel's bundle once (not under two MIME
 types), under 3.5 MB in all, no tqdm warning about ipywidgets; a capture across ``generate()``
 shown with its step selector."""
 
@@ -14,9 +14,9 @@ CELLS = [
     "import torch\nimport lens\nlm = lens.load('tiny-llama')\nids = lm.encode('The cat sat on the mat')\n"
     "with lens.capture(lm, sites=[lens.Site.PATTERN], layers=[1]) as cap:\n"
     "    lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False, pad_token_id=2)",
-    "view = lens.show(cap, layer=1, head=0)\nview",
+    "from dashboards import show\nview = show(cap, layer=1, head=0)\nview",
     "view.step = 3\nprint(view.step, len(view.tokens_shown), view.tokens_shown[-1] == cap.meta.generated_tokens[0][2])",
-    "lens.show(cap, layer=1, head=1)",
+    "show(cap, layer=1, head=1)",
 ]
 LOAD_MIME = "application/vnd.holoviews_load.v0+json"
 
