@@ -162,9 +162,12 @@ def adapter_for(model: nn.Module, n_layers: int | None = None) -> ModelAdapter:
     cfg = model.config
     if n_layers is None:
         text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-        n_layers = getattr(text, "decoder_layers", None) if getattr(cfg, "is_encoder_decoder", False) else None
+        n_layers = (getattr(text, "decoder_layers", None) or getattr(text, "num_decoder_layers", None)
+                    if getattr(cfg, "is_encoder_decoder", False) else None)
         n_layers = n_layers or text.num_hidden_layers
     if getattr(cfg, "is_encoder_decoder", False):
+        if getattr(cfg, "model_type", "") in _T5_TYPES:
+            return T5Adapter(model, n_layers)
         return EncoderDecoderAdapter(model, n_layers)
     if hasattr(cfg, "vision_config") and hasattr(cfg, "text_config") and hasattr(model, "get_decoder"):
         # LLaVA-style: the language model's blocks, never the vision tower's (it may have as many layers)
@@ -172,3 +175,38 @@ def adapter_for(model: nn.Module, n_layers: int | None = None) -> ModelAdapter:
     if getattr(cfg, "model_type", "") in ("bert", "roberta", "distilbert", "electra", "xlm-roberta"):
         return BertAdapter(model, n_layers)
     return DecoderAdapter(model, n_layers)
+
+
+# ---- T5-style text encoder-decoders (kept at the end: an explicit entry for one family) ----------
+_T5_TYPES = ("t5", "mt5", "umt5")
+
+
+@dataclass
+class T5Adapter(DecoderAdapter):
+    """T5, mT5, UMT5: each block is ``block[i].layer`` = [self-attention, cross-attention (decoder only),
+    feed-forward]; ``SelfAttention`` / ``EncDecAttention`` call the attention function, ``o`` is the
+    output projection and ``DenseReluDense`` the MLP (its output before the residual add)."""
+
+    def __post_init__(self) -> None:
+        self._list = self.model.get_decoder().block
+        self._encoder = self.model.get_encoder().block
+        if len(self._list) != self.n_layers:
+            raise BackendError(f"{type(self.model).__name__} has {len(self._list)} decoder layers, facts say {self.n_layers}")
+
+    def attention(self, layer: int) -> nn.Module:
+        return self._list[layer].layer[0].SelfAttention
+
+    def attention_layers(self) -> list[int]:
+        return list(range(len(self._list)))
+
+    def out_proj(self, layer: int) -> nn.Linear:
+        return self.attention(layer).o
+
+    def mlp(self, layer: int) -> nn.Module:
+        return self._list[layer].layer[-1].DenseReluDense
+
+    def attention_modules(self) -> dict[tuple[Part, int], nn.Module]:
+        out = {(Part.SELF, layer): b.layer[0].SelfAttention for layer, b in enumerate(self._list)}
+        out.update({(Part.CROSS, layer): b.layer[1].EncDecAttention for layer, b in enumerate(self._list)})
+        out.update({(Part.ENCODER, layer): b.layer[0].SelfAttention for layer, b in enumerate(self._encoder)})
+        return out

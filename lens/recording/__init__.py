@@ -69,6 +69,8 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
 
     For a speech model ``prompt`` is audio (a WAV/FLAC path or 16 kHz samples) and the decoder
     runs over ``decoder_ids`` (default: the greedy transcript); see :mod:`lens.speech`.
+    For a text encoder-decoder (T5, BART) ``prompt`` is the source and the decoder runs over
+    ``decoder_ids`` (start token first; default: the greedy output); see :mod:`lens.seq2seq`.
     For a vision model ``prompt`` is an image: a PIL image, a numpy array ``[H, W, 3]``,
     a list of those, or pixel values ``[batch, 3, H, W]`` (see :mod:`lens.vision`); the
     result has ``last_hidden_state`` and no logits, and the capture's tokens are "CLS",
@@ -94,6 +96,11 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
         from lens import speech
 
         return speech.run_audio(lm, prompt, sites=sites, layers=layers, heads=heads, dtype=dtype, device=device,
+                                budget_bytes=budget_bytes, edits=edits, backend=backend, decoder_ids=decoder_ids)
+    if lm.facts.modality is Modality.TEXT and lm.facts.encoder_layers:  # T5, BART: source in, target decoded
+        from lens import seq2seq
+
+        return seq2seq.run_text(lm, prompt, sites=sites, layers=layers, heads=heads, dtype=dtype, device=device,
                                 budget_bytes=budget_bytes, edits=edits, backend=backend, decoder_ids=decoder_ids)
     if lm.facts.modality is Modality.VISION_TEXT and (image is not None or isinstance(prompt, str)):
         # text prompts go through the image-text input (placeholders expanded); token ids

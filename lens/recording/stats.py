@@ -201,6 +201,13 @@ def run_stats(lm: LoadedModel, prompt, *, spec=None, layers=None, backend: Backe
     if x is not None:
         input_ids, kwargs = x.input_ids, x.model_kwargs(lm.device, next(lm.model.parameters()).dtype)
         spec = replace(spec, spans=(*spec.spans, *((sp.start, sp.end) for sp in x.spans)))
+    elif lm.facts.encoder_layers and lm.facts.modality is Modality.TEXT:  # T5, BART: the decoder over its greedy output
+        from lens import seq2seq
+
+        seq2seq.refuse_stats(lm)
+        source = seq2seq.source_ids(lm, prompt)
+        input_ids = torch.tensor([seq2seq.generate(lm, source)], dtype=torch.long)
+        kwargs = {"input_ids": source.to(lm.device), "decoder_input_ids": input_ids.to(lm.device), "use_cache": False}
     else:
         input_ids = encode_batch(lm, prompt, chat=chat)
         kwargs = {"input_ids": input_ids.to(lm.device)}

@@ -3,8 +3,8 @@
 The config's ``model_type`` and ``architectures`` decide: a causal LM, a bidirectional encoder
 (BERT, RoBERTa: ``causal=False``), a speech encoder-decoder (Whisper), a vision encoder (ViT;
 CLIP and SigLIP load their vision tower), a LLaVA-style image-text model, or a text
-encoder-decoder (T5, BART), which is refused in one line for now. Facts come from the model
-that was loaded, never assumed causal.
+encoder-decoder (T5, BART, mBART, Pegasus, Marian: the encoder, decoder and cross-attention,
+see :mod:`lens.seq2seq`). Facts come from the model that was loaded, never assumed causal.
 """
 
 from __future__ import annotations
@@ -61,11 +61,32 @@ def _is_encoder_type(model_type: str) -> bool:
     return model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
+# text encoder-decoders whose attention attnlens cannot capture faithfully, and why (one line each)
+_UNSUPPORTED_ENCODER_DECODERS = {
+    "led": "its encoder runs Longformer's local and global attention, not one pattern per layer",
+    "longt5": "its encoder runs local or transient-global attention, not one pattern per layer",
+    "pegasus_x": "its encoder runs block-local attention with global tokens, not one pattern per layer",
+    "bigbird_pegasus": "its encoder runs BigBird's block-sparse attention, not one pattern per layer",
+    "fsmt": "it computes attention time-major ([pos, batch, ...]) in its own code",
+    "prophetnet": "its decoder runs n-gram streams of its own attention",
+    "switch_transformers": "its feed-forward blocks are sparse experts unlike T5's",
+    "nllb-moe": "its blocks are laid out unlike BART's (expert feed-forward layers)",
+}
+
+
 def refuse(kind: Kind, name: str, config) -> None:
-    """A one-line refusal for the kinds attnlens cannot analyse yet."""
-    if kind is Kind.TEXT_ENCODER_DECODER:
-        raise ModelUnavailableError(f"{name!r} is a {config.model_type} model: encoder-decoder text models are not "
-                                    "supported yet (decoder-only, encoder-only, Whisper and vision models are)")
+    """A one-line refusal for the kinds attnlens cannot analyse yet: text encoder-decoders without a
+    sequence-to-sequence head, or whose attention it cannot capture (see the table above)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+
+    if kind is not Kind.TEXT_ENCODER_DECODER:
+        return
+    why = _UNSUPPORTED_ENCODER_DECODERS.get(config.model_type)
+    if why is None and config.model_type not in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+        why = "an encoder-decoder without a sequence-to-sequence head in transformers"
+    if why is not None:
+        raise ModelUnavailableError(f"{str(name)!r} is a {config.model_type} model: {why}; attnlens does not "
+                                    "support it (T5- and BART-style encoder-decoders are)")
 
 
 def _processor(loader, name, *, what: str, local_only: bool, trust_remote_code: bool):
@@ -73,7 +94,7 @@ def _processor(loader, name, *, what: str, local_only: bool, trust_remote_code: 
         return loader.from_pretrained(name, local_files_only=local_only, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise ModelUnavailableError(f"{name!r} has no usable {what} (save it with the model, e.g. "
+        raise ModelUnavailableError(f"{str(name)!r} has no usable {what} (save it with the model, e.g. "
                                     f"preprocessor_config.json): {first}") from None
 
 
@@ -125,10 +146,30 @@ def load_speech(name, *, dtype, device, local_only: bool, trust_remote_code: boo
     kw = dict(local_files_only=local_only, trust_remote_code=trust_remote_code)
     model = AutoModelForSpeechSeq2Seq.from_pretrained(name, dtype=dtype, attn_implementation="eager", **kw)
     if getattr(model.config, "model_type", "") != "whisper":
-        raise ModelUnavailableError(f"{name!r} is a {model.config.model_type} speech model: only Whisper-style "
+        raise ModelUnavailableError(f"{str(name)!r} is a {model.config.model_type} speech model: only Whisper-style "
                                     "speech encoder-decoders are supported")
     tokenizer = AutoTokenizer.from_pretrained(name, **kw)
     extractor = _processor(AutoFeatureExtractor, name, what="feature extractor", local_only=local_only,
                            trust_remote_code=trust_remote_code)
     facts = decoder_facts(model.config, name=str(name), architecture=type(model).__name__)
     return model.to(device).eval(), tokenizer, extractor, facts, {"encoder": EncoderFacts.from_whisper_config(model.config)}
+
+
+def load_text_encoder_decoder(name, *, dtype, device, local_only: bool, trust_remote_code: bool):
+    """(model, tokenizer, facts, extras) of a text encoder-decoder (T5, BART-style): the decoder's facts,
+    the encoder's in ``extras["encoder"]`` (:class:`lens.seq2seq.TextEncoderFacts`)."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from lens.adapters import adapter_for
+    from lens.seq2seq import facts_of
+
+    kw = dict(local_files_only=local_only, trust_remote_code=trust_remote_code)
+    model = AutoModelForSeq2SeqLM.from_pretrained(name, dtype=dtype, **kw)
+    try:
+        adapter_for(model).attention_modules()
+    except (AttributeError, IndexError, TypeError) as err:
+        raise ModelUnavailableError(f"{str(name)!r} is a {model.config.model_type} encoder-decoder whose blocks attnlens "
+                                    f"cannot find (T5- and BART-style layouts are supported): {err}") from None
+    tokenizer = AutoTokenizer.from_pretrained(name, **kw)
+    facts, encoder = facts_of(model.config, name=str(name), architecture=type(model).__name__)
+    return model.to(device).eval(), tokenizer, facts, {"encoder": encoder}

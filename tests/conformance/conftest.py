@@ -8,6 +8,19 @@ import os
 import re
 from pathlib import Path
 
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tokenizer_folder(tmp_path_factory):
+    """The byte tokenizer of :mod:`lens.zoo.tiny`, copied into every family's folder."""
+    from lens.zoo import tiny
+
+    folder = tmp_path_factory.mktemp("byte-tokenizer")
+    tiny.build_byte_tokenizer(folder)
+    return folder
+
+
 _CELLS: dict[str, dict[str, str]] = {}  # family id -> capability -> what happened
 _REFUSALS: dict[tuple[str, str], str] = {}
 _NODE = re.compile(r"test_matrix\.py::test_(\w+)\[(\w+)\]$")

@@ -1,4 +1,5 @@
-"""Loading by what the folder is: encoders, Whisper, vision encoders and text encoder-decoders.
+"""Loading by what the folder is: encoders, Whisper and vision encoders (text encoder-decoders such as T5
+and BART: test_encoder_decoder.py).
 
 Each tiny folder (2 layers, seed 0, saved with ``save_pretrained``) must load as its own kind of
 model, with facts from the loaded model (bidirectional encoders are not causal), and its
@@ -15,7 +16,6 @@ import torch
 
 import lens
 from lens import Site
-from lens.errors import ModelUnavailableError
 
 T = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 IMAGE = np.random.RandomState(0).randint(0, 255, (32, 32, 3)).astype("uint8")
@@ -46,9 +46,6 @@ def _build(kind: str):
                 _image_processor())
     if kind == "whisper":
         return tiny.tiny_whisper()
-    if kind == "t5":
-        return tf.T5ForConditionalGeneration(tf.T5Config(vocab_size=259, d_model=32, d_kv=8, d_ff=64, num_layers=2,
-                                                         num_heads=4, decoder_start_token_id=0)), None
     raise AssertionError(kind)
 
 
@@ -116,9 +113,3 @@ def test_folder_loads_as_its_kind(folders, kind):
         assert (got - want[layer]).abs().max() < 2e-5
     if modality == "text":  # bidirectional: the first query sees the last key
         assert result.capture.pattern(0)[0, :, 0, -1].min() > 0
-
-
-def test_text_encoder_decoder_is_refused_in_one_line(folders):
-    folder = folders("t5")
-    with pytest.raises(ModelUnavailableError, match=r"is a t5 model: encoder-decoder text models are not supported yet"):
-        lens.load(str(folder))

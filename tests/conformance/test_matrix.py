@@ -114,15 +114,6 @@ ATOL = 2e-5  # float32, two layers of width 32: matches are ~1e-7, real mismatch
 IDS = torch.tensor([[0, 40, 77, 12, 99, 40, 77, 150, 33, 8]])  # bos + 9 byte tokens, "40 77" repeated
 
 
-@pytest.fixture(scope="session")
-def tokenizer_folder(tmp_path_factory):
-    from lens.zoo import tiny
-
-    folder = tmp_path_factory.mktemp("byte-tokenizer")
-    tiny.build_byte_tokenizer(folder)
-    return folder
-
-
 class Built:
     """One family's folder loaded through lens, and the eager reference's outputs on ``IDS``."""
 
