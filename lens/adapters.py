@@ -22,7 +22,7 @@ from lens.errors import BackendError, SelectionError
 
 _ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
 _OUT_PROJ_NAMES = ("o_proj", "out_proj", "dense", "c_proj")
-_MLP_NAMES = ("mlp", "feed_forward", "ffn")
+_MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe")  # GraniteMoE keeps its experts in block_sparse_moe
 
 
 class ModelAdapter(Protocol):
@@ -93,7 +93,8 @@ class DecoderAdapter:
     def out_proj(self, layer: int) -> nn.Linear:
         proj = _child(self.attention(layer), _OUT_PROJ_NAMES)
         if proj is None:
-            raise BackendError(f"no output projection ({', '.join(_OUT_PROJ_NAMES)}) in layer {layer}'s attention")
+            raise BackendError(f"no output projection ({', '.join(_OUT_PROJ_NAMES)}) in layer {layer}'s attention of "
+                               f"{type(self.model).__name__}")
         return proj
 
     def mlp(self, layer: int) -> nn.Module:
@@ -172,7 +173,11 @@ def adapter_for(model: nn.Module, n_layers: int | None = None) -> ModelAdapter:
     if hasattr(cfg, "vision_config") and hasattr(cfg, "text_config") and hasattr(model, "get_decoder"):
         # LLaVA-style: the language model's blocks, never the vision tower's (it may have as many layers)
         return DecoderAdapter(model.get_decoder(), n_layers)
-    if getattr(cfg, "model_type", "") in ("bert", "roberta", "distilbert", "electra", "xlm-roberta"):
+    if getattr(cfg, "model_type", "") == "gpt_neo":
+        return GPTNeoAdapter(model, n_layers)
+    if getattr(cfg, "model_type", "") == "distilbert":
+        return DistilBertAdapter(model, n_layers)
+    if getattr(cfg, "model_type", "") in ("bert", "roberta", "electra", "xlm-roberta"):
         return BertAdapter(model, n_layers)
     return DecoderAdapter(model, n_layers)
 
@@ -210,3 +215,20 @@ class T5Adapter(DecoderAdapter):
         out.update({(Part.CROSS, layer): b.layer[1].EncDecAttention for layer, b in enumerate(self._list)})
         out.update({(Part.ENCODER, layer): b.layer[0].SelfAttention for layer, b in enumerate(self._encoder)})
         return out
+
+
+@dataclass
+class DistilBertAdapter(DecoderAdapter):
+    """DistilBERT: ``transformer.layer[i].attention`` calls the attention function, its ``out_lin`` is the
+    output projection, ``ffn`` the MLP (its output before the residual add and norm)."""
+
+    def out_proj(self, layer: int) -> nn.Linear:
+        return self.attention(layer).out_lin
+
+
+@dataclass
+class GPTNeoAdapter(DecoderAdapter):
+    """GPT-Neo: ``attn`` wraps the module that computes attention (``attn.attention``, with ``out_proj``)."""
+
+    def attention(self, layer: int) -> nn.Module:
+        return self._list[layer].attn.attention

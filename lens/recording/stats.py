@@ -58,8 +58,13 @@ class StatsRecorder(AttentionCompute):
         if modify is not None:
             raise KernelInputError(f"stats mode cannot record layer {layer} while an intervention modifies its "
                                    "attention weights: run them separately")
-        out, stats, fallback = stats_attention_call(module, query, key, value, attention_mask, spec=self.spec,
-                                                    backend=self.backend, **kwargs)
+        try:
+            out, stats, fallback = stats_attention_call(module, query, key, value, attention_mask, spec=self.spec,
+                                                        backend=self.backend, **kwargs)
+        except KernelInputError as err:  # name the family: the kernel's message names only the tensors
+            kind = getattr(getattr(module, "config", None), "model_type", None)
+            raise KernelInputError(f"{type(module).__name__}{f' ({kind})' if kind else ''} layer {layer}: stats "
+                                   f"mode cannot run this attention: {err}") from None
         self.fallback_calls += int(fallback)
         self.stats.setdefault(layer, []).append(stats.to("cpu"))
         if self.on_layer is not None:

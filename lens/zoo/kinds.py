@@ -42,8 +42,9 @@ def kind_of(config) -> Kind:
         return Kind.IMAGE_TEXT
     if getattr(config, "is_encoder_decoder", False):
         return Kind.SPEECH if model_type in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES else Kind.TEXT_ENCODER_DECODER
-    if getattr(config, "vocab_size", None) is None and getattr(config, "patch_size", None) is not None:
-        return Kind.VISION
+    if getattr(config, "patch_size", None) is not None and (getattr(config, "vocab_size", None) is None
+                                                            or getattr(config, "image_size", None) is not None):
+        return Kind.VISION  # BEiT keeps a visual-token vocabulary for its masked-image pre-training
     if any(a.endswith(_CAUSAL_SUFFIXES) for a in archs):  # what the folder was saved from
         return Kind.CAUSAL_LM
     if _is_encoder_type(model_type) and not getattr(config, "is_decoder", False):
@@ -106,6 +107,10 @@ def load_encoder(name, *, dtype, device, local_only: bool, trust_remote_code: bo
     from lens.zoo.minilm import encoder_facts
 
     config = AutoConfig.from_pretrained(name, local_files_only=local_only, trust_remote_code=trust_remote_code)
+    if config.model_type == "albert":
+        raise ModelUnavailableError(f"{str(name)!r} is an albert model: its layers share one set of weights (one "
+                                    "module runs every layer), so per-layer hooks cannot tell its layers apart; "
+                                    "attnlens does not support it")
     head = any(a.endswith("ForMaskedLM") for a in (config.architectures or ()))
     auto = AutoModelForMaskedLM if head else AutoModel
     model = auto.from_pretrained(name, dtype=dtype, local_files_only=local_only, trust_remote_code=trust_remote_code)
@@ -121,6 +126,11 @@ def load_vision(name, *, dtype, device, local_only: bool, trust_remote_code: boo
     from lens.zoo.dinov2 import vision_facts
 
     config = AutoConfig.from_pretrained(name, local_files_only=local_only, trust_remote_code=trust_remote_code)
+    if isinstance(getattr(config, "num_heads", None), (list, tuple)) or isinstance(getattr(config, "depths", None),
+                                                                                     (list, tuple)):
+        raise ModelUnavailableError(f"{str(name)!r} is a {config.model_type} model: a hierarchical vision encoder "
+                                    "(stages of different widths, windowed attention); attnlens supports plain ViT "
+                                    "encoders (ViT, DeiT, BEiT, DINOv2, CLIP and SigLIP towers)")
     kw = dict(dtype=dtype, local_files_only=local_only, trust_remote_code=trust_remote_code)
     if config.model_type in _DUAL_ENCODERS:
         import transformers

@@ -16,6 +16,7 @@ import torch
 
 import lens
 from lens import Site
+from lens.errors import ModelUnavailableError
 
 T = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 IMAGE = np.random.RandomState(0).randint(0, 255, (32, 32, 3)).astype("uint8")
@@ -46,6 +47,30 @@ def _build(kind: str):
                 _image_processor())
     if kind == "whisper":
         return tiny.tiny_whisper()
+    # beyond the issue's list: the other encoders and vision encoders a tiny config builds
+    if kind == "distilbert":
+        return tf.DistilBertForMaskedLM(tf.DistilBertConfig(vocab_size=259, dim=32, n_layers=2, n_heads=4,
+                                                            hidden_dim=64, pad_token_id=2)), None
+    if kind == "albert":
+        return tf.AlbertForMaskedLM(tf.AlbertConfig(vocab_size=259, embedding_size=16, pad_token_id=2, **T)), None
+    if kind == "electra":
+        return tf.ElectraForMaskedLM(tf.ElectraConfig(vocab_size=259, embedding_size=32, pad_token_id=2, **T)), None
+    if kind == "deberta_v2":
+        return tf.DebertaV2ForMaskedLM(tf.DebertaV2Config(vocab_size=259, pad_token_id=2, **T)), None
+    if kind == "modernbert":
+        return tf.ModernBertForMaskedLM(tf.ModernBertConfig(vocab_size=259, pad_token_id=2, bos_token_id=0,
+                                                            eos_token_id=1, cls_token_id=0, sep_token_id=1, **T)), None
+    if kind == "xlm_roberta":
+        return tf.XLMRobertaForMaskedLM(tf.XLMRobertaConfig(vocab_size=259, pad_token_id=2, **T)), None
+    if kind == "deit":
+        return tf.DeiTModel(tf.DeiTConfig(**vision)), _image_processor()
+    if kind == "beit":
+        return tf.BeitModel(tf.BeitConfig(**vision)), _image_processor()
+    if kind == "dinov2":
+        return tf.Dinov2Model(tf.Dinov2Config(**vision)), _image_processor()
+    if kind == "swin":
+        return tf.SwinModel(tf.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+                                          window_size=4)), _image_processor()
     raise AssertionError(kind)
 
 
@@ -81,6 +106,14 @@ KINDS = {
     "clip": ("CLIPVisionModel", "vision", False),
     "siglip": ("SiglipVisionModel", "vision", False),
     "whisper": ("WhisperForConditionalGeneration", "speech", True),
+    "distilbert": ("DistilBertForMaskedLM", "text", False),
+    "electra": ("ElectraForMaskedLM", "text", False),
+    "deberta_v2": ("DebertaV2ForMaskedLM", "text", False),
+    "modernbert": ("ModernBertForMaskedLM", "text", False),
+    "xlm_roberta": ("XLMRobertaForMaskedLM", "text", False),
+    "deit": ("DeiTModel", "vision", False),
+    "beit": ("BeitModel", "vision", False),
+    "dinov2": ("Dinov2Model", "vision", False),
 }
 
 
@@ -113,3 +146,21 @@ def test_folder_loads_as_its_kind(folders, kind):
         assert (got - want[layer]).abs().max() < 2e-5
     if modality == "text":  # bidirectional: the first query sees the last key
         assert result.capture.pattern(0)[0, :, 0, -1].min() > 0
+
+
+# kind -> words of its one-line refusal when it loads
+REFUSED = {
+    "albert": "its layers share one set of weights",
+    "swin": "a hierarchical vision encoder (stages of different widths, windowed attention)",
+}
+
+
+@pytest.mark.parametrize("kind", list(REFUSED))
+def test_load(request, folders, kind):
+    """Encoders attnlens cannot hook layer by layer are refused when they load, in one line naming the family."""
+    with pytest.raises(ModelUnavailableError) as info:
+        lens.load(str(folders(kind)))
+    message = str(info.value)
+    assert "\n" not in message and f"is a{'n' if kind == 'albert' else ''} {kind} model: " in message, message
+    assert REFUSED[kind] in message, message
+    request.node.user_properties.append(("refusal", message))
