@@ -173,6 +173,8 @@ def adapter_for(model: nn.Module, n_layers: int | None = None) -> ModelAdapter:
     if hasattr(cfg, "vision_config") and hasattr(cfg, "text_config") and hasattr(model, "get_decoder"):
         # LLaVA-style: the language model's blocks, never the vision tower's (it may have as many layers)
         return DecoderAdapter(model.get_decoder(), n_layers)
+    if getattr(cfg, "model_type", "") == "dbrx":
+        return DbrxAdapter(model, n_layers)
     if getattr(cfg, "model_type", "") == "gpt_neo":
         return GPTNeoAdapter(model, n_layers)
     if getattr(cfg, "model_type", "") == "distilbert":
@@ -232,3 +234,18 @@ class GPTNeoAdapter(DecoderAdapter):
 
     def attention(self, layer: int) -> nn.Module:
         return self._list[layer].attn.attention
+
+
+@dataclass
+class DbrxAdapter(DecoderAdapter):
+    """DBRX: each block's ``norm_attn_norm`` holds the attention (``attn``, with ``out_proj``) between its
+    two norms; ``ffn`` is the experts' MLP."""
+
+    def __post_init__(self) -> None:
+        self._list = _blocks(self.model, self.n_layers, lambda b: hasattr(b, "norm_attn_norm"))
+
+    def attention(self, layer: int) -> nn.Module:
+        return self._list[layer].norm_attn_norm.attn
+
+    def attention_layers(self) -> list[int]:
+        return list(range(len(self._list)))
