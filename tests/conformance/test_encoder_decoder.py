@@ -254,6 +254,23 @@ def test_cli_capture_with_source_and_target(built, tmp_path):
     assert info.returncode == 0 and f"source ({len(source)} encoder positions): 'ab cd'" in said, said
 
 
+@pytest.mark.parametrize("built", [FAMILIES[3]], ids=["bart"], indirect=True)
+def test_generate_returns_the_decoders_text(built):
+    """``lm.generate(source)`` decodes the decoder's greedy ids (an encoder-decoder returns no copy of the source)."""
+    ids = built.lm.encode("ab cd")
+    for model in (built.lm.model, built.ref_model):  # a random model emits end-of-sequence at once: make it say "K"
+        model.final_logits_bias[0, built.lm.tokenizer.convert_tokens_to_ids("K")] = 100.0
+    want = built.ref_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
+                                    num_beams=1)
+    text = built.lm.tokenizer.decode(want[0], skip_special_tokens=True).strip()
+    assert text, "the greedy output is all special tokens: a check that cannot fail"
+    try:
+        assert built.lm.generate("ab cd", max_new_tokens=4, chat=False) == text == "KKKK"
+    finally:
+        for model in (built.lm.model, built.ref_model):
+            model.final_logits_bias.zero_()
+
+
 def test_cli_target_on_a_decoder_only_model_is_refused(tmp_path):
     r = _cli("capture", "tiny-llama", "--prompt", "hi", "--target", "x", "--out", str(tmp_path / "c"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
