@@ -51,6 +51,7 @@ from formats import (
     ResultsFolder,
     SelectionError,
     Site,
+    SourceLayout,
     _json,
     faithfulness_warning,
 )
@@ -332,6 +333,8 @@ def _captures(folder: ResultsFolder) -> tuple[list[dict[str, Any]], list[tuple[s
         lay = cap.layout
         if isinstance(lay, AudioLayout):
             desc = f"audio {lay.duration:.2f} s, {lay.n_frames} encoder positions of {lay.frame_seconds * 1000:.0f} ms"
+        elif isinstance(lay, SourceLayout):
+            desc = f"source of {lay.n_frames} tokens: {lay.text[:60]}"
         elif lay is not None:
             desc = f"image {lay.grid[0]}x{lay.grid[1]} patches at {lay.patch_span[0]}-{lay.patch_span[1] - 1}"
         else:

@@ -22,7 +22,7 @@ from formats.errors import __all__ as _errors
 from formats.facts import Modality, ModelFacts
 from formats.folder import ResultsFolder
 from formats.head_scores import HeadScores
-from formats.layouts import AudioLayout, ImageLayout
+from formats.layouts import AudioLayout, ImageLayout, SourceLayout
 from formats.output import output_folder
 from formats.provenance import Provenance, inputs_digest, package_versions
 from formats.qk import QKResult
@@ -35,6 +35,6 @@ __all__ = [
     "AblationResult", "AudioLayout", "CaptureFile", "CaptureMeta", "Circuit", "Curves", "DLAResult", "Edge", "HeadScores",
     "ImageLayout", "Input", "HeadRef", "MlpRef", "ResidRef", "Modality", "ModelFacts", "Node", "NodeKind", "Provenance",
     "QKResult", "Receiver", "ResultsFolder", "Site", "SiteKey",
-    "StatsFile", "SweepLog", "TokenMaps", "TensorEntry", "inputs_digest", "open_sweep", "output_folder", "package_versions",
+    "SourceLayout", "StatsFile", "SweepLog", "TokenMaps", "TensorEntry", "inputs_digest", "open_sweep", "output_folder", "package_versions",
     "faithfulness_warning", "write_capture", "Focus", "set_focus", "write_stats", *_errors,
 ]

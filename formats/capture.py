@@ -22,7 +22,7 @@ import numpy as np
 from formats import _json, _safetensors
 from formats.errors import CorruptCaptureError, CorruptFileError, SelectionError
 from formats.facts import ModelFacts
-from formats.layouts import AudioLayout, ImageLayout, Layout, layout_from_json
+from formats.layouts import AudioLayout, ImageLayout, Layout, SourceLayout, layout_from_json
 from formats.paths import confined
 from formats.provenance import package_versions
 from formats.sites import Site, SiteKey
@@ -461,7 +461,7 @@ def _check_shape(site: Site, shape: tuple[int, ...], meta: CaptureMeta, batch: i
     """A tensor's shape against what the metadata says was captured (``n_tok``: prompt tokens, step 0)."""
     f = meta.facts
     if site in (Site.ENC_PATTERN, Site.CROSS_PATTERN):
-        frames = meta.layout.n_frames if isinstance(meta.layout, AudioLayout) else None
+        frames = meta.layout.n_frames if isinstance(meta.layout, (AudioLayout, SourceLayout)) else None
         ok = len(shape) == 4 and shape[0] == batch and shape[1] == len(meta.heads)
         ok = ok and (frames is None or shape[3] == frames)
         ok = ok and (shape[2] == frames if site is Site.ENC_PATTERN and frames else

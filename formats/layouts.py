@@ -1,4 +1,5 @@
-"""Where the positions of a sequence sit in the input: image patches (ViT, VLM), audio frames.
+"""Where the positions of a sequence sit in the input: image patches (ViT, VLM), audio frames, the
+source tokens of a text encoder-decoder (T5, BART).
 
 A capture's metadata carries at most one layout, with a ``kind`` tag, so that views can map
 attention back onto the image or the time axis without knowing the model.
@@ -169,7 +170,52 @@ class AudioLayout:
 
 
 
-Layout = ImageLayout | AudioLayout
+@dataclass(frozen=True)
+class SourceLayout:
+    """The encoder positions of a text encoder-decoder (T5, BART): one per source token.
+
+    The capture's own tokens are the decoder's (the target); ``enc_pattern`` is
+    ``[batch, head, source, source]`` and ``cross_pattern`` ``[batch, head, target, source]``,
+    their source axis labelled by ``tokens``.
+    """
+
+    tokens: tuple[str, ...]  # readable source tokens, one per encoder position
+    token_ids: tuple[int, ...]
+    text: str = ""  # the source text (empty when given as ids)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tokens", tuple(str(t) for t in self.tokens))
+        object.__setattr__(self, "token_ids", tuple(int(t) for t in self.token_ids))
+        if not self.tokens:
+            raise PromptError("the source is empty: an encoder-decoder needs at least one source token")
+        if len(self.tokens) != len(self.token_ids):
+            raise PromptError(f"a source layout needs one token per id: got {len(self.tokens)} tokens and "
+                              f"{len(self.token_ids)} ids")
+
+    @property
+    def n_frames(self) -> int:
+        """Encoder positions (named as an audio layout's, so shape checks read both alike)."""
+        return len(self.tokens)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "source", "tokens": list(self.tokens), "token_ids": list(self.token_ids), "text": self.text}
+
+    @classmethod
+    def from_json(cls, d: Any, where: str = "layout") -> SourceLayout:
+        if not isinstance(d, dict):
+            raise CorruptFileError(f"{where}: a source layout must be an object")
+        tokens, ids, text = d.get("tokens"), d.get("token_ids"), d.get("text", "")
+        if (not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens) or not isinstance(ids, list)
+                or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids) or not isinstance(text, str)):
+            raise CorruptFileError(f"{where}: a source layout needs a list of token strings, a list of integer "
+                                   "token_ids and a text")
+        try:
+            return cls(tuple(tokens), tuple(ids), text)
+        except PromptError as err:
+            raise CorruptFileError(f"{where}: {err}") from None
+
+
+Layout = ImageLayout | AudioLayout | SourceLayout
 
 
 def layout_from_json(d: Any, where: str = "layout") -> Layout | None:
@@ -183,4 +229,6 @@ def layout_from_json(d: Any, where: str = "layout") -> Layout | None:
         return ImageLayout.from_json(d, where)
     if kind == "audio":
         return AudioLayout.from_json(d, where)
+    if kind == "source":
+        return SourceLayout.from_json(d, where)
     raise CorruptFileError(f"{where}: unknown layout kind {kind!r}")

@@ -244,8 +244,8 @@ def run_args(lm, prompt, *, sites_, layers, heads, dtype, device_, budget_bytes,
         dtype=storage_dtype(dtype), device=device(device_), budget_bytes=budget(budget_bytes),
         edits=edits(edits_), backend=backend(backend_), chat=flag(chat, "chat"), remote=flag(remote, "remote"),
     )
-    if decoder_ids is not None and facts.modality is not Modality.SPEECH:
-        raise PromptError(f"decoder_ids is for speech (encoder-decoder) models: {facts.name} is a "
+    if decoder_ids is not None and facts.modality is not Modality.SPEECH and not facts.encoder_layers:
+        raise PromptError(f"decoder_ids is for encoder-decoder (speech, T5/BART) models: {facts.name} is a "
                           f"{facts.modality.value} model, give its input as the prompt")
     if decoder_ids is not None:
         if isinstance(decoder_ids, torch.Tensor):

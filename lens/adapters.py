@@ -31,7 +31,7 @@ from lens.errors import BackendError, SelectionError
 
 _ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
 _OUT_PROJ_NAMES = ("o_proj", "out_proj", "dense", "c_proj")
-_MLP_NAMES = ("mlp", "feed_forward", "ffn")
+_MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe")  # GraniteMoE keeps its experts in block_sparse_moe
 
 #: part -> the child names transformers uses for it, tried in order (q/k/v inside the attention
 #: module, the norms inside the block, the final norm next to the block list)
@@ -203,7 +203,8 @@ class DecoderAdapter:
     def out_proj(self, layer: int) -> nn.Linear:
         proj = _child(self.attention(layer), _OUT_PROJ_NAMES)
         if proj is None:
-            raise BackendError(f"no output projection ({', '.join(_OUT_PROJ_NAMES)}) in layer {layer}'s attention")
+            raise BackendError(f"no output projection ({', '.join(_OUT_PROJ_NAMES)}) in layer {layer}'s attention of "
+                               f"{type(self.model).__name__}")
         return proj
 
     def mlp(self, layer: int) -> nn.Module:
@@ -440,15 +441,91 @@ def adapter_for(model: nn.Module, n_layers: int | None = None) -> ModelAdapter:
     cfg = model.config
     if n_layers is None:
         text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-        n_layers = getattr(text, "decoder_layers", None) if getattr(cfg, "is_encoder_decoder", False) else None
+        n_layers = (getattr(text, "decoder_layers", None) or getattr(text, "num_decoder_layers", None)
+                    if getattr(cfg, "is_encoder_decoder", False) else None)
         n_layers = n_layers or text.num_hidden_layers
     if getattr(cfg, "is_encoder_decoder", False):
+        if getattr(cfg, "model_type", "") in _T5_TYPES:
+            return T5Adapter(model, n_layers)
         return EncoderDecoderAdapter(model, n_layers)
     if hasattr(cfg, "vision_config") and hasattr(cfg, "text_config") and hasattr(model, "get_decoder"):
         # LLaVA-style: the language model's blocks, never the vision tower's (it may have as many layers)
         if getattr(cfg.get_text_config(), "cross_attention_layers", None):
             return ImageCrossAdapter(model.get_decoder(), n_layers)
         return DecoderAdapter(model.get_decoder(), n_layers)
-    if getattr(cfg, "model_type", "") in ("bert", "roberta", "distilbert", "electra", "xlm-roberta"):
+    if getattr(cfg, "model_type", "") == "dbrx":
+        return DbrxAdapter(model, n_layers)
+    if getattr(cfg, "model_type", "") == "gpt_neo":
+        return GPTNeoAdapter(model, n_layers)
+    if getattr(cfg, "model_type", "") == "distilbert":
+        return DistilBertAdapter(model, n_layers)
+    if getattr(cfg, "model_type", "") in ("bert", "roberta", "electra", "xlm-roberta"):
         return BertAdapter(model, n_layers)
     return DecoderAdapter(model, n_layers)
+
+
+# ---- T5-style text encoder-decoders (kept at the end: an explicit entry for one family) ----------
+_T5_TYPES = ("t5", "mt5", "umt5")
+
+
+@dataclass
+class T5Adapter(DecoderAdapter):
+    """T5, mT5, UMT5: each block is ``block[i].layer`` = [self-attention, cross-attention (decoder only),
+    feed-forward]; ``SelfAttention`` / ``EncDecAttention`` call the attention function, ``o`` is the
+    output projection and ``DenseReluDense`` the MLP (its output before the residual add)."""
+
+    def __post_init__(self) -> None:
+        self._list = self.model.get_decoder().block
+        self._encoder = self.model.get_encoder().block
+        if len(self._list) != self.n_layers:
+            raise BackendError(f"{type(self.model).__name__} has {len(self._list)} decoder layers, facts say {self.n_layers}")
+
+    def attention(self, layer: int) -> nn.Module:
+        return self._list[layer].layer[0].SelfAttention
+
+    def attention_layers(self) -> list[int]:
+        return list(range(len(self._list)))
+
+    def out_proj(self, layer: int) -> nn.Linear:
+        return self.attention(layer).o
+
+    def mlp(self, layer: int) -> nn.Module:
+        return self._list[layer].layer[-1].DenseReluDense
+
+    def attention_modules(self) -> dict[tuple[Part, int], nn.Module]:
+        out = {(Part.SELF, layer): b.layer[0].SelfAttention for layer, b in enumerate(self._list)}
+        out.update({(Part.CROSS, layer): b.layer[1].EncDecAttention for layer, b in enumerate(self._list)})
+        out.update({(Part.ENCODER, layer): b.layer[0].SelfAttention for layer, b in enumerate(self._encoder)})
+        return out
+
+
+@dataclass
+class DistilBertAdapter(DecoderAdapter):
+    """DistilBERT: ``transformer.layer[i].attention`` calls the attention function, its ``out_lin`` is the
+    output projection, ``ffn`` the MLP (its output before the residual add and norm)."""
+
+    def out_proj(self, layer: int) -> nn.Linear:
+        return self.attention(layer).out_lin
+
+
+@dataclass
+class GPTNeoAdapter(DecoderAdapter):
+    """GPT-Neo: ``attn`` wraps the module that computes attention (``attn.attention``, with ``out_proj``)."""
+
+    def attention(self, layer: int) -> nn.Module:
+        return self._list[layer].attn.attention
+
+
+@dataclass
+class DbrxAdapter(DecoderAdapter):
+    """DBRX: each block's ``norm_attn_norm`` holds the attention (``attn``, with ``out_proj``) between its
+    two norms; ``ffn`` is the experts' MLP."""
+
+    def __post_init__(self) -> None:
+        self._list = _blocks(self.model, self.n_layers, lambda b: hasattr(b, "norm_attn_norm"))
+
+    def attention(self, layer: int) -> nn.Module:
+        return self._list[layer].norm_attn_norm.attn
+
+    def attention_layers(self) -> list[int]:
+        return list(range(len(self._list)))

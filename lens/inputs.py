@@ -59,8 +59,8 @@ class ModelInput:
     @property
     def input_ids(self) -> Tensor | None:
         """The token ids ``[batch, pos]`` a text-only backend runs on (None for an image)."""
-        ids = self.kwargs.get("input_ids", self.kwargs.get("decoder_input_ids"))
-        return ids if self.modality in ("text", "image-text", "speech") else None
+        ids = self.kwargs.get("decoder_input_ids", self.kwargs.get("input_ids"))
+        return ids if self.modality in ("text", "image-text", "speech", "source-target") else None
 
     @property
     def text_only(self) -> bool:
@@ -99,8 +99,11 @@ def prepare(lm: LoadedModel, prompt: Any = None, *, image: Any = None, audio: An
         if audio is not None and prompt is not None:
             raise PromptError("give the audio once: as `prompt` or as `audio`, not both")
         return _audio_input(lm, audio if audio is not None else prompt, decoder_ids)
+    if modality is Modality.TEXT and lm.facts.encoder_layers:  # T5, BART: a source in, the decoder over a target
+        return _source_input(lm, prompt, decoder_ids)
     if decoder_ids is not None:
-        raise PromptError(f"`decoder_ids` is for speech models; {lm.facts.name} is a {modality.value} model")
+        raise PromptError(f"`decoder_ids` is for encoder-decoders (speech, T5/BART); {lm.facts.name} is a "
+                          f"{modality.value} model")
     if modality is Modality.VISION_TEXT:
         from lens.vlm import VlmInput
 
@@ -203,6 +206,24 @@ def from_vlm(lm: LoadedModel, x) -> ModelInput:
         png = vision.input_png(lm, pixels)
     return replace(base, kwargs=x.model_kwargs("cpu"), tokens=[x.labelled(base.tokens[0])], layout=layout, image_png=png,
                    spans=tuple((s.start, s.end) for s in x.spans), modality="image-text", extras={"vlm": x})
+
+
+def _source_input(lm: LoadedModel, source, decoder_ids) -> ModelInput:
+    """A text encoder-decoder's input: the encoder reads ``source``, the decoder the start token and the
+    target (``decoder_ids``, default: the greedy output); encoder positions are labelled by the source
+    tokens (:class:`~formats.SourceLayout`)."""
+    from formats.layouts import SourceLayout
+    from lens import seq2seq
+
+    src = seq2seq.source_ids(lm, source)
+    ids = list(decoder_ids) if decoder_ids is not None else seq2seq.generate(lm, src)
+    if any(not 0 <= int(i) < lm.facts.vocab_size for i in ids):
+        raise PromptError(f"`decoder_ids` must be in 0-{lm.facts.vocab_size - 1}")
+    target = lm.check_length(torch.tensor([ids], dtype=torch.long))
+    text = source if isinstance(source, str) else lm.tokenizer.decode(src[0], skip_special_tokens=True)
+    layout = SourceLayout(tokens=tuple(lm.tokens(src[0])), token_ids=tuple(int(t) for t in src[0]), text=text)
+    return replace(text_input(lm, target), kwargs={"input_ids": src, "decoder_input_ids": target, "use_cache": False},
+                   layout=layout, frames=int(src.shape[1]), one_step=True, modality="source-target")
 
 
 def _audio_input(lm: LoadedModel, audio, decoder_ids) -> ModelInput:

@@ -112,7 +112,8 @@ class LoadedModel:
             do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
         )
-        return self.tokenizer.decode(out[0, ids.shape[-1] :], skip_special_tokens=True).strip()
+        start = 0 if self.facts.encoder_layers else ids.shape[-1]  # an encoder-decoder returns only the decoder's ids
+        return self.tokenizer.decode(out[0, start:], skip_special_tokens=True).strip()
 
 
 __all__ = ["LoadedModel", "Modality", "ModelFacts"]

@@ -25,7 +25,8 @@ def layout_for(config, pixel_values: Tensor, *, image_file: str | None = None) -
     """The layout of ``pixel_values [batch, 3, H, W]`` for a ViT with ``config``."""
     patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
     # a CLS token (plus DINOv2's registers) before the patches; SigLIP's tower has no CLS
-    cls = 0 if str(getattr(config, "model_type", "")).startswith("siglip") else 1
+    kind = str(getattr(config, "model_type", ""))
+    cls = 0 if kind.startswith("siglip") else 2 if kind == "deit" else 1  # DeiT: CLS and distillation tokens
     prefix = cls + int(getattr(config, "num_register_tokens", 0) or 0)
     return ImageLayout(int(pixel_values.shape[-2]), int(pixel_values.shape[-1]), int(patch), prefix,
                        image_file=image_file)

@@ -57,6 +57,8 @@ def capture(
                                      exists=True, dir_okay=False, readable=True),
     audio: list[Path] = typer.Option(None, "--audio", "-a", help="A WAV or FLAC file (speech models; resampled to "
                                      "16 kHz); repeat for several.", exists=True, dir_okay=False, readable=True),
+    target: str = typer.Option(None, "--target", "-t", help="Text encoder-decoders (T5, BART): the text the decoder "
+                               "reads after its start token (default: its greedy output for each prompt)."),
     sites: str = typer.Option("pattern", help="Comma-separated sites: pattern,q,k,v,z,resid_pre,resid_post,attn_out,mlp_out."),
     layers: str = typer.Option(None, help="Layers, e.g. '3', '0,2,5' or '4-7' (default: all)."),
     heads: str = typer.Option(None, help="Query heads to keep, same syntax (default: all)."),
@@ -74,7 +76,9 @@ def capture(
     Each prompt becomes one capture folder under OUT (OUT/000, OUT/001, ...), saved as
     safetensors plus JSON metadata; an image capture also saves the model-input image, an
     audio capture the audio (the decoder runs over its greedy transcript; sites enc_pattern
-    and cross_pattern record the encoder's and the cross-attention).
+    and cross_pattern record the encoder's and the cross-attention). For a text encoder-decoder
+    (T5, BART) each prompt is the source and --target the decoder's text; enc_pattern and
+    cross_pattern have the source tokens on their key axis.
 
     Example: lens capture smollm2-135m --prompt "The capital of France is" --sites pattern,z --layers 3-5 --out caps/fr
     """
@@ -108,6 +112,7 @@ def capture(
     if remote and backend is not Backend.NNSIGHT:
         raise SelectionError(f"--remote runs through nnsight: add --backend nnsight (got {backend.value})")
     check_out(out, force)
+    decoder_ids = None
     lm = load_model(model, **load_kw)
     spec = lens.CaptureSpec.resolve(lm.facts, sites=site_list, layers=layer_list, heads=head_list,
                                     dtype=dtype.torch() if dtype else None,
@@ -125,9 +130,17 @@ def capture(
 
         inputs = [lens.prepare(lm, audio=load_audio(p)) for p in audios]
     else:
-        inputs = [lens.prepare(lm, p, chat=chat) for p in prompts]
+        if lm.facts.encoder_layers and target is not None:  # T5, BART: the decoder reads the given target
+            from lens import seq2seq
+
+            decoder_ids = seq2seq.target_ids(lm, check_prompt(target))
+        inputs = [lens.prepare(lm, p, chat=chat, **({"decoder_ids": decoder_ids} if decoder_ids else {}))
+                  for p in prompts]
     for x in inputs:  # validated before anything is written
         check_budget(lm, spec, x)
+    if target is not None and not (lm.facts.encoder_layers and lm.facts.modality is lens.Modality.TEXT):
+        raise SelectionError(f"--target is for text encoder-decoders (T5, BART), not {lm.facts.name} "
+                             f"({lm.facts.architecture})")
     if backend is not Backend.TORCH and not images and not audios:
         from lens.backends import check_backend_sites
 
@@ -176,7 +189,13 @@ def info(
         f"{format_bytes(n_bytes)}")
     say(f"text: {m.text[0][:200]!r}")
     say(f"sites {', '.join(s.value for s in m.sites)}; layers {m.layers}; heads {m.heads}")
-    if m.layout is not None:
+    from formats.layouts import AudioLayout, SourceLayout
+
+    if isinstance(m.layout, SourceLayout):
+        say(f"source ({m.layout.n_frames} encoder positions): {m.layout.text[:200]!r}")
+    elif isinstance(m.layout, AudioLayout):
+        say(f"audio layout: {m.layout.duration:.2f} s, {m.layout.n_frames} encoder positions")
+    elif m.layout is not None:
         say(f"image layout: {m.layout.grid[0]}x{m.layout.grid[1]} patches of {m.layout.patch_size} px, "
             f"{m.layout.prefix} prefix token(s)")
     table = Table()

@@ -69,6 +69,8 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
 
     For a speech model ``prompt`` is audio (a WAV/FLAC path or 16 kHz samples) and the decoder
     runs over ``decoder_ids`` (default: the greedy transcript); see :mod:`lens.speech`.
+    For a text encoder-decoder (T5, BART) ``prompt`` is the source and the decoder runs over
+    ``decoder_ids`` (start token first; default: the greedy output); see :mod:`lens.seq2seq`.
     For a vision model ``prompt`` is an image: a PIL image, a numpy array ``[H, W, 3]``,
     a list of those, or pixel values ``[batch, 3, H, W]`` (see :mod:`lens.vision`); the
     result has ``last_hidden_state`` and no logits, and the capture's tokens are "CLS",
@@ -92,8 +94,8 @@ def run(lm: LoadedModel, prompt, *, sites: Iterable[Site] = (Site.PATTERN,),
     x = prompt if isinstance(prompt, ModelInput) else prepare(lm, prompt, image=image, chat=a["chat"],
                                                                 decoder_ids=a["decoder_ids"])
     if backend is not Backend.TORCH and not x.text_only:
-        what = "audio" if x.modality == "speech" else "images"
-        raise BackendError(f"backend {backend.value!r} does not take {what}: use backend 'torch' for {lm.facts.name}")
+        what = {"speech": "take audio", "source-target": "run encoder-decoders"}.get(x.modality, "take images")
+        raise BackendError(f"backend {backend.value!r} does not {what}: use backend 'torch' for {lm.facts.name}")
     spec = CaptureSpec.resolve(lm.facts, sites=a["sites"], layers=a["layers"], heads=a["heads"], dtype=a["dtype"],
                                device=a["device"], budget_bytes=a["budget_bytes"])
     check_budget(lm, spec, x)

@@ -130,14 +130,17 @@ def capture(lm: LoadedModel, spec: CaptureSpec, *, edits: Sequence[Edit] = (),
         stack.callback(lambda: [h.remove() for h in handles])
         points = [(Point(Where.CALL), session.new_step)]
         in_attention = [s for s in spec.sites if s.in_attention and s.part is Part.SELF]
-        if in_attention == [Site.PATTERN] and not uses_interface(lm.model):
+        own = not uses_interface(lm.model) and in_attention in ([], [Site.PATTERN])
+        if own:  # patterns of every part from the attention modules' own returned weights
             sdpa = getattr(lm.model.config, "_attn_implementation", None) == "sdpa"
-            for layer in spec.layers:
-                handles.extend(_own_pattern_hooks(session, adapter, layer, sdpa))
+            modules = adapter.attention_modules()
+            for site in (s for s in spec.sites if s.is_pattern):
+                for layer in spec.layers:
+                    handles.extend(_own_pattern_hooks(session, site, layer, modules[(site.part, layer)], sdpa))
         elif in_attention:
             stack.enter_context(attention_mode(lm.model, session))  # refuses q/k/v where the interface is bypassed
         for site in spec.sites:
-            if site.part is not Part.SELF:
+            if site.part is not Part.SELF and not own:
                 stack.enter_context(attention_mode(lm.model, _PartPatterns(session, site)))
         for layer in spec.layers:
             points.extend(_layer_points(session, layer))
@@ -180,8 +183,9 @@ def _check_attention_layers(lm: LoadedModel, spec: CaptureSpec, adapter: ModelAd
                              f"need one of layers {sorted(have)}")
 
 
-def _own_pattern_hooks(session: _Session, adapter: ModelAdapter, layer: int, sdpa: bool):
-    """The pattern of a family that computes attention in its own code (GPT-J, Falcon, BLOOM, MPT):
+def _own_pattern_hooks(session: _Session, site: Site, layer: int, attention: torch.nn.Module, sdpa: bool):
+    """The pattern ``site`` of a family that computes attention in its own code (GPT-J, Falcon, BLOOM, MPT;
+    MVP's encoder, decoder and cross-attention):
     its attention module returns ``(output, weights)``, weights ``[batch, head, q, k]`` after its own
     position scheme (rotary, ALiBi) and mask. Asking it for them (``output_attentions=True``) keeps
     Falcon off its SDPA branch for this layer only (the others compute them anyway); its eager branch
@@ -207,9 +211,8 @@ def _own_pattern_hooks(session: _Session, adapter: ModelAdapter, layer: int, sdp
     def take(module, args, kwargs, out):
         weights = out[1] if isinstance(out, tuple) and len(out) > 1 else None
         if isinstance(weights, torch.Tensor) and weights.ndim == 4:
-            session.store(Site.PATTERN, layer, weights)
+            session.store(site, layer, weights)
 
-    attention = adapter.attention(layer)
     return [attention.register_forward_pre_hook(ask, with_kwargs=True),
             attention.register_forward_hook(take, with_kwargs=True)]
 

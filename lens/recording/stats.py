@@ -57,8 +57,13 @@ class StatsRecorder(AttentionCompute):
         if modify is not None:
             raise KernelInputError(f"stats mode cannot record layer {layer} while an intervention modifies its "
                                    "attention weights: run them separately")
-        out, stats, fallback = stats_attention_call(module, query, key, value, attention_mask, spec=self.spec,
-                                                    backend=self.backend, **kwargs)
+        try:
+            out, stats, fallback = stats_attention_call(module, query, key, value, attention_mask, spec=self.spec,
+                                                        backend=self.backend, **kwargs)
+        except KernelInputError as err:  # name the family: the kernel's message names only the tensors
+            kind = getattr(getattr(module, "config", None), "model_type", None)
+            raise KernelInputError(f"{type(module).__name__}{f' ({kind})' if kind else ''} layer {layer}: stats "
+                                   f"mode cannot run this attention: {err}") from None
         self.fallback_calls += int(fallback)
         self.stats.setdefault(layer, []).append(stats.to("cpu"))
         if self.on_layer is not None:
@@ -185,6 +190,10 @@ def run_stats(lm: LoadedModel, prompt, *, spec=None, layers=None, backend: Kerne
     if layers is None:  # every layer with attention (a hybrid's other blocks have none)
         layers = sorted(layer for part, layer in attention_modules(lm.model) if part is Part.SELF)
     selection = CaptureSpec.resolve(lm.facts, layers=layers)  # validates the layers
+    if lm.facts.encoder_layers and lm.facts.modality is Modality.TEXT:  # T5, BART: before decoding a target
+        from lens import seq2seq
+
+        seq2seq.refuse_stats(lm)
     x = prompt if isinstance(prompt, ModelInput) else prepare(lm, prompt, image=image, chat=chat)
     if x.spans:
         spec = replace(spec, spans=(*spec.spans, *x.spans))

@@ -188,6 +188,10 @@ def _load_transformers(name_or_path, dtype, device, where: placement.Placement |
         model, processor, facts = hub.load_pretrained(name_or_path, **kw, loader=lambda n, local_only: kinds.load_vision(
             n, local_only=local_only, **kw))
         return LoadedModel(model=model, tokenizer=None, facts=facts, processor=processor)
+    if kind is kinds.Kind.TEXT_ENCODER_DECODER:
+        model, tokenizer, facts, extras = hub.load_pretrained(name_or_path, **kw, loader=lambda n, local_only:
+                                                              kinds.load_text_encoder_decoder(n, local_only=local_only, **kw))
+        return LoadedModel(model=model, tokenizer=tokenizer, facts=facts, extras=extras)
     if kind is kinds.Kind.SPEECH:
         model, tokenizer, extractor, facts, extras = hub.load_pretrained(
             name_or_path, **kw, loader=lambda n, local_only: kinds.load_speech(n, local_only=local_only, **kw))

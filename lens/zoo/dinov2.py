@@ -175,7 +175,8 @@ def vision_facts(config, *, name: str, architecture: str, weights_sha256: str | 
     return ModelFacts(
         name=name, architecture=architecture, n_layers=config.num_hidden_layers, n_heads=n_heads,
         n_kv_heads=n_heads, d_head=config.hidden_size // n_heads, d_model=config.hidden_size,
-        context_length=(0 if str(getattr(config, "model_type", "")).startswith("siglip") else 1)  # SigLIP: no CLS
+        context_length=(0 if str(getattr(config, "model_type", "")).startswith("siglip")  # SigLIP: no CLS
+                        else 2 if config.model_type == "deit" else 1)  # DeiT: CLS and distillation token
         + getattr(config, "num_register_tokens", 0) + grid * grid, vocab_size=0,
         modality=Modality.VISION, causal=False, weights_sha256=weights_sha256,
     )

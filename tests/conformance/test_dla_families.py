@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from formats import errors as project_errors
-from tests.conformance.test_matrix import IDS, built, tokenizer_folder  # noqa: F401
+from tests.conformance.test_matrix import IDS, built  # noqa: F401
 
 REFUSED = {"jamba": "has no attention (a hybrid's other block)", "bamba": "has no attention (a hybrid's other block)"}
 

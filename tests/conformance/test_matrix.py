@@ -74,6 +74,8 @@ _BYPASS = {"stats": _NO_INTERFACE, "sites": _NO_INTERFACE}  # patterns come from
 _EAP_OUTPUT_NORMS = Refusal("BackendError", ("EAP cannot score", "normalises block outputs"))
 _EAP_MLA = Refusal("BackendError", ("EAP cannot score", "multi-head latent attention"))
 _EAP_HYBRID = Refusal("BackendError", ("EAP cannot score", "have no attention"))
+_NO_OUT_PROJ = Refusal("BackendError", ("no output projection",))
+_NO_BLOCKS = Refusal("BackendError", ("cannot find 2 transformer blocks",))
 _MLA = dict(num_key_value_heads=4, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=12,
             n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, first_k_dense_replace=1)
 
@@ -114,21 +116,76 @@ FAMILIES = [
                                    mamba_n_groups=1, mamba_chunk_size=8), attention_layers=(1,),
            expect={"eap": _EAP_HYBRID}),
     Family("OPT", "opt", dict(ffn_dim=64, word_embed_proj_dim=32), out_proj="model.decoder.layers.{layer}.self_attn.out_proj"),
+    # ---- beyond the 37: every other decoder family a tiny config builds quickly ----
+    # (not here: Zamba and Zamba2, whose tiny hybrid configs fail inside transformers itself: tied shared
+    # blocks, a hybrid head width)
+    Family("Qwen2-MoE", "qwen2_moe", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                          shared_expert_intermediate_size=32)),
+    Family("OLMo", "olmo"),
+    Family("OLMo3", "olmo3", window=(4096, (0, 1))),
+    Family("OLMoE", "olmoe", dict(num_experts=4, num_experts_per_tok=2)),
+    Family("Phi-MoE", "phimoe", dict(num_local_experts=4, num_experts_per_tok=2)),
+    Family("GLM", "glm", dict(head_dim=8)),
+    Family("GLM4", "glm4", dict(head_dim=8)),
+    Family("GLM4-MoE", "glm4_moe", dict(head_dim=8, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                        first_k_dense_replace=1, n_group=1, topk_group=1)),
+    Family("Nemotron", "nemotron", dict(head_dim=8)),
+    Family("Persimmon", "persimmon", out_proj="model.layers.{layer}.self_attn.dense"),
+    Family("CodeGen", "codegen", dict(rotary_dim=4), out_proj="transformer.h.{layer}.attn.out_proj", expect=_BYPASS),
+    Family("GPT-Neo", "gpt_neo", dict(attention_types=[[["global", "local"], 1]], window_size=4),
+           out_proj="transformer.h.{layer}.attn.attention.out_proj", expect=_BYPASS),
+    Family("XGLM", "xglm", out_proj="model.layers.{layer}.self_attn.out_proj", expect=_BYPASS),
+    Family("BioGPT", "biogpt", out_proj="biogpt.layers.{layer}.self_attn.out_proj"),
+    Family("Helium", "helium", dict(head_dim=8)),
+    Family("EXAONE 4", "exaone4", dict(head_dim=8), window=(4096, (0, 1))),
+    Family("Ministral", "ministral", dict(head_dim=8), window=(4096, (0, 1))),
+    Family("Cohere2", "cohere2", dict(sliding_window=4, layer_types=["sliding_attention", "full_attention"]),
+           window=(4, (0,))),
+    Family("GraniteMoE", "granitemoe", dict(num_local_experts=4, num_experts_per_tok=2)),
+    Family("DBRX", "dbrx", dict(d_model=32, n_heads=4, n_layers=2, max_seq_len=128,
+                                attn_config=dict(kv_n_heads=2, rope_theta=10000.0, clip_qkv=8.0), ffn_config=dict(moe_num_experts=2, moe_top_k=1,
+                                                                               ffn_hidden_size=64)),
+           out_proj="transformer.blocks.{layer}.norm_attn_norm.attn.out_proj"),
+    Family("JetMoe", "jetmoe", dict(num_local_experts=2, num_experts_per_tok=1, kv_channels=8),  # mixture of attention heads
+           expect={c: _NO_OUT_PROJ for c in ("logits", "sites", "head_edit")}),
+    Family("Arcee", "arcee"),
+    Family("ERNIE 4.5", "ernie4_5", dict(head_dim=8)),
+    Family("ERNIE 4.5 MoE", "ernie4_5_moe", dict(head_dim=8, moe_num_experts=4, moe_k=2, moe_intermediate_size=32)),
+    Family("Hunyuan dense", "hunyuan_v1_dense", dict(head_dim=8)),
+    Family("Hunyuan MoE", "hunyuan_v1_moe", dict(head_dim=8, num_experts=4, moe_topk=2)),
+    Family("Seed-OSS", "seed_oss", dict(head_dim=8)),
+    Family("Apertus", "apertus"),
+    Family("dots1", "dots1", dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                  first_k_dense_replace=1, n_group=1, topk_group=1, n_shared_experts=1,
+                                  routed_scaling_factor=1.0)),
+    Family("BitNet", "bitnet"),
+    Family("Doge", "doge", expect={"stats": Refusal("KernelInputError", ("not a pure mask",))}),  # learned dynamic mask
+    Family("MiniMax", "minimax", dict(num_local_experts=2, num_experts_per_tok=1, head_dim=8,
+                                      layer_types=["linear_attention", "full_attention"]), attention_layers=(1,)),
+    Family("Falcon-H1", "falcon_h1", dict(head_dim=8, mamba_d_ssm=32, mamba_n_heads=4, mamba_d_head=8,
+                                          mamba_d_state=8, mamba_chunk_size=8)),
+    Family("GraniteMoE-hybrid", "granitemoehybrid", dict(num_local_experts=2, num_experts_per_tok=1,
+                                                         layer_types=["mamba", "attention"], mamba_d_state=8,
+                                                         mamba_n_heads=4, mamba_d_head=16, mamba_chunk_size=8),
+           attention_layers=(1,)),
+    Family("LFM2", "lfm2", dict(layer_types=["conv", "full_attention"]), attention_layers=(1,),
+           out_proj="model.layers.{layer}.self_attn.out_proj"),
+    Family("Qwen3-Next", "qwen3_next", dict(head_dim=8, layer_types=["linear_attention", "full_attention"],
+                                            num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                            shared_expert_intermediate_size=32, linear_num_key_heads=2,
+                                            linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8),
+           attention_layers=(1,)),
+    Family("RecurrentGemma", "recurrent_gemma", dict(head_dim=8, block_types=["recurrent", "attention"],
+                                                     lru_width=32, attention_window_size=4), attention_layers=(1,),
+           window=(4, (1,)), out_proj="model.layers.{layer}.temporal_block.o_proj",
+           expect={**{c: _NO_BLOCKS for c in ("pattern", "logits", "sites", "head_edit")},
+                   "stats": Refusal("KernelInputError", ("cannot find 2 transformer blocks",))}),
 ]
 
 
 # ---- the cells ---------------------------------------------------------------------------
 ATOL = 2e-5  # float32, two layers of width 32: matches are ~1e-7, real mismatches are > 1e-3
 IDS = torch.tensor([[0, 40, 77, 12, 99, 40, 77, 150, 33, 8]])  # bos + 9 byte tokens, "40 77" repeated
-
-
-@pytest.fixture(scope="session")
-def tokenizer_folder(tmp_path_factory):
-    from lens.zoo import tiny
-
-    folder = tmp_path_factory.mktemp("byte-tokenizer")
-    tiny.build_byte_tokenizer(folder)
-    return folder
 
 
 class Built:
@@ -304,13 +361,15 @@ def test_head_edit(request, built):
         x[..., head * width:(head + 1) * width] = 0
         return (x, *args[1:])
 
-    handle = built.out_proj(layer).register_forward_pre_hook(zero_head)
-    try:
-        with torch.no_grad():
-            want = built.ref_model(IDS).logits
-    finally:
-        handle.remove()
-    assert (want - built.logits).abs().max() > 1e-4, "the reference edit changes nothing: a test that cannot fail"
+    want = None
+    if not isinstance(built.family.expect.get("head_edit"), Refusal):
+        handle = built.out_proj(layer).register_forward_pre_hook(zero_head)
+        try:
+            with torch.no_grad():
+                want = built.ref_model(IDS).logits
+        finally:
+            handle.remove()
+        assert (want - built.logits).abs().max() > 1e-4, "the reference edit changes nothing: a test that cannot fail"
 
     def zero(z):  # [batch, pos, head, d_head], as the hook engine hands z over
         z = z.clone()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from formats import errors as project_errors
-from tests.conformance.test_matrix import IDS, built, tokenizer_folder  # noqa: F401
+from tests.conformance.test_matrix import IDS, built  # noqa: F401
 
 _QK_NORM = "normalises each head's queries and keys (q_norm, k_norm)"
 _NO_INTERFACE = "without transformers' attention interface"

@@ -103,7 +103,7 @@ CASES = [
     ("prompt bytes", lambda lm: lens.run(lm, b"hi"), lens.PromptError, "got bytes"),
     ("prompt []", lambda lm: lens.run(lm, []), lens.PromptError, "no prompts given"),
     ("decoder_ids on text", lambda lm: lens.run(lm, P, decoder_ids=[1, 2]), lens.PromptError,
-     "decoder_ids is for speech (encoder-decoder) models: tiny-llama is a text model"),
+     "decoder_ids is for encoder-decoder (speech, T5/BART) models: tiny-llama is a text model"),
     ("run_stats prompt None", lambda lm: lens.run_stats(lm, None), lens.PromptError, "got NoneType"),
     # the model argument
     ("run non-model", lambda lm: lens.run("tiny-llama", P), lens.SelectionError,

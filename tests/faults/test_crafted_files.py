@@ -47,6 +47,12 @@ CRAFTED = {
     "absolute image file": lambda d: d["meta"].__setitem__(
         "layout", {"kind": "image", "height": 32, "width": 32, "patch_size": 4, "image_file": "/etc/passwd"}),
     "a future format version": lambda d: d.__setitem__("format_version", 99),
+    "source layout with text ids": lambda d: d["meta"].__setitem__(
+        "layout", {"kind": "source", "tokens": ["a", "b"], "token_ids": ["1", "2"], "text": "ab"}),
+    "source layout with fewer ids than tokens": lambda d: d["meta"].__setitem__(
+        "layout", {"kind": "source", "tokens": ["a", "b"], "token_ids": [1], "text": "ab"}),
+    "empty source layout": lambda d: d["meta"].__setitem__(
+        "layout", {"kind": "source", "tokens": [], "token_ids": [], "text": ""}),
 }
 
 
