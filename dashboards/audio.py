@@ -14,8 +14,7 @@ import wave
 from dataclasses import dataclass
 
 import numpy as np
-
-from formats import (
+from attnlens.formats import (
     AttnlensError,
     AudioLayout,
     CaptureFile,

@@ -10,12 +10,8 @@ import html
 import numpy as np
 import panel as pn
 import param
-from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper
-from bokeh.palettes import Inferno256
-from bokeh.plotting import figure
-
-from dashboards._bokeh import add_color_bar, on_click
-from dashboards.overlay import (
+from attnlens.dashboards._bokeh import add_color_bar, on_click
+from attnlens.dashboards.overlay import (
     default_query,
     has_image_layout,
     load_image,
@@ -23,7 +19,10 @@ from dashboards.overlay import (
     patch_attention,
     visual_sink_patches,
 )
-from formats import AttnlensError, CaptureFile, Site
+from attnlens.formats import AttnlensError, CaptureFile, Site
+from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper
+from bokeh.palettes import Inferno256
+from bokeh.plotting import figure
 
 
 class VisionOverlay(pn.viewable.Viewer):

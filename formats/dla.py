@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from formats import _json, _safetensors
-from formats.errors import CorruptFileError, ResultError, SelectionError
-from formats.provenance import Provenance
+from attnlens.formats import _json, _safetensors
+from attnlens.formats.errors import CorruptFileError, ResultError, SelectionError
+from attnlens.formats.provenance import Provenance
 
 KIND = "direct_logit_attribution"
 FORMAT_VERSION = 1

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from formats.errors import CorruptFileError, PromptError
+from attnlens.formats.errors import CorruptFileError, PromptError
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,12 @@ def _imports(path: Path) -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module == "attnlens":
+            out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             out.add(node.module)
+    # formats, kernels, analyses, pipelines and dashboards install as attnlens.<name> (setup.py)
+    out = {m.removeprefix("attnlens.") for m in out}
     return {m for m in out if m.split(".")[0] in PACKAGES}
 
 
@@ -63,7 +67,7 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_cli_help_and_formats_load_no_torch():
-    assert "torch" not in _modules_after("import formats, analyses.registry")
+    assert "torch" not in _modules_after("import attnlens.formats, attnlens.analyses.registry")
     assert "torch" not in _modules_after("from lens.cli import app; from typer.testing import CliRunner; "
                                          "CliRunner().invoke(app, ['--help'])")
     assert "torch" not in _modules_after("import lens; lens.Site, lens.AttnlensError, lens.HeadRef")

@@ -20,12 +20,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from attnlens.analyses.scenes import make_scene
+from attnlens.dashboards import show
+from attnlens.pipelines import vlm as vlm_runs
 
 import lens
-from analyses.scenes import make_scene
-from dashboards import show
 from lens import vlm
-from pipelines import vlm as vlm_runs
 
 torch.set_num_threads(2)
 lm = lens.load("tiny-vlm")

@@ -19,10 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from formats import HeadScores, Provenance, ResultsFolder, open_sweep
-from formats.errors import CorruptFileError, OutputExistsError, OutputPathError, SelectionError
-from formats.output import MARKER, holds_lens_output, output_folder
+from attnlens.formats import HeadScores, Provenance, ResultsFolder, open_sweep
+from attnlens.formats.errors import (
+    CorruptFileError,
+    OutputExistsError,
+    OutputPathError,
+    SelectionError,
+)
+from attnlens.formats.output import MARKER, holds_lens_output, output_folder
 
 LENS = [sys.executable, "-m", "lens.cli"]
 UNEXPECTED = "a bug in attnlens"
@@ -297,7 +301,7 @@ def _special_files(root: Path) -> None:
     s.close()
 
 
-_LOAD = "import sys; from formats import ResultsFolder; f = ResultsFolder.load(sys.argv[1]); print(dict(f.problems))"
+_LOAD = "import sys; from attnlens.formats import ResultsFolder; f = ResultsFolder.load(sys.argv[1]); print(dict(f.problems))"
 
 
 def test_fifos_and_sockets_are_skipped_never_opened(results):
@@ -357,7 +361,7 @@ def test_a_task_file_nested_100k_deep_is_one_line(cli, tmp_path):
     os.mkfifo(task)  # a FIFO given as the task file
     p = lens_cmd("circuit", "tiny-llama", "--task", task, "--out", tmp_path / "c", timeout=120)
     one_line_error(p, "task", "deep.jsonl")  # refused (the CLI's own check or the loader's), never blocked on
-    load = "import sys; from analyses.circuits.tasks import load_jsonl; load_jsonl(sys.argv[1])"
+    load = "import sys; from attnlens.analyses.circuits.tasks import load_jsonl; load_jsonl(sys.argv[1])"
     p = subprocess.run([sys.executable, "-c", load, str(task)], capture_output=True, text=True, timeout=60)
     assert "TaskError: task file" in p.stderr and "deep.jsonl is not a regular file (a FIFO): not read" in p.stderr
 
@@ -382,8 +386,9 @@ def test_damaged_result_tensors_are_a_problem_line(results, damage):
 def test_a_lone_surrogate_in_a_capture_model_name(results, tmp_path):
     import dataclasses
 
+    from attnlens.formats import CaptureFile
+
     import lens
-    from formats import CaptureFile
 
     lm = lens.load("tiny-llama")
     cap = lens.run(lm, "a surrogate in the name", layers=[0]).capture
@@ -412,7 +417,7 @@ def test_report_refusals_of_the_file_system_are_one_line(cli, results, unwritabl
     json.loads("[" * 32 + "]" * 32),
 ])
 def test_depth_before_parsing_matches_the_parsed_depth(doc):
-    from formats import _json
+    from attnlens.formats import _json
 
     text = json.dumps(doc)
     assert _json.text_depth(text) == _json.depth(doc)  # each has more than MAX_DEPTH brackets: fully scanned

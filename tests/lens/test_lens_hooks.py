@@ -18,7 +18,18 @@ def _logits(lm):
 
 
 def _hook_count(model) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    """Hooks on ``model`` beyond the ones transformers keeps there itself (its output recorders, installed
+    the first time a test asks the model for ``output_attentions``)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) - _BASELINE.get(id(model), 0)
+
+
+_BASELINE: dict[int, int] = {}
+
+
+@pytest.fixture(autouse=True)
+def _hooks_before(tiny_lm):
+    _BASELINE.pop(id(tiny_lm.model), None)
+    _BASELINE[id(tiny_lm.model)] = _hook_count(tiny_lm.model)
 
 
 def test_reading_every_point_changes_nothing_and_leaves_no_hook(tiny_lm):

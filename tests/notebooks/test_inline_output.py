@@ -14,7 +14,7 @@ CELLS = [
     "import torch\nimport lens\nlm = lens.load('tiny-llama')\nids = lm.encode('The cat sat on the mat')\n"
     "with lens.capture(lm, sites=[lens.Site.PATTERN], layers=[1]) as cap:\n"
     "    lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False, pad_token_id=2)",
-    "from dashboards import show\nview = show(cap, layer=1, head=0)\nview",
+    "from attnlens.dashboards import show\nview = show(cap, layer=1, head=0)\nview",
     "view.step = 3\nprint(view.step, len(view.tokens_shown), view.tokens_shown[-1] == cap.meta.generated_tokens[0][2])",
     "show(cap, layer=1, head=1)",
 ]
