@@ -338,7 +338,9 @@ class DecoderAdapter:
 
     def other_mixer(self, layer: int) -> str | None:
         """The name of a second mixer beside attention in block ``layer`` (Falcon-H1's ``mamba``), writing to the
-        residual stream without heads, or None."""
+        residual stream without heads, or None (also for a hybrid's block without attention)."""
+        if layer not in self.attention_layers():
+            return None
         for name in ("mamba", "ssm", "linear_attn"):
             if isinstance(getattr(self._list[layer], name, None), nn.Module):
                 return name
