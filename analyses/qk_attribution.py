@@ -50,6 +50,10 @@ from lens.hooks import Point, Where
 LINEARISATION = ("norm scales frozen at their values on this input (standard linearisation); "
                  "LayerNorm centering folded in; rotary applied per position")
 _REFUSED: dict[str, str] = {}  # model_type -> why (checks on the modules themselves come first)
+#: families whose rotary turns adjacent pairs of dims (0, 1), (2, 3), ... rather than the two halves
+_INTERLEAVED_ROTARY = frozenset({"glm", "glm4", "helium", "ernie4_5", "ernie4_5_moe"})
+#: per-head query/key norms, by the names families give them
+_QK_NORMS = (("q_norm", "k_norm"), ("q_layernorm", "k_layernorm"), ("query_layernorm", "key_layernorm"))
 _CHECK_RTOL = 2e-3
 
 
@@ -162,7 +166,12 @@ def _freeze(norm: nn.Module, x: Tensor, where: str) -> _Norm:
     if isinstance(norm, nn.LayerNorm):
         sigma = torch.sqrt(x.var(-1, unbiased=False) + norm.eps)
         b = None if norm.bias is None else norm.bias.detach().double()
-        return _Norm(sigma, norm.weight.detach().double(), b, True)
+        w = norm.weight.detach().double()
+        if name.endswith("LayerNorm1P"):  # Nemotron's LayerNorm scales by (1 + weight)
+            w = 1.0 + w
+        return _Norm(sigma, w, b, True)
+    if name == "OlmoLayerNorm":  # no weight, no bias, eps 1e-5
+        return _Norm(torch.sqrt(x.var(-1, unbiased=False) + 1e-5), torch.ones(x.shape[-1], dtype=x.dtype), None, True)
     if name.endswith("RMSNorm"):
         eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
         w = norm.weight.detach().double()
@@ -177,12 +186,18 @@ def _close(got: Tensor, want: Tensor) -> float:
     return float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary on the first ``cos.shape[-1]`` dims of ``x`` (all of them, or a partial rotary's share)."""
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
+    """Rotary on the first ``cos.shape[-1]`` dims of ``x`` (all of them, or a partial rotary's share); by halves,
+    or on adjacent pairs (``interleaved``: the first half of ``cos``/``sin`` repeated per pair)."""
     rot = cos.shape[-1]
     x, rest = x[..., :rot], x[..., rot:]
     half = rot // 2
-    return torch.cat((x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin, rest), -1)
+    if interleaved:
+        cos, sin = cos[..., :half].repeat_interleave(2, -1), sin[..., :half].repeat_interleave(2, -1)
+        turned = torch.stack((-x[..., 1::2], x[..., 0::2]), -1).flatten(-2)
+    else:
+        turned = torch.cat((-x[..., half:], x[..., :half]), -1)
+    return torch.cat((x * cos + turned * sin, rest), -1)
 
 
 def qk_attribution(lm, input_ids: Tensor, layer: int, head: int, *, query_pos: int = -1,
@@ -230,10 +245,21 @@ def _decompose(lm, input_ids: Tensor, layer: int, head: int, q: int, key_pos: in
                answers: Sequence[int]) -> QKAttribution:
     f = lm.facts
     n = input_ids.shape[1]
-    attn = adapter_for(lm.model, f.n_layers).attention(layer)
-    if isinstance(getattr(attn, "q_norm", None), nn.Module) or isinstance(getattr(attn, "k_norm", None), nn.Module):
-        raise BackendError(f"QK attribution cannot decompose {f.architecture}: it normalises each head's queries and "
-                           "keys (q_norm, k_norm) before the scores")
+    adapter = adapter_for(lm.model, f.n_layers)
+    attn = adapter.attention(layer)
+    for qn, kn in _QK_NORMS:
+        if isinstance(getattr(attn, qn, None), nn.Module) or isinstance(getattr(attn, kn, None), nn.Module):
+            raise BackendError(f"QK attribution cannot decompose {f.architecture}: it normalises each head's queries "
+                               f"and keys ({qn}, {kn}) before the scores")
+    for la in range(layer):
+        mixer = adapter.other_mixer(la)
+        if mixer is not None:
+            raise BackendError(f"QK attribution cannot decompose {f.architecture}: block {la} runs another mixer "
+                               f"({mixer}) beside attention, which writes to the residual stream without heads")
+    clip = getattr(getattr(lm.model.config, "attn_config", None), "clip_qkv", None)
+    if clip:
+        raise BackendError(f"QK attribution cannot decompose {f.architecture}: it clips queries, keys and values to "
+                           f"+-{clip:g} (clip_qkv), which is not linear in the residual stream")
     parts = CircuitModules(lm)
     d_head = f.d_head
     kv_head = head // (f.n_heads // f.n_kv_heads)
@@ -285,8 +311,9 @@ def _decompose(lm, input_ids: Tensor, layer: int, head: int, q: int, key_pos: in
         if cos.shape[-1] > d_head:
             raise BackendError(f"QK attribution cannot decompose {f.architecture}: rotary over {cos.shape[-1]} "
                                f"dims of {d_head}")
-        qc = _rotate(qc, cos[q], sin[q])  # partial rotary (Phi, StableLM): the first dims turn, the rest pass
-        kc = _rotate(kc, cos[:q + 1], sin[:q + 1])
+        inter = getattr(lm.model.config, "model_type", "") in _INTERLEAVED_ROTARY
+        qc = _rotate(qc, cos[q], sin[q], inter)  # partial rotary (Phi, StableLM): the first dims turn, the rest pass
+        kc = _rotate(kc, cos[:q + 1], sin[:q + 1], inter)
     query, key = got["query"][head, q], got["key"][kv_head, :q + 1]
     err = max(_close(qc.sum(0), query), _close(kc.sum(0), key))
     if err > _CHECK_RTOL:

@@ -19,6 +19,19 @@ REFUSED = {
     "gpt_oss": "not the linear image of the residual stream",  # attention sinks and its own rotary layout
     "deepseek_v2": "multi-head latent attention", "deepseek_v3": "multi-head latent attention",
     "jamba": "has no attention (a hybrid's other block)", "bamba": "has no attention (a hybrid's other block)",
+    # ---- beyond the first 30 ----
+    "olmo3": _QK_NORM, "olmoe": _QK_NORM, "exaone4": _QK_NORM, "apertus": _QK_NORM, "dots1": _QK_NORM,
+    "doge": _QK_NORM, "qwen3_next": _QK_NORM,
+    "persimmon": "(q_layernorm, k_layernorm)", "lfm2": "(q_layernorm, k_layernorm)",
+    "hunyuan_v1_dense": "(query_layernorm, key_layernorm)", "hunyuan_v1_moe": "(query_layernorm, key_layernorm)",
+    "codegen": _NO_INTERFACE, "gpt_neo": _NO_INTERFACE, "xglm": _NO_INTERFACE,
+    "cohere2": "cannot linearise the attention norm",
+    "dbrx": "clips queries, keys and values",
+    "jetmoe": "no output projection",  # a mixture of attention heads
+    "minimax": "has no attention (a hybrid's other block)",  # its first block is linear (lightning) attention
+    "granitemoehybrid": "has no attention (a hybrid's other block)",
+    "falcon_h1": "another mixer (mamba) beside attention",
+    "recurrent_gemma": "cannot find 2 transformer blocks",
 }
 
 
