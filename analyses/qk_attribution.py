@@ -50,8 +50,12 @@ from lens.hooks import Point, Where
 LINEARISATION = ("norm scales frozen at their values on this input (standard linearisation); "
                  "LayerNorm centering folded in; rotary applied per position")
 _REFUSED: dict[str, str] = {}  # model_type -> why (checks on the modules themselves come first)
-#: families whose rotary turns adjacent pairs of dims (0, 1), (2, 3), ... rather than the two halves
-_INTERLEAVED_ROTARY = frozenset({"glm", "glm4", "helium", "ernie4_5", "ernie4_5_moe"})
+#: families whose rotary turns adjacent pairs of dims (0, 1), (2, 3), ... rather than the two halves, with the
+#: angles laid out by halves (repeated per pair here) or already per pair (Cohere's)
+_INTERLEAVED_ROTARY = {"glm": "halves", "glm4": "halves", "helium": "halves", "ernie4_5": "halves",
+                       "ernie4_5_moe": "halves", "cohere": "pairs", "cohere2": "pairs"}
+#: families whose full-attention layers skip rotary (it turns only their sliding-window layers' queries and keys)
+_ROTARY_ON_SLIDING_ONLY = frozenset({"cohere2"})
 #: per-head query/key norms, by the names families give them
 _QK_NORMS = (("q_norm", "k_norm"), ("q_layernorm", "k_layernorm"), ("query_layernorm", "key_layernorm"))
 _CHECK_RTOL = 2e-3
@@ -170,6 +174,9 @@ def _freeze(norm: nn.Module, x: Tensor, where: str) -> _Norm:
         if name.endswith("LayerNorm1P"):  # Nemotron's LayerNorm scales by (1 + weight)
             w = 1.0 + w
         return _Norm(sigma, w, b, True)
+    if name.endswith("LayerNorm") and hasattr(norm, "variance_epsilon"):  # Cohere's: mean-centred, no bias
+        return _Norm(torch.sqrt(x.var(-1, unbiased=False) + norm.variance_epsilon), norm.weight.detach().double(),
+                     None, True)
     if name == "OlmoLayerNorm":  # no weight, no bias, eps 1e-5
         return _Norm(torch.sqrt(x.var(-1, unbiased=False) + 1e-5), torch.ones(x.shape[-1], dtype=x.dtype), None, True)
     if name.endswith("RMSNorm"):
@@ -186,14 +193,16 @@ def _close(got: Tensor, want: Tensor) -> float:
     return float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: str | None = None) -> Tensor:
     """Rotary on the first ``cos.shape[-1]`` dims of ``x`` (all of them, or a partial rotary's share); by halves,
-    or on adjacent pairs (``interleaved``: the first half of ``cos``/``sin`` repeated per pair)."""
+    or on adjacent pairs (``interleaved``: ``"halves"``, the first half of ``cos``/``sin`` repeated per pair, or
+    ``"pairs"``, already one angle per pair)."""
     rot = cos.shape[-1]
     x, rest = x[..., :rot], x[..., rot:]
     half = rot // 2
     if interleaved:
-        cos, sin = cos[..., :half].repeat_interleave(2, -1), sin[..., :half].repeat_interleave(2, -1)
+        if interleaved == "halves":
+            cos, sin = cos[..., :half].repeat_interleave(2, -1), sin[..., :half].repeat_interleave(2, -1)
         turned = torch.stack((-x[..., 1::2], x[..., 0::2]), -1).flatten(-2)
     else:
         turned = torch.cat((-x[..., half:], x[..., :half]), -1)
@@ -306,12 +315,14 @@ def _decompose(lm, input_ids: Tensor, layer: int, head: int, q: int, key_pos: in
     (wq, bq), (wk, bk) = _qk_weights(parts, layer, head, kv_head, d_head)
     qc = torch.cat([lin[:, q] @ wq.T, (const[q] @ wq.T + (0 if bq is None else bq))[None]])  # [comp+1, d_head]
     kc = torch.cat([lin[:, :q + 1] @ wk.T, (const[:q + 1] @ wk.T + (0 if bk is None else bk))[None]])  # [comp+1, k, d]
-    if "cos" in got:
+    nope = (getattr(lm.model.config, "model_type", "") in _ROTARY_ON_SLIDING_ONLY
+            and getattr(parts.adapter.attention(layer), "sliding_window", None) is None)
+    if "cos" in got and not nope:
         cos, sin = got["cos"], got["sin"]
         if cos.shape[-1] > d_head:
             raise BackendError(f"QK attribution cannot decompose {f.architecture}: rotary over {cos.shape[-1]} "
                                f"dims of {d_head}")
-        inter = getattr(lm.model.config, "model_type", "") in _INTERLEAVED_ROTARY
+        inter = _INTERLEAVED_ROTARY.get(getattr(lm.model.config, "model_type", ""))
         qc = _rotate(qc, cos[q], sin[q], inter)  # partial rotary (Phi, StableLM): the first dims turn, the rest pass
         kc = _rotate(kc, cos[:q + 1], sin[:q + 1], inter)
     query, key = got["query"][head, q], got["key"][kv_head, :q + 1]
