@@ -11,24 +11,24 @@ from __future__ import annotations
 
 import importlib
 
-from analyses.registry import AnalysisEntry, analyses, register_analysis
-from formats.curves import Curves
-from formats.errors import ResultError
-from formats.head_scores import HeadScores
-from formats.provenance import Provenance
+from attnlens.analyses.registry import AnalysisEntry, analyses, register_analysis
+from attnlens.formats.curves import Curves
+from attnlens.formats.errors import ResultError
+from attnlens.formats.head_scores import HeadScores
+from attnlens.formats.provenance import Provenance
 
 _LAZY = {
-    "AblationError": "analyses.causal", "ablation_plan": "analyses.causal", "ablation_scores": "analyses.causal",
-    "Needle": "analyses.niah", "NiahError": "analyses.niah", "NiahTrial": "analyses.niah", "make_trial": "analyses.niah",
-    "make_trials": "analyses.niah", "rouge1_recall": "analyses.niah", "load_results": "analyses.result",
-    "DecodeTrace": "analyses.retrieval", "RetrievalError": "analyses.retrieval", "retrieval_scores": "analyses.retrieval",
-    "RowStats": "analyses.rows", "row_stats_from_kernel": "analyses.rows", "row_stats_from_pattern": "analyses.rows",
-    "KeyStats": "analyses.sinks", "SinkInput": "analyses.sinks", "key_stats_from_kernel": "analyses.sinks",
-    "key_stats_from_pattern": "analyses.sinks", "sink_scores": "analyses.sinks",
-    "gate_scores": "analyses.streaming", "masses_from_pattern": "analyses.streaming", "scaled_window": "analyses.streaming",
-    "streaming_profile": "analyses.streaming", "TaxonomyError": "analyses.taxonomy",
-    "head_type_scores": "analyses.taxonomy", "taxonomy_scores": "analyses.taxonomy",
-    "attention_summary": "analyses.attention_summary",
+    "AblationError": "attnlens.analyses.causal", "ablation_plan": "attnlens.analyses.causal", "ablation_scores": "attnlens.analyses.causal",
+    "Needle": "attnlens.analyses.niah", "NiahError": "attnlens.analyses.niah", "NiahTrial": "attnlens.analyses.niah", "make_trial": "attnlens.analyses.niah",
+    "make_trials": "attnlens.analyses.niah", "rouge1_recall": "attnlens.analyses.niah", "load_results": "attnlens.analyses.result",
+    "DecodeTrace": "attnlens.analyses.retrieval", "RetrievalError": "attnlens.analyses.retrieval", "retrieval_scores": "attnlens.analyses.retrieval",
+    "RowStats": "attnlens.analyses.rows", "row_stats_from_kernel": "attnlens.analyses.rows", "row_stats_from_pattern": "attnlens.analyses.rows",
+    "KeyStats": "attnlens.analyses.sinks", "SinkInput": "attnlens.analyses.sinks", "key_stats_from_kernel": "attnlens.analyses.sinks",
+    "key_stats_from_pattern": "attnlens.analyses.sinks", "sink_scores": "attnlens.analyses.sinks",
+    "gate_scores": "attnlens.analyses.streaming", "masses_from_pattern": "attnlens.analyses.streaming", "scaled_window": "attnlens.analyses.streaming",
+    "streaming_profile": "attnlens.analyses.streaming", "TaxonomyError": "attnlens.analyses.taxonomy",
+    "head_type_scores": "attnlens.analyses.taxonomy", "taxonomy_scores": "attnlens.analyses.taxonomy",
+    "attention_summary": "attnlens.analyses.attention_summary",
 }
 
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-
-from analyses.result import HeadScores, Provenance
-from analyses.rows import RowStats
+from attnlens.analyses.result import HeadScores, Provenance
+from attnlens.analyses.rows import RowStats
 
 SINK_SHARE_THRESHOLD = 0.5  # a head "is a sink head" on average above this first-token mass
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
-from analyses.result import Curves, HeadScores, Provenance
-from formats.errors import AnalysisError
+from attnlens.analyses.result import Curves, HeadScores, Provenance
+from attnlens.formats.errors import AnalysisError
 
 
 class AblationError(AnalysisError):

@@ -47,11 +47,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from attnlens.analyses.result import HeadScores, Provenance
+from attnlens.formats.errors import AnalysisError
 from jaxtyping import Float
 from torch import Tensor
-
-from analyses.result import HeadScores, Provenance
-from formats.errors import AnalysisError
 
 
 class CrossAttentionError(AnalysisError):

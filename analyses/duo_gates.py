@@ -37,11 +37,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from attnlens.analyses.niah import make_trial
+from attnlens.formats.errors import AnalysisError
+from attnlens.formats.vocab import Objective
 from torch import Tensor
 
-from analyses.niah import make_trial
-from formats.errors import AnalysisError
-from formats.vocab import Objective
 from lens.attention import AttentionCompute, attention_mode, repeat_kv
 
 
@@ -155,7 +155,7 @@ def train_gates(lm, cfg: GateConfig = GateConfig(), on_step: Callable[[int, floa
     run and the wall time."""
     import time
 
-    from analyses.streaming import scaled_window
+    from attnlens.analyses.streaming import scaled_window
 
     model, f = lm.model, lm.facts
     sink0, recent0 = scaled_window(cfg.length)

@@ -27,7 +27,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from formats.facts import Modality
+from attnlens.formats.facts import Modality
 
 TEXT, VISION, SPEECH, VISION_TEXT = Modality.TEXT, Modality.VISION, Modality.SPEECH, Modality.VISION_TEXT
 
@@ -84,7 +84,7 @@ def register_analysis(name: str, description: str, *, metrics: tuple[str, ...],
                       causal_only: bool = False):
     """Decorator adding a scoring function to the registry under ``name``; with ``in_scan`` and a
     ``runner`` (see the module docstring) ``lens scan`` runs it on models of ``modalities``."""
-    from formats.errors import SelectionError
+    from attnlens.formats.errors import SelectionError
 
     if in_scan and runner is None:
         raise SelectionError(f"`in_scan` analysis {name!r} needs a `runner`: the scan calls runner(lm, plan, progress)")
@@ -121,69 +121,69 @@ def describe(result_name: str) -> str:
 
 for _entry in (
     AnalysisEntry("summary", "per-head first-token (sink) mass and attention entropy", ("sink_mass", "entropy"),
-                  "analyses.attention_summary:attention_summary", (TEXT, VISION_TEXT), paper="StreamingLLM (Xiao et al. 2023)",
-                  runner="pipelines.scan:scan_summary"),
+                  "attnlens.analyses.attention_summary:attention_summary", (TEXT, VISION_TEXT), paper="StreamingLLM (Xiao et al. 2023)",
+                  runner="attnlens.pipelines.scan:scan_summary"),
     AnalysisEntry("sinks", "first-token sinks, hidden sinks (ACT) and massive activations",
-                  ("first_token_mass", "hidden_sinks"), "analyses.sinks:sink_scores", (TEXT, VISION_TEXT),
+                  ("first_token_mass", "hidden_sinks"), "attnlens.analyses.sinks:sink_scores", (TEXT, VISION_TEXT),
                   paper="StreamingLLM; ACT (Yu et al. 2024); Sun et al. 2024",
-                  runner="pipelines.scan:scan_sinks"),
+                  runner="attnlens.pipelines.scan:scan_sinks"),
     AnalysisEntry("taxonomy", "sink, previous-token, positional (fixed relative offsets, the same on original, "
                   "repeated and shuffled tokens), duplicate-token, induction and local head scores, and a type per head",
                   ("sink", "previous_token", "positional", "duplicate_token", "induction", "local",
                    "content_independence", "head_type"),
-                  "analyses.taxonomy:taxonomy_scores", (TEXT, VISION_TEXT),
-                  runner="pipelines.scan:scan_taxonomy"),
+                  "attnlens.analyses.taxonomy:taxonomy_scores", (TEXT, VISION_TEXT),
+                  runner="attnlens.pipelines.scan:scan_taxonomy"),
     AnalysisEntry("retrieval", "retrieval score per head on needle-in-a-haystack decoding",
-                  ("retrieval_score",), "analyses.retrieval:retrieval_scores", (TEXT, VISION_TEXT),
+                  ("retrieval_score",), "attnlens.analyses.retrieval:retrieval_scores", (TEXT, VISION_TEXT),
                   paper="Wu et al. 2024, Retrieval Head", causal_only=True,
-                  runner="pipelines.scan:scan_retrieval", distributes=True, followup="pipelines.scan:retrieval_followups"),
+                  runner="attnlens.pipelines.scan:scan_retrieval", distributes=True, followup="attnlens.pipelines.scan:retrieval_followups"),
     AnalysisEntry("streaming", "streaming-vs-retrieval heads: attention mass on sink + recent keys, and trained "
-                  "DuoAttention gates", ("streaming_mass", "duo_gate"), "analyses.streaming:streaming_profile",
+                  "DuoAttention gates", ("streaming_mass", "duo_gate"), "attnlens.analyses.streaming:streaming_profile",
                   (TEXT, VISION_TEXT), paper="DuoAttention (Xiao et al. 2024)", causal_only=True,
-                  runner="pipelines.scan:scan_streaming", needs=("retrieval",)),
+                  runner="attnlens.pipelines.scan:scan_streaming", needs=("retrieval",)),
     AnalysisEntry("ablation", "needle accuracy with the top-k heads of a ranking ablated vs k random heads",
-                  ("retrieval_ablation",), "analyses.causal:ablation_scores", (TEXT,), in_scan=False,
+                  ("retrieval_ablation",), "attnlens.analyses.causal:ablation_scores", (TEXT,), in_scan=False,
                   paper="Wu et al. 2024 (causal test)", causal_only=True),
     AnalysisEntry("circuit", "circuits: EAP, EAP-IG and per-head patching scores, and faithfulness against circuit "
                   "size under the published ablation settings (edge-level for edge circuits, Wang et al.'s for heads)",
                   ("TASK_METHOD_METRIC", "TASK_faithfulness_edges", "TASK_faithfulness_heads"),
-                  "analyses.circuits.curves:faithfulness_curves", (TEXT,), in_scan=False, causal_only=True,
+                  "attnlens.analyses.circuits.curves:faithfulness_curves", (TEXT,), in_scan=False, causal_only=True,
                   paper="Wang et al. 2022; Syed et al. 2023 (EAP); Hanna et al. 2024 (EAP-IG)"),
     AnalysisEntry("calibration", "ACT attention calibration: task accuracy without it, with sink columns x 0.4 on the "
                   "chosen heads, and with as many random columns (control); ACT's per-head search",
-                  ("TASK_act", "TASK_head_search"), "analyses.calibration:calibrate", (TEXT,), in_scan=False, causal_only=True,
+                  ("TASK_act", "TASK_head_search"), "attnlens.analyses.calibration:calibrate", (TEXT,), in_scan=False, causal_only=True,
                   paper="ACT (Yu et al. 2024)"),
     AnalysisEntry("cross_attention", "decoder cross-attention over encoder frames against gradient x input saliency "
                   "(Pearson, Spearman, saliency share) per head, layer and aggregated",
                   ("pearson", "spearman", "saliency_share", "saliency_in_focus"),
-                  "analyses.cross_attention:cross_attention_agreement", (SPEECH,),
+                  "attnlens.analyses.cross_attention:cross_attention_agreement", (SPEECH,),
                   paper="Cross-Attention is Half Explanation in Speech-to-Text Models",
-                  runner="pipelines.scan:scan_speech"),
+                  runner="attnlens.pipelines.scan:scan_speech"),
     AnalysisEntry("alignment_heads", "how well each cross-attention head's peaks follow word timing",
-                  ("hit_rate",), "analyses.cross_attention:alignment_head_scores", (SPEECH,),
+                  ("hit_rate",), "attnlens.analyses.cross_attention:alignment_head_scores", (SPEECH,),
                   paper="Whisper word timestamps (alignment heads + DTW)",
-                  runner="pipelines.scan:scan_speech"),
+                  runner="attnlens.pipelines.scan:scan_speech"),
     AnalysisEntry("vit_distance", "ViT mean attention distance (patches) and distance profile per head",
-                  ("mean_distance",), "analyses.vit_heads:attention_distance", (VISION,),
-                  runner="pipelines.scan:scan_vit"),
+                  ("mean_distance",), "attnlens.analyses.vit_heads:attention_distance", (VISION,),
+                  runner="attnlens.pipelines.scan:scan_vit"),
     AnalysisEntry("vit_cls", "entropy of the CLS token's attention over the patches (low = concentrated)",
-                  ("cls_entropy",), "analyses.vit_heads:cls_concentration", (VISION,),
-                  runner="pipelines.scan:scan_vit"),
+                  ("cls_entropy",), "attnlens.analyses.vit_heads:cls_concentration", (VISION,),
+                  runner="attnlens.pipelines.scan:scan_vit"),
     AnalysisEntry("vit_families", "families of heads by k-means over their attention distance profiles",
-                  ("family",), "analyses.vit_heads:pattern_families", (VISION,),
-                  runner="pipelines.scan:scan_vit"),
+                  ("family",), "attnlens.analyses.vit_heads:pattern_families", (VISION,),
+                  runner="attnlens.pipelines.scan:scan_vit"),
     AnalysisEntry("vision_aware", "vision-aware heads: distance between each head's output with and without the "
                   "image for the same text (VHD), T-VHD per position", ("vhd",),
-                  "analyses.vision_aware:vision_aware_scores", (VISION_TEXT,),
+                  "attnlens.analyses.vision_aware:vision_aware_scores", (VISION_TEXT,),
                   paper="He et al. 2025, Cracking the Code of Hallucination in LVLMs (VHD, VHR)", causal_only=True,
-                  runner="pipelines.scan:scan_vision_aware"),
+                  runner="attnlens.pipelines.scan:scan_vision_aware"),
     AnalysisEntry("visual_sinks", "VAR: visual sink tokens and image-centric heads (image attention >= 0.2, "
-                  "sink share <= 0.5)", ("image_centric",), "analyses.visual_sinks:visual_sink_scores",
+                  "sink share <= 0.5)", ("image_centric",), "attnlens.analyses.visual_sinks:visual_sink_scores",
                   (VISION_TEXT,), paper="Kang et al. 2025, See What You Are Told (VAR)",
                   causal_only=True,
-                  runner="pipelines.scan:scan_visual_sinks"),
+                  runner="attnlens.pipelines.scan:scan_visual_sinks"),
     AnalysisEntry("vit_pruning", "ViT head importance: 1 - cosine of the CLS embedding when the head is zeroed",
-                  ("cls_cosine_drop",), "analyses.vit_heads:pruning_importance", (VISION,),
-                  runner="pipelines.scan:scan_vit"),
+                  ("cls_cosine_drop",), "attnlens.analyses.vit_heads:pruning_importance", (VISION,),
+                  runner="attnlens.pipelines.scan:scan_vit"),
 ):
     _declare(_entry)

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from formats.curves import Curves
-from formats.errors import ResultError
-from formats.head_scores import HeadScores
-from formats.provenance import Provenance
+from attnlens.formats.curves import Curves
+from attnlens.formats.errors import ResultError
+from attnlens.formats.head_scores import HeadScores
+from attnlens.formats.provenance import Provenance
 
 
 def load_results(folder: str | Path) -> tuple[list[HeadScores], dict[str, str]]:
     """Every head-score result below ``folder``, and for each unreadable file its path and why."""
-    from formats.folder import ResultsFolder
+    from attnlens.formats.folder import ResultsFolder
 
     f = ResultsFolder.load(folder)
     return list(f.results.values()), dict(f.problems)

@@ -12,18 +12,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
-
-from analyses.scenes import Question, Scene
-from analyses.vision_aware import HeadOutputPair, vhr_edits
-from analyses.visual_sinks import (
+from attnlens.analyses.scenes import Question, Scene
+from attnlens.analyses.vision_aware import HeadOutputPair, vhr_edits
+from attnlens.analyses.visual_sinks import (
     SinkDimensions,
     VarInput,
     sink_dimensions,
     var_modifier,
     visual_sink_mask,
 )
-from analyses.vqa import AnswerRecord
+from attnlens.analyses.vqa import AnswerRecord
+from torch import Tensor
+
 from lens import vlm
 from lens.adapters import adapter_for
 from lens.attention import AttentionObserver, attention_mode, modifying_weights
@@ -228,7 +228,7 @@ def check_image_tokens(lm) -> None:
 
     cross = getattr(adapter_for(lm.model), "cross_layers", list)()
     if cross:
-        from analyses.visual_sinks import VisualSinkError
+        from attnlens.analyses.visual_sinks import VisualSinkError
 
         raise VisualSinkError(f"{lm.facts.architecture} has no image tokens in its text sequence: it reads images "
                               f"through cross-attention layers {cross}, so visual sinks and VAR (defined on image "

@@ -18,7 +18,7 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from analyses.scenes import QuestionKind, chance
+from attnlens.analyses.scenes import QuestionKind, chance
 
 
 @dataclass(frozen=True)

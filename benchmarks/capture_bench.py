@@ -27,7 +27,7 @@ from lens.backends.transformer_lens import bridge_for
 
 
 def prompt_ids(lm, n_tokens: int) -> torch.Tensor:
-    from analyses.prompts import GENERAL_PROMPTS
+    from attnlens.analyses.prompts import GENERAL_PROMPTS
 
     text = " ".join(GENERAL_PROMPTS * 20)
     ids = lm.tokenizer(text, return_tensors="pt").input_ids[:, :n_tokens]

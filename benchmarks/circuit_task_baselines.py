@@ -12,9 +12,9 @@ import time
 import torch
 
 import lens
-from analyses.circuits import encode_task, ioi, per_row
-from analyses.circuits._hooks import CircuitModules, last_logits
-from analyses.circuits.tasks import IOI_TEMPLATES, colored_objects, greater_than
+from attnlens.analyses.circuits import encode_task, ioi, per_row
+from attnlens.analyses.circuits._hooks import CircuitModules, last_logits
+from attnlens.analyses.circuits.tasks import IOI_TEMPLATES, colored_objects, greater_than
 
 
 def measure(parts, enc, extra=None) -> dict:

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from kernels import StatsSpec  # noqa: E402 (after the path)
-from kernels.reference import chunked_attention_stats  # noqa: E402
+from attnlens.kernels import StatsSpec  # noqa: E402 (after the path)
+from attnlens.kernels.reference import chunked_attention_stats  # noqa: E402
 
 LAYOUTS = {"9 heads / 3 kv heads": (9, 3), "4 heads / 1 kv head": (4, 1)}
 

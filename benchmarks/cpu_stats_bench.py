@@ -51,7 +51,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from kernels._compiled import ENV, MIN_SCORES  # noqa: E402 (after the path)
+from attnlens.kernels._compiled import ENV, MIN_SCORES  # noqa: E402 (after the path)
 
 CASES = ("sdpa", "eager_attn", "stats_rows", "stats_rowkeys", "stats_rowkeys_eager", "stats_rowkeys_compiled")
 _COMPILE_ENV = {"stats_rowkeys_eager": "0", "stats_rowkeys_compiled": "1"}
@@ -107,7 +107,7 @@ def install_clock(lm, clock: AttnClock) -> Callable[[], None]:
 
 def prompt_ids(lm, n_tokens: int) -> torch.Tensor:
     """``[1, n_tokens]`` ids of the built-in prompts, repeated as often as needed."""
-    from analyses.prompts import GENERAL_PROMPTS
+    from attnlens.analyses.prompts import GENERAL_PROMPTS
 
     ids = lm.tokenizer(" ".join(GENERAL_PROMPTS), return_tensors="pt").input_ids[0]
     return ids.repeat(n_tokens // ids.numel() + 1)[:n_tokens][None]
@@ -120,7 +120,7 @@ def eager_patterns_gb(lm, n_tokens: int) -> float:
 
 def run_case(lm, ids: torch.Tensor, case: str) -> None:
     """One forward of ``case`` over ``ids [1, N]``; results are dropped at once."""
-    from kernels import StatsSpec
+    from attnlens.kernels import StatsSpec
     from lens.recording.stats import run_stats
 
     with torch.no_grad():
@@ -159,8 +159,8 @@ def _env(name: str, value: str):
 def _compiled_calls(n_heads: int, n_kv_heads: int, d_head: int) -> list[float]:
     """Seconds of two stats calls through the compiled kernel: the first builds it (or loads the built one), the
     second runs it."""
-    from kernels import StatsSpec
-    from kernels.reference import chunked_attention_stats
+    from attnlens.kernels import StatsSpec
+    from attnlens.kernels.reference import chunked_attention_stats
 
     times = []
     for _ in range(2):
@@ -448,8 +448,8 @@ def candidates(args, lm, n: int, layer: int) -> dict:
     """Per-layer times (process CPU seconds) of SDPA, this stats path, flex_attention; Inductor in fresh processes."""
     import tempfile
 
-    from kernels import StatsSpec
-    from kernels.reference import chunked_attention_stats
+    from attnlens.kernels import StatsSpec
+    from attnlens.kernels.reference import chunked_attention_stats
 
     q, k, v = capture_qkv(lm, prompt_ids(lm, n), layer)
     sdpa = torch.nn.functional.scaled_dot_product_attention

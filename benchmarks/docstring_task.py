@@ -69,9 +69,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     import lens
-    from analyses.circuits import encode_task
-    from analyses.circuits._hooks import Parts
-    from analyses.circuits.tasks import load_jsonl
+    from attnlens.analyses.circuits import encode_task
+    from attnlens.analyses.circuits._hooks import Parts
+    from attnlens.analyses.circuits.tasks import load_jsonl
     from benchmarks.circuit_task_baselines import measure
 
     out = Path(args.out)

@@ -38,8 +38,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from kernels import StatsSpec, attention_with_stats  # noqa: E402
-from kernels.reference import chunked_attention_stats  # noqa: E402
+from attnlens.kernels import StatsSpec, attention_with_stats  # noqa: E402
+from attnlens.kernels.reference import chunked_attention_stats  # noqa: E402
 
 METHODS = ("sdpa", "eager", "chunked_stats", "kernel_row", "kernel_rowcol")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

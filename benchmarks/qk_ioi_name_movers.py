@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 import lens
-from analyses.circuits._hooks import CircuitModules
-from analyses.circuits.tasks import ioi
-from analyses.qk_attribution import Kind, qk_attribution
+from attnlens.analyses.circuits._hooks import CircuitModules
+from attnlens.analyses.circuits.tasks import ioi
+from attnlens.analyses.qk_attribution import Kind, qk_attribution
 from lens.attention import AttentionObserver, attention_mode
 
 NAME_MOVERS = [(20, 0), (23, 3), (29, 1)]

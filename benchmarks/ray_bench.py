@@ -75,10 +75,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     import lens
-    from analyses.circuits.tasks import encode_task, load_task
+    from attnlens.analyses.circuits.tasks import encode_task, load_task
     from lens.heads import parse_head_spec
-    from pipelines import sweeps
-    from pipelines.executors import CALLS, ModelSpec, RayExecutor, RayOptions, call
+    from attnlens.pipelines import sweeps
+    from attnlens.pipelines.executors import CALLS, ModelSpec, RayExecutor, RayOptions, call
 
     info = {"machine": machine(), "settings": vars(args) | {"out": str(args.out)}}
     lm = lens.load(args.model)

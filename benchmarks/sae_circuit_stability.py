@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 import lens
-from analyses.circuits.discrete_sae import SAEConfig, discrete_sae_scores, precision_recall
-from analyses.circuits.tasks import encode_task, load_task
-from formats.head_scores import HeadScores
-from pipelines.circuits import _top_heads, head_outputs
+from attnlens.analyses.circuits.discrete_sae import SAEConfig, discrete_sae_scores, precision_recall
+from attnlens.analyses.circuits.tasks import encode_task, load_task
+from attnlens.formats.head_scores import HeadScores
+from attnlens.pipelines.circuits import _top_heads, head_outputs
 
 SAVED = Path("benchmarks/results/science/circuits")
 

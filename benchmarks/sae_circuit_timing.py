@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 import lens
-from analyses.circuits import prepare, score_sets
-from analyses.circuits.ablation import all_heads
-from analyses.circuits.eap import edge_attribution
-from analyses.circuits.metrics import Metric
-from analyses.circuits.tasks import encode_task, load_task
-from pipelines.circuits import sae_scores
+from attnlens.analyses.circuits import prepare, score_sets
+from attnlens.analyses.circuits.ablation import all_heads
+from attnlens.analyses.circuits.eap import edge_attribution
+from attnlens.analyses.circuits.metrics import Metric
+from attnlens.analyses.circuits.tasks import encode_task, load_task
+from attnlens.pipelines.circuits import sae_scores
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kernels import StatsSpec, attention_with_stats
+from attnlens.kernels import StatsSpec, attention_with_stats
 
 H, HKV, D = 9, 3, 64
 SOFTCAP = 50.0  # Gemma 2's attn_logit_softcapping

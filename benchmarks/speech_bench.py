@@ -85,14 +85,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     import lens
-    from analyses.asr_metrics import corpus_wer, word_errors
-    from analyses.cross_attention import (
+    from attnlens.analyses.asr_metrics import corpus_wer, word_errors
+    from attnlens.analyses.cross_attention import (
         alignment_head_scores,
         cross_attention_agreement,
         saliency_agreement,
     )
-    from analyses.result import Provenance
-    from analyses.speech_collect import (
+    from attnlens.analyses.result import Provenance
+    from attnlens.analyses.speech_collect import (
         features,
         gradient_saliency,
         occlusion_saliency,

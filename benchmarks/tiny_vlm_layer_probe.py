@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from analyses import scenes as sc
+from attnlens.analyses import scenes as sc
 
 
 def probe(train_x, train_y, test_x, test_y, *, l2: float = 1e-2) -> float:

@@ -26,18 +26,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analyses import scenes as sc
-from analyses.prompts import GENERAL_PROMPTS
-from analyses.result import Provenance
-from analyses.vision_aware import (
+from attnlens.analyses import scenes as sc
+from attnlens.analyses.prompts import GENERAL_PROMPTS
+from attnlens.analyses.result import Provenance
+from attnlens.analyses.vision_aware import (
     head_divergence,
     random_scales_like,
     token_divergence,
     vhr_scales,
     vision_aware_scores,
 )
-from analyses.visual_sinks import visual_sink_scores
-from analyses.vlm_collect import (
+from attnlens.analyses.visual_sinks import visual_sink_scores
+from attnlens.analyses.vlm_collect import (
     ask,
     base_lm_sink_dimensions,
     head_output_pairs,
@@ -45,7 +45,7 @@ from analyses.vlm_collect import (
     var_inputs,
     vhr_edit,
 )
-from analyses.vqa import accuracy_by_kind, normalise, probe_score
+from attnlens.analyses.vqa import accuracy_by_kind, normalise, probe_score
 
 CONDITIONS = ("none", "vhr", "vhr_random_heads", "var", "var_random_heads")
 CALIBRATION_START = 1000  # held-out seeds from here on calibrate; evaluation uses held-out seeds 0+

@@ -8,7 +8,7 @@ all wired in :class:`Dashboard`. Reports: :func:`write_report` (``lens report``)
 :func:`serve` (``lens dashboard``). Jupyter: :func:`show` (``from dashboards import show``: captures, results, head scores, QK and DLA inline).
 """
 
-from formats import CaptureFile, ResultsFolder, ResultsFolderError
+from attnlens.formats import CaptureFile, ResultsFolder, ResultsFolderError
 
 __all__ = [
     "AblationsView", "AttentionExplorer", "CaptureFile", "CircuitView", "ContributionView", "Dashboard", "HeadAtlas",

@@ -35,7 +35,7 @@ from bokeh.palettes import (
 )
 from bokeh.plotting import figure
 
-from dashboards.compute import ColorScale, head_label, thin_ticks
+from attnlens.dashboards.compute import ColorScale, head_label, thin_ticks
 
 NAN_COLOR = "#d9d9d9"
 ABOVE_COLOR = "#c2185b"  # sink cells above a "sink column excluded" scale

@@ -18,7 +18,7 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from formats.errors import SelectionError
+from attnlens.formats.errors import SelectionError
 
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 _NAME = re.compile(r"^(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*$")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import param
 
-from dashboards._bokeh import on_click
+from attnlens.dashboards._bokeh import on_click
 
 
 class HeadPicker(param.Parameterized):

@@ -12,9 +12,9 @@ from bokeh.models import ColumnDataSource, HoverTool, Legend, Span
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
-from dashboards._bokeh import HeadGrid
-from dashboards.report import curves_caption
-from formats import AblationResult, Curves, HeadScores, ResultsFolder
+from attnlens.dashboards._bokeh import HeadGrid
+from attnlens.dashboards.report import curves_caption
+from attnlens.formats import AblationResult, Curves, HeadScores, ResultsFolder
 
 ABLATION_ANALYSES = ("ablation", "circuit")
 

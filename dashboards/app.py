@@ -20,23 +20,23 @@ from pathlib import Path
 import panel as pn
 import param
 
-from dashboards._hosts import HostPolicy, guard, parse_allow_hosts
-from dashboards._local import keep_stylesheets_local
-from dashboards._quiet import quiet_closed_websockets
-from dashboards.ablations import AblationsView
-from dashboards.atlas import HeadAtlas
-from dashboards.circuits import CircuitView
-from dashboards.dla import ContributionView
-from dashboards.explorer import AttentionExplorer
-from dashboards.heads_grid import HeadsGrid
-from dashboards.maps import HeadMap, QKMap
-from dashboards.qk import QKView
-from dashboards.selection import ModelResults, models_of, task_metric
-from dashboards.speech import SpeechView
-from dashboards.stats_view import StatsRunView
-from dashboards.vision import VisionOverlay
-from formats import ResultsFolder
-from formats.errors import SelectionError
+from attnlens.dashboards._hosts import HostPolicy, guard, parse_allow_hosts
+from attnlens.dashboards._local import keep_stylesheets_local
+from attnlens.dashboards._quiet import quiet_closed_websockets
+from attnlens.dashboards.ablations import AblationsView
+from attnlens.dashboards.atlas import HeadAtlas
+from attnlens.dashboards.circuits import CircuitView
+from attnlens.dashboards.dla import ContributionView
+from attnlens.dashboards.explorer import AttentionExplorer
+from attnlens.dashboards.heads_grid import HeadsGrid
+from attnlens.dashboards.maps import HeadMap, QKMap
+from attnlens.dashboards.qk import QKView
+from attnlens.dashboards.selection import ModelResults, models_of, task_metric
+from attnlens.dashboards.speech import SpeechView
+from attnlens.dashboards.stats_view import StatsRunView
+from attnlens.dashboards.vision import VisionOverlay
+from attnlens.formats import ResultsFolder
+from attnlens.formats.errors import SelectionError
 
 MAX_PROBLEMS_SHOWN = 50
 
@@ -142,7 +142,7 @@ class Dashboard(pn.viewable.Viewer):
 
     # ---- header, problems, export ----------------------------------------------------------
     def _export_html(self) -> io.BytesIO:
-        from dashboards.report import build_report, render_html
+        from attnlens.dashboards.report import build_report, render_html
 
         text = render_html(build_report(self.folder, command=f"lens dashboard {self.folder.path} (export button)"))
         return io.BytesIO(text.encode("utf-8"))

@@ -9,10 +9,10 @@ import numpy as np
 import panel as pn
 import param
 
-from dashboards._bokeh import HeadGrid, cell_at
-from dashboards._pick import HeadPicker
-from dashboards.compute import head_label, score_rank
-from dashboards.selection import ModelResults, describe
+from attnlens.dashboards._bokeh import HeadGrid, cell_at
+from attnlens.dashboards._pick import HeadPicker
+from attnlens.dashboards.compute import head_label, score_rank
+from attnlens.dashboards.selection import ModelResults, describe
 
 PREFERRED = ("summary.sink_mass", "summary.entropy")  # shown first when present
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from formats import (
+from attnlens.formats import (
     AttnlensError,
     AudioLayout,
     CaptureFile,

@@ -16,8 +16,8 @@ import param
 from bokeh.models import Arrow, ColumnDataSource, HoverTool, LabelSet, Legend, LegendItem, VeeHead
 from bokeh.plotting import figure
 
-from dashboards._bokeh import on_click
-from dashboards.graph import (
+from attnlens.dashboards._bokeh import on_click
+from attnlens.dashboards.graph import (
     KIND_COLORS,
     KIND_NAMES,
     MAX_EDGES_DRAWN,
@@ -32,7 +32,7 @@ from dashboards.graph import (
     n_layers_of,
     node_scores,
 )
-from formats import Circuit, Curves, NodeKind, faithfulness_warning
+from attnlens.formats import Circuit, Curves, NodeKind, faithfulness_warning
 
 MAX_LABELS = 40  # at most this many nodes are labelled (the strongest); hover names the rest
 MLP_LABEL_ROOM = 0.3  # share of the height below the MLP lane, for its labels running down

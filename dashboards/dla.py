@@ -17,9 +17,9 @@ import numpy as np
 import panel as pn
 import param
 
-from dashboards._bokeh import HeadGrid, cell_at, on_click
-from dashboards.compute import head_label, token_label
-from formats.dla import REST, REST_LABELS, DLAResult
+from attnlens.dashboards._bokeh import HeadGrid, cell_at, on_click
+from attnlens.dashboards.compute import head_label, token_label
+from attnlens.formats.dla import REST, REST_LABELS, DLAResult
 
 
 def head_grid(res: DLAResult, position: int, target: str | int) -> np.ndarray:

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from dashboards import figures as figs
-from dashboards.compute import token_label
-from formats import ResultsFolder
-from formats.dla import REST, REST_LABELS, DLAResult
+from attnlens.dashboards import figures as figs
+from attnlens.dashboards.compute import token_label
+from attnlens.formats import ResultsFolder
+from attnlens.formats.dla import REST, REST_LABELS, DLAResult
 
 MAX_RESULTS = 12
 MAX_TARGETS = 3

@@ -16,8 +16,8 @@ import param
 from bokeh.models import ColorBar, ColumnDataSource, FixedTicker, HoverTool
 from bokeh.plotting import figure
 
-from dashboards._bokeh import add_sink_legend, color_mapper, on_click
-from dashboards.compute import (
+from attnlens.dashboards._bokeh import add_sink_legend, color_mapper, on_click
+from attnlens.dashboards.compute import (
     CONTEXT_BINS,
     MAX_EXACT,
     MAX_WINDOW,
@@ -32,9 +32,9 @@ from dashboards.compute import (
     token_label,
     window_pattern,
 )
-from dashboards.selection import ModelResults
-from dashboards.tokens import MAX_TOKENS, TokenView
-from formats import AttnlensError, CaptureFile, Site
+from attnlens.dashboards.selection import ModelResults
+from attnlens.dashboards.tokens import MAX_TOKENS, TokenView
+from attnlens.formats import AttnlensError, CaptureFile, Site
 
 MAX_CELLS = MAX_WINDOW * (MAX_WINDOW + 3 * CONTEXT_BINS + 1 + MAX_EXACT)  # hard bound on heatmap cells sent
 WIDTH, HEIGHT = 480, 500

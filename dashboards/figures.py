@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dashboards.compute import ColorScale, color_range, downsample
-from dashboards.graph import (
+from attnlens.dashboards.compute import ColorScale, color_range, downsample
+from attnlens.dashboards.graph import (
     KIND_COLORS,
     KIND_NAMES,
     MAX_EDGES_DRAWN,
@@ -25,7 +25,7 @@ from dashboards.graph import (
     n_layers_of,
     node_scores,
 )
-from formats import AblationResult, Circuit, Curves, NodeKind, StatsFile
+from attnlens.formats import AblationResult, Circuit, Curves, NodeKind, StatsFile
 
 THUMB_TOKENS = 96  # thumbnails pool longer patterns to this many tokens a side
 ABOVE = "#c2185b"  # sink cells above a "sink column excluded" scale, as in the dashboard

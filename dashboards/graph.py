@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from formats import Circuit, Curves, Input, Node, NodeKind
+from attnlens.formats import Circuit, Curves, Input, Node, NodeKind
 
 MAX_EDGES_DRAWN = 400
 KIND_COLORS = {NodeKind.EMBED: "#9ecae1", NodeKind.HEAD: "#fdae6b", NodeKind.MLP: "#a1d99b", NodeKind.LOGITS: "#bcbddc"}

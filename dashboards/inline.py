@@ -21,8 +21,8 @@ from typing import Any
 
 import panel as pn
 
-from dashboards.selection import ModelResults
-from formats import (
+from attnlens.dashboards.selection import ModelResults
+from attnlens.formats import (
     CaptureFile,
     DLAResult,
     HeadScores,
@@ -130,19 +130,19 @@ def view_of(obj: Any, *, layer: int | None = None, head: int | None = None, view
         else:
             obj = CaptureFile.load(p) if (p / capture.META_FILE).is_file() else ResultsFolder.load(p)
     if isinstance(obj, QKResult):
-        from dashboards.qk import QKView
+        from attnlens.dashboards.qk import QKView
 
         return QKView({obj.name: obj}, **params)
     if isinstance(obj, DLAResult):
-        from dashboards.dla import ContributionView
+        from attnlens.dashboards.dla import ContributionView
 
         return ContributionView({obj.name: obj}, **params)
     if isinstance(obj, ResultsFolder):
-        from dashboards.app import Dashboard
+        from attnlens.dashboards.app import Dashboard
 
         return Dashboard(obj, map_method=map_method, **params)
     if isinstance(obj, HeadScores):
-        from dashboards.atlas import HeadAtlas
+        from attnlens.dashboards.atlas import HeadAtlas
 
         folder = ResultsFolder(path=Path("."), results={obj.name: obj})
         return HeadAtlas(ModelResults.of(folder), **params)
@@ -153,12 +153,12 @@ def view_of(obj: Any, *, layer: int | None = None, head: int | None = None, view
     sel = _single(obj)
     if view is View.DLA:
         raise SelectionError("view='dla' shows a direct logit attribution, which needs the model: show "
-                             "pipelines.dla.dla_of_capture(lm, capture, targets), or a saved one (lens heads dla)")
+                             "attnlens.pipelines.dla.dla_of_capture(lm, capture, targets), or a saved one (lens heads dla)")
     if view is View.HEADS or (view is View.AUTO and layer is None and head is None):
-        from dashboards.heads_grid import HeadsGrid
+        from attnlens.dashboards.heads_grid import HeadsGrid
 
         return HeadsGrid(sel, **params)
-    from dashboards.explorer import AttentionExplorer
+    from attnlens.dashboards.explorer import AttentionExplorer
 
     layer = obj.layers[0] if layer is None else obj.facts.check_layer(layer)
     head = obj.heads[0] if head is None else obj.facts.check_head(head)

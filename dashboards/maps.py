@@ -20,12 +20,12 @@ import param
 from bokeh.models import ColumnDataSource, HoverTool, Legend, LegendItem
 from bokeh.plotting import figure
 
-from dashboards._bokeh import ABOVE_COLOR, categorical_colors
-from dashboards._pick import HeadPicker
-from dashboards.compute import embed_2d, head_label, qk_points, token_label
-from dashboards.profiles import MIN_SCORES, NO_TYPE, SINK, TYPICAL, HeadProfiles, head_profiles
-from dashboards.selection import ModelResults
-from formats import AttnlensError, Site
+from attnlens.dashboards._bokeh import ABOVE_COLOR, categorical_colors
+from attnlens.dashboards._pick import HeadPicker
+from attnlens.dashboards.compute import embed_2d, head_label, qk_points, token_label
+from attnlens.dashboards.profiles import MIN_SCORES, NO_TYPE, SINK, TYPICAL, HeadProfiles, head_profiles
+from attnlens.dashboards.selection import ModelResults
+from attnlens.formats import AttnlensError, Site
 
 _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnlens-maps")
 _JOBS: dict[tuple, Future] = {}

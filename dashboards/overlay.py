@@ -13,8 +13,8 @@ import io
 
 import numpy as np
 
-from dashboards.compute import head_label
-from formats import AttnlensError, CaptureFile, ImageLayout, Site
+from attnlens.dashboards.compute import head_label
+from attnlens.formats import AttnlensError, CaptureFile, ImageLayout, Site
 
 
 def has_image_layout(cap: CaptureFile) -> bool:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dashboards.selection import ModelResults
+from attnlens.dashboards.selection import ModelResults
 
 TYPE_THRESHOLD = 0.4  # the taxonomy's own summary counts heads above 0.4 (analyses/taxonomy.py)
 STANDOUT_Z = 2.0

@@ -19,9 +19,9 @@ from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper
 from bokeh.palettes import RdBu11
 from bokeh.plotting import figure
 
-from dashboards._bokeh import PATTERN_PALETTE, on_click
-from dashboards.compute import token_label
-from formats.qk import QKResult
+from attnlens.dashboards._bokeh import PATTERN_PALETTE, on_click
+from attnlens.dashboards.compute import token_label
+from attnlens.formats.qk import QKResult
 
 OTHER = "other"
 

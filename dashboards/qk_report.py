@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from dashboards import figures as figs
-from dashboards.compute import token_label
-from dashboards.qk import qk_table
-from formats import ResultsFolder
-from formats.qk import QKResult
+from attnlens.dashboards import figures as figs
+from attnlens.dashboards.compute import token_label
+from attnlens.dashboards.qk import qk_table
+from attnlens.formats import ResultsFolder
+from attnlens.formats.qk import QKResult
 
 MAX_RESULTS = 12
 

@@ -32,16 +32,16 @@ from typing import Any
 import numpy as np
 from markupsafe import Markup
 
-from dashboards import figures as figs
-from dashboards.audio import agreement_rows, is_audio, maps_for, speech_png, token_view
-from dashboards.compute import head_label, pattern_stats
-from dashboards.dla_report import dla_sections
-from dashboards.figures import Figure
-from dashboards.graph import curves_of, head_table
-from dashboards.overlay import default_query, overlay_png
-from dashboards.qk_report import qk_sections
-from dashboards.selection import ModelResults, describe, models_of
-from formats import (
+from attnlens.dashboards import figures as figs
+from attnlens.dashboards.audio import agreement_rows, is_audio, maps_for, speech_png, token_view
+from attnlens.dashboards.compute import head_label, pattern_stats
+from attnlens.dashboards.dla_report import dla_sections
+from attnlens.dashboards.figures import Figure
+from attnlens.dashboards.graph import curves_of, head_table
+from attnlens.dashboards.overlay import default_query, overlay_png
+from attnlens.dashboards.qk_report import qk_sections
+from attnlens.dashboards.selection import ModelResults, describe, models_of
+from attnlens.formats import (
     AttnlensError,
     AudioLayout,
     ImageLayout,
@@ -55,10 +55,10 @@ from formats import (
     _json,
     faithfulness_warning,
 )
-from formats._json import special_kind, write_bytes
-from formats.output import MARKER, locked, new_sibling, swap_in
-from formats.provenance import code_version
-from formats.vocab import ReportFormat
+from attnlens.formats._json import special_kind, write_bytes
+from attnlens.formats.output import MARKER, locked, new_sibling, swap_in
+from attnlens.formats.provenance import code_version
+from attnlens.formats.vocab import ReportFormat
 
 FORMATS: tuple[str, ...] = tuple(f.value for f in ReportFormat)
 TOP_K = 8
@@ -255,7 +255,7 @@ def sink_counts_note(sel: ModelResults) -> str:
 
 
 def _missing(folder: ResultsFolder, sel: ModelResults) -> list[str]:
-    from analyses.registry import for_modality  # torch-free
+    from attnlens.analyses.registry import for_modality  # torch-free
 
     modality = next((c.facts.modality for c in sel.captures.values()), Modality.TEXT)
     expected = [e.name for e in for_modality(modality)]

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from formats import CaptureFile, HeadScores, ResultsFolder, Site, StatsFile
+from attnlens.formats import CaptureFile, HeadScores, ResultsFolder, Site, StatsFile
 
 
 def models_of(folder: ResultsFolder) -> list[str]:
@@ -108,6 +108,6 @@ def describe(sel: ModelResults, label: str) -> str:
         return ""
     if r.description:
         return r.description
-    from analyses.registry import describe as registry_describe
+    from attnlens.analyses.registry import describe as registry_describe
 
     return registry_describe(r.name)

@@ -8,8 +8,8 @@ import html
 import panel as pn
 import param
 
-from dashboards.audio import agreement_rows, is_audio, maps_for, speech_png, token_view
-from formats import AttnlensError, ResultsFolder
+from attnlens.dashboards.audio import agreement_rows, is_audio, maps_for, speech_png, token_view
+from attnlens.formats import AttnlensError, ResultsFolder
 
 
 class SpeechView(pn.viewable.Viewer):

@@ -21,10 +21,10 @@ from bokeh.models import ColumnDataSource, HoverTool, Legend, LinearAxis, Range1
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
-from dashboards._bokeh import HeadGrid, cell_at
-from dashboards._pick import HeadPicker
-from dashboards.compute import head_label, token_label
-from formats import AttnlensError, StatsFile
+from attnlens.dashboards._bokeh import HeadGrid, cell_at
+from attnlens.dashboards._pick import HeadPicker
+from attnlens.dashboards.compute import head_label, token_label
+from attnlens.formats import AttnlensError, StatsFile
 
 MEANS = {"entropy": "entropy (nats)", "sink_mass": "sink mass", "window_mass": "window mass",
          "max_weight": "largest weight"}

@@ -14,8 +14,8 @@ from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper
 from bokeh.palettes import Inferno256
 from bokeh.plotting import figure
 
-from dashboards._bokeh import add_color_bar, on_click
-from dashboards.overlay import (
+from attnlens.dashboards._bokeh import add_color_bar, on_click
+from attnlens.dashboards.overlay import (
     default_query,
     has_image_layout,
     load_image,
@@ -23,7 +23,7 @@ from dashboards.overlay import (
     patch_attention,
     visual_sink_patches,
 )
-from formats import AttnlensError, CaptureFile, Site
+from attnlens.formats import AttnlensError, CaptureFile, Site
 
 
 class VisionOverlay(pn.viewable.Viewer):

@@ -12,24 +12,24 @@ Kinds: :class:`HeadScores` (``*.json`` + ``*.safetensors``), :class:`Curves`
 folders (:class:`ResultsFolder`). Output folders are written with :func:`output_folder`.
 """
 
-from formats.ablation import AblationResult
-from formats.capture import CaptureFile, CaptureMeta, Focus, TensorEntry, set_focus, write_capture
-from formats.circuit import Circuit, Edge, Input, Node, NodeKind, Receiver, faithfulness_warning
-from formats.curves import Curves
-from formats.dla import DLAResult
-from formats.errors import *  # noqa: F403
-from formats.errors import __all__ as _errors
-from formats.facts import Modality, ModelFacts
-from formats.folder import ResultsFolder
-from formats.head_scores import HeadScores
-from formats.layouts import AudioLayout, ImageLayout, SourceLayout
-from formats.output import output_folder
-from formats.provenance import Provenance, inputs_digest, package_versions
-from formats.qk import QKResult
-from formats.sites import HeadRef, MlpRef, ResidRef, Site, SiteKey
-from formats.stats_run import StatsFile, write_stats
-from formats.sweep import SweepLog, open_sweep
-from formats.token_maps import TokenMaps
+from attnlens.formats.ablation import AblationResult
+from attnlens.formats.capture import CaptureFile, CaptureMeta, Focus, TensorEntry, set_focus, write_capture
+from attnlens.formats.circuit import Circuit, Edge, Input, Node, NodeKind, Receiver, faithfulness_warning
+from attnlens.formats.curves import Curves
+from attnlens.formats.dla import DLAResult
+from attnlens.formats.errors import *  # noqa: F403
+from attnlens.formats.errors import __all__ as _errors
+from attnlens.formats.facts import Modality, ModelFacts
+from attnlens.formats.folder import ResultsFolder
+from attnlens.formats.head_scores import HeadScores
+from attnlens.formats.layouts import AudioLayout, ImageLayout, SourceLayout
+from attnlens.formats.output import output_folder
+from attnlens.formats.provenance import Provenance, inputs_digest, package_versions
+from attnlens.formats.qk import QKResult
+from attnlens.formats.sites import HeadRef, MlpRef, ResidRef, Site, SiteKey
+from attnlens.formats.stats_run import StatsFile, write_stats
+from attnlens.formats.sweep import SweepLog, open_sweep
+from attnlens.formats.token_maps import TokenMaps
 
 __all__ = [
     "AblationResult", "AudioLayout", "CaptureFile", "CaptureMeta", "Circuit", "Curves", "DLAResult", "Edge", "HeadScores",

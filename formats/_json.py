@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from formats.errors import CorruptFileError, FormatVersionError
+from attnlens.formats.errors import CorruptFileError, FormatVersionError
 
 MAX_BYTES = 64 * 2**20  # no file the project writes comes near this
 MAX_DEPTH = 32  # nor this deep

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from formats._json import loads, special_kind
-from formats.errors import CorruptFileError
+from attnlens.formats._json import loads, special_kind
+from attnlens.formats.errors import CorruptFileError
 
 # safetensors dtype tag -> numpy storage dtype (bf16 is stored as its 16 raw bits)
 _DTYPES: dict[str, np.dtype] = {
@@ -46,7 +46,7 @@ def write(path: str | Path, arrays: Mapping[str, np.ndarray], *, bf16: frozenset
           metadata: Mapping[str, str] | None = None) -> Path:
     """Write ``arrays`` to ``path`` atomically. Names in ``bf16`` hold uint16 arrays that are the
     raw bits of bfloat16 values and are tagged BF16."""
-    from formats._json import write_bytes
+    from attnlens.formats._json import write_bytes
 
     header: dict[str, object] = {}
     if metadata:

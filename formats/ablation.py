@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from formats import _json
-from formats.errors import CorruptFileError, ResultError
-from formats.provenance import Provenance
+from attnlens.formats import _json
+from attnlens.formats.errors import CorruptFileError, ResultError
+from attnlens.formats.provenance import Provenance
 
 KIND = "ablation"
 FORMAT_VERSION = 1

@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from formats import _json, _safetensors
-from formats.errors import CorruptCaptureError, CorruptFileError, SelectionError
-from formats.facts import ModelFacts
-from formats.layouts import AudioLayout, ImageLayout, Layout, SourceLayout, layout_from_json
-from formats.paths import confined
-from formats.provenance import package_versions
-from formats.sites import Site, SiteKey
+from attnlens.formats import _json, _safetensors
+from attnlens.formats.errors import CorruptCaptureError, CorruptFileError, SelectionError
+from attnlens.formats.facts import ModelFacts
+from attnlens.formats.layouts import AudioLayout, ImageLayout, Layout, SourceLayout, layout_from_json
+from attnlens.formats.paths import confined
+from attnlens.formats.provenance import package_versions
+from attnlens.formats.sites import Site, SiteKey
 
 KIND = "capture"
 FORMAT_VERSION = 2

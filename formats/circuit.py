@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from formats import _json
-from formats.errors import CorruptFileError, ResultError
-from formats.provenance import Provenance
-from formats.sites import HeadRef, MlpRef
+from attnlens.formats import _json
+from attnlens.formats.errors import CorruptFileError, ResultError
+from attnlens.formats.provenance import Provenance
+from attnlens.formats.sites import HeadRef, MlpRef
 
 KIND = "circuit"
 FORMAT_VERSION = 2

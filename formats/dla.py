@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from formats import _json, _safetensors
-from formats.errors import CorruptFileError, ResultError, SelectionError
-from formats.provenance import Provenance
+from attnlens.formats import _json, _safetensors
+from attnlens.formats.errors import CorruptFileError, ResultError, SelectionError
+from attnlens.formats.provenance import Provenance
 
 KIND = "direct_logit_attribution"
 FORMAT_VERSION = 1

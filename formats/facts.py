@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, fields
 from typing import Any
 
-from formats.errors import CorruptFileError, SelectionError
+from attnlens.formats.errors import CorruptFileError, SelectionError
 
 
 class Modality(enum.Enum):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from formats import (
+from attnlens.formats import (
     _json,
     capture,
     circuit,
@@ -29,16 +29,16 @@ from formats import (
     sweep,
     token_maps,
 )
-from formats.ablation import AblationResult
-from formats.capture import CaptureFile
-from formats.circuit import Circuit
-from formats.curves import Curves
-from formats.dla import DLAResult
-from formats.errors import CorruptFileError, ResultsFolderError
-from formats.head_scores import HeadScores
-from formats.qk import QKResult
-from formats.stats_run import StatsFile
-from formats.token_maps import TokenMaps
+from attnlens.formats.ablation import AblationResult
+from attnlens.formats.capture import CaptureFile
+from attnlens.formats.circuit import Circuit
+from attnlens.formats.curves import Curves
+from attnlens.formats.dla import DLAResult
+from attnlens.formats.errors import CorruptFileError, ResultsFolderError
+from attnlens.formats.head_scores import HeadScores
+from attnlens.formats.qk import QKResult
+from attnlens.formats.stats_run import StatsFile
+from attnlens.formats.token_maps import TokenMaps
 
 MAX_DEPTH = 6
 MAX_ENTRIES = 20_000
@@ -227,7 +227,7 @@ class ResultsFolder:
     def capture_for(self, layer: int, head: int, model: str | None = None, *, prefer: str | None = None):
         """``(label, capture)`` of a capture that has this head's pattern (one whose label starts with
         ``prefer`` first, e.g. the analysis' own inputs), or None."""
-        from formats.sites import Site
+        from attnlens.formats.sites import Site
 
         ordered = sorted(self.captures.items(), key=lambda kv: (not (prefer and kv[0].startswith(prefer)), kv[0]))
         for label, cap in ordered:

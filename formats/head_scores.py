@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from formats import _json, _safetensors
-from formats.errors import CorruptFileError, ResultError
-from formats.provenance import Provenance
+from attnlens.formats import _json, _safetensors
+from attnlens.formats.errors import CorruptFileError, ResultError
+from attnlens.formats.provenance import Provenance
 
 KIND = "head_scores"
 FORMAT_VERSION = 2

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from formats.errors import CorruptFileError, PromptError
+from attnlens.formats.errors import CorruptFileError, PromptError
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from formats.errors import OutputExistsError, OutputLockedError, OutputPathError, SelectionError
+from attnlens.formats.errors import OutputExistsError, OutputLockedError, OutputPathError, SelectionError
 
 MARKER = ".attnlens"  # in every output folder: "attnlens output: KIND"
 # files a lens command writes (a folder from before the marker holding anything else is not replaced)
@@ -80,8 +80,8 @@ def holds_lens_output(path: Path) -> bool:
             return True
     except OSError:
         pass
-    from formats.folder import ResultsFolder
-    from formats.sweep import read_run
+    from attnlens.formats.folder import ResultsFolder
+    from attnlens.formats.sweep import read_run
 
     seen, stack = 0, [path]
     while stack:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from formats.errors import CorruptFileError
+from attnlens.formats.errors import CorruptFileError
 
 
 def confined(folder: Path, relative: str, *, what: str = "path") -> Path:

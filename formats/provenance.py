@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from formats.errors import CorruptFileError
+from attnlens.formats.errors import CorruptFileError
 
 _VERSIONED = ("attnlens", "torch", "transformers", "safetensors", "transformer-lens", "nnsight", "triton", "numpy")
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from formats import _json, _safetensors
-from formats.errors import CorruptFileError, ResultError
-from formats.provenance import Provenance
+from attnlens.formats import _json, _safetensors
+from attnlens.formats.errors import CorruptFileError, ResultError
+from attnlens.formats.provenance import Provenance
 
 KIND = "qk_attribution"
 FORMAT_VERSION = 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from formats.errors import SelectionError
+from attnlens.formats.errors import SelectionError
 
 
 class Part(enum.Enum):

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from formats import _json, _safetensors
-from formats.capture import CaptureMeta
-from formats.errors import CorruptCaptureError, CorruptFileError, SelectionError
+from attnlens.formats import _json, _safetensors
+from attnlens.formats.capture import CaptureMeta
+from attnlens.formats.errors import CorruptCaptureError, CorruptFileError, SelectionError
 
 KIND = "stats_run"
 FORMAT_VERSION = 2

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from formats import _json
-from formats.errors import CorruptFileError, OutputExistsError
-from formats.output import check_target, locked, mark, new_sibling, os_error, swap_in
+from attnlens.formats import _json
+from attnlens.formats.errors import CorruptFileError, OutputExistsError
+from attnlens.formats.output import check_target, locked, mark, new_sibling, os_error, swap_in
 
 KIND = "sweep_log"
 FORMAT_VERSION = 2

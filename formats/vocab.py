@@ -22,7 +22,7 @@ class Choice(str, enum.Enum):
     @classmethod
     def _missing_(cls, value: object) -> Choice:
         name = getattr(cls, "parameter", cls.__name__.lower())
-        from formats.errors import SelectionError
+        from attnlens.formats.errors import SelectionError
 
         raise SelectionError(f"`{name}` {value!r} is not one of {', '.join(m.value for m in cls)}")
 

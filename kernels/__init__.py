@@ -2,10 +2,10 @@
 
 Public API::
 
-    from kernels import attention_with_stats, StatsSpec, AttnStats, AttnOut, KernelInputError
-    from kernels.hf_attention import stats_attention_call  # one attention call of a transformers model
+    from attnlens.kernels import attention_with_stats, StatsSpec, AttnStats, AttnOut, KernelInputError
+    from attnlens.kernels.hf_attention import stats_attention_call  # one attention call of a transformers model
     lens.stats_mode(model, spec)  # the switch that runs a whole model in stats mode (lens.attention)
-    from kernels.reference import naive_attention_stats, chunked_attention_stats
+    from attnlens.kernels.reference import naive_attention_stats, chunked_attention_stats
 """
 
 from .api import attention_with_stats

@@ -1,7 +1,7 @@
 """Ahead-of-time compile the triton kernels for an H100 (sm_90) without a GPU: a CI check that the GPU code path
 (no interpreter upcasts, tensor-core dots, scalar branches) lowers through MLIR and ptxas.
 
-Run as ``TRITON_INTERPRET=0 python -m kernels._compile_check``; prints one line per variant, exits 1 on failure.
+Run as ``TRITON_INTERPRET=0 python -m attnlens.kernels._compile_check``; prints one line per variant, exits 1 on failure.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from formats.vocab import KernelBackend
+from attnlens.formats.vocab import KernelBackend
 
 from .errors import KernelInputError
 from .spec import StatsSpec

@@ -4,6 +4,6 @@
 names the argument and the offending values, e.g. ``span (10, 400) is out of range: keys are 0-299``.
 """
 
-from formats.errors import KernelInputError
+from attnlens.formats.errors import KernelInputError
 
 __all__ = ["KernelInputError"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import warnings
 
-from formats.errors import (
+from attnlens.formats.errors import (
     AttnlensError,
     BackendError,
     CorruptCaptureError,
@@ -27,8 +27,9 @@ from formats.errors import (
     SelectionError,
     UnknownModelError,
 )
-from formats.facts import Modality, ModelFacts
-from formats.sites import Part, Site, SiteKey
+from attnlens.formats.facts import Modality, ModelFacts
+from attnlens.formats.sites import Part, Site, SiteKey
+
 from lens.heads import HeadRef, MlpRef, ResidRef
 
 # tqdm.auto (imported by the model libraries) warns once in a notebook kernel without ipywidgets;

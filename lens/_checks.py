@@ -177,7 +177,7 @@ def backend(value):
 
 
 def stats_backend(value) -> str:
-    from formats.vocab import KernelBackend
+    from attnlens.formats.vocab import KernelBackend
 
     choices = tuple(b.value for b in KernelBackend)
     if not isinstance(value, str) or value not in choices:

@@ -5,5 +5,5 @@ that names the argument, what was expected and what came. The CLI prints the mes
 alone (no traceback) and exits with status 2.
 """
 
-from formats.errors import *  # noqa: F403
-from formats.errors import __all__  # noqa: F401
+from attnlens.formats.errors import *  # noqa: F403
+from attnlens.formats.errors import __all__  # noqa: F401

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+from attnlens.formats.layouts import AudioLayout, ImageLayout
 from torch import Tensor
 
-from formats.layouts import AudioLayout, ImageLayout
 from lens import _checks
 from lens.errors import PromptError
 from lens.loaded import LoadedModel, Modality
@@ -212,7 +212,8 @@ def _source_input(lm: LoadedModel, source, decoder_ids) -> ModelInput:
     """A text encoder-decoder's input: the encoder reads ``source``, the decoder the start token and the
     target (``decoder_ids``, default: the greedy output); encoder positions are labelled by the source
     tokens (:class:`~formats.SourceLayout`)."""
-    from formats.layouts import SourceLayout
+    from attnlens.formats.layouts import SourceLayout
+
     from lens import seq2seq
 
     src = seq2seq.source_ids(lm, source)
@@ -227,7 +228,8 @@ def _source_input(lm: LoadedModel, source, decoder_ids) -> ModelInput:
 
 
 def _audio_input(lm: LoadedModel, audio, decoder_ids) -> ModelInput:
-    from formats.capture import AUDIO_FILE
+    from attnlens.formats.capture import AUDIO_FILE
+
     from lens import speech
     from lens.audio import layout_for, load_audio
 

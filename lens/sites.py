@@ -1,5 +1,5 @@
 """Hook sites: a typed enum plus an integer layer (defined in :mod:`formats.sites`, re-exported here)."""
 
-from formats.sites import Part, Site, SiteKey
+from attnlens.formats.sites import Part, Site, SiteKey
 
 __all__ = ["Part", "Site", "SiteKey"]

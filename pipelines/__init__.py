@@ -10,6 +10,6 @@ Workflows return result objects; writing them goes through :mod:`formats`.
 - :mod:`pipelines.circuits`: circuit discovery with faithfulness, patching comparison and overlap.
 """
 
-from pipelines.progress import SILENT, Progress
+from attnlens.pipelines.progress import SILENT, Progress
 
 __all__ = ["SILENT", "Progress"]

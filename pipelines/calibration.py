@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from formats.curves import Curves
-from formats.head_scores import HeadScores
-from formats.provenance import Provenance
-from pipelines.progress import SILENT, Progress
+from attnlens.formats.curves import Curves
+from attnlens.formats.head_scores import HeadScores
+from attnlens.formats.provenance import Provenance
+from attnlens.pipelines.progress import SILENT, Progress
 
 
 def _logits(lm, ids: torch.Tensor, entry=None) -> torch.Tensor:
@@ -34,7 +34,7 @@ def _logits(lm, ids: torch.Tensor, entry=None) -> torch.Tensor:
 def task_rows(lm, enc, entry_factory=None) -> dict[str, torch.Tensor]:
     """Accuracy and logit difference per example (``entry_factory()`` gives the attention entry,
     a fresh one per batch, or None for the plain model)."""
-    from analyses.circuits.metrics import Metric, per_row
+    from attnlens.analyses.circuits.metrics import Metric, per_row
 
     acc, ld = [], []
     for b in enc.batches:
@@ -49,8 +49,8 @@ def head_search(lm, enc, *, beta: float, threshold: float, first_layer: int = 2,
                 progress: Progress = SILENT) -> tuple[np.ndarray, float]:
     """Per head: the change of the mean logit difference when only that head is calibrated
     (``[layer, head]``, NaN below ``first_layer``), and the plain model's value."""
-    from analyses.calibration import ActCalibration
-    from analyses.circuits.metrics import Metric, per_row
+    from attnlens.analyses.calibration import ActCalibration
+    from attnlens.analyses.circuits.metrics import Metric, per_row
 
     f = lm.facts
     heads = [(la, h) for la in range(first_layer, f.n_layers) for h in range(f.n_heads)]
@@ -83,8 +83,8 @@ def run_calibration(lm, enc, *, task_name: str, heads: Mapping[int, Sequence[int
     (the heads whose calibration alone raised the logit difference, at most ``top_k``), or,
     without ``search_enc``, every head of the layers from ``first_layer`` on.
     """
-    from analyses.calibration import ActCalibration, select_heads
-    from formats.errors import SelectionError
+    from attnlens.analyses.calibration import ActCalibration, select_heads
+    from attnlens.formats.errors import SelectionError
 
     t0 = time.perf_counter()
     f = lm.facts
@@ -159,7 +159,7 @@ def run_calibration(lm, enc, *, task_name: str, heads: Mapping[int, Sequence[int
 
 
 def _random_entry(heads, beta, threshold, seed, entries):
-    from analyses.calibration import ActCalibration, Columns
+    from attnlens.analyses.calibration import ActCalibration, Columns
 
     e = ActCalibration(heads, beta=beta, threshold=threshold, columns=Columns.RANDOM, seed=seed)
     entries.append(e)

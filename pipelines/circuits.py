@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from formats.circuit import Circuit
-from formats.curves import Curves
-from formats.errors import SelectionError
-from formats.head_scores import HeadScores
-from formats.provenance import Provenance
-from formats.vocab import CircuitMethod, Unit
-from pipelines.progress import SILENT, Progress
+from attnlens.formats.circuit import Circuit
+from attnlens.formats.curves import Curves
+from attnlens.formats.errors import SelectionError
+from attnlens.formats.head_scores import HeadScores
+from attnlens.formats.provenance import Provenance
+from attnlens.formats.vocab import CircuitMethod, Unit
+from attnlens.pipelines.progress import SILENT, Progress
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -45,7 +45,7 @@ def resolve_setting(method: CircuitMethod, *, level=None, replacement=None, abla
     (named "custom" when one differs), or None when nothing is given (published defaults)."""
     import dataclasses
 
-    from analyses.circuits.evaluation import HANNA_2024, WANG_2022, EvalSetting
+    from attnlens.analyses.circuits.evaluation import HANNA_2024, WANG_2022, EvalSetting
 
     given = {k: v for k, v in dict(level=level, replacement=replacement, ablated=ablated, mean_over=mean_over).items()
              if v is not None}
@@ -63,8 +63,8 @@ def patching_scores(lm, enc, metric, *, mlps: bool = True, max_rows: int = 64, t
     corrupted output is patched into the clean run. ``(heads [layer, head], mlps [layer] (NaN
     when not run), baseline, seconds)``. ``executor`` (:mod:`pipelines.executors`, e.g. Ray
     workers) runs the chunks of components (``max_rows // batch`` per item); default here."""
-    from analyses.circuits import prepare, score_sets
-    from analyses.circuits.ablation import all_heads
+    from attnlens.analyses.circuits import prepare, score_sets
+    from attnlens.analyses.circuits.ablation import all_heads
     from lens.heads import MlpRef
 
     facts = lm.facts
@@ -76,7 +76,7 @@ def patching_scores(lm, enc, metric, *, mlps: bool = True, max_rows: int = 64, t
     chunks = [comps[s:s + per_chunk] for s in range(0, len(comps), per_chunk)]
     values = []
     if executor is not None:
-        from pipelines.sweeps import scoring_job
+        from attnlens.pipelines.sweeps import scoring_job
 
         job = scoring_job(enc, "patch", metric, max_rows=max_rows)
         done = executor.map_ordered(job, [[[c] for c in ch] for ch in chunks],
@@ -97,7 +97,7 @@ def head_outputs(lm, enc, n_examples: int) -> tuple[Tensor, Tensor]:
     corrupted (negative) prompts of ``enc``: two ``[example, layer, head, d_head]`` tensors."""
     import torch
 
-    from analyses.circuits._hooks import CircuitModules, capture
+    from attnlens.analyses.circuits._hooks import CircuitModules, capture
 
     parts = CircuitModules(lm)
     pos, neg = [], []
@@ -117,7 +117,7 @@ def sae_scores(lm, enc, *, n_examples: int = 10, config=None):
     """The discrete-SAE scores (:func:`analyses.circuits.discrete_sae.discrete_sae_scores`) on
     the first ``n_examples`` clean prompts of ``enc`` (positive) and their corrupted pairs
     (negative); ``seconds`` counts the forward passes too."""
-    from analyses.circuits.discrete_sae import SAEConfig, discrete_sae_scores
+    from attnlens.analyses.circuits.discrete_sae import SAEConfig, discrete_sae_scores
 
     if not isinstance(n_examples, int) or n_examples < 1:
         raise SelectionError(f"sae examples must be an integer >= 1, got {n_examples!r}")
@@ -136,8 +136,8 @@ def find_circuit(lm, enc, method: CircuitMethod, metric, *, ig_steps: int = 5, t
     or, for patching, the discrete-SAE method or with ``unit=Unit.HEADS``, heads (default 20;
     patching: and MLPs). ``executor`` runs the patching loop (see :func:`patching_scores`); EAP
     and the SAEs run here (``sae_examples`` positive and as many negative prompts)."""
-    from analyses.circuits.circuit import select_edges, select_nodes
-    from analyses.circuits.eap import edge_attribution
+    from attnlens.analyses.circuits.circuit import select_edges, select_nodes
+    from attnlens.analyses.circuits.eap import edge_attribution
 
     facts = lm.facts
     if method is CircuitMethod.SAE:
@@ -202,9 +202,9 @@ def faithfulness_curves(lm, enc, rankings: dict[str, Found], *, metric, task_nam
     """Faithfulness against size on ``enc`` for every ranking: edge curves for the rankings with
     edge scores (``setting_edges``, default Hanna et al.'s), head curves for all
     (``setting_heads``, default Wang et al.'s)."""
-    from analyses.circuits.curves import EDGE_SIZES, HEAD_SIZES, edge_circuits, head_circuits
-    from analyses.circuits.curves import faithfulness_curves as make_curves
-    from analyses.circuits.evaluation import HANNA_2024, WANG_2022, faithfulness_of, prepare_setting
+    from attnlens.analyses.circuits.curves import EDGE_SIZES, HEAD_SIZES, edge_circuits, head_circuits
+    from attnlens.analyses.circuits.curves import faithfulness_curves as make_curves
+    from attnlens.analyses.circuits.evaluation import HANNA_2024, WANG_2022, faithfulness_of, prepare_setting
 
     setting_edges, setting_heads = setting_edges or HANNA_2024, setting_heads or WANG_2022
     edge_sizes, head_sizes = list(edge_sizes or EDGE_SIZES), list(head_sizes or HEAD_SIZES)
@@ -237,8 +237,8 @@ def faithfulness_curves(lm, enc, rankings: dict[str, Found], *, metric, task_nam
 def compare_settings(lm, enc, circuit: Circuit, metric, *, max_rows: int = 32) -> list[dict]:
     """The circuit's faithfulness under each ablation setting (the published ones and their
     variations), to show what each choice does."""
-    from analyses.circuits.ablation import MeanOver
-    from analyses.circuits.evaluation import (
+    from attnlens.analyses.circuits.ablation import MeanOver
+    from attnlens.analyses.circuits.evaluation import (
         HANNA_2024,
         WANG_2022,
         Ablated,
@@ -283,8 +283,8 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
     prompts (that many positive and negative) and hyperparameters. With ``compare_patching``
     every other method runs on the same prompts too (timings side by side), and the circuit's
     heads are compared with the same number of top heads of each ranking (precision, recall)."""
-    from analyses.circuits.circuit import faithfulness
-    from analyses.circuits.eap import edge_attribution
+    from attnlens.analyses.circuits.circuit import faithfulness
+    from attnlens.analyses.circuits.eap import edge_attribution
 
     if top_n is not None and threshold is not None:
         raise SelectionError("give one of top_n and threshold, not both")
@@ -319,7 +319,7 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
     if compare_patching and method is not CircuitMethod.PATCHING:
         from scipy.stats import pearsonr, spearmanr
 
-        from analyses.circuits.discrete_sae import precision_recall
+        from attnlens.analyses.circuits.discrete_sae import precision_recall
 
         truth = patching or find_circuit(lm, enc, CircuitMethod.PATCHING, metric, top_n=20, max_rows=max_rows,
                                          task_name=task_name, patch_mlps=patch_mlps, progress=progress,
@@ -396,8 +396,8 @@ def task_examples(lm, enc, n: int = 2) -> list:
     import torch
 
     import lens
-    from formats import set_focus
-    from pipelines.examples import Example
+    from attnlens.formats import set_focus
+    from attnlens.pipelines.examples import Example
 
     out = []
     for i, b in enumerate(enc.batches[:n]):
@@ -430,8 +430,8 @@ def _head_result(task_name, method, metric_name, found: Found, prov, ig_steps) -
 def _overlap(lm, circ: Circuit, overlap_enc, overlap_name: str, method, metric, *, ig_steps, top_n, threshold,
              max_rows, seed, setting, random_circuits, patch_mlps, unit, progress, executor=None, sae_examples=10,
              sae_config=None) -> Circuit:
-    from analyses.circuits.circuit import faithfulness, overlap
-    from analyses.circuits.reuse import random_overlap
+    from attnlens.analyses.circuits.circuit import faithfulness, overlap
+    from attnlens.analyses.circuits.reuse import random_overlap
 
     found_b = find_circuit(lm, overlap_enc, method, metric, ig_steps=ig_steps, top_n=top_n, threshold=threshold,
                            max_rows=max_rows, task_name=overlap_name, patch_mlps=patch_mlps, unit=unit,

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import torch
 
-from formats.dla import DLAResult
-from formats.provenance import Provenance
+from attnlens.formats.dla import DLAResult
+from attnlens.formats.provenance import Provenance
 from lens.errors import PromptError
 
 
@@ -34,7 +34,7 @@ def run_dla(lm, prompt: str, targets: Sequence[str | int] = (), *, positions: Se
             name: str = "dla") -> DLAResult:
     """Every head's, MLP's and embedding's direct share of the logits of ``targets`` (and the model's
     ``top`` predictions) at ``positions`` of ``prompt`` (see :func:`analyses.dla.direct_logit_attribution`)."""
-    from analyses.dla import direct_logit_attribution
+    from attnlens.analyses.dla import direct_logit_attribution
 
     if not isinstance(prompt, str) or not prompt:
         raise PromptError(f"prompt must be non-empty text, got {prompt!r}")
@@ -48,7 +48,7 @@ def dla_of_capture(lm, capture, targets: Sequence[str | int] = (), *, positions:
                    top: int = 5) -> DLAResult:
     """The attribution of ``capture``'s first prompt (its token ids) under ``lm``: a saved capture, an
     in-memory ``lens.Capture`` or a ``RunResult``. Show it with ``dashboards.show``."""
-    from analyses.dla import direct_logit_attribution
+    from attnlens.analyses.dla import direct_logit_attribution
 
     capture = getattr(capture, "capture", capture)  # a RunResult's capture
     name = getattr(capture, "name", None) or "capture"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from formats import set_focus
+from attnlens.formats import set_focus
 
 PROSE, REPEATED, NEEDLE, IMAGE, AUDIO = ("captures/prose", "captures/repeated-tokens", "captures/needle",
                                          "captures/image", "captures/audio")
@@ -39,7 +39,7 @@ def prose_examples(lm, prompts, n: int) -> list[Example]:
 def repeated_example(lm, *, repeat_len: int = 40, seed: int = 0) -> Example:
     """Every pattern on one random sequence repeated once (the taxonomy's input), stored as float16."""
     import lens
-    from analyses.collect import repeated_tokens
+    from attnlens.analyses.collect import repeated_tokens
 
     ids, _ = repeated_tokens(lm, repeat_len=repeat_len, batch=1, seed=seed)
     return Example(REPEATED, lens.run(lm, ids, sites=[lens.Site.PATTERN], dtype=torch.float16).capture)

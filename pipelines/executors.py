@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from formats.errors import AttnlensError, SelectionError
+from attnlens.formats.errors import AttnlensError, SelectionError
 
 INSTALL_HINT = "pip install 'attnlens[distributed]'"
 

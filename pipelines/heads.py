@@ -12,14 +12,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from formats.provenance import Provenance
-from pipelines.progress import SILENT, Progress
+from attnlens.formats.provenance import Provenance
+from attnlens.pipelines.progress import SILENT, Progress
 
 
 def niah_trials(lm, *, lengths: Sequence[int], depths: Sequence[float], seeds: Sequence[int], n_needles: int = 1,
                 chat: bool = True):
     """Needle-in-a-haystack trials for ``lm``'s tokenizer (one per length x depth x seed)."""
-    from analyses.niah import make_trials
+    from attnlens.analyses.niah import make_trials
 
     return make_trials(lm.tokenizer, context_length=lm.facts.context_length, lengths=list(lengths),
                        depths=list(depths), seeds=list(seeds), n_needles=n_needles, chat=chat)
@@ -28,8 +28,8 @@ def niah_trials(lm, *, lengths: Sequence[int], depths: Sequence[float], seeds: S
 def run_summary(lm, prompts: Sequence[str], *, progress: Progress = SILENT):
     """The "summary" analysis (first-token mass, entropy) over ``prompts`` from captured patterns."""
     import lens
-    from analyses.attention_summary import attention_summary
-    from analyses.rows import row_stats_from_pattern
+    from attnlens.analyses.attention_summary import attention_summary
+    from attnlens.analyses.rows import row_stats_from_pattern
 
     runs = []
     task = progress.task("attention summary", total=len(prompts))
@@ -44,8 +44,8 @@ def run_summary(lm, prompts: Sequence[str], *, progress: Progress = SILENT):
 def run_sinks(lm, prompts: Sequence[str], *, source: str = "pattern", min_queries: int = 10,
               progress: Progress = SILENT):
     """First-token sinks, hidden sinks (ACT) and massive activations over ``prompts``."""
-    from analyses.collect import sink_inputs
-    from analyses.sinks import sink_scores
+    from attnlens.analyses.collect import sink_inputs
+    from attnlens.analyses.sinks import sink_scores
 
     task = progress.task(f"sinks ({source})", total=len(prompts))
     inputs = sink_inputs(lm, prompts, source=source, on_prompt=task.advance)
@@ -64,8 +64,8 @@ def run_taxonomy(lm, *, repeat_len: int = 50, batch: int = 4, seed: int = 0, pro
     import torch
 
     import lens
-    from analyses.collect import repeated_tokens
-    from analyses.taxonomy import taxonomy_scores
+    from attnlens.analyses.collect import repeated_tokens
+    from attnlens.analyses.taxonomy import taxonomy_scores
 
     task = progress.task("taxonomy: repeated random tokens, original and shuffled", total=2)
     ids, offset = repeated_tokens(lm, repeat_len=repeat_len, batch=batch, seed=seed)
@@ -92,14 +92,14 @@ def run_retrieval(lm, trials, *, source: str = "pattern", max_new_tokens: int = 
     ``executor`` (:mod:`pipelines.executors`, e.g. Ray workers) decodes the trials, one item
     per trial (length x depth x seed); the scores are computed here from the traces.
     """
-    from analyses.decode import decode_trials
-    from analyses.retrieval import retrieval_scores
+    from attnlens.analyses.decode import decode_trials
+    from attnlens.analyses.retrieval import retrieval_scores
 
     task = progress.task(f"retrieval: decoding needle trials ({source})", total=len(trials))
     if executor is None:
         traces = decode_trials(lm, trials, max_new_tokens=max_new_tokens, source=source, on_trial=task.advance)
     else:
-        from pipelines.executors import CALLS, call
+        from attnlens.pipelines.executors import CALLS, call
 
         per_trial = executor.map_ordered(CALLS, [call(decode_trials, [t], max_new_tokens=max_new_tokens, source=source)
                                                  for t in trials], on_result=lambda i: task.advance())
@@ -119,8 +119,8 @@ def run_retrieval(lm, trials, *, source: str = "pattern", max_new_tokens: int = 
 def run_needle_ablation(lm, trials, ranking: np.ndarray, *, name: str, ks: Sequence[int], seeds: Sequence[int],
                         max_new_tokens: int = 40, progress: Progress = SILENT):
     """Needle accuracy with the top-k heads of ``ranking`` zero-ablated vs k random heads (Wu et al.'s causal test)."""
-    from analyses.causal import ablation_plan, ablation_scores
-    from analyses.collect import needle_accuracy
+    from attnlens.analyses.causal import ablation_plan, ablation_scores
+    from attnlens.analyses.collect import needle_accuracy
 
     plan = ablation_plan(ranking, ks, seeds)
     task = progress.task(f"ablation of top {name} heads vs random", total=len(trials) * (1 + len(ks) * (1 + len(seeds))))
@@ -141,8 +141,8 @@ def run_streaming(lm, *, length: int = 512, n_prompts: int = 2, source: str = "p
                   recent: int | None = None, retrieval: np.ndarray | None = None, chat: bool = True,
                   progress: Progress = SILENT):
     """Streaming-vs-retrieval profile: attention mass on sink + recent keys per head (DuoAttention's view)."""
-    from analyses.collect import streaming_masses
-    from analyses.streaming import scaled_window, streaming_profile
+    from attnlens.analyses.collect import streaming_masses
+    from attnlens.analyses.streaming import scaled_window, streaming_profile
 
     default_sink, default_recent = scaled_window(length)
     sink, recent = sink or default_sink, recent or default_recent
@@ -162,8 +162,8 @@ def run_gates(lm, *, steps: int = 100, length: int = 256, prompts: int = 1, lr: 
               objective: str = "decode", retrieval: np.ndarray | None = None, progress: Progress = SILENT):
     """DuoAttention gates per KV head, optimised on synthetic passkeys with the model frozen,
     until the split converges or ``steps`` (see :mod:`analyses.duo_gates`)."""
-    from analyses.duo_gates import GateConfig, train_gates
-    from analyses.streaming import gate_scores
+    from attnlens.analyses.duo_gates import GateConfig, train_gates
+    from attnlens.analyses.streaming import gate_scores
 
     cfg = GateConfig(steps=steps, length=length, prompts=prompts, lr=lr, objective=objective)
     task = progress.task(f"DuoAttention gates ({cfg.objective.value} objective): optimising until the split is "

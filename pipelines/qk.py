@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from formats.provenance import Provenance
-from formats.qk import QKResult
+from attnlens.formats.provenance import Provenance
+from attnlens.formats.qk import QKResult
 from lens.errors import PromptError
 
 
@@ -30,7 +30,7 @@ def run_qk(lm, prompt: str, layer: int, head: int, *, query_pos: int = -1, key_p
     into query-side x key-side component terms (see :mod:`analyses.qk_attribution`); ``key_pos``
     (default: the head's argmax key) is the key the result is about; ``answers``: tokens the head's
     OV output is projected on."""
-    from analyses.qk_attribution import qk_attribution
+    from attnlens.analyses.qk_attribution import qk_attribution
 
     ids = lm.encode(prompt)
     a = qk_attribution(lm, ids, layer, head, query_pos=query_pos, key_pos=key_pos, answers=answer_ids(lm, answers))

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from formats.errors import AnalysisError, SelectionError
-from formats.facts import Modality
-from formats.vocab import Source
-from pipelines import examples, heads
-from pipelines.executors import CALLS, Executor, call
-from pipelines.progress import SILENT, Progress
+from attnlens.formats.errors import AnalysisError, SelectionError
+from attnlens.formats.facts import Modality
+from attnlens.formats.vocab import Source
+from attnlens.pipelines import examples, heads
+from attnlens.pipelines.executors import CALLS, Executor, call
+from attnlens.pipelines.progress import SILENT, Progress
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class Plan:
                                    chat=chat) if lm.facts.causal else []
         scenes = []
         if lm.facts.modality is Modality.VISION_TEXT:
-            from pipelines import vlm
+            from attnlens.pipelines import vlm
 
             scenes = vlm.scene_items(8 if settings.thorough else 2)
         return cls(settings, lengths, chat, trials, scenes)
@@ -138,7 +138,7 @@ class Plan:
 
 # ---- runners: (lm, plan, progress, **needed) -> ScanPart; each runs wherever the executor puts it
 def scan_summary(lm, plan: Plan, progress: Progress = SILENT) -> ScanPart:
-    from analyses.prompts import GENERAL_PROMPTS
+    from attnlens.analyses.prompts import GENERAL_PROMPTS
 
     part = ScanPart().add("summary", heads.run_summary(lm, list(GENERAL_PROMPTS), progress=progress))
     part.examples += examples.prose_examples(lm, list(GENERAL_PROMPTS), plan.settings.captures)
@@ -146,7 +146,7 @@ def scan_summary(lm, plan: Plan, progress: Progress = SILENT) -> ScanPart:
 
 
 def scan_sinks(lm, plan: Plan, progress: Progress = SILENT) -> ScanPart:
-    from analyses.prompts import GENERAL_PROMPTS
+    from attnlens.analyses.prompts import GENERAL_PROMPTS
 
     return ScanPart().add("sinks", heads.run_sinks(lm, list(GENERAL_PROMPTS), source=plan.settings.source,
                                                progress=progress))
@@ -174,7 +174,7 @@ def scan_retrieval(lm, plan: Plan, progress: Progress = SILENT, executor: Execut
 
 def retrieval_followups(lm, plan: Plan, progress: Progress = SILENT, *, retrieval: np.ndarray) -> ScanPart:
     """The needle example capture and (``ablate`` sizes) the causal ablation of the top retrieval heads."""
-    from analyses.decode import greedy_decode
+    from attnlens.analyses.decode import greedy_decode
 
     s, part = plan.settings, ScanPart()
     short = heads.niah_trials(lm, lengths=[min(200, plan.lengths[0])], depths=[0.5], seeds=[0], chat=plan.chat)[0]
@@ -200,7 +200,7 @@ def scan_streaming(lm, plan: Plan, progress: Progress = SILENT, *, retrieval: np
 
 
 def scan_vision_aware(lm, plan: Plan, progress: Progress = SILENT) -> ScanPart:
-    from pipelines import vlm
+    from attnlens.pipelines import vlm
 
     items = plan.scenes
     k = min(20, lm.facts.n_layers * lm.facts.n_heads)  # T-VHD over the top-k heads (the paper's 20)
@@ -212,7 +212,7 @@ def scan_vision_aware(lm, plan: Plan, progress: Progress = SILENT) -> ScanPart:
 
 
 def scan_visual_sinks(lm, plan: Plan, progress: Progress = SILENT) -> ScanPart:
-    from pipelines import vlm
+    from attnlens.pipelines import vlm
 
     items = plan.scenes
     return ScanPart().add("visual_sinks", vlm.run_visual_sinks(lm, items, what=f"{len(items)} questions on held-out "
@@ -221,8 +221,8 @@ def scan_visual_sinks(lm, plan: Plan, progress: Progress = SILENT) -> ScanPart:
 
 def scan_vit(lm, plan: Plan, progress: Progress = SILENT) -> ScanPart:
     """Every ViT analysis from one pass over three synthetic images."""
-    from analyses.vit_heads import pruned_cls_embeddings, pruning_importance, vit_head_scores
-    from formats.provenance import Provenance
+    from attnlens.analyses.vit_heads import pruned_cls_embeddings, pruning_importance, vit_head_scores
+    from attnlens.formats.provenance import Provenance
     from lens import vision
 
     f, part = lm.facts, ScanPart()
@@ -257,7 +257,7 @@ def scan_vit(lm, plan: Plan, progress: Progress = SILENT) -> ScanPart:
 def scan_speech(lm, plan: Plan, progress: Progress = SILENT) -> ScanPart:
     """Cross-attention agreement and alignment heads from one set of espeak-ng utterances."""
     from lens.speech import encoder_of
-    from pipelines import speech
+    from attnlens.pipelines import speech
 
     utterances = speech.espeak_utterances(speech.SENTENCES[: (3 if plan.settings.thorough else 2)],
                                           max_seconds=encoder_of(lm).chunk_seconds)
@@ -298,7 +298,7 @@ def scan(lm, settings: ScanSettings = ScanSettings(), *, progress: Progress = SI
     example and causal ablation; the streaming profile). The results are the same as a
     serial scan's; this process assembles and returns them in registry order.
     """
-    from analyses.registry import for_modality
+    from attnlens.analyses.registry import for_modality
 
     entries = for_modality(lm.facts.modality, causal=lm.facts.causal)
     if not entries:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from formats.provenance import Provenance
-from pipelines.progress import SILENT, Progress
+from attnlens.formats.provenance import Provenance
+from attnlens.pipelines.progress import SILENT, Progress
 
 SENTENCES = (
     "Attention heads can be found in every transformer layer.",
@@ -70,9 +70,9 @@ def run_cross_attention(lm, utterances: Sequence[Utterance], *, progress: Progre
     saliency maps, and captures (pattern, cross_pattern) of the first ``examples`` utterances over their
     transcripts, saved as ``captures/audio-NNN`` next to their maps."""
     import lens
-    from analyses.cross_attention import alignment_head_scores, cross_attention_agreement
-    from analyses.speech_collect import encoder_of, timed_tokens, transcribe, utterance_maps
-    from formats.token_maps import TokenMaps
+    from attnlens.analyses.cross_attention import alignment_head_scores, cross_attention_agreement
+    from attnlens.analyses.speech_collect import encoder_of, timed_tokens, transcribe, utterance_maps
+    from attnlens.formats.token_maps import TokenMaps
     from lens.audio import layout_for
 
     f = lm.facts

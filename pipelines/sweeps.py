@@ -17,16 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from formats.ablation import AblationResult
-from formats.curves import Curves
-from formats.errors import SelectionError
-from formats.head_scores import HeadScores
-from formats.provenance import Provenance, inputs_digest
-from formats.sweep import open_sweep
-from formats.vocab import SweepKind
+from attnlens.formats.ablation import AblationResult
+from attnlens.formats.curves import Curves
+from attnlens.formats.errors import SelectionError
+from attnlens.formats.head_scores import HeadScores
+from attnlens.formats.provenance import Provenance, inputs_digest
+from attnlens.formats.sweep import open_sweep
+from attnlens.formats.vocab import SweepKind
 from lens.heads import HeadRef, MlpRef
-from pipelines.executors import Executor, Job, SerialExecutor
-from pipelines.progress import SILENT, Progress
+from attnlens.pipelines.executors import Executor, Job, SerialExecutor
+from attnlens.pipelines.progress import SILENT, Progress
 
 
 def _split(components) -> tuple[list[tuple[int, int]], list[int]]:
@@ -38,8 +38,8 @@ def ablate_set(lm, enc, components: Sequence, *, method, metric, seeds: Sequence
                max_rows: int = 64, task_name: str = "", progress: Progress = SILENT) -> AblationResult:
     """The metric with ``components`` ablated, and (``compare_random`` > 0) with that many random
     head sets of the same size per seed."""
-    from analyses.circuits import prepare, random_sets, score_sets
-    from analyses.circuits.ablation import all_heads
+    from attnlens.analyses.circuits import prepare, random_sets, score_sets
+    from attnlens.analyses.circuits.ablation import all_heads
 
     heads, mlps = _split(components)
     if compare_random and not heads:
@@ -76,7 +76,7 @@ class SweepOutcome:
 
 def sweep_items(facts, kind: SweepKind, components: Sequence = ()) -> list[tuple[str, list]]:
     """The named component sets a sweep ablates, in order."""
-    from analyses.circuits.ablation import all_heads
+    from attnlens.analyses.circuits.ablation import all_heads
 
     if kind is SweepKind.HEADS:
         items = [c for c in components if isinstance(c, HeadRef)] or all_heads(facts)
@@ -99,7 +99,7 @@ class Scoring:
 
 
 def _prepare_scoring(lm, enc, method, metric, seed: int, max_rows: int, score: Callable | None) -> Scoring:
-    import analyses.circuits as circuits
+    import attnlens.analyses.circuits as circuits
 
     return Scoring(circuits.prepare(lm, enc, method, metric, seed=seed), max_rows, score or circuits.score_sets)
 
@@ -144,7 +144,7 @@ def sweep(lm, enc, kind: SweepKind, *, out: str | Path, settings: dict, method, 
     each chunk is logged as it comes back, so nothing finished is lost or redone.
     ``score`` replaces :func:`analyses.circuits.score_sets` (tests interrupt it).
     """
-    from analyses.circuits import Method, Metric
+    from attnlens.analyses.circuits import Method, Metric
 
     executor = executor or SerialExecutor(lm)
     facts = lm.facts

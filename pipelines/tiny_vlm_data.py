@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from analyses import scenes as sc
+from attnlens.analyses import scenes as sc
 from lens.vlm import DEFAULT_PLACEHOLDER
 
 

@@ -1,6 +1,6 @@
 """Train tiny-vlm's projector on synthetic scenes and write the shipped weights.
 
-    python -m pipelines.tiny_vlm_train --out lens/zoo/weights/tiny_vlm_projector.safetensors
+    python -m attnlens.pipelines.tiny_vlm_train --out lens/zoo/weights/tiny_vlm_projector.safetensors
 
 reproduces the shipped file (defaults are the shipped run; docs/vlm.md has its timings).
 DINOv2 and SmolLM2 stay frozen; only the LLaVA projector (384 -> 576 -> 576) learns.
@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from analyses import scenes as sc
+from attnlens.analyses import scenes as sc
 from lens.zoo import tiny_vlm
-from pipelines.tiny_vlm_data import Example, cached_features, sequencer_for, training_examples
+from attnlens.pipelines.tiny_vlm_data import Example, cached_features, sequencer_for, training_examples
 
 ALIGN_GROUPS = {  # the words a scene is described by, as they appear inside a sentence
     "colour": [f" {c}" for c in sc.COLOURS],
@@ -211,7 +211,7 @@ def train(args, log=print) -> dict:
     timing["eval_s"] = round(time.time() - t3, 1)
     timing["total_s"] = round(time.time() - t0, 1)
     meta = {
-        "command": "python -m pipelines.tiny_vlm_train " + " ".join(sys.argv[1:]),
+        "command": "python -m attnlens.pipelines.tiny_vlm_train " + " ".join(sys.argv[1:]),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "cache")},
         "torch": torch.__version__, "timing": timing, "history": history, "evaluation": evaluation,
         "fp16_relative_change": rounding, "feature_layer": tiny_vlm.FEATURE_LAYER, "image_size": tiny_vlm.IMAGE_SIZE,
@@ -234,8 +234,8 @@ def _val_loss(model, seq, examples: list[Example], feats) -> tuple[float, float]
 def evaluate(lm, n_images: int, *, log=print) -> dict:
     """Accuracy per question kind on ``n_images`` held-out scenes, with the image and text-only,
     and the hallucination probe's yes-rates; JSON-ready."""
-    from analyses.vlm_collect import ask
-    from analyses.vqa import accuracy_by_kind, probe_score
+    from attnlens.analyses.vlm_collect import ask
+    from attnlens.analyses.vqa import accuracy_by_kind, probe_score
 
     held = list(sc.scenes(sc.Split.HELD_OUT, n_images))
     direct = [(s, q) for s in held for q in sc.questions(s)]
@@ -258,7 +258,7 @@ def save(state: dict[str, torch.Tensor], meta: dict, out: Path) -> None:
 
 
 def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipelines.tiny_vlm_train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m attnlens.pipelines.tiny_vlm_train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="the projector file to write (safetensors, fp16)")
     p.add_argument("--cache", type=Path, default=Path("results/tiny_vlm_cache"), help="vision feature cache")
     p.add_argument("--seed", type=int, default=0)

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from formats.errors import PromptError
-from formats.provenance import Provenance
-from pipelines.progress import SILENT, Progress
+from attnlens.formats.errors import PromptError
+from attnlens.formats.provenance import Provenance
+from attnlens.pipelines.progress import SILENT, Progress
 
 DEFAULT_QUESTION = "What colour is the shape?"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -38,7 +38,7 @@ def image_files(folder: Path) -> list[Path]:
 def file_items(files: Sequence[Path], questions: Sequence[str]):
     """One :class:`ImageQuestion` per file x question; every file is decoded first, so an
     undecodable one fails (one line, naming it) before any model runs."""
-    from analyses.vlm_collect import ImageQuestion
+    from attnlens.analyses.vlm_collect import ImageQuestion
     from lens.vlm import read_image
 
     images = [(f, read_image(f)) for f in files]
@@ -47,7 +47,7 @@ def file_items(files: Sequence[Path], questions: Sequence[str]):
 
 def scene_items(n: int, *, start: int = 1000):
     """Held-out synthetic scenes ``start..start+n`` (never trained on) with their direct questions."""
-    from analyses import scenes as sc
+    from attnlens.analyses import scenes as sc
 
     seeds = sc.split_seeds(sc.Split.HELD_OUT, start + n)[start:]
     return [(scene, q) for scene in (sc.make_scene(s) for s in seeds) for q in sc.questions(scene)]
@@ -55,7 +55,7 @@ def scene_items(n: int, *, start: int = 1000):
 
 def check_vision_text(lm) -> None:
     """A one-line error unless ``lm`` takes images."""
-    from formats.facts import Modality
+    from attnlens.formats.facts import Modality
 
     if lm.facts.modality is not Modality.VISION_TEXT:
         raise PromptError(f"{lm.facts.name} is a {lm.facts.modality.value} model: it takes no images; "
@@ -63,7 +63,7 @@ def check_vision_text(lm) -> None:
 
 
 def _provenance(lm, items, what: str, seeds=()):
-    from analyses.vlm_collect import image_questions
+    from attnlens.analyses.vlm_collect import image_questions
 
     labels = [q.label for q in image_questions(items)]
     return Provenance.for_model(lm.facts, seeds=tuple(seeds), prompts=f"{len(labels)} image questions ({what})",
@@ -74,8 +74,8 @@ def run_vision_aware(lm, items, *, steps: int = 2, k: int = 20, what: str = "ima
                      progress: Progress = SILENT) -> list:
     """VHD of every head (with vs without the image, same text) over ``items``: one HeadScores
     (``vision_aware.vhd``) whose arrays hold T-VHD per prompt and step."""
-    from analyses.vision_aware import vision_aware_scores
-    from analyses.vlm_collect import head_output_pairs
+    from attnlens.analyses.vision_aware import vision_aware_scores
+    from attnlens.analyses.vlm_collect import head_output_pairs
 
     check_vision_text(lm)
     task = progress.task(f"vision-aware heads: {len(items)} image questions", total=len(items))
@@ -88,9 +88,9 @@ def run_visual_sinks(lm, items, *, sink_prompts: Sequence[str] | None = None, ta
     """VAR's analysis over ``items``: the base LM's sink dimensions (from text-only ``sink_prompts``,
     default the built-in general prompts), visual sinks, and the image-centric share per head
     (``visual_sinks.image_centric``)."""
-    from analyses.prompts import GENERAL_PROMPTS
-    from analyses.visual_sinks import visual_sink_scores
-    from analyses.vlm_collect import base_lm_sink_dimensions, check_image_tokens, var_inputs
+    from attnlens.analyses.prompts import GENERAL_PROMPTS
+    from attnlens.analyses.visual_sinks import visual_sink_scores
+    from attnlens.analyses.vlm_collect import base_lm_sink_dimensions, check_image_tokens, var_inputs
 
     check_vision_text(lm)
     check_image_tokens(lm)

@@ -4,8 +4,7 @@ import json
 
 import numpy as np
 import pytest
-
-from analyses.result import HeadScores, Provenance, ResultError, load_results
+from attnlens.analyses.result import HeadScores, Provenance, ResultError, load_results
 
 
 def scores(name="a", value=0.0, shape=(3, 4)):
@@ -70,7 +69,16 @@ def test_scale_round_trips_ranks_signed_by_abs_and_rejects_unknown(tmp_path):
 
 
 def test_faithfulness_warning_says_how_far_and_what_size_reaches_it():
-    from formats import Circuit, Curves, Edge, Input, Node, NodeKind, Receiver, faithfulness_warning
+    from attnlens.formats import (
+        Circuit,
+        Curves,
+        Edge,
+        Input,
+        Node,
+        NodeKind,
+        Receiver,
+        faithfulness_warning,
+    )
 
     edges = [Edge(Node(NodeKind.HEAD, 0, i), Receiver(Input.LOGITS), 0.1) for i in range(3)]
     c = Circuit(heads=[(0, 0), (0, 1), (0, 2)], mlps=[], edges=edges, method="eap", metric="logit-diff",

@@ -1,7 +1,7 @@
 """Circuits and head-ablation studies: tasks, metrics, ablation and patching, EAP / EAP-IG,
 circuit selection, faithfulness and overlap. See docs/circuits.md."""
 
-from analyses.circuits.ablation import (
+from attnlens.analyses.circuits.ablation import (
     Context,
     MeanOver,
     Method,
@@ -11,8 +11,8 @@ from analyses.circuits.ablation import (
     random_sets,
     score_sets,
 )
-from analyses.circuits.metrics import Metric, per_row
-from analyses.circuits.tasks import (
+from attnlens.analyses.circuits.metrics import Metric, per_row
+from attnlens.analyses.circuits.tasks import (
     TASK_NAMES,
     EncodedTask,
     Example,
@@ -27,6 +27,7 @@ from analyses.circuits.tasks import (
     load_task,
     niah,
 )
+
 from lens.heads import MlpRef
 
 __all__ = [

@@ -12,17 +12,17 @@ or mean, heads only or heads and MLPs), by default the published one for the cir
 from __future__ import annotations
 
 import numpy as np
-
-from analyses.circuits.eap import EdgeScores
-from analyses.circuits.evaluation import (
+from attnlens.analyses.circuits.eap import EdgeScores
+from attnlens.analyses.circuits.evaluation import (
     EvalSetting,
     faithfulness_of,
     prepare_setting,
     published_setting,
 )
-from analyses.circuits.metrics import Metric
-from analyses.circuits.tasks import EncodedTask, TaskError
-from formats.circuit import Circuit, Node, NodeKind
+from attnlens.analyses.circuits.metrics import Metric
+from attnlens.analyses.circuits.tasks import EncodedTask, TaskError
+from attnlens.formats.circuit import Circuit, Node, NodeKind
+
 from lens.heads import HeadRef, MlpRef
 
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-
-from analyses.circuits.circuit import select_edges, select_nodes
-from analyses.circuits.eap import EdgeScores
-from analyses.circuits.tasks import TaskError
-from formats.circuit import Circuit
-from formats.curves import Curves
-from formats.provenance import Provenance
+from attnlens.analyses.circuits.circuit import select_edges, select_nodes
+from attnlens.analyses.circuits.eap import EdgeScores
+from attnlens.analyses.circuits.tasks import TaskError
+from attnlens.formats.circuit import Circuit
+from attnlens.formats.curves import Curves
+from attnlens.formats.provenance import Provenance
 
 EDGE_SIZES = (50, 100, 200, 500, 1000, 2000, 5000)
 HEAD_SIZES = (5, 10, 15, 20, 30, 40, 60)

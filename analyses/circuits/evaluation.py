@@ -38,15 +38,22 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from attnlens.analyses.circuits._hooks import CircuitModules
+from attnlens.analyses.circuits.ablation import (
+    Context,
+    MeanOver,
+    Method,
+    all_heads,
+    prepare,
+    score_sets,
+)
+from attnlens.analyses.circuits.eap import graph_names
+from attnlens.analyses.circuits.metrics import Metric, per_row
+from attnlens.analyses.circuits.tasks import EncodedTask, TaskError
+from attnlens.formats.circuit import Circuit, Input, Node, NodeKind
+from attnlens.formats.vocab import Ablated, Level, Replacement
 from torch import Tensor
 
-from analyses.circuits._hooks import CircuitModules
-from analyses.circuits.ablation import Context, MeanOver, Method, all_heads, prepare, score_sets
-from analyses.circuits.eap import graph_names
-from analyses.circuits.metrics import Metric, per_row
-from analyses.circuits.tasks import EncodedTask, TaskError
-from formats.circuit import Circuit, Input, Node, NodeKind
-from formats.vocab import Ablated, Level, Replacement
 from lens.heads import MlpRef
 from lens.hooks import Point, Where
 
@@ -282,7 +289,7 @@ def edge_level_logits(ctx: Context, batch: int, masks: np.ndarray | Tensor, *, m
 def _on(ref, device):
     if device is None or str(device) == "cpu":
         return ref
-    from analyses.circuits._hooks import Acts
+    from attnlens.analyses.circuits._hooks import Acts
 
     mv = lambda t: None if t is None else t.to(device)  # noqa: E731
     mvl = lambda ts: None if ts is None else [t.to(device) for t in ts]  # noqa: E731

@@ -17,9 +17,8 @@ random circuits at least as overlapping as B (a permutation p-value, with the us
 from __future__ import annotations
 
 import numpy as np
-
-from analyses.circuits.tasks import TaskError
-from formats.circuit import Circuit
+from attnlens.analyses.circuits.tasks import TaskError
+from attnlens.formats.circuit import Circuit
 
 
 def _share(a: set, b: set) -> float:
@@ -55,7 +54,7 @@ def random_overlap(a: Circuit, b: Circuit, facts, *, n: int = 1000, seed: int = 
             shares[i], jacs[i] = _share(ha, r), _jaccard(ha, r)
         out[name] = {"share_of_a_heads": _stats(_share(ha, hb), shares), "heads_jaccard": _stats(_jaccard(ha, hb), jacs)}
     if a.edges and b.edges:
-        from analyses.circuits.evaluation import Graph
+        from attnlens.analyses.circuits.evaluation import Graph
 
         g = Graph.of(facts)
         valid = np.flatnonzero(g.valid.ravel())

@@ -8,7 +8,7 @@ with the same head edits and returns logits plus the same per-step records.
 
 from __future__ import annotations
 
-from formats.vocab import Backend
+from attnlens.formats.vocab import Backend
 
 __all__ = ["Backend", "check_backend_model", "check_backend_sites"]
 

@@ -68,7 +68,7 @@ def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...
 
 def main(argv: list[str] | None = None) -> None:
     """The console entry point: run the app, turning every failure into one line on stderr."""
-    from formats.errors import AttnlensError
+    from attnlens.formats.errors import AttnlensError
 
     usage_errors, click_errors, aborts = _click_errors()
 

@@ -14,11 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from attnlens.formats.errors import PromptError, SelectionError
+from attnlens.formats.output import check_target, output_folder
 from rich.console import Console
 from rich.text import Text
 
-from formats.errors import PromptError, SelectionError
-from formats.output import check_target, output_folder
 from lens.cli._terminal import printable
 
 console = Console(stderr=True, highlight=False)  # progress and tables on stderr; --json output alone on stdout
@@ -143,7 +143,7 @@ def writing(out: Path, force: bool) -> Iterator[Path]:
 
 
 def print_json(obj: Any) -> None:
-    from formats._json import dumps
+    from attnlens.formats._json import dumps
 
     sys.stdout.write(dumps(obj) + "\n")
 
@@ -194,7 +194,7 @@ def load_model(name: str, **load_kwargs):
 def executor(lm, model: str, options, load_kwargs: dict[str, Any] | None = None) -> Iterator[Any]:
     """Where a command's items run: this process (``options`` None) or Ray workers that load
     ``model`` with ``load_kwargs``; stopped (workers, and a cluster it started) on exit."""
-    from pipelines.executors import ModelSpec, make_executor, max_memory_items
+    from attnlens.pipelines.executors import ModelSpec, make_executor, max_memory_items
 
     spec = None
     if options is not None:

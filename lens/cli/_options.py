@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-
-from formats.errors import SelectionError
-from formats.vocab import DeviceMap
+from attnlens.formats.errors import SelectionError
+from attnlens.formats.vocab import DeviceMap
 
 FORCE_OPTION = typer.Option(False, "--force", help="Replace a non-empty --out folder (only once the new one is complete).")
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON.")
@@ -67,7 +66,7 @@ class RayGroup:
             if given:
                 raise SelectionError(f"{', '.join(given)} apply to Ray runs: add --ray auto (or a cluster address)")
             return None
-        from pipelines.executors import RayOptions, check_address, import_ray
+        from attnlens.pipelines.executors import RayOptions, check_address, import_ray
 
         options = RayOptions(address=self.ray.strip(), workers=2 if self.workers is None else self.workers,
                              cpus_per_worker=1.0 if self.cpus_per_worker is None else self.cpus_per_worker,

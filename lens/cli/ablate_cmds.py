@@ -7,9 +7,8 @@ import math
 from pathlib import Path
 
 import typer
-
-from formats.errors import SelectionError
-from formats.vocab import (
+from attnlens.formats.errors import SelectionError
+from attnlens.formats.vocab import (
     Ablated,
     CircuitMethod,
     Level,
@@ -20,6 +19,7 @@ from formats.vocab import (
     SweepKind,
     Unit,
 )
+
 from lens.cli import app
 from lens.cli._common import (
     MODEL_HELP,
@@ -38,7 +38,7 @@ TASK_HELP = "ioi, colored-objects, greater-than, niah, or a UTF-8 .jsonl file (p
 
 
 def _task(lm, task: str, n_prompts: int, seed: int, batch_size: int, strict: bool, template=None, templates=None):
-    from analyses.circuits.tasks import encode_task, load_task
+    from attnlens.analyses.circuits.tasks import encode_task, load_task
 
     t = load_task(task, lm.tokenizer, n=n_prompts, seed=seed, strict=strict, template=template, templates=templates)
     enc = encode_task(t, lm.tokenizer, max_batch=batch_size, skip_bad=not strict)
@@ -62,7 +62,7 @@ def _check_task_file(task: str, *, template: int | None = None, templates: str |
     """Refuse, before any model loads, a task that is neither built in nor a readable task file
     (parsed here, so a bad file fails in seconds), and IOI-only options (``--template``,
     ``--templates``) given with another task."""
-    from analyses.circuits.tasks import TASK_NAMES, TaskError, load_jsonl
+    from attnlens.analyses.circuits.tasks import TASK_NAMES, TaskError, load_jsonl
 
     if task not in TASK_NAMES and not Path(task).is_file():
         raise TaskError(f"unknown task {task!r}: use one of {', '.join(TASK_NAMES)} or a .jsonl file")
@@ -75,13 +75,13 @@ def _check_task_file(task: str, *, template: int | None = None, templates: str |
 
 
 def _builtin_tasks() -> tuple[str, ...]:
-    from analyses.circuits.tasks import TASK_NAMES
+    from attnlens.analyses.circuits.tasks import TASK_NAMES
 
     return tuple(TASK_NAMES)
 
 
 def _check_strict(strict: bool, *tasks: str | None) -> None:
-    from analyses.circuits.tasks import TASK_NAMES
+    from attnlens.analyses.circuits.tasks import TASK_NAMES
 
     if strict and all(t is None or t in TASK_NAMES for t in tasks):
         raise SelectionError("--strict applies to a .jsonl task file (a bad line fails the run instead of being "
@@ -92,7 +92,7 @@ def _task_digest(task: str) -> str | None:
     """SHA-256 of a task file's bytes (None for a built-in task): a resumed sweep must run on the same file."""
     import hashlib
 
-    from analyses.circuits.tasks import TASK_NAMES
+    from attnlens.analyses.circuits.tasks import TASK_NAMES
 
     if task in TASK_NAMES:
         return None
@@ -102,7 +102,7 @@ def _task_digest(task: str) -> str | None:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     except OSError as err:
-        from analyses.circuits.tasks import TaskError
+        from attnlens.analyses.circuits.tasks import TaskError
 
         raise TaskError(f"task file {task} cannot be read: {err.strerror or err}") from None
     return h.hexdigest()
@@ -152,7 +152,7 @@ def ablate(
 
       lens ablate smollm2-135m --task ioi --sweep heads --ray auto --workers 2 --out results/ioi-sweep
     """
-    from pipelines import sweeps
+    from attnlens.pipelines import sweeps
 
     seed_list = int_list(seeds, "seeds", max_count=1000, default=[0])
     if sweep is None and not (heads or mlps):
@@ -310,7 +310,7 @@ def circuit(
 
       lens circuit smollm2-135m --task ioi --method sae --sae-examples 10 --top-n 30
     """
-    from pipelines.circuits import circuit_study, resolve_setting
+    from attnlens.pipelines.circuits import circuit_study, resolve_setting
 
     if top_n is not None and threshold is not None:
         raise SelectionError("give one of --top-n and --threshold, not both")
@@ -367,7 +367,7 @@ def circuit(
     h_sizes = int_list(head_sizes, "head-sizes", lo=1, max_count=64) if head_sizes else None
     sae_config = None
     if is_sae:
-        from analyses.circuits.discrete_sae import SAEConfig
+        from attnlens.analyses.circuits.discrete_sae import SAEConfig
 
         defaults = SAEConfig()
         sae_config = SAEConfig(n_codes=sae_codes or defaults.n_codes, steps=sae_steps or defaults.steps, seed=seed)
@@ -379,7 +379,7 @@ def circuit(
     other = _task(lm, overlap_task, n_prompts, seed, batch_size, strict) if overlap_task else None
     patching = None
     if patching_scores is not None:
-        from pipelines.circuits import load_patching
+        from attnlens.pipelines.circuits import load_patching
 
         patching = load_patching(patching_scores, lm.facts)
     with executor(lm, model, ray_opts, load_kw) as ex, writing(out, force) as tmp, progress() as bar:
@@ -393,7 +393,7 @@ def circuit(
                               sae_examples=sae_examples or 10, sae_config=sae_config)
         study.save(tmp)
     c = study.circuit
-    from formats import faithfulness_warning
+    from attnlens.formats import faithfulness_warning
 
     warning = faithfulness_warning(c, study.curves)
     if json_out:

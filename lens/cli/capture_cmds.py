@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from attnlens.formats.errors import PromptError, SelectionError
+from attnlens.formats.vocab import Backend, DType, KernelBackend
 from rich.table import Table
 from rich.text import Text
 
-from formats.errors import PromptError, SelectionError
-from formats.vocab import Backend, DType, KernelBackend
 from lens.cli import app
 from lens.cli._common import (
     MODEL_HELP,
@@ -174,7 +174,8 @@ def info(
 
     Example: lens info caps/fr/000
     """
-    from formats.capture import CaptureFile
+    from attnlens.formats.capture import CaptureFile
+
     from lens.recording.spec import format_bytes
 
     cap = CaptureFile.load(capture_dir, verify=True)
@@ -189,7 +190,7 @@ def info(
         f"{format_bytes(n_bytes)}")
     say(f"text: {m.text[0][:200]!r}")
     say(f"sites {', '.join(s.value for s in m.sites)}; layers {m.layers}; heads {m.heads}")
-    from formats.layouts import AudioLayout, SourceLayout
+    from attnlens.formats.layouts import AudioLayout, SourceLayout
 
     if isinstance(m.layout, SourceLayout):
         say(f"source ({m.layout.n_frames} encoder positions): {m.layout.text[:200]!r}")
@@ -257,9 +258,10 @@ def stats(
 
     Example: lens stats tiny-vlm --image photo.png --prompt '<image>\\nWhat colour is the shape?' --chat --out stats/vlm
     """
+    from attnlens.kernels import StatsSpec
+    from attnlens.kernels._validate import resolve_backend
+
     import lens
-    from kernels import StatsSpec
-    from kernels._validate import resolve_backend
 
     if (prompt is None) == (file is None):
         raise PromptError("give exactly one of --prompt TEXT or --file FILE")

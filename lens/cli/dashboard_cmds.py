@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from attnlens.formats.vocab import MapMethod, ReportFormat
 
-from formats.vocab import MapMethod, ReportFormat
 from lens.cli import app
 from lens.cli._common import say, status
 
@@ -28,9 +28,9 @@ def dashboard(
     Only requests naming this address (or --allow-host) are answered. Example:
     lens dashboard results/smollm2 --port 5006 --no-show
     """
-    from dashboards._hosts import parse_allow_hosts
-    from formats.errors import SelectionError
-    from formats.folder import ResultsFolder
+    from attnlens.dashboards._hosts import parse_allow_hosts
+    from attnlens.formats.errors import SelectionError
+    from attnlens.formats.folder import ResultsFolder
 
     try:  # before the folder is read: a typo fails at once
         parse_allow_hosts(allow_host)
@@ -40,7 +40,7 @@ def dashboard(
     for name, why in folder.problems.items():
         say(f"warning: {name}: {why}", "yellow")  # say escapes control characters in file names
     with status("starting the dashboard"):
-        from dashboards.app import ServeError, serve
+        from attnlens.dashboards.app import ServeError, serve
 
         try:
             server = serve(folder.path, port=port, address=address, allow_hosts=allow_host, show=show,
@@ -64,7 +64,7 @@ def report(
 
     Example: lens report results/smollm2 --format pdf --out smollm2.pdf
     """
-    from dashboards.report import write_report
+    from attnlens.dashboards.report import write_report
 
     with status(f"writing the {fmt.value} report"):
         path = write_report(results_dir, fmt.value, out, force=force)

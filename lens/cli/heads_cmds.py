@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import typer
+from attnlens.formats.errors import SelectionError
+from attnlens.formats.vocab import Objective, Source
 from rich.table import Table
 from rich.text import Text
 
-from formats.errors import SelectionError
-from formats.vocab import Objective, Source
 from lens.cli import _common as _c
 from lens.cli import app
 from lens.cli._common import (
@@ -52,7 +52,7 @@ app.add_typer(heads_app, name="heads")
 # ---- output ------------------------------------------------------------------------------
 def print_results(results, title: str) -> None:
     """One row per result: distribution and top heads; then each result's headline numbers."""
-    from formats.head_scores import HeadScores
+    from attnlens.formats.head_scores import HeadScores
 
     table = Table(title=Text(printable(title)))  # a model name: no markup, no control characters
     for col in ("result", "mean", "p50", "p90", "max", "top heads"):
@@ -105,7 +105,7 @@ def _niah_grid(lengths: str, depths: str, seeds: str) -> tuple[list[int], list[f
 
 
 def _trials(lm, grid: tuple[list[int], list[float], list[int]], needles: int, chat: bool):
-    from pipelines.heads import niah_trials
+    from attnlens.pipelines.heads import niah_trials
 
     lengths, depths, seeds = grid
     return niah_trials(lm, lengths=lengths, depths=depths, seeds=seeds, n_needles=needles, chat=chat)
@@ -149,7 +149,7 @@ def retrieval(
 
     Example: lens heads retrieval smollm2-135m --lengths 512,1024 --depths 0,0.25,0.5,0.75,1 --ablate 5,10 --out results/retrieval
     """
-    from pipelines import heads
+    from attnlens.pipelines import heads
 
     ks = int_list(ablate, "ablate", lo=1, max_count=32)
     if ablate_seeds is not None and not ks:
@@ -189,8 +189,8 @@ def sinks(
 
     Example: lens heads sinks smollm2-135m --prompt "The river wound through the valley." --out results/sinks
     """
-    from analyses.prompts import GENERAL_PROMPTS
-    from pipelines import heads
+    from attnlens.analyses.prompts import GENERAL_PROMPTS
+    from attnlens.pipelines import heads
 
     prompts = [check_prompt(p) for p in prompt or []] + (prompt_lines(file, "file") if file else [])
     check_out(out, force)
@@ -237,7 +237,7 @@ def taxonomy(
 
     Example: lens heads taxonomy smollm2-135m --repeat-len 100 --batch 8 --out results/taxonomy
     """
-    from pipelines import heads
+    from attnlens.pipelines import heads
 
     check_out(out, force)
     lm = load_model(model)
@@ -279,8 +279,8 @@ def streaming(
 
     Example: lens heads streaming smollm2-135m --length 1024 --retrieval results/retrieval/retrieval.retrieval_score.json --out results/streaming
     """
-    from formats.head_scores import HeadScores
-    from pipelines import heads
+    from attnlens.formats.head_scores import HeadScores
+    from attnlens.pipelines import heads
 
     if sink is not None and recent is not None and sink + recent >= length:
         raise SelectionError(f"--sink {sink} + --recent {recent} must be less than --length {length}: no query would "
@@ -350,9 +350,10 @@ def calibration(
 
     Example: lens heads calibration smollm2-135m --task ioi --heads search --out results/act
     """
+    from attnlens.pipelines.calibration import run_calibration
+
     from lens.cli.ablate_cmds import _check_task_file, _task
     from lens.heads import parse_head_spec
-    from pipelines.calibration import run_calibration
 
     seed_list = int_list(seeds, "seeds", max_count=100, default=[0])
     tpl = int_list(templates, "templates", max_count=100) if templates else None
@@ -413,8 +414,9 @@ class ImageInputs:
     def items(self):
         """``(items, what)`` from exactly one of --image/--images/--scenes; every image decoded now,
         so a bad file fails before the model loads and nothing is written."""
+        from attnlens.pipelines import vlm as vp
+
         from lens.vlm import DEFAULT_PLACEHOLDER
-        from pipelines import vlm as vp
 
         given = [n for n, v in (("--image", self.image), ("--images", self.images), ("--scenes", self.scenes)) if v]
         if len(given) != 1:
@@ -442,7 +444,7 @@ VLM_MODEL_ARGUMENT = typer.Argument("tiny-vlm", help=MODEL_HELP + " A vision-lan
 def _vlm_heads(model: str, out: Path, inputs: ImageInputs, force: bool, json_out: bool, run, title: str) -> list:
     """The body of every vision-language head analysis: inputs checked, the model loaded and
     checked, ``run(lm, items, what, progress)`` scored and saved into ``out``, the table printed."""
-    from pipelines import vlm as vp
+    from attnlens.pipelines import vlm as vp
 
     items, what = inputs.items()
     check_out(out, force)
@@ -471,7 +473,7 @@ def vision_aware(
 
     Example: lens heads vision-aware tiny-vlm --image photo.png --question "What colour is the shape?" --out results/vhd
     """
-    from pipelines import vlm as vp
+    from attnlens.pipelines import vlm as vp
 
     _vlm_heads(model, out, inputs, force, json_out, title="vision-aware heads (VHD)",
                run=lambda lm, items, what, bar: vp.run_vision_aware(lm, items, steps=steps, k=k, what=what,
@@ -494,7 +496,7 @@ def visual_sinks(
 
     Example: lens heads visual-sinks tiny-vlm --scenes 16 --out results/visual_sinks
     """
-    from pipelines import vlm as vp
+    from attnlens.pipelines import vlm as vp
 
     results = _vlm_heads(model, out, inputs, force, json_out, title="visual sinks and image-centric heads (VAR)",
                          run=lambda lm, items, what, bar: vp.run_visual_sinks(lm, items, tau=tau, what=what,
@@ -528,7 +530,7 @@ def qk(
 
     Example: lens heads qk tiny-llama --layer 3 --head 1 --prompt "abcabc" --query-pos 5 --key-pos 2 --out results/qk
     """
-    from pipelines.qk import run_qk
+    from attnlens.pipelines.qk import run_qk
 
     check_out(out, force)
     lm = load_model(model)
@@ -578,7 +580,7 @@ def dla(
 
     Example: lens heads dla tiny-llama --prompt "abcabc" --pos -1 --pos 2 --top 3 --out results/dla
     """
-    from pipelines.dla import run_dla
+    from attnlens.pipelines.dla import run_dla
 
     check_out(out, force)
     lm = load_model(model)

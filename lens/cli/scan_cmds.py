@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import typer
+from attnlens.formats.vocab import Source
 from rich.table import Table
 from rich.text import Text
 
-from formats.vocab import Source
 from lens.cli import app
 from lens.cli._common import (
     MODEL_HELP,
@@ -75,8 +75,8 @@ def scan(
     On Ray (--ray auto --workers 2) the analyses and the NIAH trials run on workers that
     each hold the model; the results are the same files.
     """
-    from pipelines.scan import ScanSettings
-    from pipelines.scan import scan as run_scan
+    from attnlens.pipelines.scan import ScanSettings
+    from attnlens.pipelines.scan import scan as run_scan
 
     settings = ScanSettings(
         thorough=thorough,

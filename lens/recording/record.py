@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from formats.capture import CaptureFile, CaptureMeta, entry_name, write_capture
-from formats.errors import SelectionError
-from formats.output import output_folder
-from formats.provenance import package_versions
-from formats.sites import Site, SiteKey
+from attnlens.formats.capture import CaptureFile, CaptureMeta, entry_name, write_capture
+from attnlens.formats.errors import SelectionError
+from attnlens.formats.output import output_folder
+from attnlens.formats.provenance import package_versions
+from attnlens.formats.sites import Site, SiteKey
 
 __all__ = ["Capture", "CaptureMeta", "package_versions"]
 

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from attnlens.formats.capture import CaptureMeta
+from attnlens.formats.errors import BackendError, KernelInputError
+from attnlens.formats.facts import Modality
+from attnlens.formats.output import output_folder
+from attnlens.formats.sites import Part
+from attnlens.formats.stats_run import StatsFile, write_stats
+from attnlens.formats.vocab import KernelBackend
 
-from formats.capture import CaptureMeta
-from formats.errors import BackendError, KernelInputError
-from formats.facts import Modality
-from formats.output import output_folder
-from formats.sites import Part
-from formats.stats_run import StatsFile, write_stats
-from formats.vocab import KernelBackend
 from lens import _checks, _exclusive
 from lens.attention import (
     AttentionCompute,
@@ -52,7 +52,7 @@ class StatsRecorder(AttentionCompute):
     name = "stats mode"
 
     def compute(self, module, layer, query, key, value, attention_mask, *, need_weights, modify, **kwargs):
-        from kernels.hf_attention import layer_sinks, stats_attention_call
+        from attnlens.kernels.hf_attention import layer_sinks, stats_attention_call
 
         if modify is not None:
             raise KernelInputError(f"stats mode cannot record layer {layer} while an intervention modifies its "
@@ -95,7 +95,7 @@ def stats_mode(model_or_lm, spec, layers: Sequence[int] | None = None, *, backen
     self-attention and cross-attention run non-causal, as the modules say). Yields the
     :class:`StatsRecorder`; ``rec.stats[layer][call]``.
     """
-    from kernels import StatsSpec
+    from attnlens.kernels import StatsSpec
 
     if not isinstance(model_or_lm, (LoadedModel, torch.nn.Module)):
         raise KernelInputError(f"model_or_lm must be a lens.LoadedModel or a transformers model, got "
@@ -153,7 +153,7 @@ class StatsRun:
 
     @classmethod
     def load(cls, folder: str | Path) -> StatsRun:
-        from kernels import AttnStats, StatsSpec
+        from attnlens.kernels import AttnStats, StatsSpec
 
         f = StatsFile.load(folder)
         stats = {layer: AttnStats(**{name: torch.from_numpy(f.read(layer, name)) for name in AttnStats._fields})
@@ -173,7 +173,8 @@ def run_stats(lm: LoadedModel, prompt, *, spec=None, layers=None, backend: Kerne
     """
     from dataclasses import replace
 
-    from kernels import StatsSpec
+    from attnlens.kernels import StatsSpec
+
     from lens.inputs import ModelInput, prepare
     from lens.recording.native import build_capture
     from lens.recording.spec import CaptureSpec

@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from formats.vocab import DeviceMap
+from attnlens.formats.vocab import DeviceMap
+
 from lens.errors import SelectionError
 
 DEVICE_MAPS = tuple(m.value for m in DeviceMap)

@@ -21,7 +21,7 @@ config fields:
 - the chat template is SmolLM2's without the default system prompt (20 tokens fewer).
 
 Only the projector belongs to this project: ``weights/tiny_vlm_projector.safetensors``
-(fp16, about 1 MB), reproduced by ``python -m pipelines.tiny_vlm_train`` (docs/vlm.md).
+(fp16, about 1 MB), reproduced by ``python -m attnlens.pipelines.tiny_vlm_train`` (docs/vlm.md).
 The two towers come from the dinov2-small and smollm2-135m caches.
 """
 

@@ -11,10 +11,10 @@
 import matplotlib.pyplot as plt
 
 import lens
-from analyses import Provenance, make_trials, retrieval_scores
-from analyses.causal import ablation_plan
-from analyses.collect import needle_accuracy
-from analyses.decode import decode_trials
+from attnlens.analyses import Provenance, make_trials, retrieval_scores
+from attnlens.analyses.causal import ablation_plan
+from attnlens.analyses.collect import needle_accuracy
+from attnlens.analyses.decode import decode_trials
 
 lm = lens.load("smollm2-135m")
 trials = make_trials(lm.tokenizer, context_length=lm.facts.context_length, lengths=[300],

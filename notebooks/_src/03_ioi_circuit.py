@@ -16,10 +16,10 @@ import numpy as np
 from scipy.stats import spearmanr
 
 import lens
-from analyses.circuits import encode_task, ioi, prepare, score_sets
-from analyses.circuits.curves import edge_circuits, head_circuits
-from analyses.circuits.eap import edge_attribution
-from analyses.circuits.evaluation import HANNA_2024, WANG_2022, faithfulness_of, prepare_setting
+from attnlens.analyses.circuits import encode_task, ioi, prepare, score_sets
+from attnlens.analyses.circuits.curves import edge_circuits, head_circuits
+from attnlens.analyses.circuits.eap import edge_attribution
+from attnlens.analyses.circuits.evaluation import HANNA_2024, WANG_2022, faithfulness_of, prepare_setting
 from lens.heads import HeadRef
 
 lm = lens.load("smollm2-135m")

@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import lens
-from analyses.result import Provenance
-from analyses.vit_heads import pruned_cls_embeddings, pruning_importance, vit_head_scores
+from attnlens.analyses.result import Provenance
+from attnlens.analyses.vit_heads import pruned_cls_embeddings, pruning_importance, vit_head_scores
 from lens import Site, vision
 
 lm = lens.load("dinov2-small")

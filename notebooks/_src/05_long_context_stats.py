@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt
 import torch
 
 import lens
-from analyses import row_stats_from_kernel, row_stats_from_pattern
-from kernels import StatsSpec, attention_with_stats
+from attnlens.analyses import row_stats_from_kernel, row_stats_from_pattern
+from attnlens.kernels import StatsSpec, attention_with_stats
 
 lm = lens.load("smollm2-135m")
 

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 import lens
-from analyses.collect import repeated_tokens
-from analyses.taxonomy import head_type_scores
-from dashboards import show
-from pipelines.dla import dla_of_capture
+from attnlens.analyses.collect import repeated_tokens
+from attnlens.analyses.taxonomy import head_type_scores
+from attnlens.dashboards import show
+from attnlens.pipelines.dla import dla_of_capture
 
 torch.set_num_threads(2)
 lm = lens.load("smollm2-135m")
@@ -93,7 +93,7 @@ show(gen)
 # The taxonomy scores and the capture, saved through the results format, shown as the dashboard.
 
 # %%
-from pipelines.heads import run_taxonomy
+from attnlens.pipelines.heads import run_taxonomy
 
 folder = Path(tempfile.mkdtemp()) / "results"
 for result in run_taxonomy(lm, repeat_len=40, batch=2):

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 import lens
-from analyses.scenes import make_scene
-from dashboards import show
+from attnlens.analyses.scenes import make_scene
+from attnlens.dashboards import show
 from lens import vlm
-from pipelines import vlm as vlm_runs
+from attnlens.pipelines import vlm as vlm_runs
 
 torch.set_num_threads(2)
 lm = lens.load("tiny-vlm")

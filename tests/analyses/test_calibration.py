@@ -3,9 +3,7 @@
 import numpy as np
 import pytest
 import torch
-
-import lens
-from analyses.calibration import (
+from attnlens.analyses.calibration import (
     ActCalibration,
     CalibrationError,
     Columns,
@@ -15,6 +13,8 @@ from analyses.calibration import (
     select_heads,
     sink_columns,
 )
+
+import lens
 from lens.attention import attention_mode
 
 
@@ -135,9 +135,9 @@ def test_random_control_is_seeded_and_differs(tiny_lm):
 def test_calibration_pipeline_and_cli(tiny_lm, cli, tmp_path):
     import json
 
-    from analyses.circuits import Example, Task, encode_task
-    from formats import Curves
-    from pipelines.calibration import run_calibration
+    from attnlens.analyses.circuits import Example, Task, encode_task
+    from attnlens.formats import Curves
+    from attnlens.pipelines.calibration import run_calibration
 
     exs = [Example(f"{a}b{c}de {a}x", "q", f"{d}b{c}de {a}x", "z") for a, c, d in zip("abcdefgh", "hgfedcba", "mnopqrst")]
     enc = encode_task(Task("tiny", exs), tiny_lm.tokenizer, max_batch=4)

@@ -9,14 +9,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from attnlens.analyses.dla import direct_logit_attribution, readout_parts
+from attnlens.formats import ResultsFolder, Site
+from attnlens.formats.dla import DLAResult
+from attnlens.pipelines.dla import dla_of_capture, run_dla
 
 import lens
-from analyses.dla import direct_logit_attribution, readout_parts
-from formats import ResultsFolder, Site
-from formats.dla import DLAResult
 from lens.errors import BackendError, PromptError, ResultError, SelectionError
 from lens.zoo.tiny import TINY_VOCAB
-from pipelines.dla import dla_of_capture, run_dla
 from tests.analyses.families import init, saved
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -165,7 +165,7 @@ def test_result_round_trips_and_a_folder_finds_it(tiny_lm, tmp_path):
 def test_a_capture_is_attributed_on_its_saved_tokens(tiny_lm, tmp_path):
     run = lens.run(tiny_lm, PROMPT, sites=[Site.PATTERN], layers=[0])
     run.capture.write_into(tmp_path / "cap")
-    from formats import CaptureFile
+    from attnlens.formats import CaptureFile
 
     cap = CaptureFile.load(tmp_path / "cap")
     res = dla_of_capture(tiny_lm, cap, ["M"])

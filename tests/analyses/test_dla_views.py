@@ -16,9 +16,8 @@ def dla_folder(tmp_path_factory):
 
 def test_dashboard_tab_reads_the_result(dla_folder):
     import panel as pn
-
-    from dashboards.app import Dashboard
-    from formats import ResultsFolder
+    from attnlens.dashboards.app import Dashboard
+    from attnlens.formats import ResultsFolder
 
     folder = ResultsFolder.load(dla_folder)
     dash = Dashboard(folder)
@@ -35,8 +34,8 @@ def test_dashboard_tab_reads_the_result(dla_folder):
 
 
 def test_both_reports_have_a_section(dla_folder, tmp_path):
-    from dashboards.report import build_report, write_report
-    from formats import ResultsFolder
+    from attnlens.dashboards.report import build_report, write_report
+    from attnlens.formats import ResultsFolder
 
     rep = build_report(dla_folder)
     res = ResultsFolder.load(dla_folder).dla["dla"]

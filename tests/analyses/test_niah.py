@@ -1,8 +1,7 @@
 """NIAH trial generator: exact needle spans, determinism, depths and errors."""
 
 import pytest
-
-from analyses.niah import NiahError, make_trial, make_trials, rouge1_recall
+from attnlens.analyses.niah import NiahError, make_trial, make_trials, rouge1_recall
 
 
 def test_needle_span_decodes_to_the_needle(tiny_lm):

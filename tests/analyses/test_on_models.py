@@ -3,15 +3,20 @@
 import numpy as np
 import pytest
 import torch
+from attnlens.analyses import Provenance
+from attnlens.analyses.collect import (
+    needle_accuracy,
+    sink_inputs,
+    streaming_masses,
+    taxonomy_patterns,
+)
+from attnlens.analyses.decode import greedy_decode
+from attnlens.analyses.niah import make_trial, make_trials
+from attnlens.analyses.sinks import sink_scores
+from attnlens.analyses.streaming import streaming_profile
+from attnlens.analyses.taxonomy import taxonomy_scores
 
 import lens
-from analyses import Provenance
-from analyses.collect import needle_accuracy, sink_inputs, streaming_masses, taxonomy_patterns
-from analyses.decode import greedy_decode
-from analyses.niah import make_trial, make_trials
-from analyses.sinks import sink_scores
-from analyses.streaming import streaming_profile
-from analyses.taxonomy import taxonomy_scores
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +73,8 @@ def test_taxonomy_and_streaming_run_on_tiny(tiny_lm, tiny_trial):
 # ---- SmolLM2 (slow tier) -------------------------------------------------------------------
 @pytest.mark.slow
 def test_smollm2_finds_the_needle_and_retrieval_heads_agree_across_sources(smollm2):
-    from analyses.decode import decode_trials
-    from analyses.retrieval import retrieval_scores
+    from attnlens.analyses.decode import decode_trials
+    from attnlens.analyses.retrieval import retrieval_scores
 
     torch.set_num_threads(1)  # on a shared 2-core machine one thread is faster
     trials = make_trials(smollm2.tokenizer, context_length=8192, lengths=(300,), depths=(0.25, 0.75), chat=True)
@@ -94,7 +99,7 @@ def test_smollm2_sinks(smollm2):
 
 
 def test_duo_gates_start_at_full_attention_and_restore_the_model(tiny_lm):
-    from analyses.duo_gates import GateConfig, train_gates
+    from attnlens.analyses.duo_gates import GateConfig, train_gates
 
     ids = torch.randint(3, 200, (1, 40))
     before = tiny_lm.model(ids).logits
@@ -106,7 +111,7 @@ def test_duo_gates_start_at_full_attention_and_restore_the_model(tiny_lm):
 
 
 def test_duo_gates_objectives_converge_and_record(tiny_lm):
-    from analyses.duo_gates import GateConfig, Objective, train_gates
+    from attnlens.analyses.duo_gates import GateConfig, Objective, train_gates
 
     cfg = dict(length=400, prompts=1, needles=1, steps=40, min_steps=5, patience=3, lr=0.2)
     gates, rec = train_gates(tiny_lm, GateConfig(**cfg))
@@ -120,7 +125,7 @@ def test_duo_gates_objectives_converge_and_record(tiny_lm):
 
 
 def test_gate_convergence_rule():
-    from analyses.duo_gates import GateConfig, converged
+    from attnlens.analyses.duo_gates import GateConfig, converged
 
     cfg = GateConfig(min_steps=4, patience=3, tol=0.01)
     assert not converged([(1,), (1,), (1,)], [1.0, 1.0, 1.0], cfg)  # before min_steps

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from attnlens.analyses.qk_attribution import Contributor, Kind, head_loadings, qk_attribution
 
-from analyses.qk_attribution import Contributor, Kind, head_loadings, qk_attribution
 from lens.errors import BackendError, SelectionError
 from lens.zoo.tiny import TINY_VOCAB
 from tests.analyses.families import init as _init
@@ -101,7 +101,7 @@ def test_hand_built_model_one_head_feeds_the_query(tmp_path):
 
 def test_ov_sums_to_the_heads_direct_logit_attribution(tiny_lm):
     """Summed over keys, OV is the head's output at q (z W_O) on the answer direction over the final norm's scale."""
-    from analyses.circuits._hooks import CircuitModules, capture
+    from attnlens.analyses.circuits._hooks import CircuitModules, capture
 
     ids = tiny_lm.encode(PROMPT)
     answers = [ord("M") - 29, ord("J") - 29]

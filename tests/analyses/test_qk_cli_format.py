@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from attnlens.formats import ResultError, ResultsFolder
+from attnlens.formats.provenance import Provenance
+from attnlens.formats.qk import Contributor, Kind, QKResult
 
-from formats import ResultError, ResultsFolder
-from formats.provenance import Provenance
-from formats.qk import Contributor, Kind, QKResult
 from tests.analyses.qk_folder import PROMPT, write_qk_folder
 
 
@@ -20,7 +20,7 @@ def qk_folder(tmp_path_factory):
 
 
 def test_cli_writes_a_result_the_folder_finds(qk_folder, tiny_lm):
-    from analyses.qk_attribution import qk_attribution
+    from attnlens.analyses.qk_attribution import qk_attribution
 
     folder = ResultsFolder.load(qk_folder)
     assert not folder.problems and folder.counts()["QK attributions"] == 1

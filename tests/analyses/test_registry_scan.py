@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from attnlens.analyses import registry
+from attnlens.analyses.registry import register_analysis
+from attnlens.formats import HeadScores, Provenance, ResultsFolder
+from attnlens.formats.errors import SelectionError
+from attnlens.formats.facts import Modality
 
 import lens
-from analyses import registry
-from analyses.registry import register_analysis
-from formats import HeadScores, Provenance, ResultsFolder
-from formats.errors import SelectionError
-from formats.facts import Modality
 
 PROMPT = "The cat sat on the mat because the mat was warm"
 
@@ -25,7 +25,7 @@ def own_registry(monkeypatch):
 
 def self_focus_runner(lm, plan, progress):
     """How much each head's last query attends to itself; its output (the scores) is what others need."""
-    from pipelines.scan import ScanPart
+    from attnlens.pipelines.scan import ScanPart
 
     cap = lens.run(lm, PROMPT, sites=[lens.Site.PATTERN]).capture
     scores = np.stack([cap.pattern(layer)[0, :, -1, -1].float().numpy() for layer in range(lm.facts.n_layers)])
@@ -76,8 +76,8 @@ def test_a_registered_analysis_runs_in_lens_scan_and_shows_in_the_dashboard(own_
     assert {"summary.sink_mass.json", "self_focus.self_attention.json", "elsewhere.attention_elsewhere.json"} <= written
     assert "no scan runner" not in err
 
-    from dashboards.app import Dashboard
-    from dashboards.selection import ModelResults, describe
+    from attnlens.dashboards.app import Dashboard
+    from attnlens.dashboards.selection import ModelResults, describe
 
     sel = ModelResults.of(folder)
     label = next(k for k, r in sel.results.items() if r.name == "self_focus.self_attention")
@@ -91,7 +91,7 @@ def test_a_registered_analysis_runs_in_lens_scan_and_shows_in_the_dashboard(own_
 
 
 def test_the_scan_pipeline_passes_what_an_entry_needs(own_registry, tiny_lm):
-    from pipelines.scan import ScanSettings, scan
+    from attnlens.pipelines.scan import ScanSettings, scan
 
     _register()
     out = scan(tiny_lm, ScanSettings(chat=False, captures=0))
@@ -113,8 +113,8 @@ def test_registering_a_scan_analysis_without_a_runner_or_with_unknown_needs_is_r
 def test_a_runner_that_spreads_its_own_items_runs_its_followup_with_its_output(own_registry, tiny_lm):
     """The retrieval pattern: a `distributes` runner gets the executor (None here, serial), and its
     `followup` runs after it with its output, before the entries that need nothing of it are assembled."""
-    from analyses.registry import AnalysisEntry
-    from pipelines.scan import ScanPart, ScanSettings, scan
+    from attnlens.analyses.registry import AnalysisEntry
+    from attnlens.pipelines.scan import ScanPart, ScanSettings, scan
 
     seen = {}
 

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
-from analyses import Provenance
-from analyses.retrieval import DecodeTrace, RetrievalError, copy_counts, retrieval_scores
+from attnlens.analyses import Provenance
+from attnlens.analyses.retrieval import DecodeTrace, RetrievalError, copy_counts, retrieval_scores
 
 PROV = Provenance(model="synthetic")
 L, H = 3, 4
@@ -73,7 +72,7 @@ def test_step_mismatch_is_an_error():
 
 def test_result_round_trips(tmp_path):
     r = retrieval_scores([copying_trace()], provenance=PROV)[0]
-    from analyses import HeadScores
+    from attnlens.analyses import HeadScores
 
     back = HeadScores.load(r.save(tmp_path))
     np.testing.assert_array_equal(back.scores, r.scores)

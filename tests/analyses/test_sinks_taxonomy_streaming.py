@@ -3,12 +3,21 @@
 import numpy as np
 import pytest
 import torch
-
-from analyses import Provenance
-from analyses.causal import AblationError, ablation_plan
-from analyses.sinks import SinkInput, key_stats_from_kernel, key_stats_from_pattern, sink_scores
-from analyses.streaming import agreement, masses_from_pattern, scaled_window, streaming_profile
-from analyses.taxonomy import TaxonomyError, head_type_scores, taxonomy_scores
+from attnlens.analyses import Provenance
+from attnlens.analyses.causal import AblationError, ablation_plan
+from attnlens.analyses.sinks import (
+    SinkInput,
+    key_stats_from_kernel,
+    key_stats_from_pattern,
+    sink_scores,
+)
+from attnlens.analyses.streaming import (
+    agreement,
+    masses_from_pattern,
+    scaled_window,
+    streaming_profile,
+)
+from attnlens.analyses.taxonomy import TaxonomyError, head_type_scores, taxonomy_scores
 
 PROV = Provenance(model="synthetic")
 
@@ -67,7 +76,7 @@ def test_massive_activations_and_sink_tokens():
 
 
 def test_pattern_and_kernel_key_stats_agree():
-    from kernels import StatsSpec, attention_with_stats
+    from attnlens.kernels import StatsSpec, attention_with_stats
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 4, 20, 16, generator=g) for _ in range(3))
@@ -202,7 +211,7 @@ def test_ablation_plan():
 
 
 def test_gate_scores_expand_kv_heads_and_binarise():
-    from analyses.streaming import gate_scores
+    from attnlens.analyses.streaming import gate_scores
 
     g = torch.tensor([[1.0, 0.2], [0.4, 0.9]])
     r = gate_scores(g, n_heads=4, provenance=PROV)[0]
@@ -219,7 +228,7 @@ def test_agreement_averages_tied_ranks():
 
 
 def test_kv_agreement_counts_retrieval_heads_in_full_kv_heads():
-    from analyses.streaming import kv_agreement
+    from attnlens.analyses.streaming import kv_agreement
 
     keep = np.zeros((2, 4), dtype=bool)
     keep[1, 2:] = True  # one KV head of two query heads kept at full attention

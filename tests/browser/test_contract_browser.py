@@ -53,7 +53,7 @@ def test_vision_tab_overlays_the_dinov2_capture(browser, served, tmp_path_factor
     assert img.evaluate("i => i.naturalWidth") > 100
     page.get_by_text("tiny-dinov2 · query 0").first.wait_for(timeout=10_000)  # the ViT, on its CLS query
     # a click on a patch of the patch map makes it the query: patch (r, c) is token start + r * cols + c
-    from formats import ResultsFolder
+    from attnlens.formats import ResultsFolder
 
     lay = ResultsFolder.load(contract_folder(tmp_path_factory)).captures["image/000"].layout
     rows, cols = lay.grid

@@ -1,6 +1,5 @@
 import pytest
-
-from analyses.circuits import Example, Task, encode_task
+from attnlens.analyses.circuits import Example, Task, encode_task
 
 
 @pytest.fixture(scope="session")

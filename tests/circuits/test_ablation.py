@@ -1,12 +1,17 @@
 import numpy as np
 import pytest
 import torch
+from attnlens.analyses.circuits import Example, MlpRef, Task, encode_task, prepare, score_sets
+from attnlens.analyses.circuits._hooks import CircuitModules, last_logits
+from attnlens.analyses.circuits.ablation import (
+    all_heads,
+    edits_for,
+    per_position_effects,
+    random_sets,
+)
+from attnlens.analyses.circuits.path_patching import path_patch
 
 import lens
-from analyses.circuits import Example, MlpRef, Task, encode_task, prepare, score_sets
-from analyses.circuits._hooks import CircuitModules, last_logits
-from analyses.circuits.ablation import all_heads, edits_for, per_position_effects, random_sets
-from analyses.circuits.path_patching import path_patch
 from lens.heads import HeadRef
 
 

@@ -5,8 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from analyses.circuits.discrete_sae import (
+from attnlens.analyses.circuits.discrete_sae import (
     SAEConfig,
     discrete_sae_scores,
     edge_scores,
@@ -14,9 +13,9 @@ from analyses.circuits.discrete_sae import (
     precision_recall,
     train_saes,
 )
-from analyses.circuits.tasks import TaskError
-from formats.circuit import Circuit
-from formats.head_scores import HeadScores
+from attnlens.analyses.circuits.tasks import TaskError
+from attnlens.formats.circuit import Circuit
+from attnlens.formats.head_scores import HeadScores
 
 
 def _clusters(n_units=3, d=8, n=10, seed=0):
@@ -107,7 +106,7 @@ def test_precision_recall():
 
 
 def test_on_a_tiny_model(tiny_lm, tiny_task):
-    from pipelines.circuits import CircuitMethod, find_circuit, head_outputs
+    from attnlens.pipelines.circuits import CircuitMethod, find_circuit, head_outputs
 
     pos, neg = head_outputs(tiny_lm, tiny_task, 5)
     f = tiny_lm.facts

@@ -3,19 +3,18 @@
 import numpy as np
 import pytest
 import torch
-
-from analyses.circuits import Example, Task, TaskError, encode_task
-from analyses.circuits._hooks import CircuitModules, capture
-from analyses.circuits.ablation import MeanOver, prepare
-from analyses.circuits.curves import (
+from attnlens.analyses.circuits import Example, Task, TaskError, encode_task
+from attnlens.analyses.circuits._hooks import CircuitModules, capture
+from attnlens.analyses.circuits.ablation import MeanOver, prepare
+from attnlens.analyses.circuits.curves import (
     edge_circuits,
     faithfulness_curves,
     head_circuits,
     smallest_reaching,
     stays_from,
 )
-from analyses.circuits.eap import edge_attribution
-from analyses.circuits.evaluation import (
+from attnlens.analyses.circuits.eap import edge_attribution
+from attnlens.analyses.circuits.evaluation import (
     HANNA_2024,
     WANG_2022,
     Ablated,
@@ -31,10 +30,11 @@ from analyses.circuits.evaluation import (
     prepare_setting,
     published_setting,
 )
-from analyses.circuits.path_patching import path_patch
-from analyses.circuits.reuse import random_overlap
-from formats import Curves, Provenance
-from formats.circuit import Circuit, Edge, Input, Node, NodeKind, Receiver
+from attnlens.analyses.circuits.path_patching import path_patch
+from attnlens.analyses.circuits.reuse import random_overlap
+from attnlens.formats import Curves, Provenance
+from attnlens.formats.circuit import Circuit, Edge, Input, Node, NodeKind, Receiver
+
 from lens.heads import HeadRef
 
 

@@ -1,8 +1,8 @@
 import json
 
 import pytest
+from attnlens.formats import Circuit, Curves, HeadScores, open_sweep
 
-from formats import Circuit, Curves, HeadScores, open_sweep
 from lens.errors import OutputExistsError
 
 SETTINGS = {"model": "m", "task": "t", "method": "mean"}
@@ -44,7 +44,7 @@ def task_file(tmp_path):
 
 
 def test_interrupted_sweep_resumes_without_redoing_heads(cli, tiny_lm, task_file, tmp_path, monkeypatch):
-    import analyses.circuits as circuits
+    import attnlens.analyses.circuits as circuits
 
     real = circuits.score_sets
     seen: list[str] = []
@@ -100,7 +100,7 @@ def test_ablate_cli_with_random_comparison(cli, task_file, tmp_path):
     assert code == 0, err
     doc = json.loads(stdout)
     assert doc["skipped"] == 1 and len(doc["components"]) == 4 and doc["random"]["k"] == 6
-    from formats import AblationResult
+    from attnlens.formats import AblationResult
 
     saved = AblationResult.load(tmp_path / "a" / "ablation.json")
     assert len(saved.random_effects) == 6 and saved.heads == [(1, h) for h in range(4)]

@@ -2,9 +2,16 @@ import json
 
 import pytest
 import torch
-
-from analyses.circuits import Example, Task, TaskError, encode_task, ioi, load_jsonl, load_task
-from analyses.circuits.metrics import Metric, per_row
+from attnlens.analyses.circuits import (
+    Example,
+    Task,
+    TaskError,
+    encode_task,
+    ioi,
+    load_jsonl,
+    load_task,
+)
+from attnlens.analyses.circuits.metrics import Metric, per_row
 
 
 def _write(tmp_path, lines):
@@ -98,7 +105,7 @@ def test_ioi_templates_draw_their_own_names():
 
 
 def test_ioi_weak_template_left_out_with_its_reason():
-    from analyses.circuits.tasks import IOI_DEFAULT_TEMPLATES, IOI_WEAK_TEMPLATES
+    from attnlens.analyses.circuits.tasks import IOI_DEFAULT_TEMPLATES, IOI_WEAK_TEMPLATES
 
     task = ioi(None, 12)
     assert 5 not in IOI_DEFAULT_TEMPLATES and 5 in IOI_WEAK_TEMPLATES

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from attnlens.formats import errors as project_errors
 
-from formats import errors as project_errors
 from tests.conformance.test_matrix import IDS, built  # noqa: F401
 
 _HYBRID = "has no attention (a hybrid's other block)"
@@ -19,7 +19,7 @@ REFUSED = {"jamba": _HYBRID, "bamba": _HYBRID, "granitemoehybrid": _HYBRID, "qwe
 
 
 def test_dla_parts_sum_to_the_reference_logits(built):  # noqa: F811
-    from analyses.dla import direct_logit_attribution
+    from attnlens.analyses.dla import direct_logit_attribution
 
     mt = built.family.model_type
     if mt in REFUSED:

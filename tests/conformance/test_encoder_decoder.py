@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from attnlens.formats import CaptureFile, SourceLayout
+from attnlens.formats import errors as project_errors
 
 import lens
-from formats import CaptureFile, SourceLayout
-from formats import errors as project_errors
 from lens import Edit, HeadRef, Site, Zero, seq2seq
 
 from .test_matrix import Refusal, _close
@@ -187,7 +187,7 @@ def test_sites(request, built):
 def test_stats(request, built):
     """Stats of the decoder's self-attention equal those of the eager patterns (over the greedy output), or
     the one-line refusal (T5's relative position bias)."""
-    from kernels import StatsSpec
+    from attnlens.kernels import StatsSpec
 
     def run():
         got = lens.run_stats(built.lm, SOURCE, spec=StatsSpec(sink_tokens=1))

@@ -50,7 +50,7 @@ NEEDS_TORCHVISION = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "smolvlm", "mi
 
 @pytest.fixture(scope="session")
 def image():
-    from analyses.scenes import make_scene
+    from attnlens.analyses.scenes import make_scene
 
     return make_scene(1_000_000).image
 
@@ -151,7 +151,7 @@ def test_patterns_equal_the_eager_forward_and_capture_leaves_the_logits(built):
 
 
 def _image(built):
-    from analyses.scenes import make_scene
+    from attnlens.analyses.scenes import make_scene
 
     return make_scene(1_000_000).image
 
@@ -159,7 +159,7 @@ def _image(built):
 def test_stats_follow_the_mask_the_model_uses(built):
     """Stats mode's statistics equal those of the eager patterns (prefix-LM and bidirectional image
     blocks included), and the logits do not move."""
-    from kernels import StatsSpec
+    from attnlens.kernels import StatsSpec
 
     layers = list(built.family.self_layers)
     got = lens.run_stats(built.lm, built.x, spec=StatsSpec(sink_tokens=1), layers=layers)

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from attnlens.formats import errors as project_errors
 
 import lens
-from formats import errors as project_errors
 from lens import Edit, HeadRef, Site, Zero
 
 COMMON = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -331,7 +331,7 @@ def test_sites(request, built):
 
 def test_stats(request, built):
     """Stats mode's per-head statistics equal those of the eager patterns, and the logits do not move."""
-    from kernels import StatsSpec
+    from attnlens.kernels import StatsSpec
 
     layers = list(built.family.attention_layers)
 
@@ -441,10 +441,9 @@ def test_eap(request, built):
     its output projection's input; the embeddings' edges add up to the same estimate at the embeddings, and
     each head's outgoing edges add up to its node score (its write to the residual stream is linear)."""
     import numpy as np
-
-    from analyses.circuits.eap import edge_attribution
-    from analyses.circuits.tasks import EncodedTask, TaskBatch
-    from formats.circuit import Node, NodeKind
+    from attnlens.analyses.circuits.eap import edge_attribution
+    from attnlens.analyses.circuits.tasks import EncodedTask, TaskBatch
+    from attnlens.formats.circuit import Node, NodeKind
 
     corrupted = IDS.clone()
     corrupted[0, 3] = 120

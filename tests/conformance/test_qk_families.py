@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from attnlens.formats import errors as project_errors
 
-from formats import errors as project_errors
 from tests.conformance.test_matrix import IDS, built  # noqa: F401
 
 _QK_NORM = "normalises each head's queries and keys (q_norm, k_norm)"
@@ -34,7 +34,7 @@ REFUSED = {
 
 
 def test_qk_terms_sum_to_the_score_or_the_family_is_refused(built):  # noqa: F811
-    from analyses.qk_attribution import qk_attribution
+    from attnlens.analyses.qk_attribution import qk_attribution
 
     lm, mt = built.lm, built.family.model_type
     layer, head = lm.facts.n_layers - 1, lm.facts.n_heads - 1

@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-from formats import (
+from attnlens.formats import (
     AblationResult,
     Circuit,
     Curves,
@@ -26,6 +25,7 @@ from formats import (
     Provenance,
     Receiver,
 )
+
 from tests.dashboards.synthetic import facts, make_results_folder, text_capture
 
 SCRIPT = "<script>window.__xss = 'script'; alert('script')</script>"

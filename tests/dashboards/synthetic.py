@@ -14,8 +14,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-
-from formats import (
+from attnlens.formats import (
     AblationResult,
     CaptureMeta,
     Circuit,
@@ -99,7 +98,7 @@ def text_capture(folder: Path, f: ModelFacts, tokens: list[str], *, repeat: int 
     sites = [Site.PATTERN] + ([Site.Q, Site.K] if qk else [])
     names = frozenset()
     if bf16:
-        from formats._safetensors import bf16_bits
+        from attnlens.formats._safetensors import bf16_bits
 
         names = frozenset(f"step0.{k.site.value}.{k.layer}" for k in steps)
         steps = {k: bf16_bits(v) for k, v in steps.items()}

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from dashboards.compute import (
+from attnlens.dashboards.compute import (
     CONTEXT_BINS,
     MAX_WINDOW,
     ColorScale,
@@ -19,11 +18,11 @@ from dashboards.compute import (
     thin_ticks,
     window_pattern,
 )
-from dashboards.graph import circuit_layout, head_table
-from dashboards.profiles import head_profiles
-from dashboards.report import md_escape, summarize
-from dashboards.selection import ModelResults
-from formats import Circuit, Edge, Input, Node, NodeKind, Receiver, ResultsFolder
+from attnlens.dashboards.graph import circuit_layout, head_table
+from attnlens.dashboards.profiles import head_profiles
+from attnlens.dashboards.report import md_escape, summarize
+from attnlens.dashboards.selection import ModelResults
+from attnlens.formats import Circuit, Edge, Input, Node, NodeKind, Receiver, ResultsFolder
 
 
 def test_window_bounds_cells_and_keeps_attention_mass():

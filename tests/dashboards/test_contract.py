@@ -11,14 +11,14 @@ import subprocess
 
 import numpy as np
 import pytest
+from attnlens.dashboards._bokeh import trigger_click
+from attnlens.dashboards.app import Dashboard
+from attnlens.dashboards.circuits import circuit_figure
+from attnlens.dashboards.graph import circuit_layout
+from attnlens.dashboards.report import build_report, write_report
+from attnlens.formats import ResultsFolder, SelectionError, Site
 from bokeh.models import Arrow
 
-from dashboards._bokeh import trigger_click
-from dashboards.app import Dashboard
-from dashboards.circuits import circuit_figure
-from dashboards.graph import circuit_layout
-from dashboards.report import build_report, write_report
-from formats import ResultsFolder, SelectionError, Site
 from tests.dashboards.contract import TASK_ROWS
 
 RESULTS = {"scan/summary.sink_mass", "scan/summary.entropy", "scan/sinks.first_token_mass", "scan/sinks.hidden_sinks",
@@ -130,7 +130,7 @@ def test_grid_maps_stats_ablations_circuits_and_vision_are_not_empty(dash, folde
     assert speech.capture == "speech/captures/audio-000"
     png = speech.figure_png()
     assert isinstance(png, bytes) and png[:4] == b"\x89PNG" and "pearson" in speech.table_html()
-    from dashboards.audio import maps_for, token_view
+    from attnlens.dashboards.audio import maps_for, token_view
 
     view = token_view(folder.captures[speech.capture], maps_for(folder, speech.capture), 1, None, 0)
     assert view.saliency is not None and abs(view.saliency.sum() - 1) < 1e-6 and view.attention.size == 100
@@ -139,7 +139,7 @@ def test_grid_maps_stats_ablations_circuits_and_vision_are_not_empty(dash, folde
 
 
 def test_signed_scores_are_drawn_diverging_and_categories_with_their_legend(dash, folder):
-    from dashboards._bokeh import DIVERGING_PALETTE
+    from attnlens.dashboards._bokeh import DIVERGING_PALETTE
 
     dash.model = "tiny-llama"  # an earlier test shows the ViT
     dash.atlas.metric = "circuit/circuit.T_eap_logit-diff"
@@ -159,7 +159,7 @@ def test_signed_scores_are_drawn_diverging_and_categories_with_their_legend(dash
 
 
 def test_the_contribution_view_says_how_to_make_a_result_when_there_is_none(dash):
-    from dashboards.dla import ContributionView
+    from attnlens.dashboards.dla import ContributionView
 
     view = ContributionView({})
     assert view.current is None and "lens heads dla MODEL --prompt TEXT --target TOKEN" in view._info.object
@@ -237,7 +237,8 @@ def test_old_folders_load_or_name_the_file_and_format_version(contract, tmp_path
 
 
 def test_a_generation_capture_shows_each_step_and_prompt(dash, folder, contract):
-    from dashboards.inline import view_of
+    from attnlens.dashboards.inline import view_of
+
     from tests.dashboards.contract import GENERATE_STEPS
 
     cap = folder.captures["generate/000"]
@@ -288,8 +289,9 @@ def test_the_vision_tab_follows_the_model_opens_on_the_last_layer_and_can_share_
 
 
 def test_the_all_heads_grid_shows_a_generation_step_and_prompt(dash, folder, contract):
-    from dashboards.heads_grid import HeadsGrid
-    from dashboards.inline import view_of
+    from attnlens.dashboards.heads_grid import HeadsGrid
+    from attnlens.dashboards.inline import view_of
+
     from tests.dashboards.contract import GENERATE_STEPS
 
     cap = folder.captures["generate/000"]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = ["dashboards", "dashboards.app", "dashboards.atlas", "dashboards.explorer", "dashboards.heads_grid",
-           "dashboards.maps", "dashboards.stats_view", "dashboards.ablations", "dashboards.circuits",
-           "dashboards.vision", "dashboards.dla", "dashboards.tokens", "dashboards.report", "dashboards.inline"]
+MODULES = ["dashboards", "attnlens.dashboards.app", "attnlens.dashboards.atlas", "attnlens.dashboards.explorer", "attnlens.dashboards.heads_grid",
+           "attnlens.dashboards.maps", "attnlens.dashboards.stats_view", "attnlens.dashboards.ablations", "attnlens.dashboards.circuits",
+           "attnlens.dashboards.vision", "attnlens.dashboards.dla", "attnlens.dashboards.tokens", "attnlens.dashboards.report", "attnlens.dashboards.inline"]
 FORBIDDEN = ("torch", "lens", "pipelines", "transformers")
 
 

@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from dashboards._bokeh import trigger_click
-from dashboards.app import Dashboard
-from dashboards.compute import ColorScale, stripe_visibility
-from dashboards.report import build_report
-from formats import ResultsFolder
+from attnlens.dashboards._bokeh import trigger_click
+from attnlens.dashboards.app import Dashboard
+from attnlens.dashboards.compute import ColorScale, stripe_visibility
+from attnlens.dashboards.report import build_report
+from attnlens.formats import ResultsFolder
 
 REPEAT = 40
 
 
 @pytest.mark.slow
 def test_the_induction_stripe_is_drawn_in_the_dashboard_and_the_report(smollm2, tmp_path):
-    from pipelines.examples import repeated_example
-    from pipelines.heads import run_taxonomy
+    from attnlens.pipelines.examples import repeated_example
+    from attnlens.pipelines.heads import run_taxonomy
 
     for r in run_taxonomy(smollm2, repeat_len=REPEAT, batch=2):
         r.params["example_capture"] = "captures/repeated-tokens"

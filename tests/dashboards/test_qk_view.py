@@ -6,13 +6,13 @@ import html
 
 import numpy as np
 import pytest
+from attnlens.dashboards import show
+from attnlens.dashboards._bokeh import trigger_click
+from attnlens.dashboards.app import Dashboard
+from attnlens.dashboards.qk import OTHER, QKView, qk_table
+from attnlens.dashboards.report import build_report, render_html, render_markdown
+from attnlens.formats import ResultsFolder
 
-from dashboards import show
-from dashboards._bokeh import trigger_click
-from dashboards.app import Dashboard
-from dashboards.qk import OTHER, QKView, qk_table
-from dashboards.report import build_report, render_html, render_markdown
-from formats import ResultsFolder
 from tests.analyses.qk_folder import PROMPT, write_qk_folder
 
 
@@ -77,7 +77,7 @@ def test_report_sections_html_and_markdown(qk_folder, res):
 
 
 def test_show_inline_from_memory_path_and_result(tiny_lm, qk_folder, res):
-    from analyses.qk_attribution import qk_attribution
+    from attnlens.analyses.qk_attribution import qk_attribution
 
     a = qk_attribution(tiny_lm, tiny_lm.encode(PROMPT), 3, 2)
     v = show(a)

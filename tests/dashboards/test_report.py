@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from attnlens.dashboards.report import ReportError, build_report, write_report
+from attnlens.formats import OutputExistsError
 from typer.testing import CliRunner
-
-from dashboards.report import ReportError, build_report, write_report
-from formats import OutputExistsError
 
 LENS = str(Path(sys.executable).parent / "lens")
 
@@ -88,7 +87,7 @@ def test_the_report_opens_with_findings_and_anchored_contents(contract, tmp_path
 
 
 def test_signed_top_heads_by_abs_score_categorical_counted_and_no_raw_dumps(contract, tmp_path, report):
-    from formats import ResultsFolder
+    from attnlens.formats import ResultsFolder
 
     folder = ResultsFolder.load(contract)
     sections = {r.label: r for m in report.models for r in m.results}
@@ -110,7 +109,7 @@ def test_signed_top_heads_by_abs_score_categorical_counted_and_no_raw_dumps(cont
 
 
 def test_provenance_has_the_inputs_hash_and_code_version(contract, tmp_path, report):
-    from formats import HeadScores
+    from attnlens.formats import HeadScores
 
     prov = HeadScores.load(contract / "scan" / "summary.sink_mass.json").provenance
     assert prov.inputs_sha256 and prov.code_version
@@ -185,9 +184,9 @@ def test_thumbnails_of_task_captures_show_the_task_rows(contract, tmp_path, repo
     """A head on a capture with task rows (the circuit's prompt: the answer is read at the last
     position) is drawn on those rows and the keys they see, and the report says so; a capture
     without task rows keeps the whole pattern."""
-    from dashboards.compute import downsample
-    from dashboards.figures import THUMB_TOKENS
-    from formats import ResultsFolder
+    from attnlens.dashboards.compute import downsample
+    from attnlens.dashboards.figures import THUMB_TOKENS
+    from attnlens.formats import ResultsFolder
 
     folder = ResultsFolder.load(contract)
     cap = folder.captures["circuit/captures/task-000"]

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from attnlens.dashboards import show
+from attnlens.dashboards.dla import ContributionView, head_grid
+from attnlens.dashboards.explorer import AttentionExplorer
+from attnlens.dashboards.heads_grid import HeadsGrid
+from attnlens.formats import CaptureFile, PromptError, ResultsFolder, SelectionError, Site
 
 import lens
-from dashboards import show
-from dashboards.dla import ContributionView, head_grid
-from dashboards.explorer import AttentionExplorer
-from dashboards.heads_grid import HeadsGrid
-from formats import CaptureFile, PromptError, ResultsFolder, SelectionError, Site
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -49,8 +49,7 @@ def test_views_render_with_inline_resources(run, tmp_path):
     import re
 
     import panel as pn
-
-    from dashboards.inline import ensure_inline
+    from attnlens.dashboards.inline import ensure_inline
 
     ensure_inline()
     assert pn.config.inline
@@ -63,7 +62,7 @@ def test_views_render_with_inline_resources(run, tmp_path):
 
 
 def test_direct_logit_attribution_inline_from_a_capture_and_from_a_file(tiny_lm, run, tmp_path):
-    from pipelines.dla import dla_of_capture, run_dla
+    from attnlens.pipelines.dla import dla_of_capture, run_dla
 
     view = show(dla_of_capture(tiny_lm, run, ["M", "J"]))
     assert isinstance(view, ContributionView)
@@ -86,7 +85,7 @@ def test_direct_logit_attribution_inline_from_a_capture_and_from_a_file(tiny_lm,
     with pytest.raises(PromptError, match="target 'two tokens' is 10 tokens"):
         dla_of_capture(tiny_lm, run, ["two tokens"])
     with pytest.raises(SelectionError, match="view='dla' shows a direct logit attribution"):
-        from dashboards.inline import as_saved, view_of
+        from attnlens.dashboards.inline import as_saved, view_of
 
         view_of(as_saved(run), view="dla")
 

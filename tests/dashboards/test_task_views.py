@@ -9,10 +9,16 @@ import json
 
 import numpy as np
 import pytest
+from attnlens.dashboards.app import Dashboard
+from attnlens.dashboards.compute import window_pattern
+from attnlens.formats import (
+    CaptureFile,
+    CorruptCaptureError,
+    ResultsFolder,
+    SelectionError,
+    set_focus,
+)
 
-from dashboards.app import Dashboard
-from dashboards.compute import window_pattern
-from formats import CaptureFile, CorruptCaptureError, ResultsFolder, SelectionError, set_focus
 from tests.dashboards.needle import needle_folder
 
 RETRIEVAL = "scan/retrieval.needle_top_key_share"

@@ -9,24 +9,24 @@ import shutil
 import numpy as np
 import panel as pn
 import pytest
+from attnlens.dashboards._bokeh import trigger_click
+from attnlens.dashboards.ablations import AblationsView
+from attnlens.dashboards.app import Dashboard
+from attnlens.dashboards.atlas import HeadAtlas
+from attnlens.dashboards.circuits import CircuitView, circuit_figure
+from attnlens.dashboards.compute import ColorScale, stripe_visibility
+from attnlens.dashboards.explorer import MAX_CELLS, AttentionExplorer
+from attnlens.dashboards.heads_grid import HeadsGrid
+from attnlens.dashboards.maps import HeadMap, QKMap
+from attnlens.dashboards.overlay import patch_attention
+from attnlens.dashboards.selection import ModelResults
+from attnlens.dashboards.stats_view import StatsRunView, head_means
+from attnlens.dashboards.tokens import decode_weights
+from attnlens.dashboards.vision import VisionOverlay
+from attnlens.formats import ResultsFolder
 from bokeh import events
 from bokeh.models import Arrow, ColorBar, HoverTool, LabelSet, Legend
 
-from dashboards._bokeh import trigger_click
-from dashboards.ablations import AblationsView
-from dashboards.app import Dashboard
-from dashboards.atlas import HeadAtlas
-from dashboards.circuits import CircuitView, circuit_figure
-from dashboards.compute import ColorScale, stripe_visibility
-from dashboards.explorer import MAX_CELLS, AttentionExplorer
-from dashboards.heads_grid import HeadsGrid
-from dashboards.maps import HeadMap, QKMap
-from dashboards.overlay import patch_attention
-from dashboards.selection import ModelResults
-from dashboards.stats_view import StatsRunView, head_means
-from dashboards.tokens import decode_weights
-from dashboards.vision import VisionOverlay
-from formats import ResultsFolder
 from tests.dashboards.synthetic import big_circuit, head_kind, make_results_folder, vision_capture
 
 N_HEADS = 6
@@ -276,7 +276,7 @@ def test_head_map_refuses_fewer_than_three_scores_and_colours_sink_heads(folder)
     few._show()
     (msg,) = few._area.objects
     assert msg.name == "head_map_refused" and "at least 3 scores" in msg.object and "this model has 2" in msg.object
-    from dashboards.profiles import SINK, taxonomy_types
+    from attnlens.dashboards.profiles import SINK, taxonomy_types
 
     types = taxonomy_types(sel)
     assert types is not None and SINK in types  # the synthetic folder's sink heads are typed, not grey
@@ -365,7 +365,7 @@ def test_views_render_as_panel_objects_for_jupyter(folder):
 def test_head_map_shows_progress_until_its_embedding_is_ready(sel, monkeypatch):
     from concurrent.futures import Future
 
-    import dashboards.maps as maps
+    import attnlens.dashboards.maps as maps
 
     job = Future()
     real = maps.embedding_job
@@ -381,7 +381,7 @@ def test_head_map_shows_progress_until_its_embedding_is_ready(sel, monkeypatch):
 
 
 def test_serve_binds_a_real_port_and_allows_only_this_machine(synth):
-    from dashboards.app import serve
+    from attnlens.dashboards.app import serve
 
     server = serve(synth, port=0, show=False, start=False, map_method="pca")
     try:
@@ -394,7 +394,7 @@ def test_serve_binds_a_real_port_and_allows_only_this_machine(synth):
 def test_the_head_views_share_one_click_to_select_handler(folder, sel):
     """Atlas, all-heads grid, head map and stats view: a click on a head selects it and counts,
     a re-click of the selected head marks it again, a click on no head changes nothing."""
-    from dashboards._pick import HeadPicker
+    from attnlens.dashboards._pick import HeadPicker
 
     grid = HeadsGrid(sel)
     grid_fig = grid.plot().object

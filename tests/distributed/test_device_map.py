@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from attnlens.analyses.circuits import Example, Task, all_heads, encode_task, prepare, score_sets
 
 import lens
-from analyses.circuits import Example, Task, all_heads, encode_task, prepare, score_sets
 from lens.errors import BackendError, SelectionError
 
 PROMPT = "The quick brown fox jumps over the lazy dog"
@@ -57,7 +57,7 @@ def test_edits_on_a_split_model_match_unsplit(tiny_lm, split_lm):
 
 
 def test_stats_mode_matches_unsplit(tiny_lm, split_lm):
-    from kernels import StatsSpec
+    from attnlens.kernels import StatsSpec
 
     spec = StatsSpec(sink_tokens=1, window=4, spans=((2, 5),), topk=2)
     a = lens.run_stats(tiny_lm, PROMPT, spec=spec, backend="torch")
@@ -179,7 +179,7 @@ def _task_file(tmp_path):
 
 
 def test_cli_sweep_and_patching_on_a_split_model(cli, tmp_path):
-    from formats import Circuit, HeadScores
+    from attnlens.formats import Circuit, HeadScores
 
     task = _task_file(tmp_path)
     split = ["--device-map", "sequential", "--max-memory", "cpu=400kB,disk=1GB"]

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from analyses.circuits import Example, Task, encode_task
-from pipelines import sweeps
+from attnlens.analyses.circuits import Example, Task, encode_task
+from attnlens.pipelines import sweeps
 
 SETTINGS = {"model": "tiny-llama", "task": "pairs", "method": "mean"}
 EXAMPLES = [Example(f"{a}b{c} {a}x", "q", f"{d}b{c} {a}x", "z") for a, c, d in zip("abcdefgh", "hgfedcba", "mnopqrst")]
@@ -44,7 +43,7 @@ def ray_cluster():
 def executor(ray_cluster):
     """Two workers that each load tiny-llama once and serve every test that shares them (half a CPU
     each, so that a second pool of two fits next to them on the 2-CPU cluster)."""
-    from pipelines.executors import ModelSpec, RayExecutor, RayOptions
+    from attnlens.pipelines.executors import ModelSpec, RayExecutor, RayOptions
 
     with RayExecutor(ModelSpec("tiny-llama"), RayOptions(workers=2, cpus_per_worker=0.5, max_restarts=1)) as ex:
         yield ex
@@ -80,7 +79,7 @@ class Scorer:
         self.record, self.log, self.marker, self.kill_at, self.calls = record, log, marker, kill_at, 0
 
     def __call__(self, ctx, sets, **kw):
-        import analyses.circuits as circuits
+        import attnlens.analyses.circuits as circuits
 
         self.calls += 1
         if self.kill_at and self.calls >= self.kill_at:
@@ -134,7 +133,7 @@ def test_worker_killed_mid_sweep_is_restarted_and_loses_nothing(tiny_lm, enc, ex
 
 
 def test_worker_lost_for_good_stops_and_the_rerun_resumes(tiny_lm, enc, ray_cluster, serial, tmp_path):
-    from pipelines.executors import DistributedError, ModelSpec, RayExecutor, RayOptions
+    from attnlens.pipelines.executors import DistributedError, ModelSpec, RayExecutor, RayOptions
 
     ref, _ = serial
     folder, record, marker = tmp_path / "sweep", tmp_path / "computed.txt", tmp_path / "killed.json"
@@ -155,7 +154,7 @@ def test_worker_lost_for_good_stops_and_the_rerun_resumes(tiny_lm, enc, ray_clus
 
 
 def test_scan_on_ray_equals_serial(tiny_lm, executor):
-    from pipelines.scan import ScanSettings, scan
+    from attnlens.pipelines.scan import ScanSettings, scan
 
     settings = ScanSettings(lengths=(256,), depths=(0.25, 0.75), chat=False, captures=1)
     a = scan(tiny_lm, settings)
@@ -173,11 +172,11 @@ def test_scan_on_ray_equals_serial(tiny_lm, executor):
 
 
 def test_patching_loop_and_retrieval_trials_on_ray_equal_serial(tiny_lm, enc, executor):
-    from analyses.circuits import Metric
-    from analyses.decode import decode_trials
-    from pipelines import heads
-    from pipelines.circuits import CircuitMethod, find_circuit
-    from pipelines.executors import CALLS, call
+    from attnlens.analyses.circuits import Metric
+    from attnlens.analyses.decode import decode_trials
+    from attnlens.pipelines import heads
+    from attnlens.pipelines.circuits import CircuitMethod, find_circuit
+    from attnlens.pipelines.executors import CALLS, call
 
     a = find_circuit(tiny_lm, enc, CircuitMethod.PATCHING, Metric.LOGIT_DIFF, max_rows=8)
     b = find_circuit(tiny_lm, enc, CircuitMethod.PATCHING, Metric.LOGIT_DIFF, max_rows=8, executor=executor)
@@ -213,7 +212,7 @@ def test_cli_sweep_resumes_on_ray(cli, ray_cluster, tmp_path):
 
 
 def test_cli_circuit_patching_on_ray(cli, ray_cluster, tmp_path):
-    from formats import Circuit
+    from attnlens.formats import Circuit
 
     task = tmp_path / "pairs.jsonl"
     task.write_text("\n".join(json.dumps({"prompt": e.prompt, "answer": e.answer, "corrupted": e.corrupted,

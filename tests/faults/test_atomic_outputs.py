@@ -10,9 +10,8 @@ import sys
 import time
 
 import pytest
-
-from formats.errors import OutputLockedError
-from formats.output import MARKER, lock_path, locked, mark, output_folder
+from attnlens.formats.errors import OutputLockedError
+from attnlens.formats.output import MARKER, lock_path, locked, mark, output_folder
 
 
 def _previous(folder):
@@ -65,7 +64,7 @@ def test_force_replaces_only_on_success(cli, tmp_path):
 _HOLD = """
 import sys, time
 from pathlib import Path
-from formats.output import locked
+from attnlens.formats.output import locked
 with locked(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(60)
@@ -105,7 +104,7 @@ def test_a_second_writer_is_refused_with_one_line(cli, tmp_path, task_file):
 _KILLED = """
 import os, signal, sys
 from pathlib import Path
-from formats.output import output_folder
+from attnlens.formats.output import output_folder
 with output_folder(Path(sys.argv[1]), force=True) as tmp:
     (tmp / "half.txt").write_text("half")
     os.kill(os.getpid(), signal.SIGKILL)

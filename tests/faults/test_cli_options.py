@@ -160,7 +160,7 @@ def test_max_memory_for_mps_on_a_machine_without_it(cli, tmp_path, no_model):
 
 
 def test_library_task_file_with_a_template_names_the_parameter(task_file):
-    from analyses.circuits.tasks import TaskError, load_task
+    from attnlens.analyses.circuits.tasks import TaskError, load_task
 
     with pytest.raises(TaskError, match=f"^template applies to the ioi task only: the task file {task_file} has"):
         load_task(str(task_file), template=2)
@@ -169,8 +169,9 @@ def test_library_task_file_with_a_template_names_the_parameter(task_file):
 
 
 def test_library_max_memory_for_a_missing_gpu_names_the_parameter():
+    from attnlens.formats.errors import SelectionError
+
     import lens
-    from formats.errors import SelectionError
 
     with pytest.raises(SelectionError, match="^`max_memory` names GPU 999, but this machine has"):
         lens.load("tiny-llama", device_map="auto", max_memory={999: 2**30})
@@ -191,12 +192,12 @@ def test_ray_address_where_nothing_listens_fails_in_seconds(cli, tmp_path, task_
 
 
 def test_retrieval_ablation_sizes_are_checked_before_the_needle_trials(cli, tmp_path, monkeypatch):
-    import pipelines.heads
+    import attnlens.pipelines.heads
 
     def no_trials(*args, **kwargs):
         raise AssertionError("the needle trials ran before --ablate was checked")
 
-    monkeypatch.setattr(pipelines.heads, "niah_trials", no_trials)
+    monkeypatch.setattr(attnlens.pipelines.heads, "niah_trials", no_trials)
     code, _, err = cli("heads", "retrieval", "tiny-llama", "--no-chat", "--lengths", "64", "--depths", "0.5",
                        "--ablate", "5,200", "--out", tmp_path / "o")
     line = one_line(code, err)
@@ -206,9 +207,8 @@ def test_retrieval_ablation_sizes_are_checked_before_the_needle_trials(cli, tmp_
 
 def test_streaming_refuses_a_retrieval_result_of_another_model(cli, tmp_path):
     import numpy as np
-
-    from formats.head_scores import HeadScores
-    from formats.provenance import Provenance
+    from attnlens.formats.head_scores import HeadScores
+    from attnlens.formats.provenance import Provenance
 
     path = HeadScores("retrieval", "retrieval_score", np.zeros((2, 3)), Provenance(model="other-model")).save(tmp_path)
     code, _, err = cli("heads", "streaming", "tiny-llama", "--retrieval", path, "--no-gates", "--out", tmp_path / "o")
@@ -220,7 +220,7 @@ def test_streaming_refuses_a_retrieval_result_of_another_model(cli, tmp_path):
 
 # ---- resumes keep a digest of every input ------------------------------------------------------
 def _interrupt_after_one_chunk(monkeypatch):
-    import analyses.circuits as circuits
+    import attnlens.analyses.circuits as circuits
 
     real, calls = circuits.score_sets, {"n": 0}
 
@@ -244,7 +244,7 @@ def test_sweep_resumed_over_an_edited_task_file_is_refused(cli, tmp_path, task_f
     assert cli(*args)[0] == 130
     log_before = (out / "sweep.jsonl").read_bytes()
     assert len(log_before.splitlines()) == 3  # one chunk of 12 // 4 heads
-    import analyses.circuits as circuits
+    import attnlens.analyses.circuits as circuits
 
     monkeypatch.setattr(circuits, "score_sets", real)
     rows = [json.loads(line) for line in original.splitlines()]
@@ -263,12 +263,12 @@ def test_sweep_resumed_over_an_edited_task_file_is_refused(cli, tmp_path, task_f
 
 
 def test_library_sweep_refuses_other_prompts_under_the_same_settings(tiny_lm, tmp_path, monkeypatch):
-    from analyses.circuits.ablation import Method
-    from analyses.circuits.metrics import Metric
-    from analyses.circuits.tasks import encode_task, load_task
-    from formats.errors import OutputExistsError
-    from formats.sweep import open_sweep
-    from pipelines import sweeps
+    from attnlens.analyses.circuits.ablation import Method
+    from attnlens.analyses.circuits.metrics import Metric
+    from attnlens.analyses.circuits.tasks import encode_task, load_task
+    from attnlens.formats.errors import OutputExistsError
+    from attnlens.formats.sweep import open_sweep
+    from attnlens.pipelines import sweeps
 
     def enc(first: str):
         path = tmp_path / f"{first}.jsonl"
@@ -302,7 +302,7 @@ def test_task_file_nested_too_deeply_is_one_line_before_the_model_loads(cli, tmp
 
 
 def test_a_deeply_nested_line_in_a_sweep_log_is_skipped_not_fatal(tmp_path):
-    from formats.sweep import open_sweep
+    from attnlens.formats.sweep import open_sweep
 
     settings = {"model": "m", "task": "t"}
     with open_sweep(tmp_path / "s", settings) as log:
@@ -315,7 +315,7 @@ def test_a_deeply_nested_line_in_a_sweep_log_is_skipped_not_fatal(tmp_path):
 
 
 def test_settings_diff_names_each_changed_setting():
-    from formats.sweep import settings_diff
+    from attnlens.formats.sweep import settings_diff
 
     assert settings_diff({"method": "mean", "n": 4}, {"method": "zero", "n": 4}) == "method 'mean' -> 'zero'"
     many = settings_diff({f"k{i}": i for i in range(6)}, {f"k{i}": -i - 1 for i in range(6)})
@@ -327,7 +327,8 @@ def test_settings_diff_names_each_changed_setting():
 @given(st.one_of(st.text(max_size=30), st.lists(st.integers(-5, 10**6), min_size=1, max_size=5).map(
     lambda xs: ",".join(map(str, xs))), st.floats(allow_nan=True).map(str)))
 def test_int_list_reads_exactly_or_refuses(text):
-    from formats.errors import SelectionError
+    from attnlens.formats.errors import SelectionError
+
     from lens.cli._common import int_list
 
     try:
@@ -350,7 +351,8 @@ def test_int_list_reads_exactly_or_refuses(text):
 @given(st.one_of(st.text(max_size=30), st.floats(allow_nan=True, allow_infinity=True).map(str),
                  st.lists(st.floats(0, 1), min_size=1, max_size=4).map(lambda xs: ",".join(map(repr, xs)))))
 def test_float_list_reads_exactly_or_refuses(text):
-    from formats.errors import SelectionError
+    from attnlens.formats.errors import SelectionError
+
     from lens.cli._common import float_list
 
     try:

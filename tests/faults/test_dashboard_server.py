@@ -36,7 +36,7 @@ def folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(folder):
-    from dashboards.app import serve
+    from attnlens.dashboards.app import serve
 
     served = serve(folder, show=False, map_method="pca", threaded=True, allow_hosts=["proxy.example", "b.example:8443"])
     yield served
@@ -141,7 +141,7 @@ def test_allowed_hosts_get_the_page_and_the_websocket(server):
 
 
 def test_host_policy_names():
-    from dashboards._hosts import HostPolicy
+    from attnlens.dashboards._hosts import HostPolicy
 
     p = HostPolicy.serving("127.0.0.1", 5006)
     assert p.allows("127.0.0.1:5006") and p.allows("Localhost:5006") and not p.allows("[::1]:5006")
@@ -154,7 +154,7 @@ def test_host_policy_names():
 
 
 def test_bad_allow_hosts_are_refused_in_one_line(folder, cli):
-    from dashboards.app import ServeError, serve
+    from attnlens.dashboards.app import ServeError, serve
 
     for bad, words in ((["x:99999"], "port '99999' is not a number in 1-65535"), (["a b"], "is not a host name"),
                        ([3], "expected HOST[:PORT] strings, got int")):
@@ -189,7 +189,7 @@ def test_a_privileged_port_is_one_line(folder, cli):
 
 
 def test_the_default_port_is_a_free_one(folder):
-    from dashboards.app import serve
+    from attnlens.dashboards.app import serve
 
     a = serve(folder, show=False, start=False, map_method="pca")
     b = serve(folder, show=False, start=False, map_method="pca")  # a fixed default port would be busy now
@@ -268,10 +268,9 @@ def test_say_escapes(capsys):
 
 # ---- closed tabs ---------------------------------------------------------------------------------------
 def test_a_closed_tab_leaves_no_traceback(caplog, capsys):
+    from attnlens.dashboards._quiet import quiet_closed_websockets
     from tornado.iostream import StreamClosedError
     from tornado.websocket import WebSocketClosedError
-
-    from dashboards._quiet import quiet_closed_websockets
 
     loop = asyncio.new_event_loop()
     try:

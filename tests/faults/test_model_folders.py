@@ -162,7 +162,7 @@ def test_truncated_gguf_is_one_line(tmp_path, monkeypatch, size):
 
 
 def test_needle_trials_bound_the_chat_template_too(fresh_lm, short_bound):
-    from analyses.niah import NiahError, make_trial
+    from attnlens.analyses.niah import NiahError, make_trial
 
     fresh_lm.tokenizer.chat_template = LOOPS
     with pytest.raises(lens.PromptError, match="ran longer than 0.5 s and was stopped"):

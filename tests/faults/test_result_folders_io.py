@@ -19,10 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from formats import HeadScores, Provenance, ResultsFolder, open_sweep
-from formats.errors import CorruptFileError, OutputExistsError, OutputPathError, SelectionError
-from formats.output import MARKER, holds_lens_output, output_folder
+from attnlens.formats import HeadScores, Provenance, ResultsFolder, open_sweep
+from attnlens.formats.errors import (
+    CorruptFileError,
+    OutputExistsError,
+    OutputPathError,
+    SelectionError,
+)
+from attnlens.formats.output import MARKER, holds_lens_output, output_folder
 
 LENS = [sys.executable, "-m", "lens.cli"]
 UNEXPECTED = "a bug in attnlens"
@@ -382,8 +386,9 @@ def test_damaged_result_tensors_are_a_problem_line(results, damage):
 def test_a_lone_surrogate_in_a_capture_model_name(results, tmp_path):
     import dataclasses
 
+    from attnlens.formats import CaptureFile
+
     import lens
-    from formats import CaptureFile
 
     lm = lens.load("tiny-llama")
     cap = lens.run(lm, "a surrogate in the name", layers=[0]).capture
@@ -412,7 +417,7 @@ def test_report_refusals_of_the_file_system_are_one_line(cli, results, unwritabl
     json.loads("[" * 32 + "]" * 32),
 ])
 def test_depth_before_parsing_matches_the_parsed_depth(doc):
-    from formats import _json
+    from attnlens.formats import _json
 
     text = json.dumps(doc)
     assert _json.text_depth(text) == _json.depth(doc)  # each has more than MAX_DEPTH brackets: fully scanned

@@ -17,9 +17,9 @@ import typing
 from pathlib import Path
 
 import pytest
+from attnlens.formats import vocab
+from attnlens.formats.errors import SelectionError
 
-from formats import vocab
-from formats.errors import SelectionError
 from lens.cli._flags import FLAGS, as_flags
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,8 +92,9 @@ def test_a_value_outside_a_vocabulary_names_the_argument(make, words):
 
 
 def test_library_errors_speak_python():
+    from attnlens.pipelines.executors import RayOptions
+
     from lens.zoo.placement import Placement, parse_max_memory
-    from pipelines.executors import RayOptions
 
     with pytest.raises(SelectionError, match="^`max_memory` names cpu twice$"):
         parse_max_memory("cpu=1GiB,cpu=2GiB")
@@ -107,11 +108,12 @@ def test_library_errors_speak_python():
 
 def test_the_library_takes_the_vocabulary_values():
     """A caller may pass a member or its string; the library modules use the same types as the CLI."""
-    from analyses.circuits import MeanOver, Method, Metric
-    from analyses.duo_gates import GateConfig
+    from attnlens.analyses.circuits import MeanOver, Method, Metric
+    from attnlens.analyses.duo_gates import GateConfig
+    from attnlens.pipelines.circuits import CircuitMethod, Unit
+    from attnlens.pipelines.sweeps import SweepKind
+
     from lens.backends import Backend
-    from pipelines.circuits import CircuitMethod, Unit
-    from pipelines.sweeps import SweepKind
 
     assert (Method, Metric, MeanOver, Backend, CircuitMethod, Unit, SweepKind) == (
         vocab.Method, vocab.Metric, vocab.MeanOver, vocab.Backend, vocab.CircuitMethod, vocab.Unit, vocab.SweepKind)
@@ -141,7 +143,7 @@ def test_cli_choices_are_the_library_vocabulary():
                 if isinstance(t, type) and issubclass(t, enum.Enum):
                     choices[f"{name} {param}"] = t
     assert len(choices) >= 15, choices  # ablate --method/--metric/--sweep, circuit --level ..., capture --backend
-    foreign = {k: f"{t.__module__}.{t.__qualname__}" for k, t in choices.items() if t.__module__ != "formats.vocab"}
+    foreign = {k: f"{t.__module__}.{t.__qualname__}" for k, t in choices.items() if t.__module__ != "attnlens.formats.vocab"}
     assert not foreign, f"CLI options whose choices are not formats.vocab types: {foreign}"
     defined = [f"{p.relative_to(ROOT)}:{n.lineno} {n.name}" for p in (ROOT / "lens" / "cli").glob("*.py")
                for n in ast.walk(ast.parse(p.read_text(encoding="utf-8"))) if isinstance(n, ast.ClassDef)

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_kernels_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "kernels._compile_check"], cwd=ROOT, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "attnlens.kernels._compile_check"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
         pytest.skip("triton's bundled ptxas is unavailable")

@@ -12,10 +12,9 @@ import warnings
 
 import pytest
 import torch
-
-from kernels import KernelInputError, StatsSpec, _compiled
-from kernels._testing import TOLERANCES, assert_matches_oracle, make_qkv
-from kernels.reference import chunked_attention_stats
+from attnlens.kernels import KernelInputError, StatsSpec, _compiled
+from attnlens.kernels._testing import TOLERANCES, assert_matches_oracle, make_qkv
+from attnlens.kernels.reference import chunked_attention_stats
 
 needs_compiler = pytest.mark.skipif(not _compiled.compiler_available(), reason="no C++ compiler or ninja")
 

@@ -8,11 +8,10 @@ the per-dtype ones of kernels._testing.
 
 import pytest
 import torch
+from attnlens.kernels import KernelInputError, StatsSpec
+from attnlens.kernels._testing import assert_matches_oracle, make_qkv
+from attnlens.kernels.reference import chunked_attention_stats
 from torch.utils.flop_counter import FlopCounterMode
-
-from kernels import KernelInputError, StatsSpec
-from kernels._testing import assert_matches_oracle, make_qkv
-from kernels.reference import chunked_attention_stats
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

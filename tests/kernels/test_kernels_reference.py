@@ -4,10 +4,9 @@ import math
 
 import pytest
 import torch
-
-from kernels import StatsSpec, attention_with_stats
-from kernels._testing import assert_matches_oracle, make_qkv
-from kernels.reference import chunked_attention_stats, naive_attention_stats
+from attnlens.kernels import StatsSpec, attention_with_stats
+from attnlens.kernels._testing import assert_matches_oracle, make_qkv
+from attnlens.kernels.reference import chunked_attention_stats, naive_attention_stats
 
 SPEC = StatsSpec(sink_tokens=2, window=5, spans=((0, 1), (3, 9), (7, 12)), topk=4, key_stats=True)
 

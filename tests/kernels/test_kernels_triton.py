@@ -10,9 +10,8 @@ import os
 
 import pytest
 import torch
-
-from kernels import StatsSpec, attention_with_stats
-from kernels._testing import assert_matches_oracle, make_qkv
+from attnlens.kernels import StatsSpec, attention_with_stats
+from attnlens.kernels._testing import assert_matches_oracle, make_qkv
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1", reason="triton CPU tests need TRITON_INTERPRET=1 (set by conftest)"
@@ -88,7 +87,7 @@ def test_triton_matches_chunked_torch():
 
 
 def test_triton_fake_impl_shapes():
-    from kernels._triton_op import _attention_with_stats_op
+    from attnlens.kernels._triton_op import _attention_with_stats_op
 
     q, k, v = (t.to("meta") for t in make_qkv(2, 4, 2, 10, 12, 64, torch.bfloat16))
     outs = _attention_with_stats_op(q, k, v, None, True, 0.125, 1, 4, [0, 3, 5, 9], 5, True)

@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-
-from kernels import KernelInputError, StatsSpec, attention_with_stats
-from kernels._testing import make_qkv
+from attnlens.kernels import KernelInputError, StatsSpec, attention_with_stats
+from attnlens.kernels._testing import make_qkv
 
 
 def _qkv(**kw):

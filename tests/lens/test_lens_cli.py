@@ -105,7 +105,7 @@ def test_every_command_docstring_dedents_so_its_help_keeps_its_paragraphs():
 
 
 def test_stats_table_has_a_column_per_span_averaged_over_the_queries_that_see_it(cli, tmp_path):
-    from formats import StatsFile
+    from attnlens.formats import StatsFile
 
     args = ("stats", "tiny-llama", "--prompt", "The cat sat on the mat and the dog sat on the log.", "--span", "2:6",
             "--span", "30:40")

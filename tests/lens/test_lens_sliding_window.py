@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from attnlens.kernels import StatsSpec
 
 import lens
-from kernels import StatsSpec
 from lens import Site
 from lens.loaded import LoadedModel
 from lens.zoo._facts import text_facts
@@ -53,7 +53,7 @@ def test_patterns_and_stats_agree_on_local_and_global_layers(tiny_gemma):
 def test_minilm_scan_runs_offline(cli, tmp_path):
     code, _, err = cli("scan", "minilm-l6", "--captures", "1", "--out", tmp_path / "s")
     assert code == 0, err
-    from formats import ResultsFolder
+    from attnlens.formats import ResultsFolder
 
     f = ResultsFolder.load(tmp_path / "s")
     assert {"sinks.first_token_mass", "taxonomy.previous_token", "summary.entropy"} <= set(f.results)

@@ -1,8 +1,7 @@
 """Word error rate on cases counted by hand."""
 
 import pytest
-
-from analyses.asr_metrics import corpus_wer, normalise, word_errors
+from attnlens.analyses.asr_metrics import corpus_wer, normalise, word_errors
 
 
 def test_normalisation_ignores_case_and_punctuation():

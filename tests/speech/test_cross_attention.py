@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 import torch
-
-from analyses.cross_attention import (
+from attnlens.analyses.cross_attention import (
     METRICS,
     CrossAttentionError,
     TimedTokens,
@@ -19,8 +18,8 @@ from analyses.cross_attention import (
     saliency_agreement,
     token_measures,
 )
-from analyses.registry import analyses
-from analyses.result import HeadScores, Provenance
+from attnlens.analyses.registry import analyses
+from attnlens.analyses.result import HeadScores, Provenance
 
 PROV = Provenance(model="hand-built")
 

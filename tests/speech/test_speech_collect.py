@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
-
-from analyses.cross_attention import cross_attention_agreement
-from analyses.result import Provenance
-from analyses.speech_collect import (
+from attnlens.analyses.cross_attention import cross_attention_agreement
+from attnlens.analyses.result import Provenance
+from attnlens.analyses.speech_collect import (
     cross_attentions,
     features,
     gradient_saliency,
@@ -20,6 +19,7 @@ from analyses.speech_collect import (
     utterance_maps,
     word_token_spans,
 )
+
 from lens.audio import AudioError, layout_for
 from lens.espeak import TimedWord
 
@@ -91,7 +91,7 @@ def test_occlusion_saliency_windows_cover_the_audio(tiny_whisper, samples):
 def test_utterance_maps_feed_the_agreement_analysis(tiny_whisper, samples):
     t = transcribe(tiny_whisper, samples, max_new_tokens=5)
     if len(t.generated) < 2:  # a random model may stop early; force a few tokens then
-        from analyses.speech_collect import Transcript
+        from attnlens.analyses.speech_collect import Transcript
 
         t = Transcript(ids=(0, 70, 71, 72), n_prompt=1, text="", log_probs=())
     maps = utterance_maps(tiny_whisper, samples, t)

@@ -42,8 +42,8 @@ def test_whisper_facts(whisper_tiny_en):
 
 
 def test_whisper_transcribes_espeak_speech(whisper_tiny_en, speech):
-    from analyses.asr_metrics import corpus_wer
-    from analyses.speech_collect import features, transcribe
+    from attnlens.analyses.asr_metrics import corpus_wer
+    from attnlens.analyses.speech_collect import features, transcribe
 
     utts, audio = speech
     transcripts = [transcribe(whisper_tiny_en, a) for a in audio]
@@ -56,7 +56,8 @@ def test_whisper_transcribes_espeak_speech(whisper_tiny_en, speech):
 
 def test_whisper_matches_the_ctranslate2_reference(whisper_tiny_en, speech):
     ctranslate2 = pytest.importorskip("ctranslate2")
-    from analyses.speech_collect import features, prompt_ids, transcribe
+    from attnlens.analyses.speech_collect import features, prompt_ids, transcribe
+
     from lens.zoo.whisper import model_folder
 
     _, audio = speech
@@ -73,9 +74,9 @@ def test_whisper_matches_the_ctranslate2_reference(whisper_tiny_en, speech):
 
 def test_whisper_cross_attention_follows_the_words(whisper_tiny_en, speech):
     """Layer 3 head 2 (a config alignment head) peaks inside most words' espeak-ng time spans."""
-    from analyses.cross_attention import alignment_head_scores
-    from analyses.result import Provenance
-    from analyses.speech_collect import timed_tokens
+    from attnlens.analyses.cross_attention import alignment_head_scores
+    from attnlens.analyses.result import Provenance
+    from attnlens.analyses.speech_collect import timed_tokens
 
     utts, audio = speech
     timed = [timed_tokens(whisper_tiny_en, a, u.words) for a, u in zip(audio, utts)]

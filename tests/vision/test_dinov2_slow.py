@@ -66,8 +66,12 @@ def test_patterns_match_output_attentions_and_cls_finds_the_object(dinov2):
 
 
 def test_head_analyses_golden_shape_of_the_layers(dinov2):
-    from analyses.result import Provenance
-    from analyses.vit_heads import pruned_cls_embeddings, pruning_importance, vit_head_scores
+    from attnlens.analyses.result import Provenance
+    from attnlens.analyses.vit_heads import (
+        pruned_cls_embeddings,
+        pruning_importance,
+        vit_head_scores,
+    )
 
     img = vision.synthetic_image(224)
     cap = lens.run(dinov2, img, sites=[Site.PATTERN]).capture

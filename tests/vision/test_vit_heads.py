@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
-
-from analyses.registry import analyses
-from analyses.result import Provenance
-from analyses.vit_heads import (
+from attnlens.analyses.registry import analyses
+from attnlens.analyses.result import Provenance
+from attnlens.analyses.vit_heads import (
     VitHeadsError,
     attention_distance,
     cls_concentration,
@@ -16,6 +15,7 @@ from analyses.vit_heads import (
     pruning_importance,
     vit_head_scores,
 )
+
 from lens.vision import ImageLayout
 
 LAYOUT = ImageLayout(height=16, width=16, patch_size=4)  # 4x4 grid, 17 tokens
@@ -121,7 +121,7 @@ def test_the_vit_analyses_are_registered_and_save(tmp_path):
     g = torch.Generator().manual_seed(1)
     patterns = {0: torch.softmax(torch.randn(1, 4, 17, 17, generator=g), dim=-1)}
     results = vit_head_scores(patterns, LAYOUT, n_layers=1, n_heads=4, provenance=PROV, k=2)
-    from analyses.result import HeadScores
+    from attnlens.analyses.result import HeadScores
 
     for r in results:
         loaded = HeadScores.load(r.save(tmp_path))

@@ -10,14 +10,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from attnlens.analyses.vision_aware import head_divergence, token_divergence, vhr_scales
+from attnlens.analyses.visual_sinks import SinkDimensions, VisualSinkError, image_centric
+from attnlens.analyses.vlm_collect import head_output_pairs, var_edit, var_inputs, vhr_edit
+from attnlens.pipelines.vlm import run_vision_aware, run_visual_sinks, scene_items
 
 import lens
-from analyses.vision_aware import head_divergence, token_divergence, vhr_scales
-from analyses.visual_sinks import SinkDimensions, VisualSinkError, image_centric
-from analyses.vlm_collect import head_output_pairs, var_edit, var_inputs, vhr_edit
 from lens import vlm
 from lens.zoo import tiny_image_text
-from pipelines.vlm import run_vision_aware, run_visual_sinks, scene_items
 
 FAMILIES = ["llava_next", "gemma3", "paligemma", "idefics3"]
 SINK_PROMPTS = ["The cat sat on the mat.", "Numbers: 1 2 3 4 5."]
@@ -120,8 +120,8 @@ def test_scan_runs_the_vision_text_analyses(name, cli, tmp_path):
     assert code == 0, err
     written = {r["name"] for r in json.loads(stdout)["results"]}
     assert {"vision_aware.vhd", "visual_sinks.image_centric", "taxonomy.induction"} <= written
-    from dashboards.vision import VisionOverlay
-    from formats import ResultsFolder
+    from attnlens.dashboards.vision import VisionOverlay
+    from attnlens.formats import ResultsFolder
 
     folder = ResultsFolder.load(out)
     cap = folder.captures["captures/image-000"]  # the Vision tab's capture: its tokens mapped onto the image
@@ -137,7 +137,7 @@ def _one_line(code, err):
 
 
 def test_cli_refusals_are_one_line(cli, capsys, tmp_path):
-    from analyses.scenes import make_scene
+    from attnlens.analyses.scenes import make_scene
 
     images = tmp_path / "images"
     images.mkdir()
@@ -178,9 +178,9 @@ def test_a_batch_of_images_with_different_tile_counts_equals_single_runs(name, t
 def test_the_vision_tab_places_pooled_tokens_on_the_image(cli, capsys, tmp_path):
     """Gemma 3 pools 4 x 4 patches of 4 px into 2 x 2 tokens: the capture's layout and the Vision tab say
     so, and each token covers 8 px of the 16-px input."""
-    from analyses.scenes import make_scene
-    from dashboards.vision import VisionOverlay
-    from formats import ResultsFolder
+    from attnlens.analyses.scenes import make_scene
+    from attnlens.dashboards.vision import VisionOverlay
+    from attnlens.formats import ResultsFolder
 
     folder = tiny_image_text.build("gemma3", tmp_path / "gemma3")
     make_scene(1_000_000).image.save(tmp_path / "scene.png")

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from attnlens.analyses import scenes as sc
+from attnlens.analyses.vlm_collect import ask
+from attnlens.analyses.vqa import accuracy_by_kind
 
-from analyses import scenes as sc
-from analyses.vlm_collect import ask
-from analyses.vqa import accuracy_by_kind
 from lens import vlm
 
 pytestmark = pytest.mark.slow
@@ -21,7 +21,7 @@ def test_it_is_a_stock_llava(tiny_vlm):
     assert tiny_vlm.facts.n_layers == 30 and tiny_vlm.facts.n_heads == 9 and tiny_vlm.facts.modality.value == "vision-text"
     meta = tiny_vlm.extras["projector"]
     # the shipped run predates the trainer's move from lens/zoo to pipelines/ (same code and defaults)
-    assert meta["command"].startswith(("python -m lens.zoo.tiny_vlm_train", "python -m pipelines.tiny_vlm_train"))
+    assert meta["command"].startswith(("python -m lens.zoo.tiny_vlm_train", "python -m attnlens.pipelines.tiny_vlm_train"))
 
 
 def test_held_out_questions_need_the_image(tiny_vlm):
@@ -42,7 +42,7 @@ def test_held_out_questions_need_the_image(tiny_vlm):
 
 def test_the_image_path_is_the_stock_one(tiny_vlm):
     """The features the training cache holds are what LlavaModel.get_image_features projects."""
-    from pipelines.tiny_vlm_data import vision_features
+    from attnlens.pipelines.tiny_vlm_data import vision_features
 
     image = sc.make_scene(1_000_001).image
     x = vlm.prepare(tiny_vlm, "<image>\nWhat shape is it?", [image], chat=True)
@@ -56,7 +56,7 @@ def test_the_image_path_is_the_stock_one(tiny_vlm):
 def test_the_cli_on_tiny_vlm(cli, tmp_path):
     """`lens generate` answers a held-out colour question; `lens heads vision-aware` writes a ranking of
     its 30 x 9 heads from one scene."""
-    from formats import HeadScores
+    from attnlens.formats import HeadScores
 
     scene = sc.make_scene(sc.split_seeds(sc.Split.HELD_OUT, 1)[0])
     scene.image.save(tmp_path / "scene.png")

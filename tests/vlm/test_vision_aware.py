@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
-
-from analyses.result import Provenance
-from analyses.scenes import make_scene, questions
-from analyses.vision_aware import (
+from attnlens.analyses.result import Provenance
+from attnlens.analyses.scenes import make_scene, questions
+from attnlens.analyses.vision_aware import (
     HeadOutputPair,
     VisionAwareError,
     head_divergence,
@@ -16,7 +15,8 @@ from analyses.vision_aware import (
     vhr_scales,
     vision_aware_scores,
 )
-from analyses.vlm_collect import head_output_pairs
+from attnlens.analyses.vlm_collect import head_output_pairs
+
 from lens import vlm
 from lens.attention import modifying_weights
 from lens.edits import editing

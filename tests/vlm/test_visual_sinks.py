@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
-
-from analyses.result import Provenance
-from analyses.scenes import make_scene, questions
-from analyses.visual_sinks import (
+from attnlens.analyses.result import Provenance
+from attnlens.analyses.scenes import make_scene, questions
+from attnlens.analyses.visual_sinks import (
     VarInput,
     VisualSinkError,
     image_centric,
@@ -17,7 +16,8 @@ from analyses.visual_sinks import (
     visual_sink_mask,
     visual_sink_scores,
 )
-from analyses.vlm_collect import var_edit, var_inputs
+from attnlens.analyses.vlm_collect import var_edit, var_inputs
+
 from lens import vlm
 
 
@@ -122,7 +122,7 @@ def test_scores_on_the_tiny_llava(tiny_llava):
     torch.testing.assert_close(x.attention[2].sum(-1), torch.ones(4, len(x.queries)), atol=1e-5, rtol=0)
     assert x.labels[int(x.image_mask.nonzero()[0])] == "img0:CLS"
     # a random model has no massive activations: pretend dim 0 is a sink dim with a low tau
-    from analyses.visual_sinks import SinkDimensions
+    from attnlens.analyses.visual_sinks import SinkDimensions
 
     dims = SinkDimensions(dims=(0,), prompt_share={0: 1.0}, max_abs={0: 1.0})
     r = visual_sink_scores(inputs, dims, n_layers=4, n_heads=4, provenance=Provenance(model="t"), tau=1.5)
@@ -132,7 +132,7 @@ def test_scores_on_the_tiny_llava(tiny_llava):
 
 
 def test_var_edit_changes_answers_only_through_sinks(tiny_llava):
-    from analyses.visual_sinks import SinkDimensions
+    from attnlens.analyses.visual_sinks import SinkDimensions
 
     lm = tiny_llava
     x = vlm.prepare(lm, "<image>what colour?", [make_scene(5).image])
@@ -155,7 +155,7 @@ def test_var_edit_changes_answers_only_through_sinks(tiny_llava):
 def test_var_input_shapes_are_checked():
     x = VarInput(hidden={0: torch.zeros(5, 8)}, attention={0: torch.zeros(2, 1, 4)},
                  image_mask=torch.tensor([False, True, True, False, False]), queries=[4])
-    from analyses.visual_sinks import SinkDimensions
+    from attnlens.analyses.visual_sinks import SinkDimensions
 
     with pytest.raises(VisualSinkError, match="attention of layer 0"):
         visual_sink_scores([x], SinkDimensions((), {}, {}), n_layers=1, n_heads=2, provenance=Provenance(model="t"))
@@ -163,9 +163,9 @@ def test_var_input_shapes_are_checked():
 
 def test_edits_run_through_generation(tiny_llava):
     """ask() with VAR's edit and with VHR's decodes with the KV cache; no edit gives the plain answers."""
-    from analyses.vision_aware import vhr_scales
-    from analyses.visual_sinks import SinkDimensions
-    from analyses.vlm_collect import ask, vhr_edit
+    from attnlens.analyses.vision_aware import vhr_scales
+    from attnlens.analyses.visual_sinks import SinkDimensions
+    from attnlens.analyses.vlm_collect import ask, vhr_edit
 
     lm = tiny_llava
     items = [(make_scene(i), q) for i in range(3) for q in questions(make_scene(i))[:2]]

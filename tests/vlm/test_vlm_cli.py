@@ -5,9 +5,8 @@ import json
 
 import numpy as np
 import pytest
-
-from analyses.scenes import make_scene
-from formats import HeadScores, ResultsFolder
+from attnlens.analyses.scenes import make_scene
+from attnlens.formats import HeadScores, ResultsFolder
 
 
 def _one_line(code, err):
@@ -27,7 +26,7 @@ def pngs(tmp_path_factory):
 
 
 def test_vision_aware_writes_head_scores_the_dashboard_shows(cli, tmp_path, pngs):
-    from dashboards.app import Dashboard
+    from attnlens.dashboards.app import Dashboard
 
     out = tmp_path / "vhd"
     code, stdout, err = cli("heads", "vision-aware", "tiny-llava", "--images", pngs, "--question", "What colour?",
@@ -48,7 +47,7 @@ def test_vision_aware_writes_head_scores_the_dashboard_shows(cli, tmp_path, pngs
 
 
 def test_visual_sinks_on_scenes_and_on_one_image(cli, tmp_path, pngs):
-    from dashboards.app import Dashboard
+    from attnlens.dashboards.app import Dashboard
 
     out = tmp_path / "var"
     code, _, err = cli("heads", "visual-sinks", "tiny-llava", "--scenes", "2", "--tau", "1", "--out", out)
@@ -56,7 +55,7 @@ def test_visual_sinks_on_scenes_and_on_one_image(cli, tmp_path, pngs):
     assert "sink dimensions:" in err
     r = HeadScores.load(out / "visual_sinks.image_centric.json")
     assert r.scores.shape == (4, 4) and r.params["tau"] == 1.0
-    from pipelines.vlm import scene_items
+    from attnlens.pipelines.vlm import scene_items
 
     assert r.params["n_prompts"] == len(scene_items(2)) >= 6  # each scene's direct questions (3, or 4 with one object)
     assert r.arrays["sink_position_counts"].shape == (4, 17)
@@ -112,8 +111,8 @@ def test_generate_bad_inputs(cli, tmp_path, pngs, args, message):
 
 
 def test_capture_with_an_image_has_an_image_layout_the_overlay_uses(cli, tmp_path, pngs):
-    from dashboards.overlay import patch_attention
-    from dashboards.vision import VisionOverlay
+    from attnlens.dashboards.overlay import patch_attention
+    from attnlens.dashboards.vision import VisionOverlay
 
     out = tmp_path / "cap"
     code, _, err = cli("capture", "tiny-llava", "--image", pngs / "scene0.png", "--prompt", "<image>\nWhat colour?",
@@ -155,8 +154,9 @@ def test_capture_bad_image_inputs(cli, tmp_path, pngs, args, message):
 def test_stats_with_an_image_measure_the_mass_on_the_image_span(cli, tmp_path, pngs):
     """`lens stats --image`: the image's token span is the last span; each query's mass on it is
     what the captured pattern puts on those keys."""
+    from attnlens.formats import StatsFile
+
     import lens
-    from formats import StatsFile
     from lens.vlm import read_image
 
     out = tmp_path / "stats"
@@ -184,8 +184,8 @@ def test_the_vision_tab_outlines_visual_sinks_from_a_visual_sinks_run(cli, tmp_p
     """One folder with a tiny-vlm capture on an image and a `lens heads visual-sinks` run (the
     random LLaVA has no massive activations, so no sink dimensions: the real model): the Vision
     tab names and outlines the patches that are sinks in at least half the prompts."""
-    from dashboards.overlay import overlay_png
-    from dashboards.vision import VisionOverlay
+    from attnlens.dashboards.overlay import overlay_png
+    from attnlens.dashboards.vision import VisionOverlay
 
     root = tmp_path / "results"
     code, _, err = cli("heads", "visual-sinks", "tiny-vlm", "--scenes", "2", "--out", root / "var")

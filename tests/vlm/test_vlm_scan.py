@@ -5,14 +5,13 @@ skip noted), an image example capture with its layout, and the dashboard showing
 import json
 
 import numpy as np
-
-from analyses.registry import for_modality
-from formats import Modality, ResultsFolder
+from attnlens.analyses.registry import for_modality
+from attnlens.formats import Modality, ResultsFolder
 
 
 def test_scan_runs_every_vision_text_analysis(cli, tmp_path):
-    from dashboards.app import Dashboard
-    from dashboards.vision import VisionOverlay
+    from attnlens.dashboards.app import Dashboard
+    from attnlens.dashboards.vision import VisionOverlay
 
     out = tmp_path / "scan"
     code, stdout, err = cli("scan", "tiny-llava", "--no-chat", "--captures", "1", "--out", out, "--json")
