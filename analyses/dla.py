@@ -64,6 +64,11 @@ def readout_parts(lm) -> ReadoutParts:
     :class:`BackendError` naming the family when one is missing."""
     f = lm.facts
     adapter = adapter_for(lm.model, f.n_layers)
+    for layer in range(f.n_layers):
+        mixer = adapter.other_mixer(layer)
+        if mixer is not None:
+            raise BackendError(f"direct logit attribution cannot decompose {f.architecture}: block {layer} runs another "
+                               f"mixer ({mixer}) beside attention, which writes to the residual stream without heads")
     unembed = adapter.unembed()
     if not isinstance(unembed, nn.Linear):
         raise BackendError(f"direct logit attribution needs a language-model head: {f.architecture} has no linear "
@@ -87,11 +92,15 @@ class _FrozenNorm:
 def _freeze(norm: nn.Module, x: Float[Tensor, "pos d_model"], family: str) -> _FrozenNorm:
     name = type(norm).__name__
     w = getattr(norm, "weight", None)
-    if isinstance(norm, nn.LayerNorm) or (name.endswith("LayerNorm") and hasattr(norm, "variance_epsilon")):
-        # nn.LayerNorm, or one written out by the family (Cohere's: mean-centred, no bias)
+    if isinstance(norm, nn.LayerNorm) or (name.endswith("LayerNorm") and hasattr(norm, "variance_epsilon")) \
+            or name == "OlmoLayerNorm":
+        # nn.LayerNorm, or one written out by the family (Cohere's: mean-centred, no bias; OLMo's: no weight,
+        # no bias, eps 1e-5)
         eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-5)))
         sigma = torch.sqrt(x.var(-1, unbiased=False) + eps)
         wv = torch.ones(x.shape[-1], dtype=x.dtype) if w is None else w.detach().double()
+        if name.endswith("LayerNorm1P"):  # Nemotron's LayerNorm scales by (1 + weight)
+            wv = 1.0 + wv
         b = getattr(norm, "bias", None)
         return _FrozenNorm("LayerNorm", sigma, wv, None if b is None else b.detach().double())
     if name.endswith("RMSNorm"):

@@ -50,6 +50,14 @@ from lens.hooks import Point, Where
 LINEARISATION = ("norm scales frozen at their values on this input (standard linearisation); "
                  "LayerNorm centering folded in; rotary applied per position")
 _REFUSED: dict[str, str] = {}  # model_type -> why (checks on the modules themselves come first)
+#: families whose rotary turns adjacent pairs of dims (0, 1), (2, 3), ... rather than the two halves, with the
+#: angles laid out by halves (repeated per pair here) or already per pair (Cohere's)
+_INTERLEAVED_ROTARY = {"glm": "halves", "glm4": "halves", "helium": "halves", "ernie4_5": "halves",
+                       "ernie4_5_moe": "halves", "cohere": "pairs", "cohere2": "pairs"}
+#: families whose full-attention layers skip rotary (it turns only their sliding-window layers' queries and keys)
+_ROTARY_ON_SLIDING_ONLY = frozenset({"cohere2"})
+#: per-head query/key norms, by the names families give them
+_QK_NORMS = (("q_norm", "k_norm"), ("q_layernorm", "k_layernorm"), ("query_layernorm", "key_layernorm"))
 _CHECK_RTOL = 2e-3
 
 
@@ -162,7 +170,15 @@ def _freeze(norm: nn.Module, x: Tensor, where: str) -> _Norm:
     if isinstance(norm, nn.LayerNorm):
         sigma = torch.sqrt(x.var(-1, unbiased=False) + norm.eps)
         b = None if norm.bias is None else norm.bias.detach().double()
-        return _Norm(sigma, norm.weight.detach().double(), b, True)
+        w = norm.weight.detach().double()
+        if name.endswith("LayerNorm1P"):  # Nemotron's LayerNorm scales by (1 + weight)
+            w = 1.0 + w
+        return _Norm(sigma, w, b, True)
+    if name.endswith("LayerNorm") and hasattr(norm, "variance_epsilon"):  # Cohere's: mean-centred, no bias
+        return _Norm(torch.sqrt(x.var(-1, unbiased=False) + norm.variance_epsilon), norm.weight.detach().double(),
+                     None, True)
+    if name == "OlmoLayerNorm":  # no weight, no bias, eps 1e-5
+        return _Norm(torch.sqrt(x.var(-1, unbiased=False) + 1e-5), torch.ones(x.shape[-1], dtype=x.dtype), None, True)
     if name.endswith("RMSNorm"):
         eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
         w = norm.weight.detach().double()
@@ -177,12 +193,20 @@ def _close(got: Tensor, want: Tensor) -> float:
     return float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary on the first ``cos.shape[-1]`` dims of ``x`` (all of them, or a partial rotary's share)."""
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: str | None = None) -> Tensor:
+    """Rotary on the first ``cos.shape[-1]`` dims of ``x`` (all of them, or a partial rotary's share); by halves,
+    or on adjacent pairs (``interleaved``: ``"halves"``, the first half of ``cos``/``sin`` repeated per pair, or
+    ``"pairs"``, already one angle per pair)."""
     rot = cos.shape[-1]
     x, rest = x[..., :rot], x[..., rot:]
     half = rot // 2
-    return torch.cat((x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin, rest), -1)
+    if interleaved:
+        if interleaved == "halves":
+            cos, sin = cos[..., :half].repeat_interleave(2, -1), sin[..., :half].repeat_interleave(2, -1)
+        turned = torch.stack((-x[..., 1::2], x[..., 0::2]), -1).flatten(-2)
+    else:
+        turned = torch.cat((-x[..., half:], x[..., :half]), -1)
+    return torch.cat((x * cos + turned * sin, rest), -1)
 
 
 def qk_attribution(lm, input_ids: Tensor, layer: int, head: int, *, query_pos: int = -1,
@@ -230,10 +254,21 @@ def _decompose(lm, input_ids: Tensor, layer: int, head: int, q: int, key_pos: in
                answers: Sequence[int]) -> QKAttribution:
     f = lm.facts
     n = input_ids.shape[1]
-    attn = adapter_for(lm.model, f.n_layers).attention(layer)
-    if isinstance(getattr(attn, "q_norm", None), nn.Module) or isinstance(getattr(attn, "k_norm", None), nn.Module):
-        raise BackendError(f"QK attribution cannot decompose {f.architecture}: it normalises each head's queries and "
-                           "keys (q_norm, k_norm) before the scores")
+    adapter = adapter_for(lm.model, f.n_layers)
+    attn = adapter.attention(layer)
+    for qn, kn in _QK_NORMS:
+        if isinstance(getattr(attn, qn, None), nn.Module) or isinstance(getattr(attn, kn, None), nn.Module):
+            raise BackendError(f"QK attribution cannot decompose {f.architecture}: it normalises each head's queries "
+                               f"and keys ({qn}, {kn}) before the scores")
+    for la in range(layer):
+        mixer = adapter.other_mixer(la)
+        if mixer is not None:
+            raise BackendError(f"QK attribution cannot decompose {f.architecture}: block {la} runs another mixer "
+                               f"({mixer}) beside attention, which writes to the residual stream without heads")
+    clip = getattr(getattr(lm.model.config, "attn_config", None), "clip_qkv", None)
+    if clip:
+        raise BackendError(f"QK attribution cannot decompose {f.architecture}: it clips queries, keys and values to "
+                           f"+-{clip:g} (clip_qkv), which is not linear in the residual stream")
     parts = CircuitModules(lm)
     d_head = f.d_head
     kv_head = head // (f.n_heads // f.n_kv_heads)
@@ -280,13 +315,16 @@ def _decompose(lm, input_ids: Tensor, layer: int, head: int, q: int, key_pos: in
     (wq, bq), (wk, bk) = _qk_weights(parts, layer, head, kv_head, d_head)
     qc = torch.cat([lin[:, q] @ wq.T, (const[q] @ wq.T + (0 if bq is None else bq))[None]])  # [comp+1, d_head]
     kc = torch.cat([lin[:, :q + 1] @ wk.T, (const[:q + 1] @ wk.T + (0 if bk is None else bk))[None]])  # [comp+1, k, d]
-    if "cos" in got:
+    nope = (getattr(lm.model.config, "model_type", "") in _ROTARY_ON_SLIDING_ONLY
+            and getattr(parts.adapter.attention(layer), "sliding_window", None) is None)
+    if "cos" in got and not nope:
         cos, sin = got["cos"], got["sin"]
         if cos.shape[-1] > d_head:
             raise BackendError(f"QK attribution cannot decompose {f.architecture}: rotary over {cos.shape[-1]} "
                                f"dims of {d_head}")
-        qc = _rotate(qc, cos[q], sin[q])  # partial rotary (Phi, StableLM): the first dims turn, the rest pass
-        kc = _rotate(kc, cos[:q + 1], sin[:q + 1])
+        inter = _INTERLEAVED_ROTARY.get(getattr(lm.model.config, "model_type", ""))
+        qc = _rotate(qc, cos[q], sin[q], inter)  # partial rotary (Phi, StableLM): the first dims turn, the rest pass
+        kc = _rotate(kc, cos[:q + 1], sin[:q + 1], inter)
     query, key = got["query"][head, q], got["key"][kv_head, :q + 1]
     err = max(_close(qc.sum(0), query), _close(kc.sum(0), key))
     if err > _CHECK_RTOL:

@@ -50,16 +50,22 @@ NAMES: dict[str, tuple[str, ...]] = {
 FAMILY_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
     "jamba": {"attention norm": ("input_layernorm",), "MLP norm": ("pre_ff_layernorm",)},
     "mpt": {"attention norm": ("norm_1",), "MLP norm": ("norm_2",)},
+    "apertus": {"attention norm": ("attention_layernorm",), "MLP norm": ("feedforward_layernorm",)},
+    "falcon_h1": {"MLP norm": ("pre_ff_layernorm",)},
+    "lfm2": {"attention norm": ("operator_norm",), "final norm": ("embedding_norm",)},  # LFM2's last norm
 }
 def _qkv_layout(cfg) -> tuple[str, str] | None:
     """(module name, layout) of a family's fused q/k/v projection: ``stacked`` ``[q heads | k heads | v heads]``,
-    ``per_head`` ``[q_0 k_0 v_0 | q_1 k_1 v_1 | ...]``, ``grouped`` ``[q of group 0's heads, k_0, v_0 | ...]``."""
+    ``per_head`` ``[q_0 k_0 v_0 | q_1 k_1 v_1 | ...]``, ``grouped`` ``[q of group 0's heads, k_0, v_0 | ...]``,
+    ``mp4`` CodeGen's four model-parallel shards, each ``[q | v | k]`` of a quarter of the heads."""
     mt = getattr(cfg, "model_type", "")
-    if mt in ("gpt2", "phi3", "mpt"):
-        return {"gpt2": "c_attn", "phi3": "qkv_proj", "mpt": "Wqkv"}[mt], "stacked"
+    if mt in ("gpt2", "phi3", "mpt", "dbrx"):
+        return {"gpt2": "c_attn", "phi3": "qkv_proj", "mpt": "Wqkv", "dbrx": "Wqkv"}[mt], "stacked"
     if mt == "gpt_bigcode":
         return "c_attn", "stacked" if getattr(cfg, "multi_query", True) else "per_head"
-    if mt in ("gpt_neox", "bloom"):
+    if mt == "codegen":
+        return "qkv_proj", "mp4"
+    if mt in ("gpt_neox", "bloom", "persimmon"):
         return "query_key_value", "per_head"
     if mt == "falcon":
         if getattr(cfg, "new_decoder_architecture", False):
@@ -94,7 +100,7 @@ class Projection:
         return None if b is None else b.index_select(0, self.index.to(b.device))
 
 #: families whose blocks run attention and MLP side by side on one norm's output
-PARALLEL = frozenset({"gptj", "phi", "cohere", "codegen"})
+PARALLEL = frozenset({"gptj", "phi", "cohere", "cohere2", "codegen"})
 #: MLP classes that add the residual stream (their second argument) to their own output
 MLP_ADDS_RESIDUAL = frozenset({"BloomMLP", "MptMLP"})
 
@@ -189,16 +195,22 @@ class DecoderAdapter:
     def block(self, layer: int) -> nn.Module:
         return self._list[layer]
 
+    def _linear_layers(self) -> set[int]:
+        """Blocks whose ``self_attn`` is linear attention (MiniMax's lightning attention: no softmax, no pattern)."""
+        types = getattr(self.model.config, "layer_types", None) or ()
+        return {i for i, t in enumerate(types) if t == "linear_attention"}
+
     def attention(self, layer: int) -> nn.Module:
         attn = _child(self._list[layer], _ATTENTION_NAMES)
-        if attn is None:
+        if attn is None or layer in self._linear_layers():
             raise SelectionError(f"block {layer} of {type(self.model).__name__} has no attention (a hybrid's other "
                                  f"block): attention sites and head edits need one of layers {self.attention_layers()}")
         return attn
 
     def attention_layers(self) -> list[int]:
         """The blocks that have attention (all of them, except in hybrids)."""
-        return [i for i, b in enumerate(self._list) if _child(b, _ATTENTION_NAMES) is not None]
+        linear = self._linear_layers()
+        return [i for i, b in enumerate(self._list) if _child(b, _ATTENTION_NAMES) is not None and i not in linear]
 
     def out_proj(self, layer: int) -> nn.Linear:
         proj = _child(self.attention(layer), _OUT_PROJ_NAMES)
@@ -263,6 +275,10 @@ class DecoderAdapter:
             q = torch.cat([h * 3 * d + per for h in range(H)])
             k = torch.cat([h * 3 * d + d + per for h in range(H)])
             v = torch.cat([h * 3 * d + 2 * d + per for h in range(H)])
+        elif kind == "mp4":  # shard m holds heads m * H/4 .. (m + 1) * H/4 - 1 as [q | v | k]
+            local, r = H * d // 4, H // 4
+            q, v, k = (torch.cat([(h // r) * 3 * local + i * local + (h % r) * d + per for h in range(H)])
+                       for i in range(3))
         else:  # grouped: per KV group, its query heads then its k and v
             r = H // KV
             q = torch.cat([(g * (r + 2) + j) * d + per for g in range(KV) for j in range(r)])
@@ -302,7 +318,7 @@ class DecoderAdapter:
         """The name of a norm applied to the attention's or MLP's output before it joins the residual
         stream (Gemma 2/3, OLMo2), or None where the block adds its outputs as they are."""
         block = self._list[layer]
-        for name in ("post_feedforward_layernorm", "post_attention_norm", "post_ffw_norm"):
+        for name in ("post_feedforward_layernorm", "post_attention_norm", "post_ffw_norm", "post_self_attn_layernorm"):
             if isinstance(getattr(block, name, None), nn.Module):
                 return name
         return None
@@ -316,6 +332,18 @@ class DecoderAdapter:
         after_mlp = getattr(block, "post_feedforward_layernorm", None)
         if isinstance(after_mlp, nn.Module):
             return block.post_attention_layernorm, after_mlp
+        if isinstance(getattr(block, "post_mlp_layernorm", None), nn.Module):  # GLM4's names for them
+            return block.post_self_attn_layernorm, block.post_mlp_layernorm
+        return None
+
+    def other_mixer(self, layer: int) -> str | None:
+        """The name of a second mixer beside attention in block ``layer`` (Falcon-H1's ``mamba``), writing to the
+        residual stream without heads, or None (also for a hybrid's block without attention)."""
+        if layer not in self.attention_layers():
+            return None
+        for name in ("mamba", "ssm", "linear_attn"):
+            if isinstance(getattr(self._list[layer], name, None), nn.Module):
+                return name
         return None
 
     def embed_norm(self) -> str | None:
@@ -529,3 +557,9 @@ class DbrxAdapter(DecoderAdapter):
 
     def attention_layers(self) -> list[int]:
         return list(range(len(self._list)))
+
+    def attn_norm(self, layer: int) -> nn.Module:
+        return self._list[layer].norm_attn_norm.norm_1
+
+    def mlp_norm(self, layer: int) -> nn.Module:
+        return self._list[layer].norm_attn_norm.norm_2

@@ -108,6 +108,12 @@ def _check_graph(parts: CircuitModules) -> None:
                            "normalised shared latent, so its key and value inputs are not linear in the residual stream")
     f = parts.facts
     for layer in range(f.n_layers):
+        mixer = parts.adapter.other_mixer(layer)
+        if mixer is not None:
+            raise BackendError(f"EAP cannot score {family}: block {layer} runs another mixer ({mixer}) beside "
+                               "attention, which writes to the residual stream without heads, and the edge graph "
+                               "has no nodes for it")
+        parts.adapter.out_proj(layer)  # mixtures of attention heads (JetMoe) have none: a one-line refusal
         norm = parts.adapter.output_norm(layer)
         if norm is not None:
             raise BackendError(f"EAP cannot score {family}: it normalises block outputs ({norm}) before adding them "

@@ -10,7 +10,12 @@ from attnlens.formats import errors as project_errors
 
 from tests.conformance.test_matrix import IDS, built  # noqa: F401
 
-REFUSED = {"jamba": "has no attention (a hybrid's other block)", "bamba": "has no attention (a hybrid's other block)"}
+_HYBRID = "has no attention (a hybrid's other block)"
+REFUSED = {"jamba": _HYBRID, "bamba": _HYBRID, "granitemoehybrid": _HYBRID, "qwen3_next": _HYBRID, "lfm2": _HYBRID,
+           "minimax": _HYBRID,  # its first block is linear (lightning) attention
+           "falcon_h1": "another mixer (mamba) beside attention",
+           "jetmoe": "no output projection",  # a mixture of attention heads
+           "recurrent_gemma": "cannot find 2 transformer blocks"}
 
 
 def test_dla_parts_sum_to_the_reference_logits(built):  # noqa: F811
