@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+
 from attnlens.analyses.result import HeadScores, Provenance
 from attnlens.analyses.rows import RowStats
 

@@ -25,10 +25,10 @@ from enum import Enum
 
 import numpy as np
 import torch
-from attnlens.formats.errors import AnalysisError
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from attnlens.formats.errors import AnalysisError
 from lens.attention import AttentionObserver
 
 BETA, THRESHOLD = 0.4, 0.1

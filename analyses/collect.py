@@ -10,9 +10,10 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
+from torch import Tensor
+
 from attnlens.analyses.sinks import SinkInput, key_stats_from_kernel, key_stats_from_pattern
 from attnlens.analyses.streaming import masses_from_pattern
-from torch import Tensor
 
 Source = Literal["pattern", "kernel"]
 
@@ -37,7 +38,6 @@ def sink_inputs(lm, prompts: Sequence[str | Tensor], *, source: Source = "patter
             layers = {layer: key_stats_from_pattern(cap.pattern(layer), lm.facts.causal) for layer in range(n_layers)}
         else:
             from attnlens.kernels import StatsSpec
-
             from lens.recording.stats import stats_mode
 
             with stats_mode(lm.model, StatsSpec(sink_tokens=1, window=0, key_stats=True)) as rec:
@@ -94,7 +94,6 @@ def streaming_masses(lm, prompts: Sequence[Tensor], *, sink: int, recent: int, s
                          for layer in range(lm.facts.n_layers)})
         else:
             from attnlens.kernels import StatsSpec
-
             from lens.recording.stats import stats_mode
 
             with stats_mode(lm.model, StatsSpec(sink_tokens=sink, window=recent, key_stats=False)) as rec:
@@ -109,10 +108,9 @@ def streaming_masses(lm, prompts: Sequence[Tensor], *, sink: int, recent: int, s
 def needle_accuracy(lm, trials, *, heads: Sequence[tuple[int, int]] = (), max_new_tokens: int = 40,
                     on_trial: Callable[[], None] | None = None) -> float:
     """Share of trials answered with ROUGE-1 recall > 0.5 while ``heads`` are zero-ablated."""
+    import lens
     from attnlens.analyses.decode import decode_trials
     from attnlens.analyses.retrieval import RECALL_THRESHOLD
-
-    import lens
 
     traces = decode_trials(lm, trials, max_new_tokens=max_new_tokens, source="none",
                            edits=lens.zero_ablation(heads), on_trial=on_trial)

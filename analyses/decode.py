@@ -16,10 +16,11 @@ from contextlib import ExitStack
 from typing import Literal
 
 import torch
-from attnlens.analyses.niah import NiahTrial, rouge1_recall
-from attnlens.analyses.retrieval import DecodeTrace
 from jaxtyping import Int
 from torch import Tensor
+
+from attnlens.analyses.niah import NiahTrial, rouge1_recall
+from attnlens.analyses.retrieval import DecodeTrace
 
 Source = Literal["pattern", "kernel", "none"]
 
@@ -60,7 +61,6 @@ def greedy_decode(lm, input_ids: Int[Tensor, " pos"], *, max_new_tokens: int = 4
             stack.enter_context(lens.capture(lm, sites=[lens.Site.RESID_POST], layers=[0], edits=edits))
         if source == "kernel":
             from attnlens.kernels import StatsSpec
-
             from lens.recording.stats import stats_mode
 
             rec = stack.enter_context(stats_mode(model, StatsSpec(sink_tokens=0, window=0, key_stats=False)))

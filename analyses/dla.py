@@ -36,11 +36,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from attnlens.formats.dla import LINEARISATION, DLAResult
-from attnlens.formats.provenance import Provenance
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from attnlens.formats.dla import LINEARISATION, DLAResult
+from attnlens.formats.provenance import Provenance
 from lens.adapters import ModelAdapter, adapter_for
 from lens.errors import BackendError, SelectionError
 from lens.hooks import Point, Where, hooked

@@ -37,11 +37,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
 from attnlens.analyses.niah import make_trial
 from attnlens.formats.errors import AnalysisError
 from attnlens.formats.vocab import Objective
-from torch import Tensor
-
 from lens.attention import AttentionCompute, attention_mode, repeat_kv
 
 

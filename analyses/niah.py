@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from attnlens.analyses.data import HAYSTACK_SENTENCES
-from attnlens.formats.errors import AnalysisError
 from jaxtyping import Int
 from torch import Tensor
+
+from attnlens.analyses.data import HAYSTACK_SENTENCES
+from attnlens.formats.errors import AnalysisError
 
 
 class NiahError(AnalysisError):

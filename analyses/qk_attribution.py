@@ -36,12 +36,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from attnlens.analyses.circuits._hooks import CircuitModules
-from attnlens.formats.provenance import Provenance
-from attnlens.formats.qk import Contributor, Kind, QKResult
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from attnlens.analyses.circuits._hooks import CircuitModules
+from attnlens.formats.provenance import Provenance
+from attnlens.formats.qk import Contributor, Kind, QKResult
 from lens.adapters import adapter_for
 from lens.attention import AttentionObserver, attention_mode
 from lens.errors import BackendError, SelectionError

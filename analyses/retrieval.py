@@ -18,10 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from attnlens.analyses.result import HeadScores, Provenance
-from attnlens.formats.errors import AnalysisError
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from attnlens.analyses.result import HeadScores, Provenance
+from attnlens.formats.errors import AnalysisError
 
 RECALL_THRESHOLD = 0.5  # Wu et al.'s reference code: ROUGE-1 recall of the needle > 50
 RETRIEVAL_THRESHOLD = 0.1  # "retrieval head" in the paper: score > 0.1

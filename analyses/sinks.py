@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from attnlens.analyses.result import HeadScores, Provenance
-from attnlens.formats.errors import AnalysisError
 from jaxtyping import Float
 from torch import Tensor
+
+from attnlens.analyses.result import HeadScores, Provenance
+from attnlens.formats.errors import AnalysisError
 
 HIDDEN_SINK_THRESHOLD = 0.1
 FIRST_TOKEN_THRESHOLD = 0.5

@@ -24,11 +24,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from attnlens.analyses.cross_attention import TimedTokens, UtteranceMaps
-from attnlens.formats.errors import AnalysisError
 from jaxtyping import Float
 from torch import Tensor
 
+from attnlens.analyses.cross_attention import TimedTokens, UtteranceMaps
+from attnlens.formats.errors import AnalysisError
 from lens.audio import AudioLayout, layout_for
 
 _WORD = re.compile(r"\w")

@@ -20,10 +20,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from attnlens.analyses.result import HeadScores, Provenance
-from attnlens.formats.errors import AnalysisError
 from jaxtyping import Float
 from torch import Tensor
+
+from attnlens.analyses.result import HeadScores, Provenance
+from attnlens.formats.errors import AnalysisError
 
 PAPER_SINK, PAPER_RECENT, PAPER_CONTEXT = 64, 256, 8192
 

@@ -36,10 +36,11 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-from attnlens.analyses.result import HeadScores, Provenance
-from attnlens.formats.errors import AnalysisError
 from jaxtyping import Float
 from torch import Tensor
+
+from attnlens.analyses.result import HeadScores, Provenance
+from attnlens.formats.errors import AnalysisError
 
 SCORES = ("sink", "previous_token", "positional", "duplicate_token", "induction", "local", "content_independence")
 TYPE_NAMES = ("sink", "previous-token", "positional", "induction", "duplicate-token", "other")

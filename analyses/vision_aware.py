@@ -27,11 +27,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from attnlens.analyses.result import HeadScores, Provenance
-from attnlens.formats.errors import AnalysisError
 from jaxtyping import Float
 from torch import Tensor
 
+from attnlens.analyses.result import HeadScores, Provenance
+from attnlens.formats.errors import AnalysisError
 from lens.edits import Edit, Scale
 from lens.heads import HeadRef
 

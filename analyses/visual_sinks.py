@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from attnlens.analyses.result import HeadScores, Provenance
-from attnlens.formats.errors import AnalysisError
 from jaxtyping import Bool, Float
 from torch import Tensor
+
+from attnlens.analyses.result import HeadScores, Provenance
+from attnlens.formats.errors import AnalysisError
 
 TAU = 20.0
 MIN_IMAGE_ATTENTION = 0.2

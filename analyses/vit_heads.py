@@ -22,11 +22,11 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
-from attnlens.analyses.result import HeadScores, Provenance
-from attnlens.formats.errors import AnalysisError
 from jaxtyping import Float
 from torch import Tensor
 
+from attnlens.analyses.result import HeadScores, Provenance
+from attnlens.formats.errors import AnalysisError
 from lens.vision import ImageLayout
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
+
 from attnlens.analyses.scenes import Question, Scene
 from attnlens.analyses.vision_aware import HeadOutputPair, vhr_edits
 from attnlens.analyses.visual_sinks import (
@@ -22,8 +24,6 @@ from attnlens.analyses.visual_sinks import (
     visual_sink_mask,
 )
 from attnlens.analyses.vqa import AnswerRecord
-from torch import Tensor
-
 from lens import vlm
 from lens.adapters import adapter_for
 from lens.attention import AttentionObserver, attention_mode, modifying_weights

@@ -10,11 +10,11 @@ import json
 import time
 
 import torch
+
+import lens
 from attnlens.analyses.circuits import encode_task, ioi, per_row
 from attnlens.analyses.circuits._hooks import CircuitModules, last_logits
 from attnlens.analyses.circuits.tasks import IOI_TEMPLATES, colored_objects, greater_than
-
-import lens
 
 
 def measure(parts, enc, extra=None) -> dict:

@@ -121,7 +121,6 @@ def eager_patterns_gb(lm, n_tokens: int) -> float:
 def run_case(lm, ids: torch.Tensor, case: str) -> None:
     """One forward of ``case`` over ``ids [1, N]``; results are dropped at once."""
     from attnlens.kernels import StatsSpec
-
     from lens.recording.stats import run_stats
 
     with torch.no_grad():

@@ -68,11 +68,10 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/science/circuits/docstring")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    import lens
     from attnlens.analyses.circuits import encode_task
     from attnlens.analyses.circuits._hooks import Parts
     from attnlens.analyses.circuits.tasks import load_jsonl
-
-    import lens
     from benchmarks.circuit_task_baselines import measure
 
     out = Path(args.out)

@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 import torch
+
+import lens
 from attnlens.analyses.circuits._hooks import CircuitModules
 from attnlens.analyses.circuits.tasks import ioi
 from attnlens.analyses.qk_attribution import Kind, qk_attribution
-
-import lens
 from lens.attention import AttentionObserver, attention_mode
 
 NAME_MOVERS = [(20, 0), (23, 3), (29, 1)]

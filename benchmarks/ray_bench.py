@@ -74,11 +74,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    import lens
     from attnlens.analyses.circuits.tasks import encode_task, load_task
     from attnlens.pipelines import sweeps
     from attnlens.pipelines.executors import CALLS, ModelSpec, RayExecutor, RayOptions, call
-
-    import lens
     from lens.heads import parse_head_spec
 
     info = {"machine": machine(), "settings": vars(args) | {"out": str(args.out)}}

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import lens
 from attnlens.analyses.circuits.discrete_sae import SAEConfig, discrete_sae_scores, precision_recall
 from attnlens.analyses.circuits.tasks import encode_task, load_task
 from attnlens.formats.head_scores import HeadScores
 from attnlens.pipelines.circuits import _top_heads, head_outputs
-
-import lens
 
 SAVED = Path("benchmarks/results/science/circuits")
 

@@ -17,14 +17,13 @@ import os
 import time
 from pathlib import Path
 
+import lens
 from attnlens.analyses.circuits import prepare, score_sets
 from attnlens.analyses.circuits.ablation import all_heads
 from attnlens.analyses.circuits.eap import edge_attribution
 from attnlens.analyses.circuits.metrics import Metric
 from attnlens.analyses.circuits.tasks import encode_task, load_task
 from attnlens.pipelines.circuits import sae_scores
-
-import lens
 
 
 def main() -> None:

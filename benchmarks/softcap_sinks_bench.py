@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from attnlens.kernels import StatsSpec, attention_with_stats
 
 H, HKV, D = 9, 3, 64

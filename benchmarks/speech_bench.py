@@ -84,6 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    import lens
     from attnlens.analyses.asr_metrics import corpus_wer, word_errors
     from attnlens.analyses.cross_attention import (
         alignment_head_scores,
@@ -101,8 +102,6 @@ def main() -> None:
         transcribe,
         utterance_maps,
     )
-
-    import lens
     from lens.audio import load_audio
     from lens.espeak import synthesize
     from lens.zoo import whisper

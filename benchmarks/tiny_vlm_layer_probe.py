@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+
 from attnlens.analyses import scenes as sc
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from attnlens.analyses import scenes as sc
 from attnlens.analyses.prompts import GENERAL_PROMPTS
 from attnlens.analyses.result import Provenance

@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 import numpy as np
 import panel as pn
-from attnlens.dashboards.compute import ColorScale, head_label, thin_ticks
 from bokeh import events
 from bokeh.models import (
     ColorBar,
@@ -35,6 +34,8 @@ from bokeh.palettes import (
     diverging_palette,
 )
 from bokeh.plotting import figure
+
+from attnlens.dashboards.compute import ColorScale, head_label, thin_ticks
 
 NAN_COLOR = "#d9d9d9"
 ABOVE_COLOR = "#c2185b"  # sink cells above a "sink column excluded" scale

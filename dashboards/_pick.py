@@ -11,6 +11,7 @@ again (so the browser sees an update for every click).
 from __future__ import annotations
 
 import param
+
 from attnlens.dashboards._bokeh import on_click
 
 

@@ -8,12 +8,13 @@ import html
 
 import numpy as np
 import panel as pn
-from attnlens.dashboards._bokeh import HeadGrid
-from attnlens.dashboards.report import curves_caption
-from attnlens.formats import AblationResult, Curves, HeadScores, ResultsFolder
 from bokeh.models import ColumnDataSource, HoverTool, Legend, Span
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
+
+from attnlens.dashboards._bokeh import HeadGrid
+from attnlens.dashboards.report import curves_caption
+from attnlens.formats import AblationResult, Curves, HeadScores, ResultsFolder
 
 ABLATION_ANALYSES = ("ablation", "circuit")
 

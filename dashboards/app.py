@@ -19,6 +19,7 @@ from pathlib import Path
 
 import panel as pn
 import param
+
 from attnlens.dashboards._hosts import HostPolicy, guard, parse_allow_hosts
 from attnlens.dashboards._local import keep_stylesheets_local
 from attnlens.dashboards._quiet import quiet_closed_websockets

@@ -8,6 +8,7 @@ import html
 import numpy as np
 import panel as pn
 import param
+
 from attnlens.dashboards._bokeh import HeadGrid, cell_at
 from attnlens.dashboards._pick import HeadPicker
 from attnlens.dashboards.compute import head_label, score_rank

@@ -14,6 +14,7 @@ import wave
 from dataclasses import dataclass
 
 import numpy as np
+
 from attnlens.formats import (
     AttnlensError,
     AudioLayout,

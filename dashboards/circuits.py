@@ -13,6 +13,9 @@ import html
 import numpy as np
 import panel as pn
 import param
+from bokeh.models import Arrow, ColumnDataSource, HoverTool, LabelSet, Legend, LegendItem, VeeHead
+from bokeh.plotting import figure
+
 from attnlens.dashboards._bokeh import on_click
 from attnlens.dashboards.graph import (
     KIND_COLORS,
@@ -30,8 +33,6 @@ from attnlens.dashboards.graph import (
     node_scores,
 )
 from attnlens.formats import Circuit, Curves, NodeKind, faithfulness_warning
-from bokeh.models import Arrow, ColumnDataSource, HoverTool, LabelSet, Legend, LegendItem, VeeHead
-from bokeh.plotting import figure
 
 MAX_LABELS = 40  # at most this many nodes are labelled (the strongest); hover names the rest
 MLP_LABEL_ROOM = 0.3  # share of the height below the MLP lane, for its labels running down

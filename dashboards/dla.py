@@ -16,6 +16,7 @@ import html
 import numpy as np
 import panel as pn
 import param
+
 from attnlens.dashboards._bokeh import HeadGrid, cell_at, on_click
 from attnlens.dashboards.compute import head_label, token_label
 from attnlens.formats.dla import REST, REST_LABELS, DLAResult

@@ -13,6 +13,9 @@ import html
 import numpy as np
 import panel as pn
 import param
+from bokeh.models import ColorBar, ColumnDataSource, FixedTicker, HoverTool
+from bokeh.plotting import figure
+
 from attnlens.dashboards._bokeh import add_sink_legend, color_mapper, on_click
 from attnlens.dashboards.compute import (
     CONTEXT_BINS,
@@ -32,8 +35,6 @@ from attnlens.dashboards.compute import (
 from attnlens.dashboards.selection import ModelResults
 from attnlens.dashboards.tokens import MAX_TOKENS, TokenView
 from attnlens.formats import AttnlensError, CaptureFile, Site
-from bokeh.models import ColorBar, ColumnDataSource, FixedTicker, HoverTool
-from bokeh.plotting import figure
 
 MAX_CELLS = MAX_WINDOW * (MAX_WINDOW + 3 * CONTEXT_BINS + 1 + MAX_EXACT)  # hard bound on heatmap cells sent
 WIDTH, HEIGHT = 480, 500

@@ -12,6 +12,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+
 from attnlens.dashboards.compute import ColorScale, color_range, downsample
 from attnlens.dashboards.graph import (
     KIND_COLORS,

@@ -16,13 +16,14 @@ import html
 import numpy as np
 import panel as pn
 import param
+from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper
+from bokeh.plotting import figure
+
 from attnlens.dashboards._bokeh import ABOVE_COLOR, NAN_COLOR, PATTERN_PALETTE, add_sink_legend
 from attnlens.dashboards._pick import HeadPicker
 from attnlens.dashboards.compute import ColorScale, color_range, downsample, head_label
 from attnlens.dashboards.selection import ModelResults
 from attnlens.formats import AttnlensError, CaptureFile, Site
-from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper
-from bokeh.plotting import figure
 
 MAX_PIXELS = 400_000
 MAX_CELL = 32

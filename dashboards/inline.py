@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import panel as pn
+
 from attnlens.dashboards.selection import ModelResults
 from attnlens.formats import (
     CaptureFile,

@@ -17,6 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import panel as pn
 import param
+from bokeh.models import ColumnDataSource, HoverTool, Legend, LegendItem
+from bokeh.plotting import figure
+
 from attnlens.dashboards._bokeh import ABOVE_COLOR, categorical_colors
 from attnlens.dashboards._pick import HeadPicker
 from attnlens.dashboards.compute import embed_2d, head_label, qk_points, token_label
@@ -30,8 +33,6 @@ from attnlens.dashboards.profiles import (
 )
 from attnlens.dashboards.selection import ModelResults
 from attnlens.formats import AttnlensError, Site
-from bokeh.models import ColumnDataSource, HoverTool, Legend, LegendItem
-from bokeh.plotting import figure
 
 _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnlens-maps")
 _JOBS: dict[tuple, Future] = {}

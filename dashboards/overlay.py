@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+
 from attnlens.dashboards.compute import head_label
 from attnlens.formats import AttnlensError, CaptureFile, ImageLayout, Site
 

@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+
 from attnlens.dashboards.selection import ModelResults
 
 TYPE_THRESHOLD = 0.4  # the taxonomy's own summary counts heads above 0.4 (analyses/taxonomy.py)

@@ -15,12 +15,13 @@ import html
 import numpy as np
 import panel as pn
 import param
-from attnlens.dashboards._bokeh import PATTERN_PALETTE, on_click
-from attnlens.dashboards.compute import token_label
-from attnlens.formats.qk import QKResult
 from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper
 from bokeh.palettes import RdBu11
 from bokeh.plotting import figure
+
+from attnlens.dashboards._bokeh import PATTERN_PALETTE, on_click
+from attnlens.dashboards.compute import token_label
+from attnlens.formats.qk import QKResult
 
 OTHER = "other"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from attnlens.dashboards import figures as figs
 from attnlens.dashboards.compute import token_label
 from attnlens.dashboards.qk import qk_table

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from markupsafe import Markup
+
 from attnlens.dashboards import figures as figs
 from attnlens.dashboards.audio import agreement_rows, is_audio, maps_for, speech_png, token_view
 from attnlens.dashboards.compute import head_label, pattern_stats
@@ -57,7 +59,6 @@ from attnlens.formats._json import special_kind, write_bytes
 from attnlens.formats.output import MARKER, locked, new_sibling, swap_in
 from attnlens.formats.provenance import code_version
 from attnlens.formats.vocab import ReportFormat
-from markupsafe import Markup
 
 FORMATS: tuple[str, ...] = tuple(f.value for f in ReportFormat)
 TOP_K = 8

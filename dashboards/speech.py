@@ -7,6 +7,7 @@ import html
 
 import panel as pn
 import param
+
 from attnlens.dashboards.audio import agreement_rows, is_audio, maps_for, speech_png, token_view
 from attnlens.formats import AttnlensError, ResultsFolder
 

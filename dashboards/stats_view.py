@@ -17,13 +17,14 @@ import html
 import numpy as np
 import panel as pn
 import param
+from bokeh.models import ColumnDataSource, HoverTool, Legend, LinearAxis, Range1d
+from bokeh.palettes import Category10_10
+from bokeh.plotting import figure
+
 from attnlens.dashboards._bokeh import HeadGrid, cell_at
 from attnlens.dashboards._pick import HeadPicker
 from attnlens.dashboards.compute import head_label, token_label
 from attnlens.formats import AttnlensError, StatsFile
-from bokeh.models import ColumnDataSource, HoverTool, Legend, LinearAxis, Range1d
-from bokeh.palettes import Category10_10
-from bokeh.plotting import figure
 
 MEANS = {"entropy": "entropy (nats)", "sink_mass": "sink mass", "window_mass": "window mass",
          "max_weight": "largest weight"}

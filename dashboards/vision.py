@@ -10,6 +10,10 @@ import html
 import numpy as np
 import panel as pn
 import param
+from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper
+from bokeh.palettes import Inferno256
+from bokeh.plotting import figure
+
 from attnlens.dashboards._bokeh import add_color_bar, on_click
 from attnlens.dashboards.overlay import (
     default_query,
@@ -20,9 +24,6 @@ from attnlens.dashboards.overlay import (
     visual_sink_patches,
 )
 from attnlens.formats import AttnlensError, CaptureFile, Site
-from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper
-from bokeh.palettes import Inferno256
-from bokeh.plotting import figure
 
 
 class VisionOverlay(pn.viewable.Viewer):

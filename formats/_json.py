@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from attnlens.formats.errors import CorruptFileError, FormatVersionError
 
 MAX_BYTES = 64 * 2**20  # no file the project writes comes near this

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from attnlens.formats._json import loads, special_kind
 from attnlens.formats.errors import CorruptFileError
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from attnlens.formats import _json, _safetensors
 from attnlens.formats.errors import CorruptCaptureError, CorruptFileError, SelectionError
 from attnlens.formats.facts import ModelFacts

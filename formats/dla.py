@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from attnlens.formats import _json, _safetensors
 from attnlens.formats.errors import CorruptFileError, ResultError, SelectionError
 from attnlens.formats.provenance import Provenance

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from attnlens.formats import _json, _safetensors
 from attnlens.formats.errors import CorruptFileError, ResultError
 from attnlens.formats.provenance import Provenance

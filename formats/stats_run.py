@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from attnlens.formats import _json, _safetensors
 from attnlens.formats.capture import CaptureMeta
 from attnlens.formats.errors import CorruptCaptureError, CorruptFileError, SelectionError

@@ -6,6 +6,7 @@ import math
 import os
 
 import torch
+
 from attnlens.formats.vocab import KernelBackend
 
 from .errors import KernelInputError

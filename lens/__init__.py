@@ -29,7 +29,6 @@ from attnlens.formats.errors import (
 )
 from attnlens.formats.facts import Modality, ModelFacts
 from attnlens.formats.sites import Part, Site, SiteKey
-
 from lens.heads import HeadRef, MlpRef, ResidRef
 
 # tqdm.auto (imported by the model libraries) warns once in a notebook kernel without ipywidgets;

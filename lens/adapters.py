@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from attnlens.formats.sites import Part
 from torch import nn
 
+from attnlens.formats.sites import Part
 from lens.errors import BackendError, SelectionError
 
 _ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")

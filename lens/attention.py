@@ -31,9 +31,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from attnlens.formats.sites import Part
 from torch import Tensor, nn
 
+from attnlens.formats.sites import Part
 from lens.errors import BackendError, SelectionError
 
 EAGER, FAST = "attnlens_eager", "attnlens_fast"

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from attnlens.formats.layouts import AudioLayout
 from jaxtyping import Float
 from torch import Tensor
 
+from attnlens.formats.layouts import AudioLayout
 from lens.errors import PromptError
 from lens.loaded import Modality, ModelFacts
 

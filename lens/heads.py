@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 
 from attnlens.formats.sites import Component, HeadRef, MlpRef, ResidRef  # noqa: F401  (the one head identity)
-
 from lens.errors import SelectionError
 
 _ITEM = re.compile(r"^l(\*|\d+(?:-\d+)?)h(\*|\d+(?:-\d+)?)$")

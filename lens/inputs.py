@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from attnlens.formats.layouts import AudioLayout, ImageLayout
 from torch import Tensor
 
+from attnlens.formats.layouts import AudioLayout, ImageLayout
 from lens import _checks
 from lens.errors import PromptError
 from lens.loaded import LoadedModel, Modality
@@ -213,7 +213,6 @@ def _source_input(lm: LoadedModel, source, decoder_ids) -> ModelInput:
     target (``decoder_ids``, default: the greedy output); encoder positions are labelled by the source
     tokens (:class:`~formats.SourceLayout`)."""
     from attnlens.formats.layouts import SourceLayout
-
     from lens import seq2seq
 
     src = seq2seq.source_ids(lm, source)
@@ -229,7 +228,6 @@ def _source_input(lm: LoadedModel, source, decoder_ids) -> ModelInput:
 
 def _audio_input(lm: LoadedModel, audio, decoder_ids) -> ModelInput:
     from attnlens.formats.capture import AUDIO_FILE
-
     from lens import speech
     from lens.audio import layout_for, load_audio
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from attnlens.formats.facts import Modality, ModelFacts
 
+from attnlens.formats.facts import Modality, ModelFacts
 from lens.errors import PromptError
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from attnlens.formats.facts import Modality, ModelFacts
 
+from attnlens.formats.facts import Modality, ModelFacts
 from lens.errors import BackendError, PromptError
 
 

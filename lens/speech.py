@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from attnlens.formats.capture import AUDIO_FILE
 from jaxtyping import Float
 from torch import Tensor
 
+from attnlens.formats.capture import AUDIO_FILE
 from lens.audio import EncoderFacts, log_mel, require_speech, save_wav
 
 

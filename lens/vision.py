@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from attnlens.formats.layouts import ImageLayout
 from jaxtyping import Float
 from torch import Tensor
 
+from attnlens.formats.layouts import ImageLayout
 from lens.errors import PromptError
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+
 from attnlens.formats.curves import Curves
 from attnlens.formats.head_scores import HeadScores
 from attnlens.formats.provenance import Provenance

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from attnlens.formats.circuit import Circuit
 from attnlens.formats.curves import Curves
 from attnlens.formats.errors import SelectionError
@@ -64,7 +65,6 @@ def patching_scores(lm, enc, metric, *, mlps: bool = True, max_rows: int = 64, t
     workers) runs the chunks of components (``max_rows // batch`` per item); default here."""
     from attnlens.analyses.circuits import prepare, score_sets
     from attnlens.analyses.circuits.ablation import all_heads
-
     from lens.heads import MlpRef
 
     facts = lm.facts
@@ -96,6 +96,7 @@ def head_outputs(lm, enc, n_examples: int) -> tuple[Tensor, Tensor]:
     """Every head's z at the last position of the first ``n_examples`` clean (positive) and
     corrupted (negative) prompts of ``enc``: two ``[example, layer, head, d_head]`` tensors."""
     import torch
+
     from attnlens.analyses.circuits._hooks import CircuitModules, capture
 
     parts = CircuitModules(lm)
@@ -326,8 +327,9 @@ def circuit_study(lm, enc, *, task_name: str, method: CircuitMethod, metric, ig_
     out.head_scores.append(_head_result(task_name, method.value, metric_name, found, prov, ig_steps))
     rankings = {method.value: found}
     if compare_patching and method is not CircuitMethod.PATCHING:
-        from attnlens.analyses.circuits.discrete_sae import precision_recall
         from scipy.stats import pearsonr, spearmanr
+
+        from attnlens.analyses.circuits.discrete_sae import precision_recall
 
         truth = patching or find_circuit(lm, enc, CircuitMethod.PATCHING, metric, top_n=20, max_rows=max_rows,
                                          task_name=task_name, patch_mlps=patch_mlps, progress=progress,
@@ -402,10 +404,10 @@ def task_examples(lm, enc, n: int = 2) -> list:
     their focus (:func:`formats.set_focus`) is the row the answer is read at (the last), so the
     explorer opens there."""
     import torch
-    from attnlens.formats import set_focus
-    from attnlens.pipelines.examples import Example
 
     import lens
+    from attnlens.formats import set_focus
+    from attnlens.pipelines.examples import Example
 
     out = []
     for i, b in enumerate(enc.batches[:n]):

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
 from attnlens.formats.dla import DLAResult
 from attnlens.formats.provenance import Provenance
-
 from lens.errors import PromptError
 
 

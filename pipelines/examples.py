@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from attnlens.formats import set_focus
 
 PROSE, REPEATED, NEEDLE, IMAGE, AUDIO = ("captures/prose", "captures/repeated-tokens", "captures/needle",
@@ -37,9 +38,8 @@ def prose_examples(lm, prompts, n: int) -> list[Example]:
 
 def repeated_example(lm, *, repeat_len: int = 40, seed: int = 0) -> Example:
     """Every pattern on one random sequence repeated once (the taxonomy's input), stored as float16."""
-    from attnlens.analyses.collect import repeated_tokens
-
     import lens
+    from attnlens.analyses.collect import repeated_tokens
 
     ids, _ = repeated_tokens(lm, repeat_len=repeat_len, batch=1, seed=seed)
     return Example(REPEATED, lens.run(lm, ids, sites=[lens.Site.PATTERN], dtype=torch.float16).capture)

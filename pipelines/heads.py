@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from attnlens.formats.provenance import Provenance
 from attnlens.pipelines.progress import SILENT, Progress
 
@@ -26,10 +27,9 @@ def niah_trials(lm, *, lengths: Sequence[int], depths: Sequence[float], seeds: S
 
 def run_summary(lm, prompts: Sequence[str], *, progress: Progress = SILENT):
     """The "summary" analysis (first-token mass, entropy) over ``prompts`` from captured patterns."""
+    import lens
     from attnlens.analyses.attention_summary import attention_summary
     from attnlens.analyses.rows import row_stats_from_pattern
-
-    import lens
 
     runs = []
     task = progress.task("attention summary", total=len(prompts))
@@ -62,10 +62,10 @@ def run_taxonomy(lm, *, repeat_len: int = 50, batch: int = 4, seed: int = 0, pro
     tokens shuffled (``prefix + s + s``, ``s`` a seeded permutation of ``r``), which separates
     position-driven from content-driven attention."""
     import torch
-    from attnlens.analyses.collect import repeated_tokens
-    from attnlens.analyses.taxonomy import taxonomy_scores
 
     import lens
+    from attnlens.analyses.collect import repeated_tokens
+    from attnlens.analyses.taxonomy import taxonomy_scores
 
     task = progress.task("taxonomy: repeated random tokens, original and shuffled", total=2)
     ids, offset = repeated_tokens(lm, repeat_len=repeat_len, batch=batch, seed=seed)

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 from attnlens.formats.provenance import Provenance
 from attnlens.formats.qk import QKResult
-
 from lens.errors import PromptError
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from attnlens.formats.errors import AnalysisError, SelectionError
 from attnlens.formats.facts import Modality
 from attnlens.formats.vocab import Source
@@ -226,7 +227,6 @@ def scan_vit(lm, plan: Plan, progress: Progress = SILENT) -> ScanPart:
         vit_head_scores,
     )
     from attnlens.formats.provenance import Provenance
-
     from lens import vision
 
     f, part = lm.facts, ScanPart()
@@ -261,7 +261,6 @@ def scan_vit(lm, plan: Plan, progress: Progress = SILENT) -> ScanPart:
 def scan_speech(lm, plan: Plan, progress: Progress = SILENT) -> ScanPart:
     """Cross-attention agreement and alignment heads from one set of espeak-ng utterances."""
     from attnlens.pipelines import speech
-
     from lens.speech import encoder_of
 
     utterances = speech.espeak_utterances(speech.SENTENCES[: (3 if plan.settings.thorough else 2)],

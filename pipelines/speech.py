@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from attnlens.formats.provenance import Provenance
 from attnlens.pipelines.progress import SILENT, Progress
 
@@ -68,6 +69,7 @@ def run_cross_attention(lm, utterances: Sequence[Utterance], *, progress: Progre
     """Cross-attention vs saliency per head (and alignment heads where words are timed), each utterance's
     saliency maps, and captures (pattern, cross_pattern) of the first ``examples`` utterances over their
     transcripts, saved as ``captures/audio-NNN`` next to their maps."""
+    import lens
     from attnlens.analyses.cross_attention import alignment_head_scores, cross_attention_agreement
     from attnlens.analyses.speech_collect import (
         encoder_of,
@@ -76,8 +78,6 @@ def run_cross_attention(lm, utterances: Sequence[Utterance], *, progress: Progre
         utterance_maps,
     )
     from attnlens.formats.token_maps import TokenMaps
-
-    import lens
     from lens.audio import layout_for
 
     f = lm.facts

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from attnlens.formats.ablation import AblationResult
 from attnlens.formats.curves import Curves
 from attnlens.formats.errors import SelectionError
@@ -25,7 +26,6 @@ from attnlens.formats.sweep import open_sweep
 from attnlens.formats.vocab import SweepKind
 from attnlens.pipelines.executors import Executor, Job, SerialExecutor
 from attnlens.pipelines.progress import SILENT, Progress
-
 from lens.heads import HeadRef, MlpRef
 
 

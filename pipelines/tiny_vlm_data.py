@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from attnlens.analyses import scenes as sc
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from attnlens.analyses import scenes as sc
 from lens.vlm import DEFAULT_PLACEHOLDER
 
 

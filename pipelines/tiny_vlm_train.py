@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from attnlens.analyses import scenes as sc
 from attnlens.pipelines.tiny_vlm_data import (
     Example,
@@ -37,7 +38,6 @@ from attnlens.pipelines.tiny_vlm_data import (
     sequencer_for,
     training_examples,
 )
-
 from lens.zoo import tiny_vlm
 
 ALIGN_GROUPS = {  # the words a scene is described by, as they appear inside a sentence

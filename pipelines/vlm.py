@@ -39,7 +39,6 @@ def file_items(files: Sequence[Path], questions: Sequence[str]):
     """One :class:`ImageQuestion` per file x question; every file is decoded first, so an
     undecodable one fails (one line, naming it) before any model runs."""
     from attnlens.analyses.vlm_collect import ImageQuestion
-
     from lens.vlm import read_image
 
     images = [(f, read_image(f)) for f in files]

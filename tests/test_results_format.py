@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+
 from attnlens.analyses.result import HeadScores, Provenance, ResultError, load_results
 
 

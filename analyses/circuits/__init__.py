@@ -27,7 +27,6 @@ from attnlens.analyses.circuits.tasks import (
     load_task,
     niah,
 )
-
 from lens.heads import MlpRef
 
 __all__ = [

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
 from attnlens.analyses.circuits._hooks import Acts, CircuitModules, capture, last_logits
 from attnlens.analyses.circuits.metrics import Metric, per_row
 from attnlens.analyses.circuits.tasks import EncodedTask, TaskError
 from attnlens.formats.vocab import MeanOver, Method
-
 from lens.edits import Edit, Over, Zero, mean_ablation, patch, resample_ablation
 from lens.heads import HeadRef, MlpRef
 

@@ -12,6 +12,7 @@ or mean, heads only or heads and MLPs), by default the published one for the cir
 from __future__ import annotations
 
 import numpy as np
+
 from attnlens.analyses.circuits.eap import EdgeScores
 from attnlens.analyses.circuits.evaluation import (
     EvalSetting,
@@ -22,7 +23,6 @@ from attnlens.analyses.circuits.evaluation import (
 from attnlens.analyses.circuits.metrics import Metric
 from attnlens.analyses.circuits.tasks import EncodedTask, TaskError
 from attnlens.formats.circuit import Circuit, Node, NodeKind
-
 from lens.heads import HeadRef, MlpRef
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
 from attnlens.analyses.circuits.circuit import select_edges, select_nodes
 from attnlens.analyses.circuits.eap import EdgeScores
 from attnlens.analyses.circuits.tasks import TaskError

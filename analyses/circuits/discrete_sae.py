@@ -27,9 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from attnlens.analyses.circuits.tasks import TaskError
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from attnlens.analyses.circuits.tasks import TaskError
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import Tensor
+
 from attnlens.analyses.circuits._hooks import CircuitModules, capture
 from attnlens.analyses.circuits.metrics import Metric, per_row
 from attnlens.analyses.circuits.tasks import EncodedTask, TaskError
 from attnlens.formats.circuit import Edge, Input, Node, NodeKind, Receiver
 from attnlens.formats.sites import HeadRef, MlpRef
-from torch import Tensor
-
 from lens.errors import BackendError
 from lens.hooks import Point, Where
 

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
+
 from attnlens.analyses.circuits._hooks import CircuitModules
 from attnlens.analyses.circuits.ablation import (
     Context,
@@ -52,8 +54,6 @@ from attnlens.analyses.circuits.metrics import Metric, per_row
 from attnlens.analyses.circuits.tasks import EncodedTask, TaskError
 from attnlens.formats.circuit import Circuit, Input, Node, NodeKind
 from attnlens.formats.vocab import Ablated, Level, Replacement
-from torch import Tensor
-
 from lens.heads import MlpRef
 from lens.hooks import Point, Where
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from attnlens.analyses.circuits.tasks import TaskError
-from attnlens.formats.vocab import Metric
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from attnlens.analyses.circuits.tasks import TaskError
+from attnlens.formats.vocab import Metric
 
 
 def per_row(metric: Metric, logits: Float[Tensor, "batch vocab"], answer: Int[Tensor, " batch"],

@@ -16,10 +16,10 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from attnlens.analyses.circuits._hooks import CircuitModules, capture
 from attnlens.analyses.circuits.metrics import Metric, per_row
 from attnlens.analyses.circuits.tasks import EncodedTask, TaskError
-
 from lens.heads import HeadRef
 from lens.hooks import Point, Where
 

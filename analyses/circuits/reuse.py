@@ -17,6 +17,7 @@ random circuits at least as overlapping as B (a permutation p-value, with the us
 from __future__ import annotations
 
 import numpy as np
+
 from attnlens.analyses.circuits.tasks import TaskError
 from attnlens.formats.circuit import Circuit
 

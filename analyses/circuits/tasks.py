@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from attnlens.formats import _json
-from attnlens.formats.errors import AnalysisError, CorruptFileError
 from jaxtyping import Int
 from torch import Tensor
+
+from attnlens.formats import _json
+from attnlens.formats.errors import AnalysisError, CorruptFileError
 
 MAX_TASK_BYTES = 64 * 2**20  # a task file larger than this is refused before it is read
 TASK_NAMES = ("ioi", "colored-objects", "greater-than", "niah")

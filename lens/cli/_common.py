@@ -14,11 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from attnlens.formats.errors import PromptError, SelectionError
-from attnlens.formats.output import check_target, output_folder
 from rich.console import Console
 from rich.text import Text
 
+from attnlens.formats.errors import PromptError, SelectionError
+from attnlens.formats.output import check_target, output_folder
 from lens.cli._terminal import printable
 
 console = Console(stderr=True, highlight=False)  # progress and tables on stderr; --json output alone on stdout

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+
 from attnlens.formats.errors import SelectionError
 from attnlens.formats.vocab import DeviceMap
 

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import typer
+
 from attnlens.formats.errors import SelectionError
 from attnlens.formats.vocab import (
     Ablated,
@@ -19,7 +20,6 @@ from attnlens.formats.vocab import (
     SweepKind,
     Unit,
 )
-
 from lens.cli import app
 from lens.cli._common import (
     MODEL_HELP,

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from attnlens.formats.errors import PromptError, SelectionError
-from attnlens.formats.vocab import Backend, DType, KernelBackend
 from rich.table import Table
 from rich.text import Text
 
+from attnlens.formats.errors import PromptError, SelectionError
+from attnlens.formats.vocab import Backend, DType, KernelBackend
 from lens.cli import app
 from lens.cli._common import (
     MODEL_HELP,
@@ -175,7 +175,6 @@ def info(
     Example: lens info caps/fr/000
     """
     from attnlens.formats.capture import CaptureFile
-
     from lens.recording.spec import format_bytes
 
     cap = CaptureFile.load(capture_dir, verify=True)
@@ -258,10 +257,9 @@ def stats(
 
     Example: lens stats tiny-vlm --image photo.png --prompt '<image>\\nWhat colour is the shape?' --chat --out stats/vlm
     """
+    import lens
     from attnlens.kernels import StatsSpec
     from attnlens.kernels._validate import resolve_backend
-
-    import lens
 
     if (prompt is None) == (file is None):
         raise PromptError("give exactly one of --prompt TEXT or --file FILE")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from attnlens.formats.vocab import MapMethod, ReportFormat
 
+from attnlens.formats.vocab import MapMethod, ReportFormat
 from lens.cli import app
 from lens.cli._common import say, status
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import typer
-from attnlens.formats.errors import SelectionError
-from attnlens.formats.vocab import Objective, Source
 from rich.table import Table
 from rich.text import Text
 
+from attnlens.formats.errors import SelectionError
+from attnlens.formats.vocab import Objective, Source
 from lens.cli import _common as _c
 from lens.cli import app
 from lens.cli._common import (
@@ -351,7 +351,6 @@ def calibration(
     Example: lens heads calibration smollm2-135m --task ioi --heads search --out results/act
     """
     from attnlens.pipelines.calibration import run_calibration
-
     from lens.cli.ablate_cmds import _check_task_file, _task
     from lens.heads import parse_head_spec
 
@@ -415,7 +414,6 @@ class ImageInputs:
         """``(items, what)`` from exactly one of --image/--images/--scenes; every image decoded now,
         so a bad file fails before the model loads and nothing is written."""
         from attnlens.pipelines import vlm as vp
-
         from lens.vlm import DEFAULT_PLACEHOLDER
 
         given = [n for n, v in (("--image", self.image), ("--images", self.images), ("--scenes", self.scenes)) if v]

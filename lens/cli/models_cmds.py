@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 import typer
-from attnlens.formats.errors import PromptError
 from rich.table import Table
 
+from attnlens.formats.errors import PromptError
 from lens.cli import app
 from lens.cli._common import MODEL_HELP, check_prompt, console, load_model, print_json, status
 from lens.cli._options import JSON_OPTION

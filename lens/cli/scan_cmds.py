@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import typer
-from attnlens.formats.vocab import Source
 from rich.table import Table
 from rich.text import Text
 
+from attnlens.formats.vocab import Source
 from lens.cli import app
 from lens.cli._common import (
     MODEL_HELP,

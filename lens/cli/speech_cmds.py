@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from attnlens.formats.errors import PromptError
 
+from attnlens.formats.errors import PromptError
 from lens.cli._common import MODEL_HELP, check_out, load_model, progress, writing
 from lens.cli._options import FORCE_OPTION, JSON_OPTION
 from lens.cli.heads_cmds import finish, heads_app
@@ -32,9 +32,8 @@ def cross_attention(
 
     Example: lens heads cross-attention whisper-tiny.en --audio speech.wav --espeak 3 --out results/xattn
     """
-    from attnlens.pipelines import speech
-
     import lens
+    from attnlens.pipelines import speech
     from lens.audio import load_audio
     from lens.speech import encoder_of
 

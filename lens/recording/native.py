@@ -18,9 +18,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
 import torch
+
 from attnlens.formats.capture import CaptureMeta
 from attnlens.formats.layouts import ImageLayout
-
 from lens import _exclusive
 from lens.adapters import ModelAdapter, adapter_for
 from lens.attention import AttentionObserver, attention_mode, uses_interface

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from attnlens.formats.capture import CaptureFile, CaptureMeta, entry_name, write_capture
 from attnlens.formats.errors import SelectionError
 from attnlens.formats.output import output_folder

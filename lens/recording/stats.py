@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
 from attnlens.formats.capture import CaptureMeta
 from attnlens.formats.errors import BackendError, KernelInputError
 from attnlens.formats.facts import Modality
@@ -23,7 +24,6 @@ from attnlens.formats.output import output_folder
 from attnlens.formats.sites import Part
 from attnlens.formats.stats_run import StatsFile, write_stats
 from attnlens.formats.vocab import KernelBackend
-
 from lens import _checks, _exclusive
 from lens.attention import (
     AttentionCompute,
@@ -174,7 +174,6 @@ def run_stats(lm: LoadedModel, prompt, *, spec=None, layers=None, backend: Kerne
     from dataclasses import replace
 
     from attnlens.kernels import StatsSpec
-
     from lens.inputs import ModelInput, prepare
     from lens.recording.native import build_capture
     from lens.recording.spec import CaptureSpec

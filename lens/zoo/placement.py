@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attnlens.formats.vocab import DeviceMap
-
 from lens.errors import SelectionError
 
 DEVICE_MAPS = tuple(m.value for m in DeviceMap)

@@ -9,12 +9,12 @@
 
 # %%
 import matplotlib.pyplot as plt
+
+import lens
 from attnlens.analyses import Provenance, make_trials, retrieval_scores
 from attnlens.analyses.causal import ablation_plan
 from attnlens.analyses.collect import needle_accuracy
 from attnlens.analyses.decode import decode_trials
-
-import lens
 
 lm = lens.load("smollm2-135m")
 trials = make_trials(lm.tokenizer, context_length=lm.facts.context_length, lengths=[300],

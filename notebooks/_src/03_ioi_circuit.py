@@ -13,6 +13,9 @@
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
+from scipy.stats import spearmanr
+
+import lens
 from attnlens.analyses.circuits import encode_task, ioi, prepare, score_sets
 from attnlens.analyses.circuits.curves import edge_circuits, head_circuits
 from attnlens.analyses.circuits.eap import edge_attribution
@@ -22,9 +25,6 @@ from attnlens.analyses.circuits.evaluation import (
     faithfulness_of,
     prepare_setting,
 )
-from scipy.stats import spearmanr
-
-import lens
 from lens.heads import HeadRef
 
 lm = lens.load("smollm2-135m")

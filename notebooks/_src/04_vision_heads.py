@@ -14,10 +14,10 @@
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
-from attnlens.analyses.result import Provenance
-from attnlens.analyses.vit_heads import pruned_cls_embeddings, pruning_importance, vit_head_scores
 
 import lens
+from attnlens.analyses.result import Provenance
+from attnlens.analyses.vit_heads import pruned_cls_embeddings, pruning_importance, vit_head_scores
 from lens import Site, vision
 
 lm = lens.load("dinov2-small")

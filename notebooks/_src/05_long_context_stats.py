@@ -11,10 +11,10 @@
 # %%
 import matplotlib.pyplot as plt
 import torch
-from attnlens.analyses import row_stats_from_kernel, row_stats_from_pattern
-from attnlens.kernels import StatsSpec, attention_with_stats
 
 import lens
+from attnlens.analyses import row_stats_from_kernel, row_stats_from_pattern
+from attnlens.kernels import StatsSpec, attention_with_stats
 
 lm = lens.load("smollm2-135m")
 

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+import lens
 from attnlens.analyses.collect import repeated_tokens
 from attnlens.analyses.taxonomy import head_type_scores
 from attnlens.dashboards import show
 from attnlens.pipelines.dla import dla_of_capture
-
-import lens
 
 torch.set_num_threads(2)
 lm = lens.load("smollm2-135m")

@@ -20,11 +20,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+
+import lens
 from attnlens.analyses.scenes import make_scene
 from attnlens.dashboards import show
 from attnlens.pipelines import vlm as vlm_runs
-
-import lens
 from lens import vlm
 
 torch.set_num_threads(2)

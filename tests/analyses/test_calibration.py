@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+
+import lens
 from attnlens.analyses.calibration import (
     ActCalibration,
     CalibrationError,
@@ -13,8 +15,6 @@ from attnlens.analyses.calibration import (
     select_heads,
     sink_columns,
 )
-
-import lens
 from lens.attention import attention_mode
 
 

@@ -9,12 +9,12 @@ import json
 import numpy as np
 import pytest
 import torch
+
+import lens
 from attnlens.analyses.dla import direct_logit_attribution, readout_parts
 from attnlens.formats import ResultsFolder, Site
 from attnlens.formats.dla import DLAResult
 from attnlens.pipelines.dla import dla_of_capture, run_dla
-
-import lens
 from lens.errors import BackendError, PromptError, ResultError, SelectionError
 from lens.zoo.tiny import TINY_VOCAB
 from tests.analyses.families import init, saved

@@ -16,6 +16,7 @@ def dla_folder(tmp_path_factory):
 
 def test_dashboard_tab_reads_the_result(dla_folder):
     import panel as pn
+
     from attnlens.dashboards.app import Dashboard
     from attnlens.formats import ResultsFolder
 

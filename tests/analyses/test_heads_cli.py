@@ -4,9 +4,9 @@ import json
 import subprocess
 import sys
 
-from attnlens.analyses import load_results
 from typer.testing import CliRunner
 
+from attnlens.analyses import load_results
 from lens.cli import app
 
 runner = CliRunner()

@@ -1,6 +1,7 @@
 """NIAH trial generator: exact needle spans, determinism, depths and errors."""
 
 import pytest
+
 from attnlens.analyses.niah import NiahError, make_trial, make_trials, rouge1_recall
 
 

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+
+import lens
 from attnlens.analyses import Provenance
 from attnlens.analyses.collect import (
     needle_accuracy,
@@ -15,8 +17,6 @@ from attnlens.analyses.niah import make_trial, make_trials
 from attnlens.analyses.sinks import sink_scores
 from attnlens.analyses.streaming import streaming_profile
 from attnlens.analyses.taxonomy import taxonomy_scores
-
-import lens
 
 
 @pytest.fixture(scope="module")

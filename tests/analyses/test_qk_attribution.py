@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attnlens.analyses.qk_attribution import Contributor, Kind, head_loadings, qk_attribution
 
+from attnlens.analyses.qk_attribution import Contributor, Kind, head_loadings, qk_attribution
 from lens.errors import BackendError, SelectionError
 from lens.zoo.tiny import TINY_VOCAB
 from tests.analyses.families import init as _init

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
+
 from attnlens.formats import ResultError, ResultsFolder
 from attnlens.formats.provenance import Provenance
 from attnlens.formats.qk import Contributor, Kind, QKResult
-
 from tests.analyses.qk_folder import PROMPT, write_qk_folder
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+import lens
 from attnlens.analyses import registry
 from attnlens.analyses.registry import register_analysis
 from attnlens.formats import HeadScores, Provenance, ResultsFolder
 from attnlens.formats.errors import SelectionError
 from attnlens.formats.facts import Modality
-
-import lens
 
 PROMPT = "The cat sat on the mat because the mat was warm"
 

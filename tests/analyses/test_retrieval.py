@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from attnlens.analyses import Provenance
 from attnlens.analyses.retrieval import DecodeTrace, RetrievalError, copy_counts, retrieval_scores
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from attnlens.analyses import Provenance
 from attnlens.analyses.causal import AblationError, ablation_plan
 from attnlens.analyses.sinks import (

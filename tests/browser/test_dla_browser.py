@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from attnlens.formats import ResultsFolder
 
+from attnlens.formats import ResultsFolder
 from tests.analyses.dla_folder import write_dla_folder
 from tests.browser.conftest import FRAME_JS, has_model, new_page, open_tab, point, serve, stop
 

@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
-from attnlens.formats import ResultsFolder
 
+from attnlens.formats import ResultsFolder
 from tests.browser.conftest import has_model, new_page, open_tab, point, serve, stop
 from tests.browser.test_contract_browser import LABELS_JS, LEGEND_JS, _has_selected
 

@@ -6,8 +6,8 @@ import shutil
 import subprocess
 
 import pytest
-from attnlens.dashboards.report import write_report
 
+from attnlens.dashboards.report import write_report
 from tests.browser.conftest import new_page
 
 

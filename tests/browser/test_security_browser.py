@@ -81,8 +81,9 @@ def test_dashboard_runs_no_payload(browser, payloads):
 
 
 def test_html_and_markdown_reports_run_no_payload(browser, payloads, tmp_path):
-    from attnlens.dashboards.report import write_report
     from markdown_it import MarkdownIt
+
+    from attnlens.dashboards.report import write_report
 
     html = write_report(payloads, "html", tmp_path / "r.html")
     md = write_report(payloads, "md", tmp_path / "r.md")

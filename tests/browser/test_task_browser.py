@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from attnlens.formats import ResultsFolder
 
+from attnlens.formats import ResultsFolder
 from tests.browser.conftest import FRAME_JS, has_model, new_page, open_tab, point, serve, stop
 from tests.browser.test_contract_browser import _has_selected
 from tests.dashboards.contract import contract_folder

@@ -1,4 +1,5 @@
 import pytest
+
 from attnlens.analyses.circuits import Example, Task, encode_task
 
 

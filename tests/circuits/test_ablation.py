@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 import torch
+
+import lens
 from attnlens.analyses.circuits import Example, MlpRef, Task, encode_task, prepare, score_sets
 from attnlens.analyses.circuits._hooks import CircuitModules, last_logits
 from attnlens.analyses.circuits.ablation import (
@@ -10,8 +12,6 @@ from attnlens.analyses.circuits.ablation import (
     random_sets,
 )
 from attnlens.analyses.circuits.path_patching import path_patch
-
-import lens
 from lens.heads import HeadRef
 
 

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from attnlens.analyses.circuits.discrete_sae import (
     SAEConfig,
     discrete_sae_scores,

@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
+
 from attnlens.analyses.circuits import MlpRef, TaskError, prepare, score_sets
 from attnlens.analyses.circuits.ablation import all_heads
 from attnlens.analyses.circuits.circuit import faithfulness, overlap, select_edges, select_nodes
 from attnlens.analyses.circuits.eap import edge_attribution, graph_names
 from attnlens.formats.circuit import Input, Node, NodeKind, Receiver
-from scipy.stats import spearmanr
 
 
 @pytest.fixture(scope="module")

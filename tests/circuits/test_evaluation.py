@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from attnlens.analyses.circuits import Example, Task, TaskError, encode_task
 from attnlens.analyses.circuits._hooks import CircuitModules, capture
 from attnlens.analyses.circuits.ablation import MeanOver, prepare
@@ -34,7 +35,6 @@ from attnlens.analyses.circuits.path_patching import path_patch
 from attnlens.analyses.circuits.reuse import random_overlap
 from attnlens.formats import Curves, Provenance
 from attnlens.formats.circuit import Circuit, Edge, Input, Node, NodeKind, Receiver
-
 from lens.heads import HeadRef
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from attnlens.analyses.circuits import encode_task, ioi, per_row
 from attnlens.analyses.circuits._hooks import CircuitModules, last_logits
 from attnlens.analyses.circuits.tasks import colored_objects, greater_than, niah
@@ -32,8 +33,8 @@ def test_per_head_patching_agrees_with_an_independent_loop(smollm2):
     """Held-out check: the project's per-head patching (prepare + score_sets through lens.edits)
     against a loop written here with its own hooks on the model's modules."""
     import numpy as np
-    from attnlens.analyses.circuits import prepare, score_sets
 
+    from attnlens.analyses.circuits import prepare, score_sets
     from lens.heads import HeadRef
 
     enc = encode_task(ioi(smollm2.tokenizer, 6, seed=5, template=0), smollm2.tokenizer)

@@ -1,8 +1,8 @@
 import json
 
 import pytest
-from attnlens.formats import Circuit, Curves, HeadScores, open_sweep
 
+from attnlens.formats import Circuit, Curves, HeadScores, open_sweep
 from lens.errors import OutputExistsError
 
 SETTINGS = {"model": "m", "task": "t", "method": "mean"}

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+
 from attnlens.analyses.circuits import (
     Example,
     Task,

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from attnlens.formats import errors as project_errors
 
+from attnlens.formats import errors as project_errors
 from tests.conformance.test_matrix import IDS, built  # noqa: F401
 
 _HYBRID = "has no attention (a hybrid's other block)"

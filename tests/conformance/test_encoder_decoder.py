@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from attnlens.formats import CaptureFile, SourceLayout
-from attnlens.formats import errors as project_errors
 
 import lens
+from attnlens.formats import CaptureFile, SourceLayout
+from attnlens.formats import errors as project_errors
 from lens import Edit, HeadRef, Site, Zero, seq2seq
 
 from .test_matrix import Refusal, _close

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from attnlens.formats import errors as project_errors
 
 import lens
+from attnlens.formats import errors as project_errors
 from lens import Edit, HeadRef, Site, Zero
 
 COMMON = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -441,6 +441,7 @@ def test_eap(request, built):
     its output projection's input; the embeddings' edges add up to the same estimate at the embeddings, and
     each head's outgoing edges add up to its node score (its write to the residual stream is linear)."""
     import numpy as np
+
     from attnlens.analyses.circuits.eap import edge_attribution
     from attnlens.analyses.circuits.tasks import EncodedTask, TaskBatch
     from attnlens.formats.circuit import Node, NodeKind

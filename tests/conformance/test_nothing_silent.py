@@ -238,6 +238,7 @@ def test_edge_level_evaluation_refuses_parallel_blocks(gptj):
     """GPT-J runs attention and MLP side by side: EAP scores it (the matrix checks it), but edge patching,
     which has each MLP read its layer's heads, refuses in one line instead of patching the wrong stream."""
     import numpy as np
+
     from attnlens.analyses.circuits.ablation import prepare
     from attnlens.analyses.circuits.evaluation import edge_level_logits
     from attnlens.analyses.circuits.tasks import EncodedTask, TaskBatch, TaskError

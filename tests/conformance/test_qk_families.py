@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attnlens.formats import errors as project_errors
 
+from attnlens.formats import errors as project_errors
 from tests.conformance.test_matrix import IDS, built  # noqa: F401
 
 _QK_NORM = "normalises each head's queries and keys (q_norm, k_norm)"

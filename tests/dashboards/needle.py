@@ -32,11 +32,10 @@ def needle_scores(cap) -> np.ndarray:
 
 
 def build(root: Path) -> Path:
+    import lens
     from attnlens.analyses.decode import greedy_decode
     from attnlens.formats import CaptureFile, HeadScores, Provenance
     from attnlens.pipelines import examples, heads
-
-    import lens
 
     lm = lens.load("tiny-llama")
     trial = heads.niah_trials(lm, lengths=[400], depths=[0.5], seeds=[0], chat=False)[0]

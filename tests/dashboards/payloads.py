@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from attnlens.formats import (
     AblationResult,
     Circuit,
@@ -25,7 +26,6 @@ from attnlens.formats import (
     Provenance,
     Receiver,
 )
-
 from tests.dashboards.synthetic import facts, make_results_folder, text_capture
 
 SCRIPT = "<script>window.__xss = 'script'; alert('script')</script>"

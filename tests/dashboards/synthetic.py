@@ -14,6 +14,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+
 from attnlens.formats import (
     AblationResult,
     CaptureMeta,

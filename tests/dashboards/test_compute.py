@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from attnlens.dashboards.compute import (
     CONTEXT_BINS,
     MAX_WINDOW,

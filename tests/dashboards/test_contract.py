@@ -11,14 +11,14 @@ import subprocess
 
 import numpy as np
 import pytest
+from bokeh.models import Arrow
+
 from attnlens.dashboards._bokeh import trigger_click
 from attnlens.dashboards.app import Dashboard
 from attnlens.dashboards.circuits import circuit_figure
 from attnlens.dashboards.graph import circuit_layout
 from attnlens.dashboards.report import build_report, write_report
 from attnlens.formats import ResultsFolder, SelectionError, Site
-from bokeh.models import Arrow
-
 from tests.dashboards.contract import TASK_ROWS
 
 RESULTS = {"scan/summary.sink_mass", "scan/summary.entropy", "scan/sinks.first_token_mass", "scan/sinks.hidden_sinks",
@@ -238,7 +238,6 @@ def test_old_folders_load_or_name_the_file_and_format_version(contract, tmp_path
 
 def test_a_generation_capture_shows_each_step_and_prompt(dash, folder, contract):
     from attnlens.dashboards.inline import view_of
-
     from tests.dashboards.contract import GENERATE_STEPS
 
     cap = folder.captures["generate/000"]
@@ -291,7 +290,6 @@ def test_the_vision_tab_follows_the_model_opens_on_the_last_layer_and_can_share_
 def test_the_all_heads_grid_shows_a_generation_step_and_prompt(dash, folder, contract):
     from attnlens.dashboards.heads_grid import HeadsGrid
     from attnlens.dashboards.inline import view_of
-
     from tests.dashboards.contract import GENERATE_STEPS
 
     cap = folder.captures["generate/000"]

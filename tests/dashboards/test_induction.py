@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from attnlens.dashboards._bokeh import trigger_click
 from attnlens.dashboards.app import Dashboard
 from attnlens.dashboards.compute import ColorScale, stripe_visibility

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from attnlens.dashboards._local import keep_stylesheets_local, localize
 from bokeh.document import Document
 from bokeh.models import Column, Div, ImportedStyleSheet
 from panel.io.resources import CDN_DIST, LOCAL_DIST
+
+from attnlens.dashboards._local import keep_stylesheets_local, localize
 
 
 def test_localize_rewrites_only_panel_cdn_stylesheets_deep_in_a_model():

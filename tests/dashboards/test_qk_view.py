@@ -6,13 +6,13 @@ import html
 
 import numpy as np
 import pytest
+
 from attnlens.dashboards import show
 from attnlens.dashboards._bokeh import trigger_click
 from attnlens.dashboards.app import Dashboard
 from attnlens.dashboards.qk import OTHER, QKView, qk_table
 from attnlens.dashboards.report import build_report, render_html, render_markdown
 from attnlens.formats import ResultsFolder
-
 from tests.analyses.qk_folder import PROMPT, write_qk_folder
 
 

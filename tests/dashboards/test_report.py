@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from attnlens.dashboards.report import ReportError, build_report, write_report
 from attnlens.formats import OutputExistsError
-from typer.testing import CliRunner
 
 LENS = str(Path(sys.executable).parent / "lens")
 

@@ -9,10 +9,10 @@ from html.parser import HTMLParser
 
 import panel as pn
 import pytest
+
 from attnlens.dashboards.app import Dashboard
 from attnlens.dashboards.report import write_report
 from attnlens.formats import ResultsFolder
-
 from tests.dashboards.payloads import NAME, make_payload_folder
 
 

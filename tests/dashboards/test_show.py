@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+import lens
 from attnlens.dashboards import show
 from attnlens.dashboards.dla import ContributionView, head_grid
 from attnlens.dashboards.explorer import AttentionExplorer
 from attnlens.dashboards.heads_grid import HeadsGrid
 from attnlens.formats import CaptureFile, PromptError, ResultsFolder, SelectionError, Site
-
-import lens
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -49,6 +49,7 @@ def test_views_render_with_inline_resources(run, tmp_path):
     import re
 
     import panel as pn
+
     from attnlens.dashboards.inline import ensure_inline
 
     ensure_inline()

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+
 from attnlens.dashboards.app import Dashboard
 from attnlens.dashboards.compute import window_pattern
 from attnlens.formats import (
@@ -18,7 +19,6 @@ from attnlens.formats import (
     SelectionError,
     set_focus,
 )
-
 from tests.dashboards.needle import needle_folder
 
 RETRIEVAL = "scan/retrieval.needle_top_key_share"

@@ -9,6 +9,9 @@ import shutil
 import numpy as np
 import panel as pn
 import pytest
+from bokeh import events
+from bokeh.models import Arrow, ColorBar, HoverTool, LabelSet, Legend
+
 from attnlens.dashboards._bokeh import trigger_click
 from attnlens.dashboards.ablations import AblationsView
 from attnlens.dashboards.app import Dashboard
@@ -24,9 +27,6 @@ from attnlens.dashboards.stats_view import StatsRunView, head_means
 from attnlens.dashboards.tokens import decode_weights
 from attnlens.dashboards.vision import VisionOverlay
 from attnlens.formats import ResultsFolder
-from bokeh import events
-from bokeh.models import Arrow, ColorBar, HoverTool, LabelSet, Legend
-
 from tests.dashboards.synthetic import big_circuit, head_kind, make_results_folder, vision_capture
 
 N_HEADS = 6

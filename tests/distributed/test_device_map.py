@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from attnlens.analyses.circuits import Example, Task, all_heads, encode_task, prepare, score_sets
 
 import lens
+from attnlens.analyses.circuits import Example, Task, all_heads, encode_task, prepare, score_sets
 from lens.errors import BackendError, SelectionError
 
 PROMPT = "The quick brown fox jumps over the lazy dog"

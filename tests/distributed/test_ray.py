@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from attnlens.analyses.circuits import Example, Task, encode_task
 from attnlens.pipelines import sweeps
 

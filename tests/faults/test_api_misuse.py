@@ -10,10 +10,10 @@ import threading
 import numpy as np
 import pytest
 import torch
-from attnlens.formats.errors import AttnlensError, KernelInputError
-from attnlens.kernels import StatsSpec
 
 import lens
+from attnlens.formats.errors import AttnlensError, KernelInputError
+from attnlens.kernels import StatsSpec
 from lens import Edit, HeadRef, MlpRef, Over, Replace, Scale, Site, Zero
 
 P = "a short prompt"

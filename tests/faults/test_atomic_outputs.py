@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+
 from attnlens.formats.errors import OutputLockedError
 from attnlens.formats.output import MARKER, lock_path, locked, mark, output_folder
 

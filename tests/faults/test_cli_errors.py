@@ -104,9 +104,9 @@ def test_library_errors_are_project_errors():
     """Every error a user can cause through the Python API is an AttnlensError (the CLI's one boundary)."""
     import numpy as np
     import torch
-    from attnlens.kernels import StatsSpec, attention_with_stats
 
     import lens
+    from attnlens.kernels import StatsSpec, attention_with_stats
 
     lm = lens.load("tiny-llama")
     q = torch.randn(1, 2, 4, 8)

@@ -169,9 +169,8 @@ def test_library_task_file_with_a_template_names_the_parameter(task_file):
 
 
 def test_library_max_memory_for_a_missing_gpu_names_the_parameter():
-    from attnlens.formats.errors import SelectionError
-
     import lens
+    from attnlens.formats.errors import SelectionError
 
     with pytest.raises(SelectionError, match="^`max_memory` names GPU 999, but this machine has"):
         lens.load("tiny-llama", device_map="auto", max_memory={999: 2**30})
@@ -207,6 +206,7 @@ def test_retrieval_ablation_sizes_are_checked_before_the_needle_trials(cli, tmp_
 
 def test_streaming_refuses_a_retrieval_result_of_another_model(cli, tmp_path):
     import numpy as np
+
     from attnlens.formats.head_scores import HeadScores
     from attnlens.formats.provenance import Provenance
 
@@ -328,7 +328,6 @@ def test_settings_diff_names_each_changed_setting():
     lambda xs: ",".join(map(str, xs))), st.floats(allow_nan=True).map(str)))
 def test_int_list_reads_exactly_or_refuses(text):
     from attnlens.formats.errors import SelectionError
-
     from lens.cli._common import int_list
 
     try:
@@ -352,7 +351,6 @@ def test_int_list_reads_exactly_or_refuses(text):
                  st.lists(st.floats(0, 1), min_size=1, max_size=4).map(lambda xs: ",".join(map(repr, xs)))))
 def test_float_list_reads_exactly_or_refuses(text):
     from attnlens.formats.errors import SelectionError
-
     from lens.cli._common import float_list
 
     try:

@@ -8,10 +8,10 @@ import shutil
 
 import numpy as np
 import pytest
-from attnlens.formats import CaptureFile, HeadScores, Provenance, ResultsFolder, StatsFile
-from attnlens.formats.errors import CorruptCaptureError, CorruptFileError, ResultError
 
 import lens
+from attnlens.formats import CaptureFile, HeadScores, Provenance, ResultsFolder, StatsFile
+from attnlens.formats.errors import CorruptCaptureError, CorruptFileError, ResultError
 from lens.recording.record import Capture
 
 

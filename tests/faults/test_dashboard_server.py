@@ -268,9 +268,10 @@ def test_say_escapes(capsys):
 
 # ---- closed tabs ---------------------------------------------------------------------------------------
 def test_a_closed_tab_leaves_no_traceback(caplog, capsys):
-    from attnlens.dashboards._quiet import quiet_closed_websockets
     from tornado.iostream import StreamClosedError
     from tornado.websocket import WebSocketClosedError
+
+    from attnlens.dashboards._quiet import quiet_closed_websockets
 
     loop = asyncio.new_event_loop()
     try:

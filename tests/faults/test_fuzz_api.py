@@ -9,12 +9,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from attnlens.formats.errors import AttnlensError
-from attnlens.kernels import StatsSpec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lens
+from attnlens.formats.errors import AttnlensError
+from attnlens.kernels import StatsSpec
 from lens import Edit, HeadRef, MlpRef, Over, Replace, ResidRef, Scale, Site, Zero
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)

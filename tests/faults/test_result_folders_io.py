@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from attnlens.formats import HeadScores, Provenance, ResultsFolder, open_sweep
 from attnlens.formats.errors import (
     CorruptFileError,
@@ -386,9 +387,8 @@ def test_damaged_result_tensors_are_a_problem_line(results, damage):
 def test_a_lone_surrogate_in_a_capture_model_name(results, tmp_path):
     import dataclasses
 
-    from attnlens.formats import CaptureFile
-
     import lens
+    from attnlens.formats import CaptureFile
 
     lm = lens.load("tiny-llama")
     cap = lens.run(lm, "a surrogate in the name", layers=[0]).capture

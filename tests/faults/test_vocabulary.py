@@ -17,9 +17,9 @@ import typing
 from pathlib import Path
 
 import pytest
+
 from attnlens.formats import vocab
 from attnlens.formats.errors import SelectionError
-
 from lens.cli._flags import FLAGS, as_flags
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,7 +93,6 @@ def test_a_value_outside_a_vocabulary_names_the_argument(make, words):
 
 def test_library_errors_speak_python():
     from attnlens.pipelines.executors import RayOptions
-
     from lens.zoo.placement import Placement, parse_max_memory
 
     with pytest.raises(SelectionError, match="^`max_memory` names cpu twice$"):
@@ -112,7 +111,6 @@ def test_the_library_takes_the_vocabulary_values():
     from attnlens.analyses.duo_gates import GateConfig
     from attnlens.pipelines.circuits import CircuitMethod, Unit
     from attnlens.pipelines.sweeps import SweepKind
-
     from lens.backends import Backend
 
     assert (Method, Metric, MeanOver, Backend, CircuitMethod, Unit, SweepKind) == (

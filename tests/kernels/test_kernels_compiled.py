@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+
 from attnlens.kernels import KernelInputError, StatsSpec, _compiled
 from attnlens.kernels._testing import TOLERANCES, assert_matches_oracle, make_qkv
 from attnlens.kernels.reference import chunked_attention_stats

@@ -8,10 +8,11 @@ the per-dtype ones of kernels._testing.
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from attnlens.kernels import KernelInputError, StatsSpec
 from attnlens.kernels._testing import assert_matches_oracle, make_qkv
 from attnlens.kernels.reference import chunked_attention_stats
-from torch.utils.flop_counter import FlopCounterMode
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

@@ -4,10 +4,10 @@ import os
 
 import pytest
 import torch
-from attnlens.kernels import KernelInputError, StatsSpec
-from attnlens.kernels.hf_attention import interpret_mask
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
+from attnlens.kernels import KernelInputError, StatsSpec
+from attnlens.kernels.hf_attention import interpret_mask
 from lens.recording.stats import stats_mode
 
 SPEC = StatsSpec(sink_tokens=1, window=4, spans=((2, 6),), topk=3, key_stats=True)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from attnlens.kernels import StatsSpec, attention_with_stats
 from attnlens.kernels._testing import assert_matches_oracle, make_qkv
 from attnlens.kernels.reference import chunked_attention_stats, naive_attention_stats

@@ -8,12 +8,12 @@ random Gemma 2 / gpt-oss models against their own eager attention probabilities,
 
 import pytest
 import torch
+from transformers import Gemma2Config, Gemma2ForCausalLM, GptOssConfig, GptOssForCausalLM
+
 from attnlens.kernels import KernelInputError, StatsSpec, _compiled, attention_with_stats
 from attnlens.kernels._testing import TOLERANCES, assert_matches_oracle, make_qkv
 from attnlens.kernels._validate import triton_importable
 from attnlens.kernels.reference import chunked_attention_stats, naive_attention_stats
-from transformers import Gemma2Config, Gemma2ForCausalLM, GptOssConfig, GptOssForCausalLM
-
 from lens.attention import AttentionObserver, attention_mode
 from lens.recording.stats import stats_mode
 

@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+
 from attnlens.kernels import StatsSpec, attention_with_stats
 from attnlens.kernels._testing import assert_matches_oracle, make_qkv
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from attnlens.kernels import KernelInputError, StatsSpec, attention_with_stats
 from attnlens.kernels._testing import make_qkv
 

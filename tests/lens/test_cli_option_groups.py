@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import typer.main
+
 from attnlens.formats.errors import SelectionError
 from attnlens.formats.vocab import DeviceMap
-
 from lens.cli import app
 from lens.cli._options import PlacementGroup, RayGroup, group
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from attnlens.analyses.duo_gates import DuoGating
-from attnlens.kernels import StatsSpec
 
 import lens
+from attnlens.analyses.duo_gates import DuoGating
+from attnlens.kernels import StatsSpec
 from lens import Site
 from lens.attention import AttentionObserver, active_entries, attention_mode
 

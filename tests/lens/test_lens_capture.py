@@ -1,8 +1,8 @@
 import pytest
 import torch
-from attnlens.formats.capture import TENSORS_FILE
 
 import lens
+from attnlens.formats.capture import TENSORS_FILE
 from lens import Site
 from lens.recording.record import Capture
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attnlens.kernels import StatsSpec
 
 import lens
+from attnlens.kernels import StatsSpec
 from lens import Site
 from lens.loaded import LoadedModel
 from lens.zoo._facts import text_facts

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from attnlens.analyses import row_stats_from_kernel, row_stats_from_pattern
-from attnlens.kernels import StatsSpec
 
 import lens
+from attnlens.analyses import row_stats_from_kernel, row_stats_from_pattern
+from attnlens.kernels import StatsSpec
 from lens.recording.stats import StatsRun, run_stats
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"

@@ -1,6 +1,7 @@
 """Word error rate on cases counted by hand."""
 
 import pytest
+
 from attnlens.analyses.asr_metrics import corpus_wer, normalise, word_errors
 
 

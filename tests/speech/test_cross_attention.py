@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from attnlens.analyses.cross_attention import (
     METRICS,
     CrossAttentionError,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
+import lens
 from attnlens.formats import CaptureFile, ResultsFolder
 from attnlens.formats.layouts import AudioLayout
 from attnlens.kernels import StatsSpec
-
-import lens
 from lens import Part, Site
 from lens.audio import save_wav
 

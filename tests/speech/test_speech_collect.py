@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from attnlens.analyses.cross_attention import cross_attention_agreement
 from attnlens.analyses.result import Provenance
 from attnlens.analyses.speech_collect import (
@@ -19,7 +20,6 @@ from attnlens.analyses.speech_collect import (
     utterance_maps,
     word_token_spans,
 )
-
 from lens.audio import AudioError, layout_for
 from lens.espeak import TimedWord
 

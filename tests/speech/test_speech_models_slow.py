@@ -57,7 +57,6 @@ def test_whisper_transcribes_espeak_speech(whisper_tiny_en, speech):
 def test_whisper_matches_the_ctranslate2_reference(whisper_tiny_en, speech):
     ctranslate2 = pytest.importorskip("ctranslate2")
     from attnlens.analyses.speech_collect import features, prompt_ids, transcribe
-
     from lens.zoo.whisper import model_folder
 
     _, audio = speech

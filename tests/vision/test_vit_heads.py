@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from attnlens.analyses.registry import analyses
 from attnlens.analyses.result import Provenance
 from attnlens.analyses.vit_heads import (
@@ -15,7 +16,6 @@ from attnlens.analyses.vit_heads import (
     pruning_importance,
     vit_head_scores,
 )
-
 from lens.vision import ImageLayout
 
 LAYOUT = ImageLayout(height=16, width=16, patch_size=4)  # 4x4 grid, 17 tokens

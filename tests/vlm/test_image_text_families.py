@@ -10,12 +10,12 @@ import json
 import numpy as np
 import pytest
 import torch
+
+import lens
 from attnlens.analyses.vision_aware import head_divergence, token_divergence, vhr_scales
 from attnlens.analyses.visual_sinks import SinkDimensions, VisualSinkError, image_centric
 from attnlens.analyses.vlm_collect import head_output_pairs, var_edit, var_inputs, vhr_edit
 from attnlens.pipelines.vlm import run_vision_aware, run_visual_sinks, scene_items
-
-import lens
 from lens import vlm
 from lens.zoo import tiny_image_text
 
@@ -191,5 +191,6 @@ def test_the_vision_tab_places_pooled_tokens_on_the_image(cli, capsys, tmp_path)
     results = ResultsFolder.load(tmp_path / "cap")
     [cap] = results.captures.values()
     assert (cap.layout.grid, cap.layout.patch_size, cap.layout.pooled) == ((2, 2), 4, 2)
-    note, png = VisionOverlay(results).plot().objects
+    note, row = VisionOverlay(results).plot().objects
+    png = row.objects[0]  # the overlays (the patch map beside them)
     assert "2x2 patches of 8 px (2x2 patches pooled per token)" in note.object and png.object

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+
 from attnlens.analyses import scenes as sc
 from attnlens.analyses.vlm_collect import ask
 from attnlens.analyses.vqa import accuracy_by_kind
-
 from lens import vlm
 
 pytestmark = pytest.mark.slow

@@ -1,8 +1,8 @@
 """The trainer's defaults are the shipped projector's recorded run; the experimental options are off."""
 
 import torch
-from attnlens.pipelines.tiny_vlm_train import fold_standardisation, parse
 
+from attnlens.pipelines.tiny_vlm_train import fold_standardisation, parse
 from lens.zoo import tiny_vlm
 
 EXPERIMENTAL_OFF = {"standardise": 0, "align_mode": "bag", "copy_weight": 0.0}

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from attnlens.analyses.result import Provenance
 from attnlens.analyses.scenes import make_scene, questions
 from attnlens.analyses.vision_aware import (
@@ -16,7 +17,6 @@ from attnlens.analyses.vision_aware import (
     vision_aware_scores,
 )
 from attnlens.analyses.vlm_collect import head_output_pairs
-
 from lens import vlm
 from lens.attention import modifying_weights
 from lens.edits import editing

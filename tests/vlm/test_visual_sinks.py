@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from attnlens.analyses.result import Provenance
 from attnlens.analyses.scenes import make_scene, questions
 from attnlens.analyses.visual_sinks import (
@@ -17,7 +18,6 @@ from attnlens.analyses.visual_sinks import (
     visual_sink_scores,
 )
 from attnlens.analyses.vlm_collect import var_edit, var_inputs
-
 from lens import vlm
 
 

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+
 from attnlens.analyses.scenes import make_scene
 from attnlens.formats import HeadScores, ResultsFolder
 
@@ -133,7 +134,8 @@ def test_capture_with_an_image_has_an_image_layout_the_overlay_uses(cli, tmp_pat
     np.testing.assert_allclose(grid.ravel(), cap.pattern(3, 0)[q, a:b], rtol=1e-5)
     view = VisionOverlay(folder)
     assert view.capture == "000" and view.query_position() == q
-    assert [type(o).__name__ for o in view.plot().objects] == ["HTML", "PNG"]
+    note, row = view.plot().objects  # the note, then the overlays and the patch map side by side
+    assert type(note).__name__ == "HTML" and [type(o).__name__ for o in row.objects][0] == "PNG"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -154,9 +156,8 @@ def test_capture_bad_image_inputs(cli, tmp_path, pngs, args, message):
 def test_stats_with_an_image_measure_the_mass_on_the_image_span(cli, tmp_path, pngs):
     """`lens stats --image`: the image's token span is the last span; each query's mass on it is
     what the captured pattern puts on those keys."""
-    from attnlens.formats import StatsFile
-
     import lens
+    from attnlens.formats import StatsFile
     from lens.vlm import read_image
 
     out = tmp_path / "stats"

@@ -10,8 +10,9 @@ from lens.zoo import hub
 
 
 def test_a_saved_llava_folder_loads_as_vision_text_with_the_same_logits(tmp_path):
-    from attnlens.analyses.scenes import make_scene
     from transformers import LlavaProcessor
+
+    from attnlens.analyses.scenes import make_scene
 
     lm = lens.load("tiny-llava")
     lm.model.save_pretrained(tmp_path)

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from attnlens.analyses.scenes import make_scene
 
+from attnlens.analyses.scenes import make_scene
 from lens import vlm
 from lens.errors import PromptError
 

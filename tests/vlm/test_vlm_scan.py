@@ -5,6 +5,7 @@ skip noted), an image example capture with its layout, and the dashboard showing
 import json
 
 import numpy as np
+
 from attnlens.analyses.registry import for_modality
 from attnlens.formats import Modality, ResultsFolder
 
@@ -36,4 +37,5 @@ def test_scan_runs_every_vision_text_analysis(cli, tmp_path):
     assert dash.explorer.capture == "captures/image-000" and dash.explorer.cells["x"]  # the analysis' own inputs
     view = VisionOverlay(folder)
     assert view.capture == "captures/image-000"
-    assert [type(o).__name__ for o in view.plot().objects] == ["HTML", "PNG"]
+    note, row = view.plot().objects  # the note, then the overlays and the patch map side by side
+    assert type(note).__name__ == "HTML" and [type(o).__name__ for o in row.objects][0] == "PNG"
