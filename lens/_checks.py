@@ -311,6 +311,5 @@ def load_args(name, *, dtype, device_, device_map=None, max_memory=None, offload
 
 def prepared(prompt) -> bool:
     """An input already prepared (:class:`lens.inputs.ModelInput` or :class:`lens.vlm.VlmInput`)."""
-    from lens.inputs import ModelInput
-
-    return isinstance(prompt, ModelInput) or type(prompt).__name__ == "VlmInput"
+    kind = type(prompt)
+    return (kind.__module__, kind.__name__) in (("lens.inputs", "ModelInput"), ("lens.vlm", "VlmInput"))

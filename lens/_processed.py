@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from lens.errors import PromptError
+from lens.image_span import ImageSpan
 
 _DROP = ("labels",)  # what processors return for training only
 
@@ -45,13 +46,12 @@ def runs(ids: Sequence[int], token: int) -> list[tuple[int, int]]:
 
 def spans_from_ids(ids: Sequence[int], token: int, n_images: int, *, max_prefix: int = 1, base: int | None = None,
                    global_last: bool = False):
-    """The :class:`~lens.vlm.ImageSpan` s of the runs of ``token``, each assigned to its image in order.
+    """The :class:`~lens.image_span.ImageSpan` s of the runs of ``token``, each assigned to its image in order.
 
     ``base``: tiled families whose run starts with the whole image's patches (LLaVA-NeXT: ``base``
     tokens, then tiles and newline tokens): the run is split into that grid and the rest.
     ``global_last``: split images whose last run per image is the whole image (Idefics3).
     """
-    from lens.vlm import ImageSpan
 
     found = runs(ids, token)
     if not n_images:

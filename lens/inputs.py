@@ -215,7 +215,9 @@ def _source_input(lm: LoadedModel, source, decoder_ids) -> ModelInput:
     from attnlens.formats.layouts import SourceLayout
     from lens import seq2seq
 
-    src = seq2seq.source_ids(lm, source)
+    src = encode_batch(lm, source)  # with the tokenizer's special tokens
+    if src.shape[0] != 1:
+        raise PromptError(f"an encoder-decoder capture takes one source at a time, got {src.shape[0]}")
     ids = list(decoder_ids) if decoder_ids is not None else seq2seq.generate(lm, src)
     if any(not 0 <= int(i) < lm.facts.vocab_size for i in ids):
         raise PromptError(f"`decoder_ids` must be in 0-{lm.facts.vocab_size - 1}")

@@ -79,20 +79,10 @@ def target_ids(lm, text: str) -> list[int]:
     return start_ids(lm) + list(lm.tokenizer(text, add_special_tokens=False).input_ids)
 
 
-def source_ids(lm, source) -> torch.Tensor:
-    """The encoder's ids ``[1, source]`` of a text (with the tokenizer's special tokens) or of ids."""
-    from lens.inputs import encode_batch
-
-    ids = encode_batch(lm, source)
-    if ids.shape[0] != 1:
-        raise PromptError(f"an encoder-decoder capture takes one source at a time, got {ids.shape[0]}")
-    return ids
-
-
 @torch.no_grad()
-def generate(lm, source, *, max_new_tokens: int = 20) -> list[int]:
-    """Greedy decoder ids (start token first, no end-of-sequence) for ``source``."""
-    ids = source_ids(lm, source).to(lm.device)
+def generate(lm, source_ids: torch.Tensor, *, max_new_tokens: int = 20) -> list[int]:
+    """Greedy decoder ids (start token first, no end-of-sequence) for the encoder's ``source_ids`` ``[1, source]``."""
+    ids = source_ids.to(lm.device)
     out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
                             num_beams=1)
     seq = [int(t) for t in out[0]]
