@@ -46,9 +46,7 @@ def integer(value, what: str) -> int:
 
 def model(lm, what: str = "lm"):
     """``lm`` is a :class:`~lens.loaded.LoadedModel` (what :func:`lens.load` returns)."""
-    from lens.loaded import LoadedModel
-
-    if not isinstance(lm, LoadedModel):
+    if not _is(lm, "lens.loaded", "LoadedModel"):
         hint = f" (load it first: lens.load({lm!r}))" if isinstance(lm, str) else " (from lens.load)"
         raise SelectionError(f"{what} must be a lens.LoadedModel{hint}, got {type(lm).__name__}")
     return lm
@@ -187,15 +185,13 @@ def stats_backend(value) -> str:
 
 def edits(values) -> tuple:
     """A sequence of :class:`~lens.edits.Edit` (each already validated by its constructor)."""
-    from lens.edits import Edit
-
-    if isinstance(values, Edit):
+    if _is(values, "lens.edits", "Edit"):
         raise InterventionError("edits must be a list of lens.Edit, got one Edit (write [edit])")
     if values is None or isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
         raise InterventionError(f"edits must be a list of lens.Edit, got {type(values).__name__} {_shown(values)}")
     out = tuple(values)
     for e in out:
-        if not isinstance(e, Edit):
+        if not _is(e, "lens.edits", "Edit"):
             what = f"the class {e.__name__} (construct one: {e.__name__}(...))" if isinstance(e, type) \
                 else f"{type(e).__name__} {_shown(e)}"
             raise InterventionError(f"edits must be lens.Edit, got {what}")
@@ -233,7 +229,7 @@ def max_new_tokens(value, what: str = "max_new_tokens") -> int:
 def run_args(lm, prompt, *, sites_, layers, heads, dtype, device_, budget_bytes, edits_, backend_, chat, decoder_ids,
              remote) -> dict:
     """Everything :func:`lens.run` takes, checked; returns the normalised values."""
-    from lens.loaded import Modality
+    from attnlens.formats.facts import Modality
 
     model(lm)
     facts = lm.facts
@@ -311,5 +307,10 @@ def load_args(name, *, dtype, device_, device_map=None, max_memory=None, offload
 
 def prepared(prompt) -> bool:
     """An input already prepared (:class:`lens.inputs.ModelInput` or :class:`lens.vlm.VlmInput`)."""
-    kind = type(prompt)
-    return (kind.__module__, kind.__name__) in (("lens.inputs", "ModelInput"), ("lens.vlm", "VlmInput"))
+    return _is(prompt, "lens.inputs", "ModelInput") or _is(prompt, "lens.vlm", "VlmInput")
+
+
+def _is(obj, module: str, name: str) -> bool:
+    """``isinstance(obj, module.name)``, the class recognised by its name along ``obj``'s MRO: this module is
+    the floor of ``lens`` and imports none of the modules whose inputs it checks (no import circles)."""
+    return any((c.__module__, c.__name__) == (module, name) for c in type(obj).__mro__)
