@@ -101,7 +101,7 @@ class LoadingsView(pn.viewable.Viewer):
     def _map(self, res: HeadLoadings, side: str, lim: float):
         n_layers, n_heads = res.query.shape
         src = ColumnDataSource(self.map_data(res, side))
-        mapper = LinearColorMapper(palette=RdBu11[::-1], low=-lim, high=lim, nan_color="#eeeeee")
+        mapper = LinearColorMapper(palette=RdBu11, low=-lim, high=lim, nan_color="#eeeeee")  # Bokeh's RdBu runs blue -> red: positive is red, as in the report
         fig = figure(width=120 + 30 * n_heads, height=110 + 22 * n_layers, x_range=(-0.5, n_heads - 0.5),
                      y_range=(n_layers - 0.5, -0.5), tools="", toolbar_location=None,
                      name=f"loadings_{side}_figure", title=f"{side} side of L{res.layer}H{res.head}")

@@ -99,6 +99,8 @@ def test_view_marks_the_target_and_a_click_names_both_loadings(res):
         data = view.figures[side].renderers[0].data_source.data
         outlined = [lab for lab, w in zip(data["label"], data["line"]) if w]
         assert outlined == ["L3H2 (not earlier)"]
+        mapper = view.figures[side].renderers[0].glyph.fill_color.transform
+        assert mapper.palette[-1] == "#67001f" and mapper.high > 0  # positive is red, as in the report's RdBu_r
     trigger_click(view.figures["key"], 1.1, 2.2)  # head 1 of layer 2
     assert view.picked == (2, 1)
     assert (f"L2H1 → L3H2: query side {float(res.query[2, 1]):+.4f}, key side {float(res.key[2, 1]):+.4f}"
