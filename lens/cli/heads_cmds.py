@@ -574,7 +574,7 @@ def loadings(
     """QK head loadings: which earlier heads' outputs a head's query and key read most, averaged over a
     prompt set (per prompt: the score from the last token to the head's argmax key, split by QK attribution).
 
-    Example: lens heads loadings smollm2-135m --layer 20 --head 0 --file ioi_prompts.txt --out results/loadings
+    Example: lens heads loadings smollm2-135m --layer 23 --head 3 --file ioi_prompts.txt --out results/loadings
 
     Example: lens heads loadings tiny-llama --layer 3 --head 1 --file prompts.txt --out results/loadings
     """

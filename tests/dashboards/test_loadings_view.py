@@ -73,6 +73,7 @@ def test_writer_and_reader_round_trip_and_refuse_bad_shapes(tmp_path, res):
     (["--layer", "9", "--head", "0"], "error: layer 9 is out of range: tiny-llama has layers 0-3"),
     (["--layer", "0", "--head", "0"], "error: --layer 0 has no earlier heads to load on"),
     (["--layer", "2", "--head", "7"], "error: head 7 is out of range"),
+    (["--layer", "2", "--head", "0", "--name", "../x"], "error: --name must be a plain file name, got '../x'"),
 ])
 def test_cli_bad_selection_is_one_line_and_writes_nothing(tmp_path, capsys, args, words):
     prompts = tmp_path / "p.txt"
