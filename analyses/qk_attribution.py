@@ -32,7 +32,7 @@ side (:func:`head_loadings`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -404,13 +404,14 @@ def _ov(lm, parts: CircuitModules, got: dict, layer: int, head: int, kv_head: in
 
 
 def head_loadings(lm, prompts: Sequence[Tensor], layer: int, head: int, *,
-                  key_positions: Sequence[int | None] | None = None) -> dict[str, Float[Tensor, "layer head"]]:
+                  key_positions: Sequence[int | None] | None = None,
+                  on_prompt: Callable[[int], None] | None = None) -> dict[str, Float[Tensor, "layer head"]]:
     """Which earlier heads' outputs head ``(layer, head)`` reads most, over ``prompts`` (each ``[1, pos]``).
 
     Per prompt, the query is the last token and the key ``key_positions[i]`` (default: the argmax key).
     Returns ``{"query": [n_layers, n_heads], "key": [n_layers, n_heads]}``: the mean over prompts of
     each earlier head's summed terms on the query side (row sums) and on the key side (column sums);
-    NaN for heads at or after ``layer``.
+    NaN for heads at or after ``layer``. ``on_prompt(i)`` is called after prompt ``i`` (a progress bar).
     """
     if not prompts:
         raise SelectionError("head loadings need at least one prompt, got none")
@@ -425,6 +426,8 @@ def head_loadings(lm, prompts: Sequence[Tensor], layer: int, head: int, *,
             if c.kind is Kind.HEAD:
                 out["query"][c.layer, c.head] += t[j].sum() / len(prompts)
                 out["key"][c.layer, c.head] += t[:, j].sum() / len(prompts)
+        if on_prompt is not None:
+            on_prompt(i)
     for g in out.values():
         g[layer:] = float("nan")
     return out

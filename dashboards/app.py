@@ -29,6 +29,7 @@ from attnlens.dashboards.circuits import CircuitView
 from attnlens.dashboards.dla import ContributionView
 from attnlens.dashboards.explorer import AttentionExplorer
 from attnlens.dashboards.heads_grid import HeadsGrid
+from attnlens.dashboards.loadings import LoadingsView
 from attnlens.dashboards.maps import HeadMap, QKMap
 from attnlens.dashboards.qk import QKView
 from attnlens.dashboards.selection import ModelResults, models_of, task_metric
@@ -94,6 +95,7 @@ class Dashboard(pn.viewable.Viewer):
         self.qk_map = QKMap(self.sel, method="pca")
         self.contributions = ContributionView({k: r for k, r in self.folder.dla.items() if r.provenance.model == self.model})
         self.qk = QKView({k: r for k, r in self.folder.qk.items() if r.provenance.model == self.model})
+        self.loadings = LoadingsView({k: r for k, r in self.folder.loadings.items() if r.provenance.model == self.model})
         for view in (self.atlas, self.head_map, self.grid):
             view.param.watch(lambda e: self._pick(e.new), "selected")
         self.atlas.param.watch(lambda e: self.explorer.use_capture_for(e.new), "metric")
@@ -101,7 +103,7 @@ class Dashboard(pn.viewable.Viewer):
         self._tabs[:] = [("Heads", pn.Row(self.atlas, self.explorer)), ("All heads", self.grid),
                          ("Head map", self.head_map), ("Q/K map", self.qk_map), ("Stats", self.stats),
                          ("Ablations", self.ablations), ("Circuits", self.circuits), ("Vision", self.vision), ("Speech", self.speech),
-                         ("Contributions", self.contributions), ("QK attribution", self.qk)]
+                         ("Contributions", self.contributions), ("QK attribution", pn.Column(self.qk, pn.pane.Markdown("### Head loadings"), self.loadings))]
         mine = [k for k, c in self.vision.captures.items() if c.model == self.model]
         if mine and self.vision.capture not in mine:  # the Vision tab follows the model selector
             self.vision.capture = mine[0]

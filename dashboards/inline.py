@@ -4,7 +4,8 @@
 ``attention_patterns``); ``show(capture)`` all heads of the prompt as a grid (``attention_heads``,
 BertViz' ``model_view``); ``show(results_folder)`` the whole dashboard inline;
 ``show(head_scores)`` the head atlas; ``show(dla_result)`` the direct logit attribution
-(``pipelines.dla.dla_of_capture(lm, capture, targets)`` computes one from a capture). Panel's and Bokeh's JavaScript and CSS are put into the notebook itself
+(``pipelines.dla.dla_of_capture(lm, capture, targets)`` computes one from a capture); ``show(head_loadings)``
+the QK head loadings maps (``pipelines.qk.run_loadings``). Panel's and Bokeh's JavaScript and CSS are put into the notebook itself
 (``pn.extension(inline=True)``), so nothing is fetched from a CDN and the views render on a
 machine without a network. In a live kernel the views stay interactive (clicks, hover).
 """
@@ -25,12 +26,14 @@ from attnlens.dashboards.selection import ModelResults
 from attnlens.formats import (
     CaptureFile,
     DLAResult,
+    HeadLoadings,
     HeadScores,
     QKResult,
     ResultsFolder,
     SelectionError,
     capture,
     dla,
+    loadings,
     qk,
 )
 
@@ -127,6 +130,8 @@ def view_of(obj: Any, *, layer: int | None = None, head: int | None = None, view
             obj = QKResult.load(p)
         elif p.name.endswith(dla.SUFFIX) and p.is_file():
             obj = DLAResult.load(p)
+        elif p.name.endswith(loadings.SUFFIX) and p.is_file():
+            obj = HeadLoadings.load(p)
         else:
             obj = CaptureFile.load(p) if (p / capture.META_FILE).is_file() else ResultsFolder.load(p)
     if isinstance(obj, QKResult):
@@ -137,6 +142,10 @@ def view_of(obj: Any, *, layer: int | None = None, head: int | None = None, view
         from attnlens.dashboards.dla import ContributionView
 
         return ContributionView({obj.name: obj}, **params)
+    if isinstance(obj, HeadLoadings):
+        from attnlens.dashboards.loadings import LoadingsView
+
+        return LoadingsView({obj.name: obj}, **params)
     if isinstance(obj, ResultsFolder):
         from attnlens.dashboards.app import Dashboard
 
@@ -147,7 +156,7 @@ def view_of(obj: Any, *, layer: int | None = None, head: int | None = None, view
         folder = ResultsFolder(path=Path("."), results={obj.name: obj})
         return HeadAtlas(ModelResults.of(folder), **params)
     if not isinstance(obj, CaptureFile):
-        raise SelectionError(f"show() takes a capture, a results folder, head scores, a QK or direct logit attribution or a "
+        raise SelectionError(f"show() takes a capture, a results folder, head scores, a QK or direct logit attribution, QK head loadings or a "
                              f"path to one, got "
                              f"{type(obj).__name__}")
     sel = _single(obj)
@@ -206,12 +215,14 @@ def show(obj: Any, *, layer: int | None = None, head: int | None = None, view: V
     >>> show(result)                            # every head of the prompt
     >>> show("results/demo")                    # the dashboard, inline
     >>> show(pipelines.dla.dla_of_capture(lm, result.capture, [" Mary"]))   # direct logit attribution
+    >>> show(pipelines.qk.run_loadings(lm, prompts, 20, 0))                 # QK head loadings
 
     ``obj``: an in-memory ``lens.Capture`` or ``RunResult`` (written once to a temporary folder and
     read back, so a notebook sees exactly what a saved capture shows), a :class:`formats.CaptureFile`,
     a :class:`formats.ResultsFolder`, a :class:`formats.HeadScores`, a QK attribution (in memory or a
-    :class:`formats.QKResult`), a :class:`formats.DLAResult`, or a path to a capture, a results folder,
-    a ``*.qk.json`` or a ``*.dla.json``. ``layer`` and ``head`` pick one head of a capture (without
+    :class:`formats.QKResult`), a :class:`formats.DLAResult`, QK head loadings (:class:`formats.HeadLoadings`,
+    ``pipelines.qk.run_loadings``), or a path to a capture, a results folder, a ``*.qk.json``, a
+    ``*.dla.json`` or a ``*.loadings.json``. ``layer`` and ``head`` pick one head of a capture (without
     them: all heads).
     """
     ensure_inline()

@@ -186,7 +186,7 @@ class QKView(pn.viewable.Viewer):
     def _heat(self, res: QKResult, k: int):
         rows, cols, lim, data = self._heat_data(res, k)
         src = self._heat_src = ColumnDataSource(data)
-        self._heat_mapper = LinearColorMapper(palette=RdBu11[::-1], low=-lim, high=lim)
+        self._heat_mapper = LinearColorMapper(palette=RdBu11, low=-lim, high=lim)  # blue -> red: positive red, as in the report
         fig = figure(width=140 + 44 * len(cols), height=120 + 26 * len(rows), x_range=cols, y_range=rows[::-1],
                      tools="", toolbar_location=None, name="qk_heatmap_figure",
                      title=f"score terms at key {k}: query side (rows) x key side (columns)")

@@ -38,6 +38,7 @@ from attnlens.dashboards.compute import head_label, pattern_stats
 from attnlens.dashboards.dla_report import dla_sections
 from attnlens.dashboards.figures import Figure
 from attnlens.dashboards.graph import curves_of, head_table
+from attnlens.dashboards.loadings_report import loadings_sections
 from attnlens.dashboards.overlay import default_query, overlay_png
 from attnlens.dashboards.qk_report import qk_sections
 from attnlens.dashboards.selection import ModelResults, describe, models_of
@@ -134,6 +135,7 @@ class Report:
     problems: list[tuple[str, str]] = field(default_factory=list)
     qk: list[dict[str, Any]] = field(default_factory=list)  # QK attributions (dashboards.qk_report)
     dla: list[dict[str, Any]] = field(default_factory=list)  # direct logit attributions (dashboards.dla_report)
+    loadings: list[dict[str, Any]] = field(default_factory=list)  # QK head loadings (dashboards.loadings_report)
     provenance: list[dict[str, Any]] = field(default_factory=list)
     findings: list[tuple[str, str, str]] = field(default_factory=list)  # anchor, what, one sentence
     contents: list[tuple[str, str, int]] = field(default_factory=list)  # anchor, title, depth (0 or 1)
@@ -147,7 +149,8 @@ class Report:
         out += [f for _, _, f in self.curves] + [f for _, _, f in self.ablations]
         out += [c["figure"] for c in self.circuits] + [s["figure"] for s in self.stats_runs]
         out += [f for _, f in self.overlays] + [s["figure"] for s in self.speech]
-        return out + [s["figure"] for s in self.qk] + [s["figure"] for s in self.dla]
+        return (out + [s["figure"] for s in self.qk] + [s["figure"] for s in self.loadings]
+                + [s["figure"] for s in self.dla])
 
 
 # ---------------------------------------------------------------------------------------
@@ -424,7 +427,7 @@ def build_report(folder: ResultsFolder | str | Path, command: str | None = None)
                     stats_runs=stats, captures=caps, overlays=overlays, speech=speech,
                     sweeps=[(k, f"{v.get('status')}, {int(v.get('done', 0))} items done") for k, v in f.sweeps.items()],
                     problems=list(f.problems.items()), provenance=f.provenances(), qk=qk_sections(f),
-                    dla=dla_sections(f))
+                    dla=dla_sections(f), loadings=loadings_sections(f))
     report.findings = _findings(f, report)
     report.contents = _contents(report)
     return report
@@ -464,6 +467,7 @@ def _findings(f: ResultsFolder, report: Report) -> list[tuple[str, str, str]]:
                         f"smallest {c.x_label} reaching faithfulness {c.summary.get('threshold', 0.8)}: {sizes} "
                         f"(sizes tried {', '.join(str(int(x)) for x in c.x)})."))
     out += [("qk", f"QK attribution {s['label']}", f"{s['model']}: {s['headline']}.") for s in report.qk]
+    out += [("loadings", f"QK head loadings {s['label']}", f"{s['model']}: {s['headline']}.") for s in report.loadings]
     out += [("dla", f"direct logit attribution {s['label']}", f"{s['model']}: {s['headline']}.") for s in report.dla]
     return out
 
@@ -476,7 +480,7 @@ def _contents(report: Report) -> list[tuple[str, str, int]]:
     for present, key, title in ((report.curves, "curves", "Curves"),
                                 (report.ablations, "ablations", "Ablations against random sets"),
                                 (report.circuits, "circuits", "Circuits"), (report.stats_runs, "stats", "Stats runs"),
-                                (report.qk, "qk", "QK attribution"),
+                                (report.qk, "qk", "QK attribution"), (report.loadings, "loadings", "QK head loadings"),
                                 (report.dla, "dla", "Direct logit attribution"), (report.captures, "captures", "Captures"),
                                 (report.provenance, "provenance", "Provenance")):
         if present:

@@ -27,7 +27,7 @@ def models_of(folder: ResultsFolder) -> list[str]:
         c[s.model] += 1
     for cu in folder.curves.values():
         c[cu.provenance.model] += 0  # listed, but does not outvote head results
-    for r in [*folder.qk.values(), *folder.dla.values()]:
+    for r in [*folder.qk.values(), *folder.dla.values(), *folder.loadings.values()]:
         c[r.provenance.model] += 0
     return [m for m, _ in c.most_common()]
 

@@ -7,7 +7,7 @@ read results without loading a model or a deep-learning framework.
 Kinds: :class:`HeadScores` (``*.json`` + ``*.safetensors``), :class:`Curves`
 (``*.curves.json``), :class:`Circuit` (``*.circuit.json``), :class:`AblationResult`
 (``ablation.json``), QK attributions (:class:`QKResult`, ``*.qk.json``), direct logit attributions
-(:class:`DLAResult`, ``*.dla.json``), captures (:class:`CaptureFile`, :func:`write_capture`), stats runs
+(:class:`DLAResult`, ``*.dla.json``), QK head loadings (:class:`HeadLoadings`, ``*.loadings.json``), captures (:class:`CaptureFile`, :func:`write_capture`), stats runs
 (:class:`StatsFile`, :func:`write_stats`), sweep logs (:func:`open_sweep`), and whole
 folders (:class:`ResultsFolder`). Output folders are written with :func:`output_folder`.
 """
@@ -38,6 +38,7 @@ from attnlens.formats.facts import Modality, ModelFacts
 from attnlens.formats.folder import ResultsFolder
 from attnlens.formats.head_scores import HeadScores
 from attnlens.formats.layouts import AudioLayout, ImageLayout, SourceLayout
+from attnlens.formats.loadings import HeadLoadings
 from attnlens.formats.output import output_folder
 from attnlens.formats.provenance import Provenance, inputs_digest, package_versions
 from attnlens.formats.qk import QKResult
@@ -47,7 +48,7 @@ from attnlens.formats.sweep import SweepLog, open_sweep
 from attnlens.formats.token_maps import TokenMaps
 
 __all__ = [
-    "AblationResult", "AudioLayout", "CaptureFile", "CaptureMeta", "Circuit", "Curves", "DLAResult", "Edge", "HeadScores",
+    "AblationResult", "AudioLayout", "CaptureFile", "CaptureMeta", "Circuit", "Curves", "DLAResult", "Edge", "HeadLoadings", "HeadScores",
     "ImageLayout", "Input", "HeadRef", "MlpRef", "ResidRef", "Modality", "ModelFacts", "Node", "NodeKind", "Provenance",
     "QKResult", "Receiver", "ResultsFolder", "Site", "SiteKey",
     "SourceLayout", "StatsFile", "SweepLog", "TokenMaps", "TensorEntry", "inputs_digest", "open_sweep", "output_folder", "package_versions",

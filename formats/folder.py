@@ -24,6 +24,7 @@ from attnlens.formats import (
     curves,
     dla,
     head_scores,
+    loadings,
     qk,
     stats_run,
     sweep,
@@ -36,6 +37,7 @@ from attnlens.formats.curves import Curves
 from attnlens.formats.dla import DLAResult
 from attnlens.formats.errors import CorruptFileError, ResultsFolderError
 from attnlens.formats.head_scores import HeadScores
+from attnlens.formats.loadings import HeadLoadings
 from attnlens.formats.qk import QKResult
 from attnlens.formats.stats_run import StatsFile
 from attnlens.formats.token_maps import TokenMaps
@@ -65,6 +67,7 @@ class ResultsFolder:
     token_maps: dict[str, TokenMaps] = field(default_factory=dict)
     qk: dict[str, QKResult] = field(default_factory=dict)  # QK attributions (`lens heads qk`)
     dla: dict[str, DLAResult] = field(default_factory=dict)  # direct logit attributions (`lens heads dla`)
+    loadings: dict[str, HeadLoadings] = field(default_factory=dict)  # QK head loadings (`lens heads loadings`)
     sweeps: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> progress of a sweep log
     problems: dict[str, str] = field(default_factory=dict)  # path relative to the folder -> why it did not load
 
@@ -144,7 +147,7 @@ class ResultsFolder:
         loaders = {head_scores.KIND: (HeadScores.load, self.results), curves.KIND: (Curves.load, self.curves),
                    circuit.KIND: (Circuit.load, self.circuits), "ablation": (AblationResult.load, self.ablations),
                    token_maps.KIND: (TokenMaps.load, self.token_maps), qk.KIND: (QKResult.load, self.qk),
-                   dla.KIND: (DLAResult.load, self.dla)}
+                   dla.KIND: (DLAResult.load, self.dla), loadings.KIND: (HeadLoadings.load, self.loadings)}
         if kind in loaders:
             load, into = loaders[kind]
             self._add(path, str(kind), into, lambda: load(path))
@@ -200,13 +203,13 @@ class ResultsFolder:
     @property
     def is_empty(self) -> bool:
         return not any((self.results, self.curves, self.circuits, self.ablations, self.captures, self.stats_runs,
-                        self.token_maps, self.qk, self.dla))
+                        self.token_maps, self.qk, self.dla, self.loadings))
 
     def counts(self) -> dict[str, int]:
         return {"results": len(self.results), "curves": len(self.curves), "circuits": len(self.circuits),
                 "ablations": len(self.ablations), "captures": len(self.captures), "stats runs": len(self.stats_runs),
                 "token maps": len(self.token_maps), "QK attributions": len(self.qk),
-                "direct logit attributions": len(self.dla)}
+                "direct logit attributions": len(self.dla), "QK head loadings": len(self.loadings)}
 
     def provenances(self) -> list[dict[str, Any]]:
         """The distinct provenance records, with the results each one produced."""
@@ -217,6 +220,7 @@ class ResultsFolder:
         items += [(label, a.provenance) for label, a in self.ablations.items()]
         items += [(label, r.provenance) for label, r in self.qk.items()]
         items += [(label, r.provenance) for label, r in self.dla.items()]
+        items += [(label, r.provenance) for label, r in self.loadings.items()]
         for label, prov in items:
             d = prov.to_json()
             key = json.dumps({k: v for k, v in d.items() if k != "created"}, sort_keys=True, default=str)

@@ -1,13 +1,16 @@
-"""QK attribution workflow: run the decomposition on one prompt and return the torch-free result
-(``lens heads qk`` calls this, and so can a notebook; nothing is written here)."""
+"""QK attribution workflows: the decomposition on one prompt, and head loadings over a prompt set; each
+returns a torch-free result (``lens heads qk`` and ``lens heads loadings`` call these, and so can a
+notebook; nothing is written here)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from attnlens.formats.loadings import HeadLoadings
 from attnlens.formats.provenance import Provenance
 from attnlens.formats.qk import QKResult
-from lens.errors import PromptError
+from attnlens.pipelines.progress import SILENT, Progress
+from lens.errors import PromptError, SelectionError
 
 
 def answer_ids(lm, answers: Sequence[str]) -> list[int]:
@@ -36,3 +39,28 @@ def run_qk(lm, prompt: str, layer: int, head: int, *, query_pos: int = -1, key_p
     a = qk_attribution(lm, ids, layer, head, query_pos=query_pos, key_pos=key_pos, answers=answer_ids(lm, answers))
     prov = Provenance.for_model(lm.facts, prompts="1 prompt", inputs=[prompt])
     return a.to_result(prov)
+
+
+def run_loadings(lm, prompts: Sequence[str], layer: int, head: int, *, name: str | None = None,
+                 progress: Progress = SILENT) -> HeadLoadings:
+    """Head ``(layer, head)``'s loadings over ``prompts``: per earlier head, the mean query-side and key-side
+    share of its score from the last token to its argmax key (:func:`analyses.qk_attribution.head_loadings`)."""
+    from attnlens.analyses.qk_attribution import head_loadings
+
+    if not prompts:
+        raise PromptError("`prompts` is empty: head loadings need at least one prompt")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise PromptError(f"`prompts` entry {i} is empty: give the text of a prompt")
+    f = lm.facts
+    if not 0 <= layer < f.n_layers:
+        raise SelectionError(f"layer {layer} is out of range: {f.name} has layers 0-{f.n_layers - 1}")
+    if layer == 0:
+        raise SelectionError(f"`layer` 0 has no earlier heads to load on: pick a layer 1-{f.n_layers - 1}")
+    if not 0 <= head < f.n_heads:
+        raise SelectionError(f"head {head} is out of range: {f.name} has heads 0-{f.n_heads - 1} in each layer")
+    task = progress.task(f"head loadings of L{layer}H{head}", total=len(prompts))
+    got = head_loadings(lm, [lm.encode(p) for p in prompts], layer, head, on_prompt=lambda i: task.advance())
+    prov = Provenance.for_model(f, prompts=f"{len(prompts)} prompts", inputs=list(prompts))
+    return HeadLoadings(name=name or f"L{layer}H{head}", layer=layer, head=head, n_prompts=len(prompts),
+                        query=got["query"].float().numpy(), key=got["key"].float().numpy(), provenance=prov)

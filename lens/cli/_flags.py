@@ -24,6 +24,8 @@ FLAGS: dict[str, str] = {
     "kind": "--sweep",  # pipelines.sweeps.sweep(lm, enc, kind, ...)
     "fmt": "--format",
     "map_method": "--maps",
+    "layer": "--layer",  # pipelines.qk.run_loadings(lm, prompts, layer, head)
+    "prompts": "--file",  # a prompt set: the lines of --file
 }
 
 _ARG = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)(?:=([^`]*))?`")

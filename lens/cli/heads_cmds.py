@@ -557,6 +557,52 @@ def qk(
     say(f"results saved to {out.resolve()}")
 
 
+@heads_app.command("loadings")
+def loadings(
+    model: str = typer.Argument("smollm2-135m", help=MODEL_HELP),
+    layer: int = typer.Option(..., "--layer", "-l", help="The target head's layer (1 or later)."),
+    head: int = typer.Option(..., "--head", help="The target head's index in its layer."),
+    file: Path = typer.Option(..., "--file", "-f", help="Prompts, one per line."),
+    out: Path = typer.Option(..., "--out", "-o", help="Results folder."),
+    name: str = typer.Option(None, "--name", help="The result's file name (NAME.loadings.json; default LxHy)."),
+    top: int = typer.Option(8, min=1, max=200, help="Heads printed per side."),
+    force: bool = FORCE_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """QK head loadings: which earlier heads' outputs a head's query and key read most, averaged over a
+    prompt set (per prompt: the score from the last token to the head's argmax key, split by QK attribution).
+
+    Example: lens heads loadings smollm2-135m --layer 23 --head 3 --file ioi_prompts.txt --out results/loadings
+
+    Example: lens heads loadings tiny-llama --layer 3 --head 1 --file prompts.txt --out results/loadings
+    """
+    from attnlens.pipelines.qk import run_loadings
+
+    prompts = prompt_lines(file, "file")
+    if name is not None and (not name or "/" in name or "\\" in name or name.startswith(".")):
+        raise SelectionError(f"--name must be a plain file name, got {name!r}")
+    check_out(out, force)
+    lm = load_model(model)
+    for p in prompts:
+        lm.encode(p)
+    with progress() as bar:
+        res = run_loadings(lm, prompts, layer, head, name=name, progress=bar)
+    with writing(out, force) as tmp:
+        res.save(tmp)
+    if json_out:
+        print_json({"model": model, "out": str(out), "name": res.name, "layer": layer, "head": head,
+                    "n_prompts": res.n_prompts, "query": res.top("query", top), "key": res.top("key", top)})
+        return
+    table = Table(title=Text(printable(f"{lm.facts.name} L{layer}H{head}: head loadings over {res.n_prompts} "
+                                       "prompts")), title_justify="left")
+    for col in ("query side", "loading", "key side", "loading "):
+        table.add_column(col, justify="right" if col.startswith("loading") else "left")
+    for (qn, qv), (kn, kv) in zip(res.top("query", top), res.top("key", top)):
+        table.add_row(qn, f"{qv:+.4f}", kn, f"{kv:+.4f}")
+    console.print(table)
+    say(f"results saved to {out.resolve()}")
+
+
 @heads_app.command("dla")
 def dla(
     model: str = typer.Argument("smollm2-135m", help=MODEL_HELP),

@@ -43,6 +43,7 @@ def test_clicking_a_key_shows_its_decomposition(res):
     trigger_click(view.row_figure, 4.2, 0.1)  # the cell of key 4
     assert view.key_pos == 4 and view.key() == 4
     assert "score terms at key 4" in view.heat_figure.title.text
+    assert view._heat_mapper.palette[-1] == "#67001f"  # positive terms red, as in the report's RdBu_r
     assert "→ key 4 " in view._info.object and f"{float(res.scores[4]):+.4f}" in view._info.object
     name, value = res.top(1, 4)[0]
     assert html.escape(name) in view._top.object and f"{value:+.4f}" in view._top.object

@@ -28,7 +28,7 @@ LIBRARY = ("lens", "analyses", "pipelines", "formats", "kernels")
 COMMAND_HINTS = ("pip install --no-deps", "ray start --head", "lens scan MODEL --out", "lens generate MODEL --audio",
                  "lens --trust-remote-code")
 # arguments of functions no command calls with user input (register_analysis): no flag to map to
-PYTHON_ONLY = {"in_scan", "runner", "needs", "decoder_ids"}  # decoder_ids: lens.run on a speech model
+PYTHON_ONLY = {"in_scan", "runner", "needs", "decoder_ids", "side"}  # decoder_ids: lens.run on a speech model; side: HeadLoadings.top
 _FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 _ARG = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)(?:=[^`]*)?`")
 
