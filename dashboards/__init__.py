@@ -5,7 +5,7 @@ Views (each a ``param``-based Panel ``Viewer``): :class:`HeadAtlas`, :class:`Att
 :class:`HeadsGrid`, :class:`HeadMap`, :class:`QKMap`, :class:`StatsRunView`,
 :class:`AblationsView`, :class:`CircuitView`, :class:`VisionOverlay`, :class:`ContributionView`,
 all wired in :class:`Dashboard`. Reports: :func:`write_report` (``lens report``). Serving:
-:func:`serve` (``lens dashboard``). Jupyter: :func:`show` (``from dashboards import show``: captures, results, head scores, QK and DLA inline).
+:func:`serve` (``lens dashboard``). Jupyter: :func:`show` (``from attnlens.dashboards import show``: captures, results, head scores, QK and DLA inline).
 """
 
 from attnlens.formats import CaptureFile, ResultsFolder, ResultsFolderError
@@ -27,5 +27,5 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f"dashboards.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'dashboards' has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

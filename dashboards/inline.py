@@ -209,7 +209,7 @@ def as_saved(obj: Any) -> Any:
 def show(obj: Any, *, layer: int | None = None, head: int | None = None, view: View | str = View.AUTO, **params):
     """Display ``obj`` inline in Jupyter (offline); returns the view (a Panel ``Viewer``).
 
-    >>> from dashboards import show
+    >>> from attnlens.dashboards import show
     >>> result = lens.run(lm, "When Mary and John went to the store, John gave a drink to")
     >>> show(result.capture, layer=5, head=1)   # one head: pattern and token view
     >>> show(result)                            # every head of the prompt

@@ -126,7 +126,8 @@ def test_scan_runs_the_vision_text_analyses(name, cli, tmp_path):
     folder = ResultsFolder.load(out)
     cap = folder.captures["captures/image-000"]  # the Vision tab's capture: its tokens mapped onto the image
     assert cap.layout is not None and cap.image_path().is_file()
-    assert [type(o).__name__ for o in VisionOverlay(folder).plot().objects] == ["HTML", "PNG"]
+    note, row = VisionOverlay(folder).plot().objects  # the note, then the overlays beside the patch map
+    assert type(note).__name__ == "HTML" and [type(o).__name__ for o in row.objects] == ["PNG", "Bokeh"]
 
 
 def _one_line(code, err):

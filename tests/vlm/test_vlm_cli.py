@@ -203,8 +203,9 @@ def test_the_vision_tab_outlines_visual_sinks_from_a_visual_sinks_run(cli, tmp_p
     view = VisionOverlay(folder, layer=layer)
     label, sinks = view.sink_patches()
     assert label == "var/visual_sinks.image_centric" and sinks == expected
-    note, image = view.plot().objects
-    assert "Visual sinks" in note.object and f"({expected[0][0]},{expected[0][1]})" in note.object
+    note, row = view.plot().objects
+    image = row.objects[0]  # the overlays, beside the patch map
+    assert type(image).__name__ == "PNG" and "Visual sinks" in note.object and f"({expected[0][0]},{expected[0][1]})" in note.object
     cap = folder.captures["cap/000"]
     plain = overlay_png(cap, layer, cap.heads, view.query_position(), view.alpha)
     assert image.object != plain  # the outlines are drawn
