@@ -30,7 +30,7 @@ from attnlens.formats.sites import Part
 from lens.errors import BackendError, SelectionError
 
 _ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
-_OUT_PROJ_NAMES = ("o_proj", "out_proj", "dense", "c_proj")
+_OUT_PROJ_NAMES = ("o_proj", "out_proj", "dense", "c_proj", "Wo")  # Wo: ModernBERT
 _MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe")  # GraniteMoE keeps its experts in block_sparse_moe
 
 #: part -> the child names transformers uses for it, tried in order (q/k/v inside the attention
@@ -230,6 +230,14 @@ class DecoderAdapter:
     def attention_modules(self) -> dict[tuple[Part, int], nn.Module]:
         return {(Part.SELF, layer): self.attention(layer) for layer in self.attention_layers()}
 
+    def attention_output(self, layer: int) -> nn.Module:
+        """The module whose output is the attention's write, before the residual add (ATTN_OUT)."""
+        return self.attention(layer)
+
+    def mlp_input(self, layer: int) -> nn.Module:
+        """The module whose input is the MLP's input (MLP_IN)."""
+        return self.mlp(layer)
+
     # ---- the rest of the site table ------------------------------------------------------
     def _part(self, module: nn.Module, part: str, where: str) -> nn.Module:
         return _named(self.model, module, part, where)
@@ -384,8 +392,10 @@ class DecoderAdapter:
 @dataclass
 class BertAdapter(DecoderAdapter):
     """BERT-style encoders (post-norm blocks): ``layer.attention.self`` calls the attention function and
-    ``layer.attention.output.dense`` is the output projection. The MLP's output is added to the residual
-    and normalised inside the same module, so the MLP_OUT site and MLP edits are not offered."""
+    ``layer.attention.output.dense`` is the output projection. Each sublayer's output module adds the
+    residual and normalises after its ``dense``: the attention's and the MLP's writes (ATTN_OUT, MLP_OUT)
+    are those ``dense`` outputs, before the add and the norm (as TransformerLens's BERT defines them);
+    the MLP's input is ``layer.intermediate``'s."""
 
     def __post_init__(self) -> None:
         self._list = _blocks(self.model, self.n_layers,
@@ -408,9 +418,14 @@ class BertAdapter(DecoderAdapter):
     def final_norm(self) -> nn.Module:
         raise BackendError(f"{_family(self.model)} is post-norm: it has no final norm before an unembedding")
 
+    def attention_output(self, layer: int) -> nn.Module:
+        return self.out_proj(layer)
+
     def mlp(self, layer: int) -> nn.Module:
-        raise BackendError("BERT-style blocks add and normalise inside their MLP output module: "
-                           "mlp_out and MLP edits are not available for this model (use resid_post)")
+        return self._list[layer].output.dense
+
+    def mlp_input(self, layer: int) -> nn.Module:
+        return self._list[layer].intermediate
 
 
 @dataclass
@@ -487,7 +502,7 @@ def adapter_for(model: nn.Module, n_layers: int | None = None) -> ModelAdapter:
         return GPTNeoAdapter(model, n_layers)
     if getattr(cfg, "model_type", "") == "distilbert":
         return DistilBertAdapter(model, n_layers)
-    if getattr(cfg, "model_type", "") in ("bert", "roberta", "electra", "xlm-roberta"):
+    if getattr(cfg, "model_type", "") in ("bert", "roberta", "electra", "xlm-roberta", "deberta-v2"):
         return BertAdapter(model, n_layers)
     return DecoderAdapter(model, n_layers)
 

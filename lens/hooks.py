@@ -86,8 +86,8 @@ _TABLE: dict[Where, tuple[str, bool]] = {
     Where.EMBED: ("embed", False), Where.BLOCK_IN: ("block", True), Where.RESID_PRE: ("attn_norm", True),
     Where.ATTN_NORMED: ("attn_norm", False), Where.Q: ("q", False), Where.K: ("k", False), Where.V: ("v", False),
     Where.QKV: ("fused_qkv", False),
-    Where.Z: ("out_proj", True), Where.ATTN_OUT: ("attention", False), Where.RESID_MID: ("mlp_norm", True),
-    Where.MLP_NORMED: ("mlp_norm", False), Where.MLP_IN: ("mlp", True), Where.MLP_OUT: ("mlp", False),
+    Where.Z: ("out_proj", True), Where.ATTN_OUT: ("attention_output", False), Where.RESID_MID: ("mlp_norm", True),
+    Where.MLP_NORMED: ("mlp_norm", False), Where.MLP_IN: ("mlp_input", True), Where.MLP_OUT: ("mlp", False),
     Where.BLOCK_OUT: ("block", False), Where.FINAL: ("final_norm", True),
 }
 

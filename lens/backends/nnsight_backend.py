@@ -134,12 +134,16 @@ def run(lm: LoadedModel, input_ids: torch.Tensor, spec: CaptureSpec, edits: Sequ
                         proj.input = z.reshape(batch, pos, width)
                     if Site.Z in wanted:
                         saved[SiteKey(Site.Z, layer)] = z.transpose(1, 2).index_select(1, head_idx.to(z.device)).save()
-                if Site.PATTERN in wanted or Site.ATTN_OUT in wanted:
+                writer = adapter.attention_output(layer)  # the attention module, or (BERT) its dense after it
+                own = writer is adapter.attention(layer)
+                if Site.PATTERN in wanted or (Site.ATTN_OUT in wanted and own):
                     out = _envoy(nn_model, names, adapter.attention(layer)).output
-                    if Site.ATTN_OUT in wanted:
-                        saved[SiteKey(Site.ATTN_OUT, layer)] = out[0].save()
                     if Site.PATTERN in wanted:
                         saved[SiteKey(Site.PATTERN, layer)] = out[1].index_select(1, head_idx.to(out[1].device)).save()
+                    if Site.ATTN_OUT in wanted and own:
+                        saved[SiteKey(Site.ATTN_OUT, layer)] = out[0].save()
+                if Site.ATTN_OUT in wanted and not own:
+                    saved[SiteKey(Site.ATTN_OUT, layer)] = _envoy(nn_model, names, writer).output.save()
                 if Site.MLP_OUT in wanted or mlp_edits:
                     mlp = _envoy(nn_model, names, adapter.mlp(layer))
                     if mlp_edits:

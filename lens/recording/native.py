@@ -13,6 +13,7 @@ undone on exit.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -194,8 +195,14 @@ def _own_pattern_hooks(session: _Session, site: Site, layer: int, attention: tor
     only the mask's masked entries are kept (the pattern is the one the SDPA run computes, and the
     logits do not move). MPT's eager code takes a boolean mask, True = masked: masks are left alone
     outside SDPA."""
+    params = list(inspect.signature(attention.forward).parameters)
+    at = params.index("output_attentions") if "output_attentions" in params else len(params)
+
     def ask(module, args, kwargs):
-        kwargs = {**kwargs, "output_attentions": True}
+        if at < len(args):  # passed by position (DeBERTa-v2)
+            args = (*args[:at], True, *args[at + 1:])
+        else:
+            kwargs = {**kwargs, "output_attentions": True}
         mask = kwargs.get("attention_mask")
         if not sdpa or not isinstance(mask, torch.Tensor):
             return args, kwargs

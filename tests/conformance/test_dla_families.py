@@ -18,7 +18,7 @@ REFUSED = {"jamba": _HYBRID, "bamba": _HYBRID, "granitemoehybrid": _HYBRID, "qwe
            "recurrent_gemma": "cannot find 2 transformer blocks"}
 
 
-def test_dla_parts_sum_to_the_reference_logits(built):  # noqa: F811
+def test_dla_parts_sum_to_the_reference_logits(request, built):  # noqa: F811
     from attnlens.analyses.dla import direct_logit_attribution
 
     mt = built.family.model_type
@@ -27,6 +27,7 @@ def test_dla_parts_sum_to_the_reference_logits(built):  # noqa: F811
             direct_logit_attribution(built.lm, IDS, [40], positions=[-1, 3])
         message = str(info.value)
         assert "\n" not in message and REFUSED[mt] in message and type(built.lm.model).__name__ in message
+        request.node.user_properties.append(("refusal", message))  # for the generated table (conftest.py)
         return
     res = direct_logit_attribution(built.lm, IDS, [40, 77], positions=[-1, 3], top=2)
     want = built.logits[0].double()[res.positions][:, res.target_ids].numpy()  # the eager reference's logits
