@@ -43,7 +43,7 @@ from attnlens.analyses.circuits._hooks import CircuitModules
 from attnlens.formats.provenance import Provenance
 from attnlens.formats.qk import Contributor, Kind, QKResult
 from lens.adapters import adapter_for
-from lens.attention import AttentionObserver, attention_mode
+from lens.attention import AttentionObserver, attention_mode, score_scale
 from lens.errors import BackendError, SelectionError
 from lens.hooks import Point, Where
 
@@ -331,7 +331,7 @@ def _decompose(lm, input_ids: Tensor, layer: int, head: int, q: int, key_pos: in
         raise BackendError(f"QK attribution cannot decompose {f.architecture}: its queries and keys are not the "
                            f"linear image of the residual stream this module models (relative error {err:.2g})")
     comps.append(Contributor(Kind.BIAS))
-    scale = float(getattr(parts.adapter.attention(layer), "scaling", d_head ** -0.5))
+    scale = score_scale(parts.adapter.attention(layer), d_head)
     terms = scale * torch.einsum("id,jkd->kij", qc, kc)  # [k, comp_q, comp_k]
     pattern = got["weights"][head, q, :q + 1]
     scores = scale * key @ query

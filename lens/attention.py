@@ -21,12 +21,17 @@ transformers would check against the model's SDPA support). A layer no entry tou
 model's own implementation (its eager attention keeps soft-capping and learned sinks), or
 SDPA where the model's own was SDPA or a kernel whose masks differ. The model's own
 implementation is restored when the last entry leaves, also on error.
+
+Families that compute attention in their own ``_attn`` method (GPT-J, CodeGen, GPT-Neo:
+:data:`OWN_ATTN`, their scale and mask written out) reach the same dispatcher through a shim on
+that method; other families that bypass the interface (Falcon, BLOOM, MPT, ...) are refused in
+one line by :func:`check_interface`.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -37,7 +42,7 @@ from attnlens.formats.sites import Part
 from lens.errors import BackendError, SelectionError
 
 EAGER, FAST = "attnlens_eager", "attnlens_fast"
-_STACK, _LAYER, _PART = "_attnlens_stack", "_attnlens_layer", "_attnlens_part"
+_STACK, _LAYER, _PART, _OWN = "_attnlens_stack", "_attnlens_layer", "_attnlens_part", "_attnlens_own"
 
 
 class AttentionEntry:
@@ -217,6 +222,8 @@ def _dispatcher(module, query, key, value, attention_mask, **kwargs):
     elif modifiers:
         _check_plain_softmax(module, kwargs)
         out, weights = weights_and_output(module, query, key, value, attention_mask, modify=modify, **kwargs)
+    elif getattr(module, _OWN, False):  # its own `_attn`: plain softmax attention under the mask the shim built
+        out, weights = weights_and_output(module, query, key, value, attention_mask, **kwargs)
     elif need:
         out, weights = _module_eager(module)(module, query, key, value, additive_mask(attention_mask, query.dtype),
                                              **kwargs)
@@ -236,6 +243,77 @@ def _register_once() -> None:
         AttentionInterface.register(FAST, _dispatcher)
         AttentionMaskInterface.register(EAGER, eager_mask)
         AttentionMaskInterface.register(FAST, sdpa_mask)
+
+
+# ---- families that compute attention in their own ``_attn`` -------------------------------
+def _end_causal(q_len: int, k_len: int, dtype: torch.dtype, device) -> Tensor:
+    keep = torch.arange(k_len, device=device)[None, :] <= (torch.arange(q_len, device=device) + k_len - q_len)[:, None]
+    return torch.zeros(q_len, k_len, dtype=dtype, device=device).masked_fill(~keep, torch.finfo(dtype).min)[None, None]
+
+
+def _causal_or_given(module, query, key, attention_mask):
+    """GPT-J, CodeGen: the model's additive causal (+ padding) mask, or end-aligned causal without one."""
+    return attention_mask if attention_mask is not None else _end_causal(query.shape[2], key.shape[2], query.dtype,
+                                                                         query.device)
+
+
+def _gpt_neo_mask(module, query, key, attention_mask):
+    """GPT-Neo: its causal or local (sliding-window) mask is the module's ``bias`` buffer, added to the model's."""
+    m, n = query.shape[2], key.shape[2]
+    keep = module.bias[:, :, n - m:n, :n]
+    low = torch.finfo(query.dtype).min
+    mask = torch.zeros(keep.shape, dtype=query.dtype, device=query.device).masked_fill(~keep, low)
+    return mask if attention_mask is None else (mask + attention_mask).clamp_min(low)
+
+
+@dataclass(frozen=True)
+class OwnAttn:
+    """How a family's ``_attn(query, key, value, attention_mask)`` computes attention: the factor on ``q . k``
+    and the additive mask it applies (from the mask the model passes, which may be None)."""
+
+    scale: Callable[[nn.Module], float]
+    mask: Callable[[nn.Module, Tensor, Tensor, Tensor | None], Tensor]
+
+
+#: attention classes that compute attention in ``_attn`` (queries and keys ``[batch, head, pos, d_head]``
+#: after their rotary) instead of transformers' attention interface
+OWN_ATTN = {
+    "GPTJAttention": OwnAttn(lambda m: 1.0 / float(m.scale_attn), _causal_or_given),
+    "CodeGenAttention": OwnAttn(lambda m: 1.0 / float(m.scale_attn), _causal_or_given),
+    "GPTNeoSelfAttention": OwnAttn(lambda m: 1.0, _gpt_neo_mask),  # unscaled scores
+}
+
+
+def score_scale(module: nn.Module, d_head: int) -> float:
+    """The factor an attention module multiplies ``q . k`` by before the softmax."""
+    own = OWN_ATTN.get(type(module).__name__)
+    return own.scale(module) if own is not None else float(getattr(module, "scaling", d_head ** -0.5))
+
+
+def _own_attn_modules(model: nn.Module) -> list[nn.Module] | None:
+    """The attention modules of a family in :data:`OWN_ATTN` (all of them), else None."""
+    modules = list(attention_modules(model).values())
+    if modules and all(type(m).__name__ in OWN_ATTN and callable(getattr(m, "_attn", None)) for m in modules):
+        return modules
+    return None
+
+
+def _shim(module: nn.Module):
+    """``module._attn`` that sends a layer some entry wants through the dispatcher (q/k/v, weights, stats and
+    edits), and every other layer through the model's own ``_attn``."""
+    original = type(module)._attn.__get__(module)
+    own = OWN_ATTN[type(module).__name__]
+
+    def _attn(query, key, value, attention_mask=None):
+        stack: _Stack | None = getattr(module, _STACK, None)
+        layer, part = getattr(module, _LAYER, None), getattr(module, _PART, Part.SELF)
+        if stack is None or not any(e.part is part and e.wants(layer) for e in stack.entries):
+            return original(query, key, value, attention_mask)
+        mask = own.mask(module, query, key, attention_mask)
+        out, weights = _dispatcher(module, query, key, value, mask, scaling=own.scale(module))
+        return out.transpose(1, 2), weights
+
+    return _attn
 
 
 # ---- finding the attention modules -------------------------------------------------------
@@ -279,12 +357,18 @@ def uses_interface(model: nn.Module) -> bool:
     return can_set is None or bool(can_set())
 
 
+def reaches_stack(model: nn.Module) -> bool:
+    """True when entries on the stack run for this model: its attention goes through transformers'
+    attention interface, or its family is in :data:`OWN_ATTN` (the stack wraps their ``_attn``)."""
+    return uses_interface(model) or _own_attn_modules(model) is not None
+
+
 def check_interface(model: nn.Module) -> None:
-    """Raise :class:`BackendError` for a model whose attention does not go through transformers'
-    attention interface (see :func:`uses_interface`): nothing pushed on the stack would ever run,
-    so q/k/v, edited weights and statistics would come back empty. (Their patterns are captured
-    from the attention modules' own returned weights, by :mod:`lens.recording.native`.)"""
-    if not uses_interface(model):
+    """Raise :class:`BackendError` for a model the stack cannot reach (see :func:`reaches_stack`):
+    nothing pushed on the stack would ever run, so q/k/v, edited weights and statistics would come
+    back empty. (Their patterns are captured from the attention modules' own returned weights, by
+    :mod:`lens.recording.native`.)"""
+    if not reaches_stack(model):
         raise BackendError(f"{family(model)} computes attention without transformers' attention interface: "
                            "q/k/v, attention-weight edits and stats mode are not available for it (patterns, z, "
                            "residual and MLP sites and head edits are)")
@@ -303,10 +387,14 @@ def attention_mode(model_or_lm, entry: AttentionEntry) -> Iterator[AttentionEntr
     if stack is None:
         stack = _Stack(previous=model.config._attn_implementation, modules=attention_modules(model))
         setattr(model, _STACK, stack)
+        own = not uses_interface(model) and _own_attn_modules(model) is not None  # a family of OWN_ATTN
         for (part, layer), m in stack.modules.items():
             setattr(m, _STACK, stack)
             setattr(m, _LAYER, layer)
             setattr(m, _PART, part)
+            if own:
+                setattr(m, _OWN, True)
+                m._attn = _shim(m)
     stack.entries.append(entry)
     try:
         _apply(model, stack)
@@ -317,15 +405,19 @@ def attention_mode(model_or_lm, entry: AttentionEntry) -> Iterator[AttentionEntr
             _apply(model, stack)
         else:
             for m in stack.modules.values():
-                for attr in (_STACK, _LAYER, _PART):
-                    if hasattr(m, attr):
+                for attr in (_STACK, _LAYER, _PART, _OWN):
+                    if attr in vars(m):
                         delattr(m, attr)
+                if "_attn" in vars(m):  # the class's own _attn again
+                    del m._attn
             delattr(model, _STACK)
             if model.config._attn_implementation != stack.previous:
                 model.set_attn_implementation(stack.previous)
 
 
 def _apply(model: nn.Module, stack: _Stack) -> None:
+    if not uses_interface(model):  # a family of OWN_ATTN: its shims send the layers to the dispatcher
+        return
     impl = EAGER if stack.needs_weights() else FAST
     if model.config._attn_implementation != impl:
         model.set_attn_implementation(impl)

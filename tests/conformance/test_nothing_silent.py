@@ -1,10 +1,11 @@
 """Nothing silent: a capture or stats run that records nothing for a requested layer is an error.
 
-GPT-J computes attention itself, without transformers' attention interface. Its pattern is taken
-from the weights its attention modules return (library and CLI, against its own eager
-``output_attentions``); q/k/v and stats are refused up front (one line naming the family). The
-check after the forward pass, the safety net for any model that slips past a refusal or whose
-attention returns no weights, is exercised by switching the refusal off and dropping the weights.
+MPT computes attention itself, without transformers' attention interface (and without an ``_attn``
+method the stack can wrap, as it does for GPT-J, CodeGen and GPT-Neo). Its pattern is taken from the
+weights its attention modules return (library and CLI, against its own eager ``output_attentions``);
+q/k/v and stats are refused up front (one line naming the family). The check after the forward pass,
+the safety net for any model that slips past a refusal or whose attention returns no weights, is
+exercised by switching the refusal off and dropping the weights.
 """
 
 from __future__ import annotations
@@ -43,60 +44,80 @@ def gptj(gptj_folder):
     return lens.load(str(gptj_folder))
 
 
-def test_qkv_capture_is_refused_up_front(gptj):
-    with pytest.raises(BackendError, match=r"GPTJForCausalLM \(gptj\) computes attention without transformers' "
+@pytest.fixture(scope="module")
+def mpt_folder(tmp_path_factory):
+    from transformers import MptConfig, MptForCausalLM
+
+    from lens.zoo import tiny
+
+    config = MptConfig(d_model=32, n_layers=2, n_heads=4, expansion_ratio=2, max_seq_len=64, vocab_size=259,
+                       bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("mpt")
+    MptForCausalLM(config).eval().save_pretrained(folder)
+    tiny.build_byte_tokenizer(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mpt(mpt_folder):
+    return lens.load(str(mpt_folder))
+
+
+def test_qkv_capture_is_refused_up_front(mpt):
+    with pytest.raises(BackendError, match=r"MptForCausalLM \(mpt\) computes attention without transformers' "
                                            r"attention interface: q/k/v"):
-        lens.run(gptj, IDS, sites=[Site.PATTERN, Site.Q], layers=[0])
+        lens.run(mpt, IDS, sites=[Site.PATTERN, Site.Q], layers=[0])
 
 
-def test_pattern_is_the_models_own_and_logits_do_not_move(gptj, gptj_folder):
+def test_pattern_is_the_models_own_and_logits_do_not_move(mpt, mpt_folder):
     from transformers import AutoModelForCausalLM
 
-    ref = AutoModelForCausalLM.from_pretrained(gptj_folder, attn_implementation="eager").eval()
+    ref = AutoModelForCausalLM.from_pretrained(mpt_folder, attn_implementation="eager").eval()
     with torch.no_grad():
         want = ref(IDS, output_attentions=True)
-        plain = gptj.model(IDS).logits
-    got = lens.run(gptj, IDS, sites=[Site.PATTERN], layers=[1], heads=[0, 2])
+        plain = mpt.model(IDS).logits
+    got = lens.run(mpt, IDS, sites=[Site.PATTERN], layers=[1], heads=[0, 2])
     assert [k.layer for k in got.capture.steps[0]] == [1]  # the other layer's weights are dropped
     assert torch.allclose(got.capture.pattern(1), want.attentions[1][:, [0, 2]], atol=1e-6)
     assert torch.equal(got.logits, plain)
 
 
-def test_stats_are_refused_up_front(gptj):
+def test_stats_are_refused_up_front(mpt):
     with pytest.raises(BackendError, match="without transformers' attention interface"):
-        lens.run_stats(gptj, IDS)
+        lens.run_stats(mpt, IDS)
 
 
-def test_sites_outside_attention_still_work(gptj):
-    cap = lens.run(gptj, IDS, sites=[Site.Z, Site.MLP_OUT], layers=[1]).capture
+def test_sites_outside_attention_still_work(mpt):
+    cap = lens.run(mpt, IDS, sites=[Site.Z, Site.MLP_OUT], layers=[1]).capture
     assert cap.get(Site.Z, 1).shape == (1, 4, 5, 8)
     assert cap.get(Site.MLP_OUT, 1).abs().sum() > 0
 
 
-def test_capture_that_records_nothing_raises(gptj, monkeypatch):
+def test_capture_that_records_nothing_raises(mpt, monkeypatch):
     """With the up-front refusal switched off, the forward pass runs and the attention stack never
     sees a call: the capture must not come back empty."""
     monkeypatch.setattr("lens.attention.check_interface", lambda model: None)
     with pytest.raises(BackendError, match=r"ran but recorded nothing at q@0, q@1"):
-        lens.run(gptj, IDS, sites=[Site.Q], layers=[0, 1])
+        lens.run(mpt, IDS, sites=[Site.Q], layers=[0, 1])
 
 
-def test_attention_that_returns_no_weights_raises(gptj):
+def test_attention_that_returns_no_weights_raises(mpt):
     """A module that computes attention in its own code but returns no weights for layer 1: the
     pattern capture must say so rather than come back without it."""
-    attention = gptj.model.transformer.h[1].attn
+    attention = mpt.model.transformer.blocks[1].attn
     handle = attention.register_forward_hook(lambda m, a, out: (out[0], None))  # runs before the capture's hook
     try:
-        with pytest.raises(BackendError, match=r"GPTJForCausalLM \(gptj\) ran but recorded nothing at pattern@1"):
-            lens.run(gptj, IDS, sites=[Site.PATTERN], layers=[0, 1])
+        with pytest.raises(BackendError, match=r"MptForCausalLM \(mpt\) ran but recorded nothing at pattern@1"):
+            lens.run(mpt, IDS, sites=[Site.PATTERN], layers=[0, 1])
     finally:
         handle.remove()
 
 
-def test_stats_that_record_nothing_raise(gptj, monkeypatch):
+def test_stats_that_record_nothing_raise(mpt, monkeypatch):
     monkeypatch.setattr("lens.attention.check_interface", lambda model: None)
     with pytest.raises(BackendError, match=r"stats mode recorded nothing for layers \[0, 1\]"):
-        lens.run_stats(gptj, IDS)
+        lens.run_stats(mpt, IDS)
 
 
 def test_a_capture_with_no_forward_pass_is_not_an_error(tiny_lm):
@@ -111,38 +132,38 @@ def _error_lines(err: str) -> list[str]:
             if line.strip() and not line.startswith(("Loading weights", "capturing", "stats over"))]
 
 
-def test_cli_capture_writes_the_pattern(cli, gptj_folder, tmp_path):
+def test_cli_capture_writes_the_pattern(cli, mpt_folder, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from lens.recording.record import Capture
 
-    code, out, err = cli("capture", gptj_folder, "--prompt", "hello", "--sites", "pattern", "--out", tmp_path / "c")
+    code, out, err = cli("capture", mpt_folder, "--prompt", "hello", "--sites", "pattern", "--out", tmp_path / "c")
     assert code == 0, err
     cap = Capture.load(tmp_path / "c" / "000")
     assert [(k.site, k.layer) for k in cap.steps[0]] == [(Site.PATTERN, 0), (Site.PATTERN, 1)]
     ids = torch.tensor(cap.meta.token_ids)
-    ref = AutoModelForCausalLM.from_pretrained(gptj_folder, attn_implementation="eager").eval()
+    ref = AutoModelForCausalLM.from_pretrained(mpt_folder, attn_implementation="eager").eval()
     with torch.no_grad():
         want = ref(ids, output_attentions=True).attentions
     for layer in (0, 1):
         assert torch.allclose(cap.pattern(layer), want[layer], atol=1e-6)
 
 
-def test_cli_capture_refuses_qkv_in_one_line(cli, gptj_folder, tmp_path):
-    code, out, err = cli("capture", gptj_folder, "--prompt", "hello", "--sites", "pattern,q", "--out", tmp_path / "c")
+def test_cli_capture_refuses_qkv_in_one_line(cli, mpt_folder, tmp_path):
+    code, out, err = cli("capture", mpt_folder, "--prompt", "hello", "--sites", "pattern,q", "--out", tmp_path / "c")
     assert code == 2, err
     lines = _error_lines(err)
     assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "GPTJForCausalLM (gptj)" in lines[0] and "attention interface" in lines[0]
+    assert "MptForCausalLM (mpt)" in lines[0] and "attention interface" in lines[0]
     assert "a bug in attnlens" not in err
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
 
 
-def test_cli_stats_refuses_in_one_line(cli, gptj_folder, tmp_path):
-    code, out, err = cli("stats", gptj_folder, "--prompt", "hello", "--out", tmp_path / "s")
+def test_cli_stats_refuses_in_one_line(cli, mpt_folder, tmp_path):
+    code, out, err = cli("stats", mpt_folder, "--prompt", "hello", "--out", tmp_path / "s")
     assert code == 2, err
     lines = _error_lines(err)
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "GPTJForCausalLM (gptj)" in lines[0], err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "MptForCausalLM (mpt)" in lines[0], err
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +272,21 @@ def test_edge_level_evaluation_refuses_parallel_blocks(gptj):
                                         "attention and MLP side by side") as info:
         edge_level_logits(ctx, 0, np.ones((1, 11, 27), dtype=bool))
     assert "\n" not in str(info.value)
+
+
+def test_gptj_qkv_and_stats_come_through_its_own_attn(gptj, gptj_folder):
+    """GPT-J computes attention in its ``_attn``: the stack wraps that method, so q/k (after its rotary),
+    the pattern and stats come from the same call, and the method is the class's own again afterwards."""
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(gptj_folder, attn_implementation="eager").eval()
+    with torch.no_grad():
+        want = ref(IDS, output_attentions=True).attentions[1]
+    cap = lens.run(gptj, IDS, sites=[Site.Q, Site.K, Site.PATTERN], layers=[1]).capture
+    scores = cap.get(Site.Q, 1) @ cap.get(Site.K, 1).transpose(-1, -2) / 8 ** 0.5
+    causal = torch.full((5, 5), float("-inf")).triu(1)
+    assert torch.allclose(torch.softmax(scores + causal, -1), want, atol=1e-5)  # q and k are the ones it scores
+    assert torch.allclose(cap.pattern(1), want, atol=1e-6)
+    stats = lens.run_stats(gptj, IDS, layers=[1]).stats[1]
+    assert torch.allclose(stats.max_weight, want.amax(-1), atol=1e-5)
+    assert all("_attn" not in vars(block.attn) for block in gptj.model.transformer.h)

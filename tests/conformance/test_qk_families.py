@@ -14,7 +14,8 @@ _NO_INTERFACE = "without transformers' attention interface"
 REFUSED = {
     "qwen3": _QK_NORM, "gemma3_text": _QK_NORM, "olmo2": _QK_NORM, "qwen3_moe": _QK_NORM,
     "mpt": _NO_INTERFACE, "opt": "not the linear image of the residual stream",  # OPT: learned positions offset by 2
-    "gptj": _NO_INTERFACE, "falcon": _NO_INTERFACE, "bloom": _NO_INTERFACE,
+    "gptj": "not the linear image of the residual stream",  # its interleaved partial rotary
+    "falcon": _NO_INTERFACE, "bloom": _NO_INTERFACE,
     "gpt_oss": "not the linear image of the residual stream",  # attention sinks and its own rotary layout
     "deepseek_v2": "multi-head latent attention", "deepseek_v3": "multi-head latent attention",
     "jamba": "has no attention (a hybrid's other block)", "bamba": "has no attention (a hybrid's other block)",
@@ -23,7 +24,8 @@ REFUSED = {
     "doge": _QK_NORM, "qwen3_next": _QK_NORM,
     "persimmon": "(q_layernorm, k_layernorm)", "lfm2": "(q_layernorm, k_layernorm)",
     "hunyuan_v1_dense": "(query_layernorm, key_layernorm)", "hunyuan_v1_moe": "(query_layernorm, key_layernorm)",
-    "codegen": _NO_INTERFACE, "gpt_neo": _NO_INTERFACE, "xglm": _NO_INTERFACE,
+    "codegen": "not the linear image of the residual stream",  # GPT-J's rotary layout
+    "xglm": _NO_INTERFACE,
     "dbrx": "clips queries, keys and values",
     "jetmoe": "no output projection",  # a mixture of attention heads
     "minimax": "has no attention (a hybrid's other block)",  # its first block is linear (lightning) attention
