@@ -6,7 +6,8 @@ from typing import Literal
 
 import torch
 
-from ._validate import check_logit_terms, resolve_backend, validate_inputs
+from ._validate import check_key_bias, check_logit_terms, resolve_backend, validate_inputs
+from .errors import KernelInputError
 from .reference import chunked_validated, grad_through_sdpa, needs_grad
 from .spec import AttnOut, StatsSpec
 
@@ -24,6 +25,7 @@ def attention_with_stats(
     compile: bool | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
+    key_bias: torch.Tensor | None = None,
 ) -> AttnOut:
     """Attention output plus per-head statistics, without materialising the ``[M, N]`` attention matrix.
 
@@ -45,9 +47,12 @@ def attention_with_stats(
             ``softcap * tanh(score / softcap)`` before masking and softmax.  None: plain scores.
         sinks: ``[head]`` learned sink logits (gpt-oss's ``module.sinks``): one extra softmax column per query head
             that takes probability mass and contributes no value.  None: no sink.
+        key_bias: ``[batch or 1, head, k_len]`` added to every score of key ``j`` (after soft-capping, before
+            masking): ALiBi's ``slope_h * j`` (BLOOM, MPT, Falcon with ALiBi).  Computed by the torch backend
+            ("auto" picks it; "triton" is refused).  None: no bias.
 
-    These two are call arguments, not :class:`StatsSpec` fields: like ``scale`` and ``causal`` they say which
-    attention is computed (a property of the model's layer, and ``sinks`` is a tensor), while the spec says what is
+    These three are call arguments, not :class:`StatsSpec` fields: like ``scale`` and ``causal`` they say which
+    attention is computed (a property of the model's layer, and ``sinks`` and ``key_bias`` are tensors), while the spec says what is
     measured of it and is saved with every run.
 
     Returns:
@@ -59,7 +64,10 @@ def attention_with_stats(
     """
     scale = validate_inputs(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask)
     softcap, sinks = check_logit_terms(softcap, sinks, q)
-    chosen = resolve_backend(backend, q)
+    key_bias = check_key_bias(key_bias, q, k.shape[2])
+    if key_bias is not None and backend == "triton":
+        raise KernelInputError("backend='triton' has no key_bias: use backend='torch' or 'auto'")
+    chosen = "torch" if key_bias is not None else resolve_backend(backend, q)
     if chosen == "triton":
         from ._triton_op import (
             triton_attention_stats,  # lazy: importing triton is slow and optional
@@ -74,4 +82,4 @@ def attention_with_stats(
                                      softcap=softcap, sinks=sinks)
         return run()
     return chunked_validated(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask,
-                             compile=compile, softcap=softcap, sinks=sinks)
+                             compile=compile, softcap=softcap, sinks=sinks, key_bias=key_bias)

@@ -36,9 +36,9 @@ _MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe")  # GraniteMoE ke
 #: part -> the child names transformers uses for it, tried in order (q/k/v inside the attention
 #: module, the norms inside the block, the final norm next to the block list)
 NAMES: dict[str, tuple[str, ...]] = {
-    "query projection": ("q_proj", "query", "q"),
-    "key projection": ("k_proj", "key", "k"),
-    "value projection": ("v_proj", "value", "v"),
+    "query projection": ("q_proj", "query", "q", "query_proj"),  # query_proj: DeBERTa
+    "key projection": ("k_proj", "key", "k", "key_proj"),
+    "value projection": ("v_proj", "value", "v", "value_proj"),
     # Gemma 2/3 norm the attention's output with post_attention_layernorm: their MLP's norm comes first
     "attention norm": ("input_layernorm", "ln_1", "attention_norm", "ln1", "self_attn_layer_norm", "ln_attn"),
     "MLP norm": ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2", "ffn_norm", "ln2",
@@ -99,6 +99,9 @@ class Projection:
         b = getattr(self.module, "bias", None)
         return None if b is None else b.index_select(0, self.index.to(b.device))
 
+#: families that add a per-key bias (ALiBi) to their scores, given to the attention module as a keyword argument:
+#: model_type -> (the keyword, whether the family scales it with the scores); see :func:`lens.projected.key_bias`
+KEY_BIAS = {"bloom": ("alibi", False), "falcon": ("alibi", True), "mpt": ("position_bias", False)}
 #: families whose blocks run attention and MLP side by side on one norm's output
 PARALLEL = frozenset({"gptj", "phi", "cohere", "cohere2", "codegen"})
 #: MLP classes that add the residual stream (their second argument) to their own output

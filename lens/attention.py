@@ -370,8 +370,8 @@ def check_interface(model: nn.Module) -> None:
     :mod:`lens.recording.native`.)"""
     if not reaches_stack(model):
         raise BackendError(f"{family(model)} computes attention without transformers' attention interface: "
-                           "q/k/v, attention-weight edits and stats mode are not available for it (patterns, z, "
-                           "residual and MLP sites and head edits are)")
+                           "attention-weight edits and stats mode are not available for it (patterns, q/k/v from "
+                           "its projections, z, residual and MLP sites and head edits are)")
 
 
 @contextmanager

@@ -16,6 +16,7 @@ before an inner one's, and a mapping's in its order).
 from __future__ import annotations
 
 import enum
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class Where(enum.Enum):
     RESID_PRE = "resid_pre"  #: input of the attention norm  [batch, pos, d_model]
     ATTN_NORMED = "attn_normed"  #: output of the attention norm  [batch, pos, d_model]
     ROTARY = "rotary"  #: the (cos, sin) rotary tables the attention module is given, read only; absent: not called
+    ATTN_CALL = "attn_call"  #: every call of the attention module: ``fn(arguments)``, its arguments by name, read only
     Q = "q"  #: query projection's output, before rotary  [batch, pos, head * d_head]
     K = "k"  #: key projection's output, before rotary  [batch, pos, kv_head * d_head]
     V = "v"  #: value projection's output  [batch, pos, kv_head * d_head]
@@ -99,7 +101,7 @@ def module_at(adapter, point: Point) -> nn.Module:
         if module is None:
             raise BackendError(f"{type(adapter.model).__name__} has no learned position embeddings")
         return module
-    if point.where is Where.ROTARY:
+    if point.where in (Where.ROTARY, Where.ATTN_CALL):
         return adapter.attention(point.layer)
     name, _ = _TABLE[point.where]
     return getattr(adapter, name)() if point.layer is None else getattr(adapter, name)(point.layer)
@@ -191,6 +193,14 @@ def _install(module: nn.Module, point: Point, fn, n_heads: int, shapes) -> list:
         def call(m, args, kwargs):
             fn(args, kwargs)
         return [module.register_forward_pre_hook(call, with_kwargs=True)]
+    if where is Where.ATTN_CALL:
+        signature = inspect.signature(module.forward)
+
+        def attn_call(m, args, kwargs):
+            bound = signature.bind_partial(*args, **kwargs).arguments
+            extra = next((n for n, p in signature.parameters.items() if p.kind is p.VAR_KEYWORD), None)
+            fn({**{k: v for k, v in bound.items() if k != extra}, **bound.get(extra, {})})
+        return [module.register_forward_pre_hook(attn_call, with_kwargs=True)]
     if where is Where.ROTARY:
         def rotary(m, args, kwargs):
             pe = kwargs.get("position_embeddings")

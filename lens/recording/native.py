@@ -4,8 +4,9 @@ Queries, keys, values and patterns are taken inside transformers' attention inte
 through an observer on the attention stack (:mod:`lens.attention`): it sees q and k after
 rotary embedding, k/v including the KV cache, and the probabilities of the layers whose
 pattern is captured (only those layers run eager attention). Families that compute attention in
-their own code (GPT-J, Falcon, BLOOM, MPT) give their pattern from the weights their attention
-modules return; q/k/v are refused for them in one line. ``z`` (the input of the output
+their own code the stack cannot reach (Falcon, BLOOM, MPT, XGLM, ...) give their pattern from the
+weights their attention modules return and q/k/v from their projections (rotated as they rotate
+them). ``z`` (the input of the output
 projection), the block's and MLP's outputs are taken by module hooks, after the edits of
 :mod:`lens.edits` (so a capture records what the edited model computed). Everything is
 undone on exit.
@@ -24,12 +25,13 @@ from attnlens.formats.capture import CaptureMeta
 from attnlens.formats.layouts import ImageLayout
 from lens import _exclusive
 from lens.adapters import ModelAdapter, adapter_for
-from lens.attention import AttentionObserver, attention_mode, uses_interface
+from lens.attention import AttentionObserver, attention_mode, reaches_stack
 from lens.edits import Edit, editing
 from lens.errors import BackendError, MemoryBudgetError
 from lens.hooks import Point, Where, hooked
 from lens.inputs import ModelInput
 from lens.loaded import LoadedModel
+from lens.projected import projected_qkv_points
 from lens.recording.record import Capture
 from lens.recording.spec import CaptureSpec, format_bytes
 from lens.sites import Part, Site, SiteKey
@@ -131,13 +133,17 @@ def capture(lm: LoadedModel, spec: CaptureSpec, *, edits: Sequence[Edit] = (),
         stack.callback(lambda: [h.remove() for h in handles])
         points = [(Point(Where.CALL), session.new_step)]
         in_attention = [s for s in spec.sites if s.in_attention and s.part is Part.SELF]
-        own = not uses_interface(lm.model) and in_attention in ([], [Site.PATTERN])
+        own = not reaches_stack(lm.model)
         if own:  # patterns of every part from the attention modules' own returned weights
             sdpa = getattr(lm.model.config, "_attn_implementation", None) == "sdpa"
             modules = adapter.attention_modules()
             for site in (s for s in spec.sites if s.is_pattern):
                 for layer in spec.layers:
                     handles.extend(_own_pattern_hooks(session, site, layer, modules[(site.part, layer)], sdpa))
+            if {Site.Q, Site.K, Site.V} & set(spec.sites):  # q/k/v from their projections
+                for layer in spec.layers:
+                    points.extend(projected_qkv_points(lm, adapter, layer, lambda q, k, v, call, layer=layer:
+                                                       session.on_inputs(None, layer, q, k, v)))
         elif in_attention:
             stack.enter_context(attention_mode(lm.model, session))  # refuses q/k/v where the interface is bypassed
         for site in spec.sites:

@@ -31,6 +31,7 @@ from lens.attention import (
     attention_modules,
     check_layers,
     model_attention,
+    reaches_stack,
     weights_and_output,
 )
 from lens.hooks import Point, Where, hooked
@@ -91,7 +92,9 @@ def stats_mode(model_or_lm, spec, layers: Sequence[int] | None = None, *, backen
     over the real keys, which sum to less than 1 (see :mod:`kernels.spec`).
 
     ``model_or_lm``: a :class:`LoadedModel` or a transformers model whose attention goes
-    through ``AttentionInterface``. ``part``: which attention (an encoder-decoder's encoder
+    through ``AttentionInterface`` (or GPT-J's, CodeGen's, GPT-Neo's ``_attn``). A loaded causal
+    decoder whose attention does not (Falcon, BLOOM, MPT, XGLM) gets statistics computed beside its
+    own attention from its projections (see ``_beside``); other such models are refused in one line. ``part``: which attention (an encoder-decoder's encoder
     self-attention and cross-attention run non-causal, as the modules say). Yields the
     :class:`StatsRecorder`; ``rec.stats[layer][call]``.
     """
@@ -115,17 +118,75 @@ def stats_mode(model_or_lm, spec, layers: Sequence[int] | None = None, *, backen
     except Exception as err:
         raise KernelInputError(str(err)) from None
     rec = StatsRecorder(spec=spec, layers=chosen, backend=backend, on_layer=on_layer, part=part)
+    wanted = chosen if chosen is not None else {layer for p, layer in attention_modules(model) if p is part}
+    if reaches_stack(model):
+        mode = attention_mode(model, rec)
+    elif isinstance(model_or_lm, LoadedModel) and _beside_possible(model_or_lm, part):
+        mode = _beside(model_or_lm, rec, sorted(wanted))
+    else:
+        mode = attention_mode(model, rec)  # refuses in one line
     calls = []
     with hooked(model, {Point(Where.CALL): lambda args, kwargs: calls.append(1)}), \
-            _exclusive.recording(model, "stats mode"), attention_mode(model, rec):
+            _exclusive.recording(model, "stats mode"), mode:
         yield rec
-    wanted = chosen if chosen is not None else {layer for p, layer in attention_modules(model) if p is part}
     missing = sorted(set(wanted) - set(rec.stats))
     if calls and missing:  # the model ran, and some layer never reached the statistics kernel
         from lens.attention import family
 
         raise BackendError(f"{family(model)} ran but stats mode recorded nothing for layers {missing}: "
                            "their attention does not go through transformers' attention interface")
+
+
+def _beside_possible(lm: LoadedModel, part: Part) -> bool:
+    """Statistics beside the model's own attention: for the self-attention of causal decoders (Falcon, BLOOM,
+    MPT, XGLM); an encoder's or encoder-decoder's own attention keeps the one-line refusal."""
+    return part is Part.SELF and lm.facts.causal and not lm.facts.encoder_layers
+
+
+@contextmanager
+def _beside(lm: LoadedModel, rec: StatsRecorder, layers: list[int]) -> Iterator[None]:
+    """Stats of a family whose attention the stack cannot reach, computed beside its own attention (which keeps
+    computing the outputs): from the q/k/v of its projections (:mod:`lens.projected`), its scale, its ALiBi bias
+    and the call's padding mask, by the chunked statistics kernel with a ``key_bias``. The family's own code
+    builds its N x N scores in any case, so this costs one more attention per recorded layer, not memory."""
+    from attnlens.kernels.reference import chunked_attention_stats
+    from lens.adapters import adapter_for
+    from lens.attention import family, score_scale
+    from lens.projected import key_bias, projected_qkv_points, reads_cache
+
+    if rec.backend == "triton":
+        raise KernelInputError(f"backend='triton': {family(lm.model)} computes attention outside transformers' "
+                               "attention interface, so its statistics run on the torch backend ('auto' or 'torch')")
+    adapter = adapter_for(lm.model, lm.facts.n_layers)
+    model_call: dict = {}
+
+    def on_call(args, kwargs) -> None:
+        if reads_cache(kwargs):
+            raise KernelInputError(f"{family(lm.model)} computes attention outside transformers' attention interface:"
+                                   " its statistics are computed beside it from the new positions' projections, "
+                                   "which a KV cache leaves out; record them without generation (one forward pass)")
+        model_call["mask"] = kwargs.get("attention_mask")
+
+    def layer_stats(layer: int):
+        scale = score_scale(adapter.attention(layer), lm.facts.d_head)
+
+        def on_qkv(q, k, v, arguments) -> None:
+            mask = model_call.get("mask")
+            kpm = mask.bool() if isinstance(mask, torch.Tensor) and tuple(mask.shape) == (q.shape[0], k.shape[2]) \
+                else None
+            bias = key_bias(lm, arguments, scale, q.shape[0], q.shape[1], k.shape[2])
+            res = chunked_attention_stats(q, k, v, causal=True, scale=scale, spec=rec.spec, key_padding_mask=kpm,
+                                          key_bias=bias)
+            rec.stats.setdefault(layer, []).append(res.stats.to("cpu"))
+            if rec.on_layer is not None:
+                rec.on_layer(layer)
+        return on_qkv
+
+    points = [(Point(Where.CALL), on_call)]
+    for layer in layers:
+        points += projected_qkv_points(lm, adapter, layer, layer_stats(layer))
+    with hooked(lm, points, adapter=adapter):
+        yield
 
 
 @dataclass

@@ -45,7 +45,7 @@ WRITERS = {
 }
 #: (kind, capability) -> words of its one-line refusal
 _NO_INTERFACE = "without transformers' attention interface"  # DeBERTa-v2 computes its disentangled attention itself
-REFUSED = {("deberta_v2", "sites"): _NO_INTERFACE, ("deberta_v2", "stats"): _NO_INTERFACE}
+REFUSED = {("deberta_v2", "stats"): _NO_INTERFACE}
 SITES = (Site.PATTERN, Site.Q, Site.K, Site.V, Site.Z, Site.RESID_PRE, Site.RESID_POST, Site.ATTN_OUT, Site.MLP_OUT)
 OUTSIDE = (Site.PATTERN, Site.Z, Site.RESID_PRE, Site.RESID_POST, Site.ATTN_OUT, Site.MLP_OUT)  # hooked outside attention
 LAYERS = [0, 1]

@@ -60,7 +60,7 @@ FAMILIES = [
     Family("Blenderbot", "blenderbot", _BART),
     Family("Blenderbot-small", "blenderbot-small", _BART),
     Family("M2M100", "m2m_100", _BART),
-    Family("MVP", "mvp", _BART, expect={"stats": _NO_INTERFACE, "sites": _NO_INTERFACE}),  # patterns: its own weights
+    Family("MVP", "mvp", _BART, expect={"stats": _NO_INTERFACE}),  # patterns: its own weights; q/k/v: its projections
 ]
 
 

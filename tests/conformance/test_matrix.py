@@ -69,7 +69,8 @@ class Family:
 
 
 _NO_INTERFACE = Refusal("BackendError", ("without transformers' attention interface",))
-_BYPASS = {"stats": _NO_INTERFACE, "sites": _NO_INTERFACE}  # patterns come from their own attention modules
+# patterns come from their own attention modules, q/k/v from their projections, stats beside their attention
+_BYPASS: dict = {}
 # EAP's graph is linear in the senders' outputs: families that break that refuse in one line
 _EAP_OUTPUT_NORMS = Refusal("BackendError", ("EAP cannot score", "normalises block outputs"))
 _EAP_MLA = Refusal("BackendError", ("EAP cannot score", "multi-head latent attention"))

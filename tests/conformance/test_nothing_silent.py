@@ -2,8 +2,9 @@
 
 MPT computes attention itself, without transformers' attention interface (and without an ``_attn``
 method the stack can wrap, as it does for GPT-J, CodeGen and GPT-Neo). Its pattern is taken from the
-weights its attention modules return (library and CLI, against its own eager ``output_attentions``);
-q/k/v and stats are refused up front (one line naming the family). The check after the forward pass,
+weights its attention modules return (library and CLI, against its own eager ``output_attentions``),
+q/k/v from its projections and stats beside its attention (test_projected_qkv.py); weight edits are
+refused up front (one line naming the family). The check after the forward pass,
 the safety net for any model that slips past a refusal or whose attention returns no weights, is
 exercised by switching the refusal off and dropping the weights.
 """
@@ -64,10 +65,13 @@ def mpt(mpt_folder):
     return lens.load(str(mpt_folder))
 
 
-def test_qkv_capture_is_refused_up_front(mpt):
+def test_weight_edits_are_refused_up_front(mpt):
+    from lens.attention import modifying_weights
+
     with pytest.raises(BackendError, match=r"MptForCausalLM \(mpt\) computes attention without transformers' "
-                                           r"attention interface: q/k/v"):
-        lens.run(mpt, IDS, sites=[Site.PATTERN, Site.Q], layers=[0])
+                                           r"attention interface: attention-weight edits"):
+        with modifying_weights(mpt, lambda layer, w: w, layers=[0]):
+            pass
 
 
 def test_pattern_is_the_models_own_and_logits_do_not_move(mpt, mpt_folder):
@@ -83,9 +87,17 @@ def test_pattern_is_the_models_own_and_logits_do_not_move(mpt, mpt_folder):
     assert torch.equal(got.logits, plain)
 
 
-def test_stats_are_refused_up_front(mpt):
-    with pytest.raises(BackendError, match="without transformers' attention interface"):
-        lens.run_stats(mpt, IDS)
+def test_stats_come_from_beside_its_attention(mpt):
+    """MPT's statistics are computed beside its own attention (test_projected_qkv.py checks their values); a
+    bare transformers model, which has no facts to split its projections by, is refused in one line."""
+    assert sorted(lens.run_stats(mpt, IDS).stats) == [0, 1]
+    from attnlens.kernels import StatsSpec
+    from lens.recording.stats import stats_mode
+
+    with pytest.raises(BackendError, match="without transformers' attention interface") as info:
+        with stats_mode(mpt.model, StatsSpec()):
+            pass
+    assert "\n" not in str(info.value)
 
 
 def test_sites_outside_attention_still_work(mpt):
@@ -95,8 +107,9 @@ def test_sites_outside_attention_still_work(mpt):
 
 
 def test_capture_that_records_nothing_raises(mpt, monkeypatch):
-    """With the up-front refusal switched off, the forward pass runs and the attention stack never
-    sees a call: the capture must not come back empty."""
+    """Taken for a model the attention stack reaches, with the up-front refusal switched off, the
+    forward pass runs and the stack never sees a call: the capture must not come back empty."""
+    monkeypatch.setattr("lens.recording.native.reaches_stack", lambda model: True)
     monkeypatch.setattr("lens.attention.check_interface", lambda model: None)
     with pytest.raises(BackendError, match=r"ran but recorded nothing at q@0, q@1"):
         lens.run(mpt, IDS, sites=[Site.Q], layers=[0, 1])
@@ -115,6 +128,8 @@ def test_attention_that_returns_no_weights_raises(mpt):
 
 
 def test_stats_that_record_nothing_raise(mpt, monkeypatch):
+    """Taken for a model the stack reaches, with the refusal off: the stack never sees a call."""
+    monkeypatch.setattr("lens.recording.stats.reaches_stack", lambda model: True)
     monkeypatch.setattr("lens.attention.check_interface", lambda model: None)
     with pytest.raises(BackendError, match=r"stats mode recorded nothing for layers \[0, 1\]"):
         lens.run_stats(mpt, IDS)
@@ -149,21 +164,33 @@ def test_cli_capture_writes_the_pattern(cli, mpt_folder, tmp_path):
         assert torch.allclose(cap.pattern(layer), want[layer], atol=1e-6)
 
 
-def test_cli_capture_refuses_qkv_in_one_line(cli, mpt_folder, tmp_path):
+def test_cli_capture_writes_q_from_the_projections(cli, mpt_folder, tmp_path):
+    from lens.recording.record import Capture
+
     code, out, err = cli("capture", mpt_folder, "--prompt", "hello", "--sites", "pattern,q", "--out", tmp_path / "c")
-    assert code == 2, err
-    lines = _error_lines(err)
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "MptForCausalLM (mpt)" in lines[0] and "attention interface" in lines[0]
-    assert "a bug in attnlens" not in err
-    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+    assert code == 0, err
+    cap = Capture.load(tmp_path / "c" / "000")
+    assert cap.get(Site.Q, 1).shape[:2] == (1, 4) and cap.get(Site.Q, 1).abs().sum() > 0
 
 
-def test_cli_stats_refuses_in_one_line(cli, mpt_folder, tmp_path):
+def test_cli_stats_writes_the_run(cli, mpt_folder, tmp_path):
+    from attnlens.formats.stats_run import StatsFile
+
     code, out, err = cli("stats", mpt_folder, "--prompt", "hello", "--out", tmp_path / "s")
-    assert code == 2, err
-    lines = _error_lines(err)
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "MptForCausalLM (mpt)" in lines[0], err
+    assert code == 0, err
+    assert StatsFile.load(tmp_path / "s").layers == [0, 1]
+
+
+def test_stats_beside_attention_refuse_triton_in_one_line(mpt):
+    from attnlens.kernels import StatsSpec
+    from lens.errors import KernelInputError
+    from lens.recording.stats import stats_mode
+
+    with pytest.raises(KernelInputError, match=r"backend='triton': MptForCausalLM \(mpt\) computes attention "
+                                               "outside") as info:
+        with stats_mode(mpt, StatsSpec(), backend="triton"):
+            pass
+    assert "\n" not in str(info.value)
 
 
 @pytest.fixture(scope="module")
