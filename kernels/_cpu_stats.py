@@ -167,7 +167,7 @@ def chunked_stats(
     chunk_size: int,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
-    key_bias: torch.Tensor | None = None,
+    score_bias: torch.Tensor | None = None,
 ) -> AttnOut:
     """Stats attention over query chunks of ``chunk_size``; inputs already validated (see ``chunked_attention_stats``).
 
@@ -176,7 +176,8 @@ def chunked_stats(
         key_padding_mask: ``[B, N]`` bool, True = keep.  attn_mask: ``[B or 1, H or 1, M, N]`` bool, True = keep.
         softcap: scores become ``softcap * tanh(scores / softcap)`` before masking.  sinks: ``[H]`` float32 logits,
             one extra softmax column per head that takes mass and gives no value (see :mod:`kernels.spec`).
-        key_bias: ``[B or 1, H, N]`` float32, added to every score of key ``j`` after soft-capping (ALiBi).
+        score_bias: float32 ``[B or 1, H, N]`` (per key: ALiBi) or ``[B or 1, H, M, N]`` (per query and key: T5),
+            added to the scores after soft-capping.
     Returns:
         :class:`AttnOut`: ``out [B, H, M, D]`` in ``q.dtype``, float32 statistics, int64 indices.
     """
@@ -217,8 +218,8 @@ def chunked_stats(
         s = s.view(b, h, c, k_end)
         if softcap is not None:
             s.div_(softcap).tanh_().mul_(softcap)
-        if key_bias is not None:
-            s.add_(key_bias[:, :, None, :k_end])
+        if score_bias is not None:
+            s.add_(score_bias[:, :, None, :k_end] if score_bias.dim() == 3 else score_bias[:, :, rows, :k_end])
         masks.apply_(s, r0, r0 + off, weights=False)
         if count is not None:
             count[:, :, :k_end] += (s > _EMPTY_BELOW).sum(-2, dtype=f32)

@@ -64,12 +64,12 @@ def assert_matches_oracle(
     tol: Tolerance | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
-    key_bias: torch.Tensor | None = None,
+    score_bias: torch.Tensor | None = None,
 ) -> None:
     """Compare every field of ``got`` with the float64 oracle; argmax / top-k indices may differ only on near-ties."""
     tol = tol or TOLERANCES[q.dtype]
     kw = dict(causal=causal, scale=scale, key_padding_mask=key_padding_mask, attn_mask=attn_mask, softcap=softcap,
-              sinks=sinks, key_bias=key_bias)
+              sinks=sinks, score_bias=score_bias)
     ref = naive_attention_stats(q, k, v, spec=spec, **kw)
     r, g = ref.stats, got.stats
     assert got.out.dtype == q.dtype and got.out.shape == q.shape

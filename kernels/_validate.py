@@ -129,24 +129,26 @@ def check_logit_terms(softcap, sinks, q: torch.Tensor) -> tuple[float | None, to
     return softcap, sinks.detach().to(torch.float32).contiguous()
 
 
-def check_key_bias(key_bias, q: torch.Tensor, k_len: int) -> torch.Tensor | None:
-    """``key_bias``: None or a finite ``[batch or 1, head, k_len]`` tensor added to every score of key ``j``
-    (ALiBi's ``slope_h * j``, MPT's position bias); returned float32 on ``q``'s device layout."""
-    if key_bias is None:
+def check_score_bias(score_bias, q: torch.Tensor, k_len: int) -> torch.Tensor | None:
+    """``score_bias``: None, or a finite tensor added to the scores: ``[batch or 1, head, k_len]`` per key (ALiBi's
+    ``slope_h * j``, MPT's position bias) or ``[batch or 1, head, q_len, k_len]`` per query and key (T5's relative
+    position bias). Returned as float32."""
+    if score_bias is None:
         return None
-    b, h = q.shape[:2]
-    if not isinstance(key_bias, torch.Tensor):
-        raise KernelInputError(f"key_bias must be None or a [batch, head, k_len] tensor, got {type(key_bias).__name__}")
-    if key_bias.dim() != 3 or key_bias.shape[0] not in (1, b) or tuple(key_bias.shape[1:]) != (h, k_len):
-        raise KernelInputError(f"key_bias shape {tuple(key_bias.shape)} does not match [batch or 1, head, k_len] = "
-                               f"[{b}, {h}, {k_len}]")
-    if not key_bias.is_floating_point():
-        raise KernelInputError(f"key_bias dtype {key_bias.dtype} is not a floating point type")
-    if key_bias.device != q.device:
-        raise KernelInputError(f"key_bias is on {key_bias.device} but q is on {q.device}")
-    if not bool(torch.isfinite(key_bias).all()):
-        raise KernelInputError("key_bias holds NaN or inf: mask keys with key_padding_mask, not the bias")
-    return key_bias.detach().to(torch.float32).contiguous()
+    b, h, m = q.shape[:3]
+    if not isinstance(score_bias, torch.Tensor):
+        raise KernelInputError(f"score_bias must be None or a tensor, got {type(score_bias).__name__}")
+    want = (h, k_len) if score_bias.dim() == 3 else (h, m, k_len)
+    if score_bias.dim() not in (3, 4) or score_bias.shape[0] not in (1, b) or tuple(score_bias.shape[1:]) != want:
+        raise KernelInputError(f"score_bias shape {tuple(score_bias.shape)} is neither [batch or 1, head, k_len] = "
+                               f"[{b}, {h}, {k_len}] nor [batch or 1, head, q_len, k_len] = [{b}, {h}, {m}, {k_len}]")
+    if not score_bias.is_floating_point():
+        raise KernelInputError(f"score_bias dtype {score_bias.dtype} is not a floating point type")
+    if score_bias.device != q.device:
+        raise KernelInputError(f"score_bias is on {score_bias.device} but q is on {q.device}")
+    if not bool(torch.isfinite(score_bias).all()):
+        raise KernelInputError("score_bias holds NaN or inf: mask keys with key_padding_mask, not the bias")
+    return score_bias.detach().to(torch.float32).contiguous()
 
 
 def _all_finite(t: torch.Tensor) -> bool:

@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 
-from ._validate import check_key_bias, check_logit_terms, resolve_backend, validate_inputs
+from ._validate import check_logit_terms, check_score_bias, resolve_backend, validate_inputs
 from .errors import KernelInputError
 from .reference import chunked_validated, grad_through_sdpa, needs_grad
 from .spec import AttnOut, StatsSpec
@@ -25,7 +25,7 @@ def attention_with_stats(
     compile: bool | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
-    key_bias: torch.Tensor | None = None,
+    score_bias: torch.Tensor | None = None,
 ) -> AttnOut:
     """Attention output plus per-head statistics, without materialising the ``[M, N]`` attention matrix.
 
@@ -47,12 +47,13 @@ def attention_with_stats(
             ``softcap * tanh(score / softcap)`` before masking and softmax.  None: plain scores.
         sinks: ``[head]`` learned sink logits (gpt-oss's ``module.sinks``): one extra softmax column per query head
             that takes probability mass and contributes no value.  None: no sink.
-        key_bias: ``[batch or 1, head, k_len]`` added to every score of key ``j`` (after soft-capping, before
-            masking): ALiBi's ``slope_h * j`` (BLOOM, MPT, Falcon with ALiBi).  Computed by the torch backend
-            ("auto" picks it; "triton" is refused).  None: no bias.
+        score_bias: added to the scores after soft-capping, before masking: ``[batch or 1, head, k_len]`` per
+            key (ALiBi's ``slope_h * j``: BLOOM, MPT, Falcon with ALiBi) or ``[batch or 1, head, q_len, k_len]``
+            per query and key (T5's relative position bias).  Computed by the torch backend ("auto" picks it;
+            "triton" is refused).  None: no bias.
 
     These three are call arguments, not :class:`StatsSpec` fields: like ``scale`` and ``causal`` they say which
-    attention is computed (a property of the model's layer, and ``sinks`` and ``key_bias`` are tensors), while the spec says what is
+    attention is computed (a property of the model's layer, and ``sinks`` and ``score_bias`` are tensors), while the spec says what is
     measured of it and is saved with every run.
 
     Returns:
@@ -64,10 +65,10 @@ def attention_with_stats(
     """
     scale = validate_inputs(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask)
     softcap, sinks = check_logit_terms(softcap, sinks, q)
-    key_bias = check_key_bias(key_bias, q, k.shape[2])
-    if key_bias is not None and backend == "triton":
-        raise KernelInputError("backend='triton' has no key_bias: use backend='torch' or 'auto'")
-    chosen = "torch" if key_bias is not None else resolve_backend(backend, q)
+    score_bias = check_score_bias(score_bias, q, k.shape[2])
+    if score_bias is not None and backend == "triton":
+        raise KernelInputError("backend='triton' has no score_bias: use backend='torch' or 'auto'")
+    chosen = "torch" if score_bias is not None else resolve_backend(backend, q)
     if chosen == "triton":
         from ._triton_op import (
             triton_attention_stats,  # lazy: importing triton is slow and optional
@@ -82,4 +83,4 @@ def attention_with_stats(
                                      softcap=softcap, sinks=sinks)
         return run()
     return chunked_validated(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask,
-                             compile=compile, softcap=softcap, sinks=sinks, key_bias=key_bias)
+                             compile=compile, softcap=softcap, sinks=sinks, score_bias=score_bias)

@@ -15,6 +15,9 @@ that case ``window_mass`` still uses the query's position (``i + N - M``), indep
 Values of another width than queries and keys (MLA) are padded with zero columns (or queries and keys are), which
 changes no score; the output is cut back to the values' width.
 
+T5's relative position bias (the ``position_bias`` keyword its attention passes) goes to the kernel as its
+``score_bias`` (the chunked torch path computes it).
+
 Soft-capping and learned sinks come from the layer as its own eager attention takes them: ``softcap`` in the call's
 keyword arguments (Gemma 2 passes ``attn_logit_softcapping``), the sinks as ``s_aux`` (gpt-oss passes
 ``module.sinks``) or, without it, the module's ``sinks`` parameter; both go to the kernel (see :mod:`kernels.spec`).
@@ -101,9 +104,7 @@ def stats_attention_call(
     """
     if dropout and dropout > 0.0:
         raise KernelInputError(f"dropout={dropout} is not supported by stats attention: call model.eval()")
-    if kwargs.get("position_bias") is not None:
-        raise KernelInputError(f"{type(module).__name__} adds a position_bias to its scores: stats attention does "
-                               "not support additive position biases")
+    position_bias = kwargs.get("position_bias")  # T5's relative position bias, [1 or B, H, M, N]
     softcap = kwargs.get("softcap")
     sinks = layer_sinks(module, kwargs)
     is_causal = kwargs.get("is_causal")
@@ -125,9 +126,10 @@ def stats_attention_call(
             query = torch.nn.functional.pad(query, (0, d_v - d_qk))
             key = torch.nn.functional.pad(key, (0, d_v - d_qk))
     if explicit is None:
-        res = attention_with_stats(query, key, value, causal=causal, scale=scaling, spec=spec,
-                                   key_padding_mask=kpm, backend=backend, softcap=softcap, sinks=sinks)
+        res = attention_with_stats(query, key, value, causal=causal, scale=scaling, spec=spec, key_padding_mask=kpm,
+                                   backend="torch" if position_bias is not None and backend == "auto" else backend,
+                                   softcap=softcap, sinks=sinks, score_bias=position_bias)
     else:
         res = chunked_attention_stats(query, key, value, causal=False, scale=scaling, spec=spec, attn_mask=explicit,
-                                      softcap=softcap, sinks=sinks)
+                                      softcap=softcap, sinks=sinks, score_bias=position_bias)
     return res.out[..., :d_v].transpose(1, 2).contiguous(), res.stats, explicit is not None

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from . import _compiled
 from ._compiled import use_compiled
 from ._cpu_stats import FUSED_MAX_KEYS, chunked_stats, fused_stats
-from ._validate import check_key_bias, check_logit_terms, validate_inputs
+from ._validate import check_logit_terms, check_score_bias, validate_inputs
 from .errors import KernelInputError
 from .spec import AttnOut, AttnStats, StatsSpec
 
@@ -86,18 +86,18 @@ def naive_attention_stats(
     attn_mask: torch.Tensor | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
-    key_bias: torch.Tensor | None = None,
+    score_bias: torch.Tensor | None = None,
 ) -> AttnOut:
     """Oracle: float64, materialises ``A [B, H, M, N]``.  Returns ``out`` and every stat in float64 (indices int64).
 
     Shapes as in :func:`kernels.attention_with_stats`; memory is ``O(B * H * M * N)``: small inputs only.
-    ``softcap``, ``sinks`` and ``key_bias`` as there: written here straight from their definition in :mod:`kernels.spec`.
+    ``softcap``, ``sinks`` and ``score_bias`` as there: written here straight from their definition in :mod:`kernels.spec`.
     """
     scale = validate_inputs(
         q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask, allow_float64=True
     )
     softcap, sinks = check_logit_terms(softcap, sinks, q)
-    key_bias = check_key_bias(key_bias, q, k.shape[2])
+    score_bias = check_score_bias(score_bias, q, k.shape[2])
     b, h, m, _ = q.shape
     n = k.shape[2]
     _check_attn_mask(attn_mask, q, n)
@@ -107,8 +107,8 @@ def naive_attention_stats(
     s = q.double() @ kk.transpose(-1, -2) * scale
     if softcap is not None:
         s = softcap * torch.tanh(s / softcap)
-    if key_bias is not None:
-        s = s + key_bias.double()[:, :, None, :]
+    if score_bias is not None:
+        s = s + (score_bias.double()[:, :, None, :] if score_bias.dim() == 3 else score_bias.double())
     vis = _visible(torch.arange(m, device=q.device), n, m, causal, key_padding_mask, q.device)
     if attn_mask is not None:
         vis = vis & attn_mask
@@ -158,7 +158,7 @@ def chunked_attention_stats(
     compile: bool | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
-    key_bias: torch.Tensor | None = None,
+    score_bias: torch.Tensor | None = None,
 ) -> AttnOut:
     """Chunked float32 implementation: ``O(B * H * chunk * N)`` memory, same results as the oracle.
 
@@ -174,24 +174,24 @@ def chunked_attention_stats(
         compile: run the compiled C++ kernel (CPU only; not for ``attn_mask``), the same algorithm on cache-sized
             blocks.  ``None``: the ``ATTNLENS_COMPILE`` environment variable, else only for calls with at least
             ``MIN_SCORES`` visible scores and a C++ compiler and ninja there (see :mod:`kernels._compiled`).
-        softcap, sinks, key_bias: as in :func:`kernels.attention_with_stats` (``key_bias`` runs this chunked
+        softcap, sinks, score_bias: as in :func:`kernels.attention_with_stats` (``score_bias`` runs this chunked
             loop, never the compiled kernel).
     Returns:
         :class:`AttnOut` with ``out [B, H, M, D]`` in ``q.dtype`` and float32 stats.
     """
     scale = validate_inputs(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask)
     softcap, sinks = check_logit_terms(softcap, sinks, q)
-    key_bias = check_key_bias(key_bias, q, k.shape[2])
+    score_bias = check_score_bias(score_bias, q, k.shape[2])
     return chunked_validated(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask,
                              attn_mask=attn_mask, chunk_size=chunk_size, compile=compile, softcap=softcap, sinks=sinks,
-                             key_bias=key_bias)
+                             score_bias=score_bias)
 
 
 def chunked_validated(q, k, v, *, causal: bool, scale: float, spec: StatsSpec, key_padding_mask, attn_mask=None,
                       chunk_size: int | None = None, compile: bool | None = None, softcap: float | None = None,
-                      sinks: torch.Tensor | None = None, key_bias: torch.Tensor | None = None) -> AttnOut:
+                      sinks: torch.Tensor | None = None, score_bias: torch.Tensor | None = None) -> AttnOut:
     """:func:`chunked_attention_stats` for inputs :func:`validate_inputs`, :func:`check_logit_terms` and
-    :func:`check_key_bias` have passed (``scale`` resolved, ``sinks`` and ``key_bias`` float32)."""
+    :func:`check_score_bias` have passed (``scale`` resolved, ``sinks`` and ``score_bias`` float32)."""
     b, h, m, _ = q.shape
     n = k.shape[2]
     _check_attn_mask(attn_mask, q, n)
@@ -200,7 +200,7 @@ def chunked_validated(q, k, v, *, causal: bool, scale: float, spec: StatsSpec, k
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise KernelInputError(f"chunk_size={chunk_size!r} must be an int >= 1")
     fused = (use_compiled(compile, q, b * h * _visible_pairs(m, n, causal)) and attn_mask is None
-             and key_bias is None and n < FUSED_MAX_KEYS)
+             and score_bias is None and n < FUSED_MAX_KEYS)
 
     def run() -> AttnOut:
         ext = _compiled.extension() if fused else None  # None too when building failed (warned once)
@@ -209,11 +209,11 @@ def chunked_validated(q, k, v, *, causal: bool, scale: float, spec: StatsSpec, k
                                softcap=softcap, sinks=sinks)
         return chunked_stats(q, k, v, causal=causal, scale=scale, spec=spec, key_padding_mask=key_padding_mask,
                              attn_mask=attn_mask, chunk_size=chunk_size, softcap=softcap, sinks=sinks,
-                             key_bias=key_bias)
+                             score_bias=score_bias)
 
     if needs_grad(q, k, v):
-        if key_bias is not None:
-            raise KernelInputError("key_bias: statistics with a key bias have no differentiable output here; "
+        if score_bias is not None:
+            raise KernelInputError("score_bias: statistics with a score bias have no differentiable output here; "
                                    "call under torch.no_grad()")  # the one-pass path writes into preallocated buffers, which autograd cannot follow
         return grad_through_sdpa(run, q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask,
                                  attn_mask=attn_mask, softcap=softcap, sinks=sinks)

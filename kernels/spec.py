@@ -14,8 +14,9 @@ Semantics shared by every backend (naive oracle, chunked torch, triton):
   sums to ``1 - exp(sink_h - lse)``.  Every statistic is of these weights: ``entropy = -sum_j A log A`` over the real
   keys only, ``max_weight``, the masses and top-k weights are fractions of the whole softmax including the sink's
   share; ``out = sum_j A[i, j] v_j`` equals the model's.
-* With a ``key_bias`` (``[batch or 1, head, k_len]``: ALiBi's ``slope_h * j``, MPT's position bias) the score of key
-  ``j`` gains ``key_bias[h, j]`` after soft-capping and before masking; ``lse`` is of these scores.
+* With a ``score_bias`` the scores gain it after soft-capping and before masking: ``[batch or 1, head, k_len]`` per key
+  (ALiBi's ``slope_h * j``, MPT's position bias) or ``[batch or 1, head, q_len, k_len]`` per query and key (T5's
+  relative position bias); ``lse`` is of these scores.
 * A query row with no visible key (e.g. a left-padding position; with a sink too) has ``out = 0``, ``lse = -inf``, ``entropy = 0``,
   ``max_weight = 0``, ``argmax = -1``, masses 0 and top-k weights 0 with index -1.
 """

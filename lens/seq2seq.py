@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from attnlens.formats.facts import Modality, ModelFacts
-from lens.errors import BackendError, PromptError
+from lens.errors import PromptError
 
 
 @dataclass(frozen=True)
@@ -92,13 +92,3 @@ def generate(lm, source_ids: torch.Tensor, *, max_new_tokens: int = 20) -> list[
         seq.pop()
     return seq
 
-
-def refuse_stats(lm) -> None:
-    """Stats mode computes plain scaled softmax attention: T5's relative position bias would be dropped."""
-    from lens.adapters import adapter_for
-    from lens.attention import family
-
-    modules = adapter_for(lm.model).attention_modules().values()
-    if any(getattr(m, "has_relative_attention_bias", False) for m in modules):
-        raise BackendError(f"{family(lm.model)} adds a relative position bias to its attention scores: stats mode "
-                           "does not support additive position biases (capture the patterns instead)")

@@ -71,7 +71,8 @@ class StatsRecorder(AttentionCompute):
             self.on_layer(layer)
         weights = None
         if need_weights:  # an observer (pattern capture) wants probabilities as well: compute them too
-            if kwargs.get("softcap") is not None or layer_sinks(module, kwargs) is not None:
+            if (kwargs.get("softcap") is not None or layer_sinks(module, kwargs) is not None
+                    or kwargs.get("position_bias") is not None):
                 _, weights = model_attention(module, query, key, value, attention_mask, **kwargs)  # keeps them
             else:
                 _, weights = weights_and_output(module, query, key, value, attention_mask,
@@ -147,7 +148,7 @@ def _beside_possible(lm: LoadedModel, part: Part) -> bool:
 def _beside(lm: LoadedModel, rec: StatsRecorder, layers: list[int]) -> Iterator[None]:
     """Stats of a family whose attention the stack cannot reach, computed beside its own attention (which keeps
     computing the outputs): from the q/k/v of its projections (:mod:`lens.projected`), its scale, its ALiBi bias
-    and the call's padding mask, by the chunked statistics kernel with a ``key_bias``. The family's own code
+    and the call's padding mask, by the chunked statistics kernel with a per-key ``score_bias``. The family's own code
     builds its N x N scores in any case, so this costs one more attention per recorded layer, not memory."""
     from attnlens.kernels.reference import chunked_attention_stats
     from lens.adapters import adapter_for
@@ -176,7 +177,7 @@ def _beside(lm: LoadedModel, rec: StatsRecorder, layers: list[int]) -> Iterator[
                 else None
             bias = key_bias(lm, arguments, scale, q.shape[0], q.shape[1], k.shape[2])
             res = chunked_attention_stats(q, k, v, causal=True, scale=scale, spec=rec.spec, key_padding_mask=kpm,
-                                          key_bias=bias)
+                                          score_bias=bias)
             rec.stats.setdefault(layer, []).append(res.stats.to("cpu"))
             if rec.on_layer is not None:
                 rec.on_layer(layer)
@@ -251,10 +252,6 @@ def run_stats(lm: LoadedModel, prompt, *, spec=None, layers=None, backend: Kerne
     if layers is None:  # every layer with attention (a hybrid's other blocks have none)
         layers = sorted(layer for part, layer in attention_modules(lm.model) if part is Part.SELF)
     selection = CaptureSpec.resolve(lm.facts, layers=layers)  # validates the layers
-    if lm.facts.encoder_layers and lm.facts.modality is Modality.TEXT:  # T5, BART: before decoding a target
-        from lens import seq2seq
-
-        seq2seq.refuse_stats(lm)
     x = prompt if isinstance(prompt, ModelInput) else prepare(lm, prompt, image=image, chat=chat)
     if x.spans:
         spec = replace(spec, spans=(*spec.spans, *x.spans))
