@@ -75,6 +75,17 @@ def interpret_mask(
     return False, None, keep
 
 
+def _split_additive(attention_mask: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """An additive float mask holding values other than 0 / -inf as ``(keep-mask, its finite values as a bias)``;
+    any other mask unchanged, with no bias."""
+    if attention_mask is None or attention_mask.dtype == torch.bool or attention_mask.dim() != 4:
+        return attention_mask, None
+    blocked = attention_mask <= torch.finfo(attention_mask.dtype).min / 2
+    if bool(((attention_mask == 0) | blocked).all()):
+        return attention_mask, None
+    return ~blocked, attention_mask.masked_fill(blocked, 0)
+
+
 def layer_sinks(module: torch.nn.Module, kwargs: dict) -> torch.Tensor | None:
     """A layer's learned sink logits ``[head]``: the ``s_aux`` its forward passes (gpt-oss), else its ``sinks``
     parameter, else None."""
@@ -114,6 +125,11 @@ def stats_attention_call(
         # Same as SDPA's integration: only reachable on prefill into an empty static cache, whose tail is unused.
         key, value = key[:, :, :q_len], value[:, :, :q_len]
         k_len = q_len
+    attention_mask, mask_bias = _split_additive(attention_mask)
+    if mask_bias is not None:  # a mask that carries biases (Doge's dynamic mask): the finite part is a score bias
+        position_bias = mask_bias if position_bias is None else position_bias + mask_bias
+    if position_bias is not None and position_bias.shape[1] == 1:  # one bias for every head
+        position_bias = position_bias.expand(-1, query.shape[1], -1, -1)
     causal, kpm, explicit = interpret_mask(attention_mask, q_len, k_len, module_causal)
     # MLA (DeepSeek-V2/V3): values narrower (or wider) than queries/keys. Zero columns change neither the
     # scores nor the statistics, so the narrower side is padded and the output cut back to the values' width.

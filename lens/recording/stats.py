@@ -139,9 +139,9 @@ def stats_mode(model_or_lm, spec, layers: Sequence[int] | None = None, *, backen
 
 
 def _beside_possible(lm: LoadedModel, part: Part) -> bool:
-    """Statistics beside the model's own attention: for the self-attention of causal decoders (Falcon, BLOOM,
-    MPT, XGLM); an encoder's or encoder-decoder's own attention keeps the one-line refusal."""
-    return part is Part.SELF and lm.facts.causal and not lm.facts.encoder_layers
+    """Statistics beside the model's own attention: for causal self-attention (Falcon, BLOOM, MPT, XGLM, MVP's
+    decoder); an encoder's own attention and cross-attention keep the one-line refusal."""
+    return part is Part.SELF and lm.facts.causal
 
 
 @contextmanager

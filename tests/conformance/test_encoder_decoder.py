@@ -35,7 +35,6 @@ _T5 = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_
            decoder_start_token_id=0, pad_token_id=2, eos_token_id=1)
 _BART_PROJ = "model.decoder.layers.{layer}.self_attn.out_proj"
 _T5_PROJ = "decoder.block.{layer}.layer.0.SelfAttention.o"
-_NO_INTERFACE = Refusal("BackendError", ("without transformers' attention interface",))
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ FAMILIES = [
     Family("Blenderbot", "blenderbot", _BART),
     Family("Blenderbot-small", "blenderbot-small", _BART),
     Family("M2M100", "m2m_100", _BART),
-    Family("MVP", "mvp", _BART, expect={"stats": _NO_INTERFACE}),  # patterns: its own weights; q/k/v: its projections
+    Family("MVP", "mvp", _BART),  # patterns: its own weights; q/k/v: its projections; stats beside its attention
 ]
 
 
