@@ -80,7 +80,7 @@ bench-ray: install
 conformance: install
 	ATTNLENS_CONFORMANCE_TABLE=docs/conformance.md $(BIN)/python -m pytest -q tests/conformance/test_matrix.py \
 	  tests/conformance/test_dla_families.py tests/conformance/test_encoder_decoder.py \
-	  tests/conformance/test_folder_kinds.py tests/conformance/test_encoder_cells.py
+	  tests/conformance/test_folder_kinds.py tests/conformance/test_encoder_cells.py tests/conformance/test_whisper_cells.py
 
 lint: install
 	$(BIN)/ruff check lens analyses kernels dashboards formats pipelines tests benchmarks notebooks

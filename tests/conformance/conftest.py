@@ -23,7 +23,8 @@ def tokenizer_folder(tmp_path_factory):
 
 _CELLS: dict[str, dict[str, dict[str, str]]] = {}  # section -> family id -> capability -> what happened
 _REFUSALS: dict[tuple[str, str], str] = {}
-_NODE = re.compile(r"(test_matrix|test_encoder_decoder|test_folder_kinds|test_encoder_cells|test_dla_families)\.py::"
+_NODE = re.compile(r"(test_matrix|test_encoder_decoder|test_folder_kinds|test_encoder_cells|test_whisper_cells|"
+                   r"test_dla_families)\.py::"
                    r"test_(\w+)\[(\w+)\]$")
 _DECODERS = "Decoders (causal LMs, MoE, hybrids)"
 _ENCODERS = "Encoders and vision encoders (EAP and DLA are not run for them)"
@@ -34,6 +35,7 @@ _SECTIONS = {
                             "checked in the same cells; EAP and DLA are not run for them)",
     "test_folder_kinds": _ENCODERS,
     "test_encoder_cells": _ENCODERS,
+    "test_whisper_cells": _ENCODERS,
 }
 _RENAMED = {"dla_parts_sum_to_the_reference_logits": "dla", "folder_loads_as_its_kind": "facts"}
 CAPABILITIES = ["facts", "pattern", "logits", "sites", "stats", "head_edit", "eap", "dla"]

@@ -120,7 +120,7 @@ KINDS = {
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_folder_loads_as_its_kind(request, folders, kind):
     """The right class, modality and causality; patterns equal the eager model's own (Whisper's are
-    checked in tests/speech, not here: its cell in the table is facts only)."""
+    checked in test_whisper_cells.py: here its cell in the table is facts only)."""
     cls, modality, causal = KINDS[kind]
     folder = folders(kind)
     lm = lens.load(str(folder))
