@@ -77,7 +77,8 @@ def ablation_html(a: AblationResult) -> str:
 
 
 def ablation_heatmap(r: HeadScores, label: str):
-    return HeadGrid(r.scores, label, width=400, height=340, name="ablation_heatmap", value_name=r.metric).figure
+    return HeadGrid(r.scores, label, width=400, height=340, name="ablation_heatmap", value_name=r.metric,
+                    scale=r.scale, categories=r.categories).figure
 
 
 def sweep_status_html(folder: ResultsFolder) -> str:

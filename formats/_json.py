@@ -183,10 +183,25 @@ def write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def umask() -> int:
+    """This process's umask, read without changing it where Linux says it (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but only on other systems)
+    os.umask(mask)
+    return mask
+
+
 def stage_bytes(path: Path, data: bytes) -> Path:
-    """``data`` in a new temporary file beside ``path``, flushed to disk; the caller renames it."""
+    """``data`` in a new temporary file beside ``path``, flushed to disk; the caller renames it. The file gets the
+    mode a plain ``open`` would give it (0666 less the umask), not the temporary file's private 0600."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from attnlens.formats._json import umask
 from attnlens.formats.errors import (
     OutputExistsError,
     OutputLockedError,
@@ -250,7 +251,7 @@ def new_sibling(path: Path, kind: str = "output") -> Path:
     ``mkdir`` would give (``mkdtemp`` makes it ``drwx------``, which would hide the results from the group)."""
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~umask())
         mark(tmp, kind)
     except OSError as err:
         raise os_error(path, err) from None
@@ -260,19 +261,6 @@ def new_sibling(path: Path, kind: str = "output") -> Path:
 def mark(folder: Path, kind: str) -> None:
     """Write the marker that says ``folder`` is lens output (of ``kind``)."""
     (folder / MARKER).write_text(f"attnlens output: {kind}\n", encoding="utf-8")
-
-
-def _umask() -> int:
-    """This process's umask, read without changing it where Linux says it (``/proc/self/status``)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but only on other systems)
-    os.umask(mask)
-    return mask
 
 
 @contextmanager

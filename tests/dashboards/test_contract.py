@@ -139,6 +139,8 @@ def test_grid_maps_stats_ablations_circuits_and_vision_are_not_empty(dash, folde
 
 
 def test_signed_scores_are_drawn_diverging_and_categories_with_their_legend(dash, folder):
+    from bokeh.models import LinearColorMapper
+
     from attnlens.dashboards._bokeh import DIVERGING_PALETTE
 
     dash.model = "tiny-llama"  # an earlier test shows the ViT
@@ -156,6 +158,11 @@ def test_signed_scores_are_drawn_diverging_and_categories_with_their_legend(dash
     assert "of 16 heads)" in dash.atlas._info.object and " of 16)" not in dash.atlas._info.object  # not ranked
     dash.atlas.metric = "scan/summary.sink_mass"
     assert dash.atlas.grid.mapper.low > 0 and dash.atlas.grid.bar.title == "score"  # sequential: its own range
+    # the Ablations tab's per-head maps (a sweep's effects, EAP, patching: all signed) on the same scale
+    maps = dash.ablations.heatmaps()
+    assert maps and all(h.select_one({"name": "ablation_heatmap_colorbar"}).title == "signed score (0 = white)"
+                        for h in maps)
+    assert all(list(h.select_one({"type": LinearColorMapper}).palette) == list(DIVERGING_PALETTE) for h in maps)
 
 
 def test_the_contribution_view_says_how_to_make_a_result_when_there_is_none(dash):

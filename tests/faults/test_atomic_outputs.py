@@ -173,3 +173,20 @@ def test_a_results_folder_gets_the_permissions_of_a_plain_mkdir(tmp_path, mask):
     finally:
         os.umask(old)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~mask == (tmp_path / "plain").stat().st_mode & 0o777
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])
+def test_files_written_atomically_get_the_permissions_of_a_plain_open(tmp_path, mask):
+    """Results, captures and reports are staged in temporary files (private 0600) and renamed in: they must end up
+    with the mode a plain open gives (group-readable under umask 022), not 0600."""
+    from attnlens.formats._json import write_bytes
+
+    old = os.umask(mask)
+    try:
+        with output_folder(tmp_path / "out") as tmp:
+            write_bytes(tmp / "a.json", b"{}")
+        (tmp_path / "plain.txt").write_text("")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out" / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask \
+        == (tmp_path / "plain.txt").stat().st_mode & 0o777
