@@ -319,11 +319,16 @@ class DecoderAdapter:
         if getattr(self.model.config, "model_type", "") in PARALLEL:
             return self.attn_norm(layer)
         try:
-            return self._part(self._list[layer], "MLP norm", f"block {layer}")
+            norm = self._part(self._list[layer], "MLP norm", f"block {layer}")
         except BackendError:
             if self.parallel:  # Falcon with parallel_attn: one input_layernorm for both
                 return self.attn_norm(layer)
             raise
+        post = self.post_norms(layer)
+        if post is not None and norm is post[0]:  # OLMo2: post_attention_layernorm normalises the attention's output
+            raise BackendError(f"{_family(self.model)} normalises block outputs only: block {layer} has no MLP norm "
+                               "whose input is the residual stream (the MLP reads it as it is)")
+        return norm
 
     def output_norm(self, layer: int) -> str | None:
         """The name of a norm applied to the attention's or MLP's output before it joins the residual
@@ -357,13 +362,12 @@ class DecoderAdapter:
                 return name
         return None
 
-    def embed_norm(self) -> str | None:
-        """The name of a norm applied to the embeddings before the first block (BLOOM's
-        ``word_embeddings_layernorm``), or None."""
+    def embed_norm(self) -> nn.Module | None:
+        """A norm applied to the embeddings before the first block (BLOOM's ``word_embeddings_layernorm``), or None."""
         parent = next((m for m in self.model.modules() if any(c is self._list for c in m.children())), self.model)
         for name in ("word_embeddings_layernorm", "embed_layer_norm", "emb_ln"):
             if isinstance(getattr(parent, name, None), nn.Module):
-                return name
+                return getattr(parent, name)
         return None
 
     def final_norm(self) -> nn.Module:

@@ -64,3 +64,26 @@ def test_circuit_selection_faithfulness_and_overlap(tiny_lm, tiny_task, eap):
     assert len(n.heads) + len(n.mlps) == 3
     with pytest.raises(TaskError, match="exactly one of top_n and threshold"):
         select_edges(eap, tiny_lm.facts)
+
+
+def test_receivers_through_the_attention_graph_equal_those_through_projection_rows(tiny_lm, monkeypatch):
+    """The per-head receiver gradients that multi-head latent attention takes (each head's slice of the gradient at
+    the attention function's q/k/v, pulled back through the attention's own graph) equal, on a model with plain
+    projections (tiny-llama, GQA), the ones taken through the projections' rows: the split per head is right."""
+    import torch
+
+    from attnlens.analyses.circuits import eap
+    from attnlens.analyses.circuits._hooks import CircuitModules
+    from attnlens.analyses.circuits.metrics import Metric
+    from attnlens.analyses.circuits.tasks import TaskBatch
+
+    parts = CircuitModules(tiny_lm)
+    ids = torch.tensor([[1, 40, 77, 12, 99, 40, 77, 150]])
+    batch = TaskBatch(ids, ids, torch.tensor([40]), torch.tensor([77]), [])
+    emb = tiny_lm.model.get_input_embeddings()(ids).detach()
+    rows, gz, _ = eap._grad_pass(parts, emb, batch, Metric.LOGIT_DIFF)
+    monkeypatch.setattr(eap, "_latent", lambda parts: True)
+    graph, gz2, _ = eap._grad_pass(parts, emb, batch, Metric.LOGIT_DIFF)
+    assert rows.shape == graph.shape and rows.abs().max() > 1e-4
+    torch.testing.assert_close(graph, rows, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(gz2[0], gz[0])

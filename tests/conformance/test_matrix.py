@@ -72,8 +72,6 @@ _NO_INTERFACE = Refusal("BackendError", ("without transformers' attention interf
 # patterns come from their own attention modules, q/k/v from their projections, stats beside their attention
 _BYPASS: dict = {}
 # EAP's graph is linear in the senders' outputs: families that break that refuse in one line
-_EAP_OUTPUT_NORMS = Refusal("BackendError", ("EAP cannot score", "normalises block outputs"))
-_EAP_MLA = Refusal("BackendError", ("EAP cannot score", "multi-head latent attention"))
 _EAP_HYBRID = Refusal("BackendError", ("EAP cannot score", "have no attention"))
 _EAP_MIXER = Refusal("BackendError", ("EAP cannot score", "another mixer"))
 _NO_OUT_PROJ = Refusal("BackendError", ("no output projection",))
@@ -87,12 +85,12 @@ FAMILIES = [
     Family("Qwen2", "qwen2"),
     Family("Qwen3", "qwen3", dict(head_dim=8)),
     Family("Gemma", "gemma", dict(head_dim=8)),
-    Family("Gemma 2", "gemma2", dict(head_dim=8), window=(4096, (0,)), expect={"eap": _EAP_OUTPUT_NORMS}),
+    Family("Gemma 2", "gemma2", dict(head_dim=8), window=(4096, (0,))),
     Family("Gemma 3", "gemma3_text", dict(head_dim=8, sliding_window=4, layer_types=["sliding_attention", "full_attention"]),
-           window=(4, (0,)), expect={"eap": _EAP_OUTPUT_NORMS}),
+           window=(4, (0,))),
     Family("Phi", "phi", out_proj="model.layers.{layer}.self_attn.dense"),
     Family("Phi-3", "phi3"),
-    Family("OLMo2", "olmo2", expect={"eap": _EAP_OUTPUT_NORMS}),
+    Family("OLMo2", "olmo2"),
     Family("GPT-2", "gpt2", out_proj="transformer.h.{layer}.attn.c_proj"),
     Family("GPT-NeoX", "gpt_neox", out_proj="gpt_neox.layers.{layer}.attention.dense"),
     Family("Mixtral", "mixtral", dict(num_local_experts=4, num_experts_per_tok=2)),
@@ -106,11 +104,11 @@ FAMILIES = [
     Family("GPT-J", "gptj", dict(rotary_dim=4), out_proj="transformer.h.{layer}.attn.out_proj"),  # its own _attn
     Family("Falcon", "falcon", out_proj="transformer.h.{layer}.self_attention.dense", expect=_BYPASS),
     Family("BLOOM", "bloom", out_proj="transformer.h.{layer}.self_attention.dense",
-           expect={**_BYPASS, "eap": Refusal("BackendError", ("EAP cannot score", "normalises its embeddings"))}),
+           expect=_BYPASS),  # EAP: the embeddings' write through their norm, linearised
     Family("MPT", "mpt", out_proj="transformer.blocks.{layer}.attn.out_proj", expect=_BYPASS),
     Family("gpt-oss", "gpt_oss", dict(num_local_experts=4, num_experts_per_tok=2, head_dim=8), window=(128, (0,))),
-    Family("DeepSeek-V2", "deepseek_v2", dict(_MLA, q_lora_rank=None), expect={"eap": _EAP_MLA}),
-    Family("DeepSeek-V3", "deepseek_v3", dict(_MLA, q_lora_rank=16, n_group=1, topk_group=1), expect={"eap": _EAP_MLA}),
+    Family("DeepSeek-V2", "deepseek_v2", dict(_MLA, q_lora_rank=None)),
+    Family("DeepSeek-V3", "deepseek_v3", dict(_MLA, q_lora_rank=16, n_group=1, topk_group=1)),
     Family("Jamba", "jamba", dict(num_experts=2, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
                                    expert_layer_offset=1, mamba_d_state=8, mamba_dt_rank=4), attention_layers=(1,),
            expect={"eap": _EAP_HYBRID}),
@@ -124,11 +122,11 @@ FAMILIES = [
     Family("Qwen2-MoE", "qwen2_moe", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                                           shared_expert_intermediate_size=32)),
     Family("OLMo", "olmo"),
-    Family("OLMo3", "olmo3", window=(4096, (0, 1)), expect={"eap": _EAP_OUTPUT_NORMS}),
+    Family("OLMo3", "olmo3", window=(4096, (0, 1))),
     Family("OLMoE", "olmoe", dict(num_experts=4, num_experts_per_tok=2)),
     Family("Phi-MoE", "phimoe", dict(num_local_experts=4, num_experts_per_tok=2)),
     Family("GLM", "glm", dict(head_dim=8)),
-    Family("GLM4", "glm4", dict(head_dim=8), expect={"eap": _EAP_OUTPUT_NORMS}),
+    Family("GLM4", "glm4", dict(head_dim=8)),
     Family("GLM4-MoE", "glm4_moe", dict(head_dim=8, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                                         first_k_dense_replace=1, n_group=1, topk_group=1)),
     Family("Nemotron", "nemotron", dict(head_dim=8)),
@@ -139,7 +137,7 @@ FAMILIES = [
     Family("XGLM", "xglm", out_proj="model.layers.{layer}.self_attn.out_proj", expect=_BYPASS),
     Family("BioGPT", "biogpt", out_proj="biogpt.layers.{layer}.self_attn.out_proj"),
     Family("Helium", "helium", dict(head_dim=8)),
-    Family("EXAONE 4", "exaone4", dict(head_dim=8), window=(4096, (0, 1)), expect={"eap": _EAP_OUTPUT_NORMS}),
+    Family("EXAONE 4", "exaone4", dict(head_dim=8), window=(4096, (0, 1))),
     Family("Ministral", "ministral", dict(head_dim=8), window=(4096, (0, 1))),
     Family("Cohere2", "cohere2", dict(sliding_window=4, layer_types=["sliding_attention", "full_attention"]),
            window=(4, (0,))),
