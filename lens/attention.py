@@ -285,9 +285,17 @@ OWN_ATTN = {
 
 
 def score_scale(module: nn.Module, d_head: int) -> float:
-    """The factor an attention module multiplies ``q . k`` by before the softmax."""
+    """The factor an attention module multiplies ``q . k`` by before the softmax: its own ``_attn``'s
+    (:data:`OWN_ATTN`), else the attribute it keeps it in (``scaling``; MPT's ``softmax_scale``; BLOOM's and
+    Falcon's ``inv_norm_factor``), else ``d_head ** -0.5``."""
     own = OWN_ATTN.get(type(module).__name__)
-    return own.scale(module) if own is not None else float(getattr(module, "scaling", d_head ** -0.5))
+    if own is not None:
+        return own.scale(module)
+    for name in ("scaling", "softmax_scale", "inv_norm_factor"):
+        value = getattr(module, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return d_head ** -0.5
 
 
 def _own_attn_modules(model: nn.Module) -> list[nn.Module] | None:

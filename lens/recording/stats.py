@@ -166,7 +166,8 @@ def _beside(lm: LoadedModel, rec: StatsRecorder, layers: list[int]) -> Iterator[
             raise KernelInputError(f"{family(lm.model)} computes attention outside transformers' attention interface:"
                                    " its statistics are computed beside it from the new positions' projections, "
                                    "which a KV cache leaves out; record them without generation (one forward pass)")
-        model_call["mask"] = kwargs.get("attention_mask")
+        # the decoder's own padding mask in an encoder-decoder (MVP), the model's in a decoder
+        model_call["mask"] = kwargs.get("decoder_attention_mask" if lm.facts.encoder_layers else "attention_mask")
 
     def layer_stats(layer: int):
         scale = score_scale(adapter.attention(layer), lm.facts.d_head)
