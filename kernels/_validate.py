@@ -120,13 +120,18 @@ def check_logit_terms(softcap, sinks, q: torch.Tensor) -> tuple[float | None, to
         raise KernelInputError(f"sinks must be None or a [head] tensor of logits, got {type(sinks).__name__}")
     if tuple(sinks.shape) != (h,):
         raise KernelInputError(f"sinks shape {tuple(sinks.shape)} does not match [head] = [{h}]")
-    if not sinks.is_floating_point():
-        raise KernelInputError(f"sinks dtype {sinks.dtype} is not a floating point type")
-    if sinks.device != q.device:
-        raise KernelInputError(f"sinks is on {sinks.device} but q is on {q.device}")
-    if not bool(torch.isfinite(sinks).all()):
-        raise KernelInputError("sinks holds NaN or inf: a learned sink logit must be finite")
-    return softcap, sinks.detach().to(torch.float32).contiguous()
+    return softcap, _finite_float32("sinks", sinks, q, "a learned sink logit must be finite")
+
+
+def _finite_float32(name: str, t: torch.Tensor, q: torch.Tensor, why: str) -> torch.Tensor:
+    """``t`` (a floating point tensor on ``q``'s device with no NaN or inf) as float32, or a one-line error."""
+    if not t.is_floating_point():
+        raise KernelInputError(f"{name} dtype {t.dtype} is not a floating point type")
+    if t.device != q.device:
+        raise KernelInputError(f"{name} is on {t.device} but q is on {q.device}")
+    if not bool(torch.isfinite(t).all()):
+        raise KernelInputError(f"{name} holds NaN or inf: {why}")
+    return t.detach().to(torch.float32).contiguous()
 
 
 def check_score_bias(score_bias, q: torch.Tensor, k_len: int) -> torch.Tensor | None:
@@ -142,13 +147,7 @@ def check_score_bias(score_bias, q: torch.Tensor, k_len: int) -> torch.Tensor | 
     if score_bias.dim() not in (3, 4) or score_bias.shape[0] not in (1, b) or tuple(score_bias.shape[1:]) != want:
         raise KernelInputError(f"score_bias shape {tuple(score_bias.shape)} is neither [batch or 1, head, k_len] = "
                                f"[{b}, {h}, {k_len}] nor [batch or 1, head, q_len, k_len] = [{b}, {h}, {m}, {k_len}]")
-    if not score_bias.is_floating_point():
-        raise KernelInputError(f"score_bias dtype {score_bias.dtype} is not a floating point type")
-    if score_bias.device != q.device:
-        raise KernelInputError(f"score_bias is on {score_bias.device} but q is on {q.device}")
-    if not bool(torch.isfinite(score_bias).all()):
-        raise KernelInputError("score_bias holds NaN or inf: mask keys with key_padding_mask, not the bias")
-    return score_bias.detach().to(torch.float32).contiguous()
+    return _finite_float32("score_bias", score_bias, q, "mask keys with key_padding_mask, not the bias")
 
 
 def _all_finite(t: torch.Tensor) -> bool:

@@ -76,14 +76,13 @@ def interpret_mask(
 
 
 def _split_additive(attention_mask: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """An additive float mask holding values other than 0 / -inf as ``(keep-mask, its finite values as a bias)``;
-    any other mask unchanged, with no bias."""
+    """A 4-D additive float mask as ``(bool keep-mask, its finite values other than 0 as a bias, or None)``
+    (Doge's dynamic mask carries such values); any other mask unchanged, with no bias."""
     if attention_mask is None or attention_mask.dtype == torch.bool or attention_mask.dim() != 4:
         return attention_mask, None
     blocked = attention_mask <= torch.finfo(attention_mask.dtype).min / 2
-    if bool(((attention_mask == 0) | blocked).all()):
-        return attention_mask, None
-    return ~blocked, attention_mask.masked_fill(blocked, 0)
+    pure = bool(((attention_mask == 0) | blocked).all())
+    return ~blocked, None if pure else attention_mask.masked_fill(blocked, 0)
 
 
 def layer_sinks(module: torch.nn.Module, kwargs: dict) -> torch.Tensor | None:
@@ -143,8 +142,7 @@ def stats_attention_call(
             key = torch.nn.functional.pad(key, (0, d_v - d_qk))
     if explicit is None:
         res = attention_with_stats(query, key, value, causal=causal, scale=scaling, spec=spec, key_padding_mask=kpm,
-                                   backend="torch" if position_bias is not None and backend == "auto" else backend,
-                                   softcap=softcap, sinks=sinks, score_bias=position_bias)
+                                   backend=backend, softcap=softcap, sinks=sinks, score_bias=position_bias)
     else:
         res = chunked_attention_stats(query, key, value, causal=False, scale=scaling, spec=spec, attn_mask=explicit,
                                       softcap=softcap, sinks=sinks, score_bias=position_bias)

@@ -24,8 +24,9 @@ implementation is restored when the last entry leaves, also on error.
 
 Families that compute attention in their own ``_attn`` method (GPT-J, CodeGen, GPT-Neo:
 :data:`OWN_ATTN`, their scale and mask written out) reach the same dispatcher through a shim on
-that method; other families that bypass the interface (Falcon, BLOOM, MPT, ...) are refused in
-one line by :func:`check_interface`.
+that method. Other families that bypass the interface (Falcon, BLOOM, MPT, ...) cannot be pushed
+on the stack (:func:`check_interface` refuses in one line): their q/k/v come from their projections
+(:mod:`lens.projected`) and their statistics from beside their attention (:mod:`lens.recording.stats`).
 """
 
 from __future__ import annotations

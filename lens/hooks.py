@@ -195,10 +195,10 @@ def _install(module: nn.Module, point: Point, fn, n_heads: int, shapes) -> list:
         return [module.register_forward_pre_hook(call, with_kwargs=True)]
     if where is Where.ATTN_CALL:
         signature = inspect.signature(module.forward)
+        extra = next((n for n, p in signature.parameters.items() if p.kind is p.VAR_KEYWORD), None)
 
         def attn_call(m, args, kwargs):
             bound = signature.bind_partial(*args, **kwargs).arguments
-            extra = next((n for n, p in signature.parameters.items() if p.kind is p.VAR_KEYWORD), None)
             fn({**{k: v for k, v in bound.items() if k != extra}, **bound.get(extra, {})})
         return [module.register_forward_pre_hook(attn_call, with_kwargs=True)]
     if where is Where.ROTARY:

@@ -58,7 +58,11 @@ def projected_qkv_points(lm: LoadedModel, adapter: ModelAdapter, layer: int, fn:
             t = t.clamp(min=-clip, max=clip)
         done(heads(t, "q"), heads(t, "k"), heads(t, "v"))
 
-    points = [(Point(Where.ATTN_CALL, layer), lambda arguments: (call.clear(), call.update(arguments)))]
+    def start(arguments: dict) -> None:
+        call.clear()
+        call.update(arguments)
+
+    points = [(Point(Where.ATTN_CALL, layer), start)]
     if proj["q"].fused:
         return points + [(Point(Where.QKV, layer), fused)]
     pending: dict[str, Tensor] = {}

@@ -244,28 +244,29 @@ def _grad_pass(parts: CircuitModules, emb: Tensor, batch, metric: Metric):
             points.append((Point(Where.QKV, layer), keep(t["q"], layer)))
         else:
             points += [(Point(w, layer), keep(t[k], layer)) for k, w in (("q", Where.Q), ("k", Where.K), ("v", Where.V))]
-    with ExitStack() as stack, torch.enable_grad():
-        stack.enter_context(parts.hooked(points))
-        if latent:
-            stack.enter_context(attention_mode(parts.lm, inputs))
-        emb = emb.detach().requires_grad_(True)
-        logits = parts.lm.model(inputs_embeds=emb, logits_to_keep=1).logits[:, -1]
+    with torch.enable_grad():
+        with ExitStack() as stack:  # the hooks for the forward pass only: the norms below run unhooked
+            stack.enter_context(parts.hooked(points))
+            if latent:
+                stack.enter_context(attention_mode(parts.lm, inputs))
+            emb = emb.detach().requires_grad_(True)
+            logits = parts.lm.model(inputs_embeds=emb, logits_to_keep=1).logits[:, -1]
         m = per_row(metric, logits, batch.answer, batch.distractor).sum()
         keys = ("z", "q", "k", "v", "mlp_in", "mlp_out")
         flat = [x for k in keys for x in t[k] if x is not None] + [final[0]]
         seen = (inputs.q, inputs.k, inputs.v)
         if latent:
             flat += [x[layer] for x in seen for layer in range(L)]
-        grads = list(torch.autograd.grad(m, flat, retain_graph=latent))
-        g = {k: [None if x is None else grads.pop(0) for x in t[k]] for k in keys}
-        g_final = grads.pop(0)
-        g_latent = {k: [grads.pop(0) for _ in range(L)] for k in ("q", "k", "v")} if latent else {}
+        grads = iter(torch.autograd.grad(m, flat, retain_graph=latent))
+        g = {k: [None if x is None else next(grads) for x in t[k]] for k in keys}
+        g_final = next(grads)
+        g_seen = [[next(grads) for _ in range(L)] for _ in seen] if latent else []
         receivers = []
         for layer in range(L):
             n, p = emb.shape[:2]
             if latent:  # through the attention's own graph, head by head
                 per = _per_head_inputs(t["normed"][layer], tuple(x[layer] for x in seen),
-                                       tuple(g_latent[k][layer] for k in ("q", "k", "v")))
+                                       tuple(gs[layer] for gs in g_seen))
             else:
                 per = []
                 for which, heads in (("q", H), ("k", KV), ("v", KV)):
@@ -274,18 +275,14 @@ def _grad_pass(parts: CircuitModules, emb: Tensor, batch, metric: Metric):
                     gh = out.index_select(-1, pr.index.to(out.device)).view(n, p, heads, dh)
                     w = pr.weight().detach().to(gh.dtype).view(heads, dh, -1)
                     per.append(torch.einsum("nphe,hed->nphd", gh, w))
-                per = torch.cat(per, dim=2)
-            receivers.append(per.detach())
-    out = []
-    for layer in range(L):
-        attn_norm, mlp_norm = norms[layer]
-        per = receivers[layer]
-        gm = g["mlp_in"][layer].unsqueeze(2)
-        out += [per if attn_norm is None else _norm_vjp(attn_norm, t["pre"][layer], per),
-                gm if mlp_norm is None else _norm_vjp(mlp_norm, t["mid"][layer], gm)]
-    out.append(g_final.unsqueeze(2))
+                per = torch.cat(per, dim=2).detach()
+            attn_norm, mlp_norm = norms[layer]
+            gm = g["mlp_in"][layer].unsqueeze(2)
+            receivers += [per if attn_norm is None else _norm_vjp(attn_norm, t["pre"][layer], per),
+                          gm if mlp_norm is None else _norm_vjp(mlp_norm, t["mid"][layer], gm)]
+    receivers.append(g_final.unsqueeze(2))
     gz = list(g["z"])  # [N, pos, head, d_head]
-    return torch.cat(out, dim=2), gz, list(g["mlp_out"])
+    return torch.cat(receivers, dim=2), gz, list(g["mlp_out"])
 
 
 def edge_attribution(lm, enc: EncodedTask, metric: Metric | str = Metric.LOGIT_DIFF, *, ig_steps: int = 0) -> EdgeScores:

@@ -145,7 +145,7 @@ def capture(lm: LoadedModel, spec: CaptureSpec, *, edits: Sequence[Edit] = (),
                     points.extend(projected_qkv_points(lm, adapter, layer, lambda q, k, v, call, layer=layer:
                                                        session.on_inputs(None, layer, q, k, v)))
         elif in_attention:
-            stack.enter_context(attention_mode(lm.model, session))  # refuses q/k/v where the interface is bypassed
+            stack.enter_context(attention_mode(lm.model, session))
         for site in spec.sites:
             if site.part is not Part.SELF and not own:
                 stack.enter_context(attention_mode(lm.model, _PartPatterns(session, site)))

@@ -148,9 +148,9 @@ def _beside_possible(lm: LoadedModel, part: Part) -> bool:
 def _beside(lm: LoadedModel, rec: StatsRecorder, layers: list[int]) -> Iterator[None]:
     """Stats of a family whose attention the stack cannot reach, computed beside its own attention (which keeps
     computing the outputs): from the q/k/v of its projections (:mod:`lens.projected`), its scale, its ALiBi bias
-    and the call's padding mask, by the chunked statistics kernel with a per-key ``score_bias``. The family's own code
+    and the call's padding mask, by the statistics kernel (a per-key ``score_bias`` runs its torch path). The family's own code
     builds its N x N scores in any case, so this costs one more attention per recorded layer, not memory."""
-    from attnlens.kernels.reference import chunked_attention_stats
+    from attnlens.kernels import attention_with_stats
     from lens.adapters import adapter_for
     from lens.attention import family, score_scale
     from lens.projected import key_bias, projected_qkv_points, reads_cache
@@ -174,11 +174,14 @@ def _beside(lm: LoadedModel, rec: StatsRecorder, layers: list[int]) -> Iterator[
 
         def on_qkv(q, k, v, arguments) -> None:
             mask = model_call.get("mask")
-            kpm = mask.bool() if isinstance(mask, torch.Tensor) and tuple(mask.shape) == (q.shape[0], k.shape[2]) \
-                else None
+            if isinstance(mask, torch.Tensor) and tuple(mask.shape) != (q.shape[0], k.shape[2]):
+                raise KernelInputError(f"attention_mask of shape {tuple(mask.shape)}: stats beside the attention of "
+                                       f"{family(lm.model)} take a [batch, pos] = [{q.shape[0]}, {k.shape[2]}] "
+                                       "padding mask")
+            kpm = mask.bool() if isinstance(mask, torch.Tensor) else None
             bias = key_bias(lm, arguments, scale, q.shape[0], q.shape[1], k.shape[2])
-            res = chunked_attention_stats(q, k, v, causal=True, scale=scale, spec=rec.spec, key_padding_mask=kpm,
-                                          score_bias=bias)
+            res = attention_with_stats(q, k, v, causal=True, scale=scale, spec=rec.spec, key_padding_mask=kpm,
+                                       backend=rec.backend, score_bias=bias)
             rec.stats.setdefault(layer, []).append(res.stats.to("cpu"))
             if rec.on_layer is not None:
                 rec.on_layer(layer)
